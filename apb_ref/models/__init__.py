@@ -1,0 +1,28 @@
+"""Model zoo. `build(name, ...)` is the one entry point; the layer factory is the method seam."""
+from __future__ import annotations
+
+import numpy as np
+
+from .digits import DigitsCNN
+from .layers import LayerFactory
+from .resnet import ResNet20
+from .vgg import VGGSmall
+
+MODELS = {"resnet20": ResNet20, "vgg_small": VGGSmall, "digits_cnn": DigitsCNN}
+
+
+def build(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, seed: int = 0,
+          act: str = "relu", layers: LayerFactory | None = None):
+    """Build a model with deterministic initial weights for `seed`."""
+    if name not in MODELS:
+        raise ValueError(f"build: unknown model {name!r}; choose one of {sorted(MODELS)}")
+    if num_classes < 2 or in_channels < 1 or image_size < 1:
+        raise ValueError(f"build: need num_classes >= 2, in_channels >= 1, image_size >= 1; got {num_classes}, {in_channels}, {image_size}")
+    layers = layers or LayerFactory(np.random.default_rng(seed))
+    kwargs = dict(num_classes=num_classes, in_channels=in_channels, act=act)
+    if name != "resnet20":
+        kwargs["image_size"] = image_size
+    return MODELS[name](layers, **kwargs)
+
+
+__all__ = ["build", "MODELS", "LayerFactory", "ResNet20", "VGGSmall", "DigitsCNN"]

@@ -1,0 +1,53 @@
+"""ResNet-20 for 32×32 images (He et al. 2016, CIFAR variant): 16/32/64 channels, three stages of
+three basic blocks, parameter-free "option A" shortcuts (subsample + zero-pad channels)."""
+from __future__ import annotations
+
+from .. import functional as F
+from .. import nn
+from .layers import LayerFactory
+
+
+def shortcut_option_a(x, out_channels: int, stride: int):
+    """Identity, or take every `stride`-th pixel and zero-pad the new channels on both sides."""
+    if stride == 1 and x.shape[1] == out_channels:
+        return x
+    x = x[:, :, ::stride, ::stride]
+    extra = out_channels - x.shape[1]
+    return F.pad(x, ((0, 0), (extra // 2, extra - extra // 2), (0, 0), (0, 0)))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, layers: LayerFactory, cin: int, cout: int, stride: int, act: str):
+        super().__init__()
+        self.conv1 = layers.conv(cin, cout, 3, stride, 1)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = layers.conv(cout, cout, 3, 1, 1)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.act1, self.act2 = nn.activation(act), nn.activation(act)
+        self.cout, self.stride = cout, stride
+
+    def forward(self, x):
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.act2(out + shortcut_option_a(x, self.cout, self.stride))
+
+
+class ResNet20(nn.Module):
+    def __init__(self, layers: LayerFactory, num_classes: int = 10, in_channels: int = 3,
+                 act: str = "relu", widths: tuple[int, int, int] = (16, 32, 64), blocks: int = 3):
+        super().__init__()
+        self.conv1 = layers.conv(in_channels, widths[0], 3, 1, 1, compress=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.act = nn.activation(act)
+        stages, cin = [], widths[0]
+        for i, width in enumerate(widths):
+            for b in range(blocks):
+                stages.append(BasicBlock(layers, cin, width, 2 if (b == 0 and i > 0) else 1, act))
+                cin = width
+        self.blocks = nn.Sequential(*stages)
+        self.linear = layers.linear(widths[-1], num_classes, compress=False)
+
+    def forward(self, x):
+        x = self.act(self.bn1(self.conv1(x)))
+        x = self.blocks(x)
+        return self.linear(F.global_avg_pool2d(x))

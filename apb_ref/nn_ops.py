@@ -1,0 +1,150 @@
+"""Fused ops whose gradients are much cheaper (and more stable) than composing primitives:
+batch normalisation, log-softmax and cross-entropy."""
+from __future__ import annotations
+
+import numpy as np
+
+from .autograd import Function, Tensor
+
+
+def _stat_axes(ndim: int) -> tuple[int, ...]:
+    return (0,) if ndim == 2 else (0, 2, 3)
+
+
+def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Σ a·b per channel (axis 1) in one pass, without an (N, C, H, W) temporary."""
+    return np.einsum("nc...,nc...->c", a, b) if a.ndim == 2 else np.einsum("nchw,nchw->c", a, b)
+
+
+def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+class BatchNormTrain(Function):
+    """y = γ·(x − μ_B)/sqrt(σ²_B + ε) + β with batch statistics; updates the running ones in place."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, running_mean, running_var, momentum, eps):
+        axes = _stat_axes(x.ndim)
+        count = x.size // x.shape[1]
+        mu = x.mean(axis=axes, dtype=x.dtype)
+        xhat = x - _per_channel(mu, x.ndim)
+        var = _channel_dot(xhat, xhat) / count
+        inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
+        xhat *= _per_channel(inv_std, x.ndim)  # normalise in place: x − μ is not needed again
+        if running_mean is not None:
+            running_mean *= 1 - momentum
+            running_mean += momentum * mu
+            running_var *= 1 - momentum
+            running_var += momentum * var * (count / max(count - 1, 1))  # unbiased, as PyTorch
+        ctx.save_for_backward(xhat, inv_std, gamma)
+        y = xhat * _per_channel(gamma, x.ndim)
+        y += _per_channel(beta, x.ndim)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, inv_std, gamma = ctx.saved
+        axes, nd = _stat_axes(g.ndim), g.ndim
+        count = g.size // g.shape[1]
+        g_sum = g.sum(axis=axes)
+        gx_sum = _channel_dot(g, xhat)
+        gx = None
+        if ctx.needs_grad[0]:
+            # dx = γ/σ · (g − mean(g) − x̂·mean(g·x̂)), the standard closed form
+            gx = g - _per_channel(g_sum / count, nd)
+            gx -= xhat * _per_channel(gx_sum / count, nd)
+            gx *= _per_channel(gamma * inv_std, nd)
+        return gx, gx_sum.astype(g.dtype), g_sum.astype(g.dtype)
+
+
+class BatchNormEval(Function):
+    """y = γ·(x − μ_run)/sqrt(σ²_run + ε) + β: an affine map per channel."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, running_mean, running_var, eps):
+        inv_std = (1.0 / np.sqrt(running_var + eps)).astype(x.dtype)
+        shift = _per_channel(running_mean, x.ndim)
+        ctx.save_for_backward(x, shift, inv_std, gamma)
+        scale = _per_channel(gamma * inv_std, x.ndim)
+        return (x - shift) * scale + _per_channel(beta, x.ndim)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, shift, inv_std, gamma = ctx.saved
+        axes, nd = _stat_axes(g.ndim), g.ndim
+        xhat = (x - shift) * _per_channel(inv_std, nd)
+        gx = g * _per_channel(gamma * inv_std, nd) if ctx.needs_grad[0] else None
+        return gx, (g * xhat).sum(axis=axes), g.sum(axis=axes)
+
+
+def batch_norm(x, weight, bias, running_mean: np.ndarray | None, running_var: np.ndarray | None,
+               training: bool, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Batch normalisation over (N,) for (N, C) inputs or (N, H, W) for (N, C, H, W) inputs."""
+    if x.ndim not in (2, 4):
+        raise ValueError(f"batch_norm: x must be (N, C) or (N, C, H, W), got shape {x.shape}")
+    c = x.shape[1]
+    for name, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        if v is not None and tuple(v.shape) != (c,):
+            raise ValueError(f"batch_norm: {name} must have shape ({c},), got {tuple(v.shape)}")
+    dtype = x.dtype
+    weight = weight if weight is not None else np.ones(c, dtype)
+    bias = bias if bias is not None else np.zeros(c, dtype)
+    if training:
+        if x.size // c < 2:
+            raise ValueError(f"batch_norm: training needs more than one value per channel, got input shape {x.shape}")
+        return BatchNormTrain.apply(x, weight, bias, running_mean, running_var, momentum, eps)
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_norm: evaluation mode needs running_mean and running_var")
+    return BatchNormEval.apply(x, weight, bias, running_mean, running_var, eps)
+
+
+class LogSoftmax(Function):
+    @staticmethod
+    def forward(ctx, x, axis):
+        shifted = x - x.max(axis=axis, keepdims=True)
+        y = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+        ctx.save_for_backward(y, axis)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, axis = ctx.saved
+        return g - np.exp(y) * g.sum(axis=axis, keepdims=True)
+
+
+def log_softmax(x, axis: int = -1) -> Tensor:
+    return LogSoftmax.apply(x, axis)
+
+
+class CrossEntropy(Function):
+    """Mean over the batch of −Σ_k t_k·log softmax(z)_k, with t = (1−ε)·onehot(y) + ε/K."""
+
+    @staticmethod
+    def forward(ctx, logits, target, smoothing):
+        n, k = logits.shape
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        t = np.full((n, k), smoothing / k, dtype=logits.dtype)
+        t[np.arange(n), target] += 1.0 - smoothing
+        ctx.save_for_backward(logp, t)
+        return np.asarray(-(t * logp).sum() / n, dtype=logits.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        logp, t = ctx.saved
+        return g * (np.exp(logp) - t) / logp.shape[0], None
+
+
+def cross_entropy(logits, target, label_smoothing: float = 0.0) -> Tensor:
+    """Mean cross-entropy of (N, K) logits against (N,) integer class labels."""
+    target = np.asarray(target.data if isinstance(target, Tensor) else target)
+    if logits.ndim != 2:
+        raise ValueError(f"cross_entropy: logits must be (N, K), got shape {logits.shape}")
+    if target.shape != (logits.shape[0],) or target.dtype.kind not in "iu":
+        raise ValueError(f"cross_entropy: target must be ({logits.shape[0]},) integers, got shape {target.shape} dtype {target.dtype}")
+    if target.size and (target.min() < 0 or target.max() >= logits.shape[1]):
+        raise ValueError(f"cross_entropy: target labels must lie in [0, {logits.shape[1]}), got range [{target.min()}, {target.max()}]")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing}")
+    return CrossEntropy.apply(logits, target, label_smoothing)
