@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .autograd import Function, Tensor
+from .parallel import over_slices
 
 ALGORITHMS = ("auto", "im2col", "rowshift")
 
@@ -35,6 +36,14 @@ def _pad_hw(x: np.ndarray, pad_h: int, pad_w: int | None = None, value: float = 
     return xp
 
 
+def _swap01(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous copy of `a` with its first two axes swapped ((O, N, …) <-> (N, O, …)),
+    copied in slices on all cores: these strided copies bound the speed of a NumPy conv."""
+    out = np.empty((a.shape[1], a.shape[0]) + a.shape[2:], dtype=a.dtype)
+    over_slices(lambda s: np.copyto(out[s], a[:, s].swapaxes(0, 1)), out.shape[0], a.size)
+    return out
+
+
 def _window(start: int, count: int, stride: int) -> slice:
     """The `count` positions start, start+stride, ... as a slice."""
     return slice(start, start + stride * (count - 1) + 1, stride)
@@ -48,13 +57,16 @@ class Conv2dIm2col(Function):
         ho, wo = _out_size(h, kh, stride, padding), _out_size(wd, kw, stride, padding)
         xp = _pad_hw(x, padding)
         cols = np.empty((c, kh, kw, n, ho, wo), dtype=x.dtype)
-        for i in range(kh):
-            for j in range(kw):
-                cols[:, i, j] = xp[:, :, _window(i, ho, stride), _window(j, wo, stride)].transpose(1, 0, 2, 3)
+
+        def fill(cs: slice) -> None:
+            for i in range(kh):
+                for j in range(kw):
+                    cols[cs, i, j] = xp[:, cs, _window(i, ho, stride), _window(j, wo, stride)].swapaxes(0, 1)
+        over_slices(fill, c, cols.size)
         cols = cols.reshape(c * kh * kw, n * ho * wo)
         y = w.reshape(o, -1) @ cols  # (O, N·Ho·Wo)
         ctx.save_for_backward(cols, w, x.shape, stride, padding)
-        return np.ascontiguousarray(y.reshape(o, n, ho, wo).transpose(1, 0, 2, 3))
+        return _swap01(y.reshape(o, n, ho, wo))
 
     @staticmethod
     def backward(ctx, g):
@@ -62,7 +74,7 @@ class Conv2dIm2col(Function):
         n, c, h, wd = x_shape
         o, _, kh, kw = w.shape
         ho, wo = g.shape[2:]
-        g2 = np.ascontiguousarray(g.transpose(1, 0, 2, 3)).reshape(o, -1)
+        g2 = _swap01(g).reshape(o, -1)
         gw = (cols @ g2.T).T.reshape(w.shape) if ctx.needs_grad[1] else None
         gx = None
         if ctx.needs_grad[0]:
@@ -73,6 +85,23 @@ class Conv2dIm2col(Function):
                     dxp[:, :, _window(i, ho, stride), _window(j, wo, stride)] += dcols[:, i, j].transpose(1, 0, 2, 3)
             gx = np.ascontiguousarray(dxp[:, :, padding:padding + h, padding:padding + wd])
         return gx, gw
+
+
+def _fill_shifted(grid: np.ndarray, x: np.ndarray, pad_h: int, pad_w: int) -> None:
+    """grid[c, j, n, r, t] = x_padded[n, c, r, t + j]: the kw horizontal shifts of the zero-padded
+    input, written straight from x (padding a copy first would cost one more pass)."""
+    h, w = x.shape[2:]
+    wo = grid.shape[-1]
+    xt = x.transpose(1, 0, 2, 3)
+    grid[:, :, :, :pad_h] = 0
+    grid[:, :, :, pad_h + h:] = 0
+    for j in range(grid.shape[1]):
+        shift = j - pad_w  # output column t reads input column t + shift
+        lo, hi = max(0, -shift), min(wo, w - shift)
+        rows = grid[:, j, :, pad_h:pad_h + h]
+        rows[..., :lo] = 0
+        rows[..., hi:] = 0
+        rows[..., lo:hi] = xt[..., lo + shift:hi + shift]
 
 
 def _rowshift(x: np.ndarray, w: np.ndarray, pad_h: int, pad_w: int):
@@ -86,13 +115,11 @@ def _rowshift(x: np.ndarray, w: np.ndarray, pad_h: int, pad_w: int):
     shifted = np.empty((c * kw, length + (kh - 1) * wo), dtype=x.dtype)
     shifted[:, length:] = 0
     grid = shifted[:, :length].reshape(c, kw, n, hp, wo)
-    xp = _pad_hw(x, pad_h, pad_w)
-    for j in range(kw):
-        grid[:, j] = xp[:, :, :, j:j + wo].transpose(1, 0, 2, 3)
+    over_slices(lambda cs: _fill_shifted(grid[cs], x[:, cs], pad_h, pad_w), c, grid.size)
     y = np.ascontiguousarray(w[:, :, 0, :]).reshape(o, c * kw) @ shifted[:, :length]
     for i in range(1, kh):  # kernel row i reads the same matrix i output rows further on
         y += np.ascontiguousarray(w[:, :, i, :]).reshape(o, c * kw) @ shifted[:, i * wo:i * wo + length]
-    return np.ascontiguousarray(y.reshape(o, n, hp, wo)[:, :, :ho].transpose(1, 0, 2, 3)), shifted
+    return _swap01(y.reshape(o, n, hp, wo)[:, :, :ho]), shifted
 
 
 class Conv2dRowShift(Function):
@@ -112,8 +139,9 @@ class Conv2dRowShift(Function):
         length = n * hp * wo
         gw = None
         if ctx.needs_grad[1]:
-            g_grid = np.zeros((o, n, hp, wo), dtype=g.dtype)  # zero on the discarded rows
-            g_grid[:, :, :ho] = g.transpose(1, 0, 2, 3)
+            g_grid = np.empty((o, n, hp, wo), dtype=g.dtype)
+            g_grid[:, :, ho:] = 0  # the discarded rows contribute nothing
+            over_slices(lambda s: np.copyto(g_grid[s, :, :ho], g[:, s].swapaxes(0, 1)), o, g.size)
             g_grid = g_grid.reshape(o, length)
             gw = np.empty(w.shape, dtype=g.dtype)
             for i in range(kh):

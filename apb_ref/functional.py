@@ -321,14 +321,14 @@ def matmul(a, b) -> Tensor:
 class ReLU(Function):
     @staticmethod
     def forward(ctx, a):
-        positive = a > 0
-        ctx.save_for_backward(positive)
-        return a * positive
+        y = np.maximum(a, 0)
+        ctx.save_for_backward(y)
+        return y
 
     @staticmethod
     def backward(ctx, g):
-        (positive,) = ctx.saved
-        return g * positive
+        (y,) = ctx.saved
+        return g * (y > 0)
 
 
 class Hardtanh(Function):

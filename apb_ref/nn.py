@@ -129,11 +129,11 @@ class Module:
                 continue
             if np.shape(target) != value.shape:
                 raise ValueError(f"load_state_dict: {name} has shape {value.shape}, the model expects {np.shape(target)}")
-            if isinstance(target, np.ndarray) and target.ndim > 0:
-                target[...] = value
-            else:  # 0-d buffers (counters) are replaced
+            if isinstance(target, np.ndarray):
+                target[...] = value  # in place: optimizers and views keep their references
+            else:  # a plain Python value kept as a buffer is replaced
                 module, key = buffers[name]
-                module.register_buffer(key, value.astype(np.asarray(target).dtype).copy())
+                module.register_buffer(key, value.copy())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
@@ -287,3 +287,43 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class QuantConv2d(Conv2d):
+    """Conv2d whose weights pass through a weight quantizer and whose input passes through an
+    activation quantizer: y = conv2d(act_q(x), weight_q(w)). The layer never asks which method."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 bias: bool = False, rng: np.random.Generator | None = None, init: str = "kaiming_uniform",
+                 weight_quantizer: Callable[[np.ndarray], Module] | None = None, act_quantizer: Module | None = None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, rng, init)
+        from .quant.activations import FullPrecision
+        from .quant.base import WeightQuantizer
+        self.weight_quantizer = weight_quantizer(self.weight.data) if weight_quantizer else WeightQuantizer()
+        self.act_quantizer = act_quantizer or FullPrecision()
+
+    def forward(self, x):
+        return F.conv2d(self.act_quantizer(x), self.weight_quantizer(self.weight), self.bias, self.stride, self.padding)
+
+
+class QuantLinear(Linear):
+    """Linear with a weight quantizer and an activation quantizer, as QuantConv2d."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, rng: np.random.Generator | None = None,
+                 weight_quantizer: Callable[[np.ndarray], Module] | None = None, act_quantizer: Module | None = None):
+        super().__init__(in_features, out_features, bias, rng)
+        from .quant.activations import FullPrecision
+        from .quant.base import WeightQuantizer
+        self.weight_quantizer = weight_quantizer(self.weight.data) if weight_quantizer else WeightQuantizer()
+        self.act_quantizer = act_quantizer or FullPrecision()
+
+    def forward(self, x):
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"QuantLinear: expected input (N, {self.in_features}), got shape {x.shape}")
+        y = F.matmul(self.act_quantizer(x), F.transpose(self.weight_quantizer(self.weight)))
+        return y + self.bias if self.bias is not None else y
+
+
+def quantized_layers(model: Module) -> list[tuple[str, Module]]:
+    """(name, layer) for every QuantConv2d/QuantLinear, in definition order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]

@@ -13,7 +13,7 @@ def _stat_axes(ndim: int) -> tuple[int, ...]:
 
 def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Σ a·b per channel (axis 1) in one pass, without an (N, C, H, W) temporary."""
-    return np.einsum("nc...,nc...->c", a, b) if a.ndim == 2 else np.einsum("nchw,nchw->c", a, b)
+    return np.einsum("nc,nc->c", a, b) if a.ndim == 2 else np.einsum("nchw,nchw->c", a, b)
 
 
 def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:

@@ -80,6 +80,10 @@ class OpSpec:
     call(*tensors, **options) -> Tensor: the op under test.
     reference(*arrays, **options) -> ndarray: an independent plain-NumPy forward (optional).
     covers: the Function classes this spec exercises.
+    differentiable: inputs checked by finite differences (default: all).
+    surrogate(arrays, g, **options) -> {input index: expected gradient}: for straight-through
+        estimators, whose gradient is by design not the derivative of the forward pass; the test
+        checks the op's backward against this declared formula instead.
     """
 
     name: str
@@ -88,6 +92,7 @@ class OpSpec:
     covers: tuple[type[Function], ...]
     reference: Callable[..., np.ndarray] | None = None
     differentiable: tuple[int, ...] | None = None
+    surrogate: Callable[..., dict[int, np.ndarray]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -99,6 +104,19 @@ def register(spec: OpSpec) -> OpSpec:
         raise ValueError(f"register: an op spec named {spec.name!r} already exists")
     OPS[spec.name] = spec
     return spec
+
+
+def surrogate_check(spec: OpSpec, arrays: list[np.ndarray], options: dict[str, Any], seed: int = 0) -> None:
+    """Compare the op's backward with its declared surrogate gradient for a random upstream g."""
+    tensors = [Tensor(a.copy(), requires_grad=True) for a in arrays]
+    out = spec.call(*tensors, **options)
+    g = np.random.default_rng(seed).standard_normal(out.shape)
+    out.backward(g)
+    for i, expected in spec.surrogate(arrays, g, **options).items():
+        got = tensors[i].grad if tensors[i].grad is not None else np.zeros_like(arrays[i])
+        if not np.allclose(got, expected, rtol=1e-9, atol=1e-12):
+            raise GradientCheckError(f"{spec.name}: gradient of input {i} differs from its surrogate formula "
+                                     f"(max difference {np.abs(got - expected).max():.3g})")
 
 
 def all_function_classes() -> set[type[Function]]:
@@ -309,3 +327,4 @@ def _register_core_ops() -> None:
 
 
 _register_core_ops()
+from .quant import specs as _quantizer_specs  # noqa: E402,F401  (registers the quantizer ops)

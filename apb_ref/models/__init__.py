@@ -12,13 +12,17 @@ MODELS = {"resnet20": ResNet20, "vgg_small": VGGSmall, "digits_cnn": DigitsCNN}
 
 
 def build(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, seed: int = 0,
-          act: str = "relu", layers: LayerFactory | None = None):
-    """Build a model with deterministic initial weights for `seed`."""
+          act: str = "relu", method: str = "fp", act_bits: int = 32, layers: LayerFactory | None = None,
+          **method_options):
+    """Build a model with deterministic initial weights for `seed`, its compressible layers made by
+    `method` (see apb_ref.quant) with `act_bits`-bit activations into them."""
     if name not in MODELS:
         raise ValueError(f"build: unknown model {name!r}; choose one of {sorted(MODELS)}")
     if num_classes < 2 or in_channels < 1 or image_size < 1:
         raise ValueError(f"build: need num_classes >= 2, in_channels >= 1, image_size >= 1; got {num_classes}, {in_channels}, {image_size}")
-    layers = layers or LayerFactory(np.random.default_rng(seed))
+    if layers is None:
+        from ..quant import layer_factory
+        layers = layer_factory(method, np.random.default_rng(seed), act_bits, **method_options)
     kwargs = dict(num_classes=num_classes, in_channels=in_channels, act=act)
     if name != "resnet20":
         kwargs["image_size"] = image_size

@@ -1,0 +1,349 @@
+"""The training loop: seeded batches, progress, evaluation each epoch, atomic checkpoints
+(`last.ckpt`, `best.ckpt`), a JSON-lines metrics log, `summary.json`, exact resume and a NaN guard.
+
+Exact resume: every source of randomness in epoch e is a generator seeded with (seed, e), and the
+checkpoint at the end of an epoch holds the model, optimizer and schedule, so continuing from it
+replays the remaining epochs bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import checkpoint
+from . import functional as F
+from .autograd import Tensor, no_grad
+from .data import Dataset, batches, load_dataset, num_batches
+from .models import build
+from .optim import build_optimizer, build_scheduler
+from .nn import quantized_layers
+from .progress import Progress
+from .quant.budget import MemoryBudget, fp_fraction_for_bits
+from .runtime import reuse_freed_memory
+from .summary import index_bits, summarize
+
+LAST, BEST, METRICS, SUMMARY = "last.ckpt", "best.ckpt", "metrics.jsonl", "summary.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class TrainConfig:
+    model: str = "digits_cnn"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    pad_to: int | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    augment: str = "auto"  # auto: what the dataset suggests (crop+flip for CIFAR-10), on, off
+    act: str = "auto"  # auto: hardtanh with 1-bit activations (sign of a ReLU output is constant), else relu
+    seed: int = 0
+    eval_batch_size: int = 500
+    limit_train: int | None = None
+    limit_test: int | None = None
+    # compression (apb_ref.quant): the method of the compressible layers and their input activations
+    method: str = "fp"
+    act_bits: int = 32
+    act_ste: str = "identity"
+    alpha_delta: str = "learned"  # APB: learned (paper) or fixed (released code)
+    lr_ab: float = 0.01  # APB: Adam learning rate of α and δ
+    ab_reduction: str = "mean"  # APB: α/δ gradients as means over the layer (released code) or sums
+    freeze_alpha_delta_epoch: int | None = None
+    freeze_mask_epoch: int | None = None
+    bits_per_weight: float | None = None  # memory budget of the compressed layers ...
+    fp_fraction: float | None = None  # ... or directly as a full-precision fraction
+    budget_weight: float = 1.0
+    budget_epoch: int | None = None  # projection epoch (default: the last)
+
+    @property
+    def activation(self) -> str:
+        return ("hardtanh" if self.act_bits == 1 else "relu") if self.act == "auto" else self.act
+
+    def method_options(self) -> dict[str, Any]:
+        if self.method != "apb":
+            return {}
+        return {"alpha_delta": self.alpha_delta, "reduction": self.ab_reduction,
+                "freeze_alpha_delta_epoch": self.freeze_alpha_delta_epoch, "freeze_mask_epoch": self.freeze_mask_epoch}
+
+    def validate(self) -> "TrainConfig":
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
+        for name, v in positive.items():
+            if int(v) < 1:
+                raise ValueError(f"TrainConfig: {name} must be >= 1, got {v}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"TrainConfig: lr must be a positive finite number, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"TrainConfig: weight_decay must be >= 0, got {self.weight_decay}")
+        if self.augment not in ("auto", "on", "off"):
+            raise ValueError(f"TrainConfig: augment must be auto, on or off, got {self.augment!r}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"TrainConfig: warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        if self.act_bits not in (32, 2, 1):
+            raise ValueError(f"TrainConfig: act_bits must be 32, 2 or 1, got {self.act_bits}")
+        budgeted = self.bits_per_weight is not None or self.fp_fraction is not None
+        if self.bits_per_weight is not None and self.fp_fraction is not None:
+            raise ValueError("TrainConfig: give bits_per_weight or fp_fraction, not both")
+        if budgeted and self.method != "apb":
+            raise ValueError(f"TrainConfig: a memory budget needs method 'apb', got {self.method!r}")
+        if self.budget_epoch is not None and not 0 <= self.budget_epoch < self.epochs:
+            raise ValueError(f"TrainConfig: budget_epoch must be in [0, epochs), got {self.budget_epoch}")
+        if self.lr_ab < 0:
+            raise ValueError(f"TrainConfig: lr_ab must be >= 0, got {self.lr_ab}")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown options {unknown}")
+        return cls(**d)
+
+
+def image_batches(x: np.ndarray, y: np.ndarray, data: Dataset, batch_size: int, **kw):
+    return batches(x, y, batch_size, mean=data.mean, std=data.std, **kw)
+
+
+def evaluate(model, data: Dataset, batch_size: int = 500, split: str = "test") -> dict[str, float]:
+    """Mean loss and accuracy of `model` on a split, in eval mode without building a graph."""
+    x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    with no_grad():
+        for xb, yb in image_batches(x, y, data, batch_size):
+            logits = model(Tensor(xb))
+            total_loss += float(F.cross_entropy(logits, yb).data) * len(yb)
+            correct += int((logits.data.argmax(axis=1) == yb).sum())
+    model.train(was_training)
+    return {"loss": total_loss / len(y), "accuracy": correct / len(y)}
+
+
+def build_model(config: TrainConfig, data: Dataset):
+    c, h, _ = data.image_shape
+    return build(config.model, num_classes=data.num_classes, in_channels=c, image_size=h, seed=config.seed,
+                 act=config.activation, method=config.method, act_bits=config.act_bits, act_ste=config.act_ste,
+                 **config.method_options())
+
+
+def quantizer_parameter_ids(model) -> set[int]:
+    """Parameters owned by weight quantizers (α, δ, ...): never in the main optimizer."""
+    return {id(p) for name, p in model.named_parameters() if ".weight_quantizer." in f".{name}"}
+
+
+class Trainer:
+    """Owns one run directory. `run()` trains from scratch or, with resume=True, continues."""
+
+    def __init__(self, config: TrainConfig, out: str | Path, data: Dataset | None = None, progress: bool = True):
+        self.config = config.validate()
+        self.out = Path(out)
+        self.progress = progress
+        self.data = data or load_dataset(config.dataset, config.data_dir, config.pad_to,
+                                         limit_train=config.limit_train, limit_test=config.limit_test)
+        self.model = build_model(config, self.data)
+        owned = quantizer_parameter_ids(self.model)
+        weights = [p for p in self.model.parameters() if id(p) not in owned]
+        self.optimizer = build_optimizer(config.optimizer, weights, config.lr, config.weight_decay,
+                                         momentum=config.momentum, nesterov=config.nesterov)
+        self.scheduler = build_scheduler(config.schedule, self.optimizer, config.epochs, config.warmup_epochs)
+        # α, δ and the like: their own Adam, no weight decay, cosine over all epochs (METHODS §1.4)
+        method_params = [p for _, m in quantized_layers(self.model) for p in m.weight_quantizer.quantizer_parameters()]
+        self.method_optimizer = build_optimizer("adam", method_params, config.lr_ab, 0.0) if method_params else None
+        self.method_scheduler = (build_scheduler("cosine", self.method_optimizer, config.epochs)
+                                 if self.method_optimizer else None)
+        self.budget = self._budget()
+        self.epoch = 0  # epochs completed
+        self.best_accuracy = -1.0
+        self.train_seconds = 0.0
+        self.images_seen = 0
+
+    def _budget(self) -> MemoryBudget | None:
+        cfg = self.config
+        if cfg.bits_per_weight is None and cfg.fp_fraction is None:
+            return None
+        f = cfg.fp_fraction if cfg.fp_fraction is not None else fp_fraction_for_bits(cfg.bits_per_weight, index_bits(self.model))
+        return MemoryBudget(f, cfg.budget_weight)
+
+    @property
+    def budget_epoch(self) -> int:
+        return self.config.epochs - 1 if self.config.budget_epoch is None else self.config.budget_epoch
+
+    def _optimizers(self):
+        return [o for o in (self.optimizer, self.method_optimizer) if o is not None]
+
+    def _schedulers(self):
+        return [s for s in (self.scheduler, self.method_scheduler) if s is not None]
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"config": asdict(self.config), "epoch": self.epoch, "best_accuracy": self.best_accuracy,
+                "train_seconds": self.train_seconds, "images_seen": self.images_seen,
+                "model": dict(self.model.state_dict()),
+                "optimizers": [o.state_dict() for o in self._optimizers()],
+                "schedulers": [s.state_dict() for s in self._schedulers()]}
+
+    def load_state(self, state: dict[str, Any], path: Path) -> None:
+        saved = TrainConfig.from_dict(state["config"])
+        if saved != self.config:
+            diff = {k: (v, getattr(self.config, k)) for k, v in asdict(saved).items() if getattr(self.config, k) != v}
+            raise ValueError(f"resume: {path} was written with different options (saved, now): {diff}")
+        self.model.load_state_dict(state["model"])
+        for o, s in zip(self._optimizers(), state["optimizers"]):
+            o.load_state_dict(s)
+        for sch, s in zip(self._schedulers(), state["schedulers"]):
+            sch.load_state_dict(s)
+        self.epoch, self.best_accuracy = int(state["epoch"]), float(state["best_accuracy"])
+        self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
+
+    def resume(self) -> None:
+        path = self.out / LAST
+        if not path.exists():
+            raise FileNotFoundError(f"resume: no checkpoint {path} to resume from")
+        self.load_state(checkpoint.load(path), path)
+        self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drop log lines of epochs after the checkpoint (written before a crash), so no line repeats."""
+        log = self.out / METRICS
+        if log.exists():
+            lines = [l for l in log.read_text().splitlines() if l.strip() and json.loads(l)["epoch"] <= self.epoch]
+            checkpoint.atomic_write_text(log, "".join(l + "\n" for l in lines))
+
+    # --- the loop ------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg, data = self.config, self.data
+        rng = np.random.default_rng([cfg.seed, epoch])
+        augment = data.augment if cfg.augment == "auto" else cfg.augment == "on"
+        steps = num_batches(len(data.y_train), cfg.batch_size, drop_last=False)
+        bar = Progress(steps, f"epoch {epoch + 1}/{cfg.epochs}", enabled=self.progress)
+        self.model.train()
+        self.start_epoch_hooks(epoch)
+        penalize = self.budget is not None and epoch < self.budget_epoch
+        loss_sum, correct, seen = 0.0, 0, 0
+        for step, (xb, yb) in enumerate(image_batches(data.x_train, data.y_train, data, cfg.batch_size, rng=rng, augment=augment)):
+            logits = self.model(Tensor(xb))
+            loss = F.cross_entropy(logits, yb, cfg.label_smoothing)
+            value = float(loss.data)
+            if penalize:
+                loss = loss + self.budget.penalty(self.model)
+            if not math.isfinite(value):
+                bar.close()
+                raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+                                       f"the last good checkpoint is {self.out / LAST} (epoch {self.epoch})")
+            for o in self._optimizers():
+                o.zero_grad()
+            loss.backward()
+            for o in self._optimizers():
+                o.step()
+            loss_sum += value * len(yb)
+            correct += int((logits.data.argmax(axis=1) == yb).sum())
+            seen += len(yb)
+            bar.update(len(yb), loss=loss_sum / seen, acc=correct / seen)
+        bar.close()
+        return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                "images_per_second": bar.items_per_second, "train_epoch_seconds": seen / bar.items_per_second}
+
+    def start_epoch_hooks(self, epoch: int) -> None:
+        """Method schedules (freezing) and, at the projection epoch, the budget's hard projection."""
+        for _, layer in quantized_layers(self.model):
+            layer.weight_quantizer.on_epoch_start(epoch, layer.weight.data)
+        if self.budget is not None and epoch == self.budget_epoch:
+            self.budget.project(self.model)
+
+    def run(self, resume: bool = False) -> dict[str, Any]:
+        reuse_freed_memory()
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.resume()
+        elif (self.out / LAST).exists():
+            raise FileExistsError(f"{self.out} already holds a run ({LAST}); pass --resume to continue it or choose another --out")
+        else:
+            (self.out / METRICS).unlink(missing_ok=True)
+        wall_start = time.perf_counter()
+        while self.epoch < self.config.epochs:
+            e = self.epoch
+            lr = self.optimizer.param_groups[0]["lr"]
+            stats = self.train_epoch(e)
+            for s in self._schedulers():
+                s.step()
+            test = evaluate(self.model, self.data, self.config.eval_batch_size)
+            self.epoch = e + 1
+            self.train_seconds += stats["train_epoch_seconds"]
+            self.images_seen += len(self.data.y_train)
+            record = {"epoch": self.epoch, "lr": lr, **stats, "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+                      **self.compression_log()}
+            improved = test["accuracy"] > self.best_accuracy
+            self.best_accuracy = max(self.best_accuracy, test["accuracy"])
+            self.log_epoch(record)
+            checkpoint.save(self.out / LAST, self.state())
+            if improved:
+                checkpoint.save(self.out / BEST, self.state())
+        summary = self.summary(time.perf_counter() - wall_start)
+        checkpoint.atomic_write_text(self.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def compression_log(self) -> dict[str, Any]:
+        """Per-layer method scalars (α, δ, FP fraction) and the model's bits/weight, for the metrics log."""
+        layers = {name: layer.weight_quantizer.layer_log(layer.weight.data) for name, layer in quantized_layers(self.model)}
+        if not any(layers.values()):
+            return {}
+        s = summarize(self.model, self.data.image_shape)
+        return {"fp_fraction": s.fp_fraction, "bits_per_weight": s.bits_per_weight, "layers": layers}
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        with open(self.out / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.progress:
+            print(f"epoch {record['epoch']}/{self.config.epochs}: train loss {record['train_loss']:.4f} "
+                  f"acc {record['train_accuracy']:.4f} | test loss {record['test_loss']:.4f} "
+                  f"acc {record['test_accuracy']:.4f} | {record['images_per_second']:.0f} img/s", flush=True)
+
+    def summary(self, wall_seconds: float) -> dict[str, Any]:
+        final = evaluate(self.model, self.data, self.config.eval_batch_size)
+        memory = summarize(self.model, self.data.image_shape).totals()
+        budget = None
+        if self.budget is not None:
+            budget = {"fp_fraction": self.budget.fp_fraction, "bits_per_weight": self.config.bits_per_weight,
+                      "met": memory["fp_fraction"] <= self.budget.fp_fraction + 1e-3}
+        return {"model": self.config.model, "dataset": self.config.dataset, "seed": self.config.seed,
+                "method": self.config.method, "act_bits": self.config.act_bits,
+                "bits_per_weight": memory["bits_per_weight"], "fp_fraction": memory["fp_fraction"],
+                "model_bits": memory["model_bits"], "compression_ratio": memory["compression_ratio"],
+                "budget": budget,
+                "epochs": self.epoch, "test_accuracy": final["accuracy"], "test_loss": final["loss"],
+                "best_test_accuracy": self.best_accuracy, "wall_seconds": wall_seconds,
+                "train_seconds": self.train_seconds,
+                "images_per_second": self.images_seen / max(self.train_seconds, 1e-9),
+                "parameters": int(sum(p.size for p in self.model.parameters())),
+                "config": asdict(self.config)}
+
+
+def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    return Trainer(config, out, progress=progress).run(resume=resume)
+
+
+def load_model(path: str | Path, data: Dataset | None = None):
+    """Rebuild the model stored in a checkpoint; returns (model, config, dataset)."""
+    state = checkpoint.load(path)
+    config = TrainConfig.from_dict(state["config"])
+    data = data or load_dataset(config.dataset, config.data_dir, config.pad_to, limit_test=config.limit_test)
+    model = build_model(config, data)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, config, data
