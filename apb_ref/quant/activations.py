@@ -1,0 +1,85 @@
+"""Activation quantizers (METHODS §1.6): full precision, 1-bit sign, 2-bit DoReFa.
+
+    sign:    y = sign(x) ∈ {−1, +1}, sign(0) = +1;  ∂y/∂x = 1 ("identity" STE, APB's binary-id)
+             or 1[|x| ≤ 1] ("clipped" STE, BinaryConnect/BNN style)
+    dorefa2: y = round(3·clamp(x, 0, 1))/3 ∈ {0, ⅓, ⅔, 1};  ∂y/∂x = 1[0 ≤ x ≤ 1]
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd import Function, Tensor
+from .apb import sign_pm1
+from .base import ActivationQuantizer
+
+
+class SignSTE(Function):
+    @staticmethod
+    def forward(ctx, x, clipped):
+        ctx.save_for_backward(np.abs(x) <= 1 if clipped else None)
+        return sign_pm1(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (inside,) = ctx.saved
+        return g if inside is None else g * inside
+
+
+class DoReFaQuantize(Function):
+    @staticmethod
+    def forward(ctx, x, levels):
+        clamped = np.clip(x, 0.0, 1.0)
+        ctx.save_for_backward((x >= 0) & (x <= 1))
+        return (np.round(clamped * (levels - 1)) / (levels - 1)).astype(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (inside,) = ctx.saved
+        return g * inside
+
+
+def sign_ste(x, clipped: bool = False) -> Tensor:
+    return SignSTE.apply(x, clipped)
+
+
+def dorefa_quantize(x, bits: int = 2) -> Tensor:
+    if bits < 1:
+        raise ValueError(f"dorefa_quantize: bits must be >= 1, got {bits}")
+    return DoReFaQuantize.apply(x, 2 ** bits)
+
+
+class FullPrecision(ActivationQuantizer):
+    bits = 32
+
+
+class BinaryActivation(ActivationQuantizer):
+    bits = 1
+
+    def __init__(self, ste: str = "identity"):
+        super().__init__()
+        if ste not in ("identity", "clipped"):
+            raise ValueError(f"BinaryActivation: ste must be 'identity' or 'clipped', got {ste!r}")
+        self.ste = ste
+
+    def forward(self, x):
+        return sign_ste(x, self.ste == "clipped")
+
+    def extra_repr(self) -> str:
+        return f"bits=1, ste={self.ste}"
+
+
+class DoReFaActivation(ActivationQuantizer):
+    bits = 2
+
+    def forward(self, x):
+        return dorefa_quantize(x, 2)
+
+
+def activation_quantizer(bits: int, ste: str = "identity") -> ActivationQuantizer:
+    if bits == 32:
+        return FullPrecision()
+    if bits == 1:
+        return BinaryActivation(ste)
+    if bits == 2:
+        return DoReFaActivation()
+    raise ValueError(f"activation bits must be 32, 2 or 1, got {bits}")
