@@ -1,0 +1,113 @@
+"""The backend seam: one set of kernel functions, dispatched to NumPy or to the Rust extension.
+
+This is the only module that imports `apb_ref._kernels`. The backend is chosen, in order, by
+`set_backend(name)`, else the environment variable `APB_BACKEND=numpy|rust`, else "rust" when the
+extension imports and "numpy" otherwise. The package works with NumPy alone.
+
+Adding a kernel: write its NumPy twin in `reference.py`, optionally a Rust wrapper here, then add one
+row to `_KERNELS` and one `name = _kernel("name")` line below it.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+
+import numpy as np
+
+from . import reference
+
+try:  # the compiled extension is optional
+    from .. import _kernels as _rust
+    _RUST_IMPORT_ERROR = None
+except ImportError as exc:  # not built, or built for another Python
+    _rust = None
+    _RUST_IMPORT_ERROR = exc
+
+BACKENDS = ("numpy", "rust")
+_BUILD_HINT = 'build it with `pip install -e ".[test]"` (needs Rust and maturin) from the repository root'
+_active: str | None = None  # resolved lazily so a bad APB_BACKEND fails at first use, not at import
+
+
+def available_backends() -> list[str]:
+    """Backends usable in this process: always "numpy", plus "rust" when the extension imports."""
+    return ["numpy", "rust"] if _rust is not None else ["numpy"]
+
+
+def rust_version() -> str | None:
+    """Version of the compiled extension, or None when it is not importable."""
+    return _rust.version() if _rust is not None else None
+
+
+def _check(name, source: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}; got {name!r}")
+    if name == "rust" and _rust is None:
+        why = f" ({_RUST_IMPORT_ERROR})" if _RUST_IMPORT_ERROR else ""
+        raise RuntimeError(
+            f"{source} asks for the rust backend but apb_ref._kernels did not import{why}; {_BUILD_HINT}"
+        )
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Use `name` ("numpy" or "rust") for every kernel call from now on."""
+    global _active
+    _active = _check(name, "set_backend: name")
+
+
+def get_backend() -> str:
+    """The active backend: "numpy" or "rust"."""
+    global _active
+    if _active is None:
+        env = os.environ.get("APB_BACKEND", "").strip().lower()
+        if env:
+            _active = _check(env, "environment variable APB_BACKEND")
+        else:
+            _active = "rust" if _rust is not None else "numpy"
+    return _active
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Temporarily switch backend: `with use_backend("numpy"): ...`."""
+    previous = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+# --- Rust wrappers: adapt arguments to the extension's strict contracts -------------------------
+
+def _pack_bits_rust(x):
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        # Casting to float32 could flush a tiny negative to -0.0 and flip its bit: let the oracle do it.
+        return reference.pack_bits(x)
+    return _rust.pack_bits(np.ascontiguousarray(x))
+
+
+# name -> (NumPy reference, Rust wrapper or None while the kernel is NumPy-only)
+_KERNELS = {
+    "pack_bits": (reference.pack_bits, _pack_bits_rust),
+    "unpack_bits": (reference.unpack_bits, None),
+}
+
+
+def _kernel(name: str):
+    numpy_fn, rust_fn = _KERNELS[name]
+
+    @functools.wraps(numpy_fn)
+    def dispatch(*args, **kwargs):
+        if rust_fn is not None and get_backend() == "rust":
+            return rust_fn(*args, **kwargs)
+        return numpy_fn(*args, **kwargs)
+
+    dispatch.__module__ = __name__
+    return dispatch
+
+
+pack_bits = _kernel("pack_bits")
+unpack_bits = _kernel("unpack_bits")

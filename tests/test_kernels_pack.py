@@ -1,0 +1,245 @@
+"""pack_bits / unpack_bits: the bit convention, NumPy vs Rust agreement, and argument errors."""
+import ast
+import importlib
+import os
+import pathlib
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import PACK_KS, float32_matrices, pm_one_pairs, row_counts
+
+from apb_ref.kernels import backend, reference
+
+RUST_REQUIRED = os.environ.get("APB_REQUIRE_RUST") == "1"
+HAVE_RUST = backend.rust_version() is not None
+NO_RUST_REASON = (
+    'apb_ref._kernels is not built (pip install -e ".[test]"); set APB_REQUIRE_RUST=1 to fail instead'
+)
+# Without the extension the Rust cases skip, unless CI demands it: then they run and fail loudly.
+needs_rust = pytest.mark.skipif(not HAVE_RUST and not RUST_REQUIRED, reason=NO_RUST_REASON)
+BACKENDS = ["numpy", pytest.param("rust", marks=needs_rust)]
+
+
+@pytest.fixture(scope="module")
+def raw_rust():
+    """The extension module itself, to test its own argument checks (the package goes through backend)."""
+    try:
+        return importlib.import_module("apb_ref._kernels")
+    except ImportError as exc:
+        if RUST_REQUIRED:
+            pytest.fail(f"APB_REQUIRE_RUST=1 but apb_ref._kernels does not import: {exc}")
+        pytest.skip(NO_RUST_REASON)
+
+
+def signs(x):
+    return np.where(np.asarray(x) < 0, -1.0, 1.0).astype(np.float32)
+
+
+def test_rust_extension_is_built_when_required():
+    if not HAVE_RUST:
+        if RUST_REQUIRED:
+            pytest.fail(f"APB_REQUIRE_RUST=1 but the rust backend is missing: {backend._RUST_IMPORT_ERROR}")
+        pytest.skip(NO_RUST_REASON)
+    assert "rust" in backend.available_backends()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", backend.rust_version())
+
+
+# --- the convention, on every backend ---------------------------------------------------------
+
+@pytest.mark.parametrize("name", BACKENDS)
+@settings(max_examples=60, deadline=None)
+@given(x=float32_matrices())
+def test_roundtrip_gives_signs(name, x):
+    with backend.use_backend(name):
+        packed = backend.pack_bits(x)
+    rows, k = x.shape
+    assert packed.dtype == np.uint64 and packed.shape == (rows, -(-k // 64))
+    np.testing.assert_array_equal(backend.unpack_bits(packed, k), signs(x))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("k", PACK_KS)
+@settings(max_examples=10, deadline=None)
+@given(rows=row_counts())
+def test_padding_bits_are_zero(name, k, rows):
+    with backend.use_backend(name):
+        packed = backend.pack_bits(np.full((rows, k), -1.0, np.float32))  # every real bit set
+    tail = k % 64
+    full_last_word = np.uint64(2**64 - 1) if tail == 0 else np.uint64((1 << tail) - 1)
+    assert (packed[:, :-1] == np.uint64(2**64 - 1)).all()
+    assert (packed[:, -1] == full_last_word).all()
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_sign_of_zero_and_negative_zero_is_plus_one(name):
+    x = np.array([[0.0, -0.0, 1.0, -1.0, -0.0]], np.float32)
+    with backend.use_backend(name):
+        packed = backend.pack_bits(x)
+    assert packed.tolist() == [[0b01000]]  # only element 3 (-1.0) is a 1 bit
+    np.testing.assert_array_equal(backend.unpack_bits(packed, 5), [[1, 1, 1, -1, 1]])
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@settings(max_examples=40, deadline=None)
+@given(pair=pm_one_pairs())
+def test_dot_product_is_k_minus_twice_popcount_of_xor(name, pair):
+    a, b = pair
+    k = a.shape[1]
+    with backend.use_backend(name):
+        pa, pb = backend.pack_bits(a), backend.pack_bits(b)
+    popcount = np.bitwise_count(pa[:, None, :] ^ pb[None, :, :]).sum(axis=-1, dtype=np.int64)
+    np.testing.assert_array_equal(k - 2 * popcount, (a.astype(np.int64) @ b.T.astype(np.int64)))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_tiny_negatives_and_integers_keep_their_sign(name):
+    # float64 -1e-300 would become -0.0 in float32: the rust backend must not cast it away.
+    with backend.use_backend(name):
+        assert backend.pack_bits(np.array([[-1e-300, 1e-300]])).tolist() == [[1]]
+        assert backend.pack_bits(np.array([[-3, 0, 2]], np.int8)).tolist() == [[1]]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 5), (3, 0), (0, 0)])
+def test_empty_shapes(name, shape):
+    with backend.use_backend(name):
+        packed = backend.pack_bits(np.zeros(shape, np.float32))
+    assert packed.shape == (shape[0], -(-shape[1] // 64)) and packed.dtype == np.uint64
+    assert backend.unpack_bits(packed, shape[1]).shape == shape
+
+
+# --- Rust agrees with the oracle bit for bit ----------------------------------------------------
+
+@needs_rust
+@settings(max_examples=80, deadline=None)
+@given(x=float32_matrices())
+def test_rust_equals_numpy_exactly(x):
+    with backend.use_backend("rust"):
+        got = backend.pack_bits(x)
+    np.testing.assert_array_equal(got, reference.pack_bits(x))
+
+
+@needs_rust
+@settings(max_examples=40, deadline=None)
+@given(x=float32_matrices(), layout=st.sampled_from(["strided", "fortran", "transposed"]))
+def test_rust_backend_accepts_non_contiguous_views(x, layout):
+    view = {
+        "strided": lambda: np.repeat(x, 2, axis=1)[:, ::2],
+        "fortran": lambda: np.asfortranarray(x),
+        "transposed": lambda: np.ascontiguousarray(x.T).T,
+    }[layout]()
+    np.testing.assert_array_equal(view, x)
+    with backend.use_backend("rust"):
+        got = backend.pack_bits(view)
+    np.testing.assert_array_equal(got, reference.pack_bits(x))
+
+
+@needs_rust
+def test_rust_threaded_path_equals_numpy_and_finds_nan():
+    # Big enough for the Rust side to split rows across threads (>= 2**16 values).
+    x = np.random.default_rng(7).standard_normal((301, 577)).astype(np.float32)
+    x[::17, ::5] = -0.0
+    with backend.use_backend("rust"):
+        np.testing.assert_array_equal(backend.pack_bits(x), reference.pack_bits(x))
+        x[250, 576] = np.nan
+        x[290, 3] = np.nan
+        with pytest.raises(ValueError, match=r"NaN \(first at row 250, column 576\)"):
+            backend.pack_bits(x)
+
+
+def test_rust_extension_itself_rejects_what_the_wrapper_would_fix(raw_rust):
+    x = np.ones((3, 8), np.float32)
+    with pytest.raises(ValueError, match=r"pack_bits: x .*not C-contiguous"):
+        raw_rust.pack_bits(x[:, ::2])
+    with pytest.raises(ValueError, match=r"pack_bits: x must be a C-contiguous float32 2-D array, "
+                                         r"got dtype int8 shape \(3,\)"):
+        raw_rust.pack_bits(np.zeros(3, np.int8))
+    with pytest.raises(ValueError, match=r"got dtype float64 shape \(3, 8\)"):
+        raw_rust.pack_bits(x.astype(np.float64))
+    with pytest.raises(ValueError, match=r"pack_bits: x .*got an object of type list"):
+        raw_rust.pack_bits([[1.0, -1.0]])
+    with pytest.raises(ValueError, match=r"pack_bits: x contains NaN \(first at row 2, column 5\)"):
+        x[2, 5] = np.nan
+        raw_rust.pack_bits(x)
+
+
+# --- bad input names the argument -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.ones(5, np.float32), r"pack_bits: x must be .*2-D.*\(5,\)"),
+        (np.ones((2, 3, 4), np.float32), r"pack_bits: x must be .*2-D.*\(2, 3, 4\)"),
+        (np.array([[1.0, np.nan]], np.float32), r"pack_bits: x contains NaN \(first at row 0, column 1\)"),
+        (np.array([[1.0, np.nan]]), r"pack_bits: x contains NaN"),
+        (np.array([[True, False]]), r"pack_bits: x must be a float or integer array, got dtype bool"),
+    ],
+)
+def test_pack_bits_rejects_bad_x(name, bad, message):
+    with backend.use_backend(name), pytest.raises(ValueError, match=message):
+        backend.pack_bits(bad)
+
+
+@pytest.mark.parametrize(
+    "packed, k, message",
+    [
+        (np.zeros((2, 1), np.int64), 3, r"unpack_bits: packed must be a uint64 numpy array, got int64"),
+        ([[0]], 3, r"unpack_bits: packed must be a uint64 numpy array, got list"),
+        (np.zeros(2, np.uint64), 3, r"unpack_bits: packed must be 2-D .*\(2,\)"),
+        (np.zeros((2, 1), np.uint64), 65, r"unpack_bits: k=65 is larger than the packed capacity 64"),
+        (np.zeros((2, 1), np.uint64), -1, r"unpack_bits: k must be a non-negative integer, got -1"),
+        (np.zeros((2, 1), np.uint64), 2.0, r"unpack_bits: k must be a non-negative integer, got 2.0"),
+    ],
+)
+def test_unpack_bits_rejects_bad_arguments(packed, k, message):
+    with pytest.raises(ValueError, match=message):
+        backend.unpack_bits(packed, k)
+
+
+# --- the seam itself --------------------------------------------------------------------------------
+
+def test_backend_selection(monkeypatch):
+    monkeypatch.setattr(backend, "_active", None)
+    monkeypatch.setenv("APB_BACKEND", "numpy")
+    assert backend.get_backend() == "numpy"
+
+    monkeypatch.setattr(backend, "_active", None)
+    monkeypatch.setenv("APB_BACKEND", "cuda")
+    with pytest.raises(ValueError, match=r"APB_BACKEND must be one of numpy, rust; got 'cuda'"):
+        backend.get_backend()
+
+    monkeypatch.setattr(backend, "_active", None)
+    monkeypatch.delenv("APB_BACKEND")
+    assert backend.get_backend() == ("rust" if HAVE_RUST else "numpy")
+
+    with pytest.raises(ValueError, match=r"set_backend: name must be one of numpy, rust; got 'fast'"):
+        backend.set_backend("fast")
+
+
+def test_requesting_missing_rust_says_how_to_build(monkeypatch):
+    monkeypatch.setattr(backend, "_rust", None)
+    monkeypatch.setattr(backend, "_active", None)
+    assert backend.available_backends() == ["numpy"] and backend.rust_version() is None
+    with pytest.raises(RuntimeError, match=r"rust backend.*pip install -e"):
+        backend.set_backend("rust")
+    assert backend.get_backend() == "numpy"
+
+
+def test_only_the_backend_imports_the_extension():
+    package = pathlib.Path(backend.__file__).resolve().parents[1]
+    importers = []
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [a.name for a in node.names]
+            else:
+                continue
+            if any(n.split(".")[-1] == "_kernels" for n in names) and path.name != "backend.py":
+                importers.append(str(path.relative_to(package)))
+    assert importers == [], "import apb_ref._kernels only through apb_ref.kernels.backend"
