@@ -48,12 +48,12 @@ class Module:
     def __setattr__(self, name: str, value: Any) -> None:
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call Module.__init__() before assigning attributes")
+        kind = self._parameters if isinstance(value, Parameter) else self._modules if isinstance(value, Module) else None
         for registry in (self._parameters, self._modules, self._buffers):
-            registry.pop(name, None)
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
+            if registry is not kind:
+                registry.pop(name, None)
+        if kind is not None:
+            kind[name] = value  # replacing keeps the position (Sequential order)
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name: str, value: np.ndarray) -> None:
@@ -289,6 +289,14 @@ class Dropout(Module):
         return f"p={self.p}"
 
 
+def _attach_quantizers(layer: Module, weight_quantizer, act_quantizer) -> None:
+    """The method seam: the weight quantizer is built from the layer's initial weights."""
+    from .quant.activations import FullPrecision
+    from .quant.base import WeightQuantizer
+    layer.weight_quantizer = weight_quantizer(layer.weight.data) if weight_quantizer else WeightQuantizer()
+    layer.act_quantizer = act_quantizer or FullPrecision()
+
+
 class QuantConv2d(Conv2d):
     """Conv2d whose weights pass through a weight quantizer and whose input passes through an
     activation quantizer: y = conv2d(act_q(x), weight_q(w)). The layer never asks which method."""
@@ -297,10 +305,7 @@ class QuantConv2d(Conv2d):
                  bias: bool = False, rng: np.random.Generator | None = None, init: str = "kaiming_uniform",
                  weight_quantizer: Callable[[np.ndarray], Module] | None = None, act_quantizer: Module | None = None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, rng, init)
-        from .quant.activations import FullPrecision
-        from .quant.base import WeightQuantizer
-        self.weight_quantizer = weight_quantizer(self.weight.data) if weight_quantizer else WeightQuantizer()
-        self.act_quantizer = act_quantizer or FullPrecision()
+        _attach_quantizers(self, weight_quantizer, act_quantizer)
 
     def forward(self, x):
         return F.conv2d(self.act_quantizer(x), self.weight_quantizer(self.weight), self.bias, self.stride, self.padding)
@@ -312,10 +317,7 @@ class QuantLinear(Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rng: np.random.Generator | None = None,
                  weight_quantizer: Callable[[np.ndarray], Module] | None = None, act_quantizer: Module | None = None):
         super().__init__(in_features, out_features, bias, rng)
-        from .quant.activations import FullPrecision
-        from .quant.base import WeightQuantizer
-        self.weight_quantizer = weight_quantizer(self.weight.data) if weight_quantizer else WeightQuantizer()
-        self.act_quantizer = act_quantizer or FullPrecision()
+        _attach_quantizers(self, weight_quantizer, act_quantizer)
 
     def forward(self, x):
         if x.ndim != 2 or x.shape[1] != self.in_features:
