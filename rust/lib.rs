@@ -1,8 +1,11 @@
 //! `apb_ref._kernels`: the Rust kernels of apb-ref, exposed to Python through PyO3.
 //!
 //! This file holds only the bindings: validate the arguments, release the GIL, call into a pure-Rust
-//! module (`pack`, ...), and turn errors into Python `ValueError`s. Nothing here may panic across FFI.
-//! Python code never imports this module directly; `apb_ref.kernels.backend` is the one seam.
+//! module (`pack`, `bgemm`, `spmm`), and turn errors into Python `ValueError`s naming the function and
+//! the argument. Nothing here may panic across FFI: no `unwrap`/`expect`, no indexing that user input
+//! can push out of range, outputs allocated through `numpy.empty` (a failed allocation is a Python
+//! `MemoryError`, not a panic). Python code never imports this module directly;
+//! `apb_ref.kernels.backend` is the one seam. The exact contracts are in `apb_ref/kernels/CONTRACTS.md`.
 //!
 //! # Bit conventions (the same text lives in `apb_ref/kernels/__init__.py`)
 //!
@@ -13,17 +16,40 @@
 //!   `popcount(a ^ b)`: a ±1 dot product of true length K is `K − 2·popcount(a ^ b)`.
 //! * 2-bit signed values `{−3, −1, +1, +3}·(s/2)` are stored as two sign planes `hi`, `lo`, each packed
 //!   as above with each bit meaning ±1, and `v = 2·hi + lo`.
+//!
+//! # Instruction sets and threads
+//!
+//! Every kernel takes `isa=None` (`"avx512"`, `"avx2"` or `"scalar"`; else the environment variable
+//! `APB_KERNEL_ISA`, else the best this CPU has; see `isa.rs`) where it has SIMD paths, and
+//! `threads=None` (else `APB_NUM_THREADS`, else every core; see `threads.rs`).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod bgemm;
+pub mod isa;
 pub mod pack;
+pub mod spmm;
+pub mod threads;
 
-use numpy::{PyArray2, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{
+    Element, PyArray1, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyString};
+
+use bgemm::Kind;
+use pack::{words_for, MaskByte, PackError, Source};
 
 /// The crate version, e.g. "0.1.0".
 #[pyfunction]
 fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
+}
+
+fn value_error(msg: impl Into<String>) -> PyErr {
+    PyValueError::new_err(msg.into())
 }
 
 /// Format a shape the way Python prints a tuple: `(3,)`, `(2, 5)`.
@@ -41,66 +67,578 @@ fn py_shape(shape: &[usize]) -> String {
     }
 }
 
-/// Borrow `x` as a C-contiguous 2-D float32 array, or explain what came instead.
-fn as_f32_matrix<'a, 'py>(
-    func: &str,
-    name: &str,
+/// `x` as an untyped NumPy array, or a ValueError saying what it was.
+fn as_array<'a, 'py>(
     x: &'a Bound<'py, PyAny>,
-) -> PyResult<&'a Bound<'py, PyArray2<f32>>> {
-    let expected = format!("{func}: {name} must be a C-contiguous float32 2-D array");
-    let arr = x.cast::<PyUntypedArray>().map_err(|_| {
+    expected: &str,
+) -> PyResult<&'a Bound<'py, PyUntypedArray>> {
+    x.cast::<PyUntypedArray>().map_err(|_| {
         let ty = x
             .get_type()
             .name()
             .map(|n| n.to_string())
             .unwrap_or_else(|_| "?".into());
-        PyValueError::new_err(format!("{expected}, got an object of type {ty}"))
-    })?;
-    let dtype_ok = arr.dtype().is_equiv_to(&numpy::dtype::<f32>(x.py()));
-    if arr.ndim() != 2 || !dtype_ok || !arr.is_c_contiguous() {
-        let layout = if arr.is_c_contiguous() {
-            ""
-        } else {
-            ", not C-contiguous"
-        };
-        return Err(PyValueError::new_err(format!(
-            "{expected}, got dtype {} shape {}{layout}",
-            arr.dtype(),
-            py_shape(arr.shape())
-        )));
-    }
-    x.cast::<PyArray2<f32>>()
-        .map_err(|e| PyValueError::new_err(format!("{expected}: {e}")))
+        value_error(format!("{expected}, got an object of type {ty}"))
+    })
 }
 
-/// Pack the signs of a (rows, K) float32 matrix into a (rows, ceil(K/64)) uint64 matrix.
+/// "got dtype D shape S[, not C-contiguous]" for error messages.
+fn describe(arr: &Bound<'_, PyUntypedArray>) -> String {
+    let layout = if arr.is_c_contiguous() {
+        ""
+    } else {
+        ", not C-contiguous"
+    };
+    format!(
+        "got dtype {} shape {}{layout}",
+        arr.dtype(),
+        py_shape(arr.shape())
+    )
+}
+
+fn has_dtype<T: Element>(arr: &Bound<'_, PyUntypedArray>) -> bool {
+    arr.dtype().is_equiv_to(&numpy::dtype::<T>(arr.py()))
+}
+
+/// Borrow `x` as a C-contiguous `ndim`-D array of `T` (`want` names the dtype in messages).
+fn typed<'py, T: Element>(
+    func: &str,
+    name: &str,
+    x: &Bound<'py, PyAny>,
+    want: &str,
+    ndim: usize,
+) -> PyResult<Bound<'py, PyUntypedArray>> {
+    let expected = format!("{func}: {name} must be a C-contiguous {want} {ndim}-D array");
+    let arr = as_array(x, &expected)?;
+    if arr.ndim() != ndim || !has_dtype::<T>(arr) || !arr.is_c_contiguous() {
+        return Err(value_error(format!("{expected}, {}", describe(arr))));
+    }
+    Ok(arr.clone())
+}
+
+/// Read-only contiguous data of an array already checked by [`typed`] (or equivalent) to hold `T`.
+fn slice_of<'py, T: Element>(
+    func: &str,
+    name: &str,
+    arr: &Bound<'py, PyUntypedArray>,
+) -> PyResult<numpy::PyReadonlyArrayDyn<'py, T>> {
+    let typed = arr
+        .cast::<numpy::PyArrayDyn<T>>()
+        .map_err(|e| value_error(format!("{func}: {name}: {e}")))?;
+    typed
+        .try_readonly()
+        .map_err(|e| value_error(format!("{func}: {name}: {e}")))
+}
+
+fn as_slice<'a, T: Element>(
+    func: &str,
+    name: &str,
+    ro: &'a numpy::PyReadonlyArrayDyn<'_, T>,
+) -> PyResult<&'a [T]> {
+    ro.as_slice()
+        .map_err(|e| value_error(format!("{func}: {name}: {e}")))
+}
+
+/// A new uninitialized C-contiguous `(rows, cols)` array of `T`, through `numpy.empty` so that a
+/// failed allocation is a Python MemoryError. Every caller writes every element.
+fn empty2<'py, T: Element>(
+    py: Python<'py>,
+    func: &str,
+    rows: usize,
+    cols: usize,
+) -> PyResult<Bound<'py, PyArray2<T>>> {
+    let bytes = rows
+        .checked_mul(cols)
+        .and_then(|n| n.checked_mul(std::mem::size_of::<T>()))
+        .filter(|&b| b <= isize::MAX as usize);
+    if bytes.is_none() {
+        return Err(value_error(format!(
+            "{func}: the result of shape ({rows}, {cols}) is too large"
+        )));
+    }
+    let np = py.import("numpy")?;
+    let arr = np
+        .getattr("empty")?
+        .call1(((rows, cols), numpy::dtype::<T>(py)))?;
+    arr.cast_into::<PyArray2<T>>()
+        .map_err(|e| value_error(format!("{func}: output: {e}")))
+}
+
+/// An optional integer argument (`None` -> None); anything but an int (bools included) is an error.
+fn opt_int(func: &str, name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<i64>> {
+    let Some(v) = v.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    if v.is_instance_of::<PyBool>() {
+        return Err(value_error(format!(
+            "{func}: {name} must be an integer, got {v}"
+        )));
+    }
+    v.extract::<i64>().map(Some).map_err(|_| {
+        value_error(format!("{func}: {name} must be an integer, got {}", v.repr().map(|r| r.to_string()).unwrap_or_default()))
+    })
+}
+
+/// An optional string argument (`None` -> None).
+fn opt_str(func: &str, name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
+    let Some(v) = v.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let s = v.cast::<PyString>().map_err(|_| {
+        value_error(format!(
+            "{func}: {name} must be a string or None, got {}",
+            v.repr().map(|r| r.to_string()).unwrap_or_default()
+        ))
+    })?;
+    Ok(Some(s.to_str()?.to_owned()))
+}
+
+fn resolve_threads(func: &str, threads: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+    let n = opt_int(func, "threads", threads)?;
+    threads::resolve(n, &format!("{func}: threads")).map_err(value_error)
+}
+
+fn resolve_isa(func: &str, isa: Option<&Bound<'_, PyAny>>) -> PyResult<isa::Isa> {
+    let name = opt_str(func, "isa", isa)?;
+    isa::resolve(name.as_deref(), &format!("{func}: isa")).map_err(value_error)
+}
+
+/// Names of the instruction-set paths this CPU can run, best first (always ends with "scalar").
+#[pyfunction]
+fn isa_available() -> Vec<&'static str> {
+    isa::available().into_iter().map(|i| i.name()).collect()
+}
+
+/// The path a kernel call without `isa=` uses: `APB_KERNEL_ISA` if set, else the best available.
+#[pyfunction]
+fn isa_selected() -> PyResult<&'static str> {
+    isa::resolve(None, "isa")
+        .map(|i| i.name())
+        .map_err(value_error)
+}
+
+/// The thread count a kernel call without `threads=` uses: `APB_NUM_THREADS` if set, else every core.
+#[pyfunction]
+fn threads_selected() -> PyResult<usize> {
+    threads::resolve(None, "threads").map_err(value_error)
+}
+
+// --- packing -------------------------------------------------------------------------------------
+
+/// Pack an array already checked to be a C-contiguous 2-D array of `T` into `P` planes.
+fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
+    py: Python<'py>,
+    func: &str,
+    name: &str,
+    arr: &Bound<'py, PyUntypedArray>,
+    threads: usize,
+    describe_invalid: impl Fn(usize, usize, String) -> String,
+) -> PyResult<[Bound<'py, PyArray2<u64>>; P]> {
+    let (rows, k) = match arr.shape() {
+        [r, k] => (*r, *k),
+        s => {
+            return Err(value_error(format!(
+                "{func}: {name} must be 2-D, got shape {}",
+                py_shape(s)
+            )))
+        }
+    };
+    let ro = slice_of::<T>(func, name, arr)?;
+    let xs = as_slice(func, name, &ro)?;
+    let words = words_for(k);
+    let mut outs = Vec::with_capacity(P);
+    for _ in 0..P {
+        outs.push(empty2::<u64>(py, func, rows, words)?);
+    }
+    {
+        let mut rws = outs.iter().map(|o| o.readwrite()).collect::<Vec<_>>();
+        let mut slices: Vec<&mut [u64]> = Vec::with_capacity(P);
+        for rw in rws.iter_mut() {
+            slices.push(
+                rw.as_slice_mut()
+                    .map_err(|e| value_error(format!("{func}: output: {e}")))?,
+            );
+        }
+        let planes: [&mut [u64]; P] = slices
+            .try_into()
+            .map_err(|_| value_error(format!("{func}: internal error: plane count")))?;
+        let result = py.detach(|| {
+            threads::install(threads, || pack::pack_planes::<T, P>(xs, k, planes, threads > 1))
+        });
+        match result {
+            Err(e) => return Err(value_error(format!("{func}: {e}"))),
+            Ok(Err(PackError::Invalid { row, col })) => {
+                let v = xs
+                    .get(row * k + col)
+                    .map(|v| format!("{v:?}"))
+                    .unwrap_or_default();
+                return Err(value_error(describe_invalid(row, col, v)));
+            }
+            Ok(Err(PackError::Length(msg))) => return Err(value_error(format!("{func}: {msg}"))),
+            Ok(Ok(())) => {}
+        }
+    }
+    outs.try_into()
+        .map_err(|_| value_error(format!("{func}: internal error: plane count")))
+}
+
+/// Pack the signs of a (rows, K) float32 or int8 matrix into a (rows, ceil(K/64)) uint64 matrix.
 ///
 /// Bit `k % 64` of word `k / 64` is 1 where `x[row, k] < 0`; padding bits are 0. NaN is rejected.
 #[pyfunction]
-fn pack_bits<'py>(py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray2<u64>>> {
-    let arr = as_f32_matrix("pack_bits", "x", x)?;
-    let (rows, k) = (arr.shape()[0], arr.shape()[1]);
-    let x_ro = arr
-        .try_readonly()
-        .map_err(|e| PyValueError::new_err(format!("pack_bits: x: {e}")))?;
-    let xs = x_ro
-        .as_slice()
-        .map_err(|e| PyValueError::new_err(format!("pack_bits: x: {e}")))?;
+#[pyo3(signature = (x, threads=None))]
+fn pack_bits<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<u64>>> {
+    const F: &str = "pack_bits";
+    let expected = format!("{F}: x must be a C-contiguous float32 2-D array");
+    let arr = as_array(x, &expected)?;
+    if arr.ndim() != 2 || !arr.is_c_contiguous() || !(has_dtype::<f32>(arr) || has_dtype::<i8>(arr)) {
+        return Err(value_error(format!(
+            "{expected}, {} (int8 is accepted too)",
+            describe(arr)
+        )));
+    }
+    let threads = resolve_threads(F, threads)?;
+    let nan = |row, col, _| format!("{F}: x contains NaN (first at row {row}, column {col})");
+    let [out] = if has_dtype::<f32>(arr) {
+        pack_typed::<f32, 1>(py, F, "x", arr, threads, nan)?
+    } else {
+        pack_typed::<i8, 1>(py, F, "x", arr, threads, nan)?
+    };
+    Ok(out)
+}
 
-    let out = PyArray2::<u64>::zeros(py, [rows, pack::words_for(k)], false);
+/// Pack a (rows, K) bool matrix as it is (True -> bit 1, i.e. −1) into (rows, ceil(K/64)) uint64.
+#[pyfunction]
+#[pyo3(signature = (bits, threads=None))]
+fn pack_mask<'py>(
+    py: Python<'py>,
+    bits: &Bound<'py, PyAny>,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<u64>>> {
+    const F: &str = "pack_mask";
+    let arr = typed::<bool>(F, "bits", bits, "bool", 2)?;
+    let threads = resolve_threads(F, threads)?;
+    // Read the bytes as uint8 (a NumPy bool byte need not be 0 or 1; any non-zero byte is True).
+    let bytes = arr.call_method1("view", ("uint8",))?;
+    let bytes = typed::<u8>(F, "bits", &bytes, "uint8 view of a bool", 2)?;
+    let [out] = pack_typed_mask(py, F, &bytes, threads)?;
+    Ok(out)
+}
+
+fn pack_typed_mask<'py>(
+    py: Python<'py>,
+    func: &str,
+    bytes: &Bound<'py, PyUntypedArray>,
+    threads: usize,
+) -> PyResult<[Bound<'py, PyArray2<u64>>; 1]> {
+    let (rows, k) = match bytes.shape() {
+        [r, k] => (*r, *k),
+        _ => return Err(value_error(format!("{func}: bits must be 2-D"))),
+    };
+    let ro = slice_of::<u8>(func, "bits", bytes)?;
+    let xs = as_slice(func, "bits", &ro)?;
+    // SAFETY: MaskByte is #[repr(transparent)] over u8, so a &[u8] is a valid &[MaskByte] of the same
+    // length and lifetime (same size, alignment and validity: every u8 is a valid MaskByte).
+    let masks: &[MaskByte] = unsafe { std::slice::from_raw_parts(xs.as_ptr().cast(), xs.len()) };
+    let out = empty2::<u64>(py, func, rows, words_for(k))?;
     {
-        let mut out_rw = out.readwrite();
-        let os = out_rw
+        let mut rw = out.readwrite();
+        let os = rw
             .as_slice_mut()
-            .map_err(|e| PyValueError::new_err(format!("pack_bits: output: {e}")))?;
-        py.detach(|| pack::pack_rows(xs, k, os)).map_err(|e| {
-            PyValueError::new_err(match e {
-                pack::PackError::Nan { row, col } => {
-                    format!("pack_bits: x contains NaN (first at row {row}, column {col})")
-                }
-                pack::PackError::Length(msg) => format!("pack_bits: {msg}"),
-            })
-        })?;
+            .map_err(|e| value_error(format!("{func}: output: {e}")))?;
+        py.detach(|| {
+            threads::install(threads, || pack::pack_planes::<MaskByte, 1>(masks, k, [os], threads > 1))
+        })
+        .map_err(|e| value_error(format!("{func}: {e}")))?
+        .map_err(|e| value_error(format!("{func}: {e:?}")))?;
+    }
+    Ok([out])
+}
+
+/// Pack a (rows, K) matrix of values in {−3, −1, 1, 3} into two sign planes `(hi, lo)`, each
+/// (rows, ceil(K/64)) uint64, with v = 2·hi + lo.
+#[pyfunction]
+#[pyo3(signature = (v, threads=None))]
+fn pack_2bit<'py>(
+    py: Python<'py>,
+    v: &Bound<'py, PyAny>,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<(Bound<'py, PyArray2<u64>>, Bound<'py, PyArray2<u64>>)> {
+    const F: &str = "pack_2bit";
+    let expected = format!(
+        "{F}: v must be a C-contiguous 2-D array of float32, float64, int8, int16, int32 or int64"
+    );
+    let arr = as_array(v, &expected)?;
+    if arr.ndim() != 2 || !arr.is_c_contiguous() {
+        return Err(value_error(format!("{expected}, {}", describe(arr))));
+    }
+    let threads = resolve_threads(F, threads)?;
+    let bad = |row, col, val: String| {
+        format!("{F}: v must hold only -3, -1, 1, 3; got {val} at row {row}, column {col}")
+    };
+    let [hi, lo] = if has_dtype::<f32>(arr) {
+        pack_typed::<f32, 2>(py, F, "v", arr, threads, bad)?
+    } else if has_dtype::<f64>(arr) {
+        pack_typed::<f64, 2>(py, F, "v", arr, threads, bad)?
+    } else if has_dtype::<i8>(arr) {
+        pack_typed::<i8, 2>(py, F, "v", arr, threads, bad)?
+    } else if has_dtype::<i16>(arr) {
+        pack_typed::<i16, 2>(py, F, "v", arr, threads, bad)?
+    } else if has_dtype::<i32>(arr) {
+        pack_typed::<i32, 2>(py, F, "v", arr, threads, bad)?
+    } else if has_dtype::<i64>(arr) {
+        pack_typed::<i64, 2>(py, F, "v", arr, threads, bad)?
+    } else {
+        return Err(value_error(format!("{expected}, {}", describe(arr))));
+    };
+    Ok((hi, lo))
+}
+
+// --- popcount GEMMs ------------------------------------------------------------------------------
+
+/// Validate `k` (an int in [1, max_k]).
+fn parse_k(func: &str, k: &Bound<'_, PyAny>, max_k: usize) -> PyResult<usize> {
+    let k = opt_int(func, "k", Some(k))?
+        .ok_or_else(|| value_error(format!("{func}: k must be an integer, got None")))?;
+    if k < 1 || k as u64 > max_k as u64 {
+        return Err(value_error(format!(
+            "{func}: k must be in [1, {max_k}] (larger k could overflow the int32 result), got {k}"
+        )));
+    }
+    Ok(k as usize)
+}
+
+/// One packed operand plane after validation.
+struct Plane<'py> {
+    name: &'static str,
+    arr: Bound<'py, PyUntypedArray>,
+    rows: usize,
+    words: usize,
+}
+
+fn plane<'py>(func: &str, name: &'static str, x: &Bound<'py, PyAny>) -> PyResult<Plane<'py>> {
+    let arr = typed::<u64>(func, name, x, "uint64", 2)?;
+    let (rows, words) = match arr.shape() {
+        [r, w] => (*r, *w),
+        _ => return Err(value_error(format!("{func}: {name} must be 2-D"))),
+    };
+    Ok(Plane {
+        name,
+        arr,
+        rows,
+        words,
+    })
+}
+
+/// Planes of one operand must agree in shape.
+fn same_shape(func: &str, planes: &[Plane<'_>]) -> PyResult<()> {
+    if let [first, rest @ ..] = planes {
+        for p in rest {
+            if (p.rows, p.words) != (first.rows, first.words) {
+                return Err(value_error(format!(
+                    "{func}: {} and {} must have the same shape, got ({}, {}) and ({}, {})",
+                    first.name, p.name, first.rows, first.words, p.rows, p.words
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_bgemm<'py>(
+    py: Python<'py>,
+    kind: Kind,
+    a: &[(&'static str, &Bound<'py, PyAny>)],
+    b: &[(&'static str, &Bound<'py, PyAny>)],
+    k: &Bound<'py, PyAny>,
+    isa: Option<&Bound<'py, PyAny>>,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<i32>>> {
+    let func = kind.name();
+    let a_planes = a
+        .iter()
+        .map(|(name, x)| plane(func, name, x))
+        .collect::<PyResult<Vec<_>>>()?;
+    let b_planes = b
+        .iter()
+        .map(|(name, x)| plane(func, name, x))
+        .collect::<PyResult<Vec<_>>>()?;
+    same_shape(func, &a_planes)?;
+    same_shape(func, &b_planes)?;
+    let k = parse_k(func, k, kind.max_k())?;
+    let (Some(fa), Some(fb)) = (a_planes.first(), b_planes.first()) else {
+        return Err(value_error(format!("{func}: internal error: no planes")));
+    };
+    if fa.words != fb.words {
+        return Err(value_error(format!(
+            "{func}: {} and {} must have the same number of words per row (W), got {} and {}",
+            fa.name, fb.name, fa.words, fb.words
+        )));
+    }
+    let w = words_for(k);
+    if fa.words != w {
+        return Err(value_error(format!(
+            "{func}: {} and {} have W = {} words per row, but k = {k} needs W = ceil(k/64) = {w}",
+            fa.name, fb.name, fa.words
+        )));
+    }
+    let isa = resolve_isa(func, isa)?;
+    let threads = resolve_threads(func, threads)?;
+    let (m, n) = (fa.rows, fb.rows);
+
+    let a_ro = a_planes
+        .iter()
+        .map(|p| slice_of::<u64>(func, p.name, &p.arr))
+        .collect::<PyResult<Vec<_>>>()?;
+    let b_ro = b_planes
+        .iter()
+        .map(|p| slice_of::<u64>(func, p.name, &p.arr))
+        .collect::<PyResult<Vec<_>>>()?;
+    let mut a_sl: Vec<&[u64]> = Vec::with_capacity(a_ro.len());
+    for (p, ro) in a_planes.iter().zip(&a_ro) {
+        a_sl.push(as_slice(func, p.name, ro)?);
+    }
+    let mut b_sl: Vec<&[u64]> = Vec::with_capacity(b_ro.len());
+    for (p, ro) in b_planes.iter().zip(&b_ro) {
+        b_sl.push(as_slice(func, p.name, ro)?);
+    }
+    for (p, s) in a_planes.iter().chain(&b_planes).zip(a_sl.iter().chain(&b_sl)) {
+        if let Some(row) = pack::first_bad_padding(s, k) {
+            return Err(value_error(format!(
+                "{func}: {} has non-zero padding bits past k = {k} (first in row {row}); \
+                 padding must be 0 (pack with pack_bits/pack_2bit)",
+                p.name
+            )));
+        }
+    }
+
+    let out = empty2::<i32>(py, func, m, n)?;
+    {
+        let mut rw = out.readwrite();
+        let os = rw
+            .as_slice_mut()
+            .map_err(|e| value_error(format!("{func}: output: {e}")))?;
+        py.detach(|| bgemm::bgemm(kind, &a_sl, &b_sl, m, n, k, isa, threads, os))
+            .map_err(value_error)?;
+    }
+    Ok(out)
+}
+
+/// ±1 × ±1: `out[i, j] = k − 2·popcount(a[i] ^ b[j])`, int32 (M, N).
+#[pyfunction]
+#[pyo3(signature = (a, b, k, isa=None, threads=None))]
+fn bgemm_1x1<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    isa: Option<&Bound<'py, PyAny>>,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<i32>>> {
+    run_bgemm(py, Kind::B1x1, &[("a", a)], &[("b", b)], k, isa, threads)
+}
+
+/// ±1 × 2-bit: `out = 2·(a·b_hi) + (a·b_lo)`, int32 (M, N).
+#[pyfunction]
+#[pyo3(signature = (a, b_hi, b_lo, k, isa=None, threads=None))]
+fn bgemm_1x2<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    b_hi: &Bound<'py, PyAny>,
+    b_lo: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    isa: Option<&Bound<'py, PyAny>>,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<i32>>> {
+    run_bgemm(
+        py,
+        Kind::B1x2,
+        &[("a", a)],
+        &[("b_hi", b_hi), ("b_lo", b_lo)],
+        k,
+        isa,
+        threads,
+    )
+}
+
+/// 2-bit × 2-bit: `out = 4·(ah·bh) + 2·(ah·bl) + 2·(al·bh) + (al·bl)`, int32 (M, N).
+#[pyfunction]
+#[pyo3(signature = (a_hi, a_lo, b_hi, b_lo, k, isa=None, threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn bgemm_2x2<'py>(
+    py: Python<'py>,
+    a_hi: &Bound<'py, PyAny>,
+    a_lo: &Bound<'py, PyAny>,
+    b_hi: &Bound<'py, PyAny>,
+    b_lo: &Bound<'py, PyAny>,
+    k: &Bound<'py, PyAny>,
+    isa: Option<&Bound<'py, PyAny>>,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<i32>>> {
+    run_bgemm(
+        py,
+        Kind::B2x2,
+        &[("a_hi", a_hi), ("a_lo", a_lo)],
+        &[("b_hi", b_hi), ("b_lo", b_lo)],
+        k,
+        isa,
+        threads,
+    )
+}
+
+// --- sparse × dense ------------------------------------------------------------------------------
+
+/// CSR (M, K) × dense float32 (K, N) -> float32 (M, N). `indptr` int64 (M+1,), `indices` int32
+/// (nnz,) in [0, K), `data` float32 (nnz,).
+#[pyfunction]
+#[pyo3(signature = (indptr, indices, data, x, threads=None, isa=None))]
+fn csr_matmul<'py>(
+    py: Python<'py>,
+    indptr: &Bound<'py, PyAny>,
+    indices: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+    x: &Bound<'py, PyAny>,
+    threads: Option<&Bound<'py, PyAny>>,
+    isa: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    const F: &str = "csr_matmul";
+    let indptr_a = typed::<i64>(F, "indptr", indptr, "int64", 1)?;
+    let indices_a = typed::<i32>(F, "indices", indices, "int32", 1)?;
+    let data_a = typed::<f32>(F, "data", data, "float32", 1)?;
+    let x_a = typed::<f32>(F, "x", x, "float32", 2)?;
+    let (k, n) = match x_a.shape() {
+        [k, n] => (*k, *n),
+        _ => return Err(value_error(format!("{F}: x must be 2-D"))),
+    };
+    let isa = resolve_isa(F, isa)?;
+    let threads = resolve_threads(F, threads)?;
+    let (ip_ro, ix_ro, d_ro, x_ro) = (
+        slice_of::<i64>(F, "indptr", &indptr_a)?,
+        slice_of::<i32>(F, "indices", &indices_a)?,
+        slice_of::<f32>(F, "data", &data_a)?,
+        slice_of::<f32>(F, "x", &x_a)?,
+    );
+    let (ip, ix, d, xs) = (
+        as_slice(F, "indptr", &ip_ro)?,
+        as_slice(F, "indices", &ix_ro)?,
+        as_slice(F, "data", &d_ro)?,
+        as_slice(F, "x", &x_ro)?,
+    );
+    let m = spmm::validate(ip, ix, d.len(), k)
+        .map_err(|e| value_error(format!("{F}: {} {}", e.arg, e.msg)))?;
+    let out = empty2::<f32>(py, F, m, n)?;
+    {
+        let mut rw = out.readwrite();
+        let os = rw
+            .as_slice_mut()
+            .map_err(|e| value_error(format!("{F}: output: {e}")))?;
+        py.detach(|| spmm::csr_matmul(ip, ix, d, xs, k, n, isa, threads, os))
+            .map_err(|e| value_error(format!("{F}: {} {}", e.arg, e.msg)))?;
     }
     Ok(out)
 }
@@ -108,6 +646,17 @@ fn pack_bits<'py>(py: Python<'py>, x: &Bound<'py, PyAny>) -> PyResult<Bound<'py,
 #[pymodule]
 fn _kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(isa_available, m)?)?;
+    m.add_function(wrap_pyfunction!(isa_selected, m)?)?;
+    m.add_function(wrap_pyfunction!(threads_selected, m)?)?;
     m.add_function(wrap_pyfunction!(pack_bits, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_mask, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_2bit, m)?)?;
+    m.add_function(wrap_pyfunction!(bgemm_1x1, m)?)?;
+    m.add_function(wrap_pyfunction!(bgemm_1x2, m)?)?;
+    m.add_function(wrap_pyfunction!(bgemm_2x2, m)?)?;
+    m.add_function(wrap_pyfunction!(csr_matmul, m)?)?;
+    // Keep the 1-D array type linked for the docs of csr_matmul's arguments.
+    let _ = std::marker::PhantomData::<PyArray1<f32>>;
     Ok(())
 }

@@ -128,6 +128,20 @@ def test_projection_meets_the_budget_exactly(tmp_path):
     MemoryBudget(target).project(model)
     after = summarize(model, (1, 32, 32)).fp_fraction
     assert target - 0.001 <= after <= target
+    # under budget the bands narrow until the budget is used
+    for q in _quantizers(model):
+        q.mask_is_frozen[...] = False
+        q.delta.data[...] = q.delta.data * 10
+    assert summarize(model, (1, 32, 32)).fp_fraction < target / 10
+    MemoryBudget(target).project(model)
+    assert target - 0.001 <= summarize(model, (1, 32, 32)).fp_fraction <= target
+    # a budget that holds everything keeps every weight in full precision, δ untouched
+    deltas = [float(q.delta.data) for q in _quantizers(model)]
+    for q in _quantizers(model):
+        q.mask_is_frozen[...] = False
+    assert MemoryBudget(1.0).project(model) == 0.0
+    assert summarize(model, (1, 32, 32)).fp_fraction == 1.0
+    assert [float(q.delta.data) for q in _quantizers(model)] == deltas
 
 
 def test_budget_run_reports_and_meets_its_budget(tmp_path):

@@ -14,21 +14,22 @@ Bit conventions (decided once; the Rust crate docs in rust/lib.rs say the same):
   packed as above with each bit meaning ±1, and ``v = 2·hi + lo``.
 """
 from .backend import (  # noqa: F401
+    KERNEL_NAMES,
     available_backends,
+    bgemm_1x1,
+    bgemm_1x2,
+    bgemm_2x2,
+    csr_matmul,
     get_backend,
+    im2col,
+    pack_2bit,
     pack_bits,
+    pack_mask,
     rust_version,
     set_backend,
+    unpack_2bit,
     unpack_bits,
     use_backend,
 )
 
-__all__ = [
-    "available_backends",
-    "get_backend",
-    "set_backend",
-    "use_backend",
-    "rust_version",
-    "pack_bits",
-    "unpack_bits",
-]
+__all__ = ["available_backends", "get_backend", "set_backend", "use_backend", "rust_version", *KERNEL_NAMES]

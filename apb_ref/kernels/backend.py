@@ -81,9 +81,22 @@ def use_backend(name: str):
 
 # --- Rust wrappers: adapt arguments to the extension's strict contracts -------------------------
 
+def _contiguous(x):
+    """C-contiguous view or copy of an ndarray (the Rust bindings require it); anything else as is,
+    so the extension's own check names the bad argument."""
+    return np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x
+
+
+def _rust_call(name: str):
+    def call(*args):
+        return getattr(_rust, name)(*map(_contiguous, args))
+    call.__name__ = f"_{name}_rust"
+    return call
+
+
 def _pack_bits_rust(x):
     x = np.asarray(x)
-    if x.dtype != np.float32:
+    if x.dtype not in (np.float32, np.int8):
         # Casting to float32 could flush a tiny negative to -0.0 and flip its bit: let the oracle do it.
         return reference.pack_bits(x)
     return _rust.pack_bits(np.ascontiguousarray(x))
@@ -92,7 +105,15 @@ def _pack_bits_rust(x):
 # name -> (NumPy reference, Rust wrapper or None while the kernel is NumPy-only)
 _KERNELS = {
     "pack_bits": (reference.pack_bits, _pack_bits_rust),
+    "pack_mask": (reference.pack_mask, _rust_call("pack_mask")),
+    "pack_2bit": (reference.pack_2bit, _rust_call("pack_2bit")),
     "unpack_bits": (reference.unpack_bits, None),
+    "unpack_2bit": (reference.unpack_2bit, None),
+    "bgemm_1x1": (reference.bgemm_1x1, _rust_call("bgemm_1x1")),
+    "bgemm_1x2": (reference.bgemm_1x2, _rust_call("bgemm_1x2")),
+    "bgemm_2x2": (reference.bgemm_2x2, _rust_call("bgemm_2x2")),
+    "csr_matmul": (reference.csr_matmul, _rust_call("csr_matmul")),
+    "im2col": (reference.im2col, None),  # a strided view and one copy: memory-bound either way
 }
 
 
@@ -110,4 +131,13 @@ def _kernel(name: str):
 
 
 pack_bits = _kernel("pack_bits")
+pack_mask = _kernel("pack_mask")
+pack_2bit = _kernel("pack_2bit")
 unpack_bits = _kernel("unpack_bits")
+unpack_2bit = _kernel("unpack_2bit")
+bgemm_1x1 = _kernel("bgemm_1x1")
+bgemm_1x2 = _kernel("bgemm_1x2")
+bgemm_2x2 = _kernel("bgemm_2x2")
+csr_matmul = _kernel("csr_matmul")
+im2col = _kernel("im2col")
+KERNEL_NAMES = tuple(_KERNELS)

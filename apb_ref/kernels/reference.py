@@ -58,3 +58,191 @@ def unpack_bits(packed, k) -> np.ndarray:
     as_bytes = np.ascontiguousarray(packed, dtype="<u8").view(np.uint8).reshape(rows, words * 8)
     bits = np.unpackbits(as_bytes, axis=1, count=int(k), bitorder="little")
     return 1.0 - 2.0 * bits.astype(np.float32)  # bit 1 -> -1, bit 0 -> +1
+
+
+# --- argument checks shared by the kernels below ------------------------------------------------
+
+def _check_k(func: str, k) -> int:
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"{func}: k must be a positive integer, got {k!r}")
+    return int(k)
+
+
+def _check_packed(func: str, name: str, x, k: int) -> np.ndarray:
+    """A (rows, ceil(k/64)) uint64 operand whose padding bits past k are 0."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint64:
+        got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
+        raise ValueError(f"{func}: {name} must be a uint64 numpy array (packed bits), got {got}")
+    if x.ndim != 2:
+        raise ValueError(f"{func}: {name} must be 2-D (rows, words), got shape {x.shape}")
+    if x.shape[1] != words_for(k):
+        raise ValueError(f"{func}: {name} has {x.shape[1]} words per row, but k = {k} needs "
+                         f"ceil(k/64) = {words_for(k)}")
+    if k % WORD_BITS and x.shape[0] and (x[:, -1] >> np.uint64(k % WORD_BITS)).any():
+        row = int(np.flatnonzero(x[:, -1] >> np.uint64(k % WORD_BITS))[0])
+        raise ValueError(f"{func}: {name} has non-zero padding bits past k = {k} (first in row {row}); "
+                         "padding must be 0 (pack with pack_bits/pack_2bit)")
+    return x
+
+
+def _check_planes(func: str, names: tuple[str, str], hi, lo, k: int):
+    hi, lo = _check_packed(func, names[0], hi, k), _check_packed(func, names[1], lo, k)
+    if hi.shape != lo.shape:
+        raise ValueError(f"{func}: {names[0]} and {names[1]} must have the same shape, "
+                         f"got {hi.shape} and {lo.shape}")
+    return hi, lo
+
+
+def _same_words(func: str, a_name: str, a, b_name: str, b) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"{func}: {a_name} and {b_name} must have the same number of words per row, "
+                         f"got {a.shape[1]} and {b.shape[1]}")
+
+
+# --- more packing -------------------------------------------------------------------------------
+
+def pack_mask(bits) -> np.ndarray:
+    """Pack a (rows, K) bool matrix as it is (True -> bit 1, which means −1) into (rows, W) uint64."""
+    bits = np.asarray(bits)
+    if bits.dtype != np.bool_ or bits.ndim != 2:
+        raise ValueError(f"pack_mask: bits must be a 2-D bool array, got dtype {bits.dtype} shape {bits.shape}")
+    return pack_bits(np.where(bits, np.int8(-1), np.int8(0)))
+
+
+def pack_2bit(v) -> tuple[np.ndarray, np.ndarray]:
+    """Split a (rows, K) matrix of {−3, −1, 1, 3} into two sign planes (hi, lo) with v = 2·hi + lo.
+
+    hi = sign(v) and lo = sign(v − 2·hi): 3 → (+, +), 1 → (+, −), −1 → (−, +), −3 → (−, −).
+    """
+    v = np.asarray(v)
+    if v.ndim != 2 or v.dtype.kind not in "fiu":
+        raise ValueError(f"pack_2bit: v must be a 2-D float or integer array, got dtype {v.dtype} shape {v.shape}")
+    bad = ~np.isin(v, (-3, -1, 1, 3))
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise ValueError(f"pack_2bit: v must hold only -3, -1, 1, 3; got {v[row, col]!r} at row {row}, column {col}")
+    hi = np.where(v < 0, np.int8(-1), np.int8(1))
+    return pack_bits(hi), pack_bits(v - 2 * hi)
+
+
+def unpack_2bit(hi, lo, k) -> np.ndarray:
+    """Inverse of `pack_2bit`: (rows, k) float32 in {−3, −1, 1, 3}."""
+    return 2 * unpack_bits(hi, k) + unpack_bits(lo, k)
+
+
+# --- popcount GEMMs -----------------------------------------------------------------------------
+
+def _xor_popcount(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(M, N) int64 popcount(a_i XOR b_j), in row blocks so the (rows, N, W) temporary stays small."""
+    m, n, w = a.shape[0], b.shape[0], a.shape[1]
+    out = np.empty((m, n), dtype=np.int64)
+    step = max(1, (1 << 22) // max(1, n * w))
+    for i in range(0, m, step):
+        x = np.bitwise_xor(a[i:i + step, None, :], b[None, :, :])
+        out[i:i + step] = np.bitwise_count(x).sum(axis=2, dtype=np.int64)
+    return out
+
+
+def _dot(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """±1 dot products of every row of a with every row of b: K − 2·popcount(a XOR b)."""
+    return k - 2 * _xor_popcount(a, b)
+
+
+def _check_k_range(func: str, k: int, weight_sum: int) -> int:
+    k = _check_k(func, k)
+    limit = np.iinfo(np.int32).max // weight_sum
+    if k > limit:
+        raise ValueError(f"{func}: k must be in [1, {limit}] (larger k could overflow the int32 result), got {k}")
+    return k
+
+
+def bgemm_1x1(a, b, k) -> np.ndarray:
+    """out[i, j] = Σ_t a[i, t]·b[j, t] for ±1 rows packed along K: (M, W), (N, W) -> (M, N) int32."""
+    k = _check_k_range("bgemm_1x1", k, 1)
+    a, b = _check_packed("bgemm_1x1", "a", a, k), _check_packed("bgemm_1x1", "b", b, k)
+    _same_words("bgemm_1x1", "a", a, "b", b)
+    return (_dot(a, b, k)).astype(np.int32)  # exact: k is bounded so |out| fits
+
+
+def bgemm_1x2(a, b_hi, b_lo, k) -> np.ndarray:
+    """±1 rows of a times 2-bit rows v = 2·hi + lo of b: 2·(a·b_hi) + (a·b_lo), (M, N) int32."""
+    k = _check_k_range("bgemm_1x2", k, 3)
+    a = _check_packed("bgemm_1x2", "a", a, k)
+    b_hi, b_lo = _check_planes("bgemm_1x2", ("b_hi", "b_lo"), b_hi, b_lo, k)
+    _same_words("bgemm_1x2", "a", a, "b_hi", b_hi)
+    return (2 * _dot(a, b_hi, k) + _dot(a, b_lo, k)).astype(np.int32)  # exact: k is bounded so |out| fits
+
+
+def bgemm_2x2(a_hi, a_lo, b_hi, b_lo, k) -> np.ndarray:
+    """2-bit × 2-bit: (2·ah + al)·(2·bh + bl) expanded into four binary products, (M, N) int32."""
+    k = _check_k_range("bgemm_2x2", k, 9)
+    a_hi, a_lo = _check_planes("bgemm_2x2", ("a_hi", "a_lo"), a_hi, a_lo, k)
+    b_hi, b_lo = _check_planes("bgemm_2x2", ("b_hi", "b_lo"), b_hi, b_lo, k)
+    _same_words("bgemm_2x2", "a_hi", a_hi, "b_hi", b_hi)
+    out = (4 * _dot(a_hi, b_hi, k) + 2 * _dot(a_hi, b_lo, k)
+           + 2 * _dot(a_lo, b_hi, k) + _dot(a_lo, b_lo, k))
+    return (out).astype(np.int32)  # exact: k is bounded so |out| fits
+
+
+# --- sparse × dense -----------------------------------------------------------------------------
+
+def check_csr(func: str, indptr, indices, data, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate a CSR (M, k) matrix; returns the three arrays."""
+    for name, arr, dtype in (("indptr", indptr, np.int64), ("indices", indices, np.int32),
+                             ("data", data, np.float32)):
+        if not isinstance(arr, np.ndarray) or arr.dtype != dtype or arr.ndim != 1:
+            got = f"dtype {arr.dtype} shape {arr.shape}" if isinstance(arr, np.ndarray) else type(arr).__name__
+            raise ValueError(f"{func}: {name} must be a 1-D {np.dtype(dtype).name} array, got {got}")
+    if indptr.size < 1 or indptr[0] != 0:
+        raise ValueError(f"{func}: indptr must start with 0 and have M + 1 entries, got {indptr[:3]}...")
+    if (np.diff(indptr) < 0).any():
+        raise ValueError(f"{func}: indptr must be non-decreasing")
+    if indptr[-1] != indices.size or indices.size != data.size:
+        raise ValueError(f"{func}: indptr[-1] = {indptr[-1]}, len(indices) = {indices.size} and "
+                         f"len(data) = {data.size} must be equal (nnz)")
+    if indices.size and (indices.min() < 0 or indices.max() >= k):
+        raise ValueError(f"{func}: indices must lie in [0, {k}) (K = rows of x), "
+                         f"got values in [{indices.min()}, {indices.max()}]")
+    return indptr, indices, data
+
+
+def csr_matmul(indptr, indices, data, x) -> np.ndarray:
+    """S @ x for S in CSR form (M, K) and a dense float32 x (K, N): (M, N) float32.
+
+    Each nonzero S[i, c] adds S[i, c]·x[c, :] to row i: one gather of rows of x and a segmented
+    sum (np.add.reduceat), so the loop over nonzeros runs inside NumPy.
+    """
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2:
+        got = f"dtype {x.dtype} shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise ValueError(f"csr_matmul: x must be a 2-D float32 array (K, N), got {got}")
+    indptr, indices, data = check_csr("csr_matmul", indptr, indices, data, x.shape[0])
+    m, n = indptr.size - 1, x.shape[1]
+    out = np.zeros((m, n), dtype=np.float32)
+    rows = np.flatnonzero(np.diff(indptr))  # rows with at least one nonzero
+    if rows.size and n:
+        products = data[:, None] * x[indices]  # (nnz, N): each nonzero times its row of x
+        out[rows] = np.add.reduceat(products, indptr[rows], axis=0)
+    return out
+
+
+# --- im2col -------------------------------------------------------------------------------------
+
+def im2col(x, kh, kw, stride=1, padding=0) -> np.ndarray:
+    """(N, C, H, W) float32 -> (N·Ho·Wo, C·kh·kw): one row per output pixel (n, ho, wo), columns
+    ordered (c, i, j) like weight.reshape(O, -1); zero padding. Built from a strided view, no loops."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
+        got = f"dtype {x.dtype} shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise ValueError(f"im2col: x must be a 4-D float32 array (N, C, H, W), got {got}")
+    for name, v, low in (("kh", kh, 1), ("kw", kw, 1), ("stride", stride, 1), ("padding", padding, 0)):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
+            raise ValueError(f"im2col: {name} must be an integer ≥ {low}, got {v!r}")
+    n, c, h, w = x.shape
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"im2col: a {kh}x{kw} kernel does not fit a {h}x{w} input with padding {padding}")
+    if padding:
+        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    sn, sc, sh, sw = x.strides
+    view = np.lib.stride_tricks.as_strided(
+        x, (n, ho, wo, c, kh, kw), (sn, sh * stride, sw * stride, sc, sh, sw), writeable=False)
+    return view.reshape(n * ho * wo, c * kh * kw)

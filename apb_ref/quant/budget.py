@@ -9,10 +9,12 @@ During training the loss gets  λ·relu(f̃ − f*),  where f̃ = Σ_l N_l·f̃_
 layers and f̃_l = 1 − mean_i σ((m·δ − ||w_i| − α|)/(τ·δ)) is a smooth count of the layer's FP
 weights (`soft_fp_fraction`). Its gradient widens the bands (δ up), moves α and pulls weights in.
 
-At the start of the projection epoch (default: the last one) a hard projection guarantees the
-budget: with d_i = ||w_i| − α_l|/(m·δ_l) (a weight is FP iff d_i ≥ 1), all δ_l are scaled by one
-common factor s ≥ 1 chosen so that at most ⌊f*·N⌋ weights have d_i ≥ s; the masks are then frozen,
-so the remaining epochs fine-tune the weights under the exact budget.
+At the start of the projection epoch (default: the last one) a hard projection sets the budget
+exactly: with d_i = ||w_i| − α_l|/(m·δ_l) (a weight is FP iff d_i ≥ 1), all δ_l are scaled by one
+common factor s chosen so that exactly ⌊f*·N⌋ weights have d_i ≥ s — the bands widen when the
+model is over budget and narrow when it is under, so the budget is met and also used (the weights
+farthest from ±α, APB's outliers, keep full precision). The masks are then frozen, and the
+remaining epochs fine-tune the weights under the exact budget.
 """
 from __future__ import annotations
 
@@ -57,7 +59,9 @@ class MemoryBudget:
         return F.relu(soft - self.fp_fraction) * self.weight
 
     def project(self, model: Module) -> float:
-        """Scale every band by one factor so the FP fraction is at most f*, freeze masks; returns the factor."""
+        """Scale every band by one factor so that the FP fraction is f* (rounded down to whole
+        weights), then freeze the masks; returns the factor. Over budget the bands widen; under
+        budget they narrow, so the weights farthest from ±α use the memory the budget allows."""
         layers = apb_layers(model)
         if not layers:
             return 1.0
@@ -68,10 +72,14 @@ class MemoryBudget:
                              / (float(q.margin) * float(q.delta.data)))
         flat = np.concatenate([d.ravel() for d in distances])
         allowed = int(np.floor(self.fp_fraction * flat.size))
-        scale = 1.0
-        if np.count_nonzero(flat >= 1.0) > allowed:
-            kth = np.partition(flat, flat.size - allowed - 1)[flat.size - allowed - 1]  # (allowed+1)-th largest
-            scale = float(np.nextafter(kth, np.inf))
+        if allowed >= flat.size:  # the budget holds every weight in full precision: empty masks,
+            for _, m in layers:    # δ left alone (a zero band would divide by zero downstream)
+                m.weight_quantizer.frozen_mask[...] = False
+                m.weight_quantizer.mask_is_frozen[...] = True
+            return 0.0
+        # just above the (allowed+1)-th largest distance: exactly the `allowed` farthest stay FP
+        kth = np.partition(flat, flat.size - allowed - 1)[flat.size - allowed - 1]
+        scale = float(np.nextafter(kth, np.inf))
         for (_, m), d in zip(layers, distances):
             q = m.weight_quantizer
             q.delta.data[...] = q.delta.data * scale

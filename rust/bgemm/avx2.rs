@@ -1,0 +1,146 @@
+//! AVX2 microkernels: 4 words per ymm register, popcount by the nibble-lookup `vpshufb` trick.
+//!
+//! Per word `p` of K and (row, vector, plane pair): XOR, split into low and high nibbles (AND,
+//! shift + AND), look both up in a 16-entry popcount table (2 × VPSHUFB) and add the two byte counts
+//! (each ≤ 4) to a byte accumulator. A byte gains at most 8 per word and pair, so after at most 31
+//! words (15 when two pairs share a class, as the middle class of 2x2 does) the byte accumulators
+//! are folded into 64-bit lanes with VPSADBW against zero and cleared. As in the AVX-512 kernel each
+//! 64-bit lane is one output element.
+
+use std::arch::x86_64::*;
+
+use super::{Family, Kind, Tile};
+use crate::isa::Isa;
+
+/// 64-bit words per ymm register.
+const LANES: usize = 4;
+
+/// The AVX2 microkernels.
+pub const FAMILY: Family = Family {
+    isa: Isa::Avx2,
+    lanes: LANES,
+    geometry,
+    tile,
+};
+
+/// `(mr, nr_max)`: byte accumulators, B vectors and the two constants fit the 16 ymm registers.
+fn geometry(kind: Kind) -> (usize, usize) {
+    match kind {
+        Kind::B1x1 => (4, 2),
+        Kind::B1x2 | Kind::B2x1 => (2, 2),
+        Kind::B2x2 => (2, 1),
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX2, and the tile's output rectangle is valid and unshared (see [`Tile`]).
+unsafe fn tile(kind: Kind, nr: usize, t: &Tile) -> bool {
+    // SAFETY (all arms): forwarded from the caller; `nr` selects the instantiation whose NR is nr.
+    unsafe {
+        match (kind, nr) {
+            (Kind::B1x1, 1) => kernel::<4, 1, 1, 1>(t),
+            (Kind::B1x1, 2) => kernel::<4, 2, 1, 1>(t),
+            (Kind::B1x2, 1) => kernel::<2, 1, 1, 2>(t),
+            (Kind::B1x2, 2) => kernel::<2, 2, 1, 2>(t),
+            (Kind::B2x1, 1) => kernel::<2, 1, 2, 1>(t),
+            (Kind::B2x1, 2) => kernel::<2, 2, 2, 1>(t),
+            (Kind::B2x2, 1) => kernel::<2, 1, 2, 2>(t),
+            _ => false,
+        }
+    }
+}
+
+/// `MR × 4·NR` outputs, A with `PA` planes, B with `PB` planes, over the whole of K.
+///
+/// # Safety
+/// As for [`tile`].
+#[target_feature(enable = "avx2")]
+unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: usize>(t: &Tile) -> bool {
+    if !t.fits(MR, NR, PA, PB, LANES) {
+        return false;
+    }
+    let w = t.w;
+    // Words per byte-accumulator block: 31·8 = 248 and 15·16 = 240 stay below 256.
+    let block: usize = if PA == 2 && PB == 2 { 15 } else { 31 };
+    #[rustfmt::skip]
+    let lut = _mm256_setr_epi8(
+        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+        0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+    );
+    let low = _mm256_set1_epi8(0x0f);
+    let zero = _mm256_setzero_si256();
+    let mut tot = [[[zero; NR]; MR]; 3];
+    let mut ap: [[*const u64; MR]; PA] = std::array::from_fn(|pa| std::array::from_fn(|i| t.a[pa][i].as_ptr()));
+    let mut bp = t.b.as_ptr();
+    let mut done = 0;
+    while done < w {
+        let len = (w - done).min(block);
+        let mut accb = [[[zero; NR]; MR]; 3];
+        for _ in 0..len {
+            let mut bv = [[zero; NR]; PB];
+            for (pb, vecs) in bv.iter_mut().enumerate() {
+                for (v, vec) in vecs.iter_mut().enumerate() {
+                    // SAFETY: at word p, bp = b + p·PB·NR·4 and this reads words
+                    // [(pb·NR + v)·4, +4) past it, all < (p + 1)·PB·NR·4 <= b.len() (`fits`).
+                    *vec = unsafe { _mm256_loadu_si256(bp.add((pb * NR + v) * LANES).cast()) };
+                }
+            }
+            for i in 0..MR {
+                for pa in 0..PA {
+                    // SAFETY: at word p, ap[pa][i] = a[pa][i] + p with p < w <= a[pa][i].len().
+                    let x = _mm256_set1_epi64x(unsafe { *ap[pa][i] } as i64);
+                    for pb in 0..PB {
+                        let e = (PA - 1 - pa) + (PB - 1 - pb);
+                        for v in 0..NR {
+                            let d = _mm256_xor_si256(x, bv[pb][v]);
+                            let lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(d, low));
+                            let hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16::<4>(d), low));
+                            accb[e][i][v] = _mm256_add_epi8(accb[e][i][v], _mm256_add_epi8(lo, hi));
+                        }
+                    }
+                    // SAFETY: at most w increments: within or one past the end of the row slice.
+                    ap[pa][i] = unsafe { ap[pa][i].add(1) };
+                }
+            }
+            // SAFETY: at most w increments of PB·NR·4 words: within or one past the end of the panel.
+            bp = unsafe { bp.add(PB * NR * LANES) };
+        }
+        for e in 0..(PA + PB - 1) {
+            for i in 0..MR {
+                for v in 0..NR {
+                    tot[e][i][v] = _mm256_add_epi64(tot[e][i][v], _mm256_sad_epu8(accb[e][i][v], zero));
+                }
+            }
+        }
+        done += len;
+    }
+    let kc = _mm256_set1_epi64x(t.kconst);
+    for i in 0..MR {
+        if i >= t.rows {
+            break;
+        }
+        for v in 0..NR {
+            let c0 = v * LANES;
+            if c0 >= t.cols {
+                break;
+            }
+            let mut s = tot[0][i][v];
+            if PA + PB > 2 {
+                s = _mm256_add_epi64(s, _mm256_slli_epi64::<1>(tot[1][i][v]));
+            }
+            if PA + PB > 3 {
+                s = _mm256_add_epi64(s, _mm256_slli_epi64::<2>(tot[2][i][v]));
+            }
+            let r = _mm256_sub_epi64(kc, _mm256_slli_epi64::<1>(s));
+            let mut lanes = [0i64; LANES];
+            // SAFETY: `lanes` is 4 i64 = 32 bytes, exactly one unaligned ymm store.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), r) };
+            for (c, &val) in lanes.iter().enumerate().take((t.cols - c0).min(LANES)) {
+                // SAFETY: row i < rows, column c0 + c < cols: inside the tile's output rectangle
+                // (caller's contract); |val| <= i32::MAX, so the cast is exact.
+                unsafe { *t.out.add(i * t.ld + c0 + c) = val as i32 };
+            }
+        }
+    }
+    true
+}

@@ -1,0 +1,130 @@
+//! AVX-512 microkernels: `vpopcntq` (AVX-512 VPOPCNTDQ) on 8 words per zmm register.
+//!
+//! Per word `p` of K the kernel loads `NR` zmm vectors per B plane (word `p` of 8·NR neighbouring
+//! columns, contiguous in the packed panel), broadcasts word `p` of each of the `MR` A rows per A plane,
+//! and for every (row, vector, plane pair) does XOR + VPOPCNTQ + VPADDQ into a 64-bit-lane accumulator:
+//! 3 vector ops per 512 binary MACs, the whole `MR × NR × classes` block of accumulators living in
+//! registers over the whole of K. Each accumulator lane is one output element, so there is no
+//! horizontal reduction: the finished block is `kconst − 2·S`, narrowed to int32 by a masked VPMOVQD
+//! store (the mask trims the columns past N).
+
+use std::arch::x86_64::*;
+
+use super::{Family, Kind, Tile};
+use crate::isa::Isa;
+
+/// 64-bit words per zmm register.
+const LANES: usize = 8;
+
+/// The AVX-512 microkernels.
+pub const FAMILY: Family = Family {
+    isa: Isa::Avx512,
+    lanes: LANES,
+    geometry,
+    tile,
+};
+
+/// `(mr, nr_max)`: accumulators `mr · nr · classes` stay at 24 of the 32 zmm registers.
+fn geometry(kind: Kind) -> (usize, usize) {
+    match kind {
+        Kind::B1x1 => (4, 6),
+        Kind::B1x2 | Kind::B2x1 => (4, 3),
+        Kind::B2x2 => (4, 2),
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX-512F and AVX-512 VPOPCNTDQ, and the tile's output rectangle is valid and
+/// unshared (see [`Tile`]).
+unsafe fn tile(kind: Kind, nr: usize, t: &Tile) -> bool {
+    // SAFETY (all arms): forwarded from the caller; `nr` selects the instantiation whose NR is nr.
+    unsafe {
+        match (kind, nr) {
+            (Kind::B1x1, 1) => kernel::<4, 1, 1, 1>(t),
+            (Kind::B1x1, 2) => kernel::<4, 2, 1, 1>(t),
+            (Kind::B1x1, 3) => kernel::<4, 3, 1, 1>(t),
+            (Kind::B1x1, 4) => kernel::<4, 4, 1, 1>(t),
+            (Kind::B1x1, 5) => kernel::<4, 5, 1, 1>(t),
+            (Kind::B1x1, 6) => kernel::<4, 6, 1, 1>(t),
+            (Kind::B1x2, 1) => kernel::<4, 1, 1, 2>(t),
+            (Kind::B1x2, 2) => kernel::<4, 2, 1, 2>(t),
+            (Kind::B1x2, 3) => kernel::<4, 3, 1, 2>(t),
+            (Kind::B2x1, 1) => kernel::<4, 1, 2, 1>(t),
+            (Kind::B2x1, 2) => kernel::<4, 2, 2, 1>(t),
+            (Kind::B2x1, 3) => kernel::<4, 3, 2, 1>(t),
+            (Kind::B2x2, 1) => kernel::<4, 1, 2, 2>(t),
+            (Kind::B2x2, 2) => kernel::<4, 2, 2, 2>(t),
+            _ => false,
+        }
+    }
+}
+
+/// `MR × 8·NR` outputs, A with `PA` planes, B with `PB` planes, over the whole of K.
+///
+/// # Safety
+/// As for [`tile`].
+#[target_feature(enable = "avx512f,avx512vpopcntdq")]
+unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: usize>(t: &Tile) -> bool {
+    if !t.fits(MR, NR, PA, PB, LANES) {
+        return false;
+    }
+    let w = t.w;
+    let zero = _mm512_setzero_si512();
+    let mut acc = [[[zero; NR]; MR]; 3];
+    let mut ap: [[*const u64; MR]; PA] = std::array::from_fn(|pa| std::array::from_fn(|i| t.a[pa][i].as_ptr()));
+    let mut bp = t.b.as_ptr();
+    for _ in 0..w {
+        let mut bv = [[zero; NR]; PB];
+        for (pb, vecs) in bv.iter_mut().enumerate() {
+            for (v, vec) in vecs.iter_mut().enumerate() {
+                // SAFETY: at iteration p, bp = b + p·PB·NR·8 and this reads words
+                // [(pb·NR + v)·8, +8) past it, all < (p + 1)·PB·NR·8 <= w·PB·NR·8 <= b.len() (`fits`).
+                *vec = unsafe { _mm512_loadu_si512(bp.add((pb * NR + v) * LANES).cast()) };
+            }
+        }
+        for i in 0..MR {
+            for pa in 0..PA {
+                // SAFETY: at iteration p, ap[pa][i] = a[pa][i] + p with p < w <= a[pa][i].len().
+                let x = _mm512_set1_epi64(unsafe { *ap[pa][i] } as i64);
+                for pb in 0..PB {
+                    let e = (PA - 1 - pa) + (PB - 1 - pb);
+                    for v in 0..NR {
+                        let d = _mm512_xor_si512(x, bv[pb][v]);
+                        acc[e][i][v] = _mm512_add_epi64(acc[e][i][v], _mm512_popcnt_epi64(d));
+                    }
+                }
+                // SAFETY: stays within (or one past the end of) the row slice: at most w increments.
+                ap[pa][i] = unsafe { ap[pa][i].add(1) };
+            }
+        }
+        // SAFETY: at most w increments of PB·NR·8 words: within or one past the end of the panel.
+        bp = unsafe { bp.add(PB * NR * LANES) };
+    }
+    let kc = _mm512_set1_epi64(t.kconst);
+    for i in 0..MR {
+        if i >= t.rows {
+            break;
+        }
+        for v in 0..NR {
+            let c0 = v * LANES;
+            if c0 >= t.cols {
+                break;
+            }
+            let mut s = acc[0][i][v];
+            if PA + PB > 2 {
+                s = _mm512_add_epi64(s, _mm512_slli_epi64::<1>(acc[1][i][v]));
+            }
+            if PA + PB > 3 {
+                s = _mm512_add_epi64(s, _mm512_slli_epi64::<2>(acc[2][i][v]));
+            }
+            let r = _mm512_sub_epi64(kc, _mm512_slli_epi64::<1>(s));
+            let valid = (t.cols - c0).min(LANES);
+            let mask = (0xFFu32 >> (LANES - valid)) as __mmask8;
+            // SAFETY: the masked store writes only lanes c0 .. c0 + valid <= cols of row i < rows,
+            // inside the tile's output rectangle (caller's contract); |r| <= i32::MAX, so the
+            // truncating narrow is exact.
+            unsafe { _mm512_mask_cvtepi64_storeu_epi32(t.out.add(i * t.ld + c0).cast(), mask, r) };
+        }
+    }
+    true
+}

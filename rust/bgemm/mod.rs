@@ -1,0 +1,419 @@
+//! Bit-packed popcount GEMMs: `out[i, j] = Σ_t a[i, t] · b[j, t]` for ±1 and 2-bit operands.
+//!
+//! Both operands are packed along K (`crate::pack`), so the product is `A·Bᵀ`. A 2-bit operand is two
+//! sign planes `hi`, `lo` with `v = 2·hi + lo` (METHODS §6.3), so every product is a weighted sum of
+//! binary dot products `K − 2·popcount(x ^ y)`:
+//!
+//! * 1x1: `a·b`;
+//! * 1x2: `2·(a·b_hi) + (a·b_lo)`;
+//! * 2x2: `4·(a_hi·b_hi) + 2·(a_hi·b_lo) + 2·(a_lo·b_hi) + (a_lo·b_lo)`.
+//!
+//! With plane weights `2^e`, `out = (Σ weights)·K − 2·S` where `S = Σ 2^e·popcount(...)`. The
+//! microkernels accumulate one popcount sum per weight exponent `e` (1, 2 or 3 classes) and combine at
+//! the end, all planes fused in one pass over K.
+//!
+//! # Blocking
+//!
+//! Output columns are cut into panels of `nc = nr · lanes` columns (`lanes` = words per vector
+//! register: 8 for AVX-512, 4 for AVX2, 1 for scalar). A task packs one B panel (`pack.rs`: word `p`
+//! of `nc` neighbouring columns contiguous, all planes interleaved) and sweeps it against blocks of
+//! `mr` rows of A, read in place: the microkernel broadcasts word `p` of each A row and XORs it with
+//! the panel vectors, keeping an `mr × nr` (× classes) block of accumulators in registers over the
+//! whole of K, then writes `mr × nc` finished int32 results. The last panel uses a narrower
+//! microkernel (`nr` rounded up to cover the remaining columns); rows past M repeat a valid row and are
+//! not stored. Panels fit L1 for the paper's shapes (e.g. 48 columns × K = 4608 bits = 27 KiB).
+//!
+//! # Threads
+//!
+//! Tasks are (panel, row-chunk) pairs; rows are split into chunks only when there are too few
+//! panels to keep the threads busy. Each task writes a disjoint rectangle of `out`.
+
+pub mod pack;
+pub mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+
+use rayon::prelude::*;
+
+use crate::isa::Isa;
+use crate::pack::words_for;
+
+/// Largest number of A rows a microkernel handles at once.
+pub const MR_MAX: usize = 8;
+
+/// The product computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// ±1 × ±1.
+    B1x1,
+    /// ±1 × 2-bit (B has two planes).
+    B1x2,
+    /// 2-bit × ±1 (A has two planes): `2·(a_hi·b) + (a_lo·b)`.
+    B2x1,
+    /// 2-bit × 2-bit.
+    B2x2,
+}
+
+impl Kind {
+    /// Planes of (A, B).
+    pub fn planes(self) -> (usize, usize) {
+        match self {
+            Kind::B1x1 => (1, 1),
+            Kind::B1x2 => (1, 2),
+            Kind::B2x1 => (2, 1),
+            Kind::B2x2 => (2, 2),
+        }
+    }
+
+    /// Sum of the plane-pair weights: the largest |out| is this times K.
+    pub fn weight_sum(self) -> i64 {
+        let (pa, pb) = self.planes();
+        ((1i64 << pa) - 1) * ((1i64 << pb) - 1)
+    }
+
+    /// Largest K whose results fit in int32.
+    pub fn max_k(self) -> usize {
+        (i32::MAX as i64 / self.weight_sum()) as usize
+    }
+
+    /// The kernel's Python name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::B1x1 => "bgemm_1x1",
+            Kind::B1x2 => "bgemm_1x2",
+            Kind::B2x1 => "bgemm_2x1",
+            Kind::B2x2 => "bgemm_2x2",
+        }
+    }
+}
+
+/// One microkernel call: an `mr × nc` block of the output over the whole of K.
+///
+/// Invariants the driver establishes (a microkernel re-checks the slice lengths and computes nothing,
+/// returning false, if they fail; the output rectangle it must trust):
+/// * `a[plane][r]` holds at least `w` words for every plane < PA and r < MR;
+/// * `b` holds at least `w · PB · nr · lanes` words in the `pack.rs` panel layout;
+/// * `rows ≤ MR`, `cols ≤ nr · lanes`, and `out + r·ld + c` for `r < rows`, `c < cols` are valid,
+///   writable `i32`s that no other thread touches during the call.
+pub struct Tile<'a> {
+    pub a: [[&'a [u64]; MR_MAX]; 2],
+    pub b: &'a [u64],
+    pub w: usize,
+    pub out: *mut i32,
+    pub ld: usize,
+    pub rows: usize,
+    pub cols: usize,
+    /// `weight_sum · K`: `out = kconst − 2·S`.
+    pub kconst: i64,
+}
+
+impl Tile<'_> {
+    /// Whether the slice invariants hold for a microkernel with the given shape.
+    #[inline]
+    pub fn fits(&self, mr: usize, nr: usize, pa: usize, pb: usize, lanes: usize) -> bool {
+        let a_ok = self.a[..pa.min(2)]
+            .iter()
+            .all(|rows| rows[..mr.min(MR_MAX)].iter().all(|r| r.len() >= self.w));
+        a_ok && pa <= 2
+            && mr <= MR_MAX
+            && self.b.len() >= pack::panel_len(self.w, pb, nr * lanes)
+            && self.rows <= mr
+            && self.cols <= nr * lanes
+    }
+}
+
+/// One ISA's microkernels.
+#[derive(Clone, Copy)]
+pub struct Family {
+    pub isa: Isa,
+    /// Output columns per vector register.
+    pub lanes: usize,
+    /// `(mr, nr_max)` for a kind.
+    pub geometry: fn(Kind) -> (usize, usize),
+    /// Run one tile with `nr` vectors per row (`1 ..= nr_max`). Returns false if the tile's slices
+    /// break the invariants (nothing was computed).
+    ///
+    /// # Safety
+    /// The CPU supports `isa`, and the tile's output rectangle is valid as documented on [`Tile`].
+    pub tile: unsafe fn(Kind, usize, &Tile) -> bool,
+}
+
+/// The microkernels of `isa`, or None if this build or CPU lacks it.
+pub fn family(isa: Isa) -> Option<Family> {
+    if !isa.is_available() {
+        return None;
+    }
+    match isa {
+        Isa::Scalar => Some(scalar::FAMILY),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(avx2::FAMILY),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(avx512::FAMILY),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => None,
+    }
+}
+
+/// The output matrix, shared by the tasks; each writes only its own rectangle.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut i32);
+// SAFETY: the pointer is only used to write disjoint rectangles from different tasks (see `run`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method, not field access, so closures capture the whole (Send + Sync) wrapper.
+    fn get(self) -> *mut i32 {
+        self.0
+    }
+}
+
+/// Check the operands of a product; returns `w`.
+fn check(kind: Kind, a: &[&[u64]], b: &[&[u64]], m: usize, n: usize, k: usize, out: &[i32]) -> Result<usize, String> {
+    let name = kind.name();
+    let (pa, pb) = kind.planes();
+    if a.len() != pa || b.len() != pb {
+        return Err(format!("{name}: expected {pa} A and {pb} B planes, got {} and {}", a.len(), b.len()));
+    }
+    if k == 0 || k > kind.max_k() {
+        return Err(format!("{name}: k must be in [1, {}], got {k}", kind.max_k()));
+    }
+    let w = words_for(k);
+    let (Some(a_len), Some(b_len), Some(o_len)) = (m.checked_mul(w), n.checked_mul(w), m.checked_mul(n)) else {
+        return Err(format!("{name}: sizes overflow (m = {m}, n = {n}, w = {w})"));
+    };
+    if a.iter().any(|p| p.len() != a_len) || b.iter().any(|p| p.len() != b_len) || out.len() != o_len {
+        return Err(format!("{name}: operand lengths do not match m = {m}, n = {n}, k = {k}"));
+    }
+    Ok(w)
+}
+
+/// Compute `out = A·Bᵀ` (row-major `(m, n)`) for the planes of `kind` with the microkernels of `isa`
+/// on `threads` threads. `a` holds PA planes of `m × words_for(k)` words, `b` PB planes of
+/// `n × words_for(k)`. Padding bits must be zero (the bindings check; here they only make results
+/// wrong, never unsafe). Errors instead of panicking on any inconsistency.
+pub fn bgemm(
+    kind: Kind,
+    a: &[&[u64]],
+    b: &[&[u64]],
+    m: usize,
+    n: usize,
+    k: usize,
+    isa: Isa,
+    threads: usize,
+    out: &mut [i32],
+) -> Result<(), String> {
+    let w = check(kind, a, b, m, n, k, out)?;
+    let fam = family(isa).ok_or_else(|| format!("{}: isa {isa} is not available", kind.name()))?;
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let (mr, nr_max) = (fam.geometry)(kind);
+    let (mr, nr_max) = (mr.clamp(1, MR_MAX), nr_max.max(1));
+    let nc_max = nr_max * fam.lanes;
+    let panels = n.div_ceil(nc_max);
+    let row_blocks = m.div_ceil(mr);
+    let threads = threads.max(1);
+    // Enough tasks for load balance (about 4 per thread), splitting rows only if panels are few.
+    let row_chunks = if threads > 1 {
+        (4 * threads).div_ceil(panels).clamp(1, row_blocks)
+    } else {
+        1
+    };
+    let blocks_per_chunk = row_blocks.div_ceil(row_chunks);
+    let row_chunks = row_blocks.div_ceil(blocks_per_chunk);
+    let tasks = panels * row_chunks;
+    let kconst = kind.weight_sum() * k as i64;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+
+    let task = |t: usize, scratch: &mut Vec<u64>| -> bool {
+        let (panel, chunk) = (t / row_chunks, t % row_chunks);
+        let c0 = panel * nc_max;
+        let cols = nc_max.min(n - c0);
+        let nr = cols.div_ceil(fam.lanes);
+        pack::pack_panel(b, w, c0, cols, nr * fam.lanes, scratch);
+        let rb_end = ((chunk + 1) * blocks_per_chunk).min(row_blocks);
+        let mut ok = true;
+        for rb in chunk * blocks_per_chunk..rb_end {
+            let r0 = rb * mr;
+            let rows = mr.min(m - r0);
+            let mut tile = Tile {
+                a: [[&[]; MR_MAX]; 2],
+                b: scratch,
+                w,
+                // SAFETY (pointer arithmetic): r0 < m and c0 < n, so r0·n + c0 < m·n = out.len().
+                out: unsafe { out_ptr.get().add(r0 * n + c0) },
+                ld: n,
+                rows,
+                cols,
+                kconst,
+            };
+            for (dst, plane) in tile.a.iter_mut().zip(a) {
+                for (i, slot) in dst[..mr].iter_mut().enumerate() {
+                    // Rows past M repeat row r0 (computed, never stored).
+                    let row = if i < rows { r0 + i } else { r0 };
+                    *slot = plane.get(row * w..(row + 1) * w).unwrap_or(&[]);
+                }
+            }
+            // SAFETY: `fam` came from `family(isa)`, which checked the CPU. The output rectangle is
+            // rows r0..r0+rows (≤ m) by columns c0..c0+cols (≤ n) of the (m, n) matrix `out` with
+            // leading dimension n: in bounds. Tasks cover distinct (panel, row chunk) pairs and the
+            // row blocks of a chunk are distinct, so no two tiles, in any thread, share an element;
+            // `out` is exclusively borrowed by this call for its whole duration.
+            ok &= unsafe { (fam.tile)(kind, nr, &tile) };
+            tile.b = &[];
+        }
+        ok
+    };
+
+    let all_ok = if threads == 1 || tasks == 1 {
+        let mut scratch = Vec::new();
+        (0..tasks).fold(true, |ok, t| task(t, &mut scratch) & ok)
+    } else {
+        crate::threads::install(threads, || {
+            (0..tasks)
+                .into_par_iter()
+                .with_max_len(1)
+                .map_init(Vec::new, |scratch, t| task(t, scratch))
+                .reduce(|| true, |x, y| x & y)
+        })?
+    };
+    if all_ok {
+        Ok(())
+    } else {
+        Err(format!("{}: internal error: a tile broke the microkernel invariants", kind.name()))
+    }
+}
+
+/// The plain reference: `Σ_classes 2^e (K − 2·popcount)` one output at a time (tests and oracles).
+pub fn reference(kind: Kind, a: &[&[u64]], b: &[&[u64]], m: usize, n: usize, k: usize) -> Vec<i32> {
+    let w = words_for(k);
+    let (pa, pb) = kind.planes();
+    let mut out = vec![0i32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0i64;
+            for (x, plane_a) in a.iter().enumerate() {
+                for (y, plane_b) in b.iter().enumerate() {
+                    let e = (pa - 1 - x) + (pb - 1 - y);
+                    let ra = &plane_a[i * w..(i + 1) * w];
+                    let rb = &plane_b[j * w..(j + 1) * w];
+                    let pop: i64 = ra.iter().zip(rb).map(|(u, v)| (u ^ v).count_ones() as i64).sum();
+                    s += (k as i64 - 2 * pop) << e;
+                }
+            }
+            out[i * n + j] = s as i32;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::last_word_mask;
+
+    /// Deterministic pseudo-random words (xorshift), padding bits cleared for `k`.
+    fn random_plane(rows: usize, k: usize, seed: u64) -> Vec<u64> {
+        let w = words_for(k);
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut v = Vec::with_capacity(rows * w);
+        for _ in 0..rows {
+            for p in 0..w {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                v.push(if p + 1 == w { s & last_word_mask(k) } else { s });
+            }
+        }
+        v
+    }
+
+    const KINDS: [Kind; 4] = [Kind::B1x1, Kind::B1x2, Kind::B2x1, Kind::B2x2];
+
+    fn check_against_reference(isa: Isa, kind: Kind, m: usize, n: usize, k: usize, threads: usize) {
+        let (pa, pb) = kind.planes();
+        let a_planes: Vec<Vec<u64>> = (0..pa).map(|p| random_plane(m, k, 1 + p as u64 + 7 * k as u64)).collect();
+        let b_planes: Vec<Vec<u64>> = (0..pb).map(|p| random_plane(n, k, 101 + p as u64 + m as u64)).collect();
+        let a: Vec<&[u64]> = a_planes.iter().map(|v| v.as_slice()).collect();
+        let b: Vec<&[u64]> = b_planes.iter().map(|v| v.as_slice()).collect();
+        let mut out = vec![i32::MIN; m * n];
+        bgemm(kind, &a, &b, m, n, k, isa, threads, &mut out).unwrap();
+        let want = reference(kind, &a, &b, m, n, k);
+        assert_eq!(out, want, "{isa} {kind:?} m={m} n={n} k={k} threads={threads}");
+    }
+
+    /// Every edge: K around word boundaries, M and N around every tile size of every ISA.
+    #[test]
+    fn every_isa_matches_the_reference_on_edge_shapes() {
+        for isa in crate::isa::available() {
+            for kind in KINDS {
+                for k in [1, 63, 64, 65, 127, 577, 2000] {
+                    for (m, n) in [(1, 1), (1, 67), (9, 1), (5, 17), (13, 50), (8, 48), (17, 97)] {
+                        check_against_reference(isa, kind, m, n, k, 1);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_panel_width_and_row_count() {
+        // n from 1 to 2 full panels of the widest kernel, m up to 2 row blocks: every nr and rows.
+        for isa in crate::isa::available() {
+            for kind in KINDS {
+                for n in 1..=100 {
+                    check_against_reference(isa, kind, (n % 17) + 1, n, 130, 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threads_split_panels_and_rows() {
+        for isa in crate::isa::available() {
+            for kind in KINDS {
+                check_against_reference(isa, kind, 70, 500, 577, 2);
+                check_against_reference(isa, kind, 513, 25, 300, 3); // one panel: rows are split
+                check_against_reference(isa, kind, 3, 9, 64, 4);
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_values() {
+        // All-different and all-equal operands reach ±weight_sum·K.
+        let k = 200;
+        let w = words_for(k);
+        let ones = vec![u64::MAX & last_word_mask(k); 1];
+        let full: Vec<u64> = (0..w).map(|p| if p + 1 == w { ones[0] } else { u64::MAX }).collect();
+        let zero = vec![0u64; w];
+        for isa in crate::isa::available() {
+            let mut out = [0i32; 1];
+            bgemm(Kind::B2x2, &[&full, &full], &[&zero, &zero], 1, 1, k, isa, 1, &mut out).unwrap();
+            assert_eq!(out[0], -9 * k as i32);
+            bgemm(Kind::B2x2, &[&zero, &zero], &[&zero, &zero], 1, 1, k, isa, 1, &mut out).unwrap();
+            assert_eq!(out[0], 9 * k as i32);
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        let a = vec![0u64; 4];
+        let mut out = vec![0i32; 4];
+        let run = |kind, a: &[&[u64]], b: &[&[u64]], m, n, k, out: &mut [i32]| {
+            bgemm(kind, a, b, m, n, k, Isa::Scalar, 1, out)
+        };
+        assert!(run(Kind::B1x1, &[&a], &[&a], 2, 2, 0, &mut out).is_err());
+        assert!(run(Kind::B1x1, &[&a], &[&a], 2, 2, 129, &mut out).is_err());
+        assert!(run(Kind::B1x1, &[&a], &[&a, &a], 2, 2, 64, &mut out).is_err());
+        assert!(run(Kind::B1x1, &[&a], &[&a], 2, 3, 64, &mut out).is_err());
+        assert!(run(Kind::B2x2, &[&a, &a], &[&a, &a], 2, 2, Kind::B2x2.max_k() + 1, &mut out).is_err());
+        assert!(run(Kind::B1x1, &[&a], &[&a], usize::MAX, 2, 64, &mut out).is_err());
+        assert!(run(Kind::B1x1, &[&a], &[&a], 2, 2, 128, &mut out).is_ok());
+        assert!(run(Kind::B1x1, &[&[]], &[&a], 0, 2, 128, &mut []).is_ok());
+    }
+}

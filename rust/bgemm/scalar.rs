@@ -1,0 +1,93 @@
+//! Portable microkernels: one u64 word per "vector" (`lanes = 1`), `u64::count_ones`.
+//!
+//! This path exists on every target and is the reference the SIMD paths are tested against. The
+//! register block is `mr × nr` outputs of u64 popcount sums per weight class.
+
+use super::{Family, Kind, Tile};
+use crate::isa::Isa;
+
+/// The scalar microkernels.
+pub const FAMILY: Family = Family {
+    isa: Isa::Scalar,
+    lanes: 1,
+    geometry,
+    tile,
+};
+
+fn geometry(kind: Kind) -> (usize, usize) {
+    match kind {
+        Kind::B1x1 => (4, 4),
+        Kind::B1x2 | Kind::B2x1 => (2, 4),
+        Kind::B2x2 => (2, 2),
+    }
+}
+
+/// # Safety
+/// The tile's output rectangle is valid and unshared (see [`Tile`]); nothing else is required.
+unsafe fn tile(kind: Kind, nr: usize, t: &Tile) -> bool {
+    // SAFETY (all arms): forwarded from the caller, and `nr` selects an instantiation whose NR is nr.
+    unsafe {
+        match (kind, nr) {
+            (Kind::B1x1, 1) => kernel::<4, 1, 1, 1>(t),
+            (Kind::B1x1, 2) => kernel::<4, 2, 1, 1>(t),
+            (Kind::B1x1, 3) => kernel::<4, 3, 1, 1>(t),
+            (Kind::B1x1, 4) => kernel::<4, 4, 1, 1>(t),
+            (Kind::B1x2, 1) => kernel::<2, 1, 1, 2>(t),
+            (Kind::B1x2, 2) => kernel::<2, 2, 1, 2>(t),
+            (Kind::B1x2, 3) => kernel::<2, 3, 1, 2>(t),
+            (Kind::B1x2, 4) => kernel::<2, 4, 1, 2>(t),
+            (Kind::B2x1, 1) => kernel::<2, 1, 2, 1>(t),
+            (Kind::B2x1, 2) => kernel::<2, 2, 2, 1>(t),
+            (Kind::B2x1, 3) => kernel::<2, 3, 2, 1>(t),
+            (Kind::B2x1, 4) => kernel::<2, 4, 2, 1>(t),
+            (Kind::B2x2, 1) => kernel::<2, 1, 2, 2>(t),
+            (Kind::B2x2, 2) => kernel::<2, 2, 2, 2>(t),
+            _ => false,
+        }
+    }
+}
+
+/// `MR × NR` outputs, A with `PA` planes, B with `PB` planes, over the whole of K.
+///
+/// # Safety
+/// The tile's output rectangle is valid and unshared (see [`Tile`]).
+#[inline(always)]
+unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: usize>(t: &Tile) -> bool {
+    if !t.fits(MR, NR, PA, PB, 1) {
+        return false;
+    }
+    let w = t.w;
+    let mut acc = [[[0u64; NR]; MR]; 3];
+    // `fits` checked every A row holds >= w words and the panel >= w·PB·NR words.
+    let a: [[&[u64]; MR]; PA] = std::array::from_fn(|pa| std::array::from_fn(|i| &t.a[pa][i][..w]));
+    for (p, bw) in t.b[..w * PB * NR].chunks_exact(PB * NR).enumerate() {
+        for i in 0..MR {
+            for pa in 0..PA {
+                // SAFETY: p < w (there are exactly w chunks) and a[pa][i] has length w.
+                let x = unsafe { *a[pa][i].get_unchecked(p) };
+                for pb in 0..PB {
+                    let e = (PA - 1 - pa) + (PB - 1 - pb);
+                    for v in 0..NR {
+                        acc[e][i][v] += u64::from((x ^ bw[pb * NR + v]).count_ones());
+                    }
+                }
+            }
+        }
+    }
+    for i in 0..MR {
+        if i >= t.rows {
+            break;
+        }
+        for v in 0..NR {
+            if v >= t.cols {
+                break;
+            }
+            let s = acc[0][i][v] + (acc[1][i][v] << 1) + (acc[2][i][v] << 2);
+            // |result| <= weight_sum·K <= i32::MAX (checked by the driver), so the cast is exact.
+            let r = t.kconst - 2 * s as i64;
+            // SAFETY: i < rows and v < cols: inside the tile's output rectangle (caller's contract).
+            unsafe { *t.out.add(i * t.ld + v) = r as i32 };
+        }
+    }
+    true
+}

@@ -1,0 +1,152 @@
+//! Instruction-set selection for the kernels: what this CPU can run, and which path a call uses.
+//!
+//! Three paths exist for every popcount kernel:
+//!
+//! * `avx512`: AVX-512F + AVX-512 VPOPCNTDQ (`vpopcntq` on 8 words at once);
+//! * `avx2`: AVX2, popcount by the nibble-lookup `vpshufb` trick, bytes summed with `vpsadbw`;
+//! * `scalar`: portable Rust (`u64::count_ones`), always available, on every architecture.
+//!
+//! The choice is made per call, from (in order) the `isa` argument, the environment variable
+//! `APB_KERNEL_ISA=avx512|avx2|scalar`, else the best path this CPU supports. CPU detection runs once
+//! (`is_x86_feature_detected!` caches it); asking for a path the CPU lacks is an error, never a crash.
+//! Every `#[target_feature]` function is reached only through [`Isa::is_available`] checks in the
+//! drivers, which is what makes calling it sound.
+
+use std::fmt;
+
+/// Name of the environment variable that forces an ISA when the call does not.
+pub const ENV_VAR: &str = "APB_KERNEL_ISA";
+
+/// A kernel code path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust, `u64::count_ones`.
+    Scalar,
+    /// x86-64 AVX2 (nibble-lookup popcount).
+    Avx2,
+    /// x86-64 AVX-512F + VPOPCNTDQ.
+    Avx512,
+}
+
+impl Isa {
+    /// Every path, best first.
+    pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Scalar];
+
+    /// The name used by the `isa` argument and `APB_KERNEL_ISA`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Parse a name (surrounding blanks and case are ignored).
+    pub fn parse(name: &str) -> Option<Isa> {
+        let name = name.trim().to_ascii_lowercase();
+        Isa::ALL.into_iter().find(|isa| isa.name() == name)
+    }
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 | Isa::Avx512 => false,
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The paths this CPU can run, best first (always ends with `scalar`).
+pub fn available() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|isa| isa.is_available()).collect()
+}
+
+/// The best path this CPU can run.
+pub fn best() -> Isa {
+    Isa::ALL
+        .into_iter()
+        .find(|isa| isa.is_available())
+        .unwrap_or(Isa::Scalar)
+}
+
+fn names(list: &[Isa]) -> String {
+    list.iter().map(|i| i.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// Resolve a requested name (`what` says where it came from, for the message).
+pub fn check(name: &str, what: &str) -> Result<Isa, String> {
+    let isa = Isa::parse(name).ok_or_else(|| {
+        format!(
+            "{what} must be one of {}; got {name:?}",
+            names(&Isa::ALL)
+        )
+    })?;
+    if !isa.is_available() {
+        return Err(format!(
+            "{what} asks for {isa}, which this CPU does not support (available: {})",
+            names(&available())
+        ));
+    }
+    Ok(isa)
+}
+
+/// The path for one call: the explicit request, else `APB_KERNEL_ISA`, else [`best`].
+///
+/// `arg_name` names the argument in error messages (e.g. "bgemm_1x1: isa").
+pub fn resolve(requested: Option<&str>, arg_name: &str) -> Result<Isa, String> {
+    if let Some(name) = requested {
+        return check(name, arg_name);
+    }
+    match std::env::var(ENV_VAR) {
+        Ok(v) if !v.trim().is_empty() => check(&v, &format!("environment variable {ENV_VAR}")),
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(best()),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(format!("environment variable {ENV_VAR} is not valid unicode"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for isa in Isa::ALL {
+            assert_eq!(Isa::parse(isa.name()), Some(isa));
+        }
+        assert_eq!(Isa::parse(" AVX2 "), Some(Isa::Avx2));
+        assert_eq!(Isa::parse("sse"), None);
+    }
+
+    #[test]
+    fn scalar_is_always_there_and_last() {
+        let list = available();
+        assert_eq!(list.last(), Some(&Isa::Scalar));
+        assert_eq!(list.first(), Some(&best()));
+    }
+
+    #[test]
+    fn explicit_requests() {
+        assert_eq!(resolve(Some("scalar"), "isa"), Ok(Isa::Scalar));
+        let err = resolve(Some("neon"), "f: isa").unwrap_err();
+        assert!(err.starts_with("f: isa must be one of avx512, avx2, scalar"), "{err}");
+        for isa in Isa::ALL {
+            assert_eq!(check(isa.name(), "isa").is_ok(), isa.is_available());
+        }
+    }
+}

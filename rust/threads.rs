@@ -1,0 +1,107 @@
+//! Thread count resolution and one cached rayon pool per distinct count.
+//!
+//! A call runs on `threads` threads, from (in order) its `threads` argument, the environment variable
+//! `APB_NUM_THREADS`, else every core (`std::thread::available_parallelism`). Each distinct count gets
+//! its own local `rayon::ThreadPool`, built on first use and kept, so that the count is honoured
+//! exactly (the global pool would ignore it) and repeated calls pay no start-up cost.
+//!
+//! Kernels take the resolved count and run serially on the calling thread when it is 1; otherwise
+//! they must be called inside [`install`], where rayon's parallel iterators use the chosen pool.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rayon::{ThreadPool, ThreadPoolBuilder};
+
+/// Name of the environment variable that sets the thread count when the call does not.
+pub const ENV_VAR: &str = "APB_NUM_THREADS";
+
+/// Largest accepted thread count (a guard against typos that would spawn thousands of threads).
+pub const MAX_THREADS: usize = 1024;
+
+/// Every core this process may use (1 if that cannot be determined).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn check(n: i64, what: &str) -> Result<usize, String> {
+    if n < 1 || n > MAX_THREADS as i64 {
+        return Err(format!(
+            "{what} must be an integer in [1, {MAX_THREADS}]; got {n}"
+        ));
+    }
+    Ok(n as usize)
+}
+
+/// The thread count for one call: the argument, else `APB_NUM_THREADS`, else [`default_threads`].
+///
+/// `arg_name` names the argument in error messages (e.g. "bgemm_1x1: threads").
+pub fn resolve(requested: Option<i64>, arg_name: &str) -> Result<usize, String> {
+    if let Some(n) = requested {
+        return check(n, arg_name);
+    }
+    let what = format!("environment variable {ENV_VAR}");
+    match std::env::var(ENV_VAR) {
+        Ok(v) if !v.trim().is_empty() => {
+            let n = v
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| format!("{what} must be an integer in [1, {MAX_THREADS}]; got {v:?}"))?;
+            check(n, &what)
+        }
+        Ok(_) | Err(std::env::VarError::NotPresent) => Ok(default_threads()),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{what} is not valid unicode")),
+    }
+}
+
+/// The pool with exactly `n` threads (built once, then shared).
+pub fn pool(n: usize) -> Result<Arc<ThreadPool>, String> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<ThreadPool>>>> = OnceLock::new();
+    let pools = POOLS.get_or_init(|| Mutex::new(HashMap::new()));
+    // A panic while holding the lock cannot leave the map inconsistent (insert is the only write),
+    // so a poisoned lock is still usable.
+    let mut map = pools.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = map.get(&n) {
+        return Ok(Arc::clone(p));
+    }
+    let built = ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(move |i| format!("apb-kernels-{n}-{i}"))
+        .build()
+        .map_err(|e| format!("could not start a pool of {n} threads: {e}"))?;
+    let p = Arc::new(built);
+    map.insert(n, Arc::clone(&p));
+    Ok(p)
+}
+
+/// Run `f` with `n` threads: on the calling thread when `n == 1`, else inside the cached pool.
+pub fn install<R: Send>(n: usize, f: impl FnOnce() -> R + Send) -> Result<R, String> {
+    if n <= 1 {
+        return Ok(f());
+    }
+    Ok(pool(n)?.install(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_counts_are_checked() {
+        assert_eq!(resolve(Some(3), "t"), Ok(3));
+        assert!(resolve(Some(0), "f: threads").unwrap_err().starts_with("f: threads must be"));
+        assert!(resolve(Some(-2), "t").is_err());
+        assert!(resolve(Some(MAX_THREADS as i64 + 1), "t").is_err());
+    }
+
+    #[test]
+    fn pools_honour_the_count_and_are_cached() {
+        let p = pool(3).unwrap();
+        assert_eq!(p.current_num_threads(), 3);
+        assert!(Arc::ptr_eq(&p, &pool(3).unwrap()));
+        assert_eq!(install(2, rayon::current_num_threads).unwrap(), 2);
+        assert_eq!(install(1, || 7).unwrap(), 7);
+    }
+}
