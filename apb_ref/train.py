@@ -338,6 +338,16 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
     return Trainer(config, out, progress=progress).run(resume=resume)
 
 
+def export_args(config: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What a packed file needs to rebuild the architecture and normalize inputs."""
+    c, h, _ = data.image_shape
+    build_args = {"name": config.model, "num_classes": data.num_classes, "in_channels": c, "image_size": h,
+                  "act": config.activation}
+    normalization = {"dataset": config.dataset, "mean": data.mean.tolist(), "std": data.std.tolist(),
+                     "image_shape": list(data.image_shape)}
+    return build_args, normalization
+
+
 def load_model(path: str | Path, data: Dataset | None = None):
     """Rebuild the model stored in a checkpoint; returns (model, config, dataset)."""
     state = checkpoint.load(path)

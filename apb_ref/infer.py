@@ -1,0 +1,210 @@
+"""Run a packed model (`export.py`) on the kernels of the backend seam.
+
+A compressed layer computes y = α·(B·X) + S·X + bias (METHODS §1.8): X is the im2col matrix of the
+quantized input (one row per output pixel, K = C·kh·kw columns), B the packed sign matrix and S the
+CSR residual. B·X runs, by activation precision,
+
+  1-bit  x ∈ {±1}:           bgemm_1x1 on packed bits — an exact integer;
+  2-bit  x = (v + 3)/6, v ∈ {−3, −1, 1, 3} (DoReFa levels 0, ⅓, ⅔, 1):
+         B·x = (B·v)/6 + rowsum(B)/2 with B·v from bgemm_1x2 (exact integer) and
+         rowsum(B) = K − 2·popcount(B's row);
+  float  a float GEMM on the ±1 sign matrix;
+
+and S·X is csr_matmul. BatchNorm arrives folded into a per-channel scale and shift. Everything
+else (pooling, shortcuts, activations) is the same functional code as training, without a graph.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import functional as F
+from . import kernels
+from . import nn
+from .autograd import Tensor, no_grad
+from .export import PackedModel, load_packed
+from .models import build
+from .quant.activations import activation_quantizer
+
+
+def _quantize_input(cols: np.ndarray, act_bits: int) -> np.ndarray:
+    """The activation quantizer's values, as the float model computes them."""
+    if act_bits == 1:
+        return np.where(cols < 0, np.float32(-1), np.float32(1))
+    if act_bits == 2:
+        return (np.round(np.clip(cols, 0, 1) * 3) / 3).astype(np.float32)
+    return cols
+
+
+class PackedLinearCore(nn.Module):
+    """α·(B·X) + S·X + bias for X given as rows (one row per output position, K columns)."""
+
+    def __init__(self, prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray]):
+        super().__init__()
+        self.k, self.act_bits = int(spec["k"]), int(spec["act_bits"])
+        self.sign_bits = t[f"{prefix}.sign_bits"]
+        self.out_features = self.sign_bits.shape[0]
+        self.alpha = np.float32(t[f"{prefix}.alpha"][0])
+        self.indptr = t[f"{prefix}.csr_indptr"].astype(np.int64)
+        self.indices = t[f"{prefix}.csr_indices"].astype(np.int32)
+        self.values = t[f"{prefix}.csr_values"].astype(np.float32)
+        self.bias = t.get(f"{prefix}.bias")
+        if self.act_bits == 32:  # the float path multiplies by the ±1 matrix itself
+            self.signs = kernels.unpack_bits(self.sign_bits, self.k)
+        if self.act_bits == 2:
+            self.row_sums = self.k - 2 * np.bitwise_count(self.sign_bits).sum(axis=1).astype(np.int64)
+
+    def matmul(self, rows: np.ndarray) -> np.ndarray:
+        """(P, K) input rows -> (O, P) outputs."""
+        x = _quantize_input(rows, self.act_bits)
+        if self.act_bits == 1:
+            bx = kernels.bgemm_1x1(self.sign_bits, kernels.pack_bits(x), self.k).astype(np.float32)
+        elif self.act_bits == 2:
+            v = (np.round(x * 6) - 3).astype(np.int8)  # x = (v + 3)/6
+            hi, lo = kernels.pack_2bit(v)
+            bv = kernels.bgemm_1x2(self.sign_bits, hi, lo, self.k)
+            bx = (bv / 6.0 + self.row_sums[:, None] / 2.0).astype(np.float32)
+        else:
+            bx = self.signs @ x.T
+        y = self.alpha * bx
+        y += kernels.csr_matmul(self.indptr, self.indices, self.values, np.ascontiguousarray(x.T))
+        if self.bias is not None:
+            y += self.bias[:, None]
+        return y
+
+
+class PackedConv2d(PackedLinearCore):
+    def __init__(self, prefix, spec, t):
+        super().__init__(prefix, spec, t)
+        self.kh, self.kw = spec["weight_shape"][2:]
+        self.stride, self.padding = int(spec["stride"]), int(spec["padding"])
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        ho = (h + 2 * self.padding - self.kh) // self.stride + 1
+        wo = (w + 2 * self.padding - self.kw) // self.stride + 1
+        cols = kernels.im2col(np.ascontiguousarray(x.data), self.kh, self.kw, self.stride, self.padding)
+        y = self.matmul(cols).reshape(self.out_features, n, ho, wo)
+        if self.act_bits == 1 and self.padding:
+            y -= self._padding_correction(x.shape[1:])[:, None]
+        return Tensor(np.ascontiguousarray(y.transpose(1, 0, 2, 3)))
+
+
+    def _padding_correction(self, chw) -> np.ndarray:
+        """(α·B + S)·P: what the zero padding wrongly adds in the 1-bit path.
+
+        A padded zero packs as bit 0, i.e. +1, while the float model multiplies it by 0. P is the
+        im2col of an image that is 1 on the padding and 0 inside, so (α·B + S)·P (O, Ho, Wo) is exactly
+        the surplus (residual included); it depends only on the input size, so it is computed once per size.
+        """
+        cache = self.__dict__.setdefault("_corrections", {})
+        if chw not in cache:
+            c, h, w = chw
+            p = self.padding
+            border = np.ones((1, c, h + 2 * p, w + 2 * p), dtype=np.float32)
+            border[:, :, p:p + h, p:p + w] = 0
+            rows = kernels.im2col(border, self.kh, self.kw, self.stride, 0)
+            ho = (h + 2 * p - self.kh) // self.stride + 1
+            wo = (w + 2 * p - self.kw) // self.stride + 1
+            signs = kernels.unpack_bits(self.sign_bits, self.k)
+            surplus = self.alpha * (signs @ rows.T) + kernels.csr_matmul(
+                self.indptr, self.indices, self.values, np.ascontiguousarray(rows.T))
+            cache[chw] = surplus.reshape(self.out_features, ho, wo)
+        return cache[chw]
+
+
+class PackedLinear(PackedLinearCore):
+    def forward(self, x):
+        return Tensor(np.ascontiguousarray(self.matmul(x.data).T))
+
+
+class FloatLayer(nn.Module):
+    """A full-precision conv or linear layer with its stored float32 weights."""
+
+    def __init__(self, prefix, spec, t, layer: nn.Module):
+        super().__init__()
+        self.weight, self.bias = t[f"{prefix}.weight"], t.get(f"{prefix}.bias")
+        self.conv = isinstance(layer, nn.Conv2d)
+        self.stride, self.padding = getattr(layer, "stride", 1), getattr(layer, "padding", 0)
+        self.act = activation_quantizer(int(spec["act_bits"]))
+
+    def forward(self, x):
+        x = self.act(x)
+        if self.conv:
+            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        y = x @ Tensor(np.ascontiguousarray(self.weight.T))
+        return y + self.bias if self.bias is not None else y
+
+
+class Affine(nn.Module):
+    """Folded BatchNorm: y = x·scale + shift per channel."""
+
+    def __init__(self, prefix, t):
+        super().__init__()
+        self.scale, self.shift = t[f"{prefix}.scale"], t[f"{prefix}.shift"]
+
+    def forward(self, x):
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return Tensor(x.data * self.scale.reshape(shape) + self.shift.reshape(shape))
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    *path, leaf = name.split(".")
+    module = model
+    for part in path:
+        module = module._modules[part]
+    return module, leaf
+
+
+def build_packed(packed: PackedModel) -> nn.Module:
+    """The model's architecture with every layer replaced by its packed counterpart."""
+    args = dict(packed.header["build"])
+    model = build(**args)
+    t = packed.tensors
+    for name, spec in packed.header["layers"].items():
+        parent, leaf = _parent(model, name)
+        old = parent._modules.get(leaf)
+        if old is None:
+            raise ValueError(f"packed model: layer {name} does not exist in a {args.get('name')} model")
+        if spec["kind"] == "apb":
+            new = PackedConv2d(name, spec, t) if len(spec["weight_shape"]) == 4 else PackedLinear(name, spec, t)
+        elif spec["kind"] == "float":
+            new = FloatLayer(name, spec, t, old)
+        else:
+            new = Affine(name, t)
+        setattr(parent, leaf, new)
+    return model.eval()
+
+
+class PackedNetwork:
+    """A packed file made runnable: `predict_logits(images)` for normalized NCHW float32 images."""
+
+    def __init__(self, packed: PackedModel):
+        self.header = packed.header
+        self.model = build_packed(packed)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PackedNetwork":
+        return cls(load_packed(path))
+
+    def logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        outs = []
+        with no_grad():
+            for i in range(0, len(x), batch_size):
+                outs.append(self.model(Tensor(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32))).data)
+        return np.concatenate(outs)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict[str, float]:
+        """Accuracy and images/s on images in [0, 1] (normalized here with the stored statistics)."""
+        norm = self.header.get("normalization", {})
+        if norm:
+            shape = (1, -1, 1, 1)
+            x = (x - np.asarray(norm["mean"], np.float32).reshape(shape)) / np.asarray(norm["std"], np.float32).reshape(shape)
+        start = time.perf_counter()
+        logits = self.logits(x, batch_size)
+        seconds = time.perf_counter() - start
+        return {"accuracy": float((logits.argmax(axis=1) == y).mean()), "images_per_second": len(y) / seconds,
+                "seconds": seconds, "images": int(len(y))}
