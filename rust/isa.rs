@@ -1,8 +1,10 @@
 //! Instruction-set selection for the kernels: what this CPU can run, and which path a call uses.
 //!
-//! Three paths exist for every popcount kernel:
+//! Three paths exist for every popcount kernel (and for the packers of f32, i8 and mask bytes; see
+//! `pack.rs`):
 //!
-//! * `avx512`: AVX-512F + AVX-512 VPOPCNTDQ (`vpopcntq` on 8 words at once);
+//! * `avx512`: AVX-512F + AVX-512 VPOPCNTDQ (`vpopcntq` on 8 words at once), and AVX-512BW (byte
+//!   masks, used by the packers; every CPU with VPOPCNTDQ except Knights Mill has it);
 //! * `avx2`: AVX2, popcount by the nibble-lookup `vpshufb` trick, bytes summed with `vpsadbw`;
 //! * `scalar`: portable Rust (`u64::count_ones`), always available, on every architecture.
 //!
@@ -24,7 +26,7 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 (nibble-lookup popcount).
     Avx2,
-    /// x86-64 AVX-512F + VPOPCNTDQ.
+    /// x86-64 AVX-512F + VPOPCNTDQ + BW.
     Avx512,
 }
 
@@ -57,6 +59,7 @@ impl Isa {
             Isa::Avx512 => {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 | Isa::Avx512 => false,

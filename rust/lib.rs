@@ -232,6 +232,7 @@ fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
     name: &str,
     arr: &Bound<'py, PyUntypedArray>,
     threads: usize,
+    isa: isa::Isa,
     describe_invalid: impl Fn(usize, usize, String) -> String,
 ) -> PyResult<[Bound<'py, PyArray2<u64>>; P]> {
     let (rows, k) = match arr.shape() {
@@ -262,20 +263,18 @@ fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
         let planes: [&mut [u64]; P] = slices
             .try_into()
             .map_err(|_| value_error(format!("{func}: internal error: plane count")))?;
-        let result = py.detach(|| {
-            threads::install(threads, || pack::pack_planes::<T, P>(xs, k, planes, threads > 1))
-        });
+        // pack_planes brings in pool threads itself, only when the input is worth splitting.
+        let result = py.detach(|| pack::pack_planes::<T, P>(xs, k, planes, threads, isa));
         match result {
-            Err(e) => return Err(value_error(format!("{func}: {e}"))),
-            Ok(Err(PackError::Invalid { row, col })) => {
+            Err(PackError::Invalid { row, col }) => {
                 let v = xs
                     .get(row * k + col)
                     .map(|v| format!("{v:?}"))
                     .unwrap_or_default();
                 return Err(value_error(describe_invalid(row, col, v)));
             }
-            Ok(Err(PackError::Length(msg))) => return Err(value_error(format!("{func}: {msg}"))),
-            Ok(Ok(())) => {}
+            Err(e) => return Err(value_error(format!("{func}: {e}"))),
+            Ok(()) => {}
         }
     }
     outs.try_into()
@@ -285,12 +284,14 @@ fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
 /// Pack the signs of a (rows, K) float32 or int8 matrix into a (rows, ceil(K/64)) uint64 matrix.
 ///
 /// Bit `k % 64` of word `k / 64` is 1 where `x[row, k] < 0`; padding bits are 0. NaN is rejected.
+/// `isa` picks the packing code path (results are identical on every path).
 #[pyfunction]
-#[pyo3(signature = (x, threads=None))]
+#[pyo3(signature = (x, threads=None, isa=None))]
 fn pack_bits<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     threads: Option<&Bound<'py, PyAny>>,
+    isa: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<u64>>> {
     const F: &str = "pack_bits";
     let expected = format!("{F}: x must be a C-contiguous float32 2-D array");
@@ -302,30 +303,33 @@ fn pack_bits<'py>(
         )));
     }
     let threads = resolve_threads(F, threads)?;
+    let isa = resolve_isa(F, isa)?;
     let nan = |row, col, _| format!("{F}: x contains NaN (first at row {row}, column {col})");
     let [out] = if has_dtype::<f32>(arr) {
-        pack_typed::<f32, 1>(py, F, "x", arr, threads, nan)?
+        pack_typed::<f32, 1>(py, F, "x", arr, threads, isa, nan)?
     } else {
-        pack_typed::<i8, 1>(py, F, "x", arr, threads, nan)?
+        pack_typed::<i8, 1>(py, F, "x", arr, threads, isa, nan)?
     };
     Ok(out)
 }
 
 /// Pack a (rows, K) bool matrix as it is (True -> bit 1, i.e. −1) into (rows, ceil(K/64)) uint64.
 #[pyfunction]
-#[pyo3(signature = (bits, threads=None))]
+#[pyo3(signature = (bits, threads=None, isa=None))]
 fn pack_mask<'py>(
     py: Python<'py>,
     bits: &Bound<'py, PyAny>,
     threads: Option<&Bound<'py, PyAny>>,
+    isa: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<u64>>> {
     const F: &str = "pack_mask";
     let arr = typed::<bool>(F, "bits", bits, "bool", 2)?;
     let threads = resolve_threads(F, threads)?;
+    let isa = resolve_isa(F, isa)?;
     // Read the bytes as uint8 (a NumPy bool byte need not be 0 or 1; any non-zero byte is True).
     let bytes = arr.call_method1("view", ("uint8",))?;
     let bytes = typed::<u8>(F, "bits", &bytes, "uint8 view of a bool", 2)?;
-    let [out] = pack_typed_mask(py, F, &bytes, threads)?;
+    let [out] = pack_typed_mask(py, F, &bytes, threads, isa)?;
     Ok(out)
 }
 
@@ -334,6 +338,7 @@ fn pack_typed_mask<'py>(
     func: &str,
     bytes: &Bound<'py, PyUntypedArray>,
     threads: usize,
+    isa: isa::Isa,
 ) -> PyResult<[Bound<'py, PyArray2<u64>>; 1]> {
     let (rows, k) = match bytes.shape() {
         [r, k] => (*r, *k),
@@ -350,11 +355,8 @@ fn pack_typed_mask<'py>(
         let os = rw
             .as_slice_mut()
             .map_err(|e| value_error(format!("{func}: output: {e}")))?;
-        py.detach(|| {
-            threads::install(threads, || pack::pack_planes::<MaskByte, 1>(masks, k, [os], threads > 1))
-        })
-        .map_err(|e| value_error(format!("{func}: {e}")))?
-        .map_err(|e| value_error(format!("{func}: {e:?}")))?;
+        py.detach(|| pack::pack_planes::<MaskByte, 1>(masks, k, [os], threads, isa))
+            .map_err(|e| value_error(format!("{func}: {e}")))?;
     }
     Ok([out])
 }
@@ -362,11 +364,12 @@ fn pack_typed_mask<'py>(
 /// Pack a (rows, K) matrix of values in {−3, −1, 1, 3} into two sign planes `(hi, lo)`, each
 /// (rows, ceil(K/64)) uint64, with v = 2·hi + lo.
 #[pyfunction]
-#[pyo3(signature = (v, threads=None))]
+#[pyo3(signature = (v, threads=None, isa=None))]
 fn pack_2bit<'py>(
     py: Python<'py>,
     v: &Bound<'py, PyAny>,
     threads: Option<&Bound<'py, PyAny>>,
+    isa: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<(Bound<'py, PyArray2<u64>>, Bound<'py, PyArray2<u64>>)> {
     const F: &str = "pack_2bit";
     let expected = format!(
@@ -377,21 +380,22 @@ fn pack_2bit<'py>(
         return Err(value_error(format!("{expected}, {}", describe(arr))));
     }
     let threads = resolve_threads(F, threads)?;
+    let isa = resolve_isa(F, isa)?;
     let bad = |row, col, val: String| {
         format!("{F}: v must hold only -3, -1, 1, 3; got {val} at row {row}, column {col}")
     };
     let [hi, lo] = if has_dtype::<f32>(arr) {
-        pack_typed::<f32, 2>(py, F, "v", arr, threads, bad)?
+        pack_typed::<f32, 2>(py, F, "v", arr, threads, isa, bad)?
     } else if has_dtype::<f64>(arr) {
-        pack_typed::<f64, 2>(py, F, "v", arr, threads, bad)?
+        pack_typed::<f64, 2>(py, F, "v", arr, threads, isa, bad)?
     } else if has_dtype::<i8>(arr) {
-        pack_typed::<i8, 2>(py, F, "v", arr, threads, bad)?
+        pack_typed::<i8, 2>(py, F, "v", arr, threads, isa, bad)?
     } else if has_dtype::<i16>(arr) {
-        pack_typed::<i16, 2>(py, F, "v", arr, threads, bad)?
+        pack_typed::<i16, 2>(py, F, "v", arr, threads, isa, bad)?
     } else if has_dtype::<i32>(arr) {
-        pack_typed::<i32, 2>(py, F, "v", arr, threads, bad)?
+        pack_typed::<i32, 2>(py, F, "v", arr, threads, isa, bad)?
     } else if has_dtype::<i64>(arr) {
-        pack_typed::<i64, 2>(py, F, "v", arr, threads, bad)?
+        pack_typed::<i64, 2>(py, F, "v", arr, threads, isa, bad)?
     } else {
         return Err(value_error(format!("{expected}, {}", describe(arr))));
     };
@@ -630,7 +634,7 @@ fn csr_matmul<'py>(
         as_slice(F, "x", &x_ro)?,
     );
     let m = spmm::validate(ip, ix, d.len(), k)
-        .map_err(|e| value_error(format!("{F}: {} {}", e.arg, e.msg)))?;
+        .map_err(|e| value_error(format!("{F}: {e}")))?;
     let out = empty2::<f32>(py, F, m, n)?;
     {
         let mut rw = out.readwrite();
@@ -638,7 +642,7 @@ fn csr_matmul<'py>(
             .as_slice_mut()
             .map_err(|e| value_error(format!("{F}: output: {e}")))?;
         py.detach(|| spmm::csr_matmul(ip, ix, d, xs, k, n, isa, threads, os))
-            .map_err(|e| value_error(format!("{F}: {} {}", e.arg, e.msg)))?;
+            .map_err(|e| value_error(format!("{F}: {e}")))?;
     }
     Ok(out)
 }

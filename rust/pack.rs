@@ -7,14 +7,46 @@
 //! * masks (`pack_mask_rows`): bytes of a boolean array, packed as they are (non-zero -> bit 1).
 //! * 2-bit (`pack_2bit_rows`): v in {-3, -1, 1, 3} is v = 2·hi + lo with hi, lo in {±1}; bit 1 = -1, so
 //!   hi bit = 1[v < 0] and lo bit = 1[v ∈ {1, -3}]. Any other value is refused.
+//!
+//! # Code paths
+//!
+//! This file is the driver (argument checks, row blocks, threads, the error scan) and the portable
+//! scalar packer. `pack/avx512.rs` and `pack/avx2.rs` pack whole row blocks with SIMD compares for the
+//! hot element types (f32 and i8, 1 and 2 planes, and mask bytes); [`Source::kernel`] names them and
+//! [`pack_planes`] picks one by its `isa` argument (resolved like the GEMMs', see `isa.rs`), falling
+//! back to the scalar packer for the other types. Every path computes the same bits and the same
+//! "some value was invalid" flag; the position of the first invalid value is always found afterwards
+//! by the same serial scan, so error messages do not depend on the path.
 
-use rayon::prelude::*;
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
+
+use std::fmt;
+
+use crate::isa::Isa;
 
 /// Bits per packed word.
 pub const WORD_BITS: usize = 64;
 
-/// Below this many input elements threading costs more than it saves; also the size of one task.
-const PARALLEL_MIN_ELEMS: usize = 1 << 16;
+/// How [`pack_planes`] splits its input among threads.
+#[derive(Clone, Copy, Debug)]
+pub struct Split {
+    /// Inputs smaller than this many bytes are packed on the calling thread alone.
+    pub min_bytes: usize,
+    /// Bytes of input per task (whole rows, at least one).
+    pub task_bytes: usize,
+}
+
+/// The split used by the bindings. The SIMD packers run at 30-70 GB/s on one thread, so 4 MiB is
+/// some 60-130 µs of work; waking a pool thread measured up to ~40 µs in a VM, which made 2 threads
+/// slower than 1 at 2.3 MB. Tasks of 128 KiB (about 2-4 µs each) keep the threads balanced when one
+/// of them starts late.
+pub const SPLIT: Split = Split {
+    min_bytes: 4 << 20,
+    task_bytes: 128 << 10,
+};
 
 /// Number of u64 words that hold `k` bits.
 pub fn words_for(k: usize) -> usize {
@@ -49,14 +81,55 @@ pub enum PackError {
     Invalid { row: usize, col: usize },
     /// `x`, `k` and `out` do not describe the same matrix.
     Length(String),
+    /// The requested instruction set is not available on this CPU.
+    Isa(String),
+    /// The thread pool could not be started.
+    Threads(String),
 }
+
+impl fmt::Display for PackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PackError::Invalid { row, col } => write!(f, "invalid value at row {row}, column {col}"),
+            PackError::Length(msg) | PackError::Isa(msg) | PackError::Threads(msg) => f.write_str(msg),
+        }
+    }
+}
+
+/// A SIMD block packer: packs the row-major `(rows, k)` block `xs` into `P` planes of
+/// `rows · words_for(k)` words (planes shorter than that are filled as far as they go, like
+/// [`pack_block_scalar`]); returns false if the block holds an invalid value.
+///
+/// # Safety
+/// The CPU supports the instruction set the packer was returned for (see [`Source::kernel`]).
+pub type BlockFn<T, const P: usize> = unsafe fn(xs: &[T], k: usize, outs: &mut [&mut [u64]; P]) -> bool;
 
 /// An element type that packs to `P` bit planes.
 ///
-/// `bits` gives the bit of each plane; `invalid` flags a value that has no packing.
-pub trait Source<const P: usize>: Copy + Send + Sync {
+/// `bits` gives the bit of each plane; `invalid` flags a value that has no packing. `kernel` names a
+/// SIMD block packer for `isa` when one exists (the default: none, the scalar packer is used).
+pub trait Source<const P: usize>: Copy + Send + Sync + 'static {
     fn bits(self) -> [bool; P];
     fn invalid(self) -> bool;
+    /// The block packer of `isa` for this type, if it has one. It may be called only when
+    /// `isa.is_available()`; it must compute exactly what [`pack_block_scalar`] computes.
+    fn kernel(isa: Isa) -> Option<BlockFn<Self, P>> {
+        let _ = isa;
+        None
+    }
+}
+
+/// Look up a SIMD packer by ISA (x86-64 only; other targets have none).
+macro_rules! simd_kernel {
+    ($isa:expr, $name:ident) => {{
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Some(avx512::$name as BlockFn<_, _>),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Some(avx2::$name as BlockFn<_, _>),
+            _ => None,
+        }
+    }};
 }
 
 impl Source<1> for f32 {
@@ -68,6 +141,9 @@ impl Source<1> for f32 {
     fn invalid(self) -> bool {
         self.is_nan()
     }
+    fn kernel(isa: Isa) -> Option<BlockFn<Self, 1>> {
+        simd_kernel!(isa, sign_f32)
+    }
 }
 
 impl Source<1> for i8 {
@@ -78,6 +154,9 @@ impl Source<1> for i8 {
     #[inline(always)]
     fn invalid(self) -> bool {
         false
+    }
+    fn kernel(isa: Isa) -> Option<BlockFn<Self, 1>> {
+        simd_kernel!(isa, sign_i8)
     }
 }
 
@@ -95,10 +174,13 @@ impl Source<1> for MaskByte {
     fn invalid(self) -> bool {
         false
     }
+    fn kernel(isa: Isa) -> Option<BlockFn<Self, 1>> {
+        simd_kernel!(isa, mask_u8)
+    }
 }
 
 macro_rules! two_bit_source {
-    ($($t:ty => $three:expr, $one:expr;)*) => {$(
+    ($($t:ty => $three:expr, $one:expr $(, $simd:ident)?;)*) => {$(
         impl Source<2> for $t {
             #[inline(always)]
             fn bits(self) -> [bool; 2] {
@@ -109,14 +191,19 @@ macro_rules! two_bit_source {
             fn invalid(self) -> bool {
                 !(self == $three || self == $one || self == -$one || self == -$three)
             }
+            $(
+            fn kernel(isa: Isa) -> Option<BlockFn<Self, 2>> {
+                simd_kernel!(isa, $simd)
+            }
+            )?
         }
     )*};
 }
 
 two_bit_source! {
-    f32 => 3.0, 1.0;
+    f32 => 3.0, 1.0, two_bit_f32;
     f64 => 3.0, 1.0;
-    i8 => 3, 1;
+    i8 => 3, 1, two_bit_i8;
     i16 => 3, 1;
     i32 => 3, 1;
     i64 => 3, 1;
@@ -124,7 +211,7 @@ two_bit_source! {
 
 /// Bits of up to 64 values (the short last word of a row), and whether any of them is invalid.
 #[inline(always)]
-fn pack_tail<T: Source<P>, const P: usize>(values: &[T]) -> ([u64; P], bool) {
+pub(crate) fn pack_tail<T: Source<P>, const P: usize>(values: &[T]) -> ([u64; P], bool) {
     let (mut words, mut bad) = ([0u64; P], false);
     for (bit, &v) in values.iter().enumerate() {
         let b = v.bits();
@@ -159,50 +246,102 @@ fn pack_word<T: Source<P>, const P: usize>(values: &[T; WORD_BITS]) -> ([u64; P]
     (words, bad)
 }
 
-/// Pack one row into `P` planes of `words_for(row.len())` words; returns false if the row holds an
-/// invalid value. Planes shorter than that are filled as far as they go.
-fn pack_row_planes<T: Source<P>, const P: usize>(row: &[T], out: &mut [&mut [u64]; P]) -> bool {
-    // Whole words as fixed-size chunks, so the compiler sees 64 iterations and vectorizes them.
-    let (full, tail) = row.as_chunks::<WORD_BITS>();
-    let mut bad = false;
-    for (w, chunk) in full.iter().enumerate() {
-        let (words, b) = pack_word(chunk);
-        for (plane, word) in out.iter_mut().zip(words) {
-            if let Some(dst) = plane.get_mut(w) {
-                *dst = word;
-            }
-        }
-        bad |= b;
+/// Pack the row-major `(rows, k)` block `xs` into `P` planes of `rows · words_for(k)` words, with
+/// `full` packing each whole word of 64 values and `tail` the short last word of a row (1 to 63
+/// values); returns false if either reported an invalid value. Planes shorter than that are filled as
+/// far as they go (the driver always passes exact lengths; this only keeps the code panic-free).
+///
+/// `#[inline(always)]` so that, called from a `#[target_feature]` packer, `full` and `tail` are
+/// compiled with that packer's features and inlined into one loop.
+#[inline(always)]
+pub(crate) fn pack_rows_with<T, const P: usize>(
+    xs: &[T],
+    k: usize,
+    outs: &mut [&mut [u64]; P],
+    mut full: impl FnMut(&[T; WORD_BITS]) -> ([u64; P], bool),
+    mut tail: impl FnMut(&[T]) -> ([u64; P], bool),
+) -> bool {
+    if k == 0 {
+        return true;
     }
-    if !tail.is_empty() {
-        let (words, b) = pack_tail(tail);
-        for (plane, word) in out.iter_mut().zip(words) {
-            if let Some(dst) = plane.get_mut(full.len()) {
-                *dst = word;
+    let words = words_for(k);
+    let mut bad = false;
+    for (r, row) in xs.chunks_exact(k).enumerate() {
+        let mut planes = outs.each_mut().map(|o| {
+            let start = (r * words).min(o.len());
+            let end = ((r + 1) * words).min(o.len());
+            &mut o[start..end]
+        });
+        let (whole, rest) = row.as_chunks::<WORD_BITS>();
+        for (w, chunk) in whole.iter().enumerate() {
+            let (ws, b) = full(chunk);
+            for (plane, word) in planes.iter_mut().zip(ws) {
+                if let Some(dst) = plane.get_mut(w) {
+                    *dst = word;
+                }
             }
+            bad |= b;
         }
-        bad |= b;
+        if !rest.is_empty() {
+            let (ws, b) = tail(rest);
+            for (plane, word) in planes.iter_mut().zip(ws) {
+                if let Some(dst) = plane.get_mut(whole.len()) {
+                    *dst = word;
+                }
+            }
+            bad |= b;
+        }
     }
     !bad
+}
+
+/// The portable packer (see [`BlockFn`]).
+pub fn pack_block_scalar<T: Source<P>, const P: usize>(
+    xs: &[T],
+    k: usize,
+    outs: &mut [&mut [u64]; P],
+) -> bool {
+    pack_rows_with(xs, k, outs, pack_word, pack_tail)
 }
 
 /// Pack one f32 row into `words_for(row.len())` words; returns false if the row holds a NaN.
 pub fn pack_row(row: &[f32], out: &mut [u64]) -> bool {
     debug_assert_eq!(out.len(), words_for(row.len()));
-    pack_row_planes::<f32, 1>(row, &mut [out])
+    pack_block_scalar::<f32, 1>(row, row.len(), &mut [out])
 }
 
-/// Pack a row-major `(rows, k)` matrix `x` into `P` row-major `(rows, words_for(k))` planes.
+/// Pack a row-major `(rows, k)` matrix `x` into `P` row-major `(rows, words_for(k))` planes with the
+/// packer of `isa` (the scalar one if `T` has none for it).
 ///
-/// Rows are split into blocks of about `PARALLEL_MIN_ELEMS` values that run in parallel when
-/// `parallel` is set (the caller runs this inside the chosen rayon pool). Returns an error instead of
-/// panicking when the lengths disagree or `x` holds an invalid value (`outs` are then unspecified).
+/// With `threads > 1` and at least `SPLIT.min_bytes` of input, rows are cut into blocks of about
+/// `SPLIT.task_bytes` that the calling thread and `threads - 1` pool threads take in turn
+/// ([`crate::threads::run_claimed`]; no need to call this inside [`crate::threads::install`]).
+/// Returns an error instead of panicking when the lengths disagree or `x` holds an invalid value
+/// (`outs` are then unspecified).
 pub fn pack_planes<T: Source<P>, const P: usize>(
     x: &[T],
     k: usize,
     outs: [&mut [u64]; P],
-    parallel: bool,
+    threads: usize,
+    isa: Isa,
 ) -> Result<(), PackError> {
+    pack_planes_split(x, k, outs, threads, isa, SPLIT)
+}
+
+/// [`pack_planes`] with an explicit [`Split`] (tests use small ones to get many blocks).
+pub fn pack_planes_split<T: Source<P>, const P: usize>(
+    x: &[T],
+    k: usize,
+    outs: [&mut [u64]; P],
+    threads: usize,
+    isa: Isa,
+    split: Split,
+) -> Result<(), PackError> {
+    if !isa.is_available() {
+        return Err(PackError::Isa(format!("isa {isa} is not available on this CPU")));
+    }
+    // Checked just above: the CPU supports `isa`, which is what calling `simd` requires.
+    let simd = T::kernel(isa);
     let words = words_for(k);
     if k == 0 {
         return if x.is_empty() && outs.iter().all(|o| o.is_empty()) {
@@ -220,22 +359,19 @@ pub fn pack_planes<T: Source<P>, const P: usize>(
             rows * words
         )));
     }
-    let rows_per_task = (PARALLEL_MIN_ELEMS / k).max(1);
+    let row_bytes = k * size_of::<T>();
+    let rows_per_task = (split.task_bytes / row_bytes).max(1);
     // Serial over rows inside a block; blocks in parallel. (Per-row rayon tasks measured over 2x
     // slower than even one thread, so rows are not tasks.)
     let pack_block = |xs: &[T], mut os: [&mut [u64]; P]| -> bool {
-        let mut ok = true;
-        for (r, row) in xs.chunks_exact(k).enumerate() {
-            let mut planes = os.each_mut().map(|o| {
-                let start = (r * words).min(o.len());
-                let end = ((r + 1) * words).min(o.len());
-                &mut o[start..end]
-            });
-            ok &= pack_row_planes(row, &mut planes);
+        match simd {
+            // SAFETY: `simd` is `T::kernel(isa)` and `isa.is_available()` was checked above; that is
+            // the packer's only requirement (it bounds-checks its slices itself).
+            Some(f) => unsafe { f(xs, k, &mut os) },
+            None => pack_block_scalar(xs, k, &mut os),
         }
-        ok
     };
-    let no_bad = if parallel && x.len() >= 2 * PARALLEL_MIN_ELEMS {
+    let no_bad = if threads > 1 && rows > rows_per_task && rows * row_bytes >= split.min_bytes {
         // Split every plane into the same row blocks, then hand each block to a task.
         let mut per_plane: Vec<std::slice::ChunksMut<'_, u64>> = outs
             .into_iter()
@@ -254,10 +390,8 @@ pub fn pack_planes<T: Source<P>, const P: usize>(
                 Some((xs, arr))
             })
             .collect();
-        blocks
-            .into_par_iter()
-            .map(|(xs, os)| pack_block(xs, os))
-            .reduce(|| true, |a, b| a & b)
+        crate::threads::run_claimed(threads, blocks, |(xs, os)| pack_block(xs, os))
+            .map_err(PackError::Threads)?
     } else {
         pack_block(x, outs)
     };
@@ -273,8 +407,14 @@ pub fn pack_planes<T: Source<P>, const P: usize>(
 }
 
 /// Pack the signs of a row-major `(rows, k)` f32 matrix (bit 1 = negative); NaN is an error.
-pub fn pack_rows(x: &[f32], k: usize, out: &mut [u64], parallel: bool) -> Result<(), PackError> {
-    pack_planes::<f32, 1>(x, k, [out], parallel)
+pub fn pack_rows(
+    x: &[f32],
+    k: usize,
+    out: &mut [u64],
+    threads: usize,
+    isa: Isa,
+) -> Result<(), PackError> {
+    pack_planes::<f32, 1>(x, k, [out], threads, isa)
 }
 
 /// Position `(row, col)` of the first NaN in a row-major matrix with `k` columns, if any.
@@ -287,16 +427,23 @@ pub fn first_nan(x: &[f32], k: usize) -> Option<(usize, usize)> {
 mod tests {
     use super::*;
 
+    /// Many small blocks, so that threaded tests need only small inputs.
+    const SMALL_SPLIT: Split = Split {
+        min_bytes: 1,
+        task_bytes: 4000,
+    };
+
     fn pack(x: &[f32], k: usize) -> Vec<u64> {
         let mut out = vec![0u64; (x.len() / k.max(1)) * words_for(k)];
-        pack_rows(x, k, &mut out, false).unwrap();
+        pack_rows(x, k, &mut out, 1, Isa::Scalar).unwrap();
         out
     }
 
     fn pack2<T: Source<2>>(x: &[T], k: usize, parallel: bool) -> Result<(Vec<u64>, Vec<u64>), PackError> {
         let n = (x.len() / k) * words_for(k);
         let (mut hi, mut lo) = (vec![0u64; n], vec![0u64; n]);
-        pack_planes::<T, 2>(x, k, [&mut hi, &mut lo], parallel)?;
+        let threads = if parallel { 3 } else { 1 };
+        pack_planes_split::<T, 2>(x, k, [&mut hi, &mut lo], threads, Isa::Scalar, SMALL_SPLIT)?;
         Ok((hi, lo))
     }
 
@@ -357,12 +504,13 @@ mod tests {
 
     #[test]
     fn parallel_path_matches_serial() {
-        let (rows, k) = (300, 577); // > 2 * PARALLEL_MIN_ELEMS elements
+        let (rows, k) = (2000, 577); // > SPLIT.min_bytes
+        assert!(rows * k * 4 >= SPLIT.min_bytes);
         let x: Vec<f32> = (0..rows * k)
             .map(|i| if (i * 7919) % 13 < 6 { -1.0 } else { 1.0 })
             .collect();
         let mut par = vec![0u64; rows * words_for(k)];
-        pack_rows(&x, k, &mut par, true).unwrap();
+        pack_rows(&x, k, &mut par, 2, Isa::Scalar).unwrap();
         assert_eq!(par, pack(&x, k));
         for (r, row) in x.chunks(k).enumerate() {
             let mut want = vec![0u64; words_for(k)];
@@ -375,10 +523,10 @@ mod tests {
     fn int8_and_mask_sources() {
         let x: Vec<i8> = vec![-3, 0, 2, -128, 127, -1];
         let mut out = vec![0u64; 1];
-        pack_planes::<i8, 1>(&x, 6, [&mut out], false).unwrap();
+        pack_planes::<i8, 1>(&x, 6, [&mut out], 1, Isa::Scalar).unwrap();
         assert_eq!(out, vec![0b101001]);
         let m: Vec<MaskByte> = [1u8, 0, 0, 2, 0, 255].map(MaskByte).to_vec();
-        pack_planes::<MaskByte, 1>(&m, 6, [&mut out], false).unwrap();
+        pack_planes::<MaskByte, 1>(&m, 6, [&mut out], 1, Isa::Scalar).unwrap();
         assert_eq!(out, vec![0b101001]);
     }
 
@@ -431,12 +579,12 @@ mod tests {
 
     #[test]
     fn mismatched_lengths_are_errors_not_panics() {
-        assert!(pack_rows(&[1.0; 5], 2, &mut [0; 2], false).is_err());
-        assert!(pack_rows(&[1.0; 4], 2, &mut [0; 3], true).is_err());
-        assert!(pack_rows(&[1.0; 1], 0, &mut [], false).is_err());
-        assert!(pack_rows(&[], 0, &mut [], false).is_ok());
+        assert!(pack_rows(&[1.0; 5], 2, &mut [0; 2], 1, Isa::Scalar).is_err());
+        assert!(pack_rows(&[1.0; 4], 2, &mut [0; 3], 2, Isa::Scalar).is_err());
+        assert!(pack_rows(&[1.0; 1], 0, &mut [], 1, Isa::Scalar).is_err());
+        assert!(pack_rows(&[], 0, &mut [], 1, Isa::Scalar).is_ok());
         let (mut hi, mut lo) = (vec![0u64; 2], vec![0u64; 1]);
-        assert!(pack_planes::<i8, 2>(&[1; 4], 2, [&mut hi, &mut lo], false).is_err());
+        assert!(pack_planes::<i8, 2>(&[1; 4], 2, [&mut hi, &mut lo], 1, Isa::Scalar).is_err());
     }
 
     #[test]
@@ -446,7 +594,7 @@ mod tests {
         x[2 * 70 + 1] = f32::NAN;
         let mut out = vec![0u64; 3 * 2];
         assert_eq!(
-            pack_rows(&x, 70, &mut out, false),
+            pack_rows(&x, 70, &mut out, 1, Isa::Scalar),
             Err(PackError::Invalid { row: 1, col: 66 })
         );
     }
@@ -455,5 +603,233 @@ mod tests {
     fn finds_first_nan() {
         assert_eq!(first_nan(&[1.0, 2.0, 3.0, f32::NAN], 2), Some((1, 1)));
         assert_eq!(first_nan(&[1.0, -0.0], 2), None);
+    }
+
+    // --- every ISA path against the scalar one ----------------------------------------------------
+
+    /// Awkward row lengths: one value, around one word, a long row with a short tail.
+    const AWKWARD_K: [usize; 8] = [1, 63, 64, 65, 127, 577, 1000, 4608];
+
+    /// Deterministic pseudo-random numbers (xorshift).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn pick<T: Copy>(&mut self, from: &[T]) -> T {
+            from[(self.next() % from.len() as u64) as usize]
+        }
+    }
+
+    /// Pack with `isa` (on 3 threads in blocks of a few rows, or on 1) into fresh planes, pre-filled
+    /// with garbage.
+    fn pack_with<T: Source<P>, const P: usize>(
+        x: &[T],
+        k: usize,
+        parallel: bool,
+        isa: Isa,
+    ) -> Result<Vec<Vec<u64>>, PackError> {
+        let n = (x.len() / k) * words_for(k);
+        let mut planes: Vec<Vec<u64>> = (0..P).map(|_| vec![0xDEAD_BEEF_u64; n]).collect();
+        let outs: [&mut [u64]; P] = planes
+            .iter_mut()
+            .map(|v| v.as_mut_slice())
+            .collect::<Vec<_>>()
+            .try_into()
+            .unwrap();
+        let threads = if parallel { 3 } else { 1 };
+        pack_planes_split::<T, P>(x, k, outs, threads, isa, SMALL_SPLIT)?;
+        Ok(planes)
+    }
+
+    /// Every available path (serial and threaded) gives exactly what the serial scalar path gives:
+    /// the same planes, or the same error (so the same first invalid position).
+    fn same_on_every_path<T: Source<P> + std::fmt::Debug, const P: usize>(x: &[T], k: usize, what: &str) {
+        let want = pack_with::<T, P>(x, k, false, Isa::Scalar);
+        for isa in crate::isa::available() {
+            for parallel in [false, true] {
+                let got = pack_with::<T, P>(x, k, parallel, isa);
+                assert_eq!(got, want, "{what}: isa {isa}, k = {k}, parallel = {parallel}");
+            }
+        }
+        if let Ok(planes) = &want {
+            for plane in planes {
+                assert_eq!(first_bad_padding(plane, k), None, "{what}: k = {k}");
+            }
+        }
+    }
+
+    /// Values at every interesting place: signed zeros, subnormals, infinities, the smallest and
+    /// largest normals, ordinary values.
+    const F32_SPECIALS: [f32; 14] = [
+        0.0,
+        -0.0,
+        1e-45,
+        -1e-45,
+        -1.17e-38, // subnormal
+        f32::MIN_POSITIVE,
+        -f32::MIN_POSITIVE,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        f32::MIN,
+        1.0,
+        -1.0,
+        -0.5,
+    ];
+
+    /// Rows with random special values, plus rows all negative, all -0.0 and all +0.0.
+    fn f32_matrix(rows: usize, k: usize, seed: u64) -> Vec<f32> {
+        let mut rng = Rng(seed | 1);
+        let mut x: Vec<f32> = (0..rows * k).map(|_| rng.pick(&F32_SPECIALS)).collect();
+        let fill = [-1.0f32, -0.0, 0.0];
+        for (r, v) in fill.iter().enumerate().filter(|(r, _)| *r < rows) {
+            x[r * k..(r + 1) * k].fill(*v);
+        }
+        x
+    }
+
+    /// Positions of a NaN: first, last of a word, first of the next, the tail, the very last value.
+    fn nan_positions(rows: usize, k: usize) -> Vec<usize> {
+        let n = rows * k;
+        let mut at = vec![0, k - 1, n - 1, n / 2, (rows / 2) * k + k / 2];
+        for c in [15, 16, 31, 32, 48, 63, 64, 65, k - k % 64] {
+            if c < k {
+                at.push(k + c.min(k - 1)); // in row 1
+            }
+        }
+        at.retain(|&i| i < n);
+        at
+    }
+
+    #[test]
+    fn every_isa_packs_f32_signs_like_scalar() {
+        let rows = 5;
+        for k in AWKWARD_K {
+            let x = f32_matrix(rows, k, 7 + k as u64);
+            same_on_every_path::<f32, 1>(&x, k, "f32 signs");
+            for nan in [f32::NAN, -f32::NAN, f32::from_bits(0x7F80_0001), f32::from_bits(0xFFFF_FFFF)] {
+                for i in nan_positions(rows, k) {
+                    let mut y = x.clone();
+                    y[i] = nan;
+                    same_on_every_path::<f32, 1>(&y, k, "f32 with one NaN");
+                    let want = Err(PackError::Invalid { row: i / k, col: i % k });
+                    assert_eq!(pack_with::<f32, 1>(&y, k, false, crate::isa::best()), want);
+                    // A second, later NaN does not change the position reported.
+                    let n = y.len();
+                    if i + 1 < n {
+                        y[n - 1] = f32::NAN;
+                        same_on_every_path::<f32, 1>(&y, k, "f32 with two NaNs");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_isa_packs_f32_signs_in_bit_order() {
+        // One negative value at each position: exactly that bit is set, on every path.
+        for k in [64, 65, 130] {
+            for pos in 0..k {
+                let mut x = vec![0.5f32; k];
+                x[pos] = -2.0;
+                let mut want = vec![0u64; words_for(k)];
+                want[pos / 64] = 1 << (pos % 64);
+                for isa in crate::isa::available() {
+                    assert_eq!(pack_with::<f32, 1>(&x, k, false, isa).unwrap(), vec![want.clone()]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_isa_packs_i8_and_masks_like_scalar() {
+        for k in AWKWARD_K {
+            let mut rng = Rng(99 + k as u64);
+            let x: Vec<i8> = (0..4 * k)
+                .map(|i| match i % 7 {
+                    0 => rng.pick(&[-128i8, 127, 0, -1]),
+                    _ => rng.next() as i8,
+                })
+                .collect();
+            same_on_every_path::<i8, 1>(&x, k, "i8 signs");
+            let m: Vec<MaskByte> = (0..4 * k)
+                .map(|_| MaskByte(rng.pick(&[0u8, 0, 1, 2, 128, 255])))
+                .collect();
+            same_on_every_path::<MaskByte, 1>(&m, k, "mask bytes");
+            for fill in [-128i8, 127, 0, -1] {
+                same_on_every_path::<i8, 1>(&vec![fill; 3 * k], k, "i8 constant");
+            }
+        }
+    }
+
+    #[test]
+    fn every_isa_packs_two_bit_planes_like_scalar() {
+        let f_bad = [0.0f32, -0.0, 2.0, -2.0, 1.0000001, -2.9999998, f32::NAN, -f32::NAN, f32::INFINITY, 1e-45];
+        let i_bad = [0i8, 2, -2, 4, -128, 127];
+        for k in AWKWARD_K {
+            let rows = 4;
+            let mut rng = Rng(5 + k as u64);
+            let f: Vec<f32> = (0..rows * k).map(|_| rng.pick(&[3.0, 1.0, -1.0, -3.0])).collect();
+            let b: Vec<i8> = (0..rows * k).map(|_| rng.pick(&[3, 1, -1, -3])).collect();
+            same_on_every_path::<f32, 2>(&f, k, "f32 2-bit");
+            same_on_every_path::<i8, 2>(&b, k, "i8 2-bit");
+            for i in nan_positions(rows, k) {
+                let (mut f2, mut b2) = (f.clone(), b.clone());
+                f2[i] = rng.pick(&f_bad);
+                b2[i] = rng.pick(&i_bad);
+                same_on_every_path::<f32, 2>(&f2, k, "f32 2-bit, one invalid");
+                same_on_every_path::<i8, 2>(&b2, k, "i8 2-bit, one invalid");
+                let want = Err(PackError::Invalid { row: i / k, col: i % k });
+                assert_eq!(pack_with::<f32, 2>(&f2, k, false, crate::isa::best()), want);
+                assert_eq!(pack_with::<i8, 2>(&b2, k, false, crate::isa::best()), want);
+            }
+        }
+    }
+
+    #[test]
+    fn every_isa_threaded_blocks_match_scalar_and_find_the_first_invalid() {
+        // Big enough for the default split (the other tests use SMALL_SPLIT).
+        let (rows, k) = (2000, 577);
+        assert!(rows * k * 4 >= SPLIT.min_bytes);
+        let mut x = f32_matrix(rows, k, 3);
+        let want = pack_with::<f32, 1>(&x, k, false, Isa::Scalar).unwrap();
+        for isa in crate::isa::available() {
+            let mut out = vec![0u64; rows * words_for(k)];
+            pack_rows(&x, k, &mut out, 2, isa).unwrap();
+            assert_eq!(out, want[0], "{isa}");
+        }
+        same_on_every_path::<f32, 1>(&x, k, "f32, threaded");
+        x[250 * k + 1] = f32::NAN;
+        x[200 * k + 576] = -f32::NAN;
+        for isa in crate::isa::available() {
+            let mut out = vec![0u64; rows * words_for(k)];
+            assert_eq!(
+                pack_rows(&x, k, &mut out, 2, isa),
+                Err(PackError::Invalid { row: 200, col: 576 })
+            );
+        }
+        let mut b: Vec<i8> = (0..rows * k).map(|i| [3, 1, -1, -3][(i * 7919) % 4]).collect();
+        same_on_every_path::<i8, 2>(&b, k, "i8 2-bit, threaded");
+        b[299 * k] = 0;
+        same_on_every_path::<i8, 2>(&b, k, "i8 2-bit with a 0, threaded");
+    }
+
+    #[test]
+    fn types_without_simd_packers_still_take_any_isa() {
+        let x: Vec<i64> = (0..3 * 70).map(|i| [3, 1, -1, -3][i % 4]).collect();
+        same_on_every_path::<i64, 2>(&x, 70, "i64 2-bit");
+        let x: Vec<f64> = (0..3 * 70).map(|i| [3.0, 1.0, -1.0, -3.0][i % 4]).collect();
+        same_on_every_path::<f64, 2>(&x, 70, "f64 2-bit");
+    }
+
+    #[test]
+    fn unavailable_isa_is_an_error() {
+        for isa in Isa::ALL.into_iter().filter(|i| !i.is_available()) {
+            assert!(matches!(pack_rows(&[1.0], 1, &mut [0], 1, isa), Err(PackError::Isa(_))));
+        }
     }
 }

@@ -22,6 +22,17 @@ pub struct CsrError {
     pub msg: String,
 }
 
+/// "indices[3] = 9 is outside ..." reads on its own; "must have ..." needs the argument's name first.
+impl std::fmt::Display for CsrError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.msg.starts_with(self.arg) {
+            f.write_str(&self.msg)
+        } else {
+            write!(f, "{} {}", self.arg, self.msg)
+        }
+    }
+}
+
 fn err(arg: &'static str, msg: String) -> CsrError {
     CsrError { arg, msg }
 }

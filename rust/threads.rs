@@ -6,9 +6,11 @@
 //! exactly (the global pool would ignore it) and repeated calls pay no start-up cost.
 //!
 //! Kernels take the resolved count and run serially on the calling thread when it is 1; otherwise
-//! they must be called inside [`install`], where rayon's parallel iterators use the chosen pool.
+//! they must be called inside [`install`], where rayon's parallel iterators use the chosen pool, or
+//! use [`run_claimed`], where the calling thread works too.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -84,6 +86,48 @@ pub fn install<R: Send>(n: usize, f: impl FnOnce() -> R + Send) -> Result<R, Str
     Ok(pool(n)?.install(f))
 }
 
+/// Run `f` on every item with `n` threads: the calling thread and `n - 1` helpers from the pool of
+/// `n` take items from one shared queue, in order, until it is empty. Returns whether every call
+/// returned true.
+///
+/// For short, uniform tasks (packing a block of rows): the calling thread starts at once instead of
+/// sleeping in [`install`] while pool threads wake up (tens of microseconds in a VM), and a helper
+/// that wakes late finds less (or nothing) left to do, so extra threads never cost much more than
+/// their wake-up. Runs everything on the calling thread when `n <= 1` or there is one item.
+pub fn run_claimed<T: Send>(
+    n: usize,
+    items: Vec<T>,
+    f: impl Fn(T) -> bool + Sync,
+) -> Result<bool, String> {
+    if n <= 1 || items.len() <= 1 {
+        return Ok(items.into_iter().fold(true, |ok, it| f(it) & ok));
+    }
+    let helpers = (n - 1).min(items.len() - 1);
+    let queue = Mutex::new(items.into_iter());
+    let all_ok = AtomicBool::new(true);
+    let work = || loop {
+        // Only `next` runs under the lock, and it cannot panic, so the lock is never poisoned (and a
+        // poisoned one would still hold a consistent iterator).
+        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+        match next {
+            Some(item) => {
+                if !f(item) {
+                    all_ok.store(false, Ordering::Relaxed);
+                }
+            }
+            None => break,
+        }
+    };
+    pool(n)?.in_place_scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| work());
+        }
+        work();
+    });
+    // The scope has joined every helper, so every store is visible here.
+    Ok(all_ok.load(Ordering::Relaxed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +147,22 @@ mod tests {
         assert!(Arc::ptr_eq(&p, &pool(3).unwrap()));
         assert_eq!(install(2, rayon::current_num_threads).unwrap(), 2);
         assert_eq!(install(1, || 7).unwrap(), 7);
+    }
+
+    #[test]
+    fn run_claimed_runs_every_item_once() {
+        use std::sync::atomic::AtomicUsize;
+        for n in [1, 2, 3, 8] {
+            for items in [0usize, 1, 2, 5, 100] {
+                let hits: Vec<AtomicUsize> = (0..items).map(|_| AtomicUsize::new(0)).collect();
+                let ok = run_claimed(n, (0..items).collect(), |i| {
+                    hits[i].fetch_add(1, Ordering::Relaxed);
+                    i != 3
+                })
+                .unwrap();
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "n = {n}, items = {items}");
+                assert_eq!(ok, items <= 3, "n = {n}, items = {items}");
+            }
+        }
     }
 }

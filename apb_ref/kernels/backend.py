@@ -82,9 +82,9 @@ def use_backend(name: str):
 # --- Rust wrappers: adapt arguments to the extension's strict contracts -------------------------
 
 def _contiguous(x):
-    """C-contiguous view or copy of an ndarray (the Rust bindings require it); anything else as is,
-    so the extension's own check names the bad argument."""
-    return np.ascontiguousarray(x) if isinstance(x, np.ndarray) else x
+    """A C-contiguous, aligned view or copy of an ndarray (the Rust bindings require both); anything
+    else as is, so the extension's own check names the bad argument."""
+    return np.require(x, requirements=["C", "A"]) if isinstance(x, np.ndarray) else x
 
 
 def _rust_call(name: str):
@@ -99,7 +99,7 @@ def _pack_bits_rust(x):
     if x.dtype not in (np.float32, np.int8):
         # Casting to float32 could flush a tiny negative to -0.0 and flip its bit: let the oracle do it.
         return reference.pack_bits(x)
-    return _rust.pack_bits(np.ascontiguousarray(x))
+    return _rust.pack_bits(_contiguous(x))
 
 
 # name -> (NumPy reference, Rust wrapper or None while the kernel is NumPy-only)

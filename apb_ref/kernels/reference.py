@@ -93,12 +93,6 @@ def _check_planes(func: str, names: tuple[str, str], hi, lo, k: int):
     return hi, lo
 
 
-def _same_words(func: str, a_name: str, a, b_name: str, b) -> None:
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"{func}: {a_name} and {b_name} must have the same number of words per row, "
-                         f"got {a.shape[1]} and {b.shape[1]}")
-
-
 # --- more packing -------------------------------------------------------------------------------
 
 def pack_mask(bits) -> np.ndarray:
@@ -160,7 +154,6 @@ def bgemm_1x1(a, b, k) -> np.ndarray:
     """out[i, j] = Σ_t a[i, t]·b[j, t] for ±1 rows packed along K: (M, W), (N, W) -> (M, N) int32."""
     k = _check_k_range("bgemm_1x1", k, 1)
     a, b = _check_packed("bgemm_1x1", "a", a, k), _check_packed("bgemm_1x1", "b", b, k)
-    _same_words("bgemm_1x1", "a", a, "b", b)
     return (_dot(a, b, k)).astype(np.int32)  # exact: k is bounded so |out| fits
 
 
@@ -169,7 +162,6 @@ def bgemm_1x2(a, b_hi, b_lo, k) -> np.ndarray:
     k = _check_k_range("bgemm_1x2", k, 3)
     a = _check_packed("bgemm_1x2", "a", a, k)
     b_hi, b_lo = _check_planes("bgemm_1x2", ("b_hi", "b_lo"), b_hi, b_lo, k)
-    _same_words("bgemm_1x2", "a", a, "b_hi", b_hi)
     return (2 * _dot(a, b_hi, k) + _dot(a, b_lo, k)).astype(np.int32)  # exact: k is bounded so |out| fits
 
 
@@ -178,7 +170,6 @@ def bgemm_2x2(a_hi, a_lo, b_hi, b_lo, k) -> np.ndarray:
     k = _check_k_range("bgemm_2x2", k, 9)
     a_hi, a_lo = _check_planes("bgemm_2x2", ("a_hi", "a_lo"), a_hi, a_lo, k)
     b_hi, b_lo = _check_planes("bgemm_2x2", ("b_hi", "b_lo"), b_hi, b_lo, k)
-    _same_words("bgemm_2x2", "a_hi", a_hi, "b_hi", b_hi)
     out = (4 * _dot(a_hi, b_hi, k) + 2 * _dot(a_hi, b_lo, k)
            + 2 * _dot(a_lo, b_hi, k) + _dot(a_lo, b_lo, k))
     return (out).astype(np.int32)  # exact: k is bounded so |out| fits

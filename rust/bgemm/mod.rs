@@ -264,7 +264,6 @@ pub fn bgemm(
             // row blocks of a chunk are distinct, so no two tiles, in any thread, share an element;
             // `out` is exclusively borrowed by this call for its whole duration.
             ok &= unsafe { (fam.tile)(kind, nr, &tile) };
-            tile.b = &[];
         }
         ok
     };
