@@ -1,7 +1,5 @@
 """pack_bits / unpack_bits: the bit convention, NumPy vs Rust agreement, and argument errors."""
 import ast
-import importlib
-import os
 import pathlib
 import re
 
@@ -9,29 +7,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_helpers import BACKENDS, HAVE_RUST, NO_RUST_REASON, RUST_REQUIRED, needs_rust
+from kernel_helpers import raw_rust  # noqa: F401  (a fixture)
 from strategies import PACK_KS, float32_matrices, pm_one_pairs, row_counts
 
 from apb_ref.kernels import backend, reference
-
-RUST_REQUIRED = os.environ.get("APB_REQUIRE_RUST") == "1"
-HAVE_RUST = backend.rust_version() is not None
-NO_RUST_REASON = (
-    'apb_ref._kernels is not built (pip install -e ".[test]"); set APB_REQUIRE_RUST=1 to fail instead'
-)
-# Without the extension the Rust cases skip, unless CI demands it: then they run and fail loudly.
-needs_rust = pytest.mark.skipif(not HAVE_RUST and not RUST_REQUIRED, reason=NO_RUST_REASON)
-BACKENDS = ["numpy", pytest.param("rust", marks=needs_rust)]
-
-
-@pytest.fixture(scope="module")
-def raw_rust():
-    """The extension module itself, to test its own argument checks (the package goes through backend)."""
-    try:
-        return importlib.import_module("apb_ref._kernels")
-    except ImportError as exc:
-        if RUST_REQUIRED:
-            pytest.fail(f"APB_REQUIRE_RUST=1 but apb_ref._kernels does not import: {exc}")
-        pytest.skip(NO_RUST_REASON)
 
 
 def signs(x):
@@ -139,7 +119,7 @@ def test_rust_backend_accepts_non_contiguous_views(x, layout):
 
 @needs_rust
 def test_rust_threaded_path_equals_numpy_and_finds_nan():
-    # Big enough for the Rust side to split rows across threads (>= 2**16 values).
+    # Through the backend wrapper (default threads); NaN is found wherever it sits in a large input.
     x = np.random.default_rng(7).standard_normal((301, 577)).astype(np.float32)
     x[::17, ::5] = -0.0
     with backend.use_backend("rust"):
@@ -243,3 +223,46 @@ def test_only_the_backend_imports_the_extension():
             if any(n.split(".")[-1] == "_kernels" for n in names) and path.name != "backend.py":
                 importers.append(str(path.relative_to(package)))
     assert importers == [], "import apb_ref._kernels only through apb_ref.kernels.backend"
+
+
+# --- isa= of the Rust packers ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rust_pack_isa_argument_gives_identical_results(raw_rust, threads):
+    # Every path the CPU has, on awkward K and values; 1900 x 577 float32 (4.4 MB) is past the size
+    # where the Rust side splits rows among threads.
+    rng = np.random.default_rng(11)
+    specials = np.array([0.0, -0.0, 1e-45, -1e-45, -1e-40, np.inf, -np.inf, 3.4e38, -3.4e38, 1.0, -1.0],
+                        np.float32)
+    cases = [rng.choice(specials, size=(rows, k)) for rows, k in [(3, 1), (5, 63), (4, 64), (6, 65), (7, 1000)]]
+    cases.append(rng.standard_normal((1900, 577)).astype(np.float32))
+    for x in cases:
+        want = reference.pack_bits(x)
+        i8 = np.clip(np.round(np.clip(x, -3, 3) * 64), -128, 127).astype(np.int8)  # hits -128 and 127
+        v = rng.choice(np.array([-3, -1, 1, 3], np.int8), size=x.shape)
+        for isa in raw_rust.isa_available():
+            np.testing.assert_array_equal(raw_rust.pack_bits(x, threads=threads, isa=isa), want)
+            np.testing.assert_array_equal(raw_rust.pack_bits(i8, threads, isa), reference.pack_bits(i8))
+            np.testing.assert_array_equal(raw_rust.pack_mask(x < 0, threads=threads, isa=isa), want)
+            for dtype in (np.int8, np.float32):
+                hi, lo = raw_rust.pack_2bit(v.astype(dtype), threads=threads, isa=isa)
+                want_hi, want_lo = reference.pack_2bit(v)
+                np.testing.assert_array_equal(hi, want_hi)
+                np.testing.assert_array_equal(lo, want_lo)
+    big = cases[-1]
+    big[1234, 576] = np.nan
+    big[1500, 0] = -np.nan
+    for isa in raw_rust.isa_available():
+        with pytest.raises(ValueError, match=r"pack_bits: x contains NaN \(first at row 1234, column 576\)"):
+            raw_rust.pack_bits(big, threads=threads, isa=isa)
+
+
+def test_rust_pack_isa_argument_is_checked(raw_rust):
+    x = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r'pack_bits: isa must be one of avx512, avx2, scalar; got "sse"'):
+        raw_rust.pack_bits(x, isa="sse")
+    with pytest.raises(ValueError, match=r"pack_2bit: isa must be a string or None, got 3"):
+        raw_rust.pack_2bit(x, isa=3)
+    for isa in {"avx512", "avx2"} - set(raw_rust.isa_available()):
+        with pytest.raises(ValueError, match=rf"pack_mask: isa asks for {isa}, which this CPU does not support"):
+            raw_rust.pack_mask(x < 0, isa=isa)

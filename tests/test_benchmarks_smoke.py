@@ -1,0 +1,57 @@
+"""Smoke test of the kernel benchmark: `benchmarks/kernels.py --quick` runs and writes sane JSON."""
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"
+
+
+def _times(stats):
+    return [stats["median_s"], stats["min_s"], stats["max_s"]]
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")
+def test_kernels_benchmark_quick(tmp_path):
+    out = tmp_path / "kernels.json"
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--repeats", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert elapsed < 30, f"--quick took {elapsed:.1f} s"
+    assert "OPENBLAS_NUM_THREADS=1" in proc.stdout
+
+    d = json.loads(out.read_text())
+    assert {"command", "date", "machine", "settings", "results", "summary", "wall_seconds"} <= d.keys()
+    assert {"cpu", "cores", "numpy", "blas", "isa_available", "clock_ghz", "clock_source"} <= d["machine"].keys()
+    assert d["machine"]["blas"]["env"]["OPENBLAS_NUM_THREADS"] == "1"
+    assert d["settings"]["quick"] and len(d["results"]) == 2
+    have_rust = bool(d["machine"]["isa_available"])
+    for res in d["results"]:
+        m, k, n = res["shape"]
+        assert res["macs"] == m * k * n
+        times = _times(res["fp32"])
+        for name in ("bgemm_1x1", "bgemm_1x2", "bgemm_2x2"):
+            cell = res["bgemm"][name]
+            times += _times(cell["numpy_ref"])
+            assert len(cell["rust"]) == (len(d["settings"]["threads"]) if have_rust else 0)
+            for r in cell["rust"]:
+                times += _times(r)
+                assert r["ratio"] > 0 and r["macs_per_s"] > 0
+                assert r["isa"] == d["machine"]["isa_available"][0]  # --quick: the best ISA only
+        for pname in ("pack_bits", "pack_2bit"):
+            stats = [v for key, v in res["pack"][pname].items() if key != "input"]
+            assert len(stats) == 1 + (len(d["settings"]["threads"]) if have_rust else 0)
+            times += [t for s in stats for t in _times(s)]
+        assert [c["density"] for c in res["sparse"]] == [0.01, 0.02, 0.05]
+        for c in res["sparse"]:
+            assert c["nnz"] == round(c["density"] * m * k)
+            times += _times(c["numpy_ref"]) + (_times(c["scipy"]) if "scipy" in c else [])
+            times += [t for r in c["rust"] for t in _times(r)]
+        assert all(t > 0 for t in times)
+    if have_rust:
+        assert {"bgemm_1x1", "bgemm_1x2", "bgemm_2x2"} <= d["summary"].keys()
