@@ -103,6 +103,15 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+    import sys
+    blas_vars = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    if any(os.environ.get(v) != "1" for v in blas_vars):
+        # NumPy's BLAS reads its thread count once, at import: run again in a fresh process so the
+        # float32 baseline really is one thread.
+        env = dict(os.environ, **{v: "1" for v in blas_vars})
+        return subprocess.call([sys.executable, "-m", "apb_ref", "bench", "--repeats", str(args.repeats)], env=env)
     from .bench import main as bench_main
     return bench_main(args.repeats)
 

@@ -1,0 +1,174 @@
+"""`apb-ref bench`: a short kernel benchmark from the installed package. The full one, with every layer
+shape, ISA, thread count and the sparse kernel, is benchmarks/kernels.py in the repository; this one
+measures the same way (same operand layout, one warm-up, median of at least `repeats` timed calls raised
+until a cell has run 50 ms) so its numbers agree with that script's on the same machine.
+
+For a few of the paper's im2col-lowered layer shapes (M, K, N) — M output channels, K = C·kh·kw, N output
+pixels — it times, in one run:
+
+* the baseline: NumPy float32 matmul (M, K) @ (K, N), meant to run on ONE BLAS thread (see `run`);
+* each binary GEMM on pre-packed operands (weight (M, W), activation (N, W), both packed along K) with the
+  NumPy reference, and with the Rust extension on 1 thread and on every core (default ISA: the best
+  available, or APB_KERNEL_ISA);
+* the time to pack the activation operand (N, K) that the GEMM consumes (pack_bits of float32 for
+  bgemm_1x1, pack_2bit of int8 levels for 1x2 and 2x2) on 1 thread; the weight is packed offline.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import time
+
+import numpy as np
+
+from . import kernels
+
+QUICK_SHAPES = [(128, 576, 2916), (256, 1152, 676), (512, 4608, 25)]
+MIN_SECONDS = 0.05  # each cell runs at least this long in total (like benchmarks/kernels.py)
+MAX_REPEATS = 2000
+BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+_LEVELS = np.array([-3, -1, 1, 3], dtype=np.int8)
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    """One timed warm-up, then max(repeats, enough calls to fill MIN_SECONDS) timed calls; the median."""
+    start = time.perf_counter()
+    fn()
+    warm = time.perf_counter() - start
+    n = max(repeats, min(MAX_REPEATS, math.ceil(MIN_SECONDS / max(warm, 1e-9))))
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _one_blas_thread():
+    """Limit BLAS to one thread with threadpoolctl when it is importable (it is not a dependency)."""
+    try:
+        from threadpoolctl import threadpool_limits
+        return threadpool_limits(1, user_api="blas")
+    except ImportError:
+        return contextlib.nullcontext()
+
+
+def _blas_threads() -> str:
+    """How many threads the BLAS uses right now, as far as can be told honestly."""
+    try:
+        from threadpoolctl import threadpool_info
+        counts = sorted({d["num_threads"] for d in threadpool_info() if d.get("user_api") == "blas"})
+        if counts:
+            return ",".join(map(str, counts))
+    except ImportError:
+        pass
+    if any(os.environ.get(v, "").strip() == "1" for v in BLAS_ENV):
+        return "1"  # set before NumPy was imported, presumably (the CLI re-exec does that)
+    return "all?"  # default OpenBLAS/MKL: every core
+
+
+@contextlib.contextmanager
+def _rust_threads(n: int):
+    """Run Rust kernels on `n` threads: APB_NUM_THREADS is read by the extension at every call."""
+    old = os.environ.get("APB_NUM_THREADS")
+    os.environ["APB_NUM_THREADS"] = str(n)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["APB_NUM_THREADS"]
+        else:
+            os.environ["APB_NUM_THREADS"] = old
+
+
+def run(shapes=QUICK_SHAPES, repeats: int = 5, seed: int = 0) -> list[dict]:
+    """One dict per (shape, kernel) with median milliseconds and ratios to the float32 baseline.
+
+    Keys: shape, kernel, fp32_ms, blas_threads, numpy_ms, rust_1t_ms, rust_all_ms, rust_threads,
+    pack_ms (activation packing on one thread: Rust when available, else NumPy), speedup_numpy,
+    speedup_rust_1t, speedup_rust_all, speedup_rust_1t_with_pack. Rust entries are None without the
+    extension.
+
+    Limitation: NumPy is already imported in this process, so BLAS environment variables set now have no
+    effect. The baseline is single-threaded when threadpoolctl is importable (used if present) or when
+    OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS=1 were set before NumPy was imported (the CLI
+    can re-exec itself that way); otherwise it may use every core and the ratios are understated. Each row
+    records what the BLAS reported as `blas_threads`.
+    """
+    rng = np.random.default_rng(seed)
+    rust = "rust" in kernels.available_backends()
+    cores = os.cpu_count() or 1
+    rows = []
+    for m, k, n in shapes:
+        # Same operands, in the same order, as benchmarks/kernels.py.
+        w = rng.standard_normal((m, k)).astype(np.float32)
+        x = rng.standard_normal((n, k)).astype(np.float32)  # activation rows = output pixels
+        x_kn = np.ascontiguousarray(x.T)
+        a, b = kernels.pack_bits(w), kernels.pack_bits(x)
+        v_act = rng.choice(_LEVELS, size=(n, k))
+        hi, lo = kernels.pack_2bit(v_act)
+        ahi, alo = kernels.pack_2bit(rng.choice(_LEVELS, size=(m, k)))
+        with _one_blas_thread():
+            blas_threads = _blas_threads()
+            base = _median_seconds(lambda: w @ x_kn, repeats)
+        calls = {"bgemm_1x1": (lambda: kernels.bgemm_1x1(a, b, k), lambda: kernels.pack_bits(x)),
+                 "bgemm_1x2": (lambda: kernels.bgemm_1x2(a, hi, lo, k), lambda: kernels.pack_2bit(v_act)),
+                 "bgemm_2x2": (lambda: kernels.bgemm_2x2(ahi, alo, hi, lo, k), lambda: kernels.pack_2bit(v_act))}
+        for name, (gemm, pack) in calls.items():
+            with kernels.use_backend("numpy"):
+                t_numpy = _median_seconds(gemm, repeats)
+                t_pack = _median_seconds(pack, repeats) if not rust else None
+            t_1 = t_all = None
+            if rust:
+                with kernels.use_backend("rust"):
+                    with _rust_threads(1):
+                        t_1 = _median_seconds(gemm, repeats)
+                        t_pack = _median_seconds(pack, repeats)
+                    with _rust_threads(cores):
+                        t_all = _median_seconds(gemm, repeats)
+            rows.append({
+                "shape": (m, k, n), "kernel": name, "fp32_ms": 1e3 * base, "blas_threads": blas_threads,
+                "numpy_ms": 1e3 * t_numpy, "speedup_numpy": base / t_numpy,
+                "rust_1t_ms": 1e3 * t_1 if t_1 else None, "speedup_rust_1t": base / t_1 if t_1 else None,
+                "rust_all_ms": 1e3 * t_all if t_all else None, "speedup_rust_all": base / t_all if t_all else None,
+                "rust_threads": cores if rust else None, "pack_ms": 1e3 * t_pack,
+                "speedup_rust_1t_with_pack": base / (t_1 + t_pack) if t_1 else None,
+            })
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """The rows of `run` as a plain-text table with a header that says what was measured."""
+    def cell(ms, speedup):
+        return "-" if ms is None else f"{ms:.3f} ({speedup:.1f}x)" if speedup >= 1 else f"{ms:.3f} ({speedup:.2f}x)"
+
+    threads = sorted({r["blas_threads"] for r in rows}) or ["?"]
+    all_cores = next((r["rust_threads"] for r in rows if r["rust_threads"]), None)
+    lines = [
+        "apb-ref bench: median ms per call (ratio = NumPy float32 matmul ms / kernel ms, same run)",
+        f"fp32 baseline on {'/'.join(threads)} BLAS thread(s)"
+        + ("" if threads == ["1"] else "  [not one thread: set OPENBLAS_NUM_THREADS=1 before starting Python]"),
+        f"rust: default ISA, 1 thread and {all_cores} threads (every core); pack = the activation operand "
+        "on 1 thread (pack_bits for 1x1, pack_2bit for 1x2/2x2); '+pack' = fp32 / (rust 1t + pack)"
+        if all_cores else "rust extension not available: NumPy reference only",
+    ]
+    headers = ["M,K,N", "kernel", "fp32 ms", "numpy-ref", "rust 1t", f"rust {all_cores or 'all'}t", "pack ms",
+               "+pack"]
+    body = [[",".join(map(str, r["shape"])), r["kernel"], f"{r['fp32_ms']:.3f}",
+             cell(r["numpy_ms"], r["speedup_numpy"]), cell(r["rust_1t_ms"], r["speedup_rust_1t"]),
+             cell(r["rust_all_ms"], r["speedup_rust_all"]), f"{r['pack_ms']:.3f}",
+             "-" if r["speedup_rust_1t_with_pack"] is None else f"{r['speedup_rust_1t_with_pack']:.1f}x"]
+            for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *body)]
+    for i, r in enumerate([headers] + body):
+        lines.append("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(repeats: int = 5) -> int:
+    print(table(run(repeats=repeats)))
+    return 0

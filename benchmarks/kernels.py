@@ -1,0 +1,451 @@
+"""Binary and sparse kernels against NumPy float32 matmul on one thread, on the paper's layer shapes.
+
+    python benchmarks/kernels.py [--quick] [--repeats N] [--min-time S] [--ghz G] [--threads 1,2] [--json PATH]
+
+A conv layer lowered by im2col is a GEMM with M = output channels (weight rows), K = C·kh·kw and
+N = output pixels. The float32 baseline is (M, K) @ (K, N) on ONE BLAS thread: this script sets
+OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = MKL_NUM_THREADS = 1 before NumPy is imported. The binary kernels
+take both operands packed along K: the weight (M, W) and the activation (N, W), W = ceil(K/64), out (M, N).
+
+Measured in the same run, each cell the median of its timed repeats after one untimed warm-up; the
+repeat count is at least --repeats and is raised until a cell has run for --min-time seconds:
+
+* NumPy float32 matmul, one thread (the baseline of every ratio);
+* the NumPy reference kernels (apb_ref.kernels.reference) bgemm_1x1 / 1x2 / 2x2 and csr_matmul;
+* the Rust kernels (apb_ref._kernels) for every ISA it can run here and each thread count;
+* packing the float32 activation (N, K) with pack_bits and the 2-bit activation with pack_2bit (the
+  weight is packed once, offline, so it is not timed);
+* scipy.sparse CSR @ dense (single-threaded C++) against the NumPy reference and Rust csr_matmul for an
+  (M, K) matrix at 1 %, 2 % and 5 % density times a dense (K, N) float32.
+
+ratio = baseline time / kernel time; binary MAC/s = M·K·N / time for every bgemm (for 1x2 and 2x2 too: the
+MACs of the layer); for bgemm_1x1 also the fraction of the bound 340 binary MACs per cycle per core × clock
+× cores used. Every Rust result is checked against the NumPy reference once. Writes every number to
+benchmarks/results/kernels.json (or --json PATH).
+"""
+from __future__ import annotations
+
+import os
+
+# One BLAS thread for the float32 baseline. This must happen before NumPy (or SciPy) is first imported.
+BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+for _name in BLAS_ENV:
+    os.environ[_name] = "1"
+
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import re  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from common import RESULTS, machine, print_table  # noqa: E402
+
+from apb_ref.kernels import reference  # noqa: E402
+
+try:
+    import apb_ref._kernels as R
+except ImportError as exc:  # the benchmark still runs the NumPy and SciPy columns
+    R, RUST_ERROR = None, exc
+else:
+    RUST_ERROR = None
+
+try:
+    import scipy
+    import scipy.sparse
+except ImportError:
+    scipy = None
+
+SHAPES = [(64, 576, 2916), (128, 576, 2916), (128, 1152, 676), (256, 1152, 676),
+          (256, 2304, 144), (512, 2304, 144), (512, 4608, 25)]
+QUICK_SHAPES = [(64, 576, 2916), (512, 4608, 25)]
+DENSITIES = (0.01, 0.02, 0.05)
+KERNELS = ("bgemm_1x1", "bgemm_1x2", "bgemm_2x2")
+BOUND_MACS_PER_CYCLE = 340  # binary MACs per cycle per core: the bound bgemm_1x1 is compared to
+MAX_REPEATS = 2000
+SCALAR_MIN_REPEATS = 3  # the portable path is slow: its floor is lower (the --min-time top-up still applies)
+VALUES_2BIT = np.array([-3, -1, 1, 3], dtype=np.int8)
+
+
+# --- machine facts ------------------------------------------------------------------------------
+
+def clock(override_ghz: float | None) -> tuple[float | None, str]:
+    """(GHz, where it came from): --ghz, else lscpu's max MHz, else cpufreq's max, else /proc/cpuinfo."""
+    if override_ghz:
+        return override_ghz, "--ghz"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        m = re.search(r"^CPU max MHz:\s*([\d.]+)", out, re.M)
+        if m and float(m.group(1)) > 0:
+            return float(m.group(1)) / 1e3, f"lscpu 'CPU max MHz' = {m.group(1)}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    path = Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq")
+    try:
+        khz = int(path.read_text().strip())
+        return khz / 1e6, f"{path} = {khz} kHz"
+    except (OSError, ValueError):
+        pass
+    try:
+        m = re.search(r"^cpu MHz\s*:\s*([\d.]+)", Path("/proc/cpuinfo").read_text(), re.M)
+        if m:
+            return float(m.group(1)) / 1e3, (f"/proc/cpuinfo 'cpu MHz' = {m.group(1)} (no max frequency "
+                                             "exposed: this is the reported current/nominal clock)")
+    except OSError:
+        pass
+    return None, "unknown (pass --ghz); the bound fraction is not computed"
+
+
+def blas_info() -> dict:
+    info = {"env": {v: os.environ.get(v) for v in BLAS_ENV}}
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        info["name"] = f"{blas.get('name')} {blas.get('version', '')}".strip()
+    except Exception:  # noqa: BLE001 - only a label
+        info["name"] = "unknown"
+    try:  # not a dependency: used only to confirm the thread count when it happens to be installed
+        from threadpoolctl import threadpool_info
+        info["threadpoolctl"] = [{k: d.get(k) for k in ("internal_api", "num_threads", "version", "architecture")}
+                                 for d in threadpool_info() if d.get("user_api") == "blas"]
+    except ImportError:
+        pass
+    return info
+
+
+def machine_info(ghz: float | None, ghz_source: str) -> dict:
+    info = machine()
+    info.update({"blas": blas_info(), "scipy": getattr(scipy, "__version__", None),
+                 "rust_extension": R.version() if R else f"not importable: {RUST_ERROR}",
+                 "isa_available": R.isa_available() if R else [], "clock_ghz": ghz, "clock_source": ghz_source,
+                 "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None})
+    return info
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+def measure(fn, repeats: int, min_time: float, max_repeats: int = MAX_REPEATS):
+    """One timed warm-up, then max(repeats, enough to fill min_time) timed calls (at most max_repeats).
+
+    Returns (stats dict in seconds, the warm-up's result)."""
+    start = time.perf_counter()
+    result = fn()
+    warm = time.perf_counter() - start
+    n = max(repeats, min(max_repeats, math.ceil(min_time / max(warm, 1e-9))))
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    q1, _, q3 = statistics.quantiles(times, n=4) if n > 1 else (times[0],) * 3
+    stats = {"median_s": statistics.median(times), "min_s": times[0], "q1_s": q1, "q3_s": q3, "max_s": times[-1],
+             "repeats": n, "total_s": sum(times), "warmup_s": warm}
+    return stats, result
+
+
+# --- one shape ----------------------------------------------------------------------------------
+
+def sparse_operand(rng, m: int, k: int, density: float):
+    """An (M, K) CSR matrix with exactly round(density·M·K) nonzeros at random places."""
+    nnz = max(1, round(density * m * k))
+    flat = np.sort(rng.choice(m * k, size=nnz, replace=False))
+    rows, cols = np.divmod(flat, k)
+    indptr = np.zeros(m + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=m), out=indptr[1:])
+    return indptr, cols.astype(np.int32), rng.standard_normal(nnz).astype(np.float32)
+
+
+def bench_shape(shape, cfg, rng) -> dict:
+    m, k, n = shape
+    rep, mt = cfg["repeats"], cfg["min_time"]
+    pack_bits = R.pack_bits if R else reference.pack_bits
+    pack_2bit = R.pack_2bit if R else reference.pack_2bit
+    w = rng.standard_normal((m, k)).astype(np.float32)
+    x = rng.standard_normal((n, k)).astype(np.float32)  # activation rows = output pixels (im2col)
+    x_kn = np.ascontiguousarray(x.T)
+    a, b = pack_bits(w), pack_bits(x)
+    v_act = rng.choice(VALUES_2BIT, size=(n, k))  # 2-bit activation levels, int8 as in apb_ref.infer
+    b_hi, b_lo = pack_2bit(v_act)
+    a_hi, a_lo = pack_2bit(rng.choice(VALUES_2BIT, size=(m, k)))
+    args = {"bgemm_1x1": (a, b, k), "bgemm_1x2": (a, b_hi, b_lo, k), "bgemm_2x2": (a_hi, a_lo, b_hi, b_lo, k)}
+    macs = m * k * n
+    out = {"shape": [m, k, n], "macs": macs}
+
+    fp32, _ = measure(lambda: w @ x_kn, rep, mt)
+    out["fp32"] = fp32
+    base = fp32["median_s"]
+
+    out["bgemm"] = {}
+    for name in KERNELS:
+        ref_stats, expected = measure(lambda: getattr(reference, name)(*args[name]), rep, mt)
+        cell = {"numpy_ref": {**ref_stats, "ratio": base / ref_stats["median_s"]}, "rust": []}
+        for isa in cfg["isas"]:
+            scalar = isa == "scalar"
+            for threads in cfg["threads"]:
+                if scalar and threads > 1 and not cfg["scalar_threads"]:
+                    continue
+                fn = getattr(R, name)
+                stats, got = measure(lambda: fn(*args[name], isa=isa, threads=threads),
+                                     min(rep, SCALAR_MIN_REPEATS) if scalar else rep, mt)
+                if not np.array_equal(got, expected):
+                    raise AssertionError(f"{name} isa={isa} threads={threads} differs from the NumPy reference "
+                                         f"at shape {shape}")
+                t = stats["median_s"]
+                row = {"isa": isa, "threads": threads, **stats, "ratio": base / t, "macs_per_s": macs / t}
+                if name == "bgemm_1x1" and cfg["ghz"]:
+                    cores = min(threads, os.cpu_count() or 1)
+                    row["bound_macs_per_s"] = BOUND_MACS_PER_CYCLE * cfg["ghz"] * 1e9 * cores
+                    row["bound_fraction"] = row["macs_per_s"] / row["bound_macs_per_s"]
+                cell["rust"].append(row)
+        out["bgemm"][name] = cell
+
+    # Packing the activation operand (the weight is packed once, offline).
+    pack = {"pack_bits": {"input": f"float32 ({n}, {k})"}, "pack_2bit": {"input": f"int8 ({n}, {k})"}}
+    pack["pack_bits"]["numpy_ref"], _ = measure(lambda: reference.pack_bits(x), rep, mt)
+    pack["pack_2bit"]["numpy_ref"], _ = measure(lambda: reference.pack_2bit(v_act), rep, mt)
+    if R:
+        for threads in cfg["threads"]:
+            pack["pack_bits"][f"rust_{threads}t"], got = measure(lambda: R.pack_bits(x, threads=threads), rep, mt)
+            assert np.array_equal(got, reference.pack_bits(x)), "pack_bits differs from the reference"
+            pack["pack_2bit"][f"rust_{threads}t"], got = measure(lambda: R.pack_2bit(v_act, threads=threads),
+                                                                 rep, mt)
+            assert all(map(np.array_equal, got, reference.pack_2bit(v_act))), "pack_2bit differs"
+    out["pack"] = pack
+
+    out["sparse"] = []
+    for density in cfg["densities"]:
+        indptr, indices, data = sparse_operand(rng, m, k, density)
+        cell = {"density": density, "nnz": int(data.size)}
+        ref_stats, expected = measure(lambda: reference.csr_matmul(indptr, indices, data, x_kn), rep, mt)
+        cell["numpy_ref"] = ref_stats
+        if scipy is not None:
+            s = scipy.sparse.csr_matrix((data, indices, indptr), shape=(m, k))
+            cell["scipy"], got = measure(lambda: s @ x_kn, rep, mt)
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+        cell["rust"] = []
+        if R:
+            for threads in cfg["threads"]:
+                stats, got = measure(lambda: R.csr_matmul(indptr, indices, data, x_kn, threads=threads,
+                                                          isa=cfg["best"]), rep, mt)
+                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+                cell["rust"].append({"isa": cfg["best"], "threads": threads, **stats})
+        out["sparse"].append(cell)
+    return out
+
+
+# --- printing -----------------------------------------------------------------------------------
+
+def ms(seconds: float) -> str:
+    v = 1e3 * seconds
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+def ratio(r: float) -> str:
+    return f"{r:.1f}x" if r >= 1 else f"{r:.2f}x"
+
+
+def shape_label(s) -> str:
+    return ",".join(map(str, s))
+
+
+def rust_cell(result, name, isa, threads):
+    for r in result["bgemm"][name]["rust"]:
+        if r["isa"] == isa and r["threads"] == threads:
+            return r
+    return None
+
+
+def report(results: list[dict], cfg: dict) -> dict:
+    """Print the tables; returns the summary numbers (also written to the JSON)."""
+    summary = {}
+    cols = [(isa, t) for isa in cfg["isas"] for t in cfg["threads"]
+            if not (isa == "scalar" and t > 1 and not cfg["scalar_threads"])]
+    best, t_max = cfg["best"], max(cfg["threads"])
+
+    print("\n(1) binary GEMMs on packed operands: median ms (ratio = fp32 1-thread ms / ms)")
+    for name in KERNELS:
+        print(f"\n{name}")
+        headers = ["M,K,N", "fp32 1t ms", "numpy-ref"] + [f"{isa} {t}t" for isa, t in cols]
+        rows = []
+        for res in results:
+            ref = res["bgemm"][name]["numpy_ref"]
+            row = [shape_label(res["shape"]), ms(res["fp32"]["median_s"]),
+                   f"{ms(ref['median_s'])} ({ratio(ref['ratio'])})"]
+            for isa, t in cols:
+                c = rust_cell(res, name, isa, t)
+                row.append(f"{ms(c['median_s'])} ({ratio(c['ratio'])})" if c else "-")
+            rows.append(row)
+        print_table(headers, rows)
+        print(f"{name}: binary GMAC/s (M*K*N / time)" + (", % of the bound 340 MAC/cycle/core x "
+                                                        f"{cfg['ghz']:.3f} GHz x cores used"
+                                                        if name == "bgemm_1x1" and cfg["ghz"] else ""))
+        rows = []
+        for res in results:
+            row = [shape_label(res["shape"]), f"{res['macs'] / res['fp32']['median_s'] / 1e9:.1f}"]
+            for isa, t in cols:
+                c = rust_cell(res, name, isa, t)
+                cell = f"{c['macs_per_s'] / 1e9:.0f}" if c else "-"
+                if c and "bound_fraction" in c:
+                    cell += f" ({100 * c['bound_fraction']:.0f}%)"
+                row.append(cell)
+            rows.append(row)
+        print_table(["M,K,N", "fp32 GMAC/s"] + [f"{isa} {t}t" for isa, t in cols], rows)
+        over = [c["bound_fraction"] for res in results for c in res["bgemm"][name]["rust"]
+                if c.get("bound_fraction", 0) > 1]
+        if over:
+            print(f"  note: {len(over)} cell(s) exceed the bound (up to {100 * max(over):.0f}%): the clock used "
+                  "is below the real one (turbo?) or the bound is not a bound here; pass --ghz to set the clock")
+        if R:
+            ratios = [rust_cell(res, name, best, 1)["ratio"] for res in results]
+            i_min = int(np.argmin(ratios))
+            s = {"isa": best, "threads": 1, "median_ratio": statistics.median(ratios), "min_ratio": ratios[i_min],
+                 "min_ratio_shape": results[i_min]["shape"]}
+            print(f"summary {name}, {best} 1 thread: median ratio {ratio(s['median_ratio'])} over "
+                  f"{len(ratios)} shapes, min {ratio(s['min_ratio'])} at {shape_label(s['min_ratio_shape'])}")
+            if t_max > 1:
+                ups = [rust_cell(res, name, best, 1)["median_s"] / rust_cell(res, name, best, t_max)["median_s"]
+                       for res in results]
+                s[f"speedup_{t_max}t_over_1t"] = ups
+                print(f"  {t_max}-thread / 1-thread speed-up ({best}): "
+                      + ", ".join(f"{shape_label(r['shape'])}: {u:.2f}x" for r, u in zip(results, ups)))
+            summary[name] = s
+
+    print("\n(2) packing the activation operand (N, K) vs the GEMM it feeds (median ms; the weight is "
+          "packed offline)")
+    for pname, gname in (("pack_bits", "bgemm_1x1"), ("pack_2bit", "bgemm_1x2")):
+        headers = ["M,K,N", f"{pname} numpy-ref"] + [f"rust {t}t" for t in cfg["threads"] if R]
+        if R:
+            headers += [f"{gname} {best} {t}t" for t in cfg["threads"]] + ["pack/gemm 1t", "fp32/(pack+gemm) 1t"]
+        rows, costly = [], []
+        for res in results:
+            p = res["pack"][pname]
+            row = [shape_label(res["shape"]), ms(p["numpy_ref"]["median_s"])]
+            if R:
+                row += [ms(p[f"rust_{t}t"]["median_s"]) for t in cfg["threads"]]
+                gemm = {t: rust_cell(res, gname, best, t)["median_s"] for t in cfg["threads"]}
+                row += [ms(gemm[t]) for t in cfg["threads"]]
+                pk1 = p["rust_1t"]["median_s"]
+                row += [f"{pk1 / gemm[1]:.2f}", ratio(res["fp32"]["median_s"] / (pk1 + gemm[1]))]
+                for t in cfg["threads"]:
+                    if p[f"rust_{t}t"]["median_s"] > gemm[t]:
+                        costly.append({"shape": res["shape"], "threads": t,
+                                       "pack_over_gemm": p[f"rust_{t}t"]["median_s"] / gemm[t]})
+            rows.append(row)
+        print(f"\n{pname} (input {results[0]['pack'][pname]['input'].split()[0]}) before {gname}")
+        print_table(headers, rows)
+        if R:
+            for t in cfg["threads"]:
+                hit = [c for c in costly if c["threads"] == t]
+                print(f"{pname} rust {t}t costs more than {gname} {best} {t}t at {len(hit)} of {len(results)} "
+                      "shapes" + (": " + ", ".join(f"{shape_label(c['shape'])} ({c['pack_over_gemm']:.1f}x)"
+                                                    for c in hit) if hit else ""))
+            summary[f"{pname}_costlier_than_{gname}"] = costly
+
+    print("\n(3) sparse (M, K) CSR @ dense (K, N) float32: median ms; speed-up = scipy ms / ms")
+    headers = ["M,K,N", "density", "nnz", "fp32 dense 1t", "scipy", "numpy-ref"]
+    headers += [f"rust {best} {t}t" for t in cfg["threads"] if R]
+    rows = []
+    for res in results:
+        for c in res["sparse"]:
+            sc = c.get("scipy", {}).get("median_s")
+            row = [shape_label(res["shape"]), f"{100 * c['density']:g}%", c["nnz"], ms(res["fp32"]["median_s"]),
+                   ms(sc) if sc else "-", ms(c["numpy_ref"]["median_s"])
+                   + (f" ({ratio(sc / c['numpy_ref']['median_s'])})" if sc else "")]
+            for r in c["rust"]:
+                r["speedup_vs_scipy"] = sc / r["median_s"] if sc else None
+                row.append(ms(r["median_s"]) + (f" ({ratio(r['speedup_vs_scipy'])})" if sc else ""))
+            rows.append(row)
+    print_table(headers, rows)
+    if R and scipy is not None:
+        for t in cfg["threads"]:
+            ups = [r["speedup_vs_scipy"] for res in results for c in res["sparse"] for r in c["rust"]
+                   if r["threads"] == t]
+            summary[f"csr_rust_{t}t_speedup_vs_scipy"] = {"median": statistics.median(ups), "min": min(ups)}
+            print(f"summary csr_matmul rust {t}t vs scipy: median {ratio(statistics.median(ups))}, "
+                  f"min {ratio(min(ups))}")
+    return summary
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: 2 shapes, few repeats, no --min-time top-up, best ISA only")
+    parser.add_argument("--repeats", type=int, default=None, help="minimum timed repeats per cell (default 5, "
+                        "--quick 2); the scalar ISA's floor is min(N, 3)")
+    parser.add_argument("--min-time", type=float, default=None,
+                        help="raise repeats until a cell has run this many seconds (default 0.05, --quick 0)")
+    parser.add_argument("--threads", default=None,
+                        help="comma-separated Rust thread counts (default 1, 2 and every core)")
+    parser.add_argument("--ghz", type=float, default=None, help="clock for the bgemm_1x1 bound (default: detected)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=str(RESULTS / "kernels.json"), help="where to write the raw numbers")
+    args = parser.parse_args(argv)
+    wall_start = time.perf_counter()
+    cores = os.cpu_count() or 1
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 5)
+    if repeats < 1:
+        parser.error("--repeats must be >= 1")
+    min_time = args.min_time if args.min_time is not None else (0.0 if args.quick else 0.05)
+    threads = (sorted({int(t) for t in args.threads.split(",")}) if args.threads
+               else sorted({1, 2, cores}))
+    if threads[0] != 1:
+        parser.error("--threads must include 1 (the summaries compare with one thread)")
+    isas = (R.isa_available() if R else [])
+    if args.quick:
+        isas = isas[:1]
+    ghz, ghz_source = clock(args.ghz)
+    cfg = {"repeats": repeats, "min_time": min_time, "threads": threads, "isas": isas,
+           "best": isas[0] if isas else None, "scalar_threads": True, "ghz": ghz,
+           "densities": list(DENSITIES), "shapes": QUICK_SHAPES if args.quick else SHAPES,
+           "quick": args.quick, "seed": args.seed, "bound_macs_per_cycle_per_core": BOUND_MACS_PER_CYCLE}
+    info = machine_info(ghz, ghz_source)
+    command = " ".join([Path(sys.executable).name] + sys.argv) if argv is None else " ".join(["kernels.py", *argv])
+
+    print(f"command : {command}")
+    print(f"date    : {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    print(f"machine : {info['cpu']}, {info['cores']} cores, {info['platform']}")
+    print(f"python {info['python']}, numpy {info['numpy']} (BLAS: {info['blas']['name']}), scipy {info['scipy']}")
+    tpc = info["blas"].get("threadpoolctl")
+    print("fp32    : one BLAS thread: " + ", ".join(f"{v}=1" for v in BLAS_ENV) + " set before importing numpy"
+          + (f"; threadpoolctl reports num_threads={[d['num_threads'] for d in tpc]}" if tpc else ""))
+    print(f"rust    : apb_ref._kernels {info['rust_extension']}; ISAs available {info['isa_available']}, "
+          f"benchmarked {isas}; threads {threads}")
+    print(f"clock   : {ghz if ghz is None else f'{ghz:.3f} GHz'} from {ghz_source}")
+    print(f"timing  : median of >= {repeats} repeats after a warm-up, repeats raised to fill {min_time * 1e3:g} ms "
+          f"per cell (scalar: >= {min(repeats, SCALAR_MIN_REPEATS)})")
+    if info["loadavg_start"]:
+        print(f"load    : {', '.join(f'{v:.2f}' for v in info['loadavg_start'])} (1/5/15 min) on {cores} cores "
+              "at start")
+    if scipy is None:
+        print("scipy is not installed: the scipy column is skipped")
+
+    rng = np.random.default_rng(args.seed)
+    results = []
+    for shape in cfg["shapes"]:
+        start = time.perf_counter()
+        results.append(bench_shape(shape, cfg, rng))
+        print(f"  measured {shape_label(shape)} in {time.perf_counter() - start:.1f} s", flush=True)
+    summary = report(results, cfg)
+
+    wall = time.perf_counter() - wall_start
+    info["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    payload = {"command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+               "machine": info, "settings": cfg, "results": results, "summary": summary, "wall_seconds": wall}
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    print(f"\nwall time {wall:.1f} s; load at end "
+          f"{', '.join(f'{v:.2f}' for v in info['loadavg_end'] or [])}; wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
