@@ -24,6 +24,9 @@
 //! `threads=None` (else `APB_NUM_THREADS`, else every core; see `threads.rs`).
 
 #![deny(unsafe_op_in_unsafe_fn)]
+// The microkernels index several register arrays with one loop variable (`acc[i][v]` from `a[i]`
+// and `b[v]`); iterator chains would hide that shape.
+#![allow(clippy::needless_range_loop)]
 
 pub mod bgemm;
 pub mod isa;
@@ -361,6 +364,9 @@ fn pack_typed_mask<'py>(
     Ok([out])
 }
 
+/// A packed (rows, words) uint64 array handed back to Python.
+type Words<'py> = Bound<'py, PyArray2<u64>>;
+
 /// Pack a (rows, K) matrix of values in {−3, −1, 1, 3} into two sign planes `(hi, lo)`, each
 /// (rows, ceil(K/64)) uint64, with v = 2·hi + lo.
 #[pyfunction]
@@ -370,7 +376,7 @@ fn pack_2bit<'py>(
     v: &Bound<'py, PyAny>,
     threads: Option<&Bound<'py, PyAny>>,
     isa: Option<&Bound<'py, PyAny>>,
-) -> PyResult<(Bound<'py, PyArray2<u64>>, Bound<'py, PyArray2<u64>>)> {
+) -> PyResult<(Words<'py>, Words<'py>)> {
     const F: &str = "pack_2bit";
     let expected = format!(
         "{F}: v must be a C-contiguous 2-D array of float32, float64, int8, int16, int32 or int64"

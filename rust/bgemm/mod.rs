@@ -195,6 +195,7 @@ fn check(kind: Kind, a: &[&[u64]], b: &[&[u64]], m: usize, n: usize, k: usize, o
 /// on `threads` threads. `a` holds PA planes of `m × words_for(k)` words, `b` PB planes of
 /// `n × words_for(k)`. Padding bits must be zero (the bindings check; here they only make results
 /// wrong, never unsafe). Errors instead of panicking on any inconsistency.
+#[allow(clippy::too_many_arguments)] // the GEMM's own parameters; a struct would only rename them
 pub fn bgemm(
     kind: Kind,
     a: &[&[u64]],
