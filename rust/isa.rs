@@ -92,12 +92,8 @@ fn names(list: &[Isa]) -> String {
 
 /// Resolve a requested name (`what` says where it came from, for the message).
 pub fn check(name: &str, what: &str) -> Result<Isa, String> {
-    let isa = Isa::parse(name).ok_or_else(|| {
-        format!(
-            "{what} must be one of {}; got {name:?}",
-            names(&Isa::ALL)
-        )
-    })?;
+    let isa = Isa::parse(name)
+        .ok_or_else(|| format!("{what} must be one of {}; got {name:?}", names(&Isa::ALL)))?;
     if !isa.is_available() {
         return Err(format!(
             "{what} asks for {isa}, which this CPU does not support (available: {})",
@@ -147,7 +143,10 @@ mod tests {
     fn explicit_requests() {
         assert_eq!(resolve(Some("scalar"), "isa"), Ok(Isa::Scalar));
         let err = resolve(Some("neon"), "f: isa").unwrap_err();
-        assert!(err.starts_with("f: isa must be one of avx512, avx2, scalar"), "{err}");
+        assert!(
+            err.starts_with("f: isa must be one of avx512, avx2, scalar"),
+            "{err}"
+        );
         for isa in Isa::ALL {
             assert_eq!(check(isa.name(), "isa").is_ok(), isa.is_available());
         }

@@ -35,8 +35,7 @@ pub mod spmm;
 pub mod threads;
 
 use numpy::{
-    Element, PyArray1, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray,
-    PyUntypedArrayMethods,
+    Element, PyArray1, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -61,20 +60,13 @@ fn py_shape(shape: &[usize]) -> String {
         [n] => format!("({n},)"),
         _ => format!(
             "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
         ),
     }
 }
 
 /// `x` as an untyped NumPy array, or a ValueError saying what it was.
-fn as_array<'a, 'py>(
-    x: &'a Bound<'py, PyAny>,
-    expected: &str,
-) -> PyResult<&'a Bound<'py, PyUntypedArray>> {
+fn as_array<'a, 'py>(x: &'a Bound<'py, PyAny>, expected: &str) -> PyResult<&'a Bound<'py, PyUntypedArray>> {
     x.cast::<PyUntypedArray>().map_err(|_| {
         let ty = x
             .get_type()
@@ -173,12 +165,13 @@ fn opt_int(func: &str, name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Opt
         return Ok(None);
     };
     if v.is_instance_of::<PyBool>() {
-        return Err(value_error(format!(
-            "{func}: {name} must be an integer, got {v}"
-        )));
+        return Err(value_error(format!("{func}: {name} must be an integer, got {v}")));
     }
     v.extract::<i64>().map(Some).map_err(|_| {
-        value_error(format!("{func}: {name} must be an integer, got {}", v.repr().map(|r| r.to_string()).unwrap_or_default()))
+        value_error(format!(
+            "{func}: {name} must be an integer, got {}",
+            v.repr().map(|r| r.to_string()).unwrap_or_default()
+        ))
     })
 }
 
@@ -215,9 +208,7 @@ fn isa_available() -> Vec<&'static str> {
 /// The path a kernel call without `isa=` uses: `APB_KERNEL_ISA` if set, else the best available.
 #[pyfunction]
 fn isa_selected() -> PyResult<&'static str> {
-    isa::resolve(None, "isa")
-        .map(|i| i.name())
-        .map_err(value_error)
+    isa::resolve(None, "isa").map(|i| i.name()).map_err(value_error)
 }
 
 /// The thread count a kernel call without `threads=` uses: `APB_NUM_THREADS` if set, else every core.
@@ -378,9 +369,8 @@ fn pack_2bit<'py>(
     isa: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<(Words<'py>, Words<'py>)> {
     const F: &str = "pack_2bit";
-    let expected = format!(
-        "{F}: v must be a C-contiguous 2-D array of float32, float64, int8, int16, int32 or int64"
-    );
+    let expected =
+        format!("{F}: v must be a C-contiguous 2-D array of float32, float64, int8, int16, int32 or int64");
     let arr = as_array(v, &expected)?;
     if arr.ndim() != 2 || !arr.is_c_contiguous() {
         return Err(value_error(format!("{expected}, {}", describe(arr))));
@@ -639,8 +629,7 @@ fn csr_matmul<'py>(
         as_slice(F, "data", &d_ro)?,
         as_slice(F, "x", &x_ro)?,
     );
-    let m = spmm::validate(ip, ix, d.len(), k)
-        .map_err(|e| value_error(format!("{F}: {e}")))?;
+    let m = spmm::validate(ip, ix, d.len(), k).map_err(|e| value_error(format!("{F}: {e}")))?;
     let out = empty2::<f32>(py, F, m, n)?;
     {
         let mut rw = out.readwrite();

@@ -407,13 +407,7 @@ pub fn pack_planes_split<T: Source<P>, const P: usize>(
 }
 
 /// Pack the signs of a row-major `(rows, k)` f32 matrix (bit 1 = negative); NaN is an error.
-pub fn pack_rows(
-    x: &[f32],
-    k: usize,
-    out: &mut [u64],
-    threads: usize,
-    isa: Isa,
-) -> Result<(), PackError> {
+pub fn pack_rows(x: &[f32], k: usize, out: &mut [u64], threads: usize, isa: Isa) -> Result<(), PackError> {
     pack_planes::<f32, 1>(x, k, [out], threads, isa)
 }
 
@@ -562,12 +556,8 @@ mod tests {
     #[test]
     fn dot_product_identity() {
         let k = 70;
-        let a: Vec<f32> = (0..k)
-            .map(|i| if i % 3 == 0 { -1.0 } else { 1.0 })
-            .collect();
-        let b: Vec<f32> = (0..k)
-            .map(|i| if i % 5 == 0 { -1.0 } else { 1.0 })
-            .collect();
+        let a: Vec<f32> = (0..k).map(|i| if i % 3 == 0 { -1.0 } else { 1.0 }).collect();
+        let b: Vec<f32> = (0..k).map(|i| if i % 5 == 0 { -1.0 } else { 1.0 }).collect();
         let dot: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
         let diff: u32 = pack(&a, k)
             .iter()
@@ -711,12 +701,20 @@ mod tests {
         for k in AWKWARD_K {
             let x = f32_matrix(rows, k, 7 + k as u64);
             same_on_every_path::<f32, 1>(&x, k, "f32 signs");
-            for nan in [f32::NAN, -f32::NAN, f32::from_bits(0x7F80_0001), f32::from_bits(0xFFFF_FFFF)] {
+            for nan in [
+                f32::NAN,
+                -f32::NAN,
+                f32::from_bits(0x7F80_0001),
+                f32::from_bits(0xFFFF_FFFF),
+            ] {
                 for i in nan_positions(rows, k) {
                     let mut y = x.clone();
                     y[i] = nan;
                     same_on_every_path::<f32, 1>(&y, k, "f32 with one NaN");
-                    let want = Err(PackError::Invalid { row: i / k, col: i % k });
+                    let want = Err(PackError::Invalid {
+                        row: i / k,
+                        col: i % k,
+                    });
                     assert_eq!(pack_with::<f32, 1>(&y, k, false, crate::isa::best()), want);
                     // A second, later NaN does not change the position reported.
                     let n = y.len();
@@ -739,7 +737,10 @@ mod tests {
                 let mut want = vec![0u64; words_for(k)];
                 want[pos / 64] = 1 << (pos % 64);
                 for isa in crate::isa::available() {
-                    assert_eq!(pack_with::<f32, 1>(&x, k, false, isa).unwrap(), vec![want.clone()]);
+                    assert_eq!(
+                        pack_with::<f32, 1>(&x, k, false, isa).unwrap(),
+                        vec![want.clone()]
+                    );
                 }
             }
         }
@@ -768,7 +769,18 @@ mod tests {
 
     #[test]
     fn every_isa_packs_two_bit_planes_like_scalar() {
-        let f_bad = [0.0f32, -0.0, 2.0, -2.0, 1.0000001, -2.9999998, f32::NAN, -f32::NAN, f32::INFINITY, 1e-45];
+        let f_bad = [
+            0.0f32,
+            -0.0,
+            2.0,
+            -2.0,
+            1.0000001,
+            -2.9999998,
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            1e-45,
+        ];
         let i_bad = [0i8, 2, -2, 4, -128, 127];
         for k in AWKWARD_K {
             let rows = 4;
@@ -783,7 +795,10 @@ mod tests {
                 b2[i] = rng.pick(&i_bad);
                 same_on_every_path::<f32, 2>(&f2, k, "f32 2-bit, one invalid");
                 same_on_every_path::<i8, 2>(&b2, k, "i8 2-bit, one invalid");
-                let want = Err(PackError::Invalid { row: i / k, col: i % k });
+                let want = Err(PackError::Invalid {
+                    row: i / k,
+                    col: i % k,
+                });
                 assert_eq!(pack_with::<f32, 2>(&f2, k, false, crate::isa::best()), want);
                 assert_eq!(pack_with::<i8, 2>(&b2, k, false, crate::isa::best()), want);
             }
@@ -829,7 +844,10 @@ mod tests {
     #[test]
     fn unavailable_isa_is_an_error() {
         for isa in Isa::ALL.into_iter().filter(|i| !i.is_available()) {
-            assert!(matches!(pack_rows(&[1.0], 1, &mut [0], 1, isa), Err(PackError::Isa(_))));
+            assert!(matches!(
+                pack_rows(&[1.0], 1, &mut [0], 1, isa),
+                Err(PackError::Isa(_))
+            ));
         }
     }
 }

@@ -77,7 +77,10 @@ pub fn validate(indptr: &[i64], indices: &[i32], data_len: usize, k: usize) -> R
     if let Some(t) = indices.iter().position(|&j| j < 0 || j as usize >= k) {
         return Err(err(
             "indices",
-            format!("indices[{t}] = {} is outside [0, K) with K = x.shape[0] = {k}", indices[t]),
+            format!(
+                "indices[{t}] = {} is outside [0, K) with K = x.shape[0] = {k}",
+                indices[t]
+            ),
         ));
     }
     Ok(indptr.len() - 1)
@@ -113,10 +116,16 @@ pub fn csr_matmul(
 ) -> Result<(), CsrError> {
     let m = validate(indptr, indices, data.len(), k)?;
     if k.checked_mul(n) != Some(x.len()) {
-        return Err(err("x", format!("must hold K·N = {k}·{n} values, got {}", x.len())));
+        return Err(err(
+            "x",
+            format!("must hold K·N = {k}·{n} values, got {}", x.len()),
+        ));
     }
     if m.checked_mul(n) != Some(out.len()) {
-        return Err(err("out", format!("must hold M·N = {m}·{n} values, got {}", out.len())));
+        return Err(err(
+            "out",
+            format!("must hold M·N = {m}·{n} values, got {}", out.len()),
+        ));
     }
     if !isa.is_available() {
         return Err(err("isa", format!("{isa} is not available on this CPU")));
@@ -237,7 +246,10 @@ mod x86 {
             let (Some(&s), Some(&e)) = (p.indptr.get(i), p.indptr.get(i + 1)) else {
                 return;
             };
-            let (Some(cols), Some(vals)) = (p.indices.get(s as usize..e as usize), p.data.get(s as usize..e as usize)) else {
+            let (Some(cols), Some(vals)) = (
+                p.indices.get(s as usize..e as usize),
+                p.data.get(s as usize..e as usize),
+            ) else {
                 return;
             };
             let mut acc = [_mm512_setzero_ps(); V];
@@ -293,14 +305,20 @@ mod x86 {
             return;
         }
         let valid = (width - 8 * (V - 1)) as i32; // lanes of the last vector inside the block: 1..=8
-        let tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        let tail = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(valid),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
         let xp = p.x.as_ptr();
         for (r, orow) in out.chunks_exact_mut(n).enumerate() {
             let i = r0 + r;
             let (Some(&s), Some(&e)) = (p.indptr.get(i), p.indptr.get(i + 1)) else {
                 return;
             };
-            let (Some(cols), Some(vals)) = (p.indices.get(s as usize..e as usize), p.data.get(s as usize..e as usize)) else {
+            let (Some(cols), Some(vals)) = (
+                p.indices.get(s as usize..e as usize),
+                p.data.get(s as usize..e as usize),
+            ) else {
                 return;
             };
             let mut acc = [_mm256_setzero_ps(); V];
@@ -400,7 +418,10 @@ mod tests {
                     let mut out = vec![f32::NAN; m * n];
                     csr_matmul(&indptr, &indices, &data, &x, k, n, isa, threads, &mut out).unwrap();
                     for (g, w) in out.iter().zip(&want) {
-                        assert!((*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()), "{isa} {m}x{k}x{n}: {g} vs {w}");
+                        assert!(
+                            (*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                            "{isa} {m}x{k}x{n}: {g} vs {w}"
+                        );
                     }
                 }
             }
@@ -417,7 +438,10 @@ mod tests {
         assert_eq!(validate(&[0, 1, 2], &[0, 1, 2], 3, 3).unwrap_err().arg, "indptr");
         assert_eq!(validate(&[0, 1, 3], &[0, 2, 1], 2, 3).unwrap_err().arg, "data");
         assert_eq!(validate(&[0, 1, 3], &[0, 3, 1], 3, 3).unwrap_err().arg, "indices");
-        assert_eq!(validate(&[0, 1, 3], &[0, -1, 1], 3, 3).unwrap_err().arg, "indices");
+        assert_eq!(
+            validate(&[0, 1, 3], &[0, -1, 1], 3, 3).unwrap_err().arg,
+            "indices"
+        );
         assert_eq!(validate(&[0, 0], &[], 0, 0), Ok(1));
         let mut out = vec![0f32; 2];
         let e = csr_matmul(&[0, 1], &[0], &[1.0], &[1.0; 3], 2, 2, Isa::Scalar, 1, &mut out).unwrap_err();

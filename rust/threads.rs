@@ -23,9 +23,7 @@ pub const MAX_THREADS: usize = 1024;
 
 /// Every core this process may use (1 if that cannot be determined).
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 fn check(n: i64, what: &str) -> Result<usize, String> {
@@ -94,11 +92,7 @@ pub fn install<R: Send>(n: usize, f: impl FnOnce() -> R + Send) -> Result<R, Str
 /// sleeping in [`install`] while pool threads wake up (tens of microseconds in a VM), and a helper
 /// that wakes late finds less (or nothing) left to do, so extra threads never cost much more than
 /// their wake-up. Runs everything on the calling thread when `n <= 1` or there is one item.
-pub fn run_claimed<T: Send>(
-    n: usize,
-    items: Vec<T>,
-    f: impl Fn(T) -> bool + Sync,
-) -> Result<bool, String> {
+pub fn run_claimed<T: Send>(n: usize, items: Vec<T>, f: impl Fn(T) -> bool + Sync) -> Result<bool, String> {
     if n <= 1 || items.len() <= 1 {
         return Ok(items.into_iter().fold(true, |ok, it| f(it) & ok));
     }
@@ -135,7 +129,9 @@ mod tests {
     #[test]
     fn explicit_counts_are_checked() {
         assert_eq!(resolve(Some(3), "t"), Ok(3));
-        assert!(resolve(Some(0), "f: threads").unwrap_err().starts_with("f: threads must be"));
+        assert!(resolve(Some(0), "f: threads")
+            .unwrap_err()
+            .starts_with("f: threads must be"));
         assert!(resolve(Some(-2), "t").is_err());
         assert!(resolve(Some(MAX_THREADS as i64 + 1), "t").is_err());
     }
@@ -160,7 +156,10 @@ mod tests {
                     i != 3
                 })
                 .unwrap();
-                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "n = {n}, items = {items}");
+                assert!(
+                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                    "n = {n}, items = {items}"
+                );
                 assert_eq!(ok, items <= 3, "n = {n}, items = {items}");
             }
         }

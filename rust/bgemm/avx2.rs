@@ -70,7 +70,8 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
     let low = _mm256_set1_epi8(0x0f);
     let zero = _mm256_setzero_si256();
     let mut tot = [[[zero; NR]; MR]; 3];
-    let mut ap: [[*const u64; MR]; PA] = std::array::from_fn(|pa| std::array::from_fn(|i| t.a[pa][i].as_ptr()));
+    let mut ap: [[*const u64; MR]; PA] =
+        std::array::from_fn(|pa| std::array::from_fn(|i| t.a[pa][i].as_ptr()));
     let mut bp = t.b.as_ptr();
     let mut done = 0;
     while done < w {
@@ -94,7 +95,8 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
                         for v in 0..NR {
                             let d = _mm256_xor_si256(x, bv[pb][v]);
                             let lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(d, low));
-                            let hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16::<4>(d), low));
+                            let hi =
+                                _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16::<4>(d), low));
                             accb[e][i][v] = _mm256_add_epi8(accb[e][i][v], _mm256_add_epi8(lo, hi));
                         }
                     }

@@ -71,7 +71,8 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
     let w = t.w;
     let zero = _mm512_setzero_si512();
     let mut acc = [[[zero; NR]; MR]; 3];
-    let mut ap: [[*const u64; MR]; PA] = std::array::from_fn(|pa| std::array::from_fn(|i| t.a[pa][i].as_ptr()));
+    let mut ap: [[*const u64; MR]; PA] =
+        std::array::from_fn(|pa| std::array::from_fn(|i| t.a[pa][i].as_ptr()));
     let mut bp = t.b.as_ptr();
     for _ in 0..w {
         let mut bv = [[zero; NR]; PB];

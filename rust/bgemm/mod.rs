@@ -172,21 +172,36 @@ impl OutPtr {
 }
 
 /// Check the operands of a product; returns `w`.
-fn check(kind: Kind, a: &[&[u64]], b: &[&[u64]], m: usize, n: usize, k: usize, out: &[i32]) -> Result<usize, String> {
+fn check(
+    kind: Kind,
+    a: &[&[u64]],
+    b: &[&[u64]],
+    m: usize,
+    n: usize,
+    k: usize,
+    out: &[i32],
+) -> Result<usize, String> {
     let name = kind.name();
     let (pa, pb) = kind.planes();
     if a.len() != pa || b.len() != pb {
-        return Err(format!("{name}: expected {pa} A and {pb} B planes, got {} and {}", a.len(), b.len()));
+        return Err(format!(
+            "{name}: expected {pa} A and {pb} B planes, got {} and {}",
+            a.len(),
+            b.len()
+        ));
     }
     if k == 0 || k > kind.max_k() {
         return Err(format!("{name}: k must be in [1, {}], got {k}", kind.max_k()));
     }
     let w = words_for(k);
-    let (Some(a_len), Some(b_len), Some(o_len)) = (m.checked_mul(w), n.checked_mul(w), m.checked_mul(n)) else {
+    let (Some(a_len), Some(b_len), Some(o_len)) = (m.checked_mul(w), n.checked_mul(w), m.checked_mul(n))
+    else {
         return Err(format!("{name}: sizes overflow (m = {m}, n = {n}, w = {w})"));
     };
     if a.iter().any(|p| p.len() != a_len) || b.iter().any(|p| p.len() != b_len) || out.len() != o_len {
-        return Err(format!("{name}: operand lengths do not match m = {m}, n = {n}, k = {k}"));
+        return Err(format!(
+            "{name}: operand lengths do not match m = {m}, n = {n}, k = {k}"
+        ));
     }
     Ok(w)
 }
@@ -284,7 +299,10 @@ pub fn bgemm(
     if all_ok {
         Ok(())
     } else {
-        Err(format!("{}: internal error: a tile broke the microkernel invariants", kind.name()))
+        Err(format!(
+            "{}: internal error: a tile broke the microkernel invariants",
+            kind.name()
+        ))
     }
 }
 
@@ -336,8 +354,12 @@ mod tests {
 
     fn check_against_reference(isa: Isa, kind: Kind, m: usize, n: usize, k: usize, threads: usize) {
         let (pa, pb) = kind.planes();
-        let a_planes: Vec<Vec<u64>> = (0..pa).map(|p| random_plane(m, k, 1 + p as u64 + 7 * k as u64)).collect();
-        let b_planes: Vec<Vec<u64>> = (0..pb).map(|p| random_plane(n, k, 101 + p as u64 + m as u64)).collect();
+        let a_planes: Vec<Vec<u64>> = (0..pa)
+            .map(|p| random_plane(m, k, 1 + p as u64 + 7 * k as u64))
+            .collect();
+        let b_planes: Vec<Vec<u64>> = (0..pb)
+            .map(|p| random_plane(n, k, 101 + p as u64 + m as u64))
+            .collect();
         let a: Vec<&[u64]> = a_planes.iter().map(|v| v.as_slice()).collect();
         let b: Vec<&[u64]> = b_planes.iter().map(|v| v.as_slice()).collect();
         let mut out = vec![i32::MIN; m * n];
@@ -389,13 +411,37 @@ mod tests {
         let k = 200;
         let w = words_for(k);
         let ones = vec![u64::MAX & last_word_mask(k); 1];
-        let full: Vec<u64> = (0..w).map(|p| if p + 1 == w { ones[0] } else { u64::MAX }).collect();
+        let full: Vec<u64> = (0..w)
+            .map(|p| if p + 1 == w { ones[0] } else { u64::MAX })
+            .collect();
         let zero = vec![0u64; w];
         for isa in crate::isa::available() {
             let mut out = [0i32; 1];
-            bgemm(Kind::B2x2, &[&full, &full], &[&zero, &zero], 1, 1, k, isa, 1, &mut out).unwrap();
+            bgemm(
+                Kind::B2x2,
+                &[&full, &full],
+                &[&zero, &zero],
+                1,
+                1,
+                k,
+                isa,
+                1,
+                &mut out,
+            )
+            .unwrap();
             assert_eq!(out[0], -9 * k as i32);
-            bgemm(Kind::B2x2, &[&zero, &zero], &[&zero, &zero], 1, 1, k, isa, 1, &mut out).unwrap();
+            bgemm(
+                Kind::B2x2,
+                &[&zero, &zero],
+                &[&zero, &zero],
+                1,
+                1,
+                k,
+                isa,
+                1,
+                &mut out,
+            )
+            .unwrap();
             assert_eq!(out[0], 9 * k as i32);
         }
     }
@@ -411,7 +457,16 @@ mod tests {
         assert!(run(Kind::B1x1, &[&a], &[&a], 2, 2, 129, &mut out).is_err());
         assert!(run(Kind::B1x1, &[&a], &[&a, &a], 2, 2, 64, &mut out).is_err());
         assert!(run(Kind::B1x1, &[&a], &[&a], 2, 3, 64, &mut out).is_err());
-        assert!(run(Kind::B2x2, &[&a, &a], &[&a, &a], 2, 2, Kind::B2x2.max_k() + 1, &mut out).is_err());
+        assert!(run(
+            Kind::B2x2,
+            &[&a, &a],
+            &[&a, &a],
+            2,
+            2,
+            Kind::B2x2.max_k() + 1,
+            &mut out
+        )
+        .is_err());
         assert!(run(Kind::B1x1, &[&a], &[&a], usize::MAX, 2, 64, &mut out).is_err());
         assert!(run(Kind::B1x1, &[&a], &[&a], 2, 2, 128, &mut out).is_ok());
         assert!(run(Kind::B1x1, &[&[]], &[&a], 0, 2, 128, &mut []).is_ok());

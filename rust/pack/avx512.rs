@@ -78,13 +78,19 @@ unsafe fn word_sign_f32(p: *const f32, valid: u64) -> ([u64; 1], bool) {
     // SAFETY: the caller guarantees the CPU features and the bounds of every selected lane.
     unsafe {
         let zero = _mm512_setzero_ps();
-        let x = [load16(p, 0, valid), load16(p, 1, valid), load16(p, 2, valid), load16(p, 3, valid)];
+        let x = [
+            load16(p, 0, valid),
+            load16(p, 1, valid),
+            load16(p, 2, valid),
+            load16(p, 3, valid),
+        ];
         let mut word = 0u64;
         for (q, v) in x.iter().enumerate() {
             word |= u64::from(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(*v, zero)) << (16 * q);
         }
         // unord(a, b) is true in a lane where a or b is NaN: two compares see all 64 values.
-        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x[0], x[1]) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x[2], x[3]);
+        let nan =
+            _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x[0], x[1]) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x[2], x[3]);
         ([word], nan != 0)
     }
 }
