@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .autograd import Function, Tensor
+from .kernels.reference import im2col_columns
 from .parallel import over_slices
 
 ALGORITHMS = ("auto", "im2col", "rowshift")
@@ -55,15 +56,7 @@ class Conv2dIm2col(Function):
         n, c, h, wd = x.shape
         o, _, kh, kw = w.shape
         ho, wo = _out_size(h, kh, stride, padding), _out_size(wd, kw, stride, padding)
-        xp = _pad_hw(x, padding)
-        cols = np.empty((c, kh, kw, n, ho, wo), dtype=x.dtype)
-
-        def fill(cs: slice) -> None:
-            for i in range(kh):
-                for j in range(kw):
-                    cols[cs, i, j] = xp[:, cs, _window(i, ho, stride), _window(j, wo, stride)].swapaxes(0, 1)
-        over_slices(fill, c, cols.size)
-        cols = cols.reshape(c * kh * kw, n * ho * wo)
+        cols = im2col_columns(_pad_hw(x, padding), kh, kw, stride, ho, wo)  # (C·kh·kw, N·Ho·Wo)
         y = w.reshape(o, -1) @ cols  # (O, N·Ho·Wo)
         ctx.save_for_backward(cols, w, x.shape, stride, padding)
         return _swap01(y.reshape(o, n, ho, wo))

@@ -40,7 +40,7 @@ def _quantize_input(cols: np.ndarray, act_bits: int) -> np.ndarray:
 
 
 class PackedLinearCore(nn.Module):
-    """α·(B·X) + S·X + bias for X given as rows (one row per output position, K columns)."""
+    """α·(B·X) + S·X + bias for X given as columns (K rows, one column per output position)."""
 
     def __init__(self, prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray]):
         super().__init__()
@@ -57,20 +57,22 @@ class PackedLinearCore(nn.Module):
         if self.act_bits == 2:
             self.row_sums = self.k - 2 * np.bitwise_count(self.sign_bits).sum(axis=1).astype(np.int64)
 
-    def matmul(self, rows: np.ndarray) -> np.ndarray:
-        """(P, K) input rows -> (O, P) outputs."""
-        x = _quantize_input(rows, self.act_bits)
+    def matmul(self, cols: np.ndarray) -> np.ndarray:
+        """(K, P) input columns (one per output position) -> (O, P) outputs."""
+        x = _quantize_input(cols, self.act_bits)
         if self.act_bits == 1:
-            bx = kernels.bgemm_1x1(self.sign_bits, kernels.pack_bits(x), self.k).astype(np.float32)
+            # the bit kernels take K as the last axis: one transposed copy, then 32x smaller
+            bx = kernels.bgemm_1x1(self.sign_bits, kernels.pack_bits(np.ascontiguousarray(x.T)), self.k)
+            bx = bx.astype(np.float32)
         elif self.act_bits == 2:
             v = (np.round(x * 6) - 3).astype(np.int8)  # x = (v + 3)/6
-            hi, lo = kernels.pack_2bit(v)
+            hi, lo = kernels.pack_2bit(np.ascontiguousarray(v.T))
             bv = kernels.bgemm_1x2(self.sign_bits, hi, lo, self.k)
             bx = (bv / 6.0 + self.row_sums[:, None] / 2.0).astype(np.float32)
         else:
-            bx = self.signs @ x.T
+            bx = self.signs @ x
         y = self.alpha * bx
-        y += kernels.csr_matmul(self.indptr, self.indices, self.values, np.ascontiguousarray(x.T))
+        y += kernels.csr_matmul(self.indptr, self.indices, self.values, np.ascontiguousarray(x))
         if self.bias is not None:
             y += self.bias[:, None]
         return y
@@ -86,7 +88,8 @@ class PackedConv2d(PackedLinearCore):
         n, _, h, w = x.shape
         ho = (h + 2 * self.padding - self.kh) // self.stride + 1
         wo = (w + 2 * self.padding - self.kw) // self.stride + 1
-        cols = kernels.im2col(np.ascontiguousarray(x.data), self.kh, self.kw, self.stride, self.padding)
+        cols = kernels.im2col(np.ascontiguousarray(x.data), self.kh, self.kw, self.stride, self.padding,
+                              layout="columns")
         y = self.matmul(cols).reshape(self.out_features, n, ho, wo)
         if self.act_bits == 1 and self.padding:
             y -= self._padding_correction(x.shape[1:])[:, None]
@@ -106,19 +109,18 @@ class PackedConv2d(PackedLinearCore):
             p = self.padding
             border = np.ones((1, c, h + 2 * p, w + 2 * p), dtype=np.float32)
             border[:, :, p:p + h, p:p + w] = 0
-            rows = kernels.im2col(border, self.kh, self.kw, self.stride, 0)
+            cols = kernels.im2col(border, self.kh, self.kw, self.stride, 0, layout="columns")
             ho = (h + 2 * p - self.kh) // self.stride + 1
             wo = (w + 2 * p - self.kw) // self.stride + 1
             signs = kernels.unpack_bits(self.sign_bits, self.k)
-            surplus = self.alpha * (signs @ rows.T) + kernels.csr_matmul(
-                self.indptr, self.indices, self.values, np.ascontiguousarray(rows.T))
+            surplus = self.alpha * (signs @ cols) + kernels.csr_matmul(self.indptr, self.indices, self.values, cols)
             cache[chw] = surplus.reshape(self.out_features, ho, wo)
         return cache[chw]
 
 
 class PackedLinear(PackedLinearCore):
     def forward(self, x):
-        return Tensor(np.ascontiguousarray(self.matmul(x.data).T))
+        return Tensor(np.ascontiguousarray(self.matmul(np.ascontiguousarray(x.data.T)).T))
 
 
 class FloatLayer(nn.Module):

@@ -348,6 +348,9 @@ def test_im2col_equals_loops_and_gives_the_convolution(dims):
     want = im2col_loops(x, kh, kw, stride, padding)
     assert cols.dtype == np.float32 and cols.shape == want.shape
     np.testing.assert_array_equal(cols, want)
+    columns = reference.im2col(x, kh, kw, stride, padding, layout="columns")
+    assert columns.flags.c_contiguous
+    np.testing.assert_array_equal(columns, want.T)
 
     weight = rng.standard_normal((o, c, kh, kw))
     ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
@@ -443,6 +446,8 @@ BAD_CALLS = [
     (lambda: reference.im2col(np.ones((1, 1, 4, 4), np.float32), 3, 3, 1, -1),
      r"im2col: padding must be an integer ≥ 0, got -1"),
     (lambda: reference.im2col(np.ones((1, 4, 4), np.float32), 3, 3), r"im2col: x must be a 4-D float32 array"),
+    (lambda: reference.im2col(np.ones((1, 1, 4, 4), np.float32), 3, 3, layout="cols"),
+     r"im2col: layout must be one of \('rows', 'columns'\), got 'cols'"),
     (lambda: reference.im2col(np.ones((1, 1, 4, 4)), 3, 3), r"im2col: x must be a 4-D float32 .*float64"),
     (lambda: reference.im2col(np.ones((1, 1, 4, 4), np.float32), 3, 3, 0), r"im2col: stride must be an integer ≥ 1"),
     (lambda: reference.im2col(np.ones((1, 1, 4, 4), np.float32), 0, 3), r"im2col: kh must be an integer ≥ 1"),

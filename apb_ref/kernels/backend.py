@@ -113,7 +113,7 @@ _KERNELS = {
     "bgemm_1x2": (reference.bgemm_1x2, _rust_call("bgemm_1x2")),
     "bgemm_2x2": (reference.bgemm_2x2, _rust_call("bgemm_2x2")),
     "csr_matmul": (reference.csr_matmul, _rust_call("csr_matmul")),
-    "im2col": (reference.im2col, None),  # a strided view and one copy: memory-bound either way
+    "im2col": (reference.im2col, None),  # strided copies on all cores: memory-bound either way
 }
 
 

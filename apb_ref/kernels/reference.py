@@ -8,6 +8,8 @@ import numbers
 
 import numpy as np
 
+from ..parallel import over_slices
+
 WORD_BITS = 64
 
 
@@ -218,22 +220,50 @@ def csr_matmul(indptr, indices, data, x) -> np.ndarray:
 
 # --- im2col -------------------------------------------------------------------------------------
 
-def im2col(x, kh, kw, stride=1, padding=0) -> np.ndarray:
-    """(N, C, H, W) float32 -> (N·Ho·Wo, C·kh·kw): one row per output pixel (n, ho, wo), columns
-    ordered (c, i, j) like weight.reshape(O, -1); zero padding. Built from a strided view, no loops."""
+IM2COL_LAYOUTS = ("rows", "columns")
+
+
+def im2col(x, kh, kw, stride=1, padding=0, layout="rows") -> np.ndarray:
+    """(N, C, H, W) float32 -> the conv's lowered input, zero padded.
+
+    layout="rows": (N·Ho·Wo, C·kh·kw), one row per output pixel (n, ho, wo), columns ordered (c, i, j)
+    like weight.reshape(O, -1): K is the last axis, as the bit kernels pack their operands.
+    layout="columns": its transpose, (C·kh·kw, N·Ho·Wo) C-contiguous: the right operand of
+    W (O, K) @ cols and of csr_matmul. Much cheaper to build: each of the kh·kw copies moves whole
+    output rows, where the row layout gathers runs of kw values.
+    """
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
         got = f"dtype {x.dtype} shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
         raise ValueError(f"im2col: x must be a 4-D float32 array (N, C, H, W), got {got}")
     for name, v, low in (("kh", kh, 1), ("kw", kw, 1), ("stride", stride, 1), ("padding", padding, 0)):
         if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
             raise ValueError(f"im2col: {name} must be an integer ≥ {low}, got {v!r}")
+    if layout not in IM2COL_LAYOUTS:
+        raise ValueError(f"im2col: layout must be one of {IM2COL_LAYOUTS}, got {layout!r}")
     n, c, h, w = x.shape
     ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
     if ho < 1 or wo < 1:
         raise ValueError(f"im2col: a {kh}x{kw} kernel does not fit a {h}x{w} input with padding {padding}")
     if padding:
         x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    if layout == "columns":
+        return im2col_columns(x, kh, kw, stride, ho, wo)
     sn, sc, sh, sw = x.strides
     view = np.lib.stride_tricks.as_strided(
         x, (n, ho, wo, c, kh, kw), (sn, sh * stride, sw * stride, sc, sh, sw), writeable=False)
     return view.reshape(n * ho * wo, c * kh * kw)
+
+
+def im2col_columns(xp: np.ndarray, kh: int, kw: int, stride: int, ho: int, wo: int) -> np.ndarray:
+    """(C·kh·kw, N·Ho·Wo) lowering of an already padded (N, C, Hp, Wp) array; no checks (the conv's
+    autograd op calls it directly). Channels are copied in slices on all cores: the copy is memory-bound."""
+    n, c = xp.shape[:2]
+    cols = np.empty((c, kh, kw, n, ho, wo), dtype=xp.dtype)
+
+    def fill(cs: slice) -> None:
+        for i in range(kh):
+            for j in range(kw):
+                window = xp[:, cs, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+                cols[cs, i, j] = window.swapaxes(0, 1)
+    over_slices(fill, c, cols.size)
+    return cols.reshape(c * kh * kw, n * ho * wo)
