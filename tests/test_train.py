@@ -1,4 +1,5 @@
 """The training loop: reproducibility, exact resume, NaN guard, checkpoints, CLI."""
+import os
 import json
 
 import numpy as np
@@ -123,3 +124,14 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert "epochs" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "nope.ckpt")]) == 2
     assert "nope.ckpt" in capsys.readouterr().err
+
+
+def test_atomic_write_leaves_no_temporary_and_gives_umask_permissions(tmp_path):
+    target = tmp_path / "run" / "file.bin"
+    checkpoint.atomic_write_bytes(target, b"first")
+    checkpoint.atomic_write_bytes(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in target.parent.iterdir()] == ["file.bin"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
