@@ -30,13 +30,14 @@ from .models import build
 from .quant.activations import activation_quantizer
 
 
-def _quantize_input(cols: np.ndarray, act_bits: int) -> np.ndarray:
-    """The activation quantizer's values, as the float model computes them."""
+def _quantize_input(x: np.ndarray, act_bits: int) -> np.ndarray:
+    """The activation quantizer's values, as the float model computes them (element-wise, so it is
+    applied to the activation map before im2col: kh·kw times fewer elements than the columns)."""
     if act_bits == 1:
-        return np.where(cols < 0, np.float32(-1), np.float32(1))
+        return np.where(x < 0, np.float32(-1), np.float32(1))
     if act_bits == 2:
-        return (np.round(np.clip(cols, 0, 1) * 3) / 3).astype(np.float32)
-    return cols
+        return (np.round(np.clip(x, 0, 1) * 3) / 3).astype(np.float32)
+    return x
 
 
 class PackedLinearCore(nn.Module):
@@ -58,21 +59,20 @@ class PackedLinearCore(nn.Module):
             self.row_sums = self.k - 2 * np.bitwise_count(self.sign_bits).sum(axis=1).astype(np.int64)
 
     def matmul(self, cols: np.ndarray) -> np.ndarray:
-        """(K, P) input columns (one per output position) -> (O, P) outputs."""
-        x = _quantize_input(cols, self.act_bits)
+        """(K, P) quantized input columns (one per output position) -> (O, P) outputs."""
         if self.act_bits == 1:
-            # the bit kernels take K as the last axis: one transposed copy, then 32x smaller
-            bx = kernels.bgemm_1x1(self.sign_bits, kernels.pack_bits(np.ascontiguousarray(x.T)), self.k)
+            # pack straight from the (K, P) columns: no transposed float copy
+            bx = kernels.bgemm_1x1(self.sign_bits, kernels.pack_bits(cols, layout="columns"), self.k)
             bx = bx.astype(np.float32)
         elif self.act_bits == 2:
-            v = (np.round(x * 6) - 3).astype(np.int8)  # x = (v + 3)/6
-            hi, lo = kernels.pack_2bit(np.ascontiguousarray(v.T))
+            v = (np.round(cols * 6) - 3).astype(np.int8)  # cols = (v + 3)/6
+            hi, lo = kernels.pack_2bit(v, layout="columns")
             bv = kernels.bgemm_1x2(self.sign_bits, hi, lo, self.k)
             bx = (bv / 6.0 + self.row_sums[:, None] / 2.0).astype(np.float32)
         else:
-            bx = self.signs @ x
+            bx = self.signs @ cols
         y = self.alpha * bx
-        y += kernels.csr_matmul(self.indptr, self.indices, self.values, np.ascontiguousarray(x))
+        y += kernels.csr_matmul(self.indptr, self.indices, self.values, cols)
         if self.bias is not None:
             y += self.bias[:, None]
         return y
@@ -88,8 +88,8 @@ class PackedConv2d(PackedLinearCore):
         n, _, h, w = x.shape
         ho = (h + 2 * self.padding - self.kh) // self.stride + 1
         wo = (w + 2 * self.padding - self.kw) // self.stride + 1
-        cols = kernels.im2col(np.ascontiguousarray(x.data), self.kh, self.kw, self.stride, self.padding,
-                              layout="columns")
+        xq = _quantize_input(np.ascontiguousarray(x.data), self.act_bits)
+        cols = kernels.im2col(xq, self.kh, self.kw, self.stride, self.padding, layout="columns")
         y = self.matmul(cols).reshape(self.out_features, n, ho, wo)
         if self.act_bits == 1 and self.padding:
             y -= self._padding_correction(x.shape[1:])[:, None]
@@ -97,11 +97,12 @@ class PackedConv2d(PackedLinearCore):
 
 
     def _padding_correction(self, chw) -> np.ndarray:
-        """(α·B + S)·P: what the zero padding wrongly adds in the 1-bit path.
+        """α·B·P: what the zero padding wrongly adds to the popcount term in the 1-bit path.
 
-        A padded zero packs as bit 0, i.e. +1, while the float model multiplies it by 0. P is the
-        im2col of an image that is 1 on the padding and 0 inside, so (α·B + S)·P (O, Ho, Wo) is exactly
-        the surplus (residual included); it depends only on the input size, so it is computed once per size.
+        A padded zero packs as bit 0, i.e. +1, while the float model multiplies it by 0 (S·X sees the
+        zero itself and needs no correction). P is the im2col of an image that is 1 on the padding and
+        0 inside, so α·B·P (O, Ho, Wo) is exactly the surplus; it depends only on the input size, so
+        it is computed once per size.
         """
         cache = self.__dict__.setdefault("_corrections", {})
         if chw not in cache:
@@ -113,14 +114,15 @@ class PackedConv2d(PackedLinearCore):
             ho = (h + 2 * p - self.kh) // self.stride + 1
             wo = (w + 2 * p - self.kw) // self.stride + 1
             signs = kernels.unpack_bits(self.sign_bits, self.k)
-            surplus = self.alpha * (signs @ cols) + kernels.csr_matmul(self.indptr, self.indices, self.values, cols)
+            surplus = self.alpha * (signs @ cols)
             cache[chw] = surplus.reshape(self.out_features, ho, wo)
         return cache[chw]
 
 
 class PackedLinear(PackedLinearCore):
     def forward(self, x):
-        return Tensor(np.ascontiguousarray(self.matmul(np.ascontiguousarray(x.data.T)).T))
+        xq = _quantize_input(x.data, self.act_bits)
+        return Tensor(np.ascontiguousarray(self.matmul(np.ascontiguousarray(xq.T)).T))
 
 
 class FloatLayer(nn.Module):

@@ -54,6 +54,35 @@ def test_padding_bits_are_zero(name, k, rows):
 
 
 @pytest.mark.parametrize("name", BACKENDS)
+@settings(max_examples=60, deadline=None)
+@given(x=float32_matrices())
+def test_columns_layout_packs_the_transpose(name, x):
+    """pack_bits(xᵀ, layout="columns") is pack_bits(x): same words, padding included, from a (K, rows)
+    array, C-ordered or a strided view."""
+    with backend.use_backend(name):
+        want = backend.pack_bits(x)
+        np.testing.assert_array_equal(backend.pack_bits(np.ascontiguousarray(x.T), layout="columns"), want)
+        np.testing.assert_array_equal(backend.pack_bits(x.T, layout="columns"), want)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("k", PACK_KS)
+def test_columns_layout_of_2bit_planes(name, k):
+    v = np.random.default_rng(k).choice(np.array([-3, -1, 1, 3], np.int8), size=(5, k))
+    with backend.use_backend(name):
+        hi, lo = backend.pack_2bit(v)
+        hi_t, lo_t = backend.pack_2bit(np.ascontiguousarray(v.T), layout="columns")
+    np.testing.assert_array_equal(hi_t, hi)
+    np.testing.assert_array_equal(lo_t, lo)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_unknown_layout_is_refused(name):
+    with backend.use_backend(name), pytest.raises(ValueError, match=r"pack_bits: layout must be one of"):
+        backend.pack_bits(np.ones((2, 3), np.float32), layout="cols")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
 def test_sign_of_zero_and_negative_zero_is_plus_one(name):
     x = np.array([[0.0, -0.0, 1.0, -1.0, -0.0]], np.float32)
     with backend.use_backend(name):
