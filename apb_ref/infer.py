@@ -65,7 +65,8 @@ class PackedLinearCore(nn.Module):
             bx = kernels.bgemm_1x1(self.sign_bits, kernels.pack_bits(cols, layout="columns"), self.k)
             bx = bx.astype(np.float32)
         elif self.act_bits == 2:
-            v = (np.round(cols * 6) - 3).astype(np.int8)  # cols = (v + 3)/6
+            v = cols * np.float32(6)  # cols = (v + 3)/6 holds float32(j/3), j = 0..3, and
+            v -= 3  # float32 gives j/3·6 − 3 exactly (pack_2bit refuses anything else)
             hi, lo = kernels.pack_2bit(v, layout="columns")
             bv = kernels.bgemm_1x2(self.sign_bits, hi, lo, self.k)
             bx = (bv / 6.0 + self.row_sums[:, None] / 2.0).astype(np.float32)

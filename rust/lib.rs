@@ -199,6 +199,17 @@ fn resolve_isa(func: &str, isa: Option<&Bound<'_, PyAny>>) -> PyResult<isa::Isa>
     isa::resolve(name.as_deref(), &format!("{func}: isa")).map_err(value_error)
 }
 
+/// `layout` of a packing call: "rows" (the default; x is (rows, K)) or "columns" (x is (K, rows)).
+fn resolve_layout(func: &str, layout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+    match opt_str(func, "layout", layout)?.as_deref() {
+        None | Some("rows") => Ok(false),
+        Some("columns") => Ok(true),
+        Some(other) => Err(value_error(format!(
+            "{func}: layout must be one of ('rows', 'columns'), got {other:?}"
+        ))),
+    }
+}
+
 /// Names of the instruction-set paths this CPU can run, best first (always ends with "scalar").
 #[pyfunction]
 fn isa_available() -> Vec<&'static str> {
@@ -220,6 +231,7 @@ fn threads_selected() -> PyResult<usize> {
 // --- packing -------------------------------------------------------------------------------------
 
 /// Pack an array already checked to be a C-contiguous 2-D array of `T` into `P` planes.
+#[allow(clippy::too_many_arguments)] // the call's own options; a struct would only rename them
 fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
     py: Python<'py>,
     func: &str,
@@ -227,9 +239,12 @@ fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
     arr: &Bound<'py, PyUntypedArray>,
     threads: usize,
     isa: isa::Isa,
+    columns: bool,
     describe_invalid: impl Fn(usize, usize, String) -> String,
 ) -> PyResult<[Bound<'py, PyArray2<u64>>; P]> {
+    // rows layout: x is (rows, K); columns layout: x is (K, rows) and packs down its columns.
     let (rows, k) = match arr.shape() {
+        [a, b] if columns => (*b, *a),
         [r, k] => (*r, *k),
         s => {
             return Err(value_error(format!(
@@ -258,11 +273,17 @@ fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
             .try_into()
             .map_err(|_| value_error(format!("{func}: internal error: plane count")))?;
         // pack_planes brings in pool threads itself, only when the input is worth splitting.
-        let result = py.detach(|| pack::pack_planes::<T, P>(xs, k, planes, threads, isa));
+        let result = py.detach(|| {
+            if columns {
+                pack::columns::pack_columns::<T, P>(xs, k, planes, threads, isa, pack::SPLIT)
+            } else {
+                pack::pack_planes::<T, P>(xs, k, planes, threads, isa)
+            }
+        });
         match result {
             Err(PackError::Invalid { row, col }) => {
                 let v = xs
-                    .get(row * k + col)
+                    .get(row * arr.shape()[1] + col)
                     .map(|v| format!("{v:?}"))
                     .unwrap_or_default();
                 return Err(value_error(describe_invalid(row, col, v)));
@@ -278,14 +299,16 @@ fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
 /// Pack the signs of a (rows, K) float32 or int8 matrix into a (rows, ceil(K/64)) uint64 matrix.
 ///
 /// Bit `k % 64` of word `k / 64` is 1 where `x[row, k] < 0`; padding bits are 0. NaN is rejected.
-/// `isa` picks the packing code path (results are identical on every path).
+/// `isa` picks the packing code path (results are identical on every path). `layout="columns"`: x is
+/// given transposed, (K, rows) — im2col's columns — and packs down its columns to the same result.
 #[pyfunction]
-#[pyo3(signature = (x, threads=None, isa=None))]
+#[pyo3(signature = (x, threads=None, isa=None, layout=None))]
 fn pack_bits<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     threads: Option<&Bound<'py, PyAny>>,
     isa: Option<&Bound<'py, PyAny>>,
+    layout: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<u64>>> {
     const F: &str = "pack_bits";
     let expected = format!("{F}: x must be a C-contiguous float32 2-D array");
@@ -298,11 +321,12 @@ fn pack_bits<'py>(
     }
     let threads = resolve_threads(F, threads)?;
     let isa = resolve_isa(F, isa)?;
+    let columns = resolve_layout(F, layout)?;
     let nan = |row, col, _| format!("{F}: x contains NaN (first at row {row}, column {col})");
     let [out] = if has_dtype::<f32>(arr) {
-        pack_typed::<f32, 1>(py, F, "x", arr, threads, isa, nan)?
+        pack_typed::<f32, 1>(py, F, "x", arr, threads, isa, columns, nan)?
     } else {
-        pack_typed::<i8, 1>(py, F, "x", arr, threads, isa, nan)?
+        pack_typed::<i8, 1>(py, F, "x", arr, threads, isa, columns, nan)?
     };
     Ok(out)
 }
@@ -359,14 +383,15 @@ fn pack_typed_mask<'py>(
 type Words<'py> = Bound<'py, PyArray2<u64>>;
 
 /// Pack a (rows, K) matrix of values in {−3, −1, 1, 3} into two sign planes `(hi, lo)`, each
-/// (rows, ceil(K/64)) uint64, with v = 2·hi + lo.
+/// (rows, ceil(K/64)) uint64, with v = 2·hi + lo. `layout` as for `pack_bits`.
 #[pyfunction]
-#[pyo3(signature = (v, threads=None, isa=None))]
+#[pyo3(signature = (v, threads=None, isa=None, layout=None))]
 fn pack_2bit<'py>(
     py: Python<'py>,
     v: &Bound<'py, PyAny>,
     threads: Option<&Bound<'py, PyAny>>,
     isa: Option<&Bound<'py, PyAny>>,
+    layout: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<(Words<'py>, Words<'py>)> {
     const F: &str = "pack_2bit";
     let expected =
@@ -377,21 +402,22 @@ fn pack_2bit<'py>(
     }
     let threads = resolve_threads(F, threads)?;
     let isa = resolve_isa(F, isa)?;
+    let columns = resolve_layout(F, layout)?;
     let bad = |row, col, val: String| {
         format!("{F}: v must hold only -3, -1, 1, 3; got {val} at row {row}, column {col}")
     };
     let [hi, lo] = if has_dtype::<f32>(arr) {
-        pack_typed::<f32, 2>(py, F, "v", arr, threads, isa, bad)?
+        pack_typed::<f32, 2>(py, F, "v", arr, threads, isa, columns, bad)?
     } else if has_dtype::<f64>(arr) {
-        pack_typed::<f64, 2>(py, F, "v", arr, threads, isa, bad)?
+        pack_typed::<f64, 2>(py, F, "v", arr, threads, isa, columns, bad)?
     } else if has_dtype::<i8>(arr) {
-        pack_typed::<i8, 2>(py, F, "v", arr, threads, isa, bad)?
+        pack_typed::<i8, 2>(py, F, "v", arr, threads, isa, columns, bad)?
     } else if has_dtype::<i16>(arr) {
-        pack_typed::<i16, 2>(py, F, "v", arr, threads, isa, bad)?
+        pack_typed::<i16, 2>(py, F, "v", arr, threads, isa, columns, bad)?
     } else if has_dtype::<i32>(arr) {
-        pack_typed::<i32, 2>(py, F, "v", arr, threads, isa, bad)?
+        pack_typed::<i32, 2>(py, F, "v", arr, threads, isa, columns, bad)?
     } else if has_dtype::<i64>(arr) {
-        pack_typed::<i64, 2>(py, F, "v", arr, threads, isa, bad)?
+        pack_typed::<i64, 2>(py, F, "v", arr, threads, isa, columns, bad)?
     } else {
         return Err(value_error(format!("{expected}, {}", describe(arr))));
     };

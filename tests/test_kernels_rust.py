@@ -254,6 +254,52 @@ def test_packing_threaded_sizes(raw_rust, threads):
         np.testing.assert_array_equal(got[1], want[1])
 
 
+# --- packing down the columns (layout="columns": x is (K, rows), im2col's columns) -----------------------
+
+@per_isa
+@per_threads
+@settings(max_examples=30, deadline=None)
+@given(x=float32_matrices())
+def test_pack_bits_columns_equals_reference(raw_rust, isa, threads, x):
+    xt = np.ascontiguousarray(x.T)  # (K, rows)
+    got = raw_rust.pack_bits(xt, threads=threads, isa=isa, layout="columns")
+    np.testing.assert_array_equal(got, reference.pack_bits(x))
+    i8 = np.where(x < 0, -1, 1).astype(np.int8).T.copy()
+    np.testing.assert_array_equal(raw_rust.pack_bits(i8, threads=threads, isa=isa, layout="columns"), got)
+
+
+@per_isa
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_pack_columns_big_enough_to_split(raw_rust, isa, threads):
+    """Over 4 MiB of input, so column ranges go to several threads; edge floats everywhere."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((577, 2003)).astype(np.float32)
+    x.flat[rng.integers(0, x.size, 20000)] = rng.choice(EDGE_FLOATS, 20000)
+    got = raw_rust.pack_bits(x, threads=threads, isa=isa, layout="columns")
+    np.testing.assert_array_equal(got, reference.pack_bits(np.ascontiguousarray(x.T)))
+    v = rng.choice(np.array([-3, -1, 1, 3], np.int8), size=(577, 2003))
+    for dtype in TWO_BIT_DTYPES:
+        hi, lo = raw_rust.pack_2bit(v.astype(dtype), threads=threads, isa=isa, layout="columns")
+        want_hi, want_lo = reference.pack_2bit(np.ascontiguousarray(v.T))
+        np.testing.assert_array_equal(hi, want_hi)
+        np.testing.assert_array_equal(lo, want_lo)
+
+
+def test_pack_columns_errors_name_the_value_and_the_layout(raw_rust):
+    x = np.ones((3, 70), np.float32)
+    x[2, 5] = np.nan
+    with pytest.raises(ValueError, match=r"pack_bits: x contains NaN \(first at row 2, column 5\)"):
+        raw_rust.pack_bits(x, layout="columns")
+    v = np.ones((3, 70), np.int8)
+    v[1, 9] = 2
+    with pytest.raises(ValueError, match=r"pack_2bit: v must hold only -3, -1, 1, 3; got 2 at row 1, column 9"):
+        raw_rust.pack_2bit(v, layout="columns")
+    with pytest.raises(ValueError, match=r"pack_bits: layout must be one of \('rows', 'columns'\), got \"cols\""):
+        raw_rust.pack_bits(x, layout="cols")
+    with pytest.raises(ValueError, match=r"pack_bits: layout must be a string or None"):
+        raw_rust.pack_bits(x, layout=1)
+
+
 @per_threads
 def test_pack_bits_edge_floats(raw_rust, threads):
     x = np.tile(EDGE_FLOATS, (3, 10))  # K = 140, every edge value in every word position class

@@ -88,32 +88,25 @@ def _contiguous(x):
 
 
 def _rust_call(name: str):
-    def call(*args):
-        return getattr(_rust, name)(*map(_contiguous, args))
+    def call(*args, **options):
+        return getattr(_rust, name)(*map(_contiguous, args), **options)
     call.__name__ = f"_{name}_rust"
     return call
 
 
 def _pack_bits_rust(x, layout="rows"):
     x = np.asarray(x)
-    if x.dtype not in (np.float32, np.int8) or layout != "rows":
-        # Casting to float32 could flush a tiny negative to -0.0 and flip its bit, and the extension
-        # packs rows only: let the oracle do these.
+    if x.dtype not in (np.float32, np.int8):
+        # Casting to float32 could flush a tiny negative to -0.0 and flip its bit: let the oracle do it.
         return reference.pack_bits(x, layout)
-    return _rust.pack_bits(_contiguous(x))
-
-
-def _pack_2bit_rust(v, layout="rows"):
-    if layout != "rows":
-        return reference.pack_2bit(v, layout)
-    return _rust.pack_2bit(_contiguous(v))
+    return _rust.pack_bits(_contiguous(x), layout=layout)
 
 
 # name -> (NumPy reference, Rust wrapper or None while the kernel is NumPy-only)
 _KERNELS = {
     "pack_bits": (reference.pack_bits, _pack_bits_rust),
     "pack_mask": (reference.pack_mask, _rust_call("pack_mask")),
-    "pack_2bit": (reference.pack_2bit, _pack_2bit_rust),
+    "pack_2bit": (reference.pack_2bit, _rust_call("pack_2bit")),
     "unpack_bits": (reference.unpack_bits, None),
     "unpack_2bit": (reference.unpack_2bit, None),
     "bgemm_1x1": (reference.bgemm_1x1, _rust_call("bgemm_1x1")),

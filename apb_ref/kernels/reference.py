@@ -264,8 +264,10 @@ def im2col(x, kh, kw, stride=1, padding=0, layout="rows") -> np.ndarray:
     ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
     if ho < 1 or wo < 1:
         raise ValueError(f"im2col: a {kh}x{kw} kernel does not fit a {h}x{w} input with padding {padding}")
-    if padding:
-        x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    if padding:  # np.pad is several times slower for this one case
+        padded = np.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=x.dtype)
+        padded[:, :, padding:padding + h, padding:padding + w] = x
+        x = padded
     if layout == "columns":
         return im2col_columns(x, kh, kw, stride, ho, wo)
     sn, sc, sh, sw = x.strides

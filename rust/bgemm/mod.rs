@@ -410,7 +410,7 @@ mod tests {
         // All-different and all-equal operands reach ±weight_sum·K.
         let k = 200;
         let w = words_for(k);
-        let ones = vec![u64::MAX & last_word_mask(k); 1];
+        let ones = [last_word_mask(k)];
         let full: Vec<u64> = (0..w)
             .map(|p| if p + 1 == w { ones[0] } else { u64::MAX })
             .collect();

@@ -1,0 +1,259 @@
+//! Packing down the columns: a row-major `(k, n)` matrix — im2col's "columns" layout, one column per
+//! output position — packs into `(n, words_for(k))` planes, the very words [`super::pack_planes`]
+//! makes from its transpose, without ever writing the transposed copy.
+//!
+//! A block of `BLOCK` neighbouring columns walks down the k rows, reading `BLOCK` contiguous values
+//! per row. Eight rows build one byte per column (a compare-and-shift over a row of bytes, which
+//! vectorizes); each finished byte is OR-ed into its column's word. A block's words stay in L1, and
+//! its output rows are contiguous, so blocks write disjoint slices and the code needs no `unsafe`
+//! beyond entering the AVX2 build of the same loop.
+
+use super::{words_for, PackError, Source, Split, WORD_BITS};
+use crate::isa::Isa;
+
+/// Columns per block: 64 f32 columns are 256 contiguous bytes (four cache lines) of each row.
+pub const BLOCK: usize = 64;
+
+/// Pack the columns `c0 .. c0 + width` (`width ≤ BLOCK`) of the `(k, n)` matrix `x` into `outs`,
+/// the `width · words_for(k)` words of those output rows in each plane. Returns false if a value is
+/// invalid. Slices that are too short are skipped (the driver checks every length first).
+#[inline(always)]
+fn pack_block<T: Source<P>, const P: usize>(
+    x: &[T],
+    (k, n): (usize, usize),
+    (c0, width): (usize, usize),
+    outs: &mut [&mut [u64]; P],
+) -> bool {
+    let words = words_for(k);
+    let mut bad = false;
+    for w in 0..words {
+        let mut acc = [[0u64; BLOCK]; P];
+        let rows_in_word = (k - WORD_BITS * w).min(WORD_BITS);
+        for byte in 0..rows_in_word.div_ceil(8) {
+            let mut bytes = [[0u8; BLOCK]; P];
+            for bit in 0..(rows_in_word - 8 * byte).min(8) {
+                let start = (WORD_BITS * w + 8 * byte + bit) * n + c0;
+                let Some(row) = x.get(start..start + width) else {
+                    continue;
+                };
+                for (p, plane) in bytes.iter_mut().enumerate() {
+                    for (slot, &v) in plane.iter_mut().zip(row) {
+                        *slot |= u8::from(v.bits()[p]) << bit;
+                    }
+                }
+                bad |= row.iter().fold(false, |b, v| b | v.invalid());
+            }
+            for (a, b) in acc.iter_mut().zip(&bytes) {
+                for (word, &byte_bits) in a.iter_mut().zip(b) {
+                    *word |= u64::from(byte_bits) << (8 * byte);
+                }
+            }
+        }
+        for (out, a) in outs.iter_mut().zip(&acc) {
+            for (c, &word) in a[..width].iter().enumerate() {
+                if let Some(dst) = out.get_mut(c * words + w) {
+                    *dst = word;
+                }
+            }
+        }
+    }
+    !bad
+}
+
+/// Every block of one task: columns `c0 ..` of `x`, as many as `outs` has rows.
+#[inline(always)]
+fn pack_task<T: Source<P>, const P: usize>(
+    x: &[T],
+    kn: (usize, usize),
+    c0: usize,
+    outs: [&mut [u64]; P],
+) -> bool {
+    let words = words_for(kn.0);
+    let mut per_plane = outs.map(|o| o.chunks_mut(BLOCK * words));
+    let mut ok = true;
+    let mut col = c0;
+    loop {
+        let got: [Option<&mut [u64]>; P] = std::array::from_fn(|p| per_plane[p].next());
+        let Some(mut block) = got.into_iter().collect::<Option<Vec<_>>>() else {
+            return ok;
+        };
+        let width = block[0].len() / words;
+        let Ok(block) = <&mut [&mut [u64]; P]>::try_from(block.as_mut_slice()) else {
+            return false;
+        };
+        ok &= pack_block(x, kn, (col, width), block);
+        col += width;
+    }
+}
+
+/// The same loop compiled with AVX2 enabled, so the compares and shifts use 256-bit vectors.
+///
+/// # Safety
+/// The CPU supports AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_task_avx2<T: Source<P>, const P: usize>(
+    x: &[T],
+    kn: (usize, usize),
+    c0: usize,
+    outs: [&mut [u64]; P],
+) -> bool {
+    pack_task(x, kn, c0, outs)
+}
+
+/// Pack the row-major `(k, n)` matrix `x` down its columns into `P` row-major `(n, words_for(k))`
+/// planes. `isa` picks the build of the loop (AVX2 for the avx2 and avx512 paths, portable
+/// otherwise; the bits are the same). Threads take column ranges of about `split.task_bytes` of
+/// input when there are at least `split.min_bytes`. Errors instead of panicking on lengths that
+/// disagree or an invalid value (`outs` are then unspecified).
+pub fn pack_columns<T: Source<P>, const P: usize>(
+    x: &[T],
+    k: usize,
+    outs: [&mut [u64]; P],
+    threads: usize,
+    isa: Isa,
+    split: Split,
+) -> Result<(), PackError> {
+    if !isa.is_available() {
+        return Err(PackError::Isa(format!("isa {isa} is not available on this CPU")));
+    }
+    let words = words_for(k);
+    let n = x.len().checked_div(k).unwrap_or(0);
+    if (k == 0 && !x.is_empty()) || n * k != x.len() || outs.iter().any(|o| o.len() != n * words) {
+        return Err(PackError::Length(format!(
+            "x has {} values (k = {k} rows), outputs have {:?} words; expected {} words each",
+            x.len(),
+            outs.iter().map(|o| o.len()).collect::<Vec<_>>(),
+            n * words
+        )));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    let simd = matches!(isa, Isa::Avx2 | Isa::Avx512) && Isa::Avx2.is_available();
+    let run = |c0: usize, os: [&mut [u64]; P]| -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: `simd` holds only if the CPU has AVX2 (checked just above), the function's one
+            // requirement; it bounds-checks every slice itself.
+            return unsafe { pack_task_avx2(x, (k, n), c0, os) };
+        }
+        let _ = simd;
+        pack_task(x, (k, n), c0, os)
+    };
+    let bytes = size_of_val(x);
+    let col_bytes = k * size_of::<T>();
+    let cols_per_task = (split.task_bytes / col_bytes).div_ceil(BLOCK).max(1) * BLOCK;
+    let no_bad = if threads > 1 && n > cols_per_task && bytes >= split.min_bytes {
+        let mut per_plane = outs.map(|o| o.chunks_mut(cols_per_task * words));
+        let tasks: Vec<(usize, [&mut [u64]; P])> = (0..n.div_ceil(cols_per_task))
+            .filter_map(|t| {
+                let got: [Option<&mut [u64]>; P] = std::array::from_fn(|p| per_plane[p].next());
+                let got: Vec<&mut [u64]> = got.into_iter().collect::<Option<_>>()?;
+                Some((t * cols_per_task, got.try_into().ok()?))
+            })
+            .collect();
+        crate::threads::run_claimed(threads, tasks, |(c0, os)| run(c0, os)).map_err(PackError::Threads)?
+    } else {
+        run(0, outs)
+    };
+    if no_bad {
+        return Ok(());
+    }
+    // Rare error path: a serial scan finds the first invalid value, as (row, column) of x.
+    let i = x.iter().position(|v| v.invalid()).unwrap_or_default();
+    Err(PackError::Invalid {
+        row: i / n,
+        col: i % n,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pack::{pack_planes_split, SPLIT};
+
+    fn transpose<T: Copy>(x: &[T], k: usize, n: usize) -> Vec<T> {
+        (0..n).flat_map(|j| (0..k).map(move |t| x[t * n + j])).collect()
+    }
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        // A small LCG: signs, zeros and -0.0 in no particular order.
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                match s >> 61 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    r => (r as f32 - 4.5) * 1e-3,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn columns_pack_like_the_transposed_rows() {
+        let small = Split {
+            min_bytes: 0,
+            task_bytes: 64,
+        };
+        for &(k, n) in &[
+            (1, 1),
+            (1, 200),
+            (63, 5),
+            (64, 64),
+            (65, 130),
+            (577, 67),
+            (144, 1),
+        ] {
+            let x = values(k * n, (k * 1000 + n) as u64);
+            let xt = transpose(&x, k, n);
+            let mut want = vec![0u64; n * words_for(k)];
+            pack_planes_split::<f32, 1>(&xt, k, [&mut want], 1, Isa::Scalar, SPLIT).unwrap();
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+                if !isa.is_available() {
+                    continue;
+                }
+                for (threads, split) in [(1, SPLIT), (3, small)] {
+                    let mut got = vec![u64::MAX; n * words_for(k)];
+                    pack_columns::<f32, 1>(&x, k, [&mut got], threads, isa, split).unwrap();
+                    assert_eq!(got, want, "k = {k}, n = {n}, {isa}, {threads} threads");
+                }
+            }
+            let v: Vec<i8> = x
+                .iter()
+                .map(|&f| {
+                    if f < 0.0 {
+                        -3
+                    } else if f == 0.0 {
+                        1
+                    } else {
+                        3
+                    }
+                })
+                .collect();
+            let (mut hi, mut lo) = (vec![0u64; n * words_for(k)], vec![0u64; n * words_for(k)]);
+            pack_planes_split::<i8, 2>(&transpose(&v, k, n), k, [&mut hi, &mut lo], 1, Isa::Scalar, SPLIT)
+                .unwrap();
+            let (mut hi2, mut lo2) = (vec![0u64; hi.len()], vec![0u64; lo.len()]);
+            pack_columns::<i8, 2>(&v, k, [&mut hi2, &mut lo2], 2, Isa::Scalar, small).unwrap();
+            assert_eq!((hi2, lo2), (hi, lo), "2-bit, k = {k}, n = {n}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_first_bad_value_and_bad_lengths() {
+        let mut x = vec![1.0f32; 3 * 70];
+        x[2 * 70 + 5] = f32::NAN;
+        let mut out = vec![0u64; 70];
+        let err = pack_columns::<f32, 1>(&x, 3, [&mut out], 1, Isa::Scalar, SPLIT).unwrap_err();
+        assert_eq!(err, PackError::Invalid { row: 2, col: 5 });
+        let err = pack_columns::<f32, 1>(&x[1..], 3, [&mut out], 1, Isa::Scalar, SPLIT).unwrap_err();
+        assert!(matches!(err, PackError::Length(_)));
+        let mut short = vec![0u64; 69];
+        assert!(pack_columns::<f32, 1>(&x, 3, [&mut short], 1, Isa::Scalar, SPLIT).is_err());
+    }
+}
