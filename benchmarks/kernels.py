@@ -14,7 +14,8 @@ repeat count is at least --repeats and is raised until a cell has run for --min-
 * the NumPy reference kernels (apb_ref.kernels.reference) bgemm_1x1 / 1x2 / 2x2 and csr_matmul;
 * the Rust kernels (apb_ref._kernels) for every ISA it can run here and each thread count;
 * packing the float32 activation (N, K) with pack_bits and the 2-bit activation with pack_2bit (the
-  weight is packed once, offline, so it is not timed);
+  weight is packed once, offline, so it is not timed), and the same from im2col's (K, N) columns
+  (`layout="columns"`, what packed inference uses);
 * scipy.sparse CSR @ dense (single-threaded C++) against the NumPy reference and Rust csr_matmul for an
   (M, K) matrix at 1 %, 2 % and 5 % density times a dense (K, N) float32.
 
@@ -217,6 +218,14 @@ def bench_shape(shape, cfg, rng) -> dict:
             pack["pack_2bit"][f"rust_{threads}t"], got = measure(lambda: R.pack_2bit(v_act, threads=threads),
                                                                  rep, mt)
             assert all(map(np.array_equal, got, reference.pack_2bit(v_act))), "pack_2bit differs"
+        # The same operands given as im2col's (K, N) columns, as packed inference hands them over.
+        v_kn = np.ascontiguousarray(v_act.T)
+        pack["pack_bits"]["rust_columns_1t"], got = measure(
+            lambda: R.pack_bits(x_kn, threads=1, layout="columns"), rep, mt)
+        assert np.array_equal(got, reference.pack_bits(x)), "pack_bits(layout='columns') differs"
+        pack["pack_2bit"]["rust_columns_1t"], got = measure(
+            lambda: R.pack_2bit(v_kn, threads=1, layout="columns"), rep, mt)
+        assert all(map(np.array_equal, got, reference.pack_2bit(v_act))), "pack_2bit(layout='columns') differs"
     out["pack"] = pack
 
     out["sparse"] = []
@@ -321,6 +330,7 @@ def report(results: list[dict], cfg: dict) -> dict:
           "packed offline)")
     for pname, gname in (("pack_bits", "bgemm_1x1"), ("pack_2bit", "bgemm_1x2")):
         headers = ["M,K,N", f"{pname} numpy-ref"] + [f"rust {t}t" for t in cfg["threads"] if R]
+        headers += ["rust 1t, (K, N) columns"] if R else []
         if R:
             headers += [f"{gname} {best} {t}t" for t in cfg["threads"]] + ["pack/gemm 1t", "fp32/(pack+gemm) 1t"]
         rows, costly = [], []
@@ -329,6 +339,7 @@ def report(results: list[dict], cfg: dict) -> dict:
             row = [shape_label(res["shape"]), ms(p["numpy_ref"]["median_s"])]
             if R:
                 row += [ms(p[f"rust_{t}t"]["median_s"]) for t in cfg["threads"]]
+                row += [ms(p["rust_columns_1t"]["median_s"])]
                 gemm = {t: rust_cell(res, gname, best, t)["median_s"] for t in cfg["threads"]}
                 row += [ms(gemm[t]) for t in cfg["threads"]]
                 pk1 = p["rust_1t"]["median_s"]
