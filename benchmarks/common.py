@@ -48,9 +48,10 @@ def print_table(headers: list[str], rows: list[list]) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
-def write_json(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_json(name: str, payload: dict, path: str | Path | None = None) -> Path:
+    """Write `payload` (plus the command and machine) to `path`, by default results/<name>.json."""
+    path = Path(path) if path else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"command": " ".join([Path(sys.executable).name] + sys.argv), "machine": machine(), **payload}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")

@@ -1,4 +1,4 @@
-"""Smoke test of the kernel benchmark: `benchmarks/kernels.py --quick` runs and writes sane JSON."""
+"""Smoke tests of the benchmarks: `kernels.py --quick` and a tiny `packed_inference.py` run and write sane JSON."""
 import json
 import pathlib
 import subprocess
@@ -6,6 +6,8 @@ import sys
 import time
 
 import pytest
+
+from apb_ref.kernels import backend
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"
 
@@ -56,3 +58,18 @@ def test_kernels_benchmark_quick(tmp_path):
         assert all(t > 0 for t in times)
     if have_rust:
         assert {"bgemm_1x1", "bgemm_1x2", "bgemm_2x2"} <= d["summary"].keys()
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")
+def test_packed_inference_benchmark_runs(tmp_path):
+    out = tmp_path / "packed.json"
+    script = SCRIPT.parent / "packed_inference.py"
+    proc = subprocess.run([sys.executable, str(script), "--images", "4", "--repeats", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    d = json.loads(out.read_text())
+    got = {(r["model"], r["act_bits"], r["backend"]) for r in d["results"]}
+    want = {("float", 32, "numpy")} | {("packed-apb", a, b) for a in (1, 2, 32) for b in backend.available_backends()}
+    assert got == want
+    assert all(r["images_per_second"] > 0 for r in d["results"])
+    assert "images/s" in proc.stdout
