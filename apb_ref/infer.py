@@ -1,8 +1,8 @@
 """Run a packed model (`export.py`) on the kernels of the backend seam.
 
-A compressed layer computes y = α·(B·X) + S·X + bias (METHODS §1.8): X is the im2col matrix of the
-quantized input (one row per output pixel, K = C·kh·kw columns), B the packed sign matrix and S the
-CSR residual. B·X runs, by activation precision,
+A compressed layer computes y = α·(B·X) + S·X + bias (METHODS §1.8): X is the (K, P) im2col matrix
+of the quantized input (K = C·kh·kw rows, one column per output position), B the packed sign matrix
+and S the CSR residual. B·X runs, by activation precision,
 
   1-bit  x ∈ {±1}:           bgemm_1x1 on packed bits — an exact integer;
   2-bit  x = (v + 3)/6, v ∈ {−3, −1, 1, 3} (DoReFa levels 0, ⅓, ⅔, 1):
@@ -65,8 +65,10 @@ class PackedLinearCore(nn.Module):
             bx = kernels.bgemm_1x1(self.sign_bits, kernels.pack_bits(cols, layout="columns"), self.k)
             bx = bx.astype(np.float32)
         elif self.act_bits == 2:
-            v = cols * np.float32(6)  # cols = (v + 3)/6 holds float32(j/3), j = 0..3, and
-            v -= 3  # float32 gives j/3·6 − 3 exactly (pack_2bit refuses anything else)
+            # cols = (v + 3)/6 holds float32(j/3), j = 0..3, and in float32 j/3·6 − 3 is exactly 2j − 3
+            # (pack_2bit would refuse anything else); in place, so one (K, P) temporary, not two
+            v = cols * np.float32(6)
+            v -= 3
             hi, lo = kernels.pack_2bit(v, layout="columns")
             bv = kernels.bgemm_1x2(self.sign_bits, hi, lo, self.k)
             bx = (bv / 6.0 + self.row_sums[:, None] / 2.0).astype(np.float32)

@@ -171,7 +171,7 @@ def bench_shape(shape, cfg, rng) -> dict:
     x = rng.standard_normal((n, k)).astype(np.float32)  # activation rows = output pixels (im2col)
     x_kn = np.ascontiguousarray(x.T)
     a, b = pack_bits(w), pack_bits(x)
-    v_act = rng.choice(VALUES_2BIT, size=(n, k))  # 2-bit activation levels, int8 as in apb_ref.infer
+    v_act = rng.choice(VALUES_2BIT, size=(n, k))  # 2-bit activation levels, int8
     b_hi, b_lo = pack_2bit(v_act)
     a_hi, a_lo = pack_2bit(rng.choice(VALUES_2BIT, size=(m, k)))
     args = {"bgemm_1x1": (a, b, k), "bgemm_1x2": (a, b_hi, b_lo, k), "bgemm_2x2": (a_hi, a_lo, b_hi, b_lo, k)}
@@ -218,8 +218,9 @@ def bench_shape(shape, cfg, rng) -> dict:
             pack["pack_2bit"][f"rust_{threads}t"], got = measure(lambda: R.pack_2bit(v_act, threads=threads),
                                                                  rep, mt)
             assert all(map(np.array_equal, got, reference.pack_2bit(v_act))), "pack_2bit differs"
-        # The same operands given as im2col's (K, N) columns, as packed inference hands them over.
-        v_kn = np.ascontiguousarray(v_act.T)
+        # The same operands given as im2col's (K, N) columns, as packed inference hands them over
+        # (its 2-bit levels are float32).
+        v_kn = np.ascontiguousarray(v_act.T, dtype=np.float32)
         pack["pack_bits"]["rust_columns_1t"], got = measure(
             lambda: R.pack_bits(x_kn, threads=1, layout="columns"), rep, mt)
         assert np.array_equal(got, reference.pack_bits(x)), "pack_bits(layout='columns') differs"
@@ -330,7 +331,7 @@ def report(results: list[dict], cfg: dict) -> dict:
           "packed offline)")
     for pname, gname in (("pack_bits", "bgemm_1x1"), ("pack_2bit", "bgemm_1x2")):
         headers = ["M,K,N", f"{pname} numpy-ref"] + [f"rust {t}t" for t in cfg["threads"] if R]
-        headers += ["rust 1t, (K, N) columns"] if R else []
+        headers += ["rust 1t, (K, N) float32 columns"] if R else []
         if R:
             headers += [f"{gname} {best} {t}t" for t in cfg["threads"]] + ["pack/gemm 1t", "fp32/(pack+gemm) 1t"]
         rows, costly = [], []

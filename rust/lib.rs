@@ -205,7 +205,7 @@ fn resolve_layout(func: &str, layout: Option<&Bound<'_, PyAny>>) -> PyResult<boo
         None | Some("rows") => Ok(false),
         Some("columns") => Ok(true),
         Some(other) => Err(value_error(format!(
-            "{func}: layout must be one of ('rows', 'columns'), got {other:?}"
+            "{func}: layout must be one of ('rows', 'columns'), got '{other}'"
         ))),
     }
 }
@@ -272,7 +272,7 @@ fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
         let planes: [&mut [u64]; P] = slices
             .try_into()
             .map_err(|_| value_error(format!("{func}: internal error: plane count")))?;
-        // pack_planes brings in pool threads itself, only when the input is worth splitting.
+        // The packers bring in pool threads themselves, only when the input is worth splitting.
         let result = py.detach(|| {
             if columns {
                 pack::columns::pack_columns::<T, P>(xs, k, planes, threads, isa, pack::SPLIT)

@@ -77,9 +77,38 @@ def test_columns_layout_of_2bit_planes(name, k):
 
 
 @pytest.mark.parametrize("name", BACKENDS)
-def test_unknown_layout_is_refused(name):
-    with backend.use_backend(name), pytest.raises(ValueError, match=r"pack_bits: layout must be one of"):
-        backend.pack_bits(np.ones((2, 3), np.float32), layout="cols")
+@pytest.mark.parametrize("func", ["pack_bits", "pack_2bit"])
+def test_unknown_layout_is_refused(name, func):
+    with backend.use_backend(name), pytest.raises(
+            ValueError, match=rf"{func}: layout must be one of \('rows', 'columns'\), got 'cols'"):
+        getattr(backend, func)(np.ones((2, 3), np.float32), layout="cols")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_columns_layout_errors_name_the_position_in_x(name, threads, monkeypatch):
+    """(row, column) of the array as passed, (K, rows); big enough to be split among threads."""
+    monkeypatch.setenv("APB_NUM_THREADS", threads)
+    x = np.ones((65, 20000), np.float32)
+    x[64, 19999] = np.nan
+    v = np.ones((65, 20000), np.int8)
+    v[3, 12345] = 2
+    with backend.use_backend(name):
+        with pytest.raises(ValueError, match=r"pack_bits: x contains NaN \(first at row 64, column 19999\)"):
+            backend.pack_bits(x, layout="columns")
+        with pytest.raises(ValueError, match=r"pack_2bit: v must hold only -3, -1, 1, 3; got 2 at row 3, column 12345"):
+            backend.pack_2bit(v, layout="columns")
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0, 0)])
+def test_columns_layout_of_empty_shapes(name, shape):
+    x = np.ones(shape, np.float32)
+    with backend.use_backend(name):
+        got = backend.pack_bits(x, layout="columns")
+        hi, lo = backend.pack_2bit(x, layout="columns")
+    want = (shape[1], -(-shape[0] // 64))
+    assert got.shape == hi.shape == lo.shape == want and got.dtype == np.uint64
 
 
 @pytest.mark.parametrize("name", BACKENDS)

@@ -294,7 +294,7 @@ def test_pack_columns_errors_name_the_value_and_the_layout(raw_rust):
     v[1, 9] = 2
     with pytest.raises(ValueError, match=r"pack_2bit: v must hold only -3, -1, 1, 3; got 2 at row 1, column 9"):
         raw_rust.pack_2bit(v, layout="columns")
-    with pytest.raises(ValueError, match=r"pack_bits: layout must be one of \('rows', 'columns'\), got \"cols\""):
+    with pytest.raises(ValueError, match=r"pack_bits: layout must be one of \('rows', 'columns'\), got 'cols'"):
         raw_rust.pack_bits(x, layout="cols")
     with pytest.raises(ValueError, match=r"pack_bits: layout must be a string or None"):
         raw_rust.pack_bits(x, layout=1)

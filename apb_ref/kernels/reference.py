@@ -21,7 +21,7 @@ def words_for(k: int) -> int:
     return -(-k // WORD_BITS)
 
 
-def pack_bits(x, layout="rows") -> np.ndarray:
+def pack_bits(x, *, layout="rows") -> np.ndarray:
     """Pack the signs of a (rows, K) real matrix into a (rows, ceil(K/64)) uint64 matrix.
 
     Bit k % 64 of word k // 64 is 1 where x[row, k] < 0 (so 0 and -0.0 give bit 0, i.e. +1);
@@ -125,12 +125,14 @@ def pack_mask(bits) -> np.ndarray:
     return pack_bits(np.where(bits, np.int8(-1), np.int8(0)))
 
 
-def pack_2bit(v, layout="rows") -> tuple[np.ndarray, np.ndarray]:
+def pack_2bit(v, *, layout="rows") -> tuple[np.ndarray, np.ndarray]:
     """Split a (rows, K) matrix of {−3, −1, 1, 3} into two sign planes (hi, lo) with v = 2·hi + lo.
 
     hi = sign(v) and lo = sign(v − 2·hi): 3 → (+, +), 1 → (+, −), −1 → (−, +), −3 → (−, −).
     layout="columns": v is given as (K, rows); the planes are the same (see `pack_bits`).
     """
+    if layout not in LAYOUTS:
+        raise ValueError(f"pack_2bit: layout must be one of {LAYOUTS}, got {layout!r}")
     v = np.asarray(v)
     if v.ndim != 2 or v.dtype.kind not in "fiu":
         raise ValueError(f"pack_2bit: v must be a 2-D float or integer array, got dtype {v.dtype} shape {v.shape}")
@@ -138,9 +140,9 @@ def pack_2bit(v, layout="rows") -> tuple[np.ndarray, np.ndarray]:
     bad = (magnitude != 1) & (magnitude != 3)  # NaN too; several times faster than np.isin
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise ValueError(f"pack_2bit: v must hold only -3, -1, 1, 3; got {v[row, col]!r} at row {row}, column {col}")
+        raise ValueError(f"pack_2bit: v must hold only -3, -1, 1, 3; got {v[row, col].item()!r} at row {row}, column {col}")
     hi = np.where(v < 0, np.int8(-1), np.int8(1))
-    return pack_bits(hi, layout), pack_bits(v - 2 * hi, layout)
+    return pack_bits(hi, layout=layout), pack_bits(v - 2 * hi, layout=layout)
 
 
 def unpack_2bit(hi, lo, k) -> np.ndarray:

@@ -14,6 +14,18 @@ use crate::isa::Isa;
 /// Columns per block: 64 f32 columns are 256 contiguous bytes (four cache lines) of each row.
 pub const BLOCK: usize = 64;
 
+/// OR bit `bit` of every plane's byte for each value of one row segment into `bytes` (one byte per
+/// column); returns whether a value is invalid. The compare-and-shift over the row vectorizes.
+#[inline(always)]
+fn or_row_bits<T: Source<P>, const P: usize>(row: &[T], bit: usize, bytes: &mut [[u8; BLOCK]; P]) -> bool {
+    for (p, plane) in bytes.iter_mut().enumerate() {
+        for (slot, &v) in plane.iter_mut().zip(row) {
+            *slot |= u8::from(v.bits()[p]) << bit;
+        }
+    }
+    row.iter().fold(false, |b, v| b | v.invalid())
+}
+
 /// Pack the columns `c0 .. c0 + width` (`width ≤ BLOCK`) of the `(k, n)` matrix `x` into `outs`,
 /// the `width · words_for(k)` words of those output rows in each plane. Returns false if a value is
 /// invalid. Slices that are too short are skipped (the driver checks every length first).
@@ -33,15 +45,9 @@ fn pack_block<T: Source<P>, const P: usize>(
             let mut bytes = [[0u8; BLOCK]; P];
             for bit in 0..(rows_in_word - 8 * byte).min(8) {
                 let start = (WORD_BITS * w + 8 * byte + bit) * n + c0;
-                let Some(row) = x.get(start..start + width) else {
-                    continue;
-                };
-                for (p, plane) in bytes.iter_mut().enumerate() {
-                    for (slot, &v) in plane.iter_mut().zip(row) {
-                        *slot |= u8::from(v.bits()[p]) << bit;
-                    }
+                if let Some(row) = x.get(start..start + width) {
+                    bad |= or_row_bits(row, bit, &mut bytes);
                 }
-                bad |= row.iter().fold(false, |b, v| b | v.invalid());
             }
             for (a, b) in acc.iter_mut().zip(&bytes) {
                 for (word, &byte_bits) in a.iter_mut().zip(b) {
@@ -66,24 +72,21 @@ fn pack_task<T: Source<P>, const P: usize>(
     x: &[T],
     kn: (usize, usize),
     c0: usize,
-    outs: [&mut [u64]; P],
+    mut outs: [&mut [u64]; P],
 ) -> bool {
     let words = words_for(kn.0);
-    let mut per_plane = outs.map(|o| o.chunks_mut(BLOCK * words));
+    let cols = outs[0].len() / words;
     let mut ok = true;
-    let mut col = c0;
-    loop {
-        let got: [Option<&mut [u64]>; P] = std::array::from_fn(|p| per_plane[p].next());
-        let Some(mut block) = got.into_iter().collect::<Option<Vec<_>>>() else {
-            return ok;
-        };
-        let width = block[0].len() / words;
-        let Ok(block) = <&mut [&mut [u64]; P]>::try_from(block.as_mut_slice()) else {
-            return false;
-        };
-        ok &= pack_block(x, kn, (col, width), block);
-        col += width;
+    for first in (0..cols).step_by(BLOCK) {
+        let width = BLOCK.min(cols - first);
+        // Every plane has `cols · words` words (the driver checked), so no range comes back empty.
+        let mut block = outs.each_mut().map(|o| {
+            o.get_mut(first * words..(first + width) * words)
+                .unwrap_or_default()
+        });
+        ok &= pack_block(x, kn, (c0 + first, width), &mut block);
     }
+    ok
 }
 
 /// The same loop compiled with AVX2 enabled, so the compares and shifts use 256-bit vectors.
@@ -138,6 +141,7 @@ pub fn pack_columns<T: Source<P>, const P: usize>(
             // requirement; it bounds-checks every slice itself.
             return unsafe { pack_task_avx2(x, (k, n), c0, os) };
         }
+        #[cfg(not(target_arch = "x86_64"))]
         let _ = simd;
         pack_task(x, (k, n), c0, os)
     };
@@ -253,6 +257,14 @@ mod tests {
         assert_eq!(err, PackError::Invalid { row: 2, col: 5 });
         let err = pack_columns::<f32, 1>(&x[1..], 3, [&mut out], 1, Isa::Scalar, SPLIT).unwrap_err();
         assert!(matches!(err, PackError::Length(_)));
+        // The flag also comes back from worker threads.
+        let big_split = Split {
+            min_bytes: 0,
+            task_bytes: 64,
+        };
+        let mut out3 = vec![0u64; 70];
+        let err = pack_columns::<f32, 1>(&x, 3, [&mut out3], 3, Isa::Scalar, big_split).unwrap_err();
+        assert_eq!(err, PackError::Invalid { row: 2, col: 5 });
         let mut short = vec![0u64; 69];
         assert!(pack_columns::<f32, 1>(&x, 3, [&mut short], 1, Isa::Scalar, SPLIT).is_err());
     }
