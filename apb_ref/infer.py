@@ -30,16 +30,6 @@ from .models import build
 from .quant.activations import activation_quantizer
 
 
-def _quantize_input(x: np.ndarray, act_bits: int) -> np.ndarray:
-    """The activation quantizer's values, as the float model computes them (element-wise, so it is
-    applied to the activation map before im2col: kh·kw times fewer elements than the columns)."""
-    if act_bits == 1:
-        return np.where(x < 0, np.float32(-1), np.float32(1))
-    if act_bits == 2:
-        return (np.round(np.clip(x, 0, 1) * 3) / 3).astype(np.float32)
-    return x
-
-
 class PackedLinearCore(nn.Module):
     """α·(B·X) + S·X + bias for X given as columns (K rows, one column per output position)."""
 
@@ -53,6 +43,9 @@ class PackedLinearCore(nn.Module):
         self.indices = t[f"{prefix}.csr_indices"].astype(np.int32)
         self.values = t[f"{prefix}.csr_values"].astype(np.float32)
         self.bias = t.get(f"{prefix}.bias")
+        # the float model's own activation quantizer (element-wise, so applied to the activation map
+        # before im2col: kh·kw times fewer elements than the columns)
+        self.act = activation_quantizer(self.act_bits)
         if self.act_bits == 32:  # the float path multiplies by the ±1 matrix itself
             self.signs = kernels.unpack_bits(self.sign_bits, self.k)
         if self.act_bits == 2:
@@ -91,8 +84,8 @@ class PackedConv2d(PackedLinearCore):
         n, _, h, w = x.shape
         ho = (h + 2 * self.padding - self.kh) // self.stride + 1
         wo = (w + 2 * self.padding - self.kw) // self.stride + 1
-        xq = _quantize_input(np.ascontiguousarray(x.data), self.act_bits)
-        cols = kernels.im2col(xq, self.kh, self.kw, self.stride, self.padding, layout="columns")
+        xq = self.act(x).data
+        cols = kernels.im2col(np.ascontiguousarray(xq), self.kh, self.kw, self.stride, self.padding, layout="columns")
         y = self.matmul(cols).reshape(self.out_features, n, ho, wo)
         if self.act_bits == 1 and self.padding:
             y -= self._padding_correction(x.shape[1:])[:, None]
@@ -124,7 +117,7 @@ class PackedConv2d(PackedLinearCore):
 
 class PackedLinear(PackedLinearCore):
     def forward(self, x):
-        xq = _quantize_input(x.data, self.act_bits)
+        xq = self.act(x).data
         return Tensor(np.ascontiguousarray(self.matmul(np.ascontiguousarray(xq.T)).T))
 
 

@@ -131,9 +131,9 @@ def test_trained_model_export_reproduces_accuracy_exactly(tmp_path, capsys, act_
 
 def test_two_bit_levels_map_exactly_to_plane_values():
     """The 2-bit path packs cols·6 − 3 in float32: exact for every level, at every rounding edge."""
-    from apb_ref.infer import _quantize_input
+    from apb_ref.quant.activations import activation_quantizer
     edges = np.array([-1, -0.0, 0, 1 / 6, np.nextafter(1 / 6, 1), 0.5, np.nextafter(0.5, 0), 5 / 6, 1, 2,
                       np.float32(1 / 3), np.float32(2 / 3)], np.float32)
     x = np.concatenate([edges, np.random.default_rng(0).uniform(-0.5, 1.5, 10000).astype(np.float32)])
-    v = _quantize_input(x, 2) * np.float32(6) - np.float32(3)
+    v = activation_quantizer(2)(Tensor(x)).data * np.float32(6) - np.float32(3)
     assert v.dtype == np.float32 and set(np.unique(v)) == {-3.0, -1.0, 1.0, 3.0}

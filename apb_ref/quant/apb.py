@@ -26,7 +26,7 @@ from .base import WeightCount, WeightQuantizer
 
 def sign_pm1(w: np.ndarray) -> np.ndarray:
     """sign with sign(0) = +1 (the project's bit convention)."""
-    return np.where(w < 0, -1.0, 1.0).astype(w.dtype)
+    return np.where(w < 0, np.array(-1, w.dtype), np.array(1, w.dtype))  # no float64 temporary
 
 
 def band_mask(w: np.ndarray, alpha, delta, margin) -> np.ndarray:
