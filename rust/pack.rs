@@ -375,22 +375,9 @@ pub fn pack_planes_split<T: Source<P>, const P: usize>(
     };
     let no_bad = if threads > 1 && rows > rows_per_task && rows * row_bytes >= split.min_bytes {
         // Split every plane into the same row blocks, then hand each block to a task.
-        let mut per_plane: Vec<std::slice::ChunksMut<'_, u64>> = outs
-            .into_iter()
-            .map(|o| o.chunks_mut(rows_per_task * words))
-            .collect();
         let blocks: Vec<(&[T], [&mut [u64]; P])> = x
             .chunks(rows_per_task * k)
-            .filter_map(|xs| {
-                let mut got: [Option<&mut [u64]>; P] = std::array::from_fn(|_| None);
-                for (slot, it) in got.iter_mut().zip(per_plane.iter_mut()) {
-                    *slot = it.next();
-                }
-                // Every plane has exactly as many blocks as x (same row counts), so all are Some.
-                let got: Option<Vec<&mut [u64]>> = got.into_iter().collect();
-                let arr: [&mut [u64]; P] = got?.try_into().ok()?;
-                Some((xs, arr))
-            })
+            .zip(split_planes(outs, rows_per_task * words))
             .collect();
         crate::threads::run_claimed(threads, blocks, |(xs, os)| pack_block(xs, os))
             .map_err(PackError::Threads)?
@@ -400,12 +387,28 @@ pub fn pack_planes_split<T: Source<P>, const P: usize>(
     if no_bad {
         return Ok(());
     }
-    // Rare error path: a second, serial scan finds the first invalid value for the message.
-    let i = x.iter().position(|v| v.invalid()).unwrap_or_default();
-    Err(PackError::Invalid {
-        row: i / k,
-        col: i % k,
+    Err(first_invalid(x, k))
+}
+
+/// Cut each of the `P` planes into consecutive chunks of `len` words (the last may be shorter) and
+/// group the i-th chunks of all planes: one group per task. Planes of equal length give equal counts.
+pub(crate) fn split_planes<const P: usize>(outs: [&mut [u64]; P], len: usize) -> Vec<[&mut [u64]; P]> {
+    let mut per_plane = outs.map(|o| o.chunks_mut(len.max(1)));
+    std::iter::from_fn(|| {
+        let got: Vec<&mut [u64]> = per_plane.iter_mut().map(|it| it.next()).collect::<Option<_>>()?;
+        got.try_into().ok()
     })
+    .collect()
+}
+
+/// Rare error path: a second, serial scan finds the first invalid value of the row-major matrix `x`
+/// with `cols` columns, for the message (the parallel packers only know that one exists).
+pub(crate) fn first_invalid<T: Source<P>, const P: usize>(x: &[T], cols: usize) -> PackError {
+    let i = x.iter().position(|v| v.invalid()).unwrap_or_default();
+    PackError::Invalid {
+        row: i / cols.max(1),
+        col: i % cols.max(1),
+    }
 }
 
 /// Pack the signs of a row-major `(rows, k)` f32 matrix (bit 1 = negative); NaN is an error.

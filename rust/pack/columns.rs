@@ -8,7 +8,7 @@
 //! its output rows are contiguous, so blocks write disjoint slices and the code needs no `unsafe`
 //! beyond entering the AVX2 build of the same loop.
 
-use super::{words_for, PackError, Source, Split, WORD_BITS};
+use super::{first_invalid, split_planes, words_for, PackError, Source, Split, WORD_BITS};
 use crate::isa::Isa;
 
 /// Columns per block: 64 f32 columns are 256 contiguous bytes (four cache lines) of each row.
@@ -72,19 +72,13 @@ fn pack_task<T: Source<P>, const P: usize>(
     x: &[T],
     kn: (usize, usize),
     c0: usize,
-    mut outs: [&mut [u64]; P],
+    outs: [&mut [u64]; P],
 ) -> bool {
     let words = words_for(kn.0);
-    let cols = outs[0].len() / words;
     let mut ok = true;
-    for first in (0..cols).step_by(BLOCK) {
-        let width = BLOCK.min(cols - first);
-        // Every plane has `cols · words` words (the driver checked), so no range comes back empty.
-        let mut block = outs.each_mut().map(|o| {
-            o.get_mut(first * words..(first + width) * words)
-                .unwrap_or_default()
-        });
-        ok &= pack_block(x, kn, (c0 + first, width), &mut block);
+    for (b, mut block) in split_planes(outs, BLOCK * words).into_iter().enumerate() {
+        let width = block[0].len() / words;
+        ok &= pack_block(x, kn, (c0 + b * BLOCK, width), &mut block);
     }
     ok
 }
@@ -149,13 +143,9 @@ pub fn pack_columns<T: Source<P>, const P: usize>(
     let col_bytes = k * size_of::<T>();
     let cols_per_task = (split.task_bytes / col_bytes).div_ceil(BLOCK).max(1) * BLOCK;
     let no_bad = if threads > 1 && n > cols_per_task && bytes >= split.min_bytes {
-        let mut per_plane = outs.map(|o| o.chunks_mut(cols_per_task * words));
-        let tasks: Vec<(usize, [&mut [u64]; P])> = (0..n.div_ceil(cols_per_task))
-            .filter_map(|t| {
-                let got: [Option<&mut [u64]>; P] = std::array::from_fn(|p| per_plane[p].next());
-                let got: Vec<&mut [u64]> = got.into_iter().collect::<Option<_>>()?;
-                Some((t * cols_per_task, got.try_into().ok()?))
-            })
+        let tasks: Vec<(usize, [&mut [u64]; P])> = (0..n)
+            .step_by(cols_per_task)
+            .zip(split_planes(outs, cols_per_task * words))
             .collect();
         crate::threads::run_claimed(threads, tasks, |(c0, os)| run(c0, os)).map_err(PackError::Threads)?
     } else {
@@ -164,12 +154,7 @@ pub fn pack_columns<T: Source<P>, const P: usize>(
     if no_bad {
         return Ok(());
     }
-    // Rare error path: a serial scan finds the first invalid value, as (row, column) of x.
-    let i = x.iter().position(|v| v.invalid()).unwrap_or_default();
-    Err(PackError::Invalid {
-        row: i / n,
-        col: i % n,
-    })
+    Err(first_invalid(x, n))
 }
 
 #[cfg(test)]
