@@ -26,24 +26,34 @@ import numpy as np
 from . import kernels
 
 QUICK_SHAPES = [(128, 576, 2916), (256, 1152, 676), (512, 4608, 25)]
-MIN_SECONDS = 0.05  # each cell runs at least this long in total (like benchmarks/kernels.py)
+MIN_SECONDS = 0.05  # each cell runs at least this long in total (benchmarks/kernels.py: --min-time)
 MAX_REPEATS = 2000
 BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _LEVELS = np.array([-3, -1, 1, 3], dtype=np.int8)
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    """One timed warm-up, then max(repeats, enough calls to fill MIN_SECONDS) timed calls; the median."""
+def measure(fn, repeats: int, min_time: float = MIN_SECONDS, max_repeats: int = MAX_REPEATS):
+    """One timed warm-up, then max(repeats, enough to fill min_time) timed calls (at most max_repeats).
+
+    Returns (stats dict in seconds, the warm-up's result)."""
     start = time.perf_counter()
-    fn()
+    result = fn()
     warm = time.perf_counter() - start
-    n = max(repeats, min(MAX_REPEATS, math.ceil(MIN_SECONDS / max(warm, 1e-9))))
+    n = max(repeats, min(max_repeats, math.ceil(min_time / max(warm, 1e-9))))
     times = []
     for _ in range(n):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times.sort()
+    q1, _, q3 = statistics.quantiles(times, n=4) if n > 1 else (times[0],) * 3
+    stats = {"median_s": statistics.median(times), "min_s": times[0], "q1_s": q1, "q3_s": q3, "max_s": times[-1],
+             "repeats": n, "total_s": sum(times), "warmup_s": warm}
+    return stats, result
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    return measure(fn, repeats)[0]["median_s"]
 
 
 def _one_blas_thread():

@@ -36,7 +36,6 @@ for _name in BLAS_ENV:
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -48,6 +47,7 @@ import numpy as np  # noqa: E402
 
 from common import RESULTS, machine, print_table  # noqa: E402
 
+from apb_ref.bench import MAX_REPEATS, measure  # noqa: E402
 from apb_ref.kernels import reference  # noqa: E402
 
 try:
@@ -69,7 +69,6 @@ QUICK_SHAPES = [(64, 576, 2916), (512, 4608, 25)]
 DENSITIES = (0.01, 0.02, 0.05)
 KERNELS = ("bgemm_1x1", "bgemm_1x2", "bgemm_2x2")
 BOUND_MACS_PER_CYCLE = 340  # binary MACs per cycle per core: the bound bgemm_1x1 is compared to
-MAX_REPEATS = 2000
 SCALAR_MIN_REPEATS = 3  # the portable path is slow: its floor is lower (the --min-time top-up still applies)
 VALUES_2BIT = np.array([-3, -1, 1, 3], dtype=np.int8)
 
@@ -130,24 +129,6 @@ def machine_info(ghz: float | None, ghz_source: str) -> dict:
 
 # --- timing -------------------------------------------------------------------------------------
 
-def measure(fn, repeats: int, min_time: float, max_repeats: int = MAX_REPEATS):
-    """One timed warm-up, then max(repeats, enough to fill min_time) timed calls (at most max_repeats).
-
-    Returns (stats dict in seconds, the warm-up's result)."""
-    start = time.perf_counter()
-    result = fn()
-    warm = time.perf_counter() - start
-    n = max(repeats, min(max_repeats, math.ceil(min_time / max(warm, 1e-9))))
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    q1, _, q3 = statistics.quantiles(times, n=4) if n > 1 else (times[0],) * 3
-    stats = {"median_s": statistics.median(times), "min_s": times[0], "q1_s": q1, "q3_s": q3, "max_s": times[-1],
-             "repeats": n, "total_s": sum(times), "warmup_s": warm}
-    return stats, result
 
 
 # --- one shape ----------------------------------------------------------------------------------
