@@ -32,6 +32,8 @@ pub mod bgemm;
 pub mod isa;
 pub mod pack;
 pub mod spmm;
+#[cfg(test)]
+mod test_rng;
 pub mod threads;
 
 use numpy::{

@@ -606,18 +606,7 @@ mod tests {
     const AWKWARD_K: [usize; 8] = [1, 63, 64, 65, 127, 577, 1000, 4608];
 
     /// Deterministic pseudo-random numbers (xorshift).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn pick<T: Copy>(&mut self, from: &[T]) -> T {
-            from[(self.next() % from.len() as u64) as usize]
-        }
-    }
+    use crate::test_rng::Rng;
 
     /// Pack with `isa` (on 3 threads in blocks of a few rows, or on 1) into fresh planes, pre-filled
     /// with garbage.

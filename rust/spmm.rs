@@ -371,18 +371,7 @@ pub fn reference(indptr: &[i64], indices: &[i32], data: &[f32], x: &[f32], n: us
 mod tests {
     use super::*;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn f(&mut self) -> f32 {
-            (self.next() % 2001) as f32 / 1000.0 - 1.0
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn random_csr(m: usize, k: usize, density_pct: u64, rng: &mut Rng) -> (Vec<i64>, Vec<i32>, Vec<f32>) {
         let (mut indptr, mut indices, mut data) = (vec![0i64], vec![], vec![]);

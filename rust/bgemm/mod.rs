@@ -410,39 +410,16 @@ mod tests {
         // All-different and all-equal operands reach ±weight_sum·K.
         let k = 200;
         let w = words_for(k);
-        let ones = [last_word_mask(k)];
         let full: Vec<u64> = (0..w)
-            .map(|p| if p + 1 == w { ones[0] } else { u64::MAX })
+            .map(|p| if p + 1 == w { last_word_mask(k) } else { u64::MAX })
             .collect();
         let zero = vec![0u64; w];
         for isa in crate::isa::available() {
-            let mut out = [0i32; 1];
-            bgemm(
-                Kind::B2x2,
-                &[&full, &full],
-                &[&zero, &zero],
-                1,
-                1,
-                k,
-                isa,
-                1,
-                &mut out,
-            )
-            .unwrap();
-            assert_eq!(out[0], -9 * k as i32);
-            bgemm(
-                Kind::B2x2,
-                &[&zero, &zero],
-                &[&zero, &zero],
-                1,
-                1,
-                k,
-                isa,
-                1,
-                &mut out,
-            )
-            .unwrap();
-            assert_eq!(out[0], 9 * k as i32);
+            for (a, want) in [(&full, -9 * k as i32), (&zero, 9 * k as i32)] {
+                let mut out = [0i32; 1];
+                bgemm(Kind::B2x2, &[a, a], &[&zero, &zero], 1, 1, k, isa, 1, &mut out).unwrap();
+                assert_eq!(out[0], want, "{isa}");
+            }
         }
     }
 

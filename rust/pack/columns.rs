@@ -161,25 +161,17 @@ pub fn pack_columns<T: Source<P>, const P: usize>(
 mod tests {
     use super::*;
     use crate::pack::{pack_planes_split, SPLIT};
+    use crate::test_rng::Rng;
 
     fn transpose<T: Copy>(x: &[T], k: usize, n: usize) -> Vec<T> {
         (0..n).flat_map(|j| (0..k).map(move |t| x[t * n + j])).collect()
     }
 
     fn values(len: usize, seed: u64) -> Vec<f32> {
-        // A small LCG: signs, zeros and -0.0 in no particular order.
-        let mut s = seed;
+        // Signs, zeros and -0.0 in no particular order.
+        let mut rng = Rng(seed | 1);
         (0..len)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                match s >> 61 {
-                    0 => 0.0,
-                    1 => -0.0,
-                    r => (r as f32 - 4.5) * 1e-3,
-                }
-            })
+            .map(|_| rng.pick(&[0.0, -0.0, -2.5e-3, -1.5e-3, -0.5e-3, 0.5e-3, 1.5e-3, 2.5e-3]))
             .collect()
     }
 
