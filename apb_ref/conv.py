@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .autograd import Function, Tensor
-from .kernels.reference import im2col_columns
+from .kernels.reference import im2col_columns, pad_hw, window
 from .parallel import over_slices
 
 ALGORITHMS = ("auto", "im2col", "rowshift")
@@ -24,17 +24,6 @@ ALGORITHMS = ("auto", "im2col", "rowshift")
 
 def _out_size(size: int, k: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - k) // stride + 1
-
-
-def _pad_hw(x: np.ndarray, pad_h: int, pad_w: int | None = None, value: float = 0.0) -> np.ndarray:
-    """Constant-pad the two spatial axes (np.pad is several times slower for this one case)."""
-    pad_w = pad_h if pad_w is None else pad_w
-    if pad_h == 0 and pad_w == 0:
-        return x
-    n, c, h, w = x.shape
-    xp = np.full((n, c, h + 2 * pad_h, w + 2 * pad_w), value, dtype=x.dtype)
-    xp[:, :, pad_h:pad_h + h, pad_w:pad_w + w] = x
-    return xp
 
 
 def _swap01(a: np.ndarray) -> np.ndarray:
@@ -45,18 +34,13 @@ def _swap01(a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _window(start: int, count: int, stride: int) -> slice:
-    """The `count` positions start, start+stride, ... as a slice."""
-    return slice(start, start + stride * (count - 1) + 1, stride)
-
-
 class Conv2dIm2col(Function):
     @staticmethod
     def forward(ctx, x, w, stride, padding):
         n, c, h, wd = x.shape
         o, _, kh, kw = w.shape
         ho, wo = _out_size(h, kh, stride, padding), _out_size(wd, kw, stride, padding)
-        cols = im2col_columns(_pad_hw(x, padding), kh, kw, stride, ho, wo)  # (C·kh·kw, N·Ho·Wo)
+        cols = im2col_columns(pad_hw(x, padding), kh, kw, stride, ho, wo)  # (C·kh·kw, N·Ho·Wo)
         y = w.reshape(o, -1) @ cols  # (O, N·Ho·Wo)
         ctx.save_for_backward(cols, w, x.shape, stride, padding)
         return _swap01(y.reshape(o, n, ho, wo))
@@ -75,7 +59,7 @@ class Conv2dIm2col(Function):
             dxp = np.zeros((n, c, h + 2 * padding, wd + 2 * padding), dtype=g.dtype)
             for i in range(kh):
                 for j in range(kw):
-                    dxp[:, :, _window(i, ho, stride), _window(j, wo, stride)] += dcols[:, i, j].transpose(1, 0, 2, 3)
+                    dxp[:, :, window(i, ho, stride), window(j, wo, stride)] += dcols[:, i, j].transpose(1, 0, 2, 3)
             gx = np.ascontiguousarray(dxp[:, :, padding:padding + h, padding:padding + wd])
         return gx, gw
 
@@ -183,7 +167,7 @@ def _windows(xp: np.ndarray, k: int, stride: int) -> np.ndarray:
 class MaxPool2d(Function):
     @staticmethod
     def forward(ctx, x, k, stride, padding):
-        windows = _windows(_pad_hw(x, padding, value=-np.inf), k, stride)
+        windows = _windows(pad_hw(x, padding, value=-np.inf), k, stride)
         winner = windows.argmax(axis=-1)
         ctx.save_for_backward(winner, x.shape, k, stride, padding)
         return np.take_along_axis(windows, winner[..., None], axis=-1)[..., 0]
@@ -195,7 +179,7 @@ class MaxPool2d(Function):
         dxp = np.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=g.dtype)
         for idx in range(k * k):  # overlapping windows add up
             i, j = divmod(idx, k)
-            dxp[:, :, _window(i, ho, stride), _window(j, wo, stride)] += g * (winner == idx)
+            dxp[:, :, window(i, ho, stride), window(j, wo, stride)] += g * (winner == idx)
         return dxp[:, :, padding:padding + h, padding:padding + w]
 
 
@@ -205,7 +189,7 @@ class AvgPool2d(Function):
     @staticmethod
     def forward(ctx, x, k, stride, padding):
         ctx.save_for_backward(x.shape, k, stride, padding)
-        return _windows(_pad_hw(x, padding), k, stride).mean(axis=-1, dtype=x.dtype)
+        return _windows(pad_hw(x, padding), k, stride).mean(axis=-1, dtype=x.dtype)
 
     @staticmethod
     def backward(ctx, g):
@@ -215,7 +199,7 @@ class AvgPool2d(Function):
         dxp = np.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=g.dtype)
         for i in range(k):
             for j in range(k):
-                dxp[:, :, _window(i, ho, stride), _window(j, wo, stride)] += share
+                dxp[:, :, window(i, ho, stride), window(j, wo, stride)] += share
         return dxp[:, :, padding:padding + h, padding:padding + w]
 
 
