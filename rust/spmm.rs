@@ -11,8 +11,6 @@
 //! Sums run in the order of the non-zeros; AVX-512/AVX2 use FMA (one rounding per step), the scalar
 //! path a multiply then an add, so results agree with NumPy to float rounding, not bit for bit.
 
-use rayon::prelude::*;
-
 use crate::isa::Isa;
 
 /// Which argument of `csr_matmul` is wrong, and how.
@@ -163,11 +161,12 @@ pub fn csr_matmul(
     }
     // About 8 tasks per thread, weighted by rows (non-zeros are usually spread evenly).
     let rows_per_task = m.div_ceil(8 * threads).max(1);
-    crate::threads::install(threads, || {
-        out.par_chunks_mut(rows_per_task * n)
-            .enumerate()
-            .for_each(|(c, chunk)| do_rows(c * rows_per_task, chunk));
+    let chunks: Vec<_> = out.chunks_mut(rows_per_task * n).enumerate().collect();
+    crate::threads::run_claimed(threads, chunks, |(c, chunk)| {
+        do_rows(c * rows_per_task, chunk);
+        true
     })
+    .map(|_| ())
     .map_err(|e| err("threads", e))
 }
 

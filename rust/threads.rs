@@ -93,23 +93,38 @@ pub fn install<R: Send>(n: usize, f: impl FnOnce() -> R + Send) -> Result<R, Str
 /// that wakes late finds less (or nothing) left to do, so extra threads never cost much more than
 /// their wake-up. Runs everything on the calling thread when `n <= 1` or there is one item.
 pub fn run_claimed<T: Send>(n: usize, items: Vec<T>, f: impl Fn(T) -> bool + Sync) -> Result<bool, String> {
+    run_claimed_with(n, items, || (), |_, item| f(item))
+}
+
+/// [`run_claimed`] where each worker owns a state made by `init` (a scratch buffer, say) that it
+/// passes to every call of `f` it makes.
+pub fn run_claimed_with<T: Send, S>(
+    n: usize,
+    items: Vec<T>,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, T) -> bool + Sync,
+) -> Result<bool, String> {
     if n <= 1 || items.len() <= 1 {
-        return Ok(items.into_iter().fold(true, |ok, it| f(it) & ok));
+        let mut state = init();
+        return Ok(items.into_iter().fold(true, |ok, it| f(&mut state, it) & ok));
     }
     let helpers = (n - 1).min(items.len() - 1);
     let queue = Mutex::new(items.into_iter());
     let all_ok = AtomicBool::new(true);
-    let work = || loop {
-        // Only `next` runs under the lock, and it cannot panic, so the lock is never poisoned (and a
-        // poisoned one would still hold a consistent iterator).
-        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-        match next {
-            Some(item) => {
-                if !f(item) {
-                    all_ok.store(false, Ordering::Relaxed);
+    let work = || {
+        let mut state = init();
+        loop {
+            // Only `next` runs under the lock, and it cannot panic, so the lock is never poisoned
+            // (and a poisoned one would still hold a consistent iterator).
+            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+            match next {
+                Some(item) => {
+                    if !f(&mut state, item) {
+                        all_ok.store(false, Ordering::Relaxed);
+                    }
                 }
+                None => break,
             }
-            None => break,
         }
     };
     pool(n)?.in_place_scope(|s| {

@@ -25,8 +25,9 @@
 //!
 //! # Threads
 //!
-//! Tasks are (panel, row-chunk) pairs; rows are split into chunks only when there are too few
-//! panels to keep the threads busy. Each task writes a disjoint rectangle of `out`.
+//! A task is a chunk of rows of a group of neighbouring panels (about 4 tasks per thread); rows are
+//! split into chunks only when there are too few panels. Each task writes a disjoint rectangle of
+//! `out`; the calling thread starts on the tasks at once and pool threads join as they wake.
 
 pub mod pack;
 pub mod scalar;
@@ -35,8 +36,6 @@ pub mod scalar;
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
-
-use rayon::prelude::*;
 
 use crate::isa::Isa;
 use crate::pack::words_for;
@@ -232,21 +231,19 @@ pub fn bgemm(
     let nc_max = nr_max * fam.lanes;
     let panels = n.div_ceil(nc_max);
     let row_blocks = m.div_ceil(mr);
-    let threads = threads.max(1);
-    // Enough tasks for load balance (about 4 per thread), splitting rows only if panels are few.
-    let row_chunks = if threads > 1 {
-        (4 * threads).div_ceil(panels).clamp(1, row_blocks)
-    } else {
-        1
-    };
+    let (groups, row_chunks) = split_tasks(panels, row_blocks, threads.max(1));
+    let panels_per_group = panels.div_ceil(groups);
     let blocks_per_chunk = row_blocks.div_ceil(row_chunks);
-    let row_chunks = row_blocks.div_ceil(blocks_per_chunk);
-    let tasks = panels * row_chunks;
+    // Rounding up may leave fewer (non-empty) groups and chunks than asked for.
+    let (groups, row_chunks) = (
+        panels.div_ceil(panels_per_group),
+        row_blocks.div_ceil(blocks_per_chunk),
+    );
     let kconst = kind.weight_sum() * k as i64;
     let out_ptr = OutPtr(out.as_mut_ptr());
 
-    let task = |t: usize, scratch: &mut Vec<u64>| -> bool {
-        let (panel, chunk) = (t / row_chunks, t % row_chunks);
+    // Pack one B panel and sweep it against a chunk of A's row blocks.
+    let panel_task = |scratch: &mut Vec<u64>, panel: usize, chunk: usize| -> bool {
         let c0 = panel * nc_max;
         let cols = nc_max.min(n - c0);
         let nr = cols.div_ceil(fam.lanes);
@@ -284,18 +281,22 @@ pub fn bgemm(
         ok
     };
 
-    let all_ok = if threads == 1 || tasks == 1 {
-        let mut scratch = Vec::new();
-        (0..tasks).fold(true, |ok, t| task(t, &mut scratch) & ok)
-    } else {
-        crate::threads::install(threads, || {
-            (0..tasks)
-                .into_par_iter()
-                .with_max_len(1)
-                .map_init(Vec::new, |scratch, t| task(t, scratch))
-                .reduce(|| true, |x, y| x & y)
-        })?
+    // One task: a row chunk of a group of neighbouring panels. Tasks are contiguous rectangles, so
+    // two threads share output cache lines only along task edges, never panel by panel.
+    let task = |scratch: &mut Vec<u64>, (group, chunk): (usize, usize)| -> bool {
+        let mut ok = true;
+        let panel_end = ((group + 1) * panels_per_group).min(panels);
+        for panel in group * panels_per_group..panel_end {
+            ok &= panel_task(scratch, panel, chunk);
+        }
+        ok
     };
+    let tasks: Vec<(usize, usize)> = (0..groups)
+        .flat_map(|g| (0..row_chunks).map(move |c| (g, c)))
+        .collect();
+    // The calling thread starts at once and helpers join as they wake (`run_claimed_with`): a
+    // paper-shape product takes well under a millisecond, comparable to waking a pool in a VM.
+    let all_ok = crate::threads::run_claimed_with(threads, tasks, Vec::new, task)?;
     if all_ok {
         Ok(())
     } else {
@@ -303,6 +304,21 @@ pub fn bgemm(
             "{}: internal error: a tile broke the microkernel invariants",
             kind.name()
         ))
+    }
+}
+
+/// How to cut the work into `(panel groups, row chunks)`: one task per thread would leave threads
+/// idle when one is slow or wakes late, so aim at about 4 tasks per thread, cutting rows only when
+/// there are too few panels.
+fn split_tasks(panels: usize, row_blocks: usize, threads: usize) -> (usize, usize) {
+    if threads == 1 {
+        return (1, 1);
+    }
+    let target = 4 * threads;
+    if panels >= target {
+        (target, 1)
+    } else {
+        (panels, target.div_ceil(panels).clamp(1, row_blocks))
     }
 }
 
