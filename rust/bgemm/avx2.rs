@@ -1,11 +1,15 @@
-//! AVX2 microkernels: 4 words per ymm register, popcount by the nibble-lookup `vpshufb` trick.
+//! AVX2 microkernels: 4 words per ymm register, popcount by a `vpshufb` table lookup on nibble words.
 //!
-//! Per word `p` of K and (row, vector, plane pair): XOR, split into low and high nibbles (AND,
-//! shift + AND), look both up in a 16-entry popcount table (2 × VPSHUFB) and add the two byte counts
-//! (each ≤ 4) to a byte accumulator. A byte gains at most 8 per word and pair, so after at most 31
-//! words (15 when two pairs share a class, as the middle class of 2x2 does) the byte accumulators
-//! are folded into 64-bit lanes with VPSADBW against zero and cleared. As in the AVX-512 kernel each
-//! 64-bit lane is one output element.
+//! AVX2 has no vector popcount. The driver hands this family its operands as nibble words
+//! (`pack::nibbles`: each word split into its low and its high nibbles, so every byte is below 16).
+//! The XOR of two nibble words is again one, and a single VPSHUFB into a 16-entry popcount table
+//! gives the popcount of each of its bytes. Per nibble word and (row, vector, plane pair) that is
+//! XOR + VPSHUFB + VPADDB into a byte accumulator: 6 vector ops per original word against 8 for
+//! splitting in the loop (AND, shift, AND, two lookups, two adds), and no shifts, which share the
+//! shuffle ports. A byte gains at most 4 per nibble word and pair, so after at most 63 nibble
+//! words (31 when two pairs share a class, as the middle class of 2x2 does) the byte accumulators
+//! are folded into 64-bit lanes with VPSADBW against zero and cleared. As in the AVX-512 kernel
+//! each 64-bit lane is one output element.
 
 use std::arch::x86_64::*;
 
@@ -19,11 +23,13 @@ const LANES: usize = 4;
 pub const FAMILY: Family = Family {
     isa: Isa::Avx2,
     lanes: LANES,
+    nibbles: true,
     geometry,
     tile,
 };
 
-/// `(mr, nr_max)`: byte accumulators, B vectors and the two constants fit the 16 ymm registers.
+/// `(mr, nr_max)`: byte accumulators, B vectors, the table and a temporary fit the 16 ymm registers
+/// (5×2 for 1x1 and 3×1 for 2x2 measured within noise of these).
 fn geometry(kind: Kind) -> (usize, usize) {
     match kind {
         Kind::B1x1 => (4, 2),
@@ -59,15 +65,14 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
     if !t.fits(MR, NR, PA, PB, LANES) {
         return false;
     }
-    let w = t.w;
-    // Words per byte-accumulator block: 31·8 = 248 and 15·16 = 240 stay below 256.
-    let block: usize = if PA == 2 && PB == 2 { 15 } else { 31 };
+    let w = t.w; // nibble words
+                 // Nibble words per byte-accumulator block: 63·4 = 252 and 31·8 = 248 stay below 256.
+    let block: usize = if PA == 2 && PB == 2 { 31 } else { 63 };
     #[rustfmt::skip]
     let lut = _mm256_setr_epi8(
         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
     );
-    let low = _mm256_set1_epi8(0x0f);
     let zero = _mm256_setzero_si256();
     let mut tot = [[[zero; NR]; MR]; 3];
     let mut ap: [[*const u64; MR]; PA] =
@@ -93,11 +98,9 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
                     for pb in 0..PB {
                         let e = (PA - 1 - pa) + (PB - 1 - pb);
                         for v in 0..NR {
-                            let d = _mm256_xor_si256(x, bv[pb][v]);
-                            let lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(d, low));
-                            let hi =
-                                _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16::<4>(d), low));
-                            accb[e][i][v] = _mm256_add_epi8(accb[e][i][v], _mm256_add_epi8(lo, hi));
+                            // Every byte of x ^ b is below 16, so VPSHUFB looks it up directly.
+                            let pop = _mm256_shuffle_epi8(lut, _mm256_xor_si256(x, bv[pb][v]));
+                            accb[e][i][v] = _mm256_add_epi8(accb[e][i][v], pop);
                         }
                     }
                     // SAFETY: at most w increments: within or one past the end of the row slice.

@@ -20,6 +20,7 @@ const LANES: usize = 8;
 pub const FAMILY: Family = Family {
     isa: Isa::Avx512,
     lanes: LANES,
+    nibbles: false,
     geometry,
     tile,
 };

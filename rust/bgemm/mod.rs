@@ -93,6 +93,7 @@ impl Kind {
 ///
 /// Invariants the driver establishes (a microkernel re-checks the slice lengths and computes nothing,
 /// returning false, if they fail; the output rectangle it must trust):
+/// * `w` is the words per row the microkernel sees (`2·words_for(k)` for a nibble family);
 /// * `a[plane][r]` holds at least `w` words for every plane < PA and r < MR;
 /// * `b` holds at least `w · PB · nr · lanes` words in the `pack.rs` panel layout;
 /// * `rows ≤ MR`, `cols ≤ nr · lanes`, and `out + r·ld + c` for `r < rows`, `c < cols` are valid,
@@ -130,6 +131,9 @@ pub struct Family {
     pub isa: Isa,
     /// Output columns per vector register.
     pub lanes: usize,
+    /// The microkernels take nibble words (`pack::nibbles`): both operands are split before they
+    /// reach a tile, which sees `w = 2·words_for(k)`.
+    pub nibbles: bool,
     /// `(mr, nr_max)` for a kind.
     pub geometry: fn(Kind) -> (usize, usize),
     /// Run one tile with `nr` vectors per row (`1 ..= nr_max`). Returns false if the tile's slices
@@ -241,13 +245,25 @@ pub fn bgemm(
     );
     let kconst = kind.weight_sum() * k as i64;
     let out_ptr = OutPtr(out.as_mut_ptr());
+    // A nibble family gets A split here, once (O(m·w), against the product's O(m·n·w)), and each B
+    // panel split as it is packed.
+    let split_a: Vec<Vec<u64>> = if fam.nibbles {
+        a.iter().map(|plane| pack::split_nibbles(plane)).collect()
+    } else {
+        Vec::new()
+    };
+    let (a, wt): (Vec<&[u64]>, usize) = if fam.nibbles {
+        (split_a.iter().map(|v| v.as_slice()).collect(), 2 * w)
+    } else {
+        (a.to_vec(), w)
+    };
 
     // Pack one B panel and sweep it against a chunk of A's row blocks.
     let panel_task = |scratch: &mut Vec<u64>, panel: usize, chunk: usize| -> bool {
         let c0 = panel * nc_max;
         let cols = nc_max.min(n - c0);
         let nr = cols.div_ceil(fam.lanes);
-        pack::pack_panel(b, w, c0, cols, nr * fam.lanes, scratch);
+        pack::pack_panel(b, w, c0, cols, nr * fam.lanes, fam.nibbles, scratch);
         let rb_end = ((chunk + 1) * blocks_per_chunk).min(row_blocks);
         let mut ok = true;
         for rb in chunk * blocks_per_chunk..rb_end {
@@ -256,7 +272,7 @@ pub fn bgemm(
             let mut tile = Tile {
                 a: [[&[]; MR_MAX]; 2],
                 b: scratch,
-                w,
+                w: wt,
                 // SAFETY (pointer arithmetic): r0 < m and c0 < n, so r0·n + c0 < m·n = out.len().
                 out: unsafe { out_ptr.get().add(r0 * n + c0) },
                 ld: n,
@@ -264,11 +280,11 @@ pub fn bgemm(
                 cols,
                 kconst,
             };
-            for (dst, plane) in tile.a.iter_mut().zip(a) {
+            for (dst, plane) in tile.a.iter_mut().zip(&a) {
                 for (i, slot) in dst[..mr].iter_mut().enumerate() {
                     // Rows past M repeat row r0 (computed, never stored).
                     let row = if i < rows { r0 + i } else { r0 };
-                    *slot = plane.get(row * w..(row + 1) * w).unwrap_or(&[]);
+                    *slot = plane.get(row * wt..(row + 1) * wt).unwrap_or(&[]);
                 }
             }
             // SAFETY: `fam` came from `family(isa)`, which checked the CPU. The output rectangle is
@@ -423,18 +439,30 @@ mod tests {
 
     #[test]
     fn extreme_values() {
-        // All-different and all-equal operands reach ±weight_sum·K.
-        let k = 200;
-        let w = words_for(k);
-        let full: Vec<u64> = (0..w)
-            .map(|p| if p + 1 == w { last_word_mask(k) } else { u64::MAX })
-            .collect();
-        let zero = vec![0u64; w];
-        for isa in crate::isa::available() {
-            for (a, want) in [(&full, -9 * k as i32), (&zero, 9 * k as i32)] {
-                let mut out = [0i32; 1];
-                bgemm(Kind::B2x2, &[a, a], &[&zero, &zero], 1, 1, k, isa, 1, &mut out).unwrap();
-                assert_eq!(out[0], want, "{isa}");
+        // All-different and all-equal operands reach ±weight_sum·K. The long K runs every byte
+        // counter of the AVX2 kernel through many full blocks at its largest gain per word.
+        for k in [200, 20_000] {
+            let w = words_for(k);
+            let full: Vec<u64> = (0..w)
+                .map(|p| if p + 1 == w { last_word_mask(k) } else { u64::MAX })
+                .collect();
+            let zero = vec![0u64; w];
+            for isa in crate::isa::available() {
+                for kind in KINDS {
+                    let (pa, pb) = kind.planes();
+                    let ws = kind.weight_sum() as i32 * k as i32;
+                    for (a, want) in [(&full, -ws), (&zero, ws)] {
+                        // 9 rows and columns: every microkernel block size and an edge tile.
+                        let (m, n) = (9, 9);
+                        let a_rows: Vec<u64> = a.iter().copied().cycle().take(m * w).collect();
+                        let b_rows = vec![0u64; n * w];
+                        let mut out = vec![0i32; m * n];
+                        let a_planes: Vec<&[u64]> = vec![&a_rows; pa];
+                        let b_planes: Vec<&[u64]> = vec![&b_rows; pb];
+                        bgemm(kind, &a_planes, &b_planes, m, n, k, isa, 1, &mut out).unwrap();
+                        assert!(out.iter().all(|&o| o == want), "{isa} {kind:?} k={k}");
+                    }
+                }
             }
         }
     }

@@ -5,6 +5,26 @@
 //! `nc` words `b[plane][(c0 + c) * w + p]`, `c` in `0..nc`. Columns past the end of B are zero words
 //! (their results are computed and thrown away). One vector load of `lanes` words then holds word `p`
 //! of `lanes` neighbouring columns.
+//!
+//! A family without a vector popcount (AVX2) asks for [`nibbles`]: every word is stored as two
+//! words, its low and its high nibbles, so `w` becomes `2·w` and the panel and A rows alike hold
+//! nibble words, whose every byte is a value in 0..16 (one table lookup from its popcount).
+
+/// Low nibble of every byte.
+const LOW_NIBBLES: u64 = 0x0f0f_0f0f_0f0f_0f0f;
+
+/// A word as its (low, high) nibble words: `popcount(x ^ y)` is the sum of the popcounts of the
+/// XORs of the halves, and every byte of a half is below 16.
+#[inline]
+pub fn nibbles(v: u64) -> [u64; 2] {
+    [v & LOW_NIBBLES, (v >> 4) & LOW_NIBBLES]
+}
+
+/// A whole operand plane in nibble words (`2·len` words, row layout kept: row `r` of `w` words
+/// becomes row `r` of `2·w`).
+pub fn split_nibbles(plane: &[u64]) -> Vec<u64> {
+    plane.iter().flat_map(|&v| nibbles(v)).collect()
+}
 
 /// Words a panel of `nc` columns, `planes` planes and `w` words per column occupies.
 pub fn panel_len(w: usize, planes: usize, nc: usize) -> usize {
@@ -12,14 +32,23 @@ pub fn panel_len(w: usize, planes: usize, nc: usize) -> usize {
 }
 
 /// Pack columns `c0 .. c0 + cols` of `planes` (each row-major `(n, w)`) into `dst`, `nc >= cols`
-/// columns wide, zero-filling columns `cols .. nc`. `dst` is resized to [`panel_len`].
+/// columns wide, zero-filling columns `cols .. nc`. `dst` is resized to [`panel_len`] (of `2·w`
+/// words if `split`, which stores every word as its two [`nibbles`]).
 ///
 /// Columns that fall outside a plane (a caller bug) are packed as zeros rather than read out of bounds.
-pub fn pack_panel(planes: &[&[u64]], w: usize, c0: usize, cols: usize, nc: usize, dst: &mut Vec<u64>) {
+pub fn pack_panel(
+    planes: &[&[u64]],
+    w: usize,
+    c0: usize,
+    cols: usize,
+    nc: usize,
+    split: bool,
+    dst: &mut Vec<u64>,
+) {
     let np = planes.len();
     let stride = np * nc; // words between word p and word p + 1 of one column
     dst.clear();
-    dst.resize(panel_len(w, np, nc), 0);
+    dst.resize(panel_len(if split { 2 * w } else { w }, np, nc), 0);
     if w == 0 {
         return;
     }
@@ -30,9 +59,16 @@ pub fn pack_panel(planes: &[&[u64]], w: usize, c0: usize, cols: usize, nc: usize
                 continue;
             };
             // Word p of this column goes to dst[p * stride + pi * nc + c]; the iterator visits exactly
-            // those positions (w of them, since dst has w * stride words), so there is no indexing.
-            for (d, &v) in dst[pi * nc + c..].iter_mut().step_by(stride).zip(col) {
-                *d = v;
+            // those positions (as many as the panel has words per column), so there is no indexing.
+            let slots = dst[pi * nc + c..].iter_mut().step_by(stride);
+            if split {
+                for (d, v) in slots.zip(col.iter().flat_map(|&v| nibbles(v))) {
+                    *d = v;
+                }
+            } else {
+                for (d, &v) in slots.zip(col) {
+                    *d = v;
+                }
             }
         }
     }
@@ -48,7 +84,7 @@ mod tests {
         let hi: Vec<u64> = (0..6).collect(); // column c, word p = 2c + p
         let lo: Vec<u64> = (100..106).collect();
         let mut dst = Vec::new();
-        pack_panel(&[&hi, &lo], 2, 1, 2, 4, &mut dst);
+        pack_panel(&[&hi, &lo], 2, 1, 2, 4, false, &mut dst);
         #[rustfmt::skip]
         let want = vec![
             2, 4, 0, 0, /* lo */ 102, 104, 0, 0, // p = 0
@@ -61,7 +97,31 @@ mod tests {
     fn out_of_range_columns_are_zero_not_a_panic() {
         let b = vec![7u64; 4];
         let mut dst = vec![1; 3];
-        pack_panel(&[&b], 2, 1, 3, 3, &mut dst);
+        pack_panel(&[&b], 2, 1, 3, 3, false, &mut dst);
         assert_eq!(dst, vec![7, 0, 0, 7, 0, 0]);
+    }
+
+    #[test]
+    fn nibble_split_panels_hold_both_halves_of_each_word() {
+        let b: Vec<u64> = vec![0xabcd, u64::MAX, 0x0102_0304_0506_0708, 0]; // 2 columns, w = 2
+        let mut dst = Vec::new();
+        pack_panel(&[&b], 2, 0, 2, 3, true, &mut dst);
+        #[rustfmt::skip]
+        let want = vec![
+            0x0b0d, 0x0102_0304_0506_0708, 0, // word 0, low nibbles
+            0x0a0c, 0, 0,                     // word 0, high nibbles
+            LOW_NIBBLES, 0, 0,                // word 1, low
+            LOW_NIBBLES, 0, 0,                // word 1, high
+        ];
+        assert_eq!(dst, want);
+        assert_eq!(
+            split_nibbles(&b[..2]),
+            vec![0x0b0d, 0x0a0c, LOW_NIBBLES, LOW_NIBBLES]
+        );
+        for v in [0u64, 1, 0xf0, u64::MAX, 0x8000_0000_0000_0001] {
+            let [lo, hi] = nibbles(v);
+            assert_eq!(lo.count_ones() + hi.count_ones(), v.count_ones());
+            assert_eq!((lo | hi) & !LOW_NIBBLES, 0);
+        }
     }
 }

@@ -10,6 +10,7 @@ use crate::isa::Isa;
 pub const FAMILY: Family = Family {
     isa: Isa::Scalar,
     lanes: 1,
+    nibbles: false,
     geometry,
     tile,
 };
