@@ -317,7 +317,7 @@ pub fn pack_row(row: &[f32], out: &mut [u64]) -> bool {
 ///
 /// With `threads > 1` and at least `SPLIT.min_bytes` of input, rows are cut into blocks of about
 /// `SPLIT.task_bytes` that the calling thread and `threads - 1` pool threads take in turn
-/// ([`crate::threads::run_claimed`]; no need to call this inside [`crate::threads::install`]).
+/// ([`crate::threads::run_claimed`]).
 /// Returns an error instead of panicking when the lengths disagree or `x` holds an invalid value
 /// (`outs` are then unspecified).
 pub fn pack_planes<T: Source<P>, const P: usize>(

@@ -1,13 +1,14 @@
-//! Thread count resolution and one cached rayon pool per distinct count.
+//! Thread count resolution and one cached rayon pool of helpers per distinct count.
 //!
 //! A call runs on `threads` threads, from (in order) its `threads` argument, the environment variable
-//! `APB_NUM_THREADS`, else every core (`std::thread::available_parallelism`). Each distinct count gets
-//! its own local `rayon::ThreadPool`, built on first use and kept, so that the count is honoured
-//! exactly (the global pool would ignore it) and repeated calls pay no start-up cost.
+//! `APB_NUM_THREADS`, else every core (`std::thread::available_parallelism`). Kernels hand their tasks
+//! to [`run_claimed`]: the calling thread works on them itself, joined by `threads − 1` helpers from
+//! a local `rayon::ThreadPool` of exactly that size, built on first use and kept, so the count is
+//! honoured exactly (the global pool would ignore it) and repeated calls pay no start-up cost.
 //!
-//! Kernels take the resolved count and run serially on the calling thread when it is 1; otherwise
-//! they must be called inside [`install`], where rayon's parallel iterators use the chosen pool, or
-//! use [`run_claimed`], where the calling thread works too.
+//! The pool has `threads − 1` threads, not `threads`: with the calling thread that makes `threads`
+//! busy threads. A pool of `threads` left one of them spinning for work beside the two working ones,
+//! which on two cores slowed whichever worker shared its core to half speed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,7 +57,7 @@ pub fn resolve(requested: Option<i64>, arg_name: &str) -> Result<usize, String> 
     }
 }
 
-/// The pool with exactly `n` threads (built once, then shared).
+/// The pool with exactly `n` threads (built once, then shared): the helpers of a call on `n + 1`.
 pub fn pool(n: usize) -> Result<Arc<ThreadPool>, String> {
     static POOLS: OnceLock<Mutex<HashMap<usize, Arc<ThreadPool>>>> = OnceLock::new();
     let pools = POOLS.get_or_init(|| Mutex::new(HashMap::new()));
@@ -76,22 +77,14 @@ pub fn pool(n: usize) -> Result<Arc<ThreadPool>, String> {
     Ok(p)
 }
 
-/// Run `f` with `n` threads: on the calling thread when `n == 1`, else inside the cached pool.
-pub fn install<R: Send>(n: usize, f: impl FnOnce() -> R + Send) -> Result<R, String> {
-    if n <= 1 {
-        return Ok(f());
-    }
-    Ok(pool(n)?.install(f))
-}
-
-/// Run `f` on every item with `n` threads: the calling thread and `n - 1` helpers from the pool of
-/// `n` take items from one shared queue, in order, until it is empty. Returns whether every call
-/// returned true.
+/// Run `f` on every item with `n` threads: the calling thread and `n - 1` helpers (the pool of
+/// `n - 1`) take items from one shared queue, in order, until it is empty. Returns whether every
+/// call returned true.
 ///
-/// For short, uniform tasks (packing a block of rows): the calling thread starts at once instead of
-/// sleeping in [`install`] while pool threads wake up (tens of microseconds in a VM), and a helper
-/// that wakes late finds less (or nothing) left to do, so extra threads never cost much more than
-/// their wake-up. Runs everything on the calling thread when `n <= 1` or there is one item.
+/// The calling thread starts at once instead of sleeping while pool threads wake up (tens of
+/// microseconds in a VM, as long as a whole paper-shape GEMM), and a helper that wakes late finds
+/// less (or nothing) left to do, so extra threads never cost much more than their wake-up. Runs
+/// everything on the calling thread when `n <= 1` or there is one item.
 pub fn run_claimed<T: Send>(n: usize, items: Vec<T>, f: impl Fn(T) -> bool + Sync) -> Result<bool, String> {
     run_claimed_with(n, items, || (), |_, item| f(item))
 }
@@ -111,12 +104,21 @@ pub fn run_claimed_with<T: Send, S>(
     let helpers = (n - 1).min(items.len() - 1);
     let queue = Mutex::new(items.into_iter());
     let all_ok = AtomicBool::new(true);
-    let work = || {
+    // The calling thread takes items from the front, helpers from the back: neighbouring items
+    // (which may write neighbouring memory) then mostly run on the same thread.
+    let work = |from_front: bool| {
         let mut state = init();
         loop {
-            // Only `next` runs under the lock, and it cannot panic, so the lock is never poisoned
-            // (and a poisoned one would still hold a consistent iterator).
-            let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+            // Only `next`/`next_back` run under the lock, and they cannot panic, so the lock is never
+            // poisoned (and a poisoned one would still hold a consistent iterator).
+            let next = {
+                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                if from_front {
+                    q.next()
+                } else {
+                    q.next_back()
+                }
+            };
             match next {
                 Some(item) => {
                     if !f(&mut state, item) {
@@ -127,11 +129,11 @@ pub fn run_claimed_with<T: Send, S>(
             }
         }
     };
-    pool(n)?.in_place_scope(|s| {
+    pool(n - 1)?.in_place_scope(|s| {
         for _ in 0..helpers {
-            s.spawn(|_| work());
+            s.spawn(|_| work(false));
         }
-        work();
+        work(true);
     });
     // The scope has joined every helper, so every store is visible here.
     Ok(all_ok.load(Ordering::Relaxed))
@@ -156,8 +158,6 @@ mod tests {
         let p = pool(3).unwrap();
         assert_eq!(p.current_num_threads(), 3);
         assert!(Arc::ptr_eq(&p, &pool(3).unwrap()));
-        assert_eq!(install(2, rayon::current_num_threads).unwrap(), 2);
-        assert_eq!(install(1, || 7).unwrap(), 7);
     }
 
     #[test]
