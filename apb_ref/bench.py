@@ -32,24 +32,62 @@ BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _LEVELS = np.array([-3, -1, 1, 3], dtype=np.int8)
 
 
+def _stats(times: list[float], warm: float) -> dict:
+    times = sorted(times)
+    q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else (times[0],) * 3
+    return {"median_s": statistics.median(times), "min_s": times[0], "q1_s": q1, "q3_s": q3, "max_s": times[-1],
+            "repeats": len(times), "total_s": sum(times), "warmup_s": warm}
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def _repeats_for(warm: float, repeats: int, min_time: float, max_repeats: int) -> int:
+    return max(repeats, min(max_repeats, math.ceil(min_time / max(warm, 1e-9))))
+
+
 def measure(fn, repeats: int, min_time: float = MIN_SECONDS, max_repeats: int = MAX_REPEATS):
     """One timed warm-up, then max(repeats, enough to fill min_time) timed calls (at most max_repeats).
 
     Returns (stats dict in seconds, the warm-up's result)."""
-    start = time.perf_counter()
-    result = fn()
-    warm = time.perf_counter() - start
-    n = max(repeats, min(max_repeats, math.ceil(min_time / max(warm, 1e-9))))
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    q1, _, q3 = statistics.quantiles(times, n=4) if n > 1 else (times[0],) * 3
-    stats = {"median_s": statistics.median(times), "min_s": times[0], "q1_s": q1, "q3_s": q3, "max_s": times[-1],
-             "repeats": n, "total_s": sum(times), "warmup_s": warm}
-    return stats, result
+    warm, result = _timed(fn)
+    n = _repeats_for(warm, repeats, min_time, max_repeats)
+    return _stats([_timed(fn)[0] for _ in range(n)], warm), result
+
+
+def measure_interleaved(fns: dict, repeats: int, min_time: float = MIN_SECONDS, rounds: int = 5,
+                        max_repeats: int = MAX_REPEATS):
+    """Time several callables in turns, so that the slow spells of a shared host hit them alike.
+
+    One warm-up each; then `rounds` rounds in which every callable, in an order that rotates from round
+    to round, runs a block of ceil(n / rounds) timed calls, n being what `measure` would run for it.
+    Returns ({name: stats}, {name: warm-up result}); each stats dict also holds "round_medians", the
+    median of each round's block, from which `speedup` takes its same-round ratios."""
+    names = list(fns)
+    warm, results, times, per_round = {}, {}, {}, {}
+    for name in names:
+        warm[name], results[name] = _timed(fns[name])
+        times[name], per_round[name] = [], []
+    block = {name: math.ceil(_repeats_for(warm[name], repeats, min_time, max_repeats) / rounds) for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            ts = [_timed(fns[name])[0] for _ in range(block[name])]
+            times[name] += ts
+            per_round[name].append(statistics.median(ts))
+    stats = {name: {**_stats(times[name], warm[name]), "round_medians": per_round[name]} for name in names}
+    return stats, results
+
+
+def speedup(slow: dict, fast: dict) -> float:
+    """How many times faster `fast` ran than `slow`: the median of their same-round ratios when both
+    come from one `measure_interleaved` call, else the ratio of their medians."""
+    a, b = slow.get("round_medians"), fast.get("round_medians")
+    if a and b and len(a) == len(b):
+        return statistics.median(x / y for x, y in zip(a, b))
+    return slow["median_s"] / fast["median_s"]
 
 
 def _median_seconds(fn, repeats: int) -> float:

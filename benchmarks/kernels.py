@@ -1,6 +1,7 @@
 """Binary and sparse kernels against NumPy float32 matmul on one thread, on the paper's layer shapes.
 
-    python benchmarks/kernels.py [--quick] [--repeats N] [--min-time S] [--ghz G] [--threads 1,2] [--json PATH]
+    python benchmarks/kernels.py [--quick] [--repeats N] [--min-time S] [--rounds R] [--ghz G] [--threads 1,2]
+                                 [--json PATH]
 
 A conv layer lowered by im2col is a GEMM with M = output channels (weight rows), K = C·kh·kw and
 N = output pixels. The float32 baseline is (M, K) @ (K, N) on ONE BLAS thread: this script sets
@@ -8,7 +9,11 @@ OPENBLAS_NUM_THREADS = OMP_NUM_THREADS = MKL_NUM_THREADS = 1 before NumPy is imp
 take both operands packed along K: the weight (M, W) and the activation (N, W), W = ceil(K/64), out (M, N).
 
 Measured in the same run, each cell the median of its timed repeats after one untimed warm-up; the
-repeat count is at least --repeats and is raised until a cell has run for --min-time seconds:
+repeat count is at least --repeats and is raised until a cell has run for --min-time seconds. Cells that
+are compared run in turns (apb_ref.bench.measure_interleaved), --rounds rounds of short blocks: per shape
+the fp32 baseline with every Rust bgemm cell, and per density scipy with the Rust csr_matmul cells. On a
+shared host whose speed drifts by tens of percent over seconds, a slow spell then slows both sides of a
+ratio, and every ratio and thread speed-up is the median of same-round ratios:
 
 * NumPy float32 matmul, one thread (the baseline of every ratio);
 * the NumPy reference kernels (apb_ref.kernels.reference) bgemm_1x1 / 1x2 / 2x2 and csr_matmul;
@@ -19,7 +24,7 @@ repeat count is at least --repeats and is raised until a cell has run for --min-
 * scipy.sparse CSR @ dense (single-threaded C++) against the NumPy reference and Rust csr_matmul for an
   (M, K) matrix at 1 %, 2 % and 5 % density times a dense (K, N) float32.
 
-ratio = baseline time / kernel time; binary MAC/s = M·K·N / time for every bgemm (for 1x2 and 2x2 too: the
+ratio = baseline time / kernel time (median over rounds, see above); binary MAC/s = M·K·N / time for every bgemm (for 1x2 and 2x2 too: the
 MACs of the layer); for bgemm_1x1 also the fraction of the bound 340 binary MACs per cycle per core × clock
 × cores used. Every Rust result is checked against the NumPy reference once. Writes every number to
 benchmarks/results/kernels.json (or --json PATH).
@@ -47,7 +52,7 @@ import numpy as np  # noqa: E402
 
 from common import RESULTS, machine, print_table  # noqa: E402
 
-from apb_ref.bench import MAX_REPEATS, measure  # noqa: E402
+from apb_ref.bench import MAX_REPEATS, measure, measure_interleaved, speedup  # noqa: E402
 from apb_ref.kernels import reference  # noqa: E402
 
 try:
@@ -69,7 +74,6 @@ QUICK_SHAPES = [(64, 576, 2916), (512, 4608, 25)]
 DENSITIES = (0.01, 0.02, 0.05)
 KERNELS = ("bgemm_1x1", "bgemm_1x2", "bgemm_2x2")
 BOUND_MACS_PER_CYCLE = 340  # binary MACs per cycle per core: the bound bgemm_1x1 is compared to
-SCALAR_MIN_REPEATS = 3  # the portable path is slow: its floor is lower (the --min-time top-up still applies)
 VALUES_2BIT = np.array([-3, -1, 1, 3], dtype=np.int8)
 
 
@@ -159,33 +163,39 @@ def bench_shape(shape, cfg, rng) -> dict:
     macs = m * k * n
     out = {"shape": [m, k, n], "macs": macs}
 
-    fp32, _ = measure(lambda: w @ x_kn, rep, mt)
-    out["fp32"] = fp32
+    # The baseline and every Rust cell are timed in turns (measure_interleaved), so a slow spell of a
+    # shared host slows them alike and their ratios stay fair; the slow NumPy references run apart.
+    group = {"fp32": lambda: w @ x_kn}
+    cells = []
+    for name in KERNELS:
+        for isa in cfg["isas"]:
+            for threads in cfg["threads"]:
+                if isa == "scalar" and threads > 1 and not cfg["scalar_threads"]:
+                    continue
+                fn = getattr(R, name)
+                group[(name, isa, threads)] = lambda fn=fn, a=args[name], isa=isa, t=threads: fn(*a, isa=isa, threads=t)
+                cells.append((name, isa, threads))
+    timed, got = measure_interleaved(group, rep, mt, rounds=cfg["rounds"])
+    fp32 = out["fp32"] = timed["fp32"]
     base = fp32["median_s"]
 
     out["bgemm"] = {}
     for name in KERNELS:
         ref_stats, expected = measure(lambda: getattr(reference, name)(*args[name]), rep, mt)
         cell = {"numpy_ref": {**ref_stats, "ratio": base / ref_stats["median_s"]}, "rust": []}
-        for isa in cfg["isas"]:
-            scalar = isa == "scalar"
-            for threads in cfg["threads"]:
-                if scalar and threads > 1 and not cfg["scalar_threads"]:
-                    continue
-                fn = getattr(R, name)
-                stats, got = measure(lambda: fn(*args[name], isa=isa, threads=threads),
-                                     min(rep, SCALAR_MIN_REPEATS) if scalar else rep, mt)
-                if not np.array_equal(got, expected):
-                    raise AssertionError(f"{name} isa={isa} threads={threads} differs from the NumPy reference "
-                                         f"at shape {shape}")
-                t = stats["median_s"]
-                row = {"isa": isa, "threads": threads, **stats, "ratio": base / t, "macs_per_s": macs / t}
-                if name == "bgemm_1x1" and isa == "avx512" and cfg["ghz"]:
-                    # the bound counts 512-bit VPOPCNTDQ: it says nothing about the AVX2 or scalar paths
-                    cores = min(threads, os.cpu_count() or 1)
-                    row["bound_macs_per_s"] = BOUND_MACS_PER_CYCLE * cfg["ghz"] * 1e9 * cores
-                    row["bound_fraction"] = row["macs_per_s"] / row["bound_macs_per_s"]
-                cell["rust"].append(row)
+        for isa, threads in [(i, t) for (n_, i, t) in cells if n_ == name]:
+            stats = timed[(name, isa, threads)]
+            if not np.array_equal(got[(name, isa, threads)], expected):
+                raise AssertionError(f"{name} isa={isa} threads={threads} differs from the NumPy reference "
+                                     f"at shape {shape}")
+            t = stats["median_s"]
+            row = {"isa": isa, "threads": threads, **stats, "ratio": speedup(fp32, stats), "macs_per_s": macs / t}
+            if name == "bgemm_1x1" and isa == "avx512" and cfg["ghz"]:
+                # the bound counts 512-bit VPOPCNTDQ: it says nothing about the AVX2 or scalar paths
+                cores = min(threads, os.cpu_count() or 1)
+                row["bound_macs_per_s"] = BOUND_MACS_PER_CYCLE * cfg["ghz"] * 1e9 * cores
+                row["bound_fraction"] = row["macs_per_s"] / row["bound_macs_per_s"]
+            cell["rust"].append(row)
         out["bgemm"][name] = cell
 
     # Packing the activation operand (the weight is packed once, offline).
@@ -216,17 +226,20 @@ def bench_shape(shape, cfg, rng) -> dict:
         cell = {"density": density, "nnz": int(data.size)}
         ref_stats, expected = measure(lambda: reference.csr_matmul(indptr, indices, data, x_kn), rep, mt)
         cell["numpy_ref"] = ref_stats
+        group = {}
         if scipy is not None:
             s = scipy.sparse.csr_matrix((data, indices, indptr), shape=(m, k))
-            cell["scipy"], got = measure(lambda: s @ x_kn, rep, mt)
-            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-        cell["rust"] = []
+            group["scipy"] = lambda s=s: s @ x_kn
         if R:
             for threads in cfg["threads"]:
-                stats, got = measure(lambda: R.csr_matmul(indptr, indices, data, x_kn, threads=threads,
-                                                          isa=cfg["best"]), rep, mt)
-                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-                cell["rust"].append({"isa": cfg["best"], "threads": threads, **stats})
+                group[threads] = lambda t=threads, ip=indptr, ix=indices, d=data: R.csr_matmul(
+                    ip, ix, d, x_kn, threads=t, isa=cfg["best"])
+        timed, got = measure_interleaved(group, rep, mt, rounds=cfg["rounds"]) if group else ({}, {})
+        for key, value in got.items():
+            np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-4)
+        if "scipy" in timed:
+            cell["scipy"] = timed["scipy"]
+        cell["rust"] = [{"isa": cfg["best"], "threads": t, **timed[t]} for t in cfg["threads"] if t in timed]
         out["sparse"].append(cell)
     return out
 
@@ -301,7 +314,7 @@ def report(results: list[dict], cfg: dict) -> dict:
             print(f"summary {name}, {best} 1 thread: median ratio {ratio(s['median_ratio'])} over "
                   f"{len(ratios)} shapes, min {ratio(s['min_ratio'])} at {shape_label(s['min_ratio_shape'])}")
             if t_max > 1:
-                ups = [rust_cell(res, name, best, 1)["median_s"] / rust_cell(res, name, best, t_max)["median_s"]
+                ups = [speedup(rust_cell(res, name, best, 1), rust_cell(res, name, best, t_max))
                        for res in results]
                 s[f"speedup_{t_max}t_over_1t"] = ups
                 print(f"  {t_max}-thread / 1-thread speed-up ({best}): "
@@ -347,12 +360,13 @@ def report(results: list[dict], cfg: dict) -> dict:
     rows = []
     for res in results:
         for c in res["sparse"]:
-            sc = c.get("scipy", {}).get("median_s")
+            sc_stats = c.get("scipy")
+            sc = sc_stats["median_s"] if sc_stats else None
             row = [shape_label(res["shape"]), f"{100 * c['density']:g}%", c["nnz"], ms(res["fp32"]["median_s"]),
                    ms(sc) if sc else "-", ms(c["numpy_ref"]["median_s"])
                    + (f" ({ratio(sc / c['numpy_ref']['median_s'])})" if sc else "")]
             for r in c["rust"]:
-                r["speedup_vs_scipy"] = sc / r["median_s"] if sc else None
+                r["speedup_vs_scipy"] = speedup(sc_stats, r) if sc_stats else None
                 row.append(ms(r["median_s"]) + (f" ({ratio(r['speedup_vs_scipy'])})" if sc else ""))
             rows.append(row)
     print_table(headers, rows)
@@ -373,7 +387,10 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 2 shapes, few repeats, no --min-time top-up, best ISA only")
     parser.add_argument("--repeats", type=int, default=None, help="minimum timed repeats per cell (default 5, "
-                        "--quick 2); the scalar ISA's floor is min(N, 3)")
+                        "--quick 2)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="the fp32 baseline and the Rust cells of a shape run in turns over this many rounds; "
+                             "ratios are medians of same-round ratios (default 5, --quick 2)")
     parser.add_argument("--min-time", type=float, default=None,
                         help="raise repeats until a cell has run this many seconds (default 0.05, --quick 0)")
     parser.add_argument("--threads", default=None,
@@ -388,6 +405,9 @@ def main(argv=None) -> int:
     if repeats < 1:
         parser.error("--repeats must be >= 1")
     min_time = args.min_time if args.min_time is not None else (0.0 if args.quick else 0.05)
+    rounds = args.rounds if args.rounds is not None else (2 if args.quick else 5)
+    if rounds < 1:
+        parser.error("--rounds must be >= 1")
     threads = (sorted({int(t) for t in args.threads.split(",")}) if args.threads
                else sorted({1, 2, cores}))
     if threads[0] != 1:
@@ -396,7 +416,7 @@ def main(argv=None) -> int:
     if args.quick:
         isas = isas[:1]
     ghz, ghz_source = clock(args.ghz)
-    cfg = {"repeats": repeats, "min_time": min_time, "threads": threads, "isas": isas,
+    cfg = {"repeats": repeats, "min_time": min_time, "rounds": rounds, "threads": threads, "isas": isas,
            "best": isas[0] if isas else None, "scalar_threads": True, "ghz": ghz,
            "densities": list(DENSITIES), "shapes": QUICK_SHAPES if args.quick else SHAPES,
            "quick": args.quick, "seed": args.seed, "bound_macs_per_cycle_per_core": BOUND_MACS_PER_CYCLE}
@@ -417,7 +437,8 @@ def main(argv=None) -> int:
               "cannot be measured here")
     print(f"clock   : {ghz if ghz is None else f'{ghz:.3f} GHz'} from {ghz_source}")
     print(f"timing  : median of >= {repeats} repeats after a warm-up, repeats raised to fill {min_time * 1e3:g} ms "
-          f"per cell (scalar: >= {min(repeats, SCALAR_MIN_REPEATS)})")
+          f"per cell; per shape, the fp32 baseline and every Rust cell (scipy and the Rust cells for the sparse "
+          f"kernel) run in turns over {rounds} rounds, and ratios are the median of same-round ratios")
     if info["loadavg_start"]:
         print(f"load    : {', '.join(f'{v:.2f}' for v in info['loadavg_start'])} (1/5/15 min) on {cores} cores "
               "at start")
