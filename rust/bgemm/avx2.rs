@@ -120,6 +120,7 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
         done += len;
     }
     let kc = _mm256_set1_epi64x(t.kconst);
+    let low_halves = _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0);
     for i in 0..MR {
         if i >= t.rows {
             break;
@@ -137,13 +138,20 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
                 s = _mm256_add_epi64(s, _mm256_slli_epi64::<2>(tot[2][i][v]));
             }
             let r = _mm256_sub_epi64(kc, _mm256_slli_epi64::<1>(s));
-            let mut lanes = [0i64; LANES];
-            // SAFETY: `lanes` is 4 i64 = 32 bytes, exactly one unaligned ymm store.
-            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), r) };
-            for (c, &val) in lanes.iter().enumerate().take((t.cols - c0).min(LANES)) {
-                // SAFETY: row i < rows, column c0 + c < cols: inside the tile's output rectangle
-                // (caller's contract); |val| <= i32::MAX, so the cast is exact.
-                unsafe { *t.out.add(i * t.ld + c0 + c) = val as i32 };
+            // |result| <= i32::MAX, so each 64-bit lane's low half is the int32 result: gather the
+            // four low halves into one xmm and store the columns that exist.
+            let r32 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(r, low_halves));
+            let valid = (t.cols - c0).min(LANES);
+            // SAFETY: row i < rows and columns c0 .. c0 + valid <= cols: inside the tile's output
+            // rectangle (caller's contract); the masked store writes no lane at or past `valid`.
+            unsafe {
+                let dst = t.out.add(i * t.ld + c0);
+                if valid == LANES {
+                    _mm_storeu_si128(dst.cast(), r32);
+                } else {
+                    let mask = _mm_cmpgt_epi32(_mm_set1_epi32(valid as i32), _mm_setr_epi32(0, 1, 2, 3));
+                    _mm_maskstore_epi32(dst, mask, r32);
+                }
             }
         }
     }

@@ -89,6 +89,9 @@ impl Kind {
     }
 }
 
+/// The A rows of one row block, per plane (`[plane][row]`); unused entries are empty.
+pub type RowSlots<'a> = [[&'a [u64]; MR_MAX]; 2];
+
 /// One microkernel call: an `mr × nc` block of the output over the whole of K.
 ///
 /// Invariants the driver establishes (a microkernel re-checks the slice lengths and computes nothing,
@@ -99,7 +102,7 @@ impl Kind {
 /// * `rows ≤ MR`, `cols ≤ nr · lanes`, and `out + r·ld + c` for `r < rows`, `c < cols` are valid,
 ///   writable `i32`s that no other thread touches during the call.
 pub struct Tile<'a> {
-    pub a: [[&'a [u64]; MR_MAX]; 2],
+    pub a: &'a RowSlots<'a>,
     pub b: &'a [u64],
     pub w: usize,
     pub out: *mut i32,
@@ -258,6 +261,22 @@ pub fn bgemm(
         (a.to_vec(), w)
     };
 
+    // The A rows of every row block, built once and shared by every panel. Rows past M repeat the
+    // block's first row (computed, never stored).
+    let row_slots: Vec<RowSlots> = (0..row_blocks)
+        .map(|rb| {
+            let (r0, rows) = (rb * mr, mr.min(m - rb * mr));
+            let mut slots: RowSlots = [[&[]; MR_MAX]; 2];
+            for (dst, plane) in slots.iter_mut().zip(&a) {
+                for (i, slot) in dst[..mr].iter_mut().enumerate() {
+                    let row = if i < rows { r0 + i } else { r0 };
+                    *slot = plane.get(row * wt..(row + 1) * wt).unwrap_or(&[]);
+                }
+            }
+            slots
+        })
+        .collect();
+
     // Pack one B panel and sweep it against a chunk of A's row blocks.
     let panel_task = |scratch: &mut Vec<u64>, panel: usize, chunk: usize| -> bool {
         let c0 = panel * nc_max;
@@ -266,27 +285,24 @@ pub fn bgemm(
         pack::pack_panel(b, w, c0, cols, nr * fam.lanes, fam.nibbles, scratch);
         let rb_end = ((chunk + 1) * blocks_per_chunk).min(row_blocks);
         let mut ok = true;
-        for rb in chunk * blocks_per_chunk..rb_end {
+        for (rb, slots) in row_slots
+            .iter()
+            .enumerate()
+            .take(rb_end)
+            .skip(chunk * blocks_per_chunk)
+        {
             let r0 = rb * mr;
-            let rows = mr.min(m - r0);
-            let mut tile = Tile {
-                a: [[&[]; MR_MAX]; 2],
+            let tile = Tile {
+                a: slots,
                 b: scratch,
                 w: wt,
                 // SAFETY (pointer arithmetic): r0 < m and c0 < n, so r0·n + c0 < m·n = out.len().
                 out: unsafe { out_ptr.get().add(r0 * n + c0) },
                 ld: n,
-                rows,
+                rows: mr.min(m - r0),
                 cols,
                 kconst,
             };
-            for (dst, plane) in tile.a.iter_mut().zip(&a) {
-                for (i, slot) in dst[..mr].iter_mut().enumerate() {
-                    // Rows past M repeat row r0 (computed, never stored).
-                    let row = if i < rows { r0 + i } else { r0 };
-                    *slot = plane.get(row * wt..(row + 1) * wt).unwrap_or(&[]);
-                }
-            }
             // SAFETY: `fam` came from `family(isa)`, which checked the CPU. The output rectangle is
             // rows r0..r0+rows (≤ m) by columns c0..c0+cols (≤ n) of the (m, n) matrix `out` with
             // leading dimension n: in bounds. Tasks cover distinct (panel, row chunk) pairs and the

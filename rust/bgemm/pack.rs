@@ -57,22 +57,27 @@ pub fn pack_panel(
     if w == 0 {
         return;
     }
+    let cols = cols.min(nc);
     for (pi, plane) in planes.iter().enumerate() {
-        for c in 0..cols.min(nc) {
-            let start = (c0 + c) * w;
-            let Some(col) = plane.get(start..start + w) else {
-                continue;
-            };
-            // Word p of this column goes to dst[p * stride + pi * nc + c]; the iterator visits exactly
-            // those positions (as many as the panel has words per column), so there is no indexing.
-            let slots = dst[pi * nc + c..].iter_mut().step_by(stride);
-            if split {
-                for (d, v) in slots.zip(col.iter().flat_map(|&v| nibbles(v))) {
-                    *d = v;
+        // The columns' words; columns past the plane's end (a caller bug) stay zero.
+        let have = (plane.len() / w).saturating_sub(c0).min(cols);
+        let src = plane.get(c0 * w..(c0 + have) * w).unwrap_or(&[]);
+        let cols = src.len() / w;
+        // dst is word-major: the `nc` slots of (word p, plane pi) are dst[p·stride + pi·nc ..][..nc];
+        // fill them word by word, so writes are contiguous and reads stride through the columns.
+        if split {
+            for (p, out) in dst.chunks_exact_mut(2 * stride).enumerate() {
+                let (lo, hi) = out.split_at_mut(stride);
+                for c in 0..cols {
+                    let [l, h] = nibbles(src[c * w + p]);
+                    lo[pi * nc + c] = l;
+                    hi[pi * nc + c] = h;
                 }
-            } else {
-                for (d, &v) in slots.zip(col) {
-                    *d = v;
+            }
+        } else {
+            for (p, out) in dst.chunks_exact_mut(stride).enumerate() {
+                for c in 0..cols {
+                    out[pi * nc + c] = src[c * w + p];
                 }
             }
         }
