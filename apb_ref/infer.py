@@ -10,8 +10,11 @@ and S the CSR residual. B·X runs, by activation precision,
          rowsum(B) = K − 2·popcount(B's row);
   float  a float GEMM on the ±1 sign matrix;
 
-and S·X is csr_matmul. BatchNorm arrives folded into a per-channel scale and shift. Everything
-else (pooling, shortcuts, activations) is the same functional code as training, without a graph.
+and S·X is csr_matmul. A conv with 1-bit activations never builds X: the activation map's signs are
+packed once per pixel (channels last), im2col_bits lowers those packed bits (the sign matrix is
+repacked to its (i, j, channel) order), and csr_conv2d reads S·X's windows straight from the map.
+BatchNorm arrives folded into a per-channel scale and shift. Everything else (pooling, shortcuts,
+activations) is the same functional code as training, without a graph.
 """
 from __future__ import annotations
 
@@ -77,19 +80,42 @@ class PackedLinearCore(nn.Module):
 class PackedConv2d(PackedLinearCore):
     def __init__(self, prefix, spec, t):
         super().__init__(prefix, spec, t)
-        self.kh, self.kw = spec["weight_shape"][2:]
+        self.channels, self.kh, self.kw = spec["weight_shape"][1:]
         self.stride, self.padding = int(spec["stride"]), int(spec["padding"])
+        if self.act_bits == 1:
+            # The 1-bit path lowers packed bits (im2col_bits), whose K order is (i, j, channel):
+            # the sign matrix is repacked once in that order.
+            signs = kernels.unpack_bits(self.sign_bits, self.k)
+            signs = signs.reshape(-1, self.channels, self.kh, self.kw).transpose(0, 2, 3, 1)
+            self.sign_bits_hwc = kernels.pack_bits(np.ascontiguousarray(signs).reshape(len(signs), -1))
 
     def forward(self, x):
         n, _, h, w = x.shape
         ho = (h + 2 * self.padding - self.kh) // self.stride + 1
         wo = (w + 2 * self.padding - self.kw) // self.stride + 1
-        xq = self.act(x).data
-        cols = kernels.im2col(np.ascontiguousarray(xq), self.kh, self.kw, self.stride, self.padding, layout="columns")
-        y = self.matmul(cols).reshape(self.out_features, n, ho, wo)
-        if self.act_bits == 1 and self.padding:
-            y -= self._padding_correction(x.shape[1:])[:, None]
+        if self.act_bits == 1:
+            y = self._binary_forward(np.ascontiguousarray(x.data)).reshape(self.out_features, n, ho, wo)
+            if self.padding:
+                y -= self._padding_correction(x.shape[1:])[:, None]
+        else:
+            xq = np.ascontiguousarray(self.act(x).data)
+            cols = kernels.im2col(xq, self.kh, self.kw, self.stride, self.padding, layout="columns")
+            y = self.matmul(cols).reshape(self.out_features, n, ho, wo)
         return Tensor(np.ascontiguousarray(y.transpose(1, 0, 2, 3)))
+
+    def _binary_forward(self, x: np.ndarray) -> np.ndarray:
+        """α·(B·X) + S·X + bias with X the im2col of sign(x), the 1-bit activation, never built: the
+        map's signs are packed once per pixel (channels last; pack_bits packs signs, so no ±1 copy
+        either), lowered on packed bits, and S·X reads its windows of x directly (signs=True)."""
+        n, c, h, w = x.shape
+        bits = kernels.pack_bits(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * h * w, c))
+        cols = kernels.im2col_bits(bits.reshape(n, h, w, -1), c, self.kh, self.kw, self.stride, self.padding)
+        y = self.alpha * kernels.bgemm_1x1(self.sign_bits_hwc, cols, self.k).astype(np.float32)
+        y += kernels.csr_conv2d(self.indptr, self.indices, self.values, x, self.kh, self.kw, self.stride,
+                                self.padding, signs=True)
+        if self.bias is not None:
+            y += self.bias[:, None]
+        return y
 
 
     def _padding_correction(self, chw) -> np.ndarray:

@@ -29,6 +29,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod bgemm;
+pub mod conv;
 pub mod isa;
 pub mod pack;
 pub mod spmm;
@@ -670,9 +671,150 @@ fn csr_matmul<'py>(
     Ok(out)
 }
 
+// --- convolution pieces for packed inference -----------------------------------------------------
+
+/// A non-negative integer argument.
+fn count_arg(func: &str, name: &str, v: &Bound<'_, PyAny>, min: i64) -> PyResult<usize> {
+    let got = opt_int(func, name, Some(v))?
+        .ok_or_else(|| value_error(format!("{func}: {name} must be an integer, got None")))?;
+    if got < min {
+        return Err(value_error(format!(
+            "{func}: {name} must be an integer >= {min}, got {got}"
+        )));
+    }
+    usize::try_from(got).map_err(|_| value_error(format!("{func}: {name} is too large: {got}")))
+}
+
+fn window_args(
+    func: &str,
+    kh: &Bound<'_, PyAny>,
+    kw: &Bound<'_, PyAny>,
+    stride: &Bound<'_, PyAny>,
+    padding: &Bound<'_, PyAny>,
+) -> PyResult<conv::Window> {
+    Ok(conv::Window {
+        kh: count_arg(func, "kh", kh, 1)?,
+        kw: count_arg(func, "kw", kw, 1)?,
+        stride: count_arg(func, "stride", stride, 1)?,
+        padding: count_arg(func, "padding", padding, 0)?,
+    })
+}
+
+/// im2col on packed bits: `bits` uint64 (N, H, W, ceil(c/64)) -> uint64 (N·Ho·Wo, ceil(kh·kw·c/64)),
+/// each row's bits ordered (i, j, channel), padding taps 0 (see `apb_ref.kernels.reference`).
+#[pyfunction]
+#[pyo3(signature = (bits, c, kh, kw, stride=None, padding=None, threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn im2col_bits<'py>(
+    py: Python<'py>,
+    bits: &Bound<'py, PyAny>,
+    c: &Bound<'py, PyAny>,
+    kh: &Bound<'py, PyAny>,
+    kw: &Bound<'py, PyAny>,
+    stride: Option<&Bound<'py, PyAny>>,
+    padding: Option<&Bound<'py, PyAny>>,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<u64>>> {
+    const F: &str = "im2col_bits";
+    let one = 1i64.into_pyobject(py)?.into_any();
+    let zero = 0i64.into_pyobject(py)?.into_any();
+    let win = window_args(F, kh, kw, stride.unwrap_or(&one), padding.unwrap_or(&zero))?;
+    let c = count_arg(F, "c", c, 1)?;
+    let threads = resolve_threads(F, threads)?;
+    let arr = typed::<u64>(F, "bits", bits, "uint64", 4)?;
+    let [n, h, w, wc] = arr.shape() else {
+        return Err(value_error(format!("{F}: bits must be 4-D")));
+    };
+    let (n, h, w, wc) = (*n, *h, *w, *wc);
+    if wc != words_for(c) {
+        return Err(value_error(format!(
+            "{F}: bits has {wc} words per pixel, but c = {c} needs ceil(c/64) = {}",
+            words_for(c)
+        )));
+    }
+    let (ho, wo) = win.output(h, w).map_err(|e| value_error(format!("{F}: {e}")))?;
+    let k = win.kh.saturating_mul(win.kw).saturating_mul(c);
+    let rows = n.saturating_mul(ho).saturating_mul(wo);
+    let ro = slice_of::<u64>(F, "bits", &arr)?;
+    let src = as_slice(F, "bits", &ro)?;
+    let out = empty2::<u64>(py, F, rows, words_for(k))?;
+    {
+        let mut rw = out.readwrite();
+        let os = rw
+            .as_slice_mut()
+            .map_err(|e| value_error(format!("{F}: output: {e}")))?;
+        py.detach(|| conv::im2col_bits(src, n, h, w, c, win, threads, os))
+            .map_err(|e| value_error(format!("{F}: {e}")))?;
+    }
+    Ok(out)
+}
+
+/// The sparse residual of a conv from its input map: CSR (O, C·kh·kw) × float32 x (N, C, H, W) ->
+/// float32 (O, N·Ho·Wo), equal to csr_matmul(S, im2col columns of x) up to float rounding; with
+/// `signs`, of sign(x) (±1, sign(0) = +1).
+#[pyfunction]
+#[pyo3(signature = (indptr, indices, data, x, kh, kw, stride=None, padding=None, signs=false, threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn csr_conv2d<'py>(
+    py: Python<'py>,
+    indptr: &Bound<'py, PyAny>,
+    indices: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+    x: &Bound<'py, PyAny>,
+    kh: &Bound<'py, PyAny>,
+    kw: &Bound<'py, PyAny>,
+    stride: Option<&Bound<'py, PyAny>>,
+    padding: Option<&Bound<'py, PyAny>>,
+    signs: bool,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    const F: &str = "csr_conv2d";
+    let one = 1i64.into_pyobject(py)?.into_any();
+    let zero = 0i64.into_pyobject(py)?.into_any();
+    let win = window_args(F, kh, kw, stride.unwrap_or(&one), padding.unwrap_or(&zero))?;
+    let threads = resolve_threads(F, threads)?;
+    let indptr_a = typed::<i64>(F, "indptr", indptr, "int64", 1)?;
+    let indices_a = typed::<i32>(F, "indices", indices, "int32", 1)?;
+    let data_a = typed::<f32>(F, "data", data, "float32", 1)?;
+    let x_a = typed::<f32>(F, "x", x, "float32", 4)?;
+    let [n, c, h, w] = x_a.shape() else {
+        return Err(value_error(format!("{F}: x must be 4-D")));
+    };
+    let shape = [*n, *c, *h, *w];
+    let (ho, wo) = win
+        .output(shape[2], shape[3])
+        .map_err(|e| value_error(format!("{F}: {e}")))?;
+    let (ip_ro, ix_ro, d_ro, x_ro) = (
+        slice_of::<i64>(F, "indptr", &indptr_a)?,
+        slice_of::<i32>(F, "indices", &indices_a)?,
+        slice_of::<f32>(F, "data", &data_a)?,
+        slice_of::<f32>(F, "x", &x_a)?,
+    );
+    let (ip, ix, d, xs) = (
+        as_slice(F, "indptr", &ip_ro)?,
+        as_slice(F, "indices", &ix_ro)?,
+        as_slice(F, "data", &d_ro)?,
+        as_slice(F, "x", &x_ro)?,
+    );
+    let k = shape[1].saturating_mul(win.kh).saturating_mul(win.kw);
+    let m = spmm::validate(ip, ix, d.len(), k).map_err(|e| value_error(format!("{F}: {e}")))?;
+    let out = empty2::<f32>(py, F, m, shape[0].saturating_mul(ho).saturating_mul(wo))?;
+    {
+        let mut rw = out.readwrite();
+        let os = rw
+            .as_slice_mut()
+            .map_err(|e| value_error(format!("{F}: output: {e}")))?;
+        py.detach(|| conv::csr_conv2d(ip, ix, d, xs, shape, win, signs, threads, os))
+            .map_err(|e| value_error(format!("{F}: {e}")))?;
+    }
+    Ok(out)
+}
+
 #[pymodule]
 fn _kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(im2col_bits, m)?)?;
+    m.add_function(wrap_pyfunction!(csr_conv2d, m)?)?;
     m.add_function(wrap_pyfunction!(isa_available, m)?)?;
     m.add_function(wrap_pyfunction!(isa_selected, m)?)?;
     m.add_function(wrap_pyfunction!(threads_selected, m)?)?;

@@ -76,7 +76,7 @@ pub fn validate(indptr: &[i64], indices: &[i32], data_len: usize, k: usize) -> R
         return Err(err(
             "indices",
             format!(
-                "indices[{t}] = {} is outside [0, K) with K = x.shape[0] = {k}",
+                "indices[{t}] = {} is outside [0, K) with K = {k} (the columns of S)",
                 indices[t]
             ),
         ));

@@ -521,7 +521,7 @@ RAW_BAD_CALLS = [
     (lambda R: R.csr_matmul(np.zeros(0, I64), np.zeros(0, I32), np.zeros(0, F32), X_OK),
      r"csr_matmul: indptr must have M \+ 1 >= 1 entries, got 0"),
     (lambda R: R.csr_matmul(np.array([0, 2], I64), np.array([0, 3], I32), np.ones(2, F32), X_OK),
-     r"csr_matmul: indices\[1\] = 3 is outside \[0, K\) with K = x.shape\[0\] = 3"),
+     r"csr_matmul: indices\[1\] = 3 is outside \[0, K\) with K = 3 \(the columns of S\)"),
     (lambda R: R.csr_matmul(np.array([0, 2], I64), np.array([-1, 0], I32), np.ones(2, F32), X_OK),
      r"csr_matmul: indices\[0\] = -1 is outside \[0, K\)"),
     (lambda R: R.csr_matmul(np.array([0, 1, -5], I64), np.array([0], I32), np.ones(1, F32), X_OK),

@@ -114,6 +114,8 @@ _KERNELS = {
     "bgemm_2x2": (reference.bgemm_2x2, _rust_call("bgemm_2x2")),
     "csr_matmul": (reference.csr_matmul, _rust_call("csr_matmul")),
     "im2col": (reference.im2col, None),  # strided copies on all cores: memory-bound either way
+    "im2col_bits": (reference.im2col_bits, _rust_call("im2col_bits")),
+    "csr_conv2d": (reference.csr_conv2d, _rust_call("csr_conv2d")),
 }
 
 
@@ -140,4 +142,6 @@ bgemm_1x2 = _kernel("bgemm_1x2")
 bgemm_2x2 = _kernel("bgemm_2x2")
 csr_matmul = _kernel("csr_matmul")
 im2col = _kernel("im2col")
+im2col_bits = _kernel("im2col_bits")
+csr_conv2d = _kernel("csr_conv2d")
 KERNEL_NAMES = tuple(_KERNELS)

@@ -303,3 +303,104 @@ def im2col_columns(xp: np.ndarray, kh: int, kw: int, stride: int, ho: int, wo: i
                 cols[cs, i, j] = xp[:, cs, window(i, ho, stride), window(j, wo, stride)].swapaxes(0, 1)
     over_slices(fill, c, cols.size)
     return cols.reshape(c * kh * kw, n * ho * wo)
+
+
+# --- convolution on packed bits, and the sparse residual as a convolution -------------------------
+
+def _check_conv_args(func: str, kh, kw, stride, padding) -> None:
+    for name, v, low in (("kh", kh, 1), ("kw", kw, 1), ("stride", stride, 1), ("padding", padding, 0)):
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
+            raise ValueError(f"{func}: {name} must be an integer ≥ {low}, got {v!r}")
+
+
+def _out_size(func: str, h: int, w: int, kh: int, kw: int, stride: int, padding: int) -> tuple[int, int]:
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"{func}: a {kh}x{kw} kernel does not fit a {h}x{w} input with padding {padding}")
+    return ho, wo
+
+
+def im2col_bits(bits, c, kh, kw, stride=1, padding=0) -> np.ndarray:
+    """im2col on packed bits: the conv's lowered 1-bit input without a float copy.
+
+    `bits` is a (N, H, W, ceil(c/64)) uint64 map: each pixel's c channel signs packed as by
+    `pack_bits` (the rows of the NHWC activation). Returns (N·Ho·Wo, ceil(kh·kw·c/64)) uint64, one
+    packed row per output pixel (n, ho, wo) with its K = kh·kw·c bits ordered (i, j, channel) —
+    channels last, so each tap is one run of c bits (the weight must be packed in that order too).
+    Taps that fall on the zero padding are bit 0 (+1), like `pack_bits` of a zero: the caller corrects
+    for them. Equal to pack_bits of im2col's rows of the NHWC ±1 map, with columns (i, j, channel).
+    """
+    func = "im2col_bits"
+    _check_conv_args(func, kh, kw, stride, padding)
+    if not isinstance(c, numbers.Integral) or isinstance(c, bool) or c < 1:
+        raise ValueError(f"{func}: c must be a positive integer, got {c!r}")
+    if not isinstance(bits, np.ndarray) or bits.ndim != 4:
+        got = f"shape {bits.shape}" if isinstance(bits, np.ndarray) else type(bits).__name__
+        raise ValueError(f"{func}: bits must be a 4-D (N, H, W, words) uint64 array, got {got}")
+    n, h, w, wc = bits.shape
+    _check_packed(func, "bits", bits.reshape(n * h * w, wc), c)  # dtype, words per pixel, zero padding bits
+    ho, wo = _out_size(func, h, w, kh, kw, stride, padding)
+    taps = kh * kw
+    if padding:
+        padded = np.zeros((n, h + 2 * padding, w + 2 * padding, wc), dtype=np.uint64)
+        padded[:, padding:padding + h, padding:padding + w] = bits
+        bits = padded
+    sn, sh, sw, sq = bits.strides
+    view = np.lib.stride_tricks.as_strided(
+        bits, (n, ho, wo, kh, kw, wc), (sn, sh * stride, sw * stride, sh, sw, sq), writeable=False)
+    gathered = view.reshape(n * ho * wo, taps, wc)  # (P, taps, words): each tap's c bits
+    if c % WORD_BITS == 0:  # whole words: concatenating the taps is the packed row
+        return np.ascontiguousarray(gathered.reshape(n * ho * wo, taps * wc))
+    if WORD_BITS % c == 0:  # one word per tap holding c bits: `per` taps share an output word
+        per = WORD_BITS // c
+        words = -(-taps // per)
+        runs = np.zeros((n * ho * wo, words * per), dtype=np.uint64)
+        runs[:, :taps] = gathered[:, :, 0]
+        shifts = (np.arange(per, dtype=np.uint64) * np.uint64(c))
+        return np.bitwise_or.reduce(runs.reshape(-1, words, per) << shifts, axis=2)
+    # any other c: through one bit per byte
+    flat = np.unpackbits(np.ascontiguousarray(gathered).view(np.uint8), axis=-1, bitorder="little")
+    flat = flat.reshape(n * ho * wo, taps, wc * WORD_BITS)[:, :, :c].reshape(n * ho * wo, taps * c)
+    k = taps * c
+    out = np.zeros((n * ho * wo, words_for(k) * WORD_BITS), dtype=np.uint8)
+    out[:, :k] = flat
+    return np.packbits(out, axis=1, bitorder="little").view(np.uint64)
+
+
+def csr_conv2d(indptr, indices, data, x, kh, kw, stride=1, padding=0, signs=False) -> np.ndarray:
+    """The sparse residual S·X of a conv without building X: (O, N·Ho·Wo) float32.
+
+    S is CSR (O, C·kh·kw) with columns ordered (channel, i, j) like weight.reshape(O, -1), x the
+    (N, C, H, W) float32 input; with signs=True the input is sign(x) (±1, sign(0) = +1, the 1-bit
+    activation) without a ±1 copy of x. Equal to csr_matmul(S, im2col(x, ..., layout="columns")) up
+    to float rounding, but each column k of S that holds a non-zero reads its window of x directly (a
+    strided view) and adds it, scaled, to the rows that use it: no (K, P) matrix, and columns of S
+    that are all zero (most, at APB's densities) cost nothing. The zero padding stays 0 either way.
+    """
+    func = "csr_conv2d"
+    _check_conv_args(func, kh, kw, stride, padding)
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
+        got = f"dtype {x.dtype} shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
+        raise ValueError(f"{func}: x must be a 4-D float32 array (N, C, H, W), got {got}")
+    n, c, h, w = x.shape
+    indptr, indices, data = check_csr(func, indptr, indices, data, c * kh * kw)
+    ho, wo = _out_size(func, h, w, kh, kw, stride, padding)
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    out = np.zeros((len(indptr) - 1, n * ho * wo), dtype=np.float32)
+    if not len(data):
+        return out
+    if signs:  # the oracle simply makes the ±1 copy (then pads it with zeros)
+        x = np.where(x < 0, np.float32(-1), np.float32(1))
+    xp = pad_hw(x, padding)
+    order = np.argsort(indices, kind="stable")  # the non-zeros grouped by column of S
+    cols, starts = np.unique(indices[order], return_index=True)
+    for col, lo, hi in zip(cols, starts, list(starts[1:]) + [len(order)]):
+        ch, i, j = np.unravel_index(col, (c, kh, kw))
+        patch = xp[:, ch, window(i, ho, stride), window(j, wo, stride)].reshape(1, -1)  # (1, P)
+        nz = order[lo:hi]
+        users, scale = rows[nz], data[nz, None]
+        if len(np.unique(users)) == len(users):
+            out[users] += scale * patch
+        else:  # repeated (row, column) entries: each must add
+            np.add.at(out, users, scale * patch)
+    return out

@@ -1,0 +1,441 @@
+//! Convolution pieces for packed inference: im2col on packed bits, and the sparse residual S·X
+//! computed from the activation map instead of from its im2col matrix.
+//!
+//! Both mirror `apb_ref.kernels.reference` (`im2col_bits`, `csr_conv2d`), which documents the
+//! contracts. They move little data and do little arithmetic per byte, so they are portable code
+//! (the compiler vectorizes the stride-1 row updates) without ISA paths; threads split the output rows.
+
+use crate::pack::{first_bad_padding, words_for, WORD_BITS};
+
+/// A convolution's window geometry over an `h × w` input.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Window {
+    /// `(ho, wo)`, or an error if the kernel does not fit or an argument is out of range.
+    pub fn output(&self, h: usize, w: usize) -> Result<(usize, usize), String> {
+        if self.kh == 0 || self.kw == 0 || self.stride == 0 {
+            return Err(format!(
+                "kh, kw and stride must be >= 1, got {}, {}, {}",
+                self.kh, self.kw, self.stride
+            ));
+        }
+        let (hp, wp) = (h + 2 * self.padding, w + 2 * self.padding);
+        if hp < self.kh || wp < self.kw {
+            return Err(format!(
+                "a {}x{} kernel does not fit a {h}x{w} input with padding {}",
+                self.kh, self.kw, self.padding
+            ));
+        }
+        Ok(((hp - self.kh) / self.stride + 1, (wp - self.kw) / self.stride + 1))
+    }
+
+    /// The input coordinate of output position `o` at tap `t`, if inside `0..size` (else padding).
+    #[inline]
+    fn source(&self, o: usize, t: usize, size: usize) -> Option<usize> {
+        (o * self.stride + t)
+            .checked_sub(self.padding)
+            .filter(|&s| s < size)
+    }
+}
+
+/// OR the `c` bits of `src` (a packed pixel, padding bits zero) into `dst` starting at bit `at`.
+#[inline]
+fn append_bits(dst: &mut [u64], at: usize, src: &[u64]) {
+    for (q, &word) in src.iter().enumerate() {
+        let bit = at + q * WORD_BITS;
+        let (i, shift) = (bit / WORD_BITS, bit % WORD_BITS);
+        if let Some(d) = dst.get_mut(i) {
+            *d |= word << shift;
+        }
+        if shift != 0 {
+            // The high bits that did not fit; zero unless the pixel's bits cross a word boundary
+            // (then word i + 1 exists, since those bits lie below K).
+            if let Some(d) = dst.get_mut(i + 1) {
+                *d |= word >> (WORD_BITS - shift);
+            }
+        }
+    }
+}
+
+/// im2col on packed bits: `bits` is `(n, h, w, words_for(c))` (each pixel's channel signs packed),
+/// `out` `(n·ho·wo, words_for(kh·kw·c))` with each row's bits ordered (i, j, channel); taps on the
+/// padding stay 0. Returns an error, never panics, on inconsistent sizes or non-zero padding bits.
+#[allow(clippy::too_many_arguments)] // the layer's own parameters
+pub fn im2col_bits(
+    bits: &[u64],
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    win: Window,
+    threads: usize,
+    out: &mut [u64],
+) -> Result<(), String> {
+    let wc = words_for(c);
+    if c == 0 {
+        return Err("c must be >= 1".into());
+    }
+    let pixels = n.checked_mul(h).and_then(|p| p.checked_mul(w));
+    if pixels.and_then(|p| p.checked_mul(wc)) != Some(bits.len()) {
+        return Err(format!(
+            "bits must hold n·h·w·ceil(c/64) = {n}·{h}·{w}·{wc} words, got {}",
+            bits.len()
+        ));
+    }
+    if let Some(p) = first_bad_padding(bits, c) {
+        return Err(format!(
+            "bits has non-zero padding bits past c = {c} (first at pixel {p}); pack with pack_bits"
+        ));
+    }
+    let (ho, wo) = win.output(h, w)?;
+    let k = win
+        .kh
+        .checked_mul(win.kw)
+        .and_then(|t| t.checked_mul(c))
+        .ok_or("kh·kw·c overflows")?;
+    let wk = words_for(k);
+    let rows = n.checked_mul(ho).and_then(|r| r.checked_mul(wo));
+    if rows.and_then(|r| r.checked_mul(wk)) != Some(out.len()) {
+        return Err(format!(
+            "out must hold n·ho·wo·ceil(k/64) = {n}·{ho}·{wo}·{wk} words, got {}",
+            out.len()
+        ));
+    }
+    if out.is_empty() {
+        return Ok(());
+    }
+    // One output image row (wo pixels) per item.
+    let items: Vec<(usize, &mut [u64])> = out.chunks_mut(wo * wk).enumerate().collect();
+    crate::threads::run_claimed(threads, items, |(r, rows_out)| {
+        let (img, oy) = (r / ho, r % ho);
+        for (ox, dst) in rows_out.chunks_exact_mut(wk).enumerate() {
+            dst.fill(0);
+            for i in 0..win.kh {
+                let Some(y) = win.source(oy, i, h) else { continue };
+                for j in 0..win.kw {
+                    let Some(x) = win.source(ox, j, w) else { continue };
+                    let p = (img * h + y) * w + x;
+                    if let Some(src) = bits.get(p * wc..(p + 1) * wc) {
+                        append_bits(dst, (i * win.kw + j) * c, src);
+                    }
+                }
+            }
+        }
+        true
+    })?;
+    Ok(())
+}
+
+/// S·X for a conv: `S` CSR `(o, c·kh·kw)` with columns ordered (channel, i, j), `x` `(n, c, h, w)`
+/// (taken as sign(x), ±1 with sign(0) = +1, when `signs`), `out` `(o, n·ho·wo)`. Each non-zero adds
+/// its scaled window of the input (padding reads as 0) to its row.
+#[allow(clippy::too_many_arguments)] // the layer's own parameters
+pub fn csr_conv2d(
+    indptr: &[i64],
+    indices: &[i32],
+    data: &[f32],
+    x: &[f32],
+    shape: [usize; 4],
+    win: Window,
+    signs: bool,
+    threads: usize,
+    out: &mut [f32],
+) -> Result<(), String> {
+    let [n, c, h, w] = shape;
+    let taps = win.kh.checked_mul(win.kw).ok_or("kh·kw overflows")?;
+    let k = c.checked_mul(taps).ok_or("c·kh·kw overflows")?;
+    let m = crate::spmm::validate(indptr, indices, data.len(), k).map_err(|e| e.to_string())?;
+    let size = n
+        .checked_mul(c)
+        .and_then(|s| s.checked_mul(h))
+        .and_then(|s| s.checked_mul(w));
+    if size != Some(x.len()) {
+        return Err(format!(
+            "x must hold n·c·h·w = {n}·{c}·{h}·{w} values, got {}",
+            x.len()
+        ));
+    }
+    let (ho, wo) = win.output(h, w)?;
+    let p = n.checked_mul(ho).and_then(|v| v.checked_mul(wo));
+    if p.and_then(|v| v.checked_mul(m)) != Some(out.len()) {
+        return Err(format!(
+            "out must hold o·n·ho·wo = {m}·{n}·{ho}·{wo} values, got {}",
+            out.len()
+        ));
+    }
+    let p = n * ho * wo;
+    if out.is_empty() {
+        return Ok(());
+    }
+    // One output channel (a row of S) per item.
+    let items: Vec<(usize, &mut [f32])> = out.chunks_mut(p).enumerate().collect();
+    crate::threads::run_claimed(threads, items, |(row, orow)| {
+        orow.fill(0.0);
+        // validate() checked indptr is non-decreasing and ends at nnz, so this range is in bounds.
+        let (s, e) = (indptr[row] as usize, indptr[row + 1] as usize);
+        for (&col, &v) in indices[s..e].iter().zip(&data[s..e]) {
+            let col = col as usize; // in [0, k): validated
+            let (ch, i, j) = (col / taps, (col % taps) / win.kw, col % win.kw);
+            // Output columns ox whose input column ox·stride + j − padding lies inside 0..w.
+            let ox_lo = win.padding.saturating_sub(j).div_ceil(win.stride);
+            let ox_hi = ((w + win.padding).saturating_sub(j)).div_ceil(win.stride).min(wo);
+            if ox_lo >= ox_hi {
+                continue;
+            }
+            for img in 0..n {
+                for oy in 0..ho {
+                    let Some(y) = win.source(oy, i, h) else { continue };
+                    let xrow = &x[((img * c + ch) * h + y) * w..][..w];
+                    let orow_seg = &mut orow[(img * ho + oy) * wo..][..wo];
+                    let x0 = ox_lo * win.stride + j - win.padding;
+                    let segment = &mut orow_seg[ox_lo..ox_hi];
+                    match (win.stride, signs) {
+                        (1, false) => axpy::<false>(segment, v, xrow[x0..].iter()),
+                        (1, true) => axpy::<true>(segment, v, xrow[x0..].iter()),
+                        (s, false) => axpy::<false>(segment, v, xrow[x0..].iter().step_by(s)),
+                        (s, true) => axpy::<true>(segment, v, xrow[x0..].iter().step_by(s)),
+                    }
+                }
+            }
+        }
+        true
+    })?;
+    Ok(())
+}
+
+/// `out += v·x` over `out`'s length, with x read as sign(x) (±1, sign(0) = +1) when `SIGNS`. Generic
+/// so that each variant is a branch-free loop the compiler can vectorize.
+#[inline]
+fn axpy<'a, const SIGNS: bool>(out: &mut [f32], v: f32, x: impl Iterator<Item = &'a f32>) {
+    for (o, &xv) in out.iter_mut().zip(x) {
+        let xv = if SIGNS {
+            if xv < 0.0 {
+                -1.0
+            } else {
+                1.0
+            }
+        } else {
+            xv
+        };
+        *o += v * xv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_rng::Rng;
+
+    /// Plain per-element oracles, straight from the definitions.
+    fn im2col_bits_oracle(bits: &[u64], n: usize, h: usize, w: usize, c: usize, win: Window) -> Vec<u64> {
+        let (ho, wo) = win.output(h, w).unwrap();
+        let (wc, k) = (words_for(c), win.kh * win.kw * c);
+        let wk = words_for(k);
+        let mut out = vec![0u64; n * ho * wo * wk];
+        for img in 0..n {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let row = (img * ho + oy) * wo + ox;
+                    for i in 0..win.kh {
+                        for j in 0..win.kw {
+                            let (Some(y), Some(x)) = (win.source(oy, i, h), win.source(ox, j, w)) else {
+                                continue;
+                            };
+                            for ch in 0..c {
+                                let p = (img * h + y) * w + x;
+                                let bit = (bits[p * wc + ch / 64] >> (ch % 64)) & 1;
+                                let t = (i * win.kw + j) * c + ch;
+                                out[row * wk + t / 64] |= bit << (t % 64);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn random_pixels(rng: &mut Rng, pixels: usize, c: usize) -> Vec<u64> {
+        let wc = words_for(c);
+        (0..pixels * wc)
+            .map(|q| {
+                let v = rng.next();
+                if q % wc == wc - 1 {
+                    v & crate::pack::last_word_mask(c)
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn im2col_bits_matches_the_oracle_on_awkward_shapes() {
+        let mut rng = Rng(0x5eed_0005);
+        for c in [1, 3, 16, 31, 32, 63, 64, 65, 100, 128] {
+            for (kh, kw, stride, padding) in [
+                (3, 3, 1, 1),
+                (3, 3, 2, 1),
+                (1, 1, 2, 0),
+                (2, 3, 1, 2),
+                (3, 1, 3, 0),
+            ] {
+                let (n, h, w) = (2, 5, 4);
+                let win = Window {
+                    kh,
+                    kw,
+                    stride,
+                    padding,
+                };
+                let bits = random_pixels(&mut rng, n * h * w, c);
+                let want = im2col_bits_oracle(&bits, n, h, w, c, win);
+                for threads in [1, 3] {
+                    let mut out = vec![u64::MAX; want.len()];
+                    im2col_bits(&bits, n, h, w, c, win, threads, &mut out).unwrap();
+                    assert_eq!(out, want, "c={c} win={win:?} threads={threads}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn csr_conv2d_matches_dense_sums() {
+        let mut rng = Rng(0x5eed_0009);
+        let (n, c, h, w, o) = (2, 3, 5, 6, 4);
+        for (kh, kw, stride, padding) in [(3, 3, 1, 1), (3, 3, 2, 1), (1, 1, 1, 0), (2, 3, 2, 2)] {
+            let win = Window {
+                kh,
+                kw,
+                stride,
+                padding,
+            };
+            let k = c * kh * kw;
+            let x: Vec<f32> = (0..n * c * h * w)
+                .map(|_| (rng.next() % 7) as f32 - 3.0)
+                .collect();
+            // every third entry non-zero, small integers: sums are exact in float32
+            let dense: Vec<f32> = (0..o * k)
+                .map(|t| if t % 3 == 0 { (t % 5) as f32 - 2.0 } else { 0.0 })
+                .collect();
+            let (mut indptr, mut indices, mut data) = (vec![0i64], vec![], vec![]);
+            for r in 0..o {
+                for (col, &v) in dense[r * k..(r + 1) * k].iter().enumerate() {
+                    if v != 0.0 {
+                        indices.push(col as i32);
+                        data.push(v);
+                    }
+                }
+                indptr.push(indices.len() as i64);
+            }
+            let (ho, wo) = win.output(h, w).unwrap();
+            for signs in [false, true] {
+                let xs: Vec<f32> = x
+                    .iter()
+                    .map(|&v| {
+                        if !signs {
+                            v
+                        } else if v < 0.0 {
+                            -1.0
+                        } else {
+                            1.0
+                        }
+                    })
+                    .collect();
+                let mut want = vec![0f32; o * n * ho * wo];
+                for r in 0..o {
+                    for img in 0..n {
+                        for oy in 0..ho {
+                            for ox in 0..wo {
+                                let mut s = 0f32;
+                                for ch in 0..c {
+                                    for i in 0..kh {
+                                        for j in 0..kw {
+                                            if let (Some(y), Some(xx)) =
+                                                (win.source(oy, i, h), win.source(ox, j, w))
+                                            {
+                                                s += dense[r * k + (ch * kh + i) * kw + j]
+                                                    * xs[((img * c + ch) * h + y) * w + xx];
+                                            }
+                                        }
+                                    }
+                                }
+                                want[(r * n + img) * ho * wo + oy * wo + ox] = s;
+                            }
+                        }
+                    }
+                }
+                for threads in [1, 2] {
+                    let mut out = vec![f32::NAN; want.len()];
+                    csr_conv2d(
+                        &indptr,
+                        &indices,
+                        &data,
+                        &x,
+                        [n, c, h, w],
+                        win,
+                        signs,
+                        threads,
+                        &mut out,
+                    )
+                    .unwrap();
+                    assert_eq!(out, want, "win={win:?} signs={signs}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_sizes_are_errors_not_panics() {
+        let win = Window {
+            kh: 3,
+            kw: 3,
+            stride: 1,
+            padding: 0,
+        };
+        let mut out = vec![0u64; 4];
+        assert!(im2col_bits(&[0; 4], 1, 2, 2, 16, win, 1, &mut out).is_err()); // 3x3 does not fit 2x2
+        assert!(im2col_bits(&[0; 3], 1, 2, 2, 16, Window { kh: 1, kw: 1, ..win }, 1, &mut out).is_err());
+        assert!(im2col_bits(
+            &[1 << 20; 4],
+            1,
+            2,
+            2,
+            16,
+            Window { kh: 1, kw: 1, ..win },
+            1,
+            &mut out
+        )
+        .is_err());
+        let mut fout = vec![0f32; 4];
+        assert!(csr_conv2d(
+            &[0, 1],
+            &[99],
+            &[1.0],
+            &[0.0; 4],
+            [1, 1, 2, 2],
+            Window { kh: 1, kw: 1, ..win },
+            false,
+            1,
+            &mut fout
+        )
+        .is_err());
+        assert!(csr_conv2d(
+            &[0, 0],
+            &[],
+            &[],
+            &[0.0; 3],
+            [1, 1, 2, 2],
+            Window { kh: 1, kw: 1, ..win },
+            false,
+            1,
+            &mut fout
+        )
+        .is_err());
+    }
+}

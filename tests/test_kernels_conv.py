@@ -1,0 +1,135 @@
+"""im2col_bits and csr_conv2d: the convolution pieces of 1-bit packed inference.
+
+The NumPy references are checked against definitions built from other kernels (pack_bits of im2col's
+rows reordered to (i, j, channel); csr_matmul of im2col's columns), and the Rust kernels against the
+references on awkward shapes: channel counts around word sizes (1, 3, 16, 63, 64, 65, 128), strides,
+paddings wider than the kernel, single pixels, and thread counts 1 and 2.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kernel_helpers import needs_rust, random_csr
+from kernel_helpers import raw_rust  # noqa: F401  (a fixture)
+
+from apb_ref.kernels import backend, reference
+
+CHANNELS = [1, 3, 16, 31, 32, 63, 64, 65, 100, 128]
+
+
+@st.composite
+def conv_cases(draw):
+    """(x, c, kh, kw, stride, padding) with the kernel fitting the padded input."""
+    c = draw(st.sampled_from(CHANNELS))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride, padding = draw(st.integers(1, 3)), draw(st.integers(0, 3))
+    h = draw(st.integers(max(1, kh - 2 * padding), 6))
+    w = draw(st.integers(max(1, kw - 2 * padding), 6))
+    n = draw(st.integers(1, 2))
+    seed = draw(st.integers(0, 2**32 - 1))
+    x = np.random.default_rng(seed).standard_normal((n, c, h, w)).astype(np.float32)
+    x[np.abs(x) < 0.3] = 0.0  # zeros must count as +1, like pack_bits
+    return x, c, kh, kw, stride, padding
+
+
+def pixel_bits(x):
+    """(N, H, W, ceil(C/64)) uint64: each pixel's channel signs, as packed inference makes them."""
+    n, c, h, w = x.shape
+    return reference.pack_bits(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(-1, c)).reshape(n, h, w, -1)
+
+
+def hwc_rows(x, kh, kw, stride, padding):
+    """im2col rows of sign(x) with columns reordered (i, j, channel); padding taps are 0."""
+    n, c = x.shape[:2]
+    signs = np.where(x < 0, np.float32(-1), np.float32(1))
+    rows = reference.im2col(signs, kh, kw, stride, padding)
+    return np.ascontiguousarray(rows.reshape(-1, c, kh, kw).transpose(0, 2, 3, 1)).reshape(len(rows), -1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=conv_cases())
+def test_im2col_bits_is_pack_bits_of_the_hwc_im2col(case):
+    x, c, kh, kw, stride, padding = case
+    got = reference.im2col_bits(pixel_bits(x), c, kh, kw, stride, padding)
+    want = reference.pack_bits(hwc_rows(x, kh, kw, stride, padding))  # a 0 (padding) packs as +1
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=conv_cases(), density=st.sampled_from([0.0, 0.05, 0.3, 1.0]), signs=st.booleans())
+def test_csr_conv2d_is_csr_matmul_of_the_im2col(case, density, signs):
+    x, c, kh, kw, stride, padding = case
+    _, (indptr, indices, data) = random_csr(np.random.default_rng(c), 5, c * kh * kw, density)
+    inp = np.where(x < 0, np.float32(-1), np.float32(1)) if signs else x
+    want = reference.csr_matmul(indptr, indices, data, reference.im2col(inp, kh, kw, stride, padding, "columns"))
+    got = reference.csr_conv2d(indptr, indices, data, x, kh, kw, stride, padding, signs=signs)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_csr_conv2d_adds_repeated_entries():
+    x = np.ones((1, 1, 3, 3), np.float32)
+    indptr, indices, data = np.array([0, 2]), np.array([4, 4], np.int32), np.array([1.0, 2.0], np.float32)
+    np.testing.assert_array_equal(reference.csr_conv2d(indptr, indices, data, x, 3, 3, 1, 1)[0, 4], 3.0)
+
+
+@needs_rust
+@pytest.mark.parametrize("threads", [1, 2])
+@settings(max_examples=60, deadline=None)
+@given(case=conv_cases())
+def test_rust_im2col_bits_equals_the_reference(raw_rust, threads, case):
+    x, c, kh, kw, stride, padding = case
+    bits = pixel_bits(x)
+    got = raw_rust.im2col_bits(bits, c, kh, kw, stride, padding, threads=threads)
+    assert got.dtype == np.uint64 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, reference.im2col_bits(bits, c, kh, kw, stride, padding))
+
+
+@needs_rust
+@pytest.mark.parametrize("threads", [1, 2])
+@settings(max_examples=60, deadline=None)
+@given(case=conv_cases(), density=st.sampled_from([0.0, 0.05, 0.3, 1.0]), signs=st.booleans())
+def test_rust_csr_conv2d_equals_the_reference(raw_rust, threads, case, density, signs):
+    x, c, kh, kw, stride, padding = case
+    _, (indptr, indices, data) = random_csr(np.random.default_rng(c + 1), 4, c * kh * kw, density)
+    got = raw_rust.csr_conv2d(indptr, indices, data, x, kh, kw, stride, padding, signs=signs, threads=threads)
+    want = reference.csr_conv2d(indptr, indices, data, x, kh, kw, stride, padding, signs=signs)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+BAD_IM2COL_BITS = [
+    ((np.zeros((1, 2, 2, 1), np.uint32), 16, 1, 1), "uint64"),
+    ((np.zeros((1, 2, 2, 2), np.uint64), 16, 1, 1), "words"),
+    ((np.zeros((2, 2, 1), np.uint64), 16, 1, 1), "4-D"),
+    ((np.zeros((1, 2, 2, 1), np.uint64), 16, 3, 3), "does not fit"),
+    ((np.full((1, 2, 2, 1), 1 << 40, np.uint64), 16, 1, 1), "padding bits"),
+    ((np.zeros((1, 2, 2, 1), np.uint64), 16, 0, 1), "kh"),
+    ((np.zeros((1, 2, 2, 1), np.uint64), 0, 1, 1), "c"),
+]
+
+
+@pytest.mark.parametrize("args, words", BAD_IM2COL_BITS)
+def test_im2col_bits_rejects_bad_input(args, words):
+    with pytest.raises(ValueError, match="im2col_bits") as reference_error:
+        reference.im2col_bits(*args)
+    assert words in str(reference_error.value)
+    if "rust" in backend.available_backends():
+        with pytest.raises(ValueError, match="im2col_bits") as rust_error:
+            backend._rust.im2col_bits(*args)
+        assert words in str(rust_error.value)
+
+
+def test_csr_conv2d_rejects_bad_input():
+    x = np.zeros((1, 2, 3, 3), np.float32)
+    ok = (np.array([0, 1]), np.array([17], np.int32), np.array([1.0], np.float32))
+    impls = [reference.csr_conv2d] + ([backend._rust.csr_conv2d] if "rust" in backend.available_backends() else [])
+    for fn in impls:
+        fn(*ok, x, 3, 3)  # column 17 < 2·3·3: fine
+        with pytest.raises(ValueError, match="csr_conv2d.*indices"):
+            fn(ok[0], np.array([18], np.int32), ok[2], x, 3, 3)
+        with pytest.raises(ValueError, match="csr_conv2d.*x"):
+            fn(*ok, x.astype(np.float64), 3, 3)
+        with pytest.raises(ValueError, match="csr_conv2d.*fit"):
+            fn(*ok, x, 5, 5)
+        with pytest.raises(ValueError, match="csr_conv2d.*stride"):
+            fn(*ok, x, 3, 3, 0)
