@@ -82,9 +82,9 @@ class PackedConv2d(PackedLinearCore):
         super().__init__(prefix, spec, t)
         self.channels, self.kh, self.kw = spec["weight_shape"][1:]
         self.stride, self.padding = int(spec["stride"]), int(spec["padding"])
-        if self.act_bits == 1:
-            # The 1-bit path lowers packed bits (im2col_bits), whose K order is (i, j, channel):
-            # the sign matrix is repacked once in that order.
+        if self.act_bits in (1, 2):
+            # These paths lower packed bits (im2col_bits), whose K order is (i, j, channel): the sign
+            # matrix is repacked once in that order.
             signs = kernels.unpack_bits(self.sign_bits, self.k)
             signs = signs.reshape(-1, self.channels, self.kh, self.kw).transpose(0, 2, 3, 1)
             self.sign_bits_hwc = kernels.pack_bits(np.ascontiguousarray(signs).reshape(len(signs), -1))
@@ -93,8 +93,8 @@ class PackedConv2d(PackedLinearCore):
         n, _, h, w = x.shape
         ho = (h + 2 * self.padding - self.kh) // self.stride + 1
         wo = (w + 2 * self.padding - self.kw) // self.stride + 1
-        if self.act_bits == 1:
-            y = self._binary_forward(np.ascontiguousarray(x.data)).reshape(self.out_features, n, ho, wo)
+        if self.act_bits in (1, 2):
+            y = self._packed_forward(np.ascontiguousarray(x.data)).reshape(self.out_features, n, ho, wo)
             if self.padding:
                 y -= self._padding_correction(x.shape[1:])[:, None]
         else:
@@ -103,26 +103,46 @@ class PackedConv2d(PackedLinearCore):
             y = self.matmul(cols).reshape(self.out_features, n, ho, wo)
         return Tensor(np.ascontiguousarray(y.transpose(1, 0, 2, 3)))
 
-    def _binary_forward(self, x: np.ndarray) -> np.ndarray:
-        """α·(B·X) + S·X + bias with X the im2col of sign(x), the 1-bit activation, never built: the
-        map's signs are packed once per pixel (channels last; pack_bits packs signs, so no ±1 copy
-        either), lowered on packed bits, and S·X reads its windows of x directly (signs=True)."""
+    def _lowered(self, packed: np.ndarray, shape) -> np.ndarray:
+        """im2col_bits of a map packed per pixel ((N·H·W, words) uint64 for an (N, C, H, W) map)."""
+        n, c, h, w = shape
+        return kernels.im2col_bits(packed.reshape(n, h, w, -1), c, self.kh, self.kw, self.stride, self.padding)
+
+    def _packed_forward(self, x: np.ndarray) -> np.ndarray:
+        """α·(B·X) + S·X + bias with X, the im2col of the quantized map, never built: the map is packed
+        once per pixel (channels last), lowered on packed bits, and S·X reads its windows of the map.
+
+        1-bit: pack_bits packs signs, so x itself is packed (no ±1 copy) and csr_conv2d reads sign(x).
+        2-bit: the DoReFa map xq = (v + 3)/6 is packed as the planes of v, B·X = (B·v)/6 + rowsum(B)/2.
+        Either way a padded tap packs as +1 (1-bit) or v = +3 (2-bit), which adds B·P where the float
+        model adds 0: `_padding_correction` takes it off.
+        """
         n, c, h, w = x.shape
-        bits = kernels.pack_bits(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * h * w, c))
-        cols = kernels.im2col_bits(bits.reshape(n, h, w, -1), c, self.kh, self.kw, self.stride, self.padding)
-        y = self.alpha * kernels.bgemm_1x1(self.sign_bits_hwc, cols, self.k).astype(np.float32)
-        y += kernels.csr_conv2d(self.indptr, self.indices, self.values, x, self.kh, self.kw, self.stride,
-                                self.padding, signs=True)
+        if self.act_bits == 1:
+            bits = kernels.pack_bits(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * h * w, c))
+            bx = kernels.bgemm_1x1(self.sign_bits_hwc, self._lowered(bits, x.shape), self.k).astype(np.float32)
+            sparse_input, signs = x, True
+        else:
+            xq = np.ascontiguousarray(self.act(Tensor(x)).data)
+            v = xq.transpose(0, 2, 3, 1).reshape(n * h * w, c) * np.float32(6)
+            v -= 3  # exactly 2j − 3 for the levels j/3 (see PackedLinearCore.matmul)
+            hi, lo = kernels.pack_2bit(v)
+            bv = kernels.bgemm_1x2(self.sign_bits_hwc, self._lowered(hi, x.shape), self._lowered(lo, x.shape),
+                                   self.k)
+            bx = (bv / 6.0 + self.row_sums[:, None] / 2.0).astype(np.float32)
+            sparse_input, signs = xq, False
+        y = self.alpha * bx
+        y += kernels.csr_conv2d(self.indptr, self.indices, self.values, sparse_input, self.kh, self.kw,
+                                self.stride, self.padding, signs=signs)
         if self.bias is not None:
             y += self.bias[:, None]
         return y
 
-
     def _padding_correction(self, chw) -> np.ndarray:
-        """α·B·P: what the zero padding wrongly adds to the popcount term in the 1-bit path.
+        """α·B·P: what the zero padding wrongly adds to the popcount term in the 1- and 2-bit paths.
 
-        A padded zero packs as bit 0, i.e. +1, while the float model multiplies it by 0 (S·X sees the
-        zero itself and needs no correction). P is the im2col of an image that is 1 on the padding and
+        A padded zero packs as bit 0, i.e. +1 (1-bit), or as v = +3, whose B·v/6 + B/2 is B (2-bit),
+        while the float model multiplies it by 0 (S·X sees the zero itself and needs no correction). P is the im2col of an image that is 1 on the padding and
         0 inside, so α·B·P (O, Ho, Wo) is exactly the surplus; it depends only on the input size, so
         it is computed once per size.
         """
