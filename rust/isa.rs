@@ -5,7 +5,7 @@
 //!
 //! * `avx512`: AVX-512F + AVX-512 VPOPCNTDQ (`vpopcntq` on 8 words at once), and AVX-512BW (byte
 //!   masks, used by the packers; every CPU with VPOPCNTDQ except Knights Mill has it);
-//! * `avx2`: AVX2, popcount by the nibble-lookup `vpshufb` trick, bytes summed with `vpsadbw`;
+//! * `avx2`: AVX2, popcount by a `vpshufb` lookup on nibble words, bytes summed with `vpsadbw`;
 //! * `scalar`: portable Rust (`u64::count_ones`), always available, on every architecture.
 //!
 //! The choice is made per call, from (in order) the `isa` argument, the environment variable
