@@ -113,6 +113,7 @@ class PackedConv2d(PackedLinearCore):
         once per pixel (channels last), lowered on packed bits, and S·X reads its windows of the map.
 
         1-bit: pack_bits packs signs, so x itself is packed (no ±1 copy) and csr_conv2d reads sign(x).
+        A NaN in the map is therefore an error naming its position (the float model reads it as +1).
         2-bit: the DoReFa map xq = (v + 3)/6 is packed as the planes of v, B·X = (B·v)/6 + rowsum(B)/2.
         Either way a padded tap packs as +1 (1-bit) or v = +3 (2-bit), which adds B·P where the float
         model adds 0: `_padding_correction` takes it off.

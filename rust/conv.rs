@@ -25,7 +25,13 @@ impl Window {
                 self.kh, self.kw, self.stride
             ));
         }
-        let (hp, wp) = (h + 2 * self.padding, w + 2 * self.padding);
+        let padded = |size: usize| self.padding.checked_mul(2).and_then(|p| p.checked_add(size));
+        let (Some(hp), Some(wp)) = (padded(h), padded(w)) else {
+            return Err(format!(
+                "padding {} overflows the padded input size",
+                self.padding
+            ));
+        };
         if hp < self.kh || wp < self.kw {
             return Err(format!(
                 "a {}x{} kernel does not fit a {h}x{w} input with padding {}",
@@ -400,6 +406,11 @@ mod tests {
         };
         let mut out = vec![0u64; 4];
         assert!(im2col_bits(&[0; 4], 1, 2, 2, 16, win, 1, &mut out).is_err()); // 3x3 does not fit 2x2
+        let huge = Window {
+            padding: usize::MAX / 2 + 1,
+            ..win
+        };
+        assert!(huge.output(5, 5).is_err()); // 2·padding + h overflows: an error, not a wrapped size
         assert!(im2col_bits(&[0; 3], 1, 2, 2, 16, Window { kh: 1, kw: 1, ..win }, 1, &mut out).is_err());
         assert!(im2col_bits(
             &[1 << 20; 4],

@@ -733,8 +733,14 @@ fn im2col_bits<'py>(
         )));
     }
     let (ho, wo) = win.output(h, w).map_err(|e| value_error(format!("{F}: {e}")))?;
-    let k = win.kh.saturating_mul(win.kw).saturating_mul(c);
-    let rows = n.saturating_mul(ho).saturating_mul(wo);
+    let (Some(k), Some(rows)) = (
+        win.kh.checked_mul(win.kw).and_then(|t| t.checked_mul(c)),
+        n.checked_mul(ho).and_then(|r| r.checked_mul(wo)),
+    ) else {
+        return Err(value_error(format!(
+            "{F}: kh·kw·c or the number of output pixels overflows"
+        )));
+    };
     let ro = slice_of::<u64>(F, "bits", &arr)?;
     let src = as_slice(F, "bits", &ro)?;
     let out = empty2::<u64>(py, F, rows, words_for(k))?;
@@ -796,9 +802,16 @@ fn csr_conv2d<'py>(
         as_slice(F, "data", &d_ro)?,
         as_slice(F, "x", &x_ro)?,
     );
-    let k = shape[1].saturating_mul(win.kh).saturating_mul(win.kw);
+    let (Some(k), Some(pixels)) = (
+        shape[1].checked_mul(win.kh).and_then(|t| t.checked_mul(win.kw)),
+        shape[0].checked_mul(ho).and_then(|p| p.checked_mul(wo)),
+    ) else {
+        return Err(value_error(format!(
+            "{F}: c·kh·kw or the number of output pixels overflows"
+        )));
+    };
     let m = spmm::validate(ip, ix, d.len(), k).map_err(|e| value_error(format!("{F}: {e}")))?;
-    let out = empty2::<f32>(py, F, m, shape[0].saturating_mul(ho).saturating_mul(wo))?;
+    let out = empty2::<f32>(py, F, m, pixels)?;
     {
         let mut rw = out.readwrite();
         let os = rw

@@ -104,7 +104,7 @@ BAD_IM2COL_BITS = [
     ((np.zeros((1, 2, 2, 1), np.uint64), 16, 3, 3), "does not fit"),
     ((np.full((1, 2, 2, 1), 1 << 40, np.uint64), 16, 1, 1), "padding bits"),
     ((np.zeros((1, 2, 2, 1), np.uint64), 16, 0, 1), "kh"),
-    ((np.zeros((1, 2, 2, 1), np.uint64), 0, 1, 1), "c"),
+    ((np.zeros((1, 2, 2, 1), np.uint64), 0, 1, 1), "c must"),
 ]
 
 
@@ -133,3 +133,15 @@ def test_csr_conv2d_rejects_bad_input():
             fn(*ok, x, 5, 5)
         with pytest.raises(ValueError, match="csr_conv2d.*stride"):
             fn(*ok, x, 3, 3, 0)
+        with pytest.raises(ValueError, match="csr_conv2d"):  # 2·padding overflows: an error, not a wrong size
+            fn(*ok, x, 3, 3, 1, 2**63 - 1)
+
+
+def test_huge_arguments_are_value_errors_not_wrong_sizes():
+    bits = np.zeros((1, 5, 5, 1), np.uint64)
+    impls = [reference.im2col_bits] + ([backend._rust.im2col_bits] if "rust" in backend.available_backends() else [])
+    for fn in impls:
+        with pytest.raises(ValueError, match="im2col_bits"):
+            fn(bits, 3, 1, 1, 1, 2**63 - 1)
+        with pytest.raises(ValueError, match="im2col_bits"):
+            fn(np.zeros((1, 1, 1, 1), np.uint64), 1, 2**62, 2**62, 2**62, 2**61)

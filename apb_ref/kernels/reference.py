@@ -313,10 +313,16 @@ def _check_conv_args(func: str, kh, kw, stride, padding) -> None:
             raise ValueError(f"{func}: {name} must be an integer ≥ {low}, got {v!r}")
 
 
-def _out_size(func: str, h: int, w: int, kh: int, kw: int, stride: int, padding: int) -> tuple[int, int]:
+def _out_size(func: str, n: int, h: int, w: int, kh: int, kw: int, stride: int, padding: int,
+              per_pixel: int) -> tuple[int, int]:
+    """(Ho, Wo), checking the kernel fits and that neither the padded input nor the result (each
+    `per_pixel` elements per pixel) is absurdly large (say, a padding of 2**62)."""
     ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
     if ho < 1 or wo < 1:
         raise ValueError(f"{func}: a {kh}x{kw} kernel does not fit a {h}x{w} input with padding {padding}")
+    largest = max(n * (h + 2 * padding) * (w + 2 * padding), n * ho * wo) * per_pixel
+    if largest > np.iinfo(np.intp).max // 8:
+        raise ValueError(f"{func}: padding {padding} (or the input size) makes arrays of {largest} elements")
     return ho, wo
 
 
@@ -339,7 +345,7 @@ def im2col_bits(bits, c, kh, kw, stride=1, padding=0) -> np.ndarray:
         raise ValueError(f"{func}: bits must be a 4-D (N, H, W, words) uint64 array, got {got}")
     n, h, w, wc = bits.shape
     _check_packed(func, "bits", bits.reshape(n * h * w, wc), c)  # dtype, words per pixel, zero padding bits
-    ho, wo = _out_size(func, h, w, kh, kw, stride, padding)
+    ho, wo = _out_size(func, n, h, w, kh, kw, stride, padding, max(wc, words_for(kh * kw * c)))
     taps = kh * kw
     if padding:
         padded = np.zeros((n, h + 2 * padding, w + 2 * padding, wc), dtype=np.uint64)
@@ -384,7 +390,7 @@ def csr_conv2d(indptr, indices, data, x, kh, kw, stride=1, padding=0, signs=Fals
         raise ValueError(f"{func}: x must be a 4-D float32 array (N, C, H, W), got {got}")
     n, c, h, w = x.shape
     indptr, indices, data = check_csr(func, indptr, indices, data, c * kh * kw)
-    ho, wo = _out_size(func, h, w, kh, kw, stride, padding)
+    ho, wo = _out_size(func, n, h, w, kh, kw, stride, padding, max(c, len(indptr) - 1))
     rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
     out = np.zeros((len(indptr) - 1, n * ho * wo), dtype=np.float32)
     if not len(data):
