@@ -132,7 +132,8 @@ class PackedConv2d(PackedLinearCore):
                                    self.k)
             bx = (bv / 6.0 + self.row_sums[:, None] / 2.0).astype(np.float32)
             sparse_input, signs = xq, False
-        y = self.alpha * bx
+        y = bx
+        y *= self.alpha  # in place: bx is this call's own float32 array
         y += kernels.csr_conv2d(self.indptr, self.indices, self.values, sparse_input, self.kh, self.kw,
                                 self.stride, self.padding, signs=signs)
         if self.bias is not None:
@@ -195,7 +196,9 @@ class Affine(nn.Module):
 
     def forward(self, x):
         shape = (1, -1) + (1,) * (x.ndim - 2)
-        return Tensor(x.data * self.scale.reshape(shape) + self.shift.reshape(shape))
+        y = x.data * self.scale.reshape(shape)
+        y += self.shift.reshape(shape)  # in place: one temporary map, not two
+        return Tensor(y)
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
