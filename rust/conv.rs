@@ -116,19 +116,32 @@ pub fn im2col_bits(
     if out.is_empty() {
         return Ok(());
     }
-    // One output image row (wo pixels) per item.
-    let items: Vec<(usize, &mut [u64])> = out.chunks_mut(wo * wk).enumerate().collect();
-    crate::threads::run_claimed(threads, items, |(r, rows_out)| {
-        let (img, oy) = (r / ho, r % ho);
-        for (ox, dst) in rows_out.chunks_exact_mut(wk).enumerate() {
-            dst.fill(0);
-            for i in 0..win.kh {
-                let Some(y) = win.source(oy, i, h) else { continue };
-                for j in 0..win.kw {
-                    let Some(x) = win.source(ox, j, w) else { continue };
-                    let p = (img * h + y) * w + x;
-                    if let Some(src) = bits.get(p * wc..(p + 1) * wc) {
-                        append_bits(dst, (i * win.kw + j) * c, src);
+    // Items of whole output image rows (wo pixels each), about 32 KiB of output apiece: one row of a
+    // small map is too little work to be worth claiming from the shared queue.
+    let row_words = wo * wk;
+    let rows_per_item = (4096 / row_words).max(1);
+    let one_word_taps = WORD_BITS % c == 0; // then wc = 1 and every tap is a single shifted word
+    let items: Vec<(usize, &mut [u64])> = out.chunks_mut(rows_per_item * row_words).enumerate().collect();
+    crate::threads::run_claimed(threads, items, |(item, block)| {
+        for (t, row_out) in block.chunks_exact_mut(row_words).enumerate() {
+            let r = item * rows_per_item + t;
+            let (img, oy) = (r / ho, r % ho);
+            for (ox, dst) in row_out.chunks_exact_mut(wk).enumerate() {
+                dst.fill(0);
+                for i in 0..win.kh {
+                    let Some(y) = win.source(oy, i, h) else { continue };
+                    for j in 0..win.kw {
+                        let Some(x) = win.source(ox, j, w) else { continue };
+                        let p = (img * h + y) * w + x;
+                        let at = (i * win.kw + j) * c;
+                        if one_word_taps {
+                            // c divides 64: the tap's bits never cross a word boundary.
+                            if let (Some(d), Some(&v)) = (dst.get_mut(at / WORD_BITS), bits.get(p)) {
+                                *d |= v << (at % WORD_BITS);
+                            }
+                        } else if let Some(src) = bits.get(p * wc..(p + 1) * wc) {
+                            append_bits(dst, at, src);
+                        }
                     }
                 }
             }
