@@ -120,7 +120,7 @@ pub fn im2col_bits(
     // small map is too little work to be worth claiming from the shared queue.
     let row_words = wo * wk;
     let rows_per_item = (4096 / row_words).max(1);
-    let one_word_taps = WORD_BITS % c == 0; // then wc = 1 and every tap is a single shifted word
+    let one_word_taps = WORD_BITS.is_multiple_of(c); // then wc = 1 and every tap is a single shifted word
     let items: Vec<(usize, &mut [u64])> = out.chunks_mut(rows_per_item * row_words).enumerate().collect();
     crate::threads::run_claimed(threads, items, |(item, block)| {
         for (t, row_out) in block.chunks_exact_mut(row_words).enumerate() {
