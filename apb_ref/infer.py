@@ -95,13 +95,14 @@ class PackedConv2d(PackedLinearCore):
         wo = (w + 2 * self.padding - self.kw) // self.stride + 1
         if self.act_bits in (1, 2):
             y = self._packed_forward(np.ascontiguousarray(x.data)).reshape(self.out_features, n, ho, wo)
-            if self.padding:
-                y -= self._padding_correction(x.shape[1:])[:, None]
         else:
             xq = np.ascontiguousarray(self.act(x).data)
             cols = kernels.im2col(xq, self.kh, self.kw, self.stride, self.padding, layout="columns")
             y = self.matmul(cols).reshape(self.out_features, n, ho, wo)
-        return Tensor(np.ascontiguousarray(y.transpose(1, 0, 2, 3)))
+        nchw = y.transpose(1, 0, 2, 3)
+        if self.act_bits in (1, 2) and self.padding:  # subtract while copying to NCHW: one pass, not two
+            return Tensor(np.subtract(nchw, self._padding_correction(x.shape[1:]), out=np.empty(nchw.shape, y.dtype)))
+        return Tensor(np.ascontiguousarray(nchw))
 
     def _lowered(self, packed: np.ndarray, shape) -> np.ndarray:
         """im2col_bits of a map packed per pixel ((N·H·W, words) uint64 for an (N, C, H, W) map)."""
