@@ -7,7 +7,9 @@ The packed models are freshly initialised APB ResNet-20s whose masks are project
 with 1-, 2- and 32-bit activations, exported and run by `apb_ref.infer.PackedNetwork` on each kernel
 backend; speed does not depend on the weight values. The baseline is the float ResNet-20 (NumPy
 autograd, eval mode) on the same images in the same run. Each figure is the median over --repeats
-passes over --images images in batches of 256.
+passes over --images images in batches of 256. The models take turns (one pass each per round,
+`apb_ref.bench.measure_interleaved`), and "vs float" is the median of same-round ratios, so a slow
+spell of a shared host slows the packed model and its baseline alike.
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ import argparse
 
 import numpy as np
 
-from common import machine, print_table, time_median, write_json
+from common import machine, print_table, write_json
 
 from apb_ref.autograd import Tensor, no_grad
+from apb_ref.bench import measure_interleaved, speedup
 from apb_ref.export import export_model
 from apb_ref.infer import PackedNetwork
 from apb_ref.kernels import backend
@@ -48,12 +51,12 @@ def main() -> None:
     reuse_freed_memory()
     x = np.random.default_rng(0).standard_normal((args.images, 1, 32, 32)).astype(np.float32)
 
-    def images_per_second(forward) -> float:
+    def passes(forward, backend_name="numpy"):
         def run():
-            for i in range(0, len(x), BATCH):
-                forward(x[i:i + BATCH])
-        seconds, _ = time_median(run, args.repeats, warmup=1)
-        return len(x) / seconds
+            with backend.use_backend(backend_name):
+                for i in range(0, len(x), BATCH):
+                    forward(x[i:i + BATCH])
+        return run
 
     float_model = build("resnet20", num_classes=10, in_channels=1)
     float_model.eval()
@@ -62,16 +65,21 @@ def main() -> None:
         with no_grad():
             return float_model(Tensor(xb))
 
-    base = images_per_second(float_forward)
-    rows = [["float ResNet-20 (NumPy autograd)", "32", "-", f"{base:.0f}", "1.00x"]]
-    records = [{"model": "float", "act_bits": 32, "backend": "numpy", "images_per_second": base}]
+    runs = {"float": passes(float_forward)}
     for act_bits in (1, 2, 32):
         net = packed_resnet20(act_bits)
         for name in args.backends:
-            with backend.use_backend(name):
-                speed = images_per_second(net.logits)
-            rows.append(["packed APB, 1.6 bits/weight", str(act_bits), name, f"{speed:.0f}", f"{speed / base:.2f}x"])
-            records.append({"model": "packed-apb", "act_bits": act_bits, "backend": name, "images_per_second": speed})
+            runs[(act_bits, name)] = passes(net.logits, name)
+    # one warm-up each, then --repeats rounds of one pass per model
+    timed, _ = measure_interleaved(runs, repeats=args.repeats, min_time=0.0, rounds=args.repeats)
+    base = len(x) / timed["float"]["median_s"]
+    rows = [["float ResNet-20 (NumPy autograd)", "32", "-", f"{base:.0f}", "1.00x"]]
+    records = [{"model": "float", "act_bits": 32, "backend": "numpy", "images_per_second": base}]
+    for (act_bits, name), stats in ((key, v) for key, v in timed.items() if key != "float"):
+        speed, ratio = len(x) / stats["median_s"], speedup(timed["float"], stats)
+        rows.append(["packed APB, 1.6 bits/weight", str(act_bits), name, f"{speed:.0f}", f"{ratio:.2f}x"])
+        records.append({"model": "packed-apb", "act_bits": act_bits, "backend": name, "images_per_second": speed,
+                        "vs_float": ratio})
     m = machine()
     print(f"ResNet-20, 1x32x32, {args.images} images in batches of {BATCH}, median of {args.repeats}; "
           f"{m['cpu']} ({m['cores']} cores)")
