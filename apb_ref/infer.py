@@ -88,6 +88,8 @@ class PackedConv2d(PackedLinearCore):
             signs = kernels.unpack_bits(self.sign_bits, self.k)
             signs = signs.reshape(-1, self.channels, self.kh, self.kw).transpose(0, 2, 3, 1)
             self.sign_bits_hwc = kernels.pack_bits(np.ascontiguousarray(signs).reshape(len(signs), -1))
+        if self.act_bits == 2:
+            self.half_row_sums = (self.row_sums / 2).astype(np.float32)[:, None]  # rowsum(B)/2, a column
 
     def forward(self, x):
         n, _, h, w = x.shape
@@ -126,12 +128,16 @@ class PackedConv2d(PackedLinearCore):
             sparse_input, signs = x, True
         else:
             xq = np.ascontiguousarray(self.act(Tensor(x)).data)
-            v = xq.transpose(0, 2, 3, 1).reshape(n * h * w, c) * np.float32(6)
-            v -= 3  # exactly 2j − 3 for the levels j/3 (see PackedLinearCore.matmul)
-            hi, lo = kernels.pack_2bit(v)
+            # v = 6·xq − 3 channels last, in one pass into one array: exactly 2j − 3 for the levels j/3
+            # (see PackedLinearCore.matmul)
+            v = np.multiply(xq.transpose(0, 2, 3, 1), np.float32(6), out=np.empty((n, h, w, c), np.float32))
+            v -= 3
+            hi, lo = kernels.pack_2bit(v.reshape(n * h * w, c))
             bv = kernels.bgemm_1x2(self.sign_bits_hwc, self._lowered(hi, x.shape), self._lowered(lo, x.shape),
                                    self.k)
-            bx = (bv / 6.0 + self.row_sums[:, None] / 2.0).astype(np.float32)
+            bx = bv.astype(np.float32)  # |B·v| <= 3K: exact in float32
+            bx *= np.float32(1 / 6)
+            bx += self.half_row_sums
             sparse_input, signs = xq, False
         y = bx
         y *= self.alpha  # in place: bx is this call's own float32 array
