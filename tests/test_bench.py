@@ -1,0 +1,56 @@
+"""apb_ref.bench: the interleaved timing (who runs when, how same-round ratios are taken) and `apb-ref bench`.
+Nothing here asserts a speed: only structure and that every figure was measured."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from apb_ref import kernels
+from apb_ref.bench import measure_interleaved, run, speedup, table
+
+
+def test_interleaved_runs_every_callable_in_rotating_turns():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name) or name.upper()) for name in "abc"}
+    stats, results = measure_interleaved(fns, repeats=6, min_time=0.0, rounds=3)
+    assert results == {"a": "A", "b": "B", "c": "C"}  # the warm-up's results
+    assert calls[:3] == ["a", "b", "c"]  # one warm-up each
+    # then 3 rounds of blocks of ceil(6 / 3) = 2 calls, the order rotating by one each round
+    assert calls[3:] == list("aabbcc") + list("bbccaa") + list("ccaabb")
+    for s in stats.values():
+        assert s["repeats"] == 6 and len(s["round_medians"]) == 3
+        assert s["min_s"] <= s["q1_s"] <= s["median_s"] <= s["q3_s"] <= s["max_s"]
+
+
+def test_speedup_takes_the_median_of_same_round_ratios():
+    slow = {"median_s": 2.0, "round_medians": [2.0, 4.0, 2.0]}  # round 2 was a slow spell for both
+    fast = {"median_s": 1.0, "round_medians": [1.0, 2.0, 1.0]}
+    assert speedup(slow, fast) == pytest.approx(2.0)
+    drift = {"median_s": 3.0, "round_medians": [3.0, 1.0, 3.0]}
+    assert speedup(drift, fast) == pytest.approx(3.0)  # median of 3, 0.5, 3
+    # Without rounds (or from different runs) it falls back to the ratio of medians.
+    assert speedup({"median_s": 3.0}, fast) == pytest.approx(3.0)
+    assert speedup(slow, {"median_s": 0.5, "round_medians": [0.5]}) == pytest.approx(4.0)
+
+
+def test_run_measures_every_kernel_on_each_shape_and_tables_them():
+    rows = run(shapes=[(8, 65, 3), (3, 64, 9)], repeats=1)
+    assert [(r["shape"], r["kernel"]) for r in rows] == [
+        (shape, k) for shape in [(8, 65, 3), (3, 64, 9)] for k in ("bgemm_1x1", "bgemm_1x2", "bgemm_2x2")]
+    rust = "rust" in kernels.available_backends()
+    for r in rows:
+        assert r["fp32_ms"] > 0 and r["numpy_ms"] > 0 and r["pack_ms"] > 0
+        assert r["speedup_numpy"] == pytest.approx(r["fp32_ms"] / r["numpy_ms"])
+        assert (r["rust_1t_ms"] is not None and r["rust_1t_ms"] > 0) == rust
+    text = table(rows)
+    assert text.startswith("apb-ref bench:") and "8,65,3" in text and "bgemm_2x2" in text
+
+
+def test_cli_bench_runs_with_one_blas_thread():
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    proc = subprocess.run([sys.executable, "-m", "apb_ref", "bench", "--repeats", "1"], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "apb-ref bench:" in proc.stdout and "fp32 baseline on 1 BLAS thread(s)" in proc.stdout
+    assert proc.stdout.count("bgemm_1x1") == 3  # the three quick shapes
