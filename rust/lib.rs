@@ -162,6 +162,26 @@ fn empty2<'py, T: Element>(
         .map_err(|e| value_error(format!("{func}: output: {e}")))
 }
 
+/// A new `(rows, cols)` array of `T` filled by `compute` with the GIL released; `compute` must write
+/// every element and returns its error message, which becomes the ValueError.
+fn filled2<'py, T: Element + Send>(
+    py: Python<'py>,
+    func: &str,
+    rows: usize,
+    cols: usize,
+    compute: impl FnOnce(&mut [T]) -> Result<(), String> + Send,
+) -> PyResult<Bound<'py, PyArray2<T>>> {
+    let out = empty2::<T>(py, func, rows, cols)?;
+    {
+        let mut rw = out.readwrite();
+        let os = rw
+            .as_slice_mut()
+            .map_err(|e| value_error(format!("{func}: output: {e}")))?;
+        py.detach(|| compute(os)).map_err(value_error)?;
+    }
+    Ok(out)
+}
+
 /// An optional integer argument (`None` -> None); anything but an int (bools included) is an error.
 fn opt_int(func: &str, name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<i64>> {
     let Some(v) = v.filter(|v| !v.is_none()) else {
@@ -370,15 +390,9 @@ fn pack_typed_mask<'py>(
     // SAFETY: MaskByte is #[repr(transparent)] over u8, so a &[u8] is a valid &[MaskByte] of the same
     // length and lifetime (same size, alignment and validity: every u8 is a valid MaskByte).
     let masks: &[MaskByte] = unsafe { std::slice::from_raw_parts(xs.as_ptr().cast(), xs.len()) };
-    let out = empty2::<u64>(py, func, rows, words_for(k))?;
-    {
-        let mut rw = out.readwrite();
-        let os = rw
-            .as_slice_mut()
-            .map_err(|e| value_error(format!("{func}: output: {e}")))?;
-        py.detach(|| pack::pack_planes::<MaskByte, 1>(masks, k, [os], threads, isa))
-            .map_err(|e| value_error(format!("{func}: {e}")))?;
-    }
+    let out = filled2(py, func, rows, words_for(k), |os| {
+        pack::pack_planes::<MaskByte, 1>(masks, k, [os], threads, isa).map_err(|e| format!("{func}: {e}"))
+    })?;
     Ok([out])
 }
 
@@ -546,16 +560,10 @@ fn run_bgemm<'py>(
         }
     }
 
-    let out = empty2::<i32>(py, func, m, n)?;
-    {
-        let mut rw = out.readwrite();
-        let os = rw
-            .as_slice_mut()
-            .map_err(|e| value_error(format!("{func}: output: {e}")))?;
-        py.detach(|| bgemm::bgemm(kind, &a_sl, &b_sl, m, n, k, isa, threads, os))
-            .map_err(value_error)?;
-    }
-    Ok(out)
+    // bgemm's errors already name the kernel
+    filled2(py, func, m, n, |os| {
+        bgemm::bgemm(kind, &a_sl, &b_sl, m, n, k, isa, threads, os)
+    })
 }
 
 /// ±1 × ±1: `out[i, j] = k − 2·popcount(a[i] ^ b[j])`, int32 (M, N).
@@ -636,9 +644,7 @@ fn csr_matmul<'py>(
     isa: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
     const F: &str = "csr_matmul";
-    let indptr_a = typed::<i64>(F, "indptr", indptr, "int64", 1)?;
-    let indices_a = typed::<i32>(F, "indices", indices, "int32", 1)?;
-    let data_a = typed::<f32>(F, "data", data, "float32", 1)?;
+    let csr = CsrArgs::new(F, indptr, indices, data)?;
     let x_a = typed::<f32>(F, "x", x, "float32", 2)?;
     let (k, n) = match x_a.shape() {
         [k, n] => (*k, *n),
@@ -646,57 +652,92 @@ fn csr_matmul<'py>(
     };
     let isa = resolve_isa(F, isa)?;
     let threads = resolve_threads(F, threads)?;
-    let (ip_ro, ix_ro, d_ro, x_ro) = (
-        slice_of::<i64>(F, "indptr", &indptr_a)?,
-        slice_of::<i32>(F, "indices", &indices_a)?,
-        slice_of::<f32>(F, "data", &data_a)?,
-        slice_of::<f32>(F, "x", &x_a)?,
-    );
-    let (ip, ix, d, xs) = (
-        as_slice(F, "indptr", &ip_ro)?,
-        as_slice(F, "indices", &ix_ro)?,
-        as_slice(F, "data", &d_ro)?,
-        as_slice(F, "x", &x_ro)?,
-    );
-    let m = spmm::validate(ip, ix, d.len(), k).map_err(|e| value_error(format!("{F}: {e}")))?;
-    let out = empty2::<f32>(py, F, m, n)?;
-    {
-        let mut rw = out.readwrite();
-        let os = rw
-            .as_slice_mut()
-            .map_err(|e| value_error(format!("{F}: output: {e}")))?;
-        py.detach(|| spmm::csr_matmul(ip, ix, d, xs, k, n, isa, threads, os))
-            .map_err(|e| value_error(format!("{F}: {e}")))?;
+    let x_ro = slice_of::<f32>(F, "x", &x_a)?;
+    let xs = as_slice(F, "x", &x_ro)?;
+    let (ip, ix, d, m) = csr.validated(F, k)?;
+    filled2(py, F, m, n, |os| {
+        spmm::csr_matmul(ip, ix, d, xs, k, n, isa, threads, os).map_err(|e| format!("{F}: {e}"))
+    })
+}
+
+/// indptr, indices, data and the row count of a validated CSR matrix.
+type CsrSlices<'a> = (&'a [i64], &'a [i32], &'a [f32], usize);
+
+/// The CSR arrays of a sparse operand S, checked for dtype, ndim and contiguity and borrowed
+/// read-only (csr_matmul, csr_conv2d).
+struct CsrArgs<'py> {
+    indptr: numpy::PyReadonlyArrayDyn<'py, i64>,
+    indices: numpy::PyReadonlyArrayDyn<'py, i32>,
+    data: numpy::PyReadonlyArrayDyn<'py, f32>,
+}
+
+impl<'py> CsrArgs<'py> {
+    fn new(
+        func: &str,
+        indptr: &Bound<'py, PyAny>,
+        indices: &Bound<'py, PyAny>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Self> {
+        Ok(Self {
+            indptr: slice_of(func, "indptr", &typed::<i64>(func, "indptr", indptr, "int64", 1)?)?,
+            indices: slice_of(
+                func,
+                "indices",
+                &typed::<i32>(func, "indices", indices, "int32", 1)?,
+            )?,
+            data: slice_of(func, "data", &typed::<f32>(func, "data", data, "float32", 1)?)?,
+        })
     }
-    Ok(out)
+
+    /// The three slices (indptr, indices, data), checked as a CSR matrix with `k` columns, and its
+    /// row count.
+    fn validated(&self, func: &str, k: usize) -> PyResult<CsrSlices<'_>> {
+        let (ip, ix, d) = (
+            as_slice(func, "indptr", &self.indptr)?,
+            as_slice(func, "indices", &self.indices)?,
+            as_slice(func, "data", &self.data)?,
+        );
+        let m = spmm::validate(ip, ix, d.len(), k).map_err(|e| value_error(format!("{func}: {e}")))?;
+        Ok((ip, ix, d, m))
+    }
 }
 
 // --- convolution pieces for packed inference -----------------------------------------------------
 
-/// A non-negative integer argument.
-fn count_arg(func: &str, name: &str, v: &Bound<'_, PyAny>, min: i64) -> PyResult<usize> {
-    let got = opt_int(func, name, Some(v))?
-        .ok_or_else(|| value_error(format!("{func}: {name} must be an integer, got None")))?;
-    if got < min {
-        return Err(value_error(format!(
-            "{func}: {name} must be an integer >= {min}, got {got}"
-        )));
+/// An integer argument of at least `min`; `None` (or absent) means `default`, and is an error when
+/// there is no default.
+fn count_arg(
+    func: &str,
+    name: &str,
+    v: Option<&Bound<'_, PyAny>>,
+    default: Option<usize>,
+    min: i64,
+) -> PyResult<usize> {
+    match (opt_int(func, name, v)?, default) {
+        (None, Some(d)) => Ok(d),
+        (Some(got), _) if got >= min => {
+            usize::try_from(got).map_err(|_| value_error(format!("{func}: {name} is too large: {got}")))
+        }
+        (got, _) => Err(value_error(format!(
+            "{func}: {name} must be an integer >= {min}, got {}",
+            got.map_or("None".to_string(), |g| g.to_string())
+        ))),
     }
-    usize::try_from(got).map_err(|_| value_error(format!("{func}: {name} is too large: {got}")))
 }
 
+/// The window of a conv call: kh, kw (required), stride (default 1), padding (default 0).
 fn window_args(
     func: &str,
     kh: &Bound<'_, PyAny>,
     kw: &Bound<'_, PyAny>,
-    stride: &Bound<'_, PyAny>,
-    padding: &Bound<'_, PyAny>,
+    stride: Option<&Bound<'_, PyAny>>,
+    padding: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<conv::Window> {
     Ok(conv::Window {
-        kh: count_arg(func, "kh", kh, 1)?,
-        kw: count_arg(func, "kw", kw, 1)?,
-        stride: count_arg(func, "stride", stride, 1)?,
-        padding: count_arg(func, "padding", padding, 0)?,
+        kh: count_arg(func, "kh", Some(kh), None, 1)?,
+        kw: count_arg(func, "kw", Some(kw), None, 1)?,
+        stride: count_arg(func, "stride", stride, Some(1), 1)?,
+        padding: count_arg(func, "padding", padding, Some(0), 0)?,
     })
 }
 
@@ -716,10 +757,8 @@ fn im2col_bits<'py>(
     threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<u64>>> {
     const F: &str = "im2col_bits";
-    let one = 1i64.into_pyobject(py)?.into_any();
-    let zero = 0i64.into_pyobject(py)?.into_any();
-    let win = window_args(F, kh, kw, stride.unwrap_or(&one), padding.unwrap_or(&zero))?;
-    let c = count_arg(F, "c", c, 1)?;
+    let win = window_args(F, kh, kw, stride, padding)?;
+    let c = count_arg(F, "c", Some(c), None, 1)?;
     let threads = resolve_threads(F, threads)?;
     let arr = typed::<u64>(F, "bits", bits, "uint64", 4)?;
     let [n, h, w, wc] = arr.shape() else {
@@ -743,16 +782,9 @@ fn im2col_bits<'py>(
     };
     let ro = slice_of::<u64>(F, "bits", &arr)?;
     let src = as_slice(F, "bits", &ro)?;
-    let out = empty2::<u64>(py, F, rows, words_for(k))?;
-    {
-        let mut rw = out.readwrite();
-        let os = rw
-            .as_slice_mut()
-            .map_err(|e| value_error(format!("{F}: output: {e}")))?;
-        py.detach(|| conv::im2col_bits(src, n, h, w, c, win, threads, os))
-            .map_err(|e| value_error(format!("{F}: {e}")))?;
-    }
-    Ok(out)
+    filled2(py, F, rows, words_for(k), |os| {
+        conv::im2col_bits(src, n, h, w, c, win, threads, os).map_err(|e| format!("{F}: {e}"))
+    })
 }
 
 /// The sparse residual of a conv from its input map: CSR (O, C·kh·kw) × float32 x (N, C, H, W) ->
@@ -775,13 +807,9 @@ fn csr_conv2d<'py>(
     threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
     const F: &str = "csr_conv2d";
-    let one = 1i64.into_pyobject(py)?.into_any();
-    let zero = 0i64.into_pyobject(py)?.into_any();
-    let win = window_args(F, kh, kw, stride.unwrap_or(&one), padding.unwrap_or(&zero))?;
+    let win = window_args(F, kh, kw, stride, padding)?;
     let threads = resolve_threads(F, threads)?;
-    let indptr_a = typed::<i64>(F, "indptr", indptr, "int64", 1)?;
-    let indices_a = typed::<i32>(F, "indices", indices, "int32", 1)?;
-    let data_a = typed::<f32>(F, "data", data, "float32", 1)?;
+    let csr = CsrArgs::new(F, indptr, indices, data)?;
     let x_a = typed::<f32>(F, "x", x, "float32", 4)?;
     let [n, c, h, w] = x_a.shape() else {
         return Err(value_error(format!("{F}: x must be 4-D")));
@@ -790,18 +818,6 @@ fn csr_conv2d<'py>(
     let (ho, wo) = win
         .output(shape[2], shape[3])
         .map_err(|e| value_error(format!("{F}: {e}")))?;
-    let (ip_ro, ix_ro, d_ro, x_ro) = (
-        slice_of::<i64>(F, "indptr", &indptr_a)?,
-        slice_of::<i32>(F, "indices", &indices_a)?,
-        slice_of::<f32>(F, "data", &data_a)?,
-        slice_of::<f32>(F, "x", &x_a)?,
-    );
-    let (ip, ix, d, xs) = (
-        as_slice(F, "indptr", &ip_ro)?,
-        as_slice(F, "indices", &ix_ro)?,
-        as_slice(F, "data", &d_ro)?,
-        as_slice(F, "x", &x_ro)?,
-    );
     let (Some(k), Some(pixels)) = (
         shape[1].checked_mul(win.kh).and_then(|t| t.checked_mul(win.kw)),
         shape[0].checked_mul(ho).and_then(|p| p.checked_mul(wo)),
@@ -810,17 +826,12 @@ fn csr_conv2d<'py>(
             "{F}: c·kh·kw or the number of output pixels overflows"
         )));
     };
-    let m = spmm::validate(ip, ix, d.len(), k).map_err(|e| value_error(format!("{F}: {e}")))?;
-    let out = empty2::<f32>(py, F, m, pixels)?;
-    {
-        let mut rw = out.readwrite();
-        let os = rw
-            .as_slice_mut()
-            .map_err(|e| value_error(format!("{F}: output: {e}")))?;
-        py.detach(|| conv::csr_conv2d(ip, ix, d, xs, shape, win, signs, threads, os))
-            .map_err(|e| value_error(format!("{F}: {e}")))?;
-    }
-    Ok(out)
+    let x_ro = slice_of::<f32>(F, "x", &x_a)?;
+    let xs = as_slice(F, "x", &x_ro)?;
+    let (ip, ix, d, m) = csr.validated(F, k)?;
+    filled2(py, F, m, pixels, |os| {
+        conv::csr_conv2d(ip, ix, d, xs, shape, win, signs, threads, os).map_err(|e| format!("{F}: {e}"))
+    })
 }
 
 #[pymodule]
