@@ -181,14 +181,16 @@ pub fn csr_conv2d(
         ));
     }
     let (ho, wo) = win.output(h, w)?;
-    let p = n.checked_mul(ho).and_then(|v| v.checked_mul(wo));
-    if p.and_then(|v| v.checked_mul(m)) != Some(out.len()) {
+    let p = n
+        .checked_mul(ho)
+        .and_then(|v| v.checked_mul(wo))
+        .unwrap_or(usize::MAX);
+    if p.checked_mul(m) != Some(out.len()) {
         return Err(format!(
             "out must hold o·n·ho·wo = {m}·{n}·{ho}·{wo} values, got {}",
             out.len()
         ));
     }
-    let p = n * ho * wo;
     if out.is_empty() {
         return Ok(());
     }
@@ -207,18 +209,20 @@ pub fn csr_conv2d(
             if ox_lo >= ox_hi {
                 continue;
             }
+            // ox_lo·stride ≥ padding − j, so this is the input column of ox_lo, inside 0..w.
+            let x0 = ox_lo * win.stride + j - win.padding;
             for img in 0..n {
                 for oy in 0..ho {
                     let Some(y) = win.source(oy, i, h) else { continue };
-                    let xrow = &x[((img * c + ch) * h + y) * w..][..w];
-                    let orow_seg = &mut orow[(img * ho + oy) * wo..][..wo];
-                    let x0 = ox_lo * win.stride + j - win.padding;
-                    let segment = &mut orow_seg[ox_lo..ox_hi];
+                    let xrow = &x[((img * c + ch) * h + y) * w + x0..][..w - x0];
+                    let row_start = (img * ho + oy) * wo;
+                    let segment = &mut orow[row_start + ox_lo..row_start + ox_hi];
+                    // Stride 1 gets its own plain-slice loop (the one that vectorizes).
                     match (win.stride, signs) {
-                        (1, false) => axpy::<false>(segment, v, xrow[x0..].iter()),
-                        (1, true) => axpy::<true>(segment, v, xrow[x0..].iter()),
-                        (s, false) => axpy::<false>(segment, v, xrow[x0..].iter().step_by(s)),
-                        (s, true) => axpy::<true>(segment, v, xrow[x0..].iter().step_by(s)),
+                        (1, false) => axpy::<false>(segment, v, xrow.iter()),
+                        (1, true) => axpy::<true>(segment, v, xrow.iter()),
+                        (s, false) => axpy::<false>(segment, v, xrow.iter().step_by(s)),
+                        (s, true) => axpy::<true>(segment, v, xrow.iter().step_by(s)),
                     }
                 }
             }
@@ -233,16 +237,17 @@ pub fn csr_conv2d(
 #[inline]
 fn axpy<'a, const SIGNS: bool>(out: &mut [f32], v: f32, x: impl Iterator<Item = &'a f32>) {
     for (o, &xv) in out.iter_mut().zip(x) {
-        let xv = if SIGNS {
-            if xv < 0.0 {
-                -1.0
-            } else {
-                1.0
-            }
-        } else {
-            xv
-        };
-        *o += v * xv;
+        *o += v * if SIGNS { sign(xv) } else { xv };
+    }
+}
+
+/// ±1 with sign(0) = sign(−0.0) = +1, the 1-bit activation (bit convention of `apb_ref.kernels`).
+#[inline]
+fn sign(x: f32) -> f32 {
+    if x < 0.0 {
+        -1.0
+    } else {
+        1.0
     }
 }
 
@@ -354,18 +359,7 @@ mod tests {
             }
             let (ho, wo) = win.output(h, w).unwrap();
             for signs in [false, true] {
-                let xs: Vec<f32> = x
-                    .iter()
-                    .map(|&v| {
-                        if !signs {
-                            v
-                        } else if v < 0.0 {
-                            -1.0
-                        } else {
-                            1.0
-                        }
-                    })
-                    .collect();
+                let xs: Vec<f32> = x.iter().map(|&v| if signs { sign(v) } else { v }).collect();
                 let mut want = vec![0f32; o * n * ho * wo];
                 for r in 0..o {
                     for img in 0..n {
@@ -436,30 +430,15 @@ mod tests {
             &mut out
         )
         .is_err());
+        // an index past K = 1, and an x one value short
         let mut fout = vec![0f32; 4];
-        assert!(csr_conv2d(
-            &[0, 1],
-            &[99],
-            &[1.0],
-            &[0.0; 4],
-            [1, 1, 2, 2],
-            Window { kh: 1, kw: 1, ..win },
-            false,
-            1,
-            &mut fout
-        )
-        .is_err());
-        assert!(csr_conv2d(
-            &[0, 0],
-            &[],
-            &[],
-            &[0.0; 3],
-            [1, 1, 2, 2],
-            Window { kh: 1, kw: 1, ..win },
-            false,
-            1,
-            &mut fout
-        )
-        .is_err());
+        let one = Window { kh: 1, kw: 1, ..win };
+        for (indptr, indices, data, x) in [
+            (&[0i64, 1][..], &[99i32][..], &[1.0f32][..], &[0.0f32; 4][..]),
+            (&[0, 0], &[], &[], &[0.0; 3]),
+        ] {
+            let r = csr_conv2d(indptr, indices, data, x, [1, 1, 2, 2], one, false, 1, &mut fout);
+            assert!(r.is_err());
+        }
     }
 }
