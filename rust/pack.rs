@@ -15,9 +15,9 @@
 //! hot element types (f32 and i8, 1 and 2 planes, and mask bytes); [`Source::kernel`] names them and
 //! [`pack_planes`] picks one by its `isa` argument (resolved like the GEMMs', see `isa.rs`), falling
 //! back to the scalar packer for the other types. `pack/columns.rs` packs a `(k, n)` matrix down its
-//! columns (im2col's layout) into the same words as its transpose would give. Every path computes the same bits and the same
-//! "some value was invalid" flag; the position of the first invalid value is always found afterwards
-//! by the same serial scan, so error messages do not depend on the path.
+//! columns (im2col's layout) into the same words as its transpose would give. Every path computes
+//! the same bits and the same "some value was invalid" flag; the position of the first invalid value
+//! is always found afterwards by the same serial scan, so error messages do not depend on the path.
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;

@@ -6,9 +6,8 @@
 //! a local `rayon::ThreadPool` of exactly that size, built on first use and kept, so the count is
 //! honoured exactly (the global pool would ignore it) and repeated calls pay no start-up cost.
 //!
-//! The pool has `threads − 1` threads, not `threads`: with the calling thread that makes `threads`
-//! busy threads. A pool of `threads` left one of them spinning for work beside the two working ones,
-//! which on two cores slowed whichever worker shared its core to half speed.
+//! The pool has `threads − 1` threads, not `threads`: with the calling thread that makes exactly
+//! `threads` threads working, and no extra pool thread left idle.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,8 +77,8 @@ pub fn pool(n: usize) -> Result<Arc<ThreadPool>, String> {
 }
 
 /// Run `f` on every item with `n` threads: the calling thread and `n - 1` helpers (the pool of
-/// `n - 1`) take items from one shared queue, in order, until it is empty. Returns whether every
-/// call returned true.
+/// `n - 1`) take items from one shared queue until it is empty, the caller from the front and the
+/// helpers from the back. Returns whether every call returned true.
 ///
 /// The calling thread starts at once instead of sleeping while pool threads wake up (tens of
 /// microseconds in a VM, as long as a whole paper-shape GEMM), and a helper that wakes late finds

@@ -65,7 +65,7 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
     if !t.fits(MR, NR, PA, PB, LANES) {
         return false;
     }
-    let w = t.w; // nibble words
+    let w = t.w; // in nibble words
                  // Nibble words per byte-accumulator block: 63·4 = 252 and 31·8 = 248 stay below 256.
     let block: usize = if PA == 2 && PB == 2 { 31 } else { 63 };
     #[rustfmt::skip]

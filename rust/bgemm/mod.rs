@@ -238,14 +238,7 @@ pub fn bgemm(
     let nc_max = nr_max * fam.lanes;
     let panels = n.div_ceil(nc_max);
     let row_blocks = m.div_ceil(mr);
-    let (groups, row_chunks) = split_tasks(panels, row_blocks, threads.max(1));
-    let panels_per_group = panels.div_ceil(groups);
-    let blocks_per_chunk = row_blocks.div_ceil(row_chunks);
-    // Rounding up may leave fewer (non-empty) groups and chunks than asked for.
-    let (groups, row_chunks) = (
-        panels.div_ceil(panels_per_group),
-        row_blocks.div_ceil(blocks_per_chunk),
-    );
+    let (panels_per_group, blocks_per_chunk) = task_sizes(panels, row_blocks, threads.max(1));
     let kconst = kind.weight_sum() * k as i64;
     let out_ptr = OutPtr(out.as_mut_ptr());
     // A nibble family gets A split here, once (O(m·w), against the product's O(m·n·w)), and each B
@@ -256,7 +249,7 @@ pub fn bgemm(
         Vec::new()
     };
     let (a, wt): (Vec<&[u64]>, usize) = if fam.nibbles {
-        (split_a.iter().map(|v| v.as_slice()).collect(), 2 * w)
+        (split_a.iter().map(Vec::as_slice).collect(), 2 * w)
     } else {
         (a.to_vec(), w)
     };
@@ -323,7 +316,8 @@ pub fn bgemm(
         }
         ok
     };
-    let tasks: Vec<(usize, usize)> = (0..groups)
+    let row_chunks = row_blocks.div_ceil(blocks_per_chunk);
+    let tasks: Vec<(usize, usize)> = (0..panels.div_ceil(panels_per_group))
         .flat_map(|g| (0..row_chunks).map(move |c| (g, c)))
         .collect();
     // The calling thread starts at once and helpers join as they wake (`run_claimed_with`): a
@@ -339,18 +333,18 @@ pub fn bgemm(
     }
 }
 
-/// How to cut the work into `(panel groups, row chunks)`: one task per thread would leave threads
-/// idle when one is slow or wakes late, so aim at about 4 tasks per thread, cutting rows only when
-/// there are too few panels.
-fn split_tasks(panels: usize, row_blocks: usize, threads: usize) -> (usize, usize) {
-    if threads == 1 {
-        return (1, 1);
-    }
+/// How to cut the work into tasks, as `(panels per group, row blocks per chunk)`: one task per
+/// thread would leave threads idle when one is slow or wakes late, so aim at about 4 tasks per
+/// thread, cutting rows only when there are too few panels.
+fn task_sizes(panels: usize, row_blocks: usize, threads: usize) -> (usize, usize) {
     let target = 4 * threads;
-    if panels >= target {
-        (target, 1)
+    if threads == 1 {
+        (panels, row_blocks)
+    } else if panels >= target {
+        (panels.div_ceil(target), row_blocks)
     } else {
-        (panels, target.div_ceil(panels).clamp(1, row_blocks))
+        let row_chunks = target.div_ceil(panels).clamp(1, row_blocks);
+        (1, row_blocks.div_ceil(row_chunks))
     }
 }
 

@@ -24,7 +24,7 @@ pub fn nibbles(v: u64) -> [u64; 2] {
 /// becomes row `r` of `2·w`).
 pub fn split_nibbles(plane: &[u64]) -> Vec<u64> {
     let mut out = vec![0u64; 2 * plane.len()];
-    // Pairs of output words, written in one pass (this form vectorizes; `flat_map` did not).
+    // Row `r`'s word `p` becomes words 2p and 2p + 1 of row `r`: pairs in order.
     for (pair, &v) in out.chunks_exact_mut(2).zip(plane) {
         pair.copy_from_slice(&nibbles(v));
     }
