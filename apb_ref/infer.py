@@ -10,7 +10,7 @@ and S the CSR residual. B·X runs, by activation precision,
          rowsum(B) = K − 2·popcount(B's row);
   float  a float GEMM on the ±1 sign matrix;
 
-and S·X is csr_matmul. A conv with 1-bit activations never builds X: the activation map's signs are
+and S·X is csr_matmul. A conv with 1- or 2-bit activations never builds X: the quantized map is
 packed once per pixel (channels last), im2col_bits lowers those packed bits (the sign matrix is
 repacked to its (i, j, channel) order), and csr_conv2d reads S·X's windows straight from the map.
 BatchNorm arrives folded into a per-channel scale and shift. Everything else (pooling, shortcuts,
@@ -82,7 +82,8 @@ class PackedConv2d(PackedLinearCore):
         super().__init__(prefix, spec, t)
         self.channels, self.kh, self.kw = spec["weight_shape"][1:]
         self.stride, self.padding = int(spec["stride"]), int(spec["padding"])
-        if self.act_bits in (1, 2):
+        self.packed_input = self.act_bits in (1, 2)  # the map itself is packed (`_packed_forward`)
+        if self.packed_input:
             # These paths lower packed bits (im2col_bits), whose K order is (i, j, channel): the sign
             # matrix is repacked once in that order.
             signs = kernels.unpack_bits(self.sign_bits, self.k)
@@ -95,14 +96,14 @@ class PackedConv2d(PackedLinearCore):
         n, _, h, w = x.shape
         ho = (h + 2 * self.padding - self.kh) // self.stride + 1
         wo = (w + 2 * self.padding - self.kw) // self.stride + 1
-        if self.act_bits in (1, 2):
+        if self.packed_input:
             y = self._packed_forward(np.ascontiguousarray(x.data)).reshape(self.out_features, n, ho, wo)
         else:
             xq = np.ascontiguousarray(self.act(x).data)
             cols = kernels.im2col(xq, self.kh, self.kw, self.stride, self.padding, layout="columns")
             y = self.matmul(cols).reshape(self.out_features, n, ho, wo)
         nchw = y.transpose(1, 0, 2, 3)
-        if self.act_bits in (1, 2) and self.padding:  # subtract while copying to NCHW: one pass, not two
+        if self.packed_input and self.padding:  # subtract while copying to NCHW: one pass, not two
             return Tensor(np.subtract(nchw, self._padding_correction(x.shape[1:]), out=np.empty(nchw.shape, y.dtype)))
         return Tensor(np.ascontiguousarray(nchw))
 
@@ -124,7 +125,7 @@ class PackedConv2d(PackedLinearCore):
         n, c, h, w = x.shape
         if self.act_bits == 1:
             bits = kernels.pack_bits(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * h * w, c))
-            bx = kernels.bgemm_1x1(self.sign_bits_hwc, self._lowered(bits, x.shape), self.k).astype(np.float32)
+            y = kernels.bgemm_1x1(self.sign_bits_hwc, self._lowered(bits, x.shape), self.k).astype(np.float32)
             sparse_input, signs = x, True
         else:
             xq = np.ascontiguousarray(self.act(Tensor(x)).data)
@@ -135,12 +136,11 @@ class PackedConv2d(PackedLinearCore):
             hi, lo = kernels.pack_2bit(v.reshape(n * h * w, c))
             bv = kernels.bgemm_1x2(self.sign_bits_hwc, self._lowered(hi, x.shape), self._lowered(lo, x.shape),
                                    self.k)
-            bx = bv.astype(np.float32)  # |B·v| <= 3K: exact in float32
-            bx *= np.float32(1 / 6)
-            bx += self.half_row_sums
+            y = bv.astype(np.float32)  # |B·v| <= 3K: exact in float32
+            y *= np.float32(1 / 6)
+            y += self.half_row_sums
             sparse_input, signs = xq, False
-        y = bx
-        y *= self.alpha  # in place: bx is this call's own float32 array
+        y *= self.alpha  # y = B·X so far, this call's own float32 array
         y += kernels.csr_conv2d(self.indptr, self.indices, self.values, sparse_input, self.kh, self.kw,
                                 self.stride, self.padding, signs=signs)
         if self.bias is not None:
@@ -151,9 +151,9 @@ class PackedConv2d(PackedLinearCore):
         """α·B·P: what the zero padding wrongly adds to the popcount term in the 1- and 2-bit paths.
 
         A padded zero packs as bit 0, i.e. +1 (1-bit), or as v = +3, whose B·v/6 + B/2 is B (2-bit),
-        while the float model multiplies it by 0 (S·X sees the zero itself and needs no correction). P is the im2col of an image that is 1 on the padding and
-        0 inside, so α·B·P (O, Ho, Wo) is exactly the surplus; it depends only on the input size, so
-        it is computed once per size.
+        while the float model multiplies it by 0 (S·X sees the zero itself and needs no correction).
+        P is the im2col of an image that is 1 on the padding and 0 inside, so α·B·P (O, Ho, Wo) is
+        exactly the surplus; it depends only on the input size, so it is computed once per size.
         """
         cache = self.__dict__.setdefault("_corrections", {})
         if chw not in cache:

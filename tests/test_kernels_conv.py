@@ -38,11 +38,15 @@ def pixel_bits(x):
     return reference.pack_bits(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(-1, c)).reshape(n, h, w, -1)
 
 
+def pm1(x):
+    """sign(x) as float32 ±1, sign(0) = +1: written here, independently of the code under test."""
+    return np.where(x < 0, np.float32(-1), np.float32(1))
+
+
 def hwc_rows(x, kh, kw, stride, padding):
     """im2col rows of sign(x) with columns reordered (i, j, channel); padding taps are 0."""
     n, c = x.shape[:2]
-    signs = np.where(x < 0, np.float32(-1), np.float32(1))
-    rows = reference.im2col(signs, kh, kw, stride, padding)
+    rows = reference.im2col(pm1(x), kh, kw, stride, padding)
     return np.ascontiguousarray(rows.reshape(-1, c, kh, kw).transpose(0, 2, 3, 1)).reshape(len(rows), -1)
 
 
@@ -60,7 +64,7 @@ def test_im2col_bits_is_pack_bits_of_the_hwc_im2col(case):
 def test_csr_conv2d_is_csr_matmul_of_the_im2col(case, density, signs):
     x, c, kh, kw, stride, padding = case
     _, (indptr, indices, data) = random_csr(np.random.default_rng(c), 5, c * kh * kw, density)
-    inp = np.where(x < 0, np.float32(-1), np.float32(1)) if signs else x
+    inp = pm1(x) if signs else x
     want = reference.csr_matmul(indptr, indices, data, reference.im2col(inp, kh, kw, stride, padding, "columns"))
     got = reference.csr_conv2d(indptr, indices, data, x, kh, kw, stride, padding, signs=signs)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -16,6 +16,11 @@ WORD_BITS = 64
 LAYOUTS = ("rows", "columns")
 
 
+def sign_pm1(x: np.ndarray) -> np.ndarray:
+    """sign with sign(0) = sign(−0.0) = +1 (the bit convention: the value pack_bits packs), in x's dtype."""
+    return np.where(x < 0, np.array(-1, x.dtype), np.array(1, x.dtype))  # no float64 temporary
+
+
 def words_for(k: int) -> int:
     """Number of uint64 words that hold `k` bits."""
     return -(-k // WORD_BITS)
@@ -273,15 +278,11 @@ def im2col(x, kh, kw, stride=1, padding=0, layout="rows") -> np.ndarray:
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
         got = f"dtype {x.dtype} shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
         raise ValueError(f"im2col: x must be a 4-D float32 array (N, C, H, W), got {got}")
-    for name, v, low in (("kh", kh, 1), ("kw", kw, 1), ("stride", stride, 1), ("padding", padding, 0)):
-        if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
-            raise ValueError(f"im2col: {name} must be an integer ≥ {low}, got {v!r}")
+    _check_conv_args("im2col", kh, kw, stride, padding)
     if layout not in LAYOUTS:
         raise ValueError(f"im2col: layout must be one of {LAYOUTS}, got {layout!r}")
     n, c, h, w = x.shape
-    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(f"im2col: a {kh}x{kw} kernel does not fit a {h}x{w} input with padding {padding}")
+    ho, wo = _out_size("im2col", n, h, w, kh, kw, stride, padding, c * kh * kw)
     x = pad_hw(x, padding)
     if layout == "columns":
         return im2col_columns(x, kh, kw, stride, ho, wo)
@@ -396,7 +397,7 @@ def csr_conv2d(indptr, indices, data, x, kh, kw, stride=1, padding=0, signs=Fals
     if not len(data):
         return out
     if signs:  # the oracle simply makes the ±1 copy (then pads it with zeros)
-        x = np.where(x < 0, np.float32(-1), np.float32(1))
+        x = sign_pm1(x)
     xp = pad_hw(x, padding)
     order = np.argsort(indices, kind="stable")  # the non-zeros grouped by column of S
     cols, starts = np.unique(indices[order], return_index=True)

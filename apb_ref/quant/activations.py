@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import Function, Tensor
-from .apb import sign_pm1
+from ..kernels.reference import sign_pm1
 from .base import ActivationQuantizer
 
 

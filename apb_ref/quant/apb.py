@@ -21,12 +21,8 @@ import numpy as np
 
 from .. import nn
 from ..autograd import Function, Tensor
+from ..kernels.reference import sign_pm1
 from .base import WeightCount, WeightQuantizer
-
-
-def sign_pm1(w: np.ndarray) -> np.ndarray:
-    """sign with sign(0) = +1 (the project's bit convention)."""
-    return np.where(w < 0, np.array(-1, w.dtype), np.array(1, w.dtype))  # no float64 temporary
 
 
 def band_mask(w: np.ndarray, alpha, delta, margin) -> np.ndarray:
