@@ -24,9 +24,9 @@ ratio, and every ratio and thread speed-up is the median of same-round ratios:
 * scipy.sparse CSR @ dense (single-threaded C++) against the NumPy reference and Rust csr_matmul for an
   (M, K) matrix at 1 %, 2 % and 5 % density times a dense (K, N) float32.
 
-ratio = baseline time / kernel time (median over rounds, see above); binary MAC/s = M·K·N / time for every bgemm (for 1x2 and 2x2 too: the
-MACs of the layer); for bgemm_1x1 also the fraction of the bound 340 binary MACs per cycle per core × clock
-× cores used. Every Rust result is checked against the NumPy reference once. Writes every number to
+ratio = baseline time / kernel time (median over rounds, see above); binary MAC/s = M·K·N / time for
+every bgemm (for 1x2 and 2x2 too: the MACs of the layer); for bgemm_1x1 also the fraction of the bound
+340 binary MACs per cycle per core × clock × cores used. Every Rust result is checked against the NumPy reference once. Writes every number to
 benchmarks/results/kernels.json (or --json PATH).
 """
 from __future__ import annotations
@@ -131,10 +131,6 @@ def machine_info(ghz: float | None, ghz_source: str) -> dict:
     return info
 
 
-# --- timing -------------------------------------------------------------------------------------
-
-
-
 # --- one shape ----------------------------------------------------------------------------------
 
 def sparse_operand(rng, m: int, k: int, density: float):
@@ -166,7 +162,6 @@ def bench_shape(shape, cfg, rng) -> dict:
     # The baseline and every Rust cell are timed in turns (measure_interleaved), so a slow spell of a
     # shared host slows them alike and their ratios stay fair; the slow NumPy references run apart.
     group = {"fp32": lambda: w @ x_kn}
-    cells = []
     for name in KERNELS:
         for isa in cfg["isas"]:
             for threads in cfg["threads"]:
@@ -174,7 +169,6 @@ def bench_shape(shape, cfg, rng) -> dict:
                     continue
                 fn = getattr(R, name)
                 group[(name, isa, threads)] = lambda fn=fn, a=args[name], isa=isa, t=threads: fn(*a, isa=isa, threads=t)
-                cells.append((name, isa, threads))
     timed, got = measure_interleaved(group, rep, mt, rounds=cfg["rounds"])
     fp32 = out["fp32"] = timed["fp32"]
     base = fp32["median_s"]
@@ -183,7 +177,7 @@ def bench_shape(shape, cfg, rng) -> dict:
     for name in KERNELS:
         ref_stats, expected = measure(lambda: getattr(reference, name)(*args[name]), rep, mt)
         cell = {"numpy_ref": {**ref_stats, "ratio": base / ref_stats["median_s"]}, "rust": []}
-        for isa, threads in [(i, t) for (n_, i, t) in cells if n_ == name]:
+        for isa, threads in [key[1:] for key in group if key != "fp32" and key[0] == name]:
             stats = timed[(name, isa, threads)]
             if not np.array_equal(got[(name, isa, threads)], expected):
                 raise AssertionError(f"{name} isa={isa} threads={threads} differs from the NumPy reference "

@@ -145,7 +145,8 @@ def pack_2bit(v, *, layout="rows") -> tuple[np.ndarray, np.ndarray]:
     bad = (magnitude != 1) & (magnitude != 3)  # NaN too; several times faster than np.isin
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise ValueError(f"pack_2bit: v must hold only -3, -1, 1, 3; got {v[row, col].item()!r} at row {row}, column {col}")
+        raise ValueError(f"pack_2bit: v must hold only -3, -1, 1, 3; got {v[row, col].item()!r} "
+                         f"at row {row}, column {col}")
     hi = np.where(v < 0, np.int8(-1), np.int8(1))
     return pack_bits(hi, layout=layout), pack_bits(v - 2 * hi, layout=layout)
 
