@@ -66,6 +66,8 @@ def measure_interleaved(fns: dict, repeats: int, min_time: float = MIN_SECONDS, 
     to round, runs a block of ceil(n / rounds) timed calls, n being what `measure` would run for it.
     Returns ({name: stats}, {name: warm-up result}); each stats dict also holds "round_medians", the
     median of each round's block, from which `speedup` takes its same-round ratios."""
+    if rounds < 1 or repeats < 1:
+        raise ValueError(f"measure_interleaved: rounds and repeats must be >= 1, got {rounds} and {repeats}")
     names = list(fns)
     warm, results, times, per_round = {}, {}, {}, {}
     for name in names:

@@ -48,6 +48,8 @@ def main() -> None:
                         choices=backend.BACKENDS)
     parser.add_argument("--json", help="where to write the results (default: benchmarks/results/packed_inference.json)")
     args = parser.parse_args()
+    if args.images < 1 or args.repeats < 1:
+        parser.error("--images and --repeats must be >= 1")
     reuse_freed_memory()
     x = np.random.default_rng(0).standard_normal((args.images, 1, 32, 32)).astype(np.float32)
 
@@ -75,7 +77,10 @@ def main() -> None:
     base = len(x) / timed["float"]["median_s"]
     rows = [["float ResNet-20 (NumPy autograd)", "32", "-", f"{base:.0f}", "1.00x"]]
     records = [{"model": "float", "act_bits": 32, "backend": "numpy", "images_per_second": base}]
-    for (act_bits, name), stats in ((key, v) for key, v in timed.items() if key != "float"):
+    for key, stats in timed.items():
+        if key == "float":
+            continue
+        act_bits, name = key
         speed, ratio = len(x) / stats["median_s"], speedup(timed["float"], stats)
         rows.append(["packed APB, 1.6 bits/weight", str(act_bits), name, f"{speed:.0f}", f"{ratio:.2f}x"])
         records.append({"model": "packed-apb", "act_bits": act_bits, "backend": name, "images_per_second": speed,

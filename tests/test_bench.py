@@ -23,6 +23,13 @@ def test_interleaved_runs_every_callable_in_rotating_turns():
         assert s["min_s"] <= s["q1_s"] <= s["median_s"] <= s["q3_s"] <= s["max_s"]
 
 
+def test_interleaved_refuses_zero_rounds_or_repeats():
+    with pytest.raises(ValueError, match="rounds and repeats"):
+        measure_interleaved({"a": lambda: None}, repeats=1, rounds=0)
+    with pytest.raises(ValueError, match="rounds and repeats"):
+        measure_interleaved({"a": lambda: None}, repeats=0, rounds=1)
+
+
 def test_speedup_takes_the_median_of_same_round_ratios():
     slow = {"median_s": 2.0, "round_medians": [2.0, 4.0, 2.0]}  # round 2 was a slow spell for both
     fast = {"median_s": 1.0, "round_medians": [1.0, 2.0, 1.0]}
