@@ -1,7 +1,9 @@
 """`apb-ref bench`: a short kernel benchmark from the installed package. The full one, with every layer
 shape, ISA, thread count and the sparse kernel, is benchmarks/kernels.py in the repository; this one
 measures the same way (same operand layout, one warm-up, median of at least `repeats` timed calls raised
-until a cell has run 50 ms) so its numbers agree with that script's on the same machine.
+until a cell has run 50 ms, the baseline and the Rust cells timed in turns and every Rust ratio the median of
+same-round ratios: `measure_interleaved`, `speedup`) so its numbers agree with that script's on the same
+machine.
 
 For a few of the paper's im2col-lowered layer shapes (M, K, N) — M output channels, K = C·kh·kw, N output
 pixels — it times, in one run:
@@ -92,10 +94,6 @@ def speedup(slow: dict, fast: dict) -> float:
     return slow["median_s"] / fast["median_s"]
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    return measure(fn, repeats)[0]["median_s"]
-
-
 def _one_blas_thread():
     """Limit BLAS to one thread with threadpoolctl when it is importable (it is not a dependency)."""
     try:
@@ -117,20 +115,6 @@ def _blas_threads() -> str:
     if any(os.environ.get(v, "").strip() == "1" for v in BLAS_ENV):
         return "1"  # set before NumPy was imported, presumably (the CLI re-exec does that)
     return "all?"  # default OpenBLAS/MKL: every core
-
-
-@contextlib.contextmanager
-def _rust_threads(n: int):
-    """Run Rust kernels on `n` threads: APB_NUM_THREADS is read by the extension at every call."""
-    old = os.environ.get("APB_NUM_THREADS")
-    os.environ["APB_NUM_THREADS"] = str(n)
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["APB_NUM_THREADS"]
-        else:
-            os.environ["APB_NUM_THREADS"] = old
 
 
 def run(shapes=QUICK_SHAPES, repeats: int = 5, seed: int = 0) -> list[dict]:
@@ -160,31 +144,40 @@ def run(shapes=QUICK_SHAPES, repeats: int = 5, seed: int = 0) -> list[dict]:
         v_act = rng.choice(_LEVELS, size=(n, k))
         hi, lo = kernels.pack_2bit(v_act)
         ahi, alo = kernels.pack_2bit(rng.choice(_LEVELS, size=(m, k)))
-        with _one_blas_thread():
+        calls = {"bgemm_1x1": (lambda **t: kernels.bgemm_1x1(a, b, k, **t), lambda **t: kernels.pack_bits(x, **t)),
+                 "bgemm_1x2": (lambda **t: kernels.bgemm_1x2(a, hi, lo, k, **t),
+                               lambda **t: kernels.pack_2bit(v_act, **t)),
+                 "bgemm_2x2": (lambda **t: kernels.bgemm_2x2(ahi, alo, hi, lo, k, **t),
+                               lambda **t: kernels.pack_2bit(v_act, **t))}
+        # The baseline and the Rust cells run in turns (as in benchmarks/kernels.py), so a slow spell of
+        # a shared host slows both sides of a ratio; the slow NumPy references run apart.
+        group = {"fp32": lambda: w @ x_kn}
+        if rust:
+            for name, (gemm, pack) in calls.items():
+                group[name, 1] = lambda gemm=gemm: gemm(threads=1)
+                group[name, cores] = lambda gemm=gemm: gemm(threads=cores)
+                group[name, "pack"] = lambda pack=pack: pack(threads=1)
+        with _one_blas_thread(), kernels.use_backend("rust" if rust else "numpy"):
             blas_threads = _blas_threads()
-            base = _median_seconds(lambda: w @ x_kn, repeats)
-        calls = {"bgemm_1x1": (lambda: kernels.bgemm_1x1(a, b, k), lambda: kernels.pack_bits(x)),
-                 "bgemm_1x2": (lambda: kernels.bgemm_1x2(a, hi, lo, k), lambda: kernels.pack_2bit(v_act)),
-                 "bgemm_2x2": (lambda: kernels.bgemm_2x2(ahi, alo, hi, lo, k), lambda: kernels.pack_2bit(v_act))}
+            timed = measure_interleaved(group, repeats)[0]
+        fp32 = timed["fp32"]
+        base = fp32["median_s"]
         for name, (gemm, pack) in calls.items():
             with kernels.use_backend("numpy"):
-                t_numpy = _median_seconds(gemm, repeats)
-                t_pack = _median_seconds(pack, repeats) if not rust else None
-            t_1 = t_all = None
+                t_numpy = measure(gemm, repeats)[0]["median_s"]
+                t_pack = None if rust else measure(pack, repeats)[0]["median_s"]
+            one = all_ = None
             if rust:
-                with kernels.use_backend("rust"):
-                    with _rust_threads(1):
-                        t_1 = _median_seconds(gemm, repeats)
-                        t_pack = _median_seconds(pack, repeats)
-                    with _rust_threads(cores):
-                        t_all = _median_seconds(gemm, repeats)
+                one, all_, t_pack = timed[name, 1], timed[name, cores], timed[name, "pack"]["median_s"]
             rows.append({
                 "shape": (m, k, n), "kernel": name, "fp32_ms": 1e3 * base, "blas_threads": blas_threads,
                 "numpy_ms": 1e3 * t_numpy, "speedup_numpy": base / t_numpy,
-                "rust_1t_ms": 1e3 * t_1 if t_1 else None, "speedup_rust_1t": base / t_1 if t_1 else None,
-                "rust_all_ms": 1e3 * t_all if t_all else None, "speedup_rust_all": base / t_all if t_all else None,
+                "rust_1t_ms": 1e3 * one["median_s"] if one else None,
+                "speedup_rust_1t": speedup(fp32, one) if one else None,
+                "rust_all_ms": 1e3 * all_["median_s"] if all_ else None,
+                "speedup_rust_all": speedup(fp32, all_) if all_ else None,
                 "rust_threads": cores if rust else None, "pack_ms": 1e3 * t_pack,
-                "speedup_rust_1t_with_pack": base / (t_1 + t_pack) if t_1 else None,
+                "speedup_rust_1t_with_pack": base / (one["median_s"] + t_pack) if one else None,
             })
     return rows
 

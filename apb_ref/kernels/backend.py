@@ -94,12 +94,12 @@ def _rust_call(name: str):
     return call
 
 
-def _pack_bits_rust(x, *, layout="rows"):
+def _pack_bits_rust(x, *, layout="rows", **options):
     x = np.asarray(x)
     if x.dtype not in (np.float32, np.int8):
         # Casting to float32 could flush a tiny negative to -0.0 and flip its bit: let the oracle do it.
         return reference.pack_bits(x, layout=layout)
-    return _rust.pack_bits(_contiguous(x), layout=layout)
+    return _rust.pack_bits(_contiguous(x), layout=layout, **options)
 
 
 # name -> (NumPy reference, Rust wrapper or None while the kernel is NumPy-only)
