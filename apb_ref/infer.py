@@ -141,8 +141,8 @@ class PackedConv2d(PackedLinearCore):
             y += self.half_row_sums
             sparse_input, signs = xq, False
         y *= self.alpha  # y = B·X so far, this call's own float32 array
-        y += kernels.csr_conv2d(self.indptr, self.indices, self.values, sparse_input, self.kh, self.kw,
-                                self.stride, self.padding, signs=signs)
+        kernels.csr_conv2d(self.indptr, self.indices, self.values, sparse_input, self.kh, self.kw, self.stride,
+                           self.padding, signs=signs, add_to=y)
         if self.bias is not None:
             y += self.bias[:, None]
         return y

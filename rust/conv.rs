@@ -3,7 +3,8 @@
 //!
 //! Both mirror `apb_ref.kernels.reference` (`im2col_bits`, `csr_conv2d`), which documents the
 //! contracts. They move little data and do little arithmetic per byte, so they are portable code
-//! (the compiler vectorizes the stride-1 row updates) without ISA paths; threads split the output rows.
+//! (the compiler vectorizes the stride-1 row updates) without ISA paths: compiled for AVX2 as well,
+//! csr_conv2d measured no faster. Threads split the work.
 
 use crate::pack::{first_bad_padding, words_for, WORD_BITS};
 
@@ -153,7 +154,8 @@ pub fn im2col_bits(
 
 /// S·X for a conv: `S` CSR `(o, c·kh·kw)` with columns ordered (channel, i, j), `x` `(n, c, h, w)`
 /// (taken as sign(x), ±1 with sign(0) = +1, when `signs`), `out` `(o, n·ho·wo)`. Each non-zero adds
-/// its scaled window of the input (padding reads as 0) to its row.
+/// its scaled window of the input (padding reads as 0) to its row. With `accumulate` S·X is added to
+/// what `out` holds, else `out` is overwritten.
 #[allow(clippy::too_many_arguments)] // the layer's own parameters
 pub fn csr_conv2d(
     indptr: &[i64],
@@ -163,6 +165,7 @@ pub fn csr_conv2d(
     shape: [usize; 4],
     win: Window,
     signs: bool,
+    accumulate: bool,
     threads: usize,
     out: &mut [f32],
 ) -> Result<(), String> {
@@ -194,42 +197,135 @@ pub fn csr_conv2d(
     if out.is_empty() {
         return Ok(());
     }
-    // One output channel (a row of S) per item.
-    let items: Vec<(usize, &mut [f32])> = out.chunks_mut(p).enumerate().collect();
-    crate::threads::run_claimed(threads, items, |(row, orow)| {
-        orow.fill(0.0);
-        // validate() checked indptr is non-decreasing and ends at nnz, so this range is in bounds.
-        let (s, e) = (indptr[row] as usize, indptr[row + 1] as usize);
-        for (&col, &v) in indices[s..e].iter().zip(&data[s..e]) {
-            let col = col as usize; // in [0, k): validated
-            let (ch, i, j) = (col / taps, (col % taps) / win.kw, col % win.kw);
-            // Output columns ox whose input column ox·stride + j − padding lies inside 0..w.
-            let ox_lo = win.padding.saturating_sub(j).div_ceil(win.stride);
-            let ox_hi = ((w + win.padding).saturating_sub(j)).div_ceil(win.stride).min(wo);
-            if ox_lo >= ox_hi {
-                continue;
+    // One image per item, all output channels: the image's planes of x are read once and its part of
+    // every row of `out` (o segments of ho·wo values) stays in cache while the non-zeros add to it.
+    // Row by row, each non-zero would stream a whole n·ho·wo row and its input planes through memory.
+    // validate() checked indptr is non-decreasing and ends at nnz, and every column is in [0, k).
+    let rows: Vec<Vec<Tap>> = indptr
+        .windows(2)
+        .map(|r| {
+            let (s, e) = (r[0] as usize, r[1] as usize);
+            let nonzeros = indices[s..e].iter().zip(&data[s..e]);
+            nonzeros
+                .filter_map(|(&col, &v)| Tap::new(col as usize, v, taps, &win, (h, w), (ho, wo)))
+                .collect()
+        })
+        .collect();
+    let mut segments: Vec<Vec<&mut [f32]>> = (0..n).map(|_| Vec::with_capacity(m)).collect();
+    for row in out.chunks_mut(p) {
+        for (img, segment) in row.chunks_mut(ho * wo).enumerate() {
+            segments[img].push(segment);
+        }
+    }
+    let image = Image {
+        rows: &rows,
+        win,
+        h,
+        w,
+        wo,
+        signs,
+        accumulate,
+    };
+    let plane = h * w;
+    let items = segments.into_iter().enumerate().collect();
+    crate::threads::run_claimed(threads, items, |(img, mut outs)| {
+        image.add(&x[img * c * plane..][..c * plane], &mut outs);
+        true
+    })?;
+    Ok(())
+}
+
+/// What every image of a `csr_conv2d` call shares: the placed non-zeros of each row of S and the
+/// geometry.
+struct Image<'a> {
+    rows: &'a [Vec<Tap>],
+    win: Window,
+    h: usize,
+    w: usize,
+    wo: usize,
+    signs: bool,
+    accumulate: bool,
+}
+
+impl Image<'_> {
+    /// Add S·X of one image, `x` its `(c, h, w)` planes, to `outs`, its `ho·wo` segment of every row.
+    fn add(&self, x: &[f32], outs: &mut [&mut [f32]]) {
+        let (h, w, wo, stride) = (self.h, self.w, self.wo, self.win.stride);
+        for (taps, out) in self.rows.iter().zip(outs) {
+            if !self.accumulate {
+                out.fill(0.0);
             }
-            // ox_lo·stride ≥ padding − j, so this is the input column of ox_lo, inside 0..w.
-            let x0 = ox_lo * win.stride + j - win.padding;
-            for img in 0..n {
-                for oy in 0..ho {
-                    let Some(y) = win.source(oy, i, h) else { continue };
-                    let xrow = &x[((img * c + ch) * h + y) * w + x0..][..w - x0];
-                    let row_start = (img * ho + oy) * wo;
-                    let segment = &mut orow[row_start + ox_lo..row_start + ox_hi];
+            for tap in taps {
+                let (rows, cols) = (&tap.rows, &tap.cols);
+                let xplane = &x[tap.ch * h * w..][..h * w];
+                for (r, oy) in (rows.lo..rows.hi).enumerate() {
+                    let xrow = &xplane[(rows.src + r * stride) * w + cols.src..][..w - cols.src];
+                    let segment = &mut out[oy * wo + cols.lo..oy * wo + cols.hi];
                     // Stride 1 gets its own plain-slice loop (the one that vectorizes).
-                    match (win.stride, signs) {
-                        (1, false) => axpy::<false>(segment, v, xrow.iter()),
-                        (1, true) => axpy::<true>(segment, v, xrow.iter()),
-                        (s, false) => axpy::<false>(segment, v, xrow.iter().step_by(s)),
-                        (s, true) => axpy::<true>(segment, v, xrow.iter().step_by(s)),
+                    match (stride, self.signs) {
+                        (1, false) => axpy::<false>(segment, tap.v, xrow.iter()),
+                        (1, true) => axpy::<true>(segment, tap.v, xrow.iter()),
+                        (s, false) => axpy::<false>(segment, tap.v, xrow.iter().step_by(s)),
+                        (s, true) => axpy::<true>(segment, tap.v, xrow.iter().step_by(s)),
                     }
                 }
             }
         }
-        true
-    })?;
-    Ok(())
+    }
+}
+
+/// The output positions `lo..hi` along one axis whose input position at a tap lies inside the map
+/// (the others read padding), and `src`, the input position of `lo`; the next ones follow at the
+/// stride.
+struct Span {
+    lo: usize,
+    hi: usize,
+    src: usize,
+}
+
+impl Span {
+    /// Along an axis with `size` input and `out` output positions, at tap offset `t`; None if every
+    /// output position reads padding.
+    fn new(t: usize, size: usize, out: usize, win: &Window) -> Option<Span> {
+        let lo = win.padding.saturating_sub(t).div_ceil(win.stride);
+        let hi = (size + win.padding)
+            .saturating_sub(t)
+            .div_ceil(win.stride)
+            .min(out);
+        // lo·stride ≥ padding − t, so src is inside 0..size (and so is every position up to hi).
+        (lo < hi).then(|| Span {
+            lo,
+            hi,
+            src: lo * win.stride + t - win.padding,
+        })
+    }
+}
+
+/// One non-zero of a row of S, placed: its value, its input channel, and the spans of output rows and
+/// columns that read inside the map at its kernel position.
+struct Tap {
+    v: f32,
+    ch: usize,
+    rows: Span,
+    cols: Span,
+}
+
+impl Tap {
+    /// The tap of column `col` (order (channel, i, j)) with value `v`; None if it only ever meets
+    /// padding.
+    fn new(
+        col: usize,
+        v: f32,
+        taps: usize,
+        win: &Window,
+        in_hw: (usize, usize),
+        out_hw: (usize, usize),
+    ) -> Option<Tap> {
+        let (ch, i, j) = (col / taps, (col % taps) / win.kw, col % win.kw);
+        let rows = Span::new(i, in_hw.0, out_hw.0, win)?;
+        let cols = Span::new(j, in_hw.1, out_hw.1, win)?;
+        Some(Tap { v, ch, rows, cols })
+    }
 }
 
 /// `out += v·x` over `out`'s length, with x read as sign(x) (±1, sign(0) = +1) when `SIGNS`. Generic
@@ -384,20 +480,18 @@ mod tests {
                     }
                 }
                 for threads in [1, 2] {
-                    let mut out = vec![f32::NAN; want.len()];
-                    csr_conv2d(
-                        &indptr,
-                        &indices,
-                        &data,
-                        &x,
-                        [n, c, h, w],
-                        win,
-                        signs,
-                        threads,
-                        &mut out,
-                    )
-                    .unwrap();
+                    let mut out = vec![f32::NAN; want.len()]; // overwritten
+                    let mut sum = vec![1.0f32; want.len()]; // added to
+                    for (accumulate, out) in [(false, &mut out), (true, &mut sum)] {
+                        let shape = [n, c, h, w];
+                        csr_conv2d(
+                            &indptr, &indices, &data, &x, shape, win, signs, accumulate, threads, out,
+                        )
+                        .unwrap();
+                    }
                     assert_eq!(out, want, "win={win:?} signs={signs}");
+                    let want_sum: Vec<f32> = want.iter().map(|v| v + 1.0).collect();
+                    assert_eq!(sum, want_sum, "win={win:?} signs={signs} accumulating");
                 }
             }
         }
@@ -437,7 +531,18 @@ mod tests {
             (&[0i64, 1][..], &[99i32][..], &[1.0f32][..], &[0.0f32; 4][..]),
             (&[0, 0], &[], &[], &[0.0; 3]),
         ] {
-            let r = csr_conv2d(indptr, indices, data, x, [1, 1, 2, 2], one, false, 1, &mut fout);
+            let r = csr_conv2d(
+                indptr,
+                indices,
+                data,
+                x,
+                [1, 1, 2, 2],
+                one,
+                false,
+                false,
+                1,
+                &mut fout,
+            );
             assert!(r.is_err());
         }
     }

@@ -789,9 +789,10 @@ fn im2col_bits<'py>(
 
 /// The sparse residual of a conv from its input map: CSR (O, C·kh·kw) × float32 x (N, C, H, W) ->
 /// float32 (O, N·Ho·Wo), equal to csr_matmul(S, im2col columns of x) up to float rounding; with
-/// `signs`, of sign(x) (±1, sign(0) = +1).
+/// `signs`, of sign(x) (±1, sign(0) = +1). With `add_to` (a C-contiguous float32 (O, N·Ho·Wo) array)
+/// the result is added to it in place and it is returned; no new array is made.
 #[pyfunction]
-#[pyo3(signature = (indptr, indices, data, x, kh, kw, stride=None, padding=None, signs=false, threads=None))]
+#[pyo3(signature = (indptr, indices, data, x, kh, kw, stride=None, padding=None, signs=false, threads=None, *, add_to=None))]
 #[allow(clippy::too_many_arguments)]
 fn csr_conv2d<'py>(
     py: Python<'py>,
@@ -805,6 +806,7 @@ fn csr_conv2d<'py>(
     padding: Option<&Bound<'py, PyAny>>,
     signs: bool,
     threads: Option<&Bound<'py, PyAny>>,
+    add_to: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<f32>>> {
     const F: &str = "csr_conv2d";
     let win = window_args(F, kh, kw, stride, padding)?;
@@ -829,9 +831,35 @@ fn csr_conv2d<'py>(
     let x_ro = slice_of::<f32>(F, "x", &x_a)?;
     let xs = as_slice(F, "x", &x_ro)?;
     let (ip, ix, d, m) = csr.validated(F, k)?;
-    filled2(py, F, m, pixels, |os| {
-        conv::csr_conv2d(ip, ix, d, xs, shape, win, signs, threads, os).map_err(|e| format!("{F}: {e}"))
-    })
+    let run = |accumulate: bool, os: &mut [f32]| {
+        conv::csr_conv2d(ip, ix, d, xs, shape, win, signs, accumulate, threads, os)
+            .map_err(|e| format!("{F}: {e}"))
+    };
+    let Some(add_to) = add_to.filter(|a| !a.is_none()) else {
+        return filled2(py, F, m, pixels, |os| run(false, os));
+    };
+    let acc = typed::<f32>(F, "add_to", add_to, "float32", 2)?;
+    if acc.shape() != [m, pixels] {
+        return Err(value_error(format!(
+            "{F}: add_to must have shape (O, N·Ho·Wo) = {}, got {}",
+            py_shape(&[m, pixels]),
+            py_shape(acc.shape())
+        )));
+    }
+    let acc = acc
+        .cast_into::<PyArray2<f32>>()
+        .map_err(|e| value_error(format!("{F}: add_to: {e}")))?;
+    {
+        // Fails (a ValueError) if add_to is read-only or shares memory with x.
+        let mut rw = acc
+            .try_readwrite()
+            .map_err(|e| value_error(format!("{F}: add_to: {e}")))?;
+        let os = rw
+            .as_slice_mut()
+            .map_err(|e| value_error(format!("{F}: add_to: {e}")))?;
+        py.detach(|| run(true, os)).map_err(value_error)?;
+    }
+    Ok(acc)
 }
 
 #[pymodule]

@@ -95,11 +95,42 @@ def test_rust_im2col_bits_equals_the_reference(raw_rust, threads, case):
 def test_rust_csr_conv2d_equals_the_reference(raw_rust, threads, case, density, signs):
     x, c, kh, kw, stride, padding = case
     _, (indptr, indices, data) = random_csr(np.random.default_rng(c + 1), 4, c * kh * kw, density)
-    got = raw_rust.csr_conv2d(indptr, indices, data, x, kh, kw, stride, padding, signs=signs, threads=threads)
-    want = reference.csr_conv2d(indptr, indices, data, x, kh, kw, stride, padding, signs=signs)
+    args = (indptr, indices, data, x, kh, kw, stride, padding)
+    got = raw_rust.csr_conv2d(*args, signs=signs, threads=threads)
+    want = reference.csr_conv2d(*args, signs=signs)
     assert got.dtype == np.float32 and got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
+
+def csr_conv2d_impls():
+    """The NumPy reference, and the raw Rust binding when it is built."""
+    rust = "rust" in backend.available_backends()
+    return [reference.csr_conv2d] + ([backend._rust.csr_conv2d] if rust else [])
+
+
+@pytest.mark.parametrize("fn", csr_conv2d_impls(), ids=lambda fn: fn.__module__)
+def test_csr_conv2d_adds_to_a_given_array_in_place(fn):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 5, 6, 7)).astype(np.float32)
+    _, (indptr, indices, data) = random_csr(rng, 3, 5 * 9, 0.2)
+    fresh = fn(indptr, indices, data, x, 3, 3, 2, 1, signs=True)
+    base = rng.standard_normal(fresh.shape).astype(np.float32)
+    acc = base.copy()
+    assert fn(indptr, indices, data, x, 3, 3, 2, 1, signs=True, add_to=acc) is acc
+    np.testing.assert_allclose(acc, base + fresh, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("fn", csr_conv2d_impls(), ids=lambda fn: fn.__module__)
+def test_csr_conv2d_refuses_a_bad_add_to(fn):
+    x = np.ones((1, 4, 3, 3), np.float32)  # 3x3 conv, padding 1: (O, 9) out
+    csr = (np.array([0, 1, 1, 2, 2]), np.array([0, 5], np.int32), np.array([1.0, 2.0], np.float32))
+    read_only = np.zeros((4, 9), np.float32)
+    read_only.flags.writeable = False
+    for bad in [np.zeros((4, 8), np.float32), np.zeros((4, 9)), np.zeros((9, 4), np.float32).T, read_only,
+                x.reshape(4, 9), [[0.0] * 9] * 4]:
+        with pytest.raises(ValueError, match="csr_conv2d.*add_to"):
+            fn(*csr, x, 3, 3, 1, 1, add_to=bad)
+    assert (read_only == 0).all()
 
 BAD_IM2COL_BITS = [
     ((np.zeros((1, 2, 2, 1), np.uint32), 16, 1, 1), "uint64"),
@@ -126,8 +157,7 @@ def test_im2col_bits_rejects_bad_input(args, words):
 def test_csr_conv2d_rejects_bad_input():
     x = np.zeros((1, 2, 3, 3), np.float32)
     ok = (np.array([0, 1]), np.array([17], np.int32), np.array([1.0], np.float32))
-    impls = [reference.csr_conv2d] + ([backend._rust.csr_conv2d] if "rust" in backend.available_backends() else [])
-    for fn in impls:
+    for fn in csr_conv2d_impls():
         fn(*ok, x, 3, 3)  # column 17 < 2·3·3: fine
         with pytest.raises(ValueError, match="csr_conv2d.*indices"):
             fn(ok[0], np.array([18], np.int32), ok[2], x, 3, 3)

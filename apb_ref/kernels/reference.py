@@ -375,7 +375,7 @@ def im2col_bits(bits, c, kh, kw, stride=1, padding=0) -> np.ndarray:
     return np.packbits(out, axis=1, bitorder="little").view(np.uint64)
 
 
-def csr_conv2d(indptr, indices, data, x, kh, kw, stride=1, padding=0, signs=False) -> np.ndarray:
+def csr_conv2d(indptr, indices, data, x, kh, kw, stride=1, padding=0, signs=False, *, add_to=None) -> np.ndarray:
     """The sparse residual S·X of a conv without building X: (O, N·Ho·Wo) float32.
 
     S is CSR (O, C·kh·kw) with columns ordered (channel, i, j) like weight.reshape(O, -1), x the
@@ -384,6 +384,9 @@ def csr_conv2d(indptr, indices, data, x, kh, kw, stride=1, padding=0, signs=Fals
     to float rounding, but each column k of S that holds a non-zero reads its window of x directly (a
     strided view) and adds it, scaled, to the rows that use it: no (K, P) matrix, and columns of S
     that are all zero (most, at APB's densities) cost nothing. The zero padding stays 0 either way.
+
+    With `add_to`, a C-contiguous float32 (O, N·Ho·Wo) array, S·X is added to it in place and it is
+    returned (packed inference adds the residual to the popcount term without a second (O, P) array).
     """
     func = "csr_conv2d"
     _check_conv_args(func, kh, kw, stride, padding)
@@ -394,7 +397,16 @@ def csr_conv2d(indptr, indices, data, x, kh, kw, stride=1, padding=0, signs=Fals
     indptr, indices, data = check_csr(func, indptr, indices, data, c * kh * kw)
     ho, wo = _out_size(func, n, h, w, kh, kw, stride, padding, max(c, len(indptr) - 1))
     rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    out = np.zeros((len(indptr) - 1, n * ho * wo), dtype=np.float32)
+    shape = (len(indptr) - 1, n * ho * wo)
+    if add_to is None:
+        out = np.zeros(shape, dtype=np.float32)
+    elif (not isinstance(add_to, np.ndarray) or add_to.dtype != np.float32 or add_to.shape != shape
+          or not add_to.flags.c_contiguous or not add_to.flags.writeable or np.shares_memory(add_to, x)):
+        got = f"dtype {add_to.dtype} shape {add_to.shape}" if isinstance(add_to, np.ndarray) else type(add_to).__name__
+        raise ValueError(f"{func}: add_to must be a writeable C-contiguous float32 array of shape (O, N·Ho·Wo) = "
+                         f"{shape} that does not share memory with x, got {got}")
+    else:
+        out = add_to
     if not len(data):
         return out
     if signs:  # the oracle simply makes the ±1 copy (then pads it with zeros)
