@@ -336,14 +336,16 @@ class Hardtanh(Function):
 
     @staticmethod
     def forward(ctx, a, lo, hi):
-        inside = (a > lo) & (a < hi)
-        ctx.save_for_backward(inside)
-        return np.clip(a, lo, hi)
+        y = np.clip(a, lo, hi)
+        # lo < a < hi exactly where lo < y < hi: the mask waits for backward (inference never needs it)
+        ctx.save_for_backward(y)
+        ctx.lo, ctx.hi = lo, hi
+        return y
 
     @staticmethod
     def backward(ctx, g):
-        (inside,) = ctx.saved
-        return g * inside
+        (y,) = ctx.saved
+        return g * ((y > ctx.lo) & (y < ctx.hi))
 
 
 def relu(a) -> Tensor:
