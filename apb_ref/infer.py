@@ -13,8 +13,10 @@ and S the CSR residual. B·X runs, by activation precision,
 and S·X is csr_matmul. A conv with 1- or 2-bit activations never builds X: the quantized map is
 packed once per pixel (channels last), im2col_bits lowers those packed bits (the sign matrix is
 repacked to its (i, j, channel) order), and csr_conv2d reads S·X's windows straight from the map.
-BatchNorm arrives folded into a per-channel scale and shift. Everything else (pooling, shortcuts,
-activations) is the same functional code as training, without a graph.
+The binary GEMMs return α·(B·X) + bias themselves (a float32 epilogue made while their products are
+in cache) and csr_conv2d adds S·X into that array: one (O, P) float array per layer. BatchNorm
+arrives folded into a per-channel scale and shift. Everything else (pooling, shortcuts, activations)
+is the same functional code as training, without a graph.
 """
 from __future__ import annotations
 
@@ -51,29 +53,34 @@ class PackedLinearCore(nn.Module):
         self.act = activation_quantizer(self.act_bits)
         if self.act_bits == 32:  # the float path multiplies by the ±1 matrix itself
             self.signs = kernels.unpack_bits(self.sign_bits, self.k)
+        # The binary GEMMs finish y = α·(B·X) + bias themselves, as float32 product·scale + shift per
+        # row: 1-bit B·X is the product; 2-bit B·X = (B·v)/6 + rowsum(B)/2 with B·v the product.
+        o = self.out_features
+        bias = np.zeros(o, np.float32) if self.bias is None else self.bias.astype(np.float32)
+        if self.act_bits == 1:
+            self.epilogue = {"scale": np.full(o, self.alpha, np.float32), "shift": bias}
         if self.act_bits == 2:
-            self.row_sums = self.k - 2 * np.bitwise_count(self.sign_bits).sum(axis=1).astype(np.int64)
+            row_sums = self.k - 2 * np.bitwise_count(self.sign_bits).sum(axis=1).astype(np.int64)
+            self.epilogue = {"scale": np.full(o, self.alpha / 6, np.float32),
+                             "shift": (self.alpha * (row_sums / 2) + bias).astype(np.float32)}
 
     def matmul(self, cols: np.ndarray) -> np.ndarray:
         """(K, P) quantized input columns (one per output position) -> (O, P) outputs."""
         if self.act_bits == 1:
             # pack straight from the (K, P) columns: no transposed float copy
-            bx = kernels.bgemm_1x1(self.sign_bits, kernels.pack_bits(cols, layout="columns"), self.k)
-            bx = bx.astype(np.float32)
+            y = kernels.bgemm_1x1(self.sign_bits, kernels.pack_bits(cols, layout="columns"), self.k, **self.epilogue)
         elif self.act_bits == 2:
             # cols = (v + 3)/6 holds float32(j/3), j = 0..3, and in float32 j/3·6 − 3 is exactly 2j − 3
             # (pack_2bit would refuse anything else); in place, so one (K, P) temporary, not two
             v = cols * np.float32(6)
             v -= 3
             hi, lo = kernels.pack_2bit(v, layout="columns")
-            bv = kernels.bgemm_1x2(self.sign_bits, hi, lo, self.k)
-            bx = (bv / 6.0 + self.row_sums[:, None] / 2.0).astype(np.float32)
+            y = kernels.bgemm_1x2(self.sign_bits, hi, lo, self.k, **self.epilogue)
         else:
-            bx = self.signs @ cols
-        y = self.alpha * bx
+            y = self.alpha * (self.signs @ cols)
+            if self.bias is not None:
+                y += self.bias[:, None]
         y += kernels.csr_matmul(self.indptr, self.indices, self.values, cols)
-        if self.bias is not None:
-            y += self.bias[:, None]
         return y
 
 
@@ -89,8 +96,6 @@ class PackedConv2d(PackedLinearCore):
             signs = kernels.unpack_bits(self.sign_bits, self.k)
             signs = signs.reshape(-1, self.channels, self.kh, self.kw).transpose(0, 2, 3, 1)
             self.sign_bits_hwc = kernels.pack_bits(np.ascontiguousarray(signs).reshape(len(signs), -1))
-        if self.act_bits == 2:
-            self.half_row_sums = (self.row_sums / 2).astype(np.float32)[:, None]  # rowsum(B)/2, a column
 
     def forward(self, x):
         n, _, h, w = x.shape
@@ -125,7 +130,7 @@ class PackedConv2d(PackedLinearCore):
         n, c, h, w = x.shape
         if self.act_bits == 1:
             bits = kernels.pack_bits(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * h * w, c))
-            y = kernels.bgemm_1x1(self.sign_bits_hwc, self._lowered(bits, x.shape), self.k).astype(np.float32)
+            y = kernels.bgemm_1x1(self.sign_bits_hwc, self._lowered(bits, x.shape), self.k, **self.epilogue)
             sparse_input, signs = x, True
         else:
             xq = np.ascontiguousarray(self.act(Tensor(x)).data)
@@ -134,17 +139,12 @@ class PackedConv2d(PackedLinearCore):
             v = np.multiply(xq.transpose(0, 2, 3, 1), np.float32(6), out=np.empty((n, h, w, c), np.float32))
             v -= 3
             hi, lo = kernels.pack_2bit(v.reshape(n * h * w, c))
-            bv = kernels.bgemm_1x2(self.sign_bits_hwc, self._lowered(hi, x.shape), self._lowered(lo, x.shape),
-                                   self.k)
-            y = bv.astype(np.float32)  # |B·v| <= 3K: exact in float32
-            y *= np.float32(1 / 6)
-            y += self.half_row_sums
+            y = kernels.bgemm_1x2(self.sign_bits_hwc, self._lowered(hi, x.shape), self._lowered(lo, x.shape),
+                                  self.k, **self.epilogue)
             sparse_input, signs = xq, False
-        y *= self.alpha  # y = B·X so far, this call's own float32 array
+        # y = α·(B·X) + bias, this call's own float32 array: S·X goes straight into it
         kernels.csr_conv2d(self.indptr, self.indices, self.values, sparse_input, self.kh, self.kw, self.stride,
                            self.padding, signs=signs, add_to=y)
-        if self.bias is not None:
-            y += self.bias[:, None]
         return y
 
     def _padding_correction(self, chw) -> np.ndarray:

@@ -492,16 +492,22 @@ fn same_shape(func: &str, planes: &[Plane<'_>]) -> PyResult<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The keyword arguments every bgemm takes.
+struct BgemmOptions<'a, 'py> {
+    isa: Option<&'a Bound<'py, PyAny>>,
+    threads: Option<&'a Bound<'py, PyAny>>,
+    scale: Option<&'a Bound<'py, PyAny>>,
+    shift: Option<&'a Bound<'py, PyAny>>,
+}
+
 fn run_bgemm<'py>(
     py: Python<'py>,
     kind: Kind,
     a: &[(&'static str, &Bound<'py, PyAny>)],
     b: &[(&'static str, &Bound<'py, PyAny>)],
     k: &Bound<'py, PyAny>,
-    isa: Option<&Bound<'py, PyAny>>,
-    threads: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyArray2<i32>>> {
+    options: BgemmOptions<'_, 'py>,
+) -> PyResult<Bound<'py, PyAny>> {
     let func = kind.name();
     let a_planes = a
         .iter()
@@ -530,9 +536,11 @@ fn run_bgemm<'py>(
             fa.name, fb.name, fa.words
         )));
     }
-    let isa = resolve_isa(func, isa)?;
-    let threads = resolve_threads(func, threads)?;
+    let isa = resolve_isa(func, options.isa)?;
+    let threads = resolve_threads(func, options.threads)?;
     let (m, n) = (fa.rows, fb.rows);
+    let scale = row_vector(func, "scale", options.scale, m)?;
+    let shift = row_vector(func, "shift", options.shift, m)?;
 
     let a_ro = a_planes
         .iter()
@@ -561,14 +569,67 @@ fn run_bgemm<'py>(
     }
 
     // bgemm's errors already name the kernel
-    filled2(py, func, m, n, |os| {
-        bgemm::bgemm(kind, &a_sl, &b_sl, m, n, k, isa, threads, os)
-    })
+    if scale.is_none() && shift.is_none() {
+        let out = filled2(py, func, m, n, |os: &mut [i32]| {
+            bgemm::bgemm(kind, &a_sl, &b_sl, m, n, k, isa, threads, None, os)
+        })?;
+        return Ok(out.into_any());
+    }
+    let (ones, zeros) = (vec![1.0f32; m], vec![0.0f32; m]);
+    let borrow = |name: &str, v: &Option<Bound<'py, numpy::PyArrayDyn<f32>>>| {
+        v.as_ref()
+            .map(|a| {
+                a.try_readonly()
+                    .map_err(|e| value_error(format!("{func}: {name}: {e}")))
+            })
+            .transpose()
+    };
+    let (scale_ro, shift_ro) = (borrow("scale", &scale)?, borrow("shift", &shift)?);
+    let epilogue = bgemm::Epilogue {
+        scale: scale_ro
+            .as_ref()
+            .map_or(Ok(&ones[..]), |r| as_slice(func, "scale", r))?,
+        shift: shift_ro
+            .as_ref()
+            .map_or(Ok(&zeros[..]), |r| as_slice(func, "shift", r))?,
+    };
+    let out = filled2(py, func, m, n, |os: &mut [f32]| {
+        // SAFETY: f32 and i32 have the same size and alignment and every bit pattern is a valid i32;
+        // bgemm writes each element as an i32 product and the epilogue rewrites it as f32 bits.
+        let ints = unsafe { std::slice::from_raw_parts_mut(os.as_mut_ptr().cast::<i32>(), os.len()) };
+        bgemm::bgemm(kind, &a_sl, &b_sl, m, n, k, isa, threads, Some(epilogue), ints)
+    })?;
+    Ok(out.into_any())
 }
 
-/// ±1 × ±1: `out[i, j] = k − 2·popcount(a[i] ^ b[j])`, int32 (M, N).
+/// An optional float32 vector of `m` values (one per row of a), or None.
+fn row_vector<'py>(
+    func: &str,
+    name: &str,
+    v: Option<&Bound<'py, PyAny>>,
+    m: usize,
+) -> PyResult<Option<Bound<'py, numpy::PyArrayDyn<f32>>>> {
+    let Some(v) = v.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let arr = typed::<f32>(func, name, v, "float32", 1)?;
+    if arr.shape() != [m] {
+        return Err(value_error(format!(
+            "{func}: {name} must hold one value per row of a ({m}), got shape {}",
+            py_shape(arr.shape())
+        )));
+    }
+    arr.cast_into::<numpy::PyArrayDyn<f32>>()
+        .map(Some)
+        .map_err(|e| value_error(format!("{func}: {name}: {e}")))
+}
+
+/// ±1 × ±1: `out[i, j] = k − 2·popcount(a[i] ^ b[j])`, int32 (M, N). With `scale` and/or `shift`
+/// (float32 (M,) each) float32 `out · scale[i] + shift[i]` instead, made as the products finish
+/// (the same for every bgemm).
 #[pyfunction]
-#[pyo3(signature = (a, b, k, isa=None, threads=None))]
+#[pyo3(signature = (a, b, k, isa=None, threads=None, *, scale=None, shift=None))]
+#[allow(clippy::too_many_arguments)]
 fn bgemm_1x1<'py>(
     py: Python<'py>,
     a: &Bound<'py, PyAny>,
@@ -576,13 +637,22 @@ fn bgemm_1x1<'py>(
     k: &Bound<'py, PyAny>,
     isa: Option<&Bound<'py, PyAny>>,
     threads: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyArray2<i32>>> {
-    run_bgemm(py, Kind::B1x1, &[("a", a)], &[("b", b)], k, isa, threads)
+    scale: Option<&Bound<'py, PyAny>>,
+    shift: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let options = BgemmOptions {
+        isa,
+        threads,
+        scale,
+        shift,
+    };
+    run_bgemm(py, Kind::B1x1, &[("a", a)], &[("b", b)], k, options)
 }
 
 /// ±1 × 2-bit: `out = 2·(a·b_hi) + (a·b_lo)`, int32 (M, N).
 #[pyfunction]
-#[pyo3(signature = (a, b_hi, b_lo, k, isa=None, threads=None))]
+#[pyo3(signature = (a, b_hi, b_lo, k, isa=None, threads=None, *, scale=None, shift=None))]
+#[allow(clippy::too_many_arguments)]
 fn bgemm_1x2<'py>(
     py: Python<'py>,
     a: &Bound<'py, PyAny>,
@@ -591,21 +661,28 @@ fn bgemm_1x2<'py>(
     k: &Bound<'py, PyAny>,
     isa: Option<&Bound<'py, PyAny>>,
     threads: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyArray2<i32>>> {
+    scale: Option<&Bound<'py, PyAny>>,
+    shift: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let options = BgemmOptions {
+        isa,
+        threads,
+        scale,
+        shift,
+    };
     run_bgemm(
         py,
         Kind::B1x2,
         &[("a", a)],
         &[("b_hi", b_hi), ("b_lo", b_lo)],
         k,
-        isa,
-        threads,
+        options,
     )
 }
 
 /// 2-bit × 2-bit: `out = 4·(ah·bh) + 2·(ah·bl) + 2·(al·bh) + (al·bl)`, int32 (M, N).
 #[pyfunction]
-#[pyo3(signature = (a_hi, a_lo, b_hi, b_lo, k, isa=None, threads=None))]
+#[pyo3(signature = (a_hi, a_lo, b_hi, b_lo, k, isa=None, threads=None, *, scale=None, shift=None))]
 #[allow(clippy::too_many_arguments)]
 fn bgemm_2x2<'py>(
     py: Python<'py>,
@@ -616,16 +693,17 @@ fn bgemm_2x2<'py>(
     k: &Bound<'py, PyAny>,
     isa: Option<&Bound<'py, PyAny>>,
     threads: Option<&Bound<'py, PyAny>>,
-) -> PyResult<Bound<'py, PyArray2<i32>>> {
-    run_bgemm(
-        py,
-        Kind::B2x2,
-        &[("a_hi", a_hi), ("a_lo", a_lo)],
-        &[("b_hi", b_hi), ("b_lo", b_lo)],
-        k,
+    scale: Option<&Bound<'py, PyAny>>,
+    shift: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let options = BgemmOptions {
         isa,
         threads,
-    )
+        scale,
+        shift,
+    };
+    let (a, b) = ([("a_hi", a_hi), ("a_lo", a_lo)], [("b_hi", b_hi), ("b_lo", b_lo)]);
+    run_bgemm(py, Kind::B2x2, &a, &b, k, options)
 }
 
 // --- sparse × dense ------------------------------------------------------------------------------

@@ -83,6 +83,36 @@ def test_bgemm_equals_reference(raw_rust, kind, isa, threads, dims):
 
 @pytest.mark.parametrize("kind", list(KINDS))
 @per_isa
+@per_threads
+@settings(max_examples=20, deadline=None)
+@given(dims=gemm_dims(), given_=st.sampled_from(["scale", "shift", "both"]))
+@example(dims=(70, 70, 577, 1), given_="both")
+def test_bgemm_scaled_float_output_is_the_reference_bit_for_bit(raw_rust, kind, isa, threads, dims, given_):
+    """scale/shift: float32 product·scale[i] + shift[i] made in the epilogue, the same bits as NumPy's."""
+    m, n, k, seed = dims
+    rng = np.random.default_rng(seed)
+    a, b = operands(kind, rng, m, n, k)
+    vectors = {"scale": rng.standard_normal(m).astype(np.float32), "shift": rng.standard_normal(m).astype(np.float32)}
+    if given_ != "both":
+        vectors = {given_: vectors[given_]}
+    got = getattr(raw_rust, kind)(*a, *b, k, isa=isa, threads=threads, **vectors)
+    want = getattr(reference, kind)(*a, *b, k, **vectors)
+    assert got.dtype == want.dtype == np.float32 and got.shape == (m, n) and got.flags.c_contiguous
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"scale": np.ones(3, np.float64)}, "scale"), ({"shift": np.ones(4, np.float32)}, "shift"),
+    ({"scale": np.ones((3, 1), np.float32)}, "scale"), ({"shift": [0.0, 0.0, 0.0]}, "shift")])
+def test_bgemm_refuses_a_bad_scale_or_shift(raw_rust, bad, message):
+    a = random_packed(np.random.default_rng(0), 3, 70)
+    for module in (reference, raw_rust):
+        with pytest.raises(ValueError, match=f"bgemm_1x1.*{message}"):
+            module.bgemm_1x1(a, a, 70, **bad)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@per_isa
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("sign", [1, -1])
 def test_bgemm_all_equal_and_all_opposite(raw_rust, kind, isa, threads, sign):

@@ -182,29 +182,49 @@ def _check_k_range(func: str, k: int, weight_sum: int) -> int:
     return k
 
 
-def bgemm_1x1(a, b, k) -> np.ndarray:
-    """out[i, j] = Σ_t a[i, t]·b[j, t] for ±1 rows packed along K: (M, W), (N, W) -> (M, N) int32."""
+def _finish(func: str, out: np.ndarray, scale, shift) -> np.ndarray:
+    """The int32 products (exact: k is bounded so |out| fits), or, with `scale` and/or `shift` (float32,
+    one per row), float32 out·scale[i] + shift[i]: a float32 multiply, then an add, as in the Rust
+    epilogue (bit-identical)."""
+    out = out.astype(np.int32)
+    if scale is None and shift is None:
+        return out
+    m = out.shape[0]
+    for name, v in (("scale", scale), ("shift", shift)):
+        if v is not None and (not isinstance(v, np.ndarray) or v.dtype != np.float32 or v.shape != (m,)):
+            got = f"dtype {v.dtype} shape {v.shape}" if isinstance(v, np.ndarray) else type(v).__name__
+            raise ValueError(f"{func}: {name} must be a float32 array with one value per row of a ({m},), got {got}")
+    scale = np.ones(m, np.float32) if scale is None else scale
+    shift = np.zeros(m, np.float32) if shift is None else shift
+    return out.astype(np.float32) * scale[:, None] + shift[:, None]  # both defaults applied, as in Rust
+
+
+def bgemm_1x1(a, b, k, *, scale=None, shift=None) -> np.ndarray:
+    """out[i, j] = Σ_t a[i, t]·b[j, t] for ±1 rows packed along K: (M, W), (N, W) -> (M, N) int32.
+
+    Every bgemm takes `scale` and `shift` (float32 (M,), keyword only): with either, the result is
+    float32 out·scale[i] + shift[i] (a layer's α·B·X + bias without another pass over it)."""
     k = _check_k_range("bgemm_1x1", k, 1)
     a, b = _check_packed("bgemm_1x1", "a", a, k), _check_packed("bgemm_1x1", "b", b, k)
-    return (_dot(a, b, k)).astype(np.int32)  # exact: k is bounded so |out| fits
+    return _finish("bgemm_1x1", _dot(a, b, k), scale, shift)
 
 
-def bgemm_1x2(a, b_hi, b_lo, k) -> np.ndarray:
+def bgemm_1x2(a, b_hi, b_lo, k, *, scale=None, shift=None) -> np.ndarray:
     """±1 rows of a times 2-bit rows v = 2·hi + lo of b: 2·(a·b_hi) + (a·b_lo), (M, N) int32."""
     k = _check_k_range("bgemm_1x2", k, 3)
     a = _check_packed("bgemm_1x2", "a", a, k)
     b_hi, b_lo = _check_planes("bgemm_1x2", ("b_hi", "b_lo"), b_hi, b_lo, k)
-    return (2 * _dot(a, b_hi, k) + _dot(a, b_lo, k)).astype(np.int32)  # exact: k is bounded so |out| fits
+    return _finish("bgemm_1x2", 2 * _dot(a, b_hi, k) + _dot(a, b_lo, k), scale, shift)
 
 
-def bgemm_2x2(a_hi, a_lo, b_hi, b_lo, k) -> np.ndarray:
+def bgemm_2x2(a_hi, a_lo, b_hi, b_lo, k, *, scale=None, shift=None) -> np.ndarray:
     """2-bit × 2-bit: (2·ah + al)·(2·bh + bl) expanded into four binary products, (M, N) int32."""
     k = _check_k_range("bgemm_2x2", k, 9)
     a_hi, a_lo = _check_planes("bgemm_2x2", ("a_hi", "a_lo"), a_hi, a_lo, k)
     b_hi, b_lo = _check_planes("bgemm_2x2", ("b_hi", "b_lo"), b_hi, b_lo, k)
     out = (4 * _dot(a_hi, b_hi, k) + 2 * _dot(a_hi, b_lo, k)
            + 2 * _dot(a_lo, b_hi, k) + _dot(a_lo, b_lo, k))
-    return (out).astype(np.int32)  # exact: k is bounded so |out| fits
+    return _finish("bgemm_2x2", out, scale, shift)
 
 
 # --- sparse × dense -----------------------------------------------------------------------------

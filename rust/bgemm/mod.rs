@@ -212,10 +212,45 @@ fn check(
     Ok(w)
 }
 
+/// A per-row affine map applied to the integer products as they are finished:
+/// `out[i, j] = f32(product) · scale[i] + shift[i]` (a multiply, then an add: no FMA, so exactly
+/// what NumPy computes in float32), stored as the bits of that f32 in the same slot.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+}
+
+impl Epilogue<'_> {
+    /// Rewrite rows `rows` × columns `cols` of the `(m, ld)` matrix at `out` from int32 products to
+    /// their f32 images.
+    ///
+    /// # Safety
+    /// The rectangle lies inside the matrix, its products are written, and no other thread touches it.
+    unsafe fn apply(
+        &self,
+        out: *mut i32,
+        ld: usize,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) {
+        for r in rows {
+            let (s, t) = (self.scale[r], self.shift[r]);
+            // SAFETY: forwarded from the caller: row r, columns cols of the matrix are in bounds and ours.
+            let row = unsafe { std::slice::from_raw_parts_mut(out.add(r * ld + cols.start), cols.len()) };
+            for v in row {
+                *v = ((*v as f32) * s + t).to_bits() as i32;
+            }
+        }
+    }
+}
+
 /// Compute `out = A·Bᵀ` (row-major `(m, n)`) for the planes of `kind` with the microkernels of `isa`
 /// on `threads` threads. `a` holds PA planes of `m × words_for(k)` words, `b` PB planes of
 /// `n × words_for(k)`. Padding bits must be zero (the bindings check; here they only make results
-/// wrong, never unsafe). Errors instead of panicking on any inconsistency.
+/// wrong, never unsafe). With an `epilogue` each output holds the bits of its f32 image instead (see
+/// [`Epilogue`]), made while the panel's products are still in cache. Errors instead of panicking on
+/// any inconsistency.
 #[allow(clippy::too_many_arguments)] // the GEMM's own parameters; a struct would only rename them
 pub fn bgemm(
     kind: Kind,
@@ -226,9 +261,20 @@ pub fn bgemm(
     k: usize,
     isa: Isa,
     threads: usize,
+    epilogue: Option<Epilogue>,
     out: &mut [i32],
 ) -> Result<(), String> {
     let w = check(kind, a, b, m, n, k, out)?;
+    if let Some(e) = epilogue {
+        if e.scale.len() != m || e.shift.len() != m {
+            return Err(format!(
+                "{}: scale and shift must hold one value per row of a (m = {m}), got {} and {}",
+                kind.name(),
+                e.scale.len(),
+                e.shift.len()
+            ));
+        }
+    }
     let fam = family(isa).ok_or_else(|| format!("{}: isa {isa} is not available", kind.name()))?;
     if m == 0 || n == 0 {
         return Ok(());
@@ -276,14 +322,10 @@ pub fn bgemm(
         let cols = nc_max.min(n - c0);
         let nr = cols.div_ceil(fam.lanes);
         pack::pack_panel(b, w, c0, cols, nr * fam.lanes, fam.nibbles, scratch);
+        let rb_start = chunk * blocks_per_chunk;
         let rb_end = ((chunk + 1) * blocks_per_chunk).min(row_blocks);
         let mut ok = true;
-        for (rb, slots) in row_slots
-            .iter()
-            .enumerate()
-            .take(rb_end)
-            .skip(chunk * blocks_per_chunk)
-        {
+        for (rb, slots) in row_slots.iter().enumerate().take(rb_end).skip(rb_start) {
             let r0 = rb * mr;
             let tile = Tile {
                 a: slots,
@@ -302,6 +344,18 @@ pub fn bgemm(
             // row blocks of a chunk are distinct, so no two tiles, in any thread, share an element;
             // `out` is exclusively borrowed by this call for its whole duration.
             ok &= unsafe { (fam.tile)(kind, nr, &tile) };
+        }
+        if let (Some(e), true) = (epilogue, ok) {
+            // SAFETY: the rows of this chunk (< m) by the panel's columns c0..c0+cols (≤ n): the
+            // rectangle the tiles above just wrote, this task's own (see the tiles' SAFETY).
+            unsafe {
+                e.apply(
+                    out_ptr.get(),
+                    n,
+                    rb_start * mr..(rb_end * mr).min(m),
+                    c0..c0 + cols,
+                )
+            };
         }
         ok
     };
@@ -405,9 +459,25 @@ mod tests {
         let a: Vec<&[u64]> = a_planes.iter().map(|v| v.as_slice()).collect();
         let b: Vec<&[u64]> = b_planes.iter().map(|v| v.as_slice()).collect();
         let mut out = vec![i32::MIN; m * n];
-        bgemm(kind, &a, &b, m, n, k, isa, threads, &mut out).unwrap();
+        bgemm(kind, &a, &b, m, n, k, isa, threads, None, &mut out).unwrap();
         let want = reference(kind, &a, &b, m, n, k);
         assert_eq!(out, want, "{isa} {kind:?} m={m} n={n} k={k} threads={threads}");
+        // With an epilogue every element becomes its f32 image, once: (product · scale) + shift.
+        let scale: Vec<f32> = (0..m).map(|r| 0.37 + 0.11 * r as f32).collect();
+        let shift: Vec<f32> = (0..m).map(|r| -1.5 + 0.25 * r as f32).collect();
+        let epilogue = Epilogue {
+            scale: &scale,
+            shift: &shift,
+        };
+        bgemm(kind, &a, &b, m, n, k, isa, threads, Some(epilogue), &mut out).unwrap();
+        let want_f: Vec<u32> = (0..m * n)
+            .map(|i| ((want[i] as f32) * scale[i / n] + shift[i / n]).to_bits())
+            .collect();
+        let got_f: Vec<u32> = out.iter().map(|&v| v as u32).collect();
+        assert_eq!(
+            got_f, want_f,
+            "{isa} {kind:?} m={m} n={n} k={k} threads={threads} epilogue"
+        );
     }
 
     /// Every edge: K around word boundaries, M and N around every tile size of every ISA.
@@ -469,7 +539,7 @@ mod tests {
                         let mut out = vec![0i32; m * n];
                         let a_planes: Vec<&[u64]> = vec![&a_rows; pa];
                         let b_planes: Vec<&[u64]> = vec![&b_rows; pb];
-                        bgemm(kind, &a_planes, &b_planes, m, n, k, isa, 1, &mut out).unwrap();
+                        bgemm(kind, &a_planes, &b_planes, m, n, k, isa, 1, None, &mut out).unwrap();
                         assert!(out.iter().all(|&o| o == want), "{isa} {kind:?} k={k}");
                     }
                 }
@@ -482,7 +552,7 @@ mod tests {
         let a = vec![0u64; 4];
         let mut out = vec![0i32; 4];
         let run = |kind, a: &[&[u64]], b: &[&[u64]], m, n, k, out: &mut [i32]| {
-            bgemm(kind, a, b, m, n, k, Isa::Scalar, 1, out)
+            bgemm(kind, a, b, m, n, k, Isa::Scalar, 1, None, out)
         };
         assert!(run(Kind::B1x1, &[&a], &[&a], 2, 2, 0, &mut out).is_err());
         assert!(run(Kind::B1x1, &[&a], &[&a], 2, 2, 129, &mut out).is_err());
@@ -501,5 +571,23 @@ mod tests {
         assert!(run(Kind::B1x1, &[&a], &[&a], usize::MAX, 2, 64, &mut out).is_err());
         assert!(run(Kind::B1x1, &[&a], &[&a], 2, 2, 128, &mut out).is_ok());
         assert!(run(Kind::B1x1, &[&[]], &[&a], 0, 2, 128, &mut []).is_ok());
+        let one = [1.0f32];
+        let short = Epilogue {
+            scale: &one,
+            shift: &one,
+        }; // m = 2 rows need two of each
+        assert!(bgemm(
+            Kind::B1x1,
+            &[&a],
+            &[&a],
+            2,
+            2,
+            128,
+            Isa::Scalar,
+            1,
+            Some(short),
+            &mut out
+        )
+        .is_err());
     }
 }
