@@ -90,6 +90,7 @@ class PackedConv2d(PackedLinearCore):
         self.channels, self.kh, self.kw = spec["weight_shape"][1:]
         self.stride, self.padding = int(spec["stride"]), int(spec["padding"])
         self.packed_input = self.act_bits in (1, 2)  # the map itself is packed (`_packed_forward`)
+        self.out_scale = np.ones(self.out_features, np.float32)  # a folded BatchNorm's scale (`fold`)
         if self.packed_input:
             # These paths lower packed bits (im2col_bits), whose K order is (i, j, channel): the sign
             # matrix is repacked once in that order.
@@ -111,6 +112,19 @@ class PackedConv2d(PackedLinearCore):
         if self.packed_input and self.padding:  # subtract while copying to NCHW: one pass, not two
             return Tensor(np.subtract(nchw, self._padding_correction(x.shape[1:]), out=np.empty(nchw.shape, y.dtype)))
         return Tensor(np.ascontiguousarray(nchw))
+
+    def fold(self, scale: np.ndarray, shift: np.ndarray) -> None:
+        """Fold a following per-channel y·scale + shift (a BatchNorm that reads only this layer's
+        output) into the layer: the GEMM's epilogue, the residual's values and the padding
+        correction are scaled per output channel, and the shift joins the epilogue's. Only for the
+        1- and 2-bit paths, whose epilogue makes it free."""
+        if not self.packed_input:
+            raise ValueError("PackedConv2d.fold: only layers with 1- or 2-bit activations fold a BatchNorm")
+        scale, shift = np.asarray(scale, np.float32), np.asarray(shift, np.float32)
+        self.epilogue = {"scale": self.epilogue["scale"] * scale, "shift": self.epilogue["shift"] * scale + shift}
+        self.values = self.values * scale[np.repeat(np.arange(self.out_features), np.diff(self.indptr))]
+        self.out_scale = self.out_scale * scale
+        self.__dict__.pop("_corrections", None)
 
     def _lowered(self, packed: np.ndarray, shape) -> np.ndarray:
         """im2col_bits of a map packed per pixel ((N·H·W, words) uint64 for an (N, C, H, W) map)."""
@@ -165,7 +179,7 @@ class PackedConv2d(PackedLinearCore):
             ho = (h + 2 * p - self.kh) // self.stride + 1
             wo = (w + 2 * p - self.kw) // self.stride + 1
             signs = kernels.unpack_bits(self.sign_bits, self.k)
-            surplus = self.alpha * (signs @ cols)
+            surplus = (self.alpha * self.out_scale)[:, None] * (signs @ cols)
             cache[chw] = surplus.reshape(self.out_features, ho, wo)
         return cache[chw]
 
@@ -216,8 +230,32 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return module, leaf
 
 
-def build_packed(packed: PackedModel) -> nn.Module:
-    """The model's architecture with every layer replaced by its packed counterpart."""
+def _conv_bn_pairs(model: nn.Module):
+    """(parent, conv name, BatchNorm name) for each BatchNorm that reads only a conv's output: the two
+    are neighbours in a Sequential, or the parent module lists them in `conv_bn_pairs`."""
+    for _, module in model.named_modules():
+        names = list(module._modules)
+        pairs = zip(names, names[1:]) if isinstance(module, nn.Sequential) else getattr(module, "conv_bn_pairs", ())
+        for conv, bn in pairs:
+            yield module, conv, bn
+
+
+def fold_batchnorms(model: nn.Module) -> int:
+    """Fold each BatchNorm (an `Affine`) that follows a 1- or 2-bit packed conv into it and put an
+    identity in its place: one pass over the map less per layer. Returns how many were folded."""
+    folded = 0
+    for parent, conv_name, bn_name in list(_conv_bn_pairs(model)):
+        conv, bn = parent._modules.get(conv_name), parent._modules.get(bn_name)
+        if isinstance(conv, PackedConv2d) and conv.packed_input and isinstance(bn, Affine):
+            conv.fold(bn.scale, bn.shift)
+            setattr(parent, bn_name, nn.Lambda(lambda x: x, "batchnorm folded into the conv"))
+            folded += 1
+    return folded
+
+
+def build_packed(packed: PackedModel, fold_batchnorm: bool = True) -> nn.Module:
+    """The model's architecture with every layer replaced by its packed counterpart (and, with
+    `fold_batchnorm`, the BatchNorms after 1- and 2-bit packed convs folded into them)."""
     args = dict(packed.header["build"])
     model = build(**args)
     t = packed.tensors
@@ -233,15 +271,17 @@ def build_packed(packed: PackedModel) -> nn.Module:
         else:
             new = Affine(name, t)
         setattr(parent, leaf, new)
+    if fold_batchnorm:
+        fold_batchnorms(model)
     return model.eval()
 
 
 class PackedNetwork:
     """A packed file made runnable: `predict_logits(images)` for normalized NCHW float32 images."""
 
-    def __init__(self, packed: PackedModel):
+    def __init__(self, packed: PackedModel, fold_batchnorm: bool = True):
         self.header = packed.header
-        self.model = build_packed(packed)
+        self.model = build_packed(packed, fold_batchnorm)
 
     @classmethod
     def load(cls, path: str | Path) -> "PackedNetwork":

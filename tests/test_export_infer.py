@@ -53,6 +53,21 @@ def test_packed_inference_equals_the_float_forward(act_bits, backend):
     assert np.array_equal(got.argmax(1), expected.argmax(1))
 
 
+@pytest.mark.parametrize("name, in_channels, image_size, folds", [("resnet20", 3, 16, 18), ("digits_cnn", 1, 8, 2)])
+@pytest.mark.parametrize("act_bits", [1, 2, 32])
+def test_batchnorms_after_packed_convs_fold_into_them(act_bits, name, in_channels, image_size, folds):
+    """Each BatchNorm reading only a 1- or 2-bit packed conv's output (declared pairs in ResNet-20,
+    neighbours in a Sequential) is folded into the conv; the logits stay those of the unfolded model."""
+    model, args = _random_apb_model(act_bits, name=name, in_channels=in_channels, image_size=image_size)
+    packed = parse_packed(export_model(model, args).to_bytes())
+    folded, plain = PackedNetwork(packed), PackedNetwork(packed, fold_batchnorm=False)
+    identities = [m for _, m in folded.model.named_modules() if "folded" in getattr(m, "name", "")]
+    assert len(identities) == (folds if act_bits < 32 else 0)
+    x = np.random.default_rng(3).standard_normal((4, in_channels, image_size, image_size)).astype(np.float32)
+    want = plain.logits(x)
+    np.testing.assert_allclose(folded.logits(x), want, rtol=0, atol=LOGIT_RTOL * np.abs(want).max())
+
+
 @pytest.mark.parametrize("act_bits", [1, 2])
 def test_binary_part_is_an_exact_integer(act_bits):
     """B·X from the popcount kernel equals the ±1 matrix product computed in float64, exactly."""

@@ -17,6 +17,9 @@ def shortcut_option_a(x, out_channels: int, stride: int):
 
 
 class BasicBlock(nn.Module):
+    # BatchNorms that read nothing but their conv's output (packed inference folds them into it)
+    conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
+
     def __init__(self, layers: LayerFactory, cin: int, cout: int, stride: int, act: str):
         super().__init__()
         self.conv1 = layers.conv(cin, cout, 3, stride, 1)
@@ -33,6 +36,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNet20(nn.Module):
+    conv_bn_pairs = (("conv1", "bn1"),)
+
     def __init__(self, layers: LayerFactory, num_classes: int = 10, in_channels: int = 3,
                  act: str = "relu", widths: tuple[int, int, int] = (16, 32, 64), blocks: int = 3):
         super().__init__()
