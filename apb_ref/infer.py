@@ -142,17 +142,18 @@ class PackedConv2d(PackedLinearCore):
         model adds 0: `_padding_correction` takes it off.
         """
         n, c, h, w = x.shape
+        # Each pixel's channels are packed straight from NCHW (a batch of (C, H·W) matrices packed
+        # down their columns): the (N·H·W, W) words of the map channels last, no transposed copy.
         if self.act_bits == 1:
-            bits = kernels.pack_bits(np.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(n * h * w, c))
+            bits = kernels.pack_bits(x.reshape(n, c, h * w), layout="columns")
             y = kernels.bgemm_1x1(self.sign_bits_hwc, self._lowered(bits, x.shape), self.k, **self.epilogue)
             sparse_input, signs = x, True
         else:
             xq = np.ascontiguousarray(self.act(Tensor(x)).data)
-            # v = 6·xq − 3 channels last, in one pass into one array: exactly 2j − 3 for the levels j/3
-            # (see PackedLinearCore.matmul)
-            v = np.multiply(xq.transpose(0, 2, 3, 1), np.float32(6), out=np.empty((n, h, w, c), np.float32))
+            # v = 6·xq − 3 is exactly 2j − 3 for the levels j/3 (see PackedLinearCore.matmul)
+            v = xq * np.float32(6)
             v -= 3
-            hi, lo = kernels.pack_2bit(v.reshape(n * h * w, c))
+            hi, lo = kernels.pack_2bit(v.reshape(n, c, h * w), layout="columns")
             y = kernels.bgemm_1x2(self.sign_bits_hwc, self._lowered(hi, x.shape), self._lowered(lo, x.shape),
                                   self.k, **self.epilogue)
             sparse_input, signs = xq, False

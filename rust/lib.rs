@@ -253,7 +253,10 @@ fn threads_selected() -> PyResult<usize> {
 
 // --- packing -------------------------------------------------------------------------------------
 
-/// Pack an array already checked to be a C-contiguous 2-D array of `T` into `P` planes.
+/// Pack an array already checked to be a C-contiguous array of `T` into `P` planes: a 2-D
+/// `(rows, K)` array, or with `columns` a `(K, rows)` one or a batch `(B, K, rows)` of them (whose
+/// planes are `(B·rows, W)`, the matrices' rows one after another). `describe_invalid` gets the
+/// position ("row r, column c", or "matrix b, row r, column c") and the value.
 #[allow(clippy::too_many_arguments)] // the call's own options; a struct would only rename them
 fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
     py: Python<'py>,
@@ -263,18 +266,27 @@ fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
     threads: usize,
     isa: isa::Isa,
     columns: bool,
-    describe_invalid: impl Fn(usize, usize, String) -> String,
+    describe_invalid: impl Fn(String, String) -> String,
 ) -> PyResult<[Bound<'py, PyArray2<u64>>; P]> {
-    // rows layout: x is (rows, K); columns layout: x is (K, rows) and packs down its columns.
-    let (rows, k) = match arr.shape() {
-        [a, b] if columns => (*b, *a),
-        [r, k] => (*r, *k),
+    // rows layout: x is (rows, K); columns layout: x is (K, rows) or (B, K, rows), packed down its columns.
+    let (batch, k, n) = match arr.shape() {
+        [a, b] if columns => (1, *a, *b),
+        [b, a, c] if columns => (*b, *a, *c),
+        [r, k] => (1, *k, *r),
         s => {
+            let want = if columns {
+                "2-D (K, rows) or 3-D (B, K, rows)"
+            } else {
+                "2-D (rows, K)"
+            };
             return Err(value_error(format!(
-                "{func}: {name} must be 2-D, got shape {}",
+                "{func}: {name} must be {want}, got shape {}",
                 py_shape(s)
-            )))
+            )));
         }
+    };
+    let Some(rows) = batch.checked_mul(n) else {
+        return Err(value_error(format!("{func}: {name} is too large")));
     };
     let ro = slice_of::<T>(func, name, arr)?;
     let xs = as_slice(func, name, &ro)?;
@@ -298,18 +310,23 @@ fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
         // The packers bring in pool threads themselves, only when the input is worth splitting.
         let result = py.detach(|| {
             if columns {
-                pack::columns::pack_columns::<T, P>(xs, k, planes, threads, isa, pack::SPLIT)
+                pack::columns::pack_columns_batched::<T, P>(xs, batch, k, planes, threads, isa, pack::SPLIT)
             } else {
                 pack::pack_planes::<T, P>(xs, k, planes, threads, isa)
             }
         });
         match result {
             Err(PackError::Invalid { row, col }) => {
+                let cols = arr.shape().last().copied().unwrap_or(1);
                 let v = xs
-                    .get(row * arr.shape()[1] + col)
+                    .get(row * cols + col)
                     .map(|v| format!("{v:?}"))
                     .unwrap_or_default();
-                return Err(value_error(describe_invalid(row, col, v)));
+                let at = match arr.ndim() {
+                    3 => format!("matrix {}, row {}, column {col}", row / k.max(1), row % k.max(1)),
+                    _ => format!("row {row}, column {col}"),
+                };
+                return Err(value_error(describe_invalid(at, v)));
             }
             Err(e) => return Err(value_error(format!("{func}: {e}"))),
             Ok(()) => {}
@@ -323,7 +340,9 @@ fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
 ///
 /// Bit `k % 64` of word `k / 64` is 1 where `x[row, k] < 0`; padding bits are 0. NaN is rejected.
 /// `isa` picks the packing code path (results are identical on every path). `layout="columns"`: x is
-/// given transposed, (K, rows) — im2col's columns — and packs down its columns to the same result.
+/// given transposed, (K, rows) — im2col's columns — and packs down its columns to the same result;
+/// or a batch (B, K, rows) of such matrices (an NCHW map as (N, C, H·W): each pixel's channels), whose
+/// packed rows follow one another, (B·rows, W).
 #[pyfunction]
 #[pyo3(signature = (x, threads=None, isa=None, layout=None))]
 fn pack_bits<'py>(
@@ -334,9 +353,12 @@ fn pack_bits<'py>(
     layout: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray2<u64>>> {
     const F: &str = "pack_bits";
-    let expected = format!("{F}: x must be a C-contiguous float32 2-D array");
+    let expected = format!("{F}: x must be a C-contiguous float32 2-D array (3-D with layout='columns')");
     let arr = as_array(x, &expected)?;
-    if arr.ndim() != 2 || !arr.is_c_contiguous() || !(has_dtype::<f32>(arr) || has_dtype::<i8>(arr)) {
+    if !(2..=3).contains(&arr.ndim())
+        || !arr.is_c_contiguous()
+        || !(has_dtype::<f32>(arr) || has_dtype::<i8>(arr))
+    {
         return Err(value_error(format!(
             "{expected}, {} (int8 is accepted too)",
             describe(arr)
@@ -345,7 +367,7 @@ fn pack_bits<'py>(
     let threads = resolve_threads(F, threads)?;
     let isa = resolve_isa(F, isa)?;
     let columns = resolve_layout(F, layout)?;
-    let nan = |row, col, _| format!("{F}: x contains NaN (first at row {row}, column {col})");
+    let nan = |at, _| format!("{F}: x contains NaN (first at {at})");
     let [out] = if has_dtype::<f32>(arr) {
         pack_typed::<f32, 1>(py, F, "x", arr, threads, isa, columns, nan)?
     } else {
@@ -411,18 +433,18 @@ fn pack_2bit<'py>(
     layout: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<(Words<'py>, Words<'py>)> {
     const F: &str = "pack_2bit";
-    let expected =
-        format!("{F}: v must be a C-contiguous 2-D array of float32, float64, int8, int16, int32 or int64");
+    let expected = format!(
+        "{F}: v must be a C-contiguous 2-D array (3-D with layout='columns') of float32, float64, int8, \
+         int16, int32 or int64"
+    );
     let arr = as_array(v, &expected)?;
-    if arr.ndim() != 2 || !arr.is_c_contiguous() {
+    if !(2..=3).contains(&arr.ndim()) || !arr.is_c_contiguous() {
         return Err(value_error(format!("{expected}, {}", describe(arr))));
     }
     let threads = resolve_threads(F, threads)?;
     let isa = resolve_isa(F, isa)?;
     let columns = resolve_layout(F, layout)?;
-    let bad = |row, col, val: String| {
-        format!("{F}: v must hold only -3, -1, 1, 3; got {val} at row {row}, column {col}")
-    };
+    let bad = |at, val: String| format!("{F}: v must hold only -3, -1, 1, 3; got {val} at {at}");
     let [hi, lo] = if has_dtype::<f32>(arr) {
         pack_typed::<f32, 2>(py, F, "v", arr, threads, isa, columns, bad)?
     } else if has_dtype::<f64>(arr) {

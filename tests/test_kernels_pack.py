@@ -192,7 +192,7 @@ def test_rust_extension_itself_rejects_what_the_wrapper_would_fix(raw_rust):
     x = np.ones((3, 8), np.float32)
     with pytest.raises(ValueError, match=r"pack_bits: x .*not C-contiguous"):
         raw_rust.pack_bits(x[:, ::2])
-    with pytest.raises(ValueError, match=r"pack_bits: x must be a C-contiguous float32 2-D array, "
+    with pytest.raises(ValueError, match=r"pack_bits: x must be a C-contiguous float32 2-D array \(3-D with layout='columns'\), "
                                          r"got dtype int8 shape \(3,\)"):
         raw_rust.pack_bits(np.zeros(3, np.int8))
     with pytest.raises(ValueError, match=r"got dtype float64 shape \(3, 8\)"):

@@ -26,6 +26,12 @@ def words_for(k: int) -> int:
     return -(-k // WORD_BITS)
 
 
+def _position(index) -> str:
+    """Where a bad value sits, as the packing error messages say it: "row r, column c", or for a
+    batch "matrix b, row r, column c"."""
+    return ", ".join(f"{axis} {i}" for axis, i in zip(("matrix", "row", "column")[-len(index):], index))
+
+
 def pack_bits(x, *, layout="rows") -> np.ndarray:
     """Pack the signs of a (rows, K) real matrix into a (rows, ceil(K/64)) uint64 matrix.
 
@@ -33,20 +39,23 @@ def pack_bits(x, *, layout="rows") -> np.ndarray:
     padding bits past K are 0. Accepts float or integer input; NaN is rejected.
     layout="columns": x is given transposed, (K, rows) — as `im2col(..., layout="columns")` makes it —
     and the result is the same (rows, W) matrix: bits are packed down the columns, so only the
-    32x smaller bytes get transposed, never the float matrix.
+    32x smaller bytes get transposed, never the float matrix. It may also be a batch (B, K, rows) of
+    such matrices — an NCHW map seen as (N, C, H·W) packs each pixel's channels — whose packed rows
+    follow one another: (B·rows, W).
     """
     x = np.asarray(x)
     if layout not in LAYOUTS:
         raise ValueError(f"pack_bits: layout must be one of {LAYOUTS}, got {layout!r}")
-    if x.ndim != 2:
-        want = "(rows, K)" if layout == "rows" else "(K, rows)"
+    if x.ndim != 2 and not (x.ndim == 3 and layout == "columns"):
+        want = "(rows, K)" if layout == "rows" else "(K, rows) or (B, K, rows)"
         raise ValueError(f"pack_bits: x must be a 2-D array {want}, got shape {x.shape}")
     if x.dtype.kind not in "fiu":
         # bool is refused on purpose: False/True has no sign, so the meaning would be a guess.
         raise ValueError(f"pack_bits: x must be a float or integer array, got dtype {x.dtype}")
     if x.dtype.kind == "f" and np.isnan(x).any():
-        row, col = np.argwhere(np.isnan(x))[0]
-        raise ValueError(f"pack_bits: x contains NaN (first at row {row}, column {col})")
+        raise ValueError(f"pack_bits: x contains NaN (first at {_position(np.argwhere(np.isnan(x))[0])})")
+    if x.ndim == 3:  # the batch's rows side by side: one (K, B·rows) matrix
+        x = x.transpose(1, 0, 2).reshape(x.shape[1], -1)
     if layout == "columns":
         k, rows = x.shape
         kb = (k + 7) // 8
@@ -134,19 +143,20 @@ def pack_2bit(v, *, layout="rows") -> tuple[np.ndarray, np.ndarray]:
     """Split a (rows, K) matrix of {−3, −1, 1, 3} into two sign planes (hi, lo) with v = 2·hi + lo.
 
     hi = sign(v) and lo = sign(v − 2·hi): 3 → (+, +), 1 → (+, −), −1 → (−, +), −3 → (−, −).
-    layout="columns": v is given as (K, rows); the planes are the same (see `pack_bits`).
+    layout="columns": v is given as (K, rows), or a batch (B, K, rows); the planes are the same (see
+    `pack_bits`).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"pack_2bit: layout must be one of {LAYOUTS}, got {layout!r}")
     v = np.asarray(v)
-    if v.ndim != 2 or v.dtype.kind not in "fiu":
-        raise ValueError(f"pack_2bit: v must be a 2-D float or integer array, got dtype {v.dtype} shape {v.shape}")
+    if (v.ndim != 2 and not (v.ndim == 3 and layout == "columns")) or v.dtype.kind not in "fiu":
+        raise ValueError(f"pack_2bit: v must be a 2-D float or integer array (3-D with layout='columns'), "
+                         f"got dtype {v.dtype} shape {v.shape}")
     magnitude = np.abs(v)
     bad = (magnitude != 1) & (magnitude != 3)  # NaN too; several times faster than np.isin
     if bad.any():
-        row, col = np.argwhere(bad)[0]
-        raise ValueError(f"pack_2bit: v must hold only -3, -1, 1, 3; got {v[row, col].item()!r} "
-                         f"at row {row}, column {col}")
+        at = np.argwhere(bad)[0]
+        raise ValueError(f"pack_2bit: v must hold only -3, -1, 1, 3; got {v[tuple(at)].item()!r} at {_position(at)}")
     hi = np.where(v < 0, np.int8(-1), np.int8(1))
     return pack_bits(hi, layout=layout), pack_bits(v - 2 * hi, layout=layout)
 

@@ -111,24 +111,46 @@ pub fn pack_columns<T: Source<P>, const P: usize>(
     isa: Isa,
     split: Split,
 ) -> Result<(), PackError> {
+    pack_columns_batched(x, 1, k, outs, threads, isa, split)
+}
+
+/// [`pack_columns`] for `batch` matrices `(k, n)` one after another in `x` (an `(batch, k, n)`
+/// array, e.g. a batch of NCHW maps with `k` = channels and `n` = pixels): their planes follow one
+/// another too, `(batch·n, words_for(k))`. An invalid value is reported at row `b·k + t`, column `j`.
+pub fn pack_columns_batched<T: Source<P>, const P: usize>(
+    x: &[T],
+    batch: usize,
+    k: usize,
+    outs: [&mut [u64]; P],
+    threads: usize,
+    isa: Isa,
+    split: Split,
+) -> Result<(), PackError> {
     if !isa.is_available() {
         return Err(PackError::Isa(format!("isa {isa} is not available on this CPU")));
     }
     let words = words_for(k);
-    let n = x.len().checked_div(k).unwrap_or(0);
-    if (k == 0 && !x.is_empty()) || n * k != x.len() || outs.iter().any(|o| o.len() != n * words) {
+    let n = x.len().checked_div(k.saturating_mul(batch)).unwrap_or(0);
+    let expected = (n * k).checked_mul(batch);
+    if ((k == 0 || batch == 0) && !x.is_empty())
+        || expected != Some(x.len())
+        || outs
+            .iter()
+            .any(|o| Some(o.len()) != (n * words).checked_mul(batch))
+    {
         return Err(PackError::Length(format!(
-            "x has {} values (k = {k} rows), outputs have {:?} words; expected {} words each",
+            "x has {} values ({batch} matrices of k = {k} rows), outputs have {:?} words; expected {} words each",
             x.len(),
             outs.iter().map(|o| o.len()).collect::<Vec<_>>(),
-            n * words
+            n.saturating_mul(words).saturating_mul(batch)
         )));
     }
-    if n == 0 {
+    if n == 0 || batch == 0 {
         return Ok(());
     }
     let simd = matches!(isa, Isa::Avx2 | Isa::Avx512) && Isa::Avx2.is_available();
-    let run = |c0: usize, os: [&mut [u64]; P]| -> bool {
+    let run = |(b, c0, os): (usize, usize, [&mut [u64]; P])| -> bool {
+        let x = &x[b * k * n..(b + 1) * k * n];
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: `simd` holds only if the CPU has AVX2 (checked just above), the function's one
@@ -139,17 +161,20 @@ pub fn pack_columns<T: Source<P>, const P: usize>(
         let _ = simd;
         pack_task(x, (k, n), c0, os)
     };
-    let bytes = size_of_val(x);
+    // Tasks: column ranges of about split.task_bytes of input within each matrix.
     let col_bytes = k * size_of::<T>();
     let cols_per_task = (split.task_bytes / col_bytes).div_ceil(BLOCK).max(1) * BLOCK;
-    let no_bad = if threads > 1 && n > cols_per_task && bytes >= split.min_bytes {
-        let tasks: Vec<(usize, [&mut [u64]; P])> = (0..n)
+    let mut tasks = Vec::new();
+    for (b, matrix_outs) in split_planes(outs, n * words).into_iter().enumerate() {
+        let ranges = (0..n)
             .step_by(cols_per_task)
-            .zip(split_planes(outs, cols_per_task * words))
-            .collect();
-        crate::threads::run_claimed(threads, tasks, |(c0, os)| run(c0, os)).map_err(PackError::Threads)?
+            .zip(split_planes(matrix_outs, cols_per_task * words));
+        tasks.extend(ranges.map(|(c0, os)| (b, c0, os)));
+    }
+    let no_bad = if threads > 1 && tasks.len() > 1 && size_of_val(x) >= split.min_bytes {
+        crate::threads::run_claimed(threads, tasks, run).map_err(PackError::Threads)?
     } else {
-        run(0, outs)
+        tasks.into_iter().fold(true, |ok, task| run(task) & ok)
     };
     if no_bad {
         return Ok(());
@@ -223,6 +248,41 @@ mod tests {
             pack_columns::<i8, 2>(&v, k, [&mut hi2, &mut lo2], 2, Isa::Scalar, small).unwrap();
             assert_eq!((hi2, lo2), (hi, lo), "2-bit, k = {k}, n = {n}");
         }
+    }
+
+    #[test]
+    fn a_batch_packs_like_its_matrices_one_by_one() {
+        let small = Split {
+            min_bytes: 0,
+            task_bytes: 64,
+        };
+        for &(batch, k, n) in &[(1, 16, 1024), (3, 1, 5), (4, 65, 70), (2, 64, 1), (5, 3, 129)] {
+            let x = values(batch * k * n, (batch * 7 + k * 1000 + n) as u64);
+            let words = words_for(k);
+            let mut want = vec![0u64; batch * n * words];
+            for (xb, wb) in x.chunks(k * n).zip(want.chunks_mut(n * words)) {
+                pack_columns::<f32, 1>(xb, k, [wb], 1, Isa::Scalar, SPLIT).unwrap();
+            }
+            for isa in crate::isa::available() {
+                for (threads, split) in [(1, SPLIT), (3, small)] {
+                    let mut got = vec![u64::MAX; batch * n * words];
+                    pack_columns_batched::<f32, 1>(&x, batch, k, [&mut got], threads, isa, split).unwrap();
+                    assert_eq!(
+                        got, want,
+                        "batch = {batch}, k = {k}, n = {n}, {isa}, {threads} threads"
+                    );
+                }
+            }
+        }
+        // An invalid value in matrix b, row t, column j is reported at row b·k + t.
+        let mut x = vec![1.0f32; 3 * 4 * 10];
+        x[(2 * 4 + 1) * 10 + 7] = f32::NAN;
+        let mut out = vec![0u64; 3 * 10];
+        let err = pack_columns_batched::<f32, 1>(&x, 3, 4, [&mut out], 2, Isa::Scalar, small).unwrap_err();
+        assert_eq!(err, PackError::Invalid { row: 9, col: 7 });
+        let mut short = vec![0u64; 3 * 10 - 1];
+        assert!(pack_columns_batched::<f32, 1>(&x, 3, 4, [&mut short], 1, Isa::Scalar, SPLIT).is_err());
+        assert!(pack_columns_batched::<f32, 1>(&x, 0, 4, [&mut out], 1, Isa::Scalar, SPLIT).is_err());
     }
 
     #[test]
