@@ -226,10 +226,23 @@ pub fn csr_conv2d(
         signs,
         accumulate,
     };
+    // With fewer images than about 4 items per thread (a batch of one, say), each image's rows are
+    // split into groups too, so every thread still gets work.
+    let groups = (4 * threads.max(1)).div_ceil(n).clamp(1, m.max(1));
+    let rows_per_item = m.div_ceil(groups).max(1);
+    let mut items = Vec::new();
+    for (img, mut outs) in segments.into_iter().enumerate() {
+        let mut row0 = 0;
+        while !outs.is_empty() {
+            let rest = outs.split_off(rows_per_item.min(outs.len()));
+            items.push((img, row0, outs));
+            row0 += rows_per_item;
+            outs = rest;
+        }
+    }
     let plane = h * w;
-    let items = segments.into_iter().enumerate().collect();
-    crate::threads::run_claimed(threads, items, |(img, mut outs)| {
-        image.add(&x[img * c * plane..][..c * plane], &mut outs);
+    crate::threads::run_claimed(threads, items, |(img, row0, mut outs)| {
+        image.add(&x[img * c * plane..][..c * plane], row0, &mut outs);
         true
     })?;
     Ok(())
@@ -248,10 +261,11 @@ struct Image<'a> {
 }
 
 impl Image<'_> {
-    /// Add S·X of one image, `x` its `(c, h, w)` planes, to `outs`, its `ho·wo` segment of every row.
-    fn add(&self, x: &[f32], outs: &mut [&mut [f32]]) {
+    /// Add S·X of one image, `x` its `(c, h, w)` planes, to `outs`, its `ho·wo` segments of the rows
+    /// `row0 ..` of S.
+    fn add(&self, x: &[f32], row0: usize, outs: &mut [&mut [f32]]) {
         let (h, w, wo, stride) = (self.h, self.w, self.wo, self.win.stride);
-        for (taps, out) in self.rows.iter().zip(outs) {
+        for (taps, out) in self.rows[row0..].iter().zip(outs) {
             if !self.accumulate {
                 out.fill(0.0);
             }

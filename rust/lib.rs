@@ -946,11 +946,21 @@ fn csr_conv2d<'py>(
             py_shape(acc.shape())
         )));
     }
+    // The kernel reads x and the CSR arrays while it writes add_to: refuse any overlap. The borrow
+    // check below sees only arrays with the same base object, not two views of one buffer.
+    let may_share = py.import("numpy")?.getattr("may_share_memory")?;
+    for (name, input) in [("x", x), ("data", data), ("indices", indices), ("indptr", indptr)] {
+        if may_share.call1((add_to, input))?.is_truthy()? {
+            return Err(value_error(format!(
+                "{F}: add_to must not share memory with {name}"
+            )));
+        }
+    }
     let acc = acc
         .cast_into::<PyArray2<f32>>()
         .map_err(|e| value_error(format!("{F}: add_to: {e}")))?;
     {
-        // Fails (a ValueError) if add_to is read-only or shares memory with x.
+        // Fails (a ValueError) if add_to is read-only.
         let mut rw = acc
             .try_readwrite()
             .map_err(|e| value_error(format!("{F}: add_to: {e}")))?;

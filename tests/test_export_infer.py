@@ -59,6 +59,9 @@ def test_batchnorms_after_packed_convs_fold_into_them(act_bits, name, in_channel
     """Each BatchNorm reading only a 1- or 2-bit packed conv's output (declared pairs in ResNet-20,
     neighbours in a Sequential) is folded into the conv; the logits stay those of the unfolded model."""
     model, args = _random_apb_model(act_bits, name=name, in_channels=in_channels, image_size=image_size)
+    for _, m in model.named_modules():  # negative BatchNorm scales too: they flip a channel's sign
+        if hasattr(m, "running_var"):
+            m.weight.data[::2] *= -1
     packed = parse_packed(export_model(model, args).to_bytes())
     folded, plain = PackedNetwork(packed), PackedNetwork(packed, fold_batchnorm=False)
     identities = [m for _, m in folded.model.named_modules() if "folded" in getattr(m, "name", "")]

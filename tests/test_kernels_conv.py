@@ -142,6 +142,14 @@ def test_csr_conv2d_refuses_a_bad_add_to(fn):
         with pytest.raises(ValueError, match="csr_conv2d.*add_to"):
             fn(*csr, x, 3, 3, 1, 1, add_to=bad)
     assert (read_only == 0).all()
+    # Two arrays over one buffer have different base objects: still refused, x and data alike.
+    raw = bytearray(np.ones(4 * 9 + 2, np.float32).tobytes())
+    shared_x = np.frombuffer(memoryview(raw), np.float32)[:36].reshape(1, 4, 3, 3)
+    shared_data = np.frombuffer(memoryview(raw), np.float32)[36:]
+    over = {"start": np.frombuffer(memoryview(raw), np.float32)[:36], "end": np.frombuffer(memoryview(raw), np.float32)[2:]}
+    for args, add_to in [((*csr, shared_x), over["start"]), ((csr[0], csr[1], shared_data, x), over["end"])]:
+        with pytest.raises(ValueError, match="csr_conv2d.*add_to"):
+            fn(*args, 3, 3, 1, 1, add_to=add_to.reshape(4, 9))
 
 BAD_IM2COL_BITS = [
     ((np.zeros((1, 2, 2, 1), np.uint32), 16, 1, 1), "uint64"),

@@ -285,6 +285,27 @@ def test_a_bad_value_in_a_batch_is_named_by_matrix_row_and_column(raw_rust):
             module.pack_bits(x)  # a batch only with layout="columns"
 
 
+@pytest.mark.parametrize("shape", [(3, 0, 5), (0, 4, 5), (3, 4, 0), (0, 0, 0)])
+def test_an_empty_batch_of_column_matrices_packs_to_empty_rows(raw_rust, shape):
+    b, k, rows = shape
+    x = np.zeros(shape, np.float32)
+    for module in (reference, raw_rust):
+        out = module.pack_bits(x, layout="columns")
+        assert out.shape == (b * rows, -(-k // 64)) and out.dtype == np.uint64
+        assert all(p.shape == out.shape for p in module.pack_2bit(x + 1, layout="columns"))
+
+
+def test_backend_passes_strided_scale_and_shift_to_rust_as_contiguous_copies():
+    a = random_packed(np.random.default_rng(1), 4, 70)
+    s = np.arange(8, dtype=np.float32)[::2]
+    results = []
+    for name in backend.available_backends():
+        with backend.use_backend(name):
+            results.append(backend.bgemm_1x1(a, a, 70, scale=s, shift=s[::-1]))
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
 TWO_BIT_DTYPES = [np.int8, np.int16, np.int32, np.int64, np.float32, np.float64]
 
 

@@ -89,6 +89,9 @@ def _contiguous(x):
 
 def _rust_call(name: str):
     def call(*args, **options):
+        # array options (scale, shift) too; not add_to, which is written in place: a copy would lose
+        # the result (the binding names a bad one instead)
+        options = {key: v if key == "add_to" else _contiguous(v) for key, v in options.items()}
         return getattr(_rust, name)(*map(_contiguous, args), **options)
     call.__name__ = f"_{name}_rust"
     return call

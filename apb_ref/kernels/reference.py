@@ -55,7 +55,7 @@ def pack_bits(x, *, layout="rows") -> np.ndarray:
     if x.dtype.kind == "f" and np.isnan(x).any():
         raise ValueError(f"pack_bits: x contains NaN (first at {_position(np.argwhere(np.isnan(x))[0])})")
     if x.ndim == 3:  # the batch's rows side by side: one (K, B·rows) matrix
-        x = x.transpose(1, 0, 2).reshape(x.shape[1], -1)
+        x = x.transpose(1, 0, 2).reshape(x.shape[1], x.shape[0] * x.shape[2])
     if layout == "columns":
         k, rows = x.shape
         kb = (k + 7) // 8
@@ -419,6 +419,7 @@ def csr_conv2d(indptr, indices, data, x, kh, kw, stride=1, padding=0, signs=Fals
     returned (packed inference adds the residual to the popcount term without a second (O, P) array).
     """
     func = "csr_conv2d"
+    inputs = (x, indptr, indices, data)  # as given: add_to may share memory with none of them
     _check_conv_args(func, kh, kw, stride, padding)
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4:
         got = f"dtype {x.dtype} shape {x.shape}" if isinstance(x, np.ndarray) else type(x).__name__
@@ -431,10 +432,11 @@ def csr_conv2d(indptr, indices, data, x, kh, kw, stride=1, padding=0, signs=Fals
     if add_to is None:
         out = np.zeros(shape, dtype=np.float32)
     elif (not isinstance(add_to, np.ndarray) or add_to.dtype != np.float32 or add_to.shape != shape
-          or not add_to.flags.c_contiguous or not add_to.flags.writeable or np.shares_memory(add_to, x)):
+          or not add_to.flags.c_contiguous or not add_to.flags.writeable
+          or any(np.may_share_memory(add_to, a) for a in inputs)):
         got = f"dtype {add_to.dtype} shape {add_to.shape}" if isinstance(add_to, np.ndarray) else type(add_to).__name__
         raise ValueError(f"{func}: add_to must be a writeable C-contiguous float32 array of shape (O, N·Ho·Wo) = "
-                         f"{shape} that does not share memory with x, got {got}")
+                         f"{shape} that shares no memory with x or the CSR arrays, got {got}")
     else:
         out = add_to
     if not len(data):
