@@ -26,7 +26,7 @@ pub const FAMILY: Family = Family {
 };
 
 /// `(mr, nr_max)`: accumulators `mr · nr · classes` stay at 24 of the 32 zmm registers.
-fn geometry(kind: Kind) -> (usize, usize) {
+pub(super) fn geometry(kind: Kind) -> (usize, usize) {
     match kind {
         Kind::B1x1 => (4, 6),
         Kind::B1x2 | Kind::B2x1 => (4, 3),

@@ -264,7 +264,7 @@ pub fn bgemm(
     epilogue: Option<Epilogue>,
     out: &mut [i32],
 ) -> Result<(), String> {
-    let w = check(kind, a, b, m, n, k, out)?;
+    check(kind, a, b, m, n, k, out)?;
     if let Some(e) = epilogue {
         if e.scale.len() != m || e.shift.len() != m {
             return Err(format!(
@@ -276,6 +276,22 @@ pub fn bgemm(
         }
     }
     let fam = family(isa).ok_or_else(|| format!("{}: isa {isa} is not available", kind.name()))?;
+    run(fam, kind, a, b, (m, n, k), threads, epilogue, out)
+}
+
+/// [`bgemm`] on the microkernels of `fam`, its arguments checked.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    fam: Family,
+    kind: Kind,
+    a: &[&[u64]],
+    b: &[&[u64]],
+    (m, n, k): (usize, usize, usize),
+    threads: usize,
+    epilogue: Option<Epilogue>,
+    out: &mut [i32],
+) -> Result<(), String> {
+    let w = words_for(k);
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -449,6 +465,78 @@ mod tests {
     const KINDS: [Kind; 4] = [Kind::B1x1, Kind::B1x2, Kind::B2x1, Kind::B2x2];
 
     fn check_against_reference(isa: Isa, kind: Kind, m: usize, n: usize, k: usize, threads: usize) {
+        let fam = family(isa).unwrap();
+        check_family_against_reference(fam, kind, m, n, k, threads);
+    }
+
+    /// The AVX-512 family's geometry — 8 lanes, whole words (no nibble split), panels up to 48
+    /// columns — with the portable kernel in place of the AVX-512 one (its `NR` = 8 × the vectors),
+    /// on every CPU. The avx512 microkernels read the same panel layout (word p, plane, column), so
+    /// this runs everything of their path but the intrinsics: panel packing and edges, row slots,
+    /// tasks and the epilogue, which no other family here drives with more than one lane unsplit.
+    #[cfg(target_arch = "x86_64")]
+    const WIDE_PORTABLE: Family = Family {
+        isa: Isa::Scalar,
+        lanes: 8,
+        nibbles: false,
+        geometry: avx512::geometry,
+        tile: wide_portable_tile,
+    };
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn wide_portable_tile(kind: Kind, nr: usize, t: &Tile) -> bool {
+        use scalar::kernel;
+        // SAFETY (all arms): forwarded from the caller (the driver's tile contract).
+        unsafe {
+            match (kind, nr) {
+                (Kind::B1x1, 1) => kernel::<4, 8, 1, 1>(t),
+                (Kind::B1x1, 2) => kernel::<4, 16, 1, 1>(t),
+                (Kind::B1x1, 3) => kernel::<4, 24, 1, 1>(t),
+                (Kind::B1x1, 4) => kernel::<4, 32, 1, 1>(t),
+                (Kind::B1x1, 5) => kernel::<4, 40, 1, 1>(t),
+                (Kind::B1x1, 6) => kernel::<4, 48, 1, 1>(t),
+                (Kind::B1x2, 1) => kernel::<4, 8, 1, 2>(t),
+                (Kind::B1x2, 2) => kernel::<4, 16, 1, 2>(t),
+                (Kind::B1x2, 3) => kernel::<4, 24, 1, 2>(t),
+                (Kind::B2x1, 1) => kernel::<4, 8, 2, 1>(t),
+                (Kind::B2x1, 2) => kernel::<4, 16, 2, 1>(t),
+                (Kind::B2x1, 3) => kernel::<4, 24, 2, 1>(t),
+                (Kind::B2x2, 1) => kernel::<4, 8, 2, 2>(t),
+                (Kind::B2x2, 2) => kernel::<4, 16, 2, 2>(t),
+                _ => false,
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx512_geometry_drives_the_portable_kernel_exactly() {
+        for kind in KINDS {
+            for k in [1, 63, 64, 65, 577] {
+                for (m, n) in [
+                    (1, 1),
+                    (1, 67),
+                    (9, 1),
+                    (5, 17),
+                    (13, 50),
+                    (4, 48),
+                    (5, 49),
+                    (17, 97),
+                    (8, 145),
+                ] {
+                    check_family_against_reference(WIDE_PORTABLE, kind, m, n, k, 1);
+                }
+            }
+            check_family_against_reference(WIDE_PORTABLE, kind, 70, 500, 577, 2);
+            check_family_against_reference(WIDE_PORTABLE, kind, 513, 25, 300, 3);
+            for n in 1..=100 {
+                check_family_against_reference(WIDE_PORTABLE, kind, (n % 9) + 1, n, 130, 1);
+            }
+        }
+    }
+
+    fn check_family_against_reference(fam: Family, kind: Kind, m: usize, n: usize, k: usize, threads: usize) {
+        let isa = fam.isa;
         let (pa, pb) = kind.planes();
         let a_planes: Vec<Vec<u64>> = (0..pa)
             .map(|p| random_plane(m, k, 1 + p as u64 + 7 * k as u64))
@@ -459,7 +547,7 @@ mod tests {
         let a: Vec<&[u64]> = a_planes.iter().map(|v| v.as_slice()).collect();
         let b: Vec<&[u64]> = b_planes.iter().map(|v| v.as_slice()).collect();
         let mut out = vec![i32::MIN; m * n];
-        bgemm(kind, &a, &b, m, n, k, isa, threads, None, &mut out).unwrap();
+        run(fam, kind, &a, &b, (m, n, k), threads, None, &mut out).unwrap();
         let want = reference(kind, &a, &b, m, n, k);
         assert_eq!(out, want, "{isa} {kind:?} m={m} n={n} k={k} threads={threads}");
         // With an epilogue every element becomes its f32 image, once: (product · scale) + shift.
@@ -469,7 +557,7 @@ mod tests {
             scale: &scale,
             shift: &shift,
         };
-        bgemm(kind, &a, &b, m, n, k, isa, threads, Some(epilogue), &mut out).unwrap();
+        run(fam, kind, &a, &b, (m, n, k), threads, Some(epilogue), &mut out).unwrap();
         let want_f: Vec<u32> = (0..m * n)
             .map(|i| ((want[i] as f32) * scale[i / n] + shift[i / n]).to_bits())
             .collect();

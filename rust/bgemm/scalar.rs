@@ -48,12 +48,15 @@ unsafe fn tile(kind: Kind, nr: usize, t: &Tile) -> bool {
     }
 }
 
-/// `MR × NR` outputs, A with `PA` planes, B with `PB` planes, over the whole of K.
+/// `MR × NR` outputs, A with `PA` planes, B with `PB` planes, over the whole of K. (The tests also run
+/// it as an 8-lane family, `NR` = 8 × the AVX-512 kernels' vectors, on their panel layout.)
 ///
 /// # Safety
 /// The tile's output rectangle is valid and unshared (see [`Tile`]).
 #[inline(always)]
-unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: usize>(t: &Tile) -> bool {
+pub(super) unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: usize>(
+    t: &Tile,
+) -> bool {
     if !t.fits(MR, NR, PA, PB, 1) {
         return false;
     }
