@@ -122,26 +122,35 @@ pub fn im2col_bits(
     let row_words = wo * wk;
     let rows_per_item = (4096 / row_words).max(1);
     let one_word_taps = WORD_BITS.is_multiple_of(c); // then wc = 1 and every tap is a single shifted word
+                                                     // Each tap's span of output columns that read inside the map (the rest read padding, bit 0).
+    let spans: Vec<Option<Span>> = (0..win.kw).map(|j| Span::new(j, w, wo, &win)).collect();
     let items: Vec<(usize, &mut [u64])> = out.chunks_mut(rows_per_item * row_words).enumerate().collect();
     crate::threads::run_claimed(threads, items, |(item, block)| {
         for (t, row_out) in block.chunks_exact_mut(row_words).enumerate() {
             let r = item * rows_per_item + t;
             let (img, oy) = (r / ho, r % ho);
-            for (ox, dst) in row_out.chunks_exact_mut(wk).enumerate() {
-                dst.fill(0);
-                for i in 0..win.kh {
-                    let Some(y) = win.source(oy, i, h) else { continue };
-                    for j in 0..win.kw {
-                        let Some(x) = win.source(ox, j, w) else { continue };
-                        let p = (img * h + y) * w + x;
-                        let at = (i * win.kw + j) * c;
-                        if one_word_taps {
-                            // c divides 64: the tap's bits never cross a word boundary.
-                            if let (Some(d), Some(&v)) = (dst.get_mut(at / WORD_BITS), bits.get(p)) {
-                                *d |= v << (at % WORD_BITS);
-                            }
-                        } else if let Some(src) = bits.get(p * wc..(p + 1) * wc) {
-                            append_bits(dst, at, src);
+            row_out.fill(0);
+            // Tap by tap over the whole output row: one input row, one bit offset, a run of pixels.
+            for i in 0..win.kh {
+                let Some(y) = win.source(oy, i, h) else { continue };
+                let Some(in_row) = bits.get((img * h + y) * w * wc..(img * h + y + 1) * w * wc) else {
+                    continue;
+                };
+                for (j, span) in spans.iter().enumerate() {
+                    let Some(span) = span else { continue };
+                    let at = (i * win.kw + j) * c;
+                    let dsts = row_out[span.lo * wk..span.hi * wk].chunks_exact_mut(wk);
+                    // Span: the pixel of output column lo + t is span.src + t·stride < w.
+                    let pixel = |t: usize| (span.src + t * win.stride) * wc;
+                    if one_word_taps {
+                        // c divides 64 (so wc = 1): the tap's bits never cross a word boundary.
+                        let (word, shift) = (at / WORD_BITS, at % WORD_BITS);
+                        for (t, dst) in dsts.enumerate() {
+                            dst[word] |= in_row[pixel(t)] << shift;
+                        }
+                    } else {
+                        for (t, dst) in dsts.enumerate() {
+                            append_bits(dst, at, &in_row[pixel(t)..pixel(t) + wc]);
                         }
                     }
                 }
