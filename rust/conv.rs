@@ -250,8 +250,25 @@ pub fn csr_conv2d(
         }
     }
     let plane = h * w;
-    crate::threads::run_claimed(threads, items, |(img, row0, mut outs)| {
-        image.add(&x[img * c * plane..][..c * plane], row0, &mut outs);
+    // Stride 1 works on zero-padded planes (`Image::add_padded`), each worker its own copy, unless
+    // the padding would make them much larger than the image (then the padding is mostly zeros).
+    let padded = |size: usize| win.padding.checked_mul(2).and_then(|p| p.checked_add(size));
+    let padded_len = (padded(h), padded(w), c.checked_mul(plane));
+    let padded_len = match padded_len {
+        (Some(hp), Some(wp), Some(image)) if win.stride == 1 => c
+            .checked_mul(hp)
+            .and_then(|l| l.checked_mul(wp))
+            .filter(|&l| l <= 4usize.saturating_mul(image).saturating_add(1 << 16)),
+        _ => None,
+    };
+    let scratch = || (vec![0f32; padded_len.unwrap_or(0)], Vec::new());
+    crate::threads::run_claimed_with(threads, items, scratch, |scratch, (img, row0, mut outs)| {
+        let x = &x[img * c * plane..][..c * plane];
+        if padded_len.is_some() {
+            image.add_padded(x, row0, &mut outs, scratch);
+        } else {
+            image.add(x, row0, &mut outs);
+        }
         true
     })?;
     Ok(())
@@ -270,6 +287,48 @@ struct Image<'a> {
 }
 
 impl Image<'_> {
+    /// [`Image::add`] for stride 1, through zero-padded planes: with `x` padded to `W = w + 2·padding`
+    /// columns and the output computed `W` wide (its last `kw − 1` columns discarded), output `q`
+    /// reads padded input `q + i·W + j` at tap (i, j), so a tap is one long axpy over the whole image
+    /// instead of `ho` short ones (8 values each on an 8×8 map). `scratch` holds the padded planes
+    /// (their borders stay 0; 1-bit maps are stored as sign(x)) and the wide output.
+    fn add_padded(
+        &self,
+        x: &[f32],
+        row0: usize,
+        outs: &mut [&mut [f32]],
+        scratch: &mut (Vec<f32>, Vec<f32>),
+    ) {
+        let (h, w, wo, p) = (self.h, self.w, self.wo, self.win.padding);
+        let (hp, wp) = (h + 2 * p, w + 2 * p);
+        let ho = (hp - self.win.kh) + 1;
+        let (padded, wide) = scratch;
+        for (src, dst) in x.chunks_exact(h * w).zip(padded.chunks_exact_mut(hp * wp)) {
+            for (row, prow) in src.chunks_exact(w).zip(dst[p * wp..].chunks_exact_mut(wp)) {
+                for (d, &v) in prow[p..p + w].iter_mut().zip(row) {
+                    *d = if self.signs { sign(v) } else { v };
+                }
+            }
+        }
+        let len = (ho - 1) * wp + wo; // the wide output up to its last kept value
+        wide.resize(ho * wp, 0.0);
+        for (taps, out) in self.rows[row0..].iter().zip(outs) {
+            wide.fill(0.0);
+            if self.accumulate {
+                for (o, wrow) in out.chunks_exact(wo).zip(wide.chunks_exact_mut(wp)) {
+                    wrow[..wo].copy_from_slice(o);
+                }
+            }
+            for tap in taps {
+                let start = tap.ch * hp * wp + tap.i * wp + tap.j;
+                axpy::<false>(&mut wide[..len], tap.v, &padded[start..start + len], 1);
+            }
+            for (o, wrow) in out.chunks_exact_mut(wo).zip(wide.chunks_exact(wp)) {
+                o.copy_from_slice(&wrow[..wo]);
+            }
+        }
+    }
+
     /// Add S·X of one image, `x` its `(c, h, w)` planes, to `outs`, its `ho·wo` segments of the rows
     /// `row0 ..` of S.
     fn add(&self, x: &[f32], row0: usize, outs: &mut [&mut [f32]]) {
@@ -284,12 +343,10 @@ impl Image<'_> {
                 for (r, oy) in (rows.lo..rows.hi).enumerate() {
                     let xrow = &xplane[(rows.src + r * stride) * w + cols.src..][..w - cols.src];
                     let segment = &mut out[oy * wo + cols.lo..oy * wo + cols.hi];
-                    // Stride 1 gets its own plain-slice loop (the one that vectorizes).
-                    match (stride, self.signs) {
-                        (1, false) => axpy::<false>(segment, tap.v, xrow.iter()),
-                        (1, true) => axpy::<true>(segment, tap.v, xrow.iter()),
-                        (s, false) => axpy::<false>(segment, tap.v, xrow.iter().step_by(s)),
-                        (s, true) => axpy::<true>(segment, tap.v, xrow.iter().step_by(s)),
+                    if self.signs {
+                        axpy::<true>(segment, tap.v, xrow, stride);
+                    } else {
+                        axpy::<false>(segment, tap.v, xrow, stride);
                     }
                 }
             }
@@ -329,6 +386,8 @@ impl Span {
 struct Tap {
     v: f32,
     ch: usize,
+    i: usize,
+    j: usize,
     rows: Span,
     cols: Span,
 }
@@ -347,16 +406,32 @@ impl Tap {
         let (ch, i, j) = (col / taps, (col % taps) / win.kw, col % win.kw);
         let rows = Span::new(i, in_hw.0, out_hw.0, win)?;
         let cols = Span::new(j, in_hw.1, out_hw.1, win)?;
-        Some(Tap { v, ch, rows, cols })
+        Some(Tap {
+            v,
+            ch,
+            i,
+            j,
+            rows,
+            cols,
+        })
     }
 }
 
-/// `out += v·x` over `out`'s length, with x read as sign(x) (±1, sign(0) = +1) when `SIGNS`. Generic
-/// so that each variant is a branch-free loop the compiler can vectorize.
+/// `out[t] += v·x[t·stride]` over `out`'s length (`x` holds at least `(len − 1)·stride + 1` values),
+/// with x read as sign(x) (±1, sign(0) = +1) when `SIGNS`. Generic so that each variant is a
+/// branch-free loop; stride 1 gets the plain-slice loop the compiler vectorizes, other strides plain
+/// indexing (`step_by` iterators cost several times more per value).
 #[inline]
-fn axpy<'a, const SIGNS: bool>(out: &mut [f32], v: f32, x: impl Iterator<Item = &'a f32>) {
-    for (o, &xv) in out.iter_mut().zip(x) {
-        *o += v * if SIGNS { sign(xv) } else { xv };
+fn axpy<const SIGNS: bool>(out: &mut [f32], v: f32, x: &[f32], stride: usize) {
+    let term = |xv: f32| v * if SIGNS { sign(xv) } else { xv };
+    if stride == 1 {
+        for (o, &xv) in out.iter_mut().zip(x) {
+            *o += term(xv);
+        }
+    } else {
+        for (t, o) in out.iter_mut().enumerate() {
+            *o += term(x[t * stride]);
+        }
     }
 }
 
@@ -451,7 +526,16 @@ mod tests {
     fn csr_conv2d_matches_dense_sums() {
         let mut rng = Rng(0x5eed_0009);
         let (n, c, h, w, o) = (2, 3, 5, 6, 4);
-        for (kh, kw, stride, padding) in [(3, 3, 1, 1), (3, 3, 2, 1), (1, 1, 1, 0), (2, 3, 2, 2)] {
+        // Stride 1 runs on padded planes, except with a padding that would dwarf the map (the last).
+        let windows = [
+            (3, 3, 1, 1),
+            (3, 3, 2, 1),
+            (1, 1, 1, 0),
+            (2, 3, 2, 2),
+            (2, 3, 1, 4),
+            (3, 3, 1, 150),
+        ];
+        for (kh, kw, stride, padding) in windows {
             let win = Window {
                 kh,
                 kw,
