@@ -255,7 +255,7 @@ pub fn csr_conv2d(
     let padded = |size: usize| win.padding.checked_mul(2).and_then(|p| p.checked_add(size));
     let padded_len = (padded(h), padded(w), c.checked_mul(plane));
     let padded_len = match padded_len {
-        (Some(hp), Some(wp), Some(image)) if win.stride == 1 => c
+        (Some(hp), Some(wp), Some(image)) if win.stride == 1 && image > 0 => c
             .checked_mul(hp)
             .and_then(|l| l.checked_mul(wp))
             .filter(|&l| l <= 4usize.saturating_mul(image).saturating_add(1 << 16)),

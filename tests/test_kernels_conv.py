@@ -81,6 +81,22 @@ def assert_sums_close(got, want, csr, inp, conv):
     assert got.shape == want.shape and (np.abs(got - want) <= bound).all()
 
 
+def csr_conv2d_impls():
+    """The NumPy reference, and the raw Rust binding when it is built."""
+    rust = "rust" in backend.available_backends()
+    return [reference.csr_conv2d] + ([backend._rust.csr_conv2d] if rust else [])
+
+
+@pytest.mark.parametrize("fn", csr_conv2d_impls(), ids=lambda fn: fn.__module__)
+@pytest.mark.parametrize("hw", [(0, 3), (3, 0), (0, 0)])
+def test_csr_conv2d_of_an_empty_map_with_padding_is_zero(fn, hw):
+    """A 0-high or 0-wide map padded by 1 still has 1×1 outputs (windows of padding only): zeros."""
+    x = np.zeros((1, 2, *hw), np.float32)
+    out = fn(np.array([0, 1]), np.array([0], np.int32), np.array([1.0], np.float32), x, 1, 1, 1, 1)
+    h, w = hw
+    assert out.shape == (1, (h + 2) * (w + 2)) and not out.any()
+
+
 def test_csr_conv2d_adds_repeated_entries():
     x = np.ones((1, 1, 3, 3), np.float32)
     indptr, indices, data = np.array([0, 2]), np.array([4, 4], np.int32), np.array([1.0, 2.0], np.float32)
@@ -111,12 +127,6 @@ def test_rust_csr_conv2d_equals_the_reference(raw_rust, threads, case, density, 
     want = reference.csr_conv2d(*args, signs=signs)
     assert got.dtype == np.float32 and got.shape == want.shape
     assert_sums_close(got, want, (indptr, indices, data), pm1(x) if signs else x, (kh, kw, stride, padding))
-
-
-def csr_conv2d_impls():
-    """The NumPy reference, and the raw Rust binding when it is built."""
-    rust = "rust" in backend.available_backends()
-    return [reference.csr_conv2d] + ([backend._rust.csr_conv2d] if rust else [])
 
 
 @pytest.mark.parametrize("fn", csr_conv2d_impls(), ids=lambda fn: fn.__module__)
