@@ -241,17 +241,14 @@ def _conv_bn_pairs(model: nn.Module):
             yield module, conv, bn
 
 
-def fold_batchnorms(model: nn.Module) -> int:
+def fold_batchnorms(model: nn.Module) -> None:
     """Fold each BatchNorm (an `Affine`) that follows a 1- or 2-bit packed conv into it and put an
-    identity in its place: one pass over the map less per layer. Returns how many were folded."""
-    folded = 0
+    identity in its place: one pass over the map less per layer."""
     for parent, conv_name, bn_name in list(_conv_bn_pairs(model)):
         conv, bn = parent._modules.get(conv_name), parent._modules.get(bn_name)
         if isinstance(conv, PackedConv2d) and conv.packed_input and isinstance(bn, Affine):
             conv.fold(bn.scale, bn.shift)
             setattr(parent, bn_name, nn.Lambda(lambda x: x, "batchnorm folded into the conv"))
-            folded += 1
-    return folded
 
 
 def build_packed(packed: PackedModel, fold_batchnorm: bool = True) -> nn.Module:

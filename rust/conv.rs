@@ -26,8 +26,7 @@ impl Window {
                 self.kh, self.kw, self.stride
             ));
         }
-        let padded = |size: usize| self.padding.checked_mul(2).and_then(|p| p.checked_add(size));
-        let (Some(hp), Some(wp)) = (padded(h), padded(w)) else {
+        let (Some(hp), Some(wp)) = (self.padded(h), self.padded(w)) else {
             return Err(format!(
                 "padding {} overflows the padded input size",
                 self.padding
@@ -40,6 +39,11 @@ impl Window {
             ));
         }
         Ok(((hp - self.kh) / self.stride + 1, (wp - self.kw) / self.stride + 1))
+    }
+
+    /// `size + 2·padding`, or None if that overflows.
+    fn padded(&self, size: usize) -> Option<usize> {
+        self.padding.checked_mul(2).and_then(|p| p.checked_add(size))
     }
 
     /// The input coordinate of output position `o` at tap `t`, if inside `0..size` (else padding).
@@ -121,8 +125,9 @@ pub fn im2col_bits(
     // small map is too little work to be worth claiming from the shared queue.
     let row_words = wo * wk;
     let rows_per_item = (4096 / row_words).max(1);
-    let one_word_taps = WORD_BITS.is_multiple_of(c); // then wc = 1 and every tap is a single shifted word
-                                                     // Each tap's span of output columns that read inside the map (the rest read padding, bit 0).
+    // c divides 64: then wc = 1 and every tap is a single shifted word.
+    let one_word_taps = WORD_BITS.is_multiple_of(c);
+    // Each tap's span of output columns that read inside the map (the rest read padding, bit 0).
     let spans: Vec<Option<Span>> = (0..win.kw).map(|j| Span::new(j, w, wo, &win)).collect();
     let items: Vec<(usize, &mut [u64])> = out.chunks_mut(rows_per_item * row_words).enumerate().collect();
     crate::threads::run_claimed(threads, items, |(item, block)| {
@@ -226,11 +231,23 @@ pub fn csr_conv2d(
             segments[img].push(segment);
         }
     }
+    // Stride 1 works on zero-padded planes (`Image::add_padded`), each worker its own copy, unless
+    // the padding would make them much larger than the image (then the padding is mostly zeros).
+    let plane = h * w;
+    let padded = match (win.padded(h), win.padded(w)) {
+        (Some(hp), Some(wp)) if win.stride == 1 && plane > 0 => c
+            .checked_mul(hp)
+            .and_then(|l| l.checked_mul(wp))
+            .filter(|&l| l <= 4usize.saturating_mul(c * plane).saturating_add(1 << 16))
+            .map(|_| (hp, wp)),
+        _ => None,
+    };
     let image = Image {
         rows: &rows,
         win,
         h,
         w,
+        ho,
         wo,
         signs,
         accumulate,
@@ -249,25 +266,12 @@ pub fn csr_conv2d(
             outs = rest;
         }
     }
-    let plane = h * w;
-    // Stride 1 works on zero-padded planes (`Image::add_padded`), each worker its own copy, unless
-    // the padding would make them much larger than the image (then the padding is mostly zeros).
-    let padded = |size: usize| win.padding.checked_mul(2).and_then(|p| p.checked_add(size));
-    let padded_len = (padded(h), padded(w), c.checked_mul(plane));
-    let padded_len = match padded_len {
-        (Some(hp), Some(wp), Some(image)) if win.stride == 1 && image > 0 => c
-            .checked_mul(hp)
-            .and_then(|l| l.checked_mul(wp))
-            .filter(|&l| l <= 4usize.saturating_mul(image).saturating_add(1 << 16)),
-        _ => None,
-    };
-    let scratch = || (vec![0f32; padded_len.unwrap_or(0)], Vec::new());
+    let scratch = || (vec![0f32; padded.map_or(0, |(hp, wp)| c * hp * wp)], Vec::new());
     crate::threads::run_claimed_with(threads, items, scratch, |scratch, (img, row0, mut outs)| {
         let x = &x[img * c * plane..][..c * plane];
-        if padded_len.is_some() {
-            image.add_padded(x, row0, &mut outs, scratch);
-        } else {
-            image.add(x, row0, &mut outs);
+        match padded {
+            Some(hw) => image.add_padded(x, hw, row0, &mut outs, scratch),
+            None => image.add(x, row0, &mut outs),
         }
         true
     })?;
@@ -281,6 +285,7 @@ struct Image<'a> {
     win: Window,
     h: usize,
     w: usize,
+    ho: usize,
     wo: usize,
     signs: bool,
     accumulate: bool,
@@ -295,13 +300,12 @@ impl Image<'_> {
     fn add_padded(
         &self,
         x: &[f32],
+        (hp, wp): (usize, usize),
         row0: usize,
         outs: &mut [&mut [f32]],
         scratch: &mut (Vec<f32>, Vec<f32>),
     ) {
-        let (h, w, wo, p) = (self.h, self.w, self.wo, self.win.padding);
-        let (hp, wp) = (h + 2 * p, w + 2 * p);
-        let ho = (hp - self.win.kh) + 1;
+        let (h, w, ho, wo, p) = (self.h, self.w, self.ho, self.wo, self.win.padding);
         let (padded, wide) = scratch;
         for (src, dst) in x.chunks_exact(h * w).zip(padded.chunks_exact_mut(hp * wp)) {
             for (row, prow) in src.chunks_exact(w).zip(dst[p * wp..].chunks_exact_mut(wp)) {

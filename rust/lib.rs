@@ -310,7 +310,7 @@ fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
         // The packers bring in pool threads themselves, only when the input is worth splitting.
         let result = py.detach(|| {
             if columns {
-                pack::columns::pack_columns_batched::<T, P>(xs, batch, k, planes, threads, isa, pack::SPLIT)
+                pack::columns::pack_columns::<T, P>(xs, batch, k, planes, threads, isa, pack::SPLIT)
             } else {
                 pack::pack_planes::<T, P>(xs, k, planes, threads, isa)
             }
@@ -598,20 +598,11 @@ fn run_bgemm<'py>(
         return Ok(out.into_any());
     }
     let (ones, zeros) = (vec![1.0f32; m], vec![0.0f32; m]);
-    let borrow = |name: &str, v: &Option<Bound<'py, numpy::PyArrayDyn<f32>>>| {
-        v.as_ref()
-            .map(|a| {
-                a.try_readonly()
-                    .map_err(|e| value_error(format!("{func}: {name}: {e}")))
-            })
-            .transpose()
-    };
-    let (scale_ro, shift_ro) = (borrow("scale", &scale)?, borrow("shift", &shift)?);
     let epilogue = bgemm::Epilogue {
-        scale: scale_ro
+        scale: scale
             .as_ref()
             .map_or(Ok(&ones[..]), |r| as_slice(func, "scale", r))?,
-        shift: shift_ro
+        shift: shift
             .as_ref()
             .map_or(Ok(&zeros[..]), |r| as_slice(func, "shift", r))?,
     };
@@ -624,13 +615,13 @@ fn run_bgemm<'py>(
     Ok(out.into_any())
 }
 
-/// An optional float32 vector of `m` values (one per row of a), or None.
+/// An optional float32 vector of `m` values (one per row of a), borrowed read-only, or None.
 fn row_vector<'py>(
     func: &str,
     name: &str,
     v: Option<&Bound<'py, PyAny>>,
     m: usize,
-) -> PyResult<Option<Bound<'py, numpy::PyArrayDyn<f32>>>> {
+) -> PyResult<Option<numpy::PyReadonlyArrayDyn<'py, f32>>> {
     let Some(v) = v.filter(|v| !v.is_none()) else {
         return Ok(None);
     };
@@ -641,9 +632,7 @@ fn row_vector<'py>(
             py_shape(arr.shape())
         )));
     }
-    arr.cast_into::<numpy::PyArrayDyn<f32>>()
-        .map(Some)
-        .map_err(|e| value_error(format!("{func}: {name}: {e}")))
+    slice_of(func, name, &arr).map(Some)
 }
 
 /// ±1 × ±1: `out[i, j] = k − 2·popcount(a[i] ^ b[j])`, int32 (M, N). With `scale` and/or `shift`

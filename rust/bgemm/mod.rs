@@ -177,7 +177,8 @@ impl OutPtr {
     }
 }
 
-/// Check the operands of a product; returns `w`.
+/// Check the operands of a product (and the epilogue's per-row vectors).
+#[allow(clippy::too_many_arguments)] // bgemm's own arguments
 fn check(
     kind: Kind,
     a: &[&[u64]],
@@ -185,8 +186,9 @@ fn check(
     m: usize,
     n: usize,
     k: usize,
+    epilogue: Option<Epilogue>,
     out: &[i32],
-) -> Result<usize, String> {
+) -> Result<(), String> {
     let name = kind.name();
     let (pa, pb) = kind.planes();
     if a.len() != pa || b.len() != pb {
@@ -209,7 +211,14 @@ fn check(
             "{name}: operand lengths do not match m = {m}, n = {n}, k = {k}"
         ));
     }
-    Ok(w)
+    match epilogue {
+        Some(e) if e.scale.len() != m || e.shift.len() != m => Err(format!(
+            "{name}: scale and shift must hold one value per row of a (m = {m}), got {} and {}",
+            e.scale.len(),
+            e.shift.len()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A per-row affine map applied to the integer products as they are finished:
@@ -264,17 +273,7 @@ pub fn bgemm(
     epilogue: Option<Epilogue>,
     out: &mut [i32],
 ) -> Result<(), String> {
-    check(kind, a, b, m, n, k, out)?;
-    if let Some(e) = epilogue {
-        if e.scale.len() != m || e.shift.len() != m {
-            return Err(format!(
-                "{}: scale and shift must hold one value per row of a (m = {m}), got {} and {}",
-                kind.name(),
-                e.scale.len(),
-                e.shift.len()
-            ));
-        }
-    }
+    check(kind, a, b, m, n, k, epilogue, out)?;
     let fam = family(isa).ok_or_else(|| format!("{}: isa {isa} is not available", kind.name()))?;
     run(fam, kind, a, b, (m, n, k), threads, epilogue, out)
 }
@@ -536,7 +535,7 @@ mod tests {
     }
 
     fn check_family_against_reference(fam: Family, kind: Kind, m: usize, n: usize, k: usize, threads: usize) {
-        let isa = fam.isa;
+        let isa = format!("{} ({} lanes)", fam.isa, fam.lanes);
         let (pa, pb) = kind.planes();
         let a_planes: Vec<Vec<u64>> = (0..pa)
             .map(|p| random_plane(m, k, 1 + p as u64 + 7 * k as u64))

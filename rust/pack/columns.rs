@@ -98,26 +98,14 @@ unsafe fn pack_task_avx2<T: Source<P>, const P: usize>(
     pack_task(x, kn, c0, outs)
 }
 
-/// Pack the row-major `(k, n)` matrix `x` down its columns into `P` row-major `(n, words_for(k))`
-/// planes. `isa` picks the build of the loop (AVX2 for the avx2 and avx512 paths, portable
-/// otherwise; the bits are the same). Threads take column ranges of about `split.task_bytes` of
-/// input when there are at least `split.min_bytes`. Errors instead of panicking on lengths that
-/// disagree or an invalid value (`outs` are then unspecified).
+/// Pack `batch` row-major `(k, n)` matrices, one after another in `x` (a `(batch, k, n)` array, e.g. a
+/// batch of NCHW maps with `k` = channels and `n` = pixels), down their columns into `P` row-major
+/// `(batch·n, words_for(k))` planes: each matrix's `n` packed rows, one matrix after another. `isa`
+/// picks the build of the loop (AVX2 for the avx2 and avx512 paths, portable otherwise; the bits are
+/// the same). Threads take column ranges of about `split.task_bytes` of input within each matrix when
+/// there are at least `split.min_bytes`. Errors instead of panicking on lengths that disagree or an
+/// invalid value (reported at row `b·k + t`, column `j`; `outs` are then unspecified).
 pub fn pack_columns<T: Source<P>, const P: usize>(
-    x: &[T],
-    k: usize,
-    outs: [&mut [u64]; P],
-    threads: usize,
-    isa: Isa,
-    split: Split,
-) -> Result<(), PackError> {
-    pack_columns_batched(x, 1, k, outs, threads, isa, split)
-}
-
-/// [`pack_columns`] for `batch` matrices `(k, n)` one after another in `x` (an `(batch, k, n)`
-/// array, e.g. a batch of NCHW maps with `k` = channels and `n` = pixels): their planes follow one
-/// another too, `(batch·n, words_for(k))`. An invalid value is reported at row `b·k + t`, column `j`.
-pub fn pack_columns_batched<T: Source<P>, const P: usize>(
     x: &[T],
     batch: usize,
     k: usize,
@@ -225,7 +213,7 @@ mod tests {
                 }
                 for (threads, split) in [(1, SPLIT), (3, small)] {
                     let mut got = vec![u64::MAX; n * words_for(k)];
-                    pack_columns::<f32, 1>(&x, k, [&mut got], threads, isa, split).unwrap();
+                    pack_columns::<f32, 1>(&x, 1, k, [&mut got], threads, isa, split).unwrap();
                     assert_eq!(got, want, "k = {k}, n = {n}, {isa}, {threads} threads");
                 }
             }
@@ -245,7 +233,7 @@ mod tests {
             pack_planes_split::<i8, 2>(&transpose(&v, k, n), k, [&mut hi, &mut lo], 1, Isa::Scalar, SPLIT)
                 .unwrap();
             let (mut hi2, mut lo2) = (vec![0u64; hi.len()], vec![0u64; lo.len()]);
-            pack_columns::<i8, 2>(&v, k, [&mut hi2, &mut lo2], 2, Isa::Scalar, small).unwrap();
+            pack_columns::<i8, 2>(&v, 1, k, [&mut hi2, &mut lo2], 2, Isa::Scalar, small).unwrap();
             assert_eq!((hi2, lo2), (hi, lo), "2-bit, k = {k}, n = {n}");
         }
     }
@@ -261,12 +249,12 @@ mod tests {
             let words = words_for(k);
             let mut want = vec![0u64; batch * n * words];
             for (xb, wb) in x.chunks(k * n).zip(want.chunks_mut(n * words)) {
-                pack_columns::<f32, 1>(xb, k, [wb], 1, Isa::Scalar, SPLIT).unwrap();
+                pack_columns::<f32, 1>(xb, 1, k, [wb], 1, Isa::Scalar, SPLIT).unwrap();
             }
             for isa in crate::isa::available() {
                 for (threads, split) in [(1, SPLIT), (3, small)] {
                     let mut got = vec![u64::MAX; batch * n * words];
-                    pack_columns_batched::<f32, 1>(&x, batch, k, [&mut got], threads, isa, split).unwrap();
+                    pack_columns::<f32, 1>(&x, batch, k, [&mut got], threads, isa, split).unwrap();
                     assert_eq!(
                         got, want,
                         "batch = {batch}, k = {k}, n = {n}, {isa}, {threads} threads"
@@ -278,11 +266,11 @@ mod tests {
         let mut x = vec![1.0f32; 3 * 4 * 10];
         x[(2 * 4 + 1) * 10 + 7] = f32::NAN;
         let mut out = vec![0u64; 3 * 10];
-        let err = pack_columns_batched::<f32, 1>(&x, 3, 4, [&mut out], 2, Isa::Scalar, small).unwrap_err();
+        let err = pack_columns::<f32, 1>(&x, 3, 4, [&mut out], 2, Isa::Scalar, small).unwrap_err();
         assert_eq!(err, PackError::Invalid { row: 9, col: 7 });
         let mut short = vec![0u64; 3 * 10 - 1];
-        assert!(pack_columns_batched::<f32, 1>(&x, 3, 4, [&mut short], 1, Isa::Scalar, SPLIT).is_err());
-        assert!(pack_columns_batched::<f32, 1>(&x, 0, 4, [&mut out], 1, Isa::Scalar, SPLIT).is_err());
+        assert!(pack_columns::<f32, 1>(&x, 3, 4, [&mut short], 1, Isa::Scalar, SPLIT).is_err());
+        assert!(pack_columns::<f32, 1>(&x, 0, 4, [&mut out], 1, Isa::Scalar, SPLIT).is_err());
     }
 
     #[test]
@@ -290,9 +278,9 @@ mod tests {
         let mut x = vec![1.0f32; 3 * 70];
         x[2 * 70 + 5] = f32::NAN;
         let mut out = vec![0u64; 70];
-        let err = pack_columns::<f32, 1>(&x, 3, [&mut out], 1, Isa::Scalar, SPLIT).unwrap_err();
+        let err = pack_columns::<f32, 1>(&x, 1, 3, [&mut out], 1, Isa::Scalar, SPLIT).unwrap_err();
         assert_eq!(err, PackError::Invalid { row: 2, col: 5 });
-        let err = pack_columns::<f32, 1>(&x[1..], 3, [&mut out], 1, Isa::Scalar, SPLIT).unwrap_err();
+        let err = pack_columns::<f32, 1>(&x[1..], 1, 3, [&mut out], 1, Isa::Scalar, SPLIT).unwrap_err();
         assert!(matches!(err, PackError::Length(_)));
         // The flag also comes back from worker threads.
         let big_split = Split {
@@ -300,9 +288,9 @@ mod tests {
             task_bytes: 64,
         };
         let mut out3 = vec![0u64; 70];
-        let err = pack_columns::<f32, 1>(&x, 3, [&mut out3], 3, Isa::Scalar, big_split).unwrap_err();
+        let err = pack_columns::<f32, 1>(&x, 1, 3, [&mut out3], 3, Isa::Scalar, big_split).unwrap_err();
         assert_eq!(err, PackError::Invalid { row: 2, col: 5 });
         let mut short = vec![0u64; 69];
-        assert!(pack_columns::<f32, 1>(&x, 3, [&mut short], 1, Isa::Scalar, SPLIT).is_err());
+        assert!(pack_columns::<f32, 1>(&x, 1, 3, [&mut short], 1, Isa::Scalar, SPLIT).is_err());
     }
 }
