@@ -73,3 +73,18 @@ def test_packed_inference_benchmark_runs(tmp_path):
     assert got == want
     assert all(r["images_per_second"] > 0 for r in d["results"])
     assert "images/s" in proc.stdout
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")
+def test_conv_kernels_benchmark_runs(tmp_path):
+    out = tmp_path / "conv.json"
+    script = SCRIPT.parent / "conv_kernels.py"
+    proc = subprocess.run([sys.executable, str(script), "--images", "2", "--repeats", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    d = json.loads(out.read_text())
+    assert sorted({r["kernel"] for r in d["results"]}) == ["csr_conv2d", "im2col_bits"]
+    assert len(d["results"]) == 10 and all(r["numpy_ref"]["median_s"] > 0 for r in d["results"])
+    rust = "rust" in backend.available_backends()
+    assert all(("rust" in r) == rust for r in d["results"])
+    assert "im2col_bits" in proc.stdout and d["command"].endswith("--json " + str(out))
