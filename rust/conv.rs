@@ -6,7 +6,7 @@
 //! (the compiler vectorizes the stride-1 row updates) without ISA paths: compiled for AVX2 as well,
 //! csr_conv2d measured no faster. Threads split the work.
 
-use crate::pack::{first_bad_padding, words_for, WORD_BITS};
+use crate::bits::{first_bad_padding, words_for, WORD_BITS};
 
 /// A convolution's window geometry over an `h × w` input.
 #[derive(Clone, Copy, Debug)]
@@ -489,7 +489,7 @@ mod tests {
             .map(|q| {
                 let v = rng.next();
                 if q % wc == wc - 1 {
-                    v & crate::pack::last_word_mask(c)
+                    v & crate::bits::last_word_mask(c)
                 } else {
                     v
                 }

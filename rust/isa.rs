@@ -1,7 +1,7 @@
 //! Instruction-set selection for the kernels: what this CPU can run, and which path a call uses.
 //!
 //! Three paths exist for every popcount kernel (and for the packers of f32, i8 and mask bytes; see
-//! `pack.rs`):
+//! `bits/mod.rs`):
 //!
 //! * `avx512`: AVX-512F + AVX-512 VPOPCNTDQ (`vpopcntq` on 8 words at once), and AVX-512BW (byte
 //!   masks, used by the packers; every CPU with VPOPCNTDQ except Knights Mill has it);

@@ -1,7 +1,7 @@
 //! `apb_ref._kernels`: the Rust kernels of apb-ref, exposed to Python through PyO3.
 //!
 //! This file holds only the bindings: validate the arguments, release the GIL, call into a pure-Rust
-//! module (`pack`, `bgemm`, `spmm`), and turn errors into Python `ValueError`s naming the function and
+//! module (`bits`, `bgemm`, `spmm`, `conv`), and turn errors into Python `ValueError`s naming the function and
 //! the argument. Nothing here may panic across FFI: no `unwrap`/`expect`, no indexing that user input
 //! can push out of range, outputs allocated through `numpy.empty` (a failed allocation is a Python
 //! `MemoryError`, not a panic). Python code never imports this module directly;
@@ -29,9 +29,9 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod bgemm;
+pub mod bits;
 pub mod conv;
 pub mod isa;
-pub mod pack;
 pub mod spmm;
 #[cfg(test)]
 mod test_rng;
@@ -45,7 +45,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString};
 
 use bgemm::Kind;
-use pack::{words_for, MaskByte, PackError, Source};
+use bits::{words_for, MaskByte, PackError, Source};
 
 /// The crate version, e.g. "0.1.0".
 #[pyfunction]
@@ -310,9 +310,9 @@ fn pack_typed<'py, T: Source<P> + Element + std::fmt::Debug, const P: usize>(
         // The packers bring in pool threads themselves, only when the input is worth splitting.
         let result = py.detach(|| {
             if columns {
-                pack::columns::pack_columns::<T, P>(xs, batch, k, planes, threads, isa, pack::SPLIT)
+                bits::columns::pack_columns::<T, P>(xs, batch, k, planes, threads, isa, bits::SPLIT)
             } else {
-                pack::pack_planes::<T, P>(xs, k, planes, threads, isa)
+                bits::pack_planes::<T, P>(xs, k, planes, threads, isa)
             }
         });
         match result {
@@ -413,7 +413,7 @@ fn pack_typed_mask<'py>(
     // length and lifetime (same size, alignment and validity: every u8 is a valid MaskByte).
     let masks: &[MaskByte] = unsafe { std::slice::from_raw_parts(xs.as_ptr().cast(), xs.len()) };
     let out = filled2(py, func, rows, words_for(k), |os| {
-        pack::pack_planes::<MaskByte, 1>(masks, k, [os], threads, isa).map_err(|e| format!("{func}: {e}"))
+        bits::pack_planes::<MaskByte, 1>(masks, k, [os], threads, isa).map_err(|e| format!("{func}: {e}"))
     })?;
     Ok([out])
 }
@@ -581,7 +581,7 @@ fn run_bgemm<'py>(
         b_sl.push(as_slice(func, p.name, ro)?);
     }
     for (p, s) in a_planes.iter().chain(&b_planes).zip(a_sl.iter().chain(&b_sl)) {
-        if let Some(row) = pack::first_bad_padding(s, k) {
+        if let Some(row) = bits::first_bad_padding(s, k) {
             return Err(value_error(format!(
                 "{func}: {} has non-zero padding bits past k = {k} (first in row {row}); \
                  padding must be 0 (pack with pack_bits/pack_2bit)",

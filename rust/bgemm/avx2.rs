@@ -1,7 +1,7 @@
 //! AVX2 microkernels: 4 words per ymm register, popcount by a `vpshufb` table lookup on nibble words.
 //!
 //! AVX2 has no vector popcount. The driver hands this family its operands as nibble words
-//! (`pack::nibbles`: each word split into its low and its high nibbles, so every byte is below 16).
+//! (`panel::nibbles`: each word split into its low and its high nibbles, so every byte is below 16).
 //! The XOR of two nibble words is again one, and a single VPSHUFB into a 16-entry popcount table
 //! gives the popcount of each of its bytes. Per nibble word and (row, vector, plane pair) that is
 //! XOR + VPSHUFB + VPADDB into a byte accumulator: 6 vector ops per original word against 8 for

@@ -1,6 +1,6 @@
 //! Bit-packed popcount GEMMs: `out[i, j] = Σ_t a[i, t] · b[j, t]` for ±1 and 2-bit operands.
 //!
-//! Both operands are packed along K (`crate::pack`), so the product is `A·Bᵀ`. A 2-bit operand is two
+//! Both operands are packed along K (`crate::bits`), so the product is `A·Bᵀ`. A 2-bit operand is two
 //! sign planes `hi`, `lo` with `v = 2·hi + lo` (METHODS §6.3), so every product is a weighted sum of
 //! binary dot products `K − 2·popcount(x ^ y)`:
 //!
@@ -15,7 +15,7 @@
 //! # Blocking
 //!
 //! Output columns are cut into panels of `nc = nr · lanes` columns (`lanes` = words per vector
-//! register: 8 for AVX-512, 4 for AVX2, 1 for scalar). A task packs one B panel (`pack.rs`: word `p`
+//! register: 8 for AVX-512, 4 for AVX2, 1 for scalar). A task fills one B panel (`panel.rs`: word `p`
 //! of `nc` neighbouring columns contiguous, all planes interleaved) and sweeps it against blocks of
 //! `mr` rows of A, read in place: the microkernel broadcasts word `p` of each A row and XORs it with
 //! the panel vectors, keeping an `mr × nr` (× classes) block of accumulators in registers over the
@@ -29,7 +29,7 @@
 //! split into chunks only when there are too few panels. Each task writes a disjoint rectangle of
 //! `out`; the calling thread starts on the tasks at once and pool threads join as they wake.
 
-pub mod pack;
+pub mod panel;
 pub mod scalar;
 
 #[cfg(target_arch = "x86_64")]
@@ -38,7 +38,7 @@ pub mod avx2;
 pub mod avx512;
 
 use crate::isa::Isa;
-use crate::pack::words_for;
+use crate::bits::words_for;
 
 /// Largest number of A rows a microkernel handles at once.
 pub const MR_MAX: usize = 8;
@@ -98,7 +98,7 @@ pub type RowSlots<'a> = [[&'a [u64]; MR_MAX]; 2];
 /// returning false, if they fail; the output rectangle it must trust):
 /// * `w` is the words per row the microkernel sees (`2·words_for(k)` for a nibble family);
 /// * `a[plane][r]` holds at least `w` words for every plane < PA and r < MR;
-/// * `b` holds at least `w · PB · nr · lanes` words in the `pack.rs` panel layout;
+/// * `b` holds at least `w · PB · nr · lanes` words in the `panel.rs` layout;
 /// * `rows ≤ MR`, `cols ≤ nr · lanes`, and `out + r·ld + c` for `r < rows`, `c < cols` are valid,
 ///   writable `i32`s that no other thread touches during the call.
 pub struct Tile<'a> {
@@ -122,7 +122,7 @@ impl Tile<'_> {
             .all(|rows| rows[..mr.min(MR_MAX)].iter().all(|r| r.len() >= self.w));
         a_ok && pa <= 2
             && mr <= MR_MAX
-            && self.b.len() >= pack::panel_len(self.w, pb, nr * lanes)
+            && self.b.len() >= panel::panel_len(self.w, pb, nr * lanes)
             && self.rows <= mr
             && self.cols <= nr * lanes
     }
@@ -134,7 +134,7 @@ pub struct Family {
     pub isa: Isa,
     /// Output columns per vector register.
     pub lanes: usize,
-    /// The microkernels take nibble words (`pack::nibbles`): both operands are split before they
+    /// The microkernels take nibble words (`panel::nibbles`): both operands are split before they
     /// reach a tile, which sees `w = 2·words_for(k)`.
     pub nibbles: bool,
     /// `(mr, nr_max)` for a kind.
@@ -305,7 +305,7 @@ fn run(
     // A nibble family gets A split here, once (O(m·w), against the product's O(m·n·w)), and each B
     // panel split as it is packed.
     let split_a: Vec<Vec<u64>> = if fam.nibbles {
-        a.iter().map(|plane| pack::split_nibbles(plane)).collect()
+        a.iter().map(|plane| panel::split_nibbles(plane)).collect()
     } else {
         Vec::new()
     };
@@ -336,7 +336,7 @@ fn run(
         let c0 = panel * nc_max;
         let cols = nc_max.min(n - c0);
         let nr = cols.div_ceil(fam.lanes);
-        pack::pack_panel(b, w, c0, cols, nr * fam.lanes, fam.nibbles, scratch);
+        panel::fill_panel(b, w, c0, cols, nr * fam.lanes, fam.nibbles, scratch);
         let rb_start = chunk * blocks_per_chunk;
         let rb_end = ((chunk + 1) * blocks_per_chunk).min(row_blocks);
         let mut ok = true;
@@ -443,7 +443,7 @@ pub fn reference(kind: Kind, a: &[&[u64]], b: &[&[u64]], m: usize, n: usize, k: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pack::last_word_mask;
+    use crate::bits::last_word_mask;
 
     /// Deterministic pseudo-random words (xorshift), padding bits cleared for `k`.
     fn random_plane(rows: usize, k: usize, seed: u64) -> Vec<u64> {
@@ -471,7 +471,7 @@ mod tests {
     /// The AVX-512 family's geometry — 8 lanes, whole words (no nibble split), panels up to 48
     /// columns — with the portable kernel in place of the AVX-512 one (its `NR` = 8 × the vectors),
     /// on every CPU. The avx512 microkernels read the same panel layout (word p, plane, column), so
-    /// this runs everything of their path but the intrinsics: panel packing and edges, row slots,
+    /// this runs everything of their path but the intrinsics: panel filling and edges, row slots,
     /// tasks and the epilogue, which no other family here drives with more than one lane unsplit.
     #[cfg(target_arch = "x86_64")]
     const WIDE_PORTABLE: Family = Family {

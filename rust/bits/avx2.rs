@@ -9,7 +9,7 @@
 //!   (see `avx512.rs`).
 //!
 //! The short last word of a row (K % 64 values) goes through the scalar [`pack_tail`]. Every function
-//! here is reached only through [`crate::pack::Source::kernel`] after `Isa::Avx2.is_available()`.
+//! here is reached only through [`crate::bits::Source::kernel`] after `Isa::Avx2.is_available()`.
 
 use std::arch::x86_64::*;
 

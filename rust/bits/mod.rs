@@ -1,4 +1,4 @@
-//! Bit packing of ±1 and 2-bit matrices (pure Rust, no Python).
+//! Sign-bit packing of ±1 and 2-bit matrices (pure Rust, no Python): values in, bit planes out.
 //!
 //! Element `k` of a row goes to word `k / 64`, bit `k % 64`; padding bits past K stay 0.
 //!
@@ -11,10 +11,10 @@
 //! # Code paths
 //!
 //! This file is the driver (argument checks, row blocks, threads, the error scan) and the portable
-//! scalar packer. `pack/avx512.rs` and `pack/avx2.rs` pack whole row blocks with SIMD compares for the
+//! scalar packer. `bits/avx512.rs` and `bits/avx2.rs` pack whole row blocks with SIMD compares for the
 //! hot element types (f32 and i8, 1 and 2 planes, and mask bytes); [`Source::kernel`] names them and
 //! [`pack_planes`] picks one by its `isa` argument (resolved like the GEMMs', see `isa.rs`), falling
-//! back to the scalar packer for the other types. `pack/columns.rs` packs a `(k, n)` matrix down its
+//! back to the scalar packer for the other types. `bits/columns.rs` packs a `(k, n)` matrix down its
 //! columns (im2col's layout) into the same words as its transpose would give. Every path computes
 //! the same bits and the same "some value was invalid" flag; the position of the first invalid value
 //! is always found afterwards by the same serial scan, so error messages do not depend on the path.

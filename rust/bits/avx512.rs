@@ -14,7 +14,7 @@
 //! The short last word of a row (K % 64 values) uses the same code with zero-masked loads: lanes past
 //! the row are not read (the loads suppress them) and come in as 0, which packs to bit 0 and is not
 //! NaN; for the 2-bit planes the validity mask is limited to the real lanes. All functions are reached
-//! only through [`crate::pack::Source::kernel`] after `Isa::Avx512.is_available()` (AVX-512F + BW).
+//! only through [`crate::bits::Source::kernel`] after `Isa::Avx512.is_available()` (AVX-512F + BW).
 
 use std::arch::x86_64::*;
 

@@ -1,7 +1,7 @@
-//! Packing of B column panels for the microkernels.
+//! B column panels for the microkernels: the sign-bit words of B, reordered.
 //!
-//! A panel holds `nc` consecutive columns (rows of the packed B operand) of every plane, interleaved so
-//! that a microkernel streams it front to back: for each word index `p` in `0..w`, for each plane, the
+//! A panel holds `nc` consecutive columns (rows of the bit-packed B operand) of every plane, interleaved
+//! so that a microkernel streams it front to back: for each word index `p` in `0..w`, for each plane, the
 //! `nc` words `b[plane][(c0 + c) * w + p]`, `c` in `0..nc`. Columns past the end of B are zero words
 //! (their results are computed and thrown away). One vector load of `lanes` words then holds word `p`
 //! of `lanes` neighbouring columns.
@@ -36,12 +36,12 @@ pub fn panel_len(w: usize, planes: usize, nc: usize) -> usize {
     w * planes * nc
 }
 
-/// Pack columns `c0 .. c0 + cols` of `planes` (each row-major `(n, w)`) into `dst`, `nc >= cols`
+/// Copy columns `c0 .. c0 + cols` of `planes` (each row-major `(n, w)`) into `dst`, `nc >= cols`
 /// columns wide, zero-filling columns `cols .. nc`. `dst` is resized to [`panel_len`] (of `2·w`
 /// words if `split`, which stores every word as its two [`nibbles`]).
 ///
-/// Columns that fall outside a plane (a caller bug) are packed as zeros rather than read out of bounds.
-pub fn pack_panel(
+/// Columns that fall outside a plane (a caller bug) are filled with zeros rather than read out of bounds.
+pub fn fill_panel(
     planes: &[&[u64]],
     w: usize,
     c0: usize,
@@ -94,7 +94,7 @@ mod tests {
         let hi: Vec<u64> = (0..6).collect(); // column c, word p = 2c + p
         let lo: Vec<u64> = (100..106).collect();
         let mut dst = Vec::new();
-        pack_panel(&[&hi, &lo], 2, 1, 2, 4, false, &mut dst);
+        fill_panel(&[&hi, &lo], 2, 1, 2, 4, false, &mut dst);
         #[rustfmt::skip]
         let want = vec![
             2, 4, 0, 0, /* lo */ 102, 104, 0, 0, // p = 0
@@ -107,7 +107,7 @@ mod tests {
     fn out_of_range_columns_are_zero_not_a_panic() {
         let b = vec![7u64; 4];
         let mut dst = vec![1; 3];
-        pack_panel(&[&b], 2, 1, 3, 3, false, &mut dst);
+        fill_panel(&[&b], 2, 1, 3, 3, false, &mut dst);
         assert_eq!(dst, vec![7, 0, 0, 7, 0, 0]);
     }
 
@@ -115,7 +115,7 @@ mod tests {
     fn nibble_split_panels_hold_both_halves_of_each_word() {
         let b: Vec<u64> = vec![0xabcd, u64::MAX, 0x0102_0304_0506_0708, 0]; // 2 columns, w = 2
         let mut dst = Vec::new();
-        pack_panel(&[&b], 2, 0, 2, 3, true, &mut dst);
+        fill_panel(&[&b], 2, 0, 2, 3, true, &mut dst);
         #[rustfmt::skip]
         let want = vec![
             0x0b0d, 0x0102_0304_0506_0708, 0, // word 0, low nibbles

@@ -173,7 +173,7 @@ pub fn pack_columns<T: Source<P>, const P: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pack::{pack_planes_split, SPLIT};
+    use crate::bits::{pack_planes_split, SPLIT};
     use crate::test_rng::Rng;
 
     fn transpose<T: Copy>(x: &[T], k: usize, n: usize) -> Vec<T> {
