@@ -37,8 +37,8 @@ pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 
-use crate::isa::Isa;
 use crate::bits::words_for;
+use crate::isa::Isa;
 
 /// Largest number of A rows a microkernel handles at once.
 pub const MR_MAX: usize = 8;

@@ -1,0 +1,220 @@
+//! Argument plumbing shared by the bindings: NumPy arrays checked for dtype, shape and contiguity
+//! and borrowed read-only, outputs allocated through `numpy.empty`, optional ints and strings, the
+//! `isa`/`threads` keywords and a convolution's window. Every failure is a `ValueError` naming the
+//! function and the argument; nothing here panics.
+
+use numpy::{Element, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyString};
+
+use crate::{conv, isa, threads};
+
+pub(super) fn value_error(msg: impl Into<String>) -> PyErr {
+    PyValueError::new_err(msg.into())
+}
+
+/// Format a shape the way Python prints a tuple: `(3,)`, `(2, 5)`.
+pub(super) fn py_shape(shape: &[usize]) -> String {
+    match shape {
+        [n] => format!("({n},)"),
+        _ => format!(
+            "({})",
+            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// `x` as an untyped NumPy array, or a ValueError saying what it was.
+pub(super) fn as_array<'a, 'py>(
+    x: &'a Bound<'py, PyAny>,
+    expected: &str,
+) -> PyResult<&'a Bound<'py, PyUntypedArray>> {
+    x.cast::<PyUntypedArray>().map_err(|_| {
+        let ty = x
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        value_error(format!("{expected}, got an object of type {ty}"))
+    })
+}
+
+/// "got dtype D shape S[, not C-contiguous]" for error messages.
+pub(super) fn describe(arr: &Bound<'_, PyUntypedArray>) -> String {
+    let layout = if arr.is_c_contiguous() {
+        ""
+    } else {
+        ", not C-contiguous"
+    };
+    format!(
+        "got dtype {} shape {}{layout}",
+        arr.dtype(),
+        py_shape(arr.shape())
+    )
+}
+
+pub(super) fn has_dtype<T: Element>(arr: &Bound<'_, PyUntypedArray>) -> bool {
+    arr.dtype().is_equiv_to(&numpy::dtype::<T>(arr.py()))
+}
+
+/// Borrow `x` as a C-contiguous `ndim`-D array of `T` (`want` names the dtype in messages).
+pub(super) fn typed<'py, T: Element>(
+    func: &str,
+    name: &str,
+    x: &Bound<'py, PyAny>,
+    want: &str,
+    ndim: usize,
+) -> PyResult<Bound<'py, PyUntypedArray>> {
+    let expected = format!("{func}: {name} must be a C-contiguous {want} {ndim}-D array");
+    let arr = as_array(x, &expected)?;
+    if arr.ndim() != ndim || !has_dtype::<T>(arr) || !arr.is_c_contiguous() {
+        return Err(value_error(format!("{expected}, {}", describe(arr))));
+    }
+    Ok(arr.clone())
+}
+
+/// Read-only contiguous data of an array already checked by [`typed`] (or equivalent) to hold `T`.
+pub(super) fn slice_of<'py, T: Element>(
+    func: &str,
+    name: &str,
+    arr: &Bound<'py, PyUntypedArray>,
+) -> PyResult<numpy::PyReadonlyArrayDyn<'py, T>> {
+    let typed = arr
+        .cast::<numpy::PyArrayDyn<T>>()
+        .map_err(|e| value_error(format!("{func}: {name}: {e}")))?;
+    typed
+        .try_readonly()
+        .map_err(|e| value_error(format!("{func}: {name}: {e}")))
+}
+
+pub(super) fn as_slice<'a, T: Element>(
+    func: &str,
+    name: &str,
+    ro: &'a numpy::PyReadonlyArrayDyn<'_, T>,
+) -> PyResult<&'a [T]> {
+    ro.as_slice()
+        .map_err(|e| value_error(format!("{func}: {name}: {e}")))
+}
+
+/// A new uninitialized C-contiguous `(rows, cols)` array of `T`, through `numpy.empty` so that a
+/// failed allocation is a Python MemoryError. Every caller writes every element.
+pub(super) fn empty2<'py, T: Element>(
+    py: Python<'py>,
+    func: &str,
+    rows: usize,
+    cols: usize,
+) -> PyResult<Bound<'py, PyArray2<T>>> {
+    let bytes = rows
+        .checked_mul(cols)
+        .and_then(|n| n.checked_mul(std::mem::size_of::<T>()))
+        .filter(|&b| b <= isize::MAX as usize);
+    if bytes.is_none() {
+        return Err(value_error(format!(
+            "{func}: the result of shape ({rows}, {cols}) is too large"
+        )));
+    }
+    let np = py.import("numpy")?;
+    let arr = np
+        .getattr("empty")?
+        .call1(((rows, cols), numpy::dtype::<T>(py)))?;
+    arr.cast_into::<PyArray2<T>>()
+        .map_err(|e| value_error(format!("{func}: output: {e}")))
+}
+
+/// A new `(rows, cols)` array of `T` filled by `compute` with the GIL released; `compute` must write
+/// every element and returns its error message, which becomes the ValueError.
+pub(super) fn filled2<'py, T: Element + Send>(
+    py: Python<'py>,
+    func: &str,
+    rows: usize,
+    cols: usize,
+    compute: impl FnOnce(&mut [T]) -> Result<(), String> + Send,
+) -> PyResult<Bound<'py, PyArray2<T>>> {
+    let out = empty2::<T>(py, func, rows, cols)?;
+    {
+        let mut rw = out.readwrite();
+        let os = rw
+            .as_slice_mut()
+            .map_err(|e| value_error(format!("{func}: output: {e}")))?;
+        py.detach(|| compute(os)).map_err(value_error)?;
+    }
+    Ok(out)
+}
+
+/// An optional integer argument (`None` -> None); anything but an int (bools included) is an error.
+pub(super) fn opt_int(func: &str, name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<i64>> {
+    let Some(v) = v.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    if v.is_instance_of::<PyBool>() {
+        return Err(value_error(format!("{func}: {name} must be an integer, got {v}")));
+    }
+    v.extract::<i64>().map(Some).map_err(|_| {
+        value_error(format!(
+            "{func}: {name} must be an integer, got {}",
+            v.repr().map(|r| r.to_string()).unwrap_or_default()
+        ))
+    })
+}
+
+/// An optional string argument (`None` -> None).
+pub(super) fn opt_str(func: &str, name: &str, v: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
+    let Some(v) = v.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let s = v.cast::<PyString>().map_err(|_| {
+        value_error(format!(
+            "{func}: {name} must be a string or None, got {}",
+            v.repr().map(|r| r.to_string()).unwrap_or_default()
+        ))
+    })?;
+    Ok(Some(s.to_str()?.to_owned()))
+}
+
+pub(super) fn resolve_threads(func: &str, threads: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
+    let n = opt_int(func, "threads", threads)?;
+    threads::resolve(n, &format!("{func}: threads")).map_err(value_error)
+}
+
+pub(super) fn resolve_isa(func: &str, isa: Option<&Bound<'_, PyAny>>) -> PyResult<isa::Isa> {
+    let name = opt_str(func, "isa", isa)?;
+    isa::resolve(name.as_deref(), &format!("{func}: isa")).map_err(value_error)
+}
+
+/// An integer argument of at least `min`; `None` (or absent) means `default`, and is an error when
+/// there is no default.
+pub(super) fn count_arg(
+    func: &str,
+    name: &str,
+    v: Option<&Bound<'_, PyAny>>,
+    default: Option<usize>,
+    min: i64,
+) -> PyResult<usize> {
+    match (opt_int(func, name, v)?, default) {
+        (None, Some(d)) => Ok(d),
+        (Some(got), _) if got >= min => {
+            usize::try_from(got).map_err(|_| value_error(format!("{func}: {name} is too large: {got}")))
+        }
+        (got, _) => Err(value_error(format!(
+            "{func}: {name} must be an integer >= {min}, got {}",
+            got.map_or("None".to_string(), |g| g.to_string())
+        ))),
+    }
+}
+
+/// The window of a conv call: kh, kw (required), stride (default 1), padding (default 0).
+pub(super) fn window_args(
+    func: &str,
+    kh: &Bound<'_, PyAny>,
+    kw: &Bound<'_, PyAny>,
+    stride: Option<&Bound<'_, PyAny>>,
+    padding: Option<&Bound<'_, PyAny>>,
+) -> PyResult<conv::Window> {
+    Ok(conv::Window {
+        kh: count_arg(func, "kh", Some(kh), None, 1)?,
+        kw: count_arg(func, "kw", Some(kw), None, 1)?,
+        stride: count_arg(func, "stride", stride, Some(1), 1)?,
+        padding: count_arg(func, "padding", padding, Some(0), 0)?,
+    })
+}

@@ -1,0 +1,50 @@
+//! The PyO3 bindings: validate the arguments, release the GIL, call into a pure-Rust module
+//! (`bits`, `bgemm`, `spmm`, `conv`), and turn errors into Python `ValueError`s naming the function
+//! and the argument. Nothing here may panic across FFI: no `unwrap`/`expect`, no indexing that user
+//! input can push out of range, outputs allocated through `numpy.empty` (a failed allocation is a
+//! Python `MemoryError`, not a panic). Python code never imports `apb_ref._kernels` directly;
+//! `apb_ref.kernels.backend` is the one seam. The exact contracts are in `apb_ref/kernels/CONTRACTS.md`.
+//!
+//! * `args.rs`: argument plumbing shared by every binding;
+//! * `bits.rs`: `pack_bits`, `pack_mask`, `pack_2bit`;
+//! * `bgemm.rs`: `bgemm_1x1`, `bgemm_1x2`, `bgemm_2x2`;
+//! * `sparse.rs`: `csr_matmul`, `csr_conv2d`;
+//! * `conv.rs`: `im2col_bits`;
+//! * here: `version`, `isa_available`, `isa_selected`, `threads_selected`.
+//!
+//! `lib.rs` registers them all in the `#[pymodule]`.
+
+mod args;
+pub(crate) mod bgemm;
+pub(crate) mod bits;
+pub(crate) mod conv;
+pub(crate) mod sparse;
+
+use pyo3::prelude::*;
+
+use crate::{isa, threads};
+use args::value_error;
+
+/// The crate version, e.g. "0.1.0".
+#[pyfunction]
+pub(crate) fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+/// Names of the instruction-set paths this CPU can run, best first (always ends with "scalar").
+#[pyfunction]
+pub(crate) fn isa_available() -> Vec<&'static str> {
+    isa::available().into_iter().map(|i| i.name()).collect()
+}
+
+/// The path a kernel call without `isa=` uses: `APB_KERNEL_ISA` if set, else the best available.
+#[pyfunction]
+pub(crate) fn isa_selected() -> PyResult<&'static str> {
+    isa::resolve(None, "isa").map(|i| i.name()).map_err(value_error)
+}
+
+/// The thread count a kernel call without `threads=` uses: `APB_NUM_THREADS` if set, else every core.
+#[pyfunction]
+pub(crate) fn threads_selected() -> PyResult<usize> {
+    threads::resolve(None, "threads").map_err(value_error)
+}
