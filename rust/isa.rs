@@ -11,13 +11,29 @@
 //! The choice is made per call, from (in order) the `isa` argument, the environment variable
 //! `APB_KERNEL_ISA=avx512|avx2|scalar`, else the best path this CPU supports. CPU detection runs once
 //! (`is_x86_feature_detected!` caches it); asking for a path the CPU lacks is an error, never a crash.
-//! Every `#[target_feature]` function is reached only through [`Isa::is_available`] checks in the
-//! drivers, which is what makes calling it sound.
+//!
+//! # Dispatch
+//!
+//! Every kernel module picks its code path the same way, once per call:
+//!
+//! * each ISA has a *family*: a `Copy` struct of that ISA's geometry (lanes, tile or block sizes)
+//!   and `unsafe fn` pointers to its `#[target_feature]` routines, defined as a `FAMILY` constant
+//!   in the module's per-ISA file (`bgemm/avx2.rs`, `bits/avx512.rs`, ...; the portable family
+//!   next to the driver or in `scalar.rs`);
+//! * `module::family(isa) -> Option<Family>` returns it, and only after [`Isa::is_available`]
+//!   said this CPU runs `isa` (None otherwise, which the driver turns into an error);
+//! * the driver calls the family's routines. Their one safety requirement, "the CPU supports the
+//!   family's ISA", is discharged by having obtained the family from `family(isa)`.
+//!
+//! `bgemm::family` (microkernels and their `(mr, nr)` geometry per product kind), `bits::family`
+//! (block packers per element type, and the build of the column packer) and `spmm`'s `family`
+//! (column block and its routine) follow it. So no `#[target_feature]` function is reachable
+//! without that check.
 
 use std::fmt;
 
 /// Name of the environment variable that forces an ISA when the call does not.
-pub const ENV_VAR: &str = "APB_KERNEL_ISA";
+pub(crate) const ENV_VAR: &str = "APB_KERNEL_ISA";
 
 /// A kernel code path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -79,7 +95,7 @@ pub fn available() -> Vec<Isa> {
 }
 
 /// The best path this CPU can run.
-pub fn best() -> Isa {
+pub(crate) fn best() -> Isa {
     Isa::ALL
         .into_iter()
         .find(|isa| isa.is_available())
@@ -91,7 +107,7 @@ fn names(list: &[Isa]) -> String {
 }
 
 /// Resolve a requested name (`what` says where it came from, for the message).
-pub fn check(name: &str, what: &str) -> Result<Isa, String> {
+pub(crate) fn check(name: &str, what: &str) -> Result<Isa, String> {
     let isa = Isa::parse(name)
         .ok_or_else(|| format!("{what} must be one of {}; got {name:?}", names(&Isa::ALL)))?;
     if !isa.is_available() {

@@ -96,7 +96,39 @@ struct Problem<'a> {
 
 /// One ISA's column-block routine: rows `r0 .. r0 + out.len() / n` of the output, columns
 /// `j0 .. j0 + width` (`width <= block`), into `out` (those rows, full width n).
+///
+/// # Safety
+/// The CPU supports the ISA of the [`Family`] it came from; the [`Problem`] is validated.
 type BlockFn = unsafe fn(&Problem, usize, usize, usize, &mut [f32]);
+
+/// One ISA's sparse × dense routine and its column block (the dispatch idiom of `isa.rs`).
+#[derive(Clone, Copy)]
+struct Family {
+    /// Output columns per block.
+    block: usize,
+    run: BlockFn,
+}
+
+/// The portable routine.
+const PORTABLE: Family = Family {
+    block: SCALAR_NB,
+    run: block_scalar,
+};
+
+/// The routine of `isa`, or None if this build or CPU lacks it. The AVX2 routine also needs FMA;
+/// on a CPU with AVX2 but no FMA the avx2 path runs the portable routine.
+fn family(isa: Isa) -> Option<Family> {
+    if !isa.is_available() {
+        return None;
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(x86::AVX512),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if std::arch::is_x86_feature_detected!("fma") => Some(x86::AVX2),
+        _ => Some(PORTABLE),
+    }
+}
 
 /// `out = S · x`. `x` is row-major `(k, n)`, `out` row-major `(M, n)` with M = `indptr.len() − 1`.
 /// Validates everything first; runs on `threads` threads with the vector width of `isa`.
@@ -125,19 +157,12 @@ pub fn csr_matmul(
             format!("must hold M·N = {m}·{n} values, got {}", out.len()),
         ));
     }
-    if !isa.is_available() {
+    let Some(Family { block, run }) = family(isa) else {
         return Err(err("isa", format!("{isa} is not available on this CPU")));
-    }
+    };
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let (block, run): (usize, BlockFn) = match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => (x86::NB512, x86::block_avx512),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if std::arch::is_x86_feature_detected!("fma") => (x86::NB256, x86::block_avx2),
-        _ => (SCALAR_NB, block_scalar),
-    };
     let prob = Problem {
         indptr,
         indices,
@@ -145,8 +170,8 @@ pub fn csr_matmul(
         x,
         n,
     };
-    // SAFETY (of every `run` call below): `isa` is available (checked above; AVX2 also checked FMA),
-    // the CSR arrays were validated against k, x holds k·n values, and the chunk is whole rows of out.
+    // SAFETY (of every `run` call below): `run` comes from `family(isa)`, which checked the CPU
+    // (AVX2 with FMA), the CSR arrays were validated against k, x holds k·n values, and the chunk is whole rows of out.
     let do_rows = |r0: usize, chunk: &mut [f32]| {
         let mut j0 = 0;
         while j0 < n {
@@ -201,12 +226,24 @@ unsafe fn block_scalar(p: &Problem, r0: usize, j0: usize, width: usize, out: &mu
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::Problem;
+    use super::{Family, Problem};
+
+    /// AVX-512F, 8 zmm of 16 floats per block.
+    pub(super) const AVX512: Family = Family {
+        block: NB512,
+        run: block_avx512,
+    };
+
+    /// AVX2 + FMA, 8 ymm of 8 floats per block.
+    pub(super) const AVX2: Family = Family {
+        block: NB256,
+        run: block_avx2,
+    };
 
     /// Columns per block: 8 zmm of 16 floats.
-    pub const NB512: usize = 128;
+    const NB512: usize = 128;
     /// Columns per block: 8 ymm of 8 floats.
-    pub const NB256: usize = 64;
+    const NB256: usize = 64;
 
     /// # Safety
     /// AVX-512F is available; `p` is validated (every index < K, indptr consistent, x = K·n floats);
@@ -352,7 +389,8 @@ mod x86 {
 }
 
 /// The plain reference `S · x` in f64 (tests).
-pub fn reference(indptr: &[i64], indices: &[i32], data: &[f32], x: &[f32], n: usize) -> Vec<f64> {
+#[cfg(test)]
+fn reference(indptr: &[i64], indices: &[i32], data: &[f32], x: &[f32], n: usize) -> Vec<f64> {
     let m = indptr.len().saturating_sub(1);
     let mut out = vec![0f64; m * n];
     for i in 0..m {

@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 /// Name of the environment variable that sets the thread count when the call does not.
-pub const ENV_VAR: &str = "APB_NUM_THREADS";
+pub(crate) const ENV_VAR: &str = "APB_NUM_THREADS";
 
 /// Largest accepted thread count (a guard against typos that would spawn thousands of threads).
-pub const MAX_THREADS: usize = 1024;
+pub(crate) const MAX_THREADS: usize = 1024;
 
 /// Every core this process may use (1 if that cannot be determined).
-pub fn default_threads() -> usize {
+pub(crate) fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
@@ -57,7 +57,7 @@ pub fn resolve(requested: Option<i64>, arg_name: &str) -> Result<usize, String> 
 }
 
 /// The pool with exactly `n` threads (built once, then shared): the helpers of a call on `n + 1`.
-pub fn pool(n: usize) -> Result<Arc<ThreadPool>, String> {
+pub(crate) fn pool(n: usize) -> Result<Arc<ThreadPool>, String> {
     static POOLS: OnceLock<Mutex<HashMap<usize, Arc<ThreadPool>>>> = OnceLock::new();
     let pools = POOLS.get_or_init(|| Mutex::new(HashMap::new()));
     // A panic while holding the lock cannot leave the map inconsistent (insert is the only write),
@@ -84,13 +84,17 @@ pub fn pool(n: usize) -> Result<Arc<ThreadPool>, String> {
 /// microseconds in a VM, as long as a whole paper-shape GEMM), and a helper that wakes late finds
 /// less (or nothing) left to do, so extra threads never cost much more than their wake-up. Runs
 /// everything on the calling thread when `n <= 1` or there is one item.
-pub fn run_claimed<T: Send>(n: usize, items: Vec<T>, f: impl Fn(T) -> bool + Sync) -> Result<bool, String> {
+pub(crate) fn run_claimed<T: Send>(
+    n: usize,
+    items: Vec<T>,
+    f: impl Fn(T) -> bool + Sync,
+) -> Result<bool, String> {
     run_claimed_with(n, items, || (), |_, item| f(item))
 }
 
 /// [`run_claimed`] where each worker owns a state made by `init` (a scratch buffer, say) that it
 /// passes to every call of `f` it makes.
-pub fn run_claimed_with<T: Send, S>(
+pub(crate) fn run_claimed_with<T: Send, S>(
     n: usize,
     items: Vec<T>,
     init: impl Fn() -> S + Sync,

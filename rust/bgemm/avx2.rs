@@ -20,7 +20,7 @@ use crate::isa::Isa;
 const LANES: usize = 4;
 
 /// The AVX2 microkernels.
-pub const FAMILY: Family = Family {
+pub(super) const FAMILY: Family = Family {
     isa: Isa::Avx2,
     lanes: LANES,
     nibbles: true,

@@ -17,7 +17,7 @@ use crate::isa::Isa;
 const LANES: usize = 8;
 
 /// The AVX-512 microkernels.
-pub const FAMILY: Family = Family {
+pub(super) const FAMILY: Family = Family {
     isa: Isa::Avx512,
     lanes: LANES,
     nibbles: false,

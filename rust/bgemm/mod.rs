@@ -29,19 +29,19 @@
 //! split into chunks only when there are too few panels. Each task writes a disjoint rectangle of
 //! `out`; the calling thread starts on the tasks at once and pool threads join as they wake.
 
-pub mod panel;
-pub mod scalar;
+mod panel;
+mod scalar;
 
 #[cfg(target_arch = "x86_64")]
-pub mod avx2;
+mod avx2;
 #[cfg(target_arch = "x86_64")]
-pub mod avx512;
+mod avx512;
 
 use crate::bits::words_for;
 use crate::isa::Isa;
 
 /// Largest number of A rows a microkernel handles at once.
-pub const MR_MAX: usize = 8;
+const MR_MAX: usize = 8;
 
 /// The product computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,7 +90,7 @@ impl Kind {
 }
 
 /// The A rows of one row block, per plane (`[plane][row]`); unused entries are empty.
-pub type RowSlots<'a> = [[&'a [u64]; MR_MAX]; 2];
+type RowSlots<'a> = [[&'a [u64]; MR_MAX]; 2];
 
 /// One microkernel call: an `mr × nc` block of the output over the whole of K.
 ///
@@ -101,7 +101,7 @@ pub type RowSlots<'a> = [[&'a [u64]; MR_MAX]; 2];
 /// * `b` holds at least `w · PB · nr · lanes` words in the `panel.rs` layout;
 /// * `rows ≤ MR`, `cols ≤ nr · lanes`, and `out + r·ld + c` for `r < rows`, `c < cols` are valid,
 ///   writable `i32`s that no other thread touches during the call.
-pub struct Tile<'a> {
+pub(crate) struct Tile<'a> {
     pub a: &'a RowSlots<'a>,
     pub b: &'a [u64],
     pub w: usize,
@@ -116,7 +116,7 @@ pub struct Tile<'a> {
 impl Tile<'_> {
     /// Whether the slice invariants hold for a microkernel with the given shape.
     #[inline]
-    pub fn fits(&self, mr: usize, nr: usize, pa: usize, pb: usize, lanes: usize) -> bool {
+    pub(crate) fn fits(&self, mr: usize, nr: usize, pa: usize, pb: usize, lanes: usize) -> bool {
         let a_ok = self.a[..pa.min(2)]
             .iter()
             .all(|rows| rows[..mr.min(MR_MAX)].iter().all(|r| r.len() >= self.w));
@@ -130,7 +130,7 @@ impl Tile<'_> {
 
 /// One ISA's microkernels.
 #[derive(Clone, Copy)]
-pub struct Family {
+pub(crate) struct Family {
     pub isa: Isa,
     /// Output columns per vector register.
     pub lanes: usize,
@@ -148,7 +148,7 @@ pub struct Family {
 }
 
 /// The microkernels of `isa`, or None if this build or CPU lacks it.
-pub fn family(isa: Isa) -> Option<Family> {
+pub(crate) fn family(isa: Isa) -> Option<Family> {
     if !isa.is_available() {
         return None;
     }
@@ -396,8 +396,9 @@ fn run(
         Ok(())
     } else {
         Err(format!(
-            "{}: internal error: a tile broke the microkernel invariants",
-            kind.name()
+            "{}: internal error: a tile broke the {} microkernels' invariants",
+            kind.name(),
+            fam.isa
         ))
     }
 }
@@ -417,8 +418,9 @@ fn task_sizes(panels: usize, row_blocks: usize, threads: usize) -> (usize, usize
     }
 }
 
-/// The plain reference: `Σ_classes 2^e (K − 2·popcount)` one output at a time (tests and oracles).
-pub fn reference(kind: Kind, a: &[&[u64]], b: &[&[u64]], m: usize, n: usize, k: usize) -> Vec<i32> {
+/// The plain reference: `Σ_classes 2^e (K − 2·popcount)` one output at a time (the tests' oracle).
+#[cfg(test)]
+fn reference(kind: Kind, a: &[&[u64]], b: &[&[u64]], m: usize, n: usize, k: usize) -> Vec<i32> {
     let w = words_for(k);
     let (pa, pb) = kind.planes();
     let mut out = vec![0i32; m * n];

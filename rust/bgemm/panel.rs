@@ -16,13 +16,13 @@ const LOW_NIBBLES: u64 = 0x0f0f_0f0f_0f0f_0f0f;
 /// A word as its (low, high) nibble words: `popcount(x ^ y)` is the sum of the popcounts of the
 /// XORs of the halves, and every byte of a half is below 16.
 #[inline]
-pub fn nibbles(v: u64) -> [u64; 2] {
+pub(super) fn nibbles(v: u64) -> [u64; 2] {
     [v & LOW_NIBBLES, (v >> 4) & LOW_NIBBLES]
 }
 
 /// A whole operand plane in nibble words (`2·len` words, row layout kept: row `r` of `w` words
 /// becomes row `r` of `2·w`).
-pub fn split_nibbles(plane: &[u64]) -> Vec<u64> {
+pub(super) fn split_nibbles(plane: &[u64]) -> Vec<u64> {
     let mut out = vec![0u64; 2 * plane.len()];
     // Row `r`'s word `p` becomes words 2p and 2p + 1 of row `r`: pairs in order.
     for (pair, &v) in out.chunks_exact_mut(2).zip(plane) {
@@ -32,7 +32,7 @@ pub fn split_nibbles(plane: &[u64]) -> Vec<u64> {
 }
 
 /// Words a panel of `nc` columns, `planes` planes and `w` words per column occupies.
-pub fn panel_len(w: usize, planes: usize, nc: usize) -> usize {
+pub(super) fn panel_len(w: usize, planes: usize, nc: usize) -> usize {
     w * planes * nc
 }
 
@@ -41,7 +41,7 @@ pub fn panel_len(w: usize, planes: usize, nc: usize) -> usize {
 /// words if `split`, which stores every word as its two [`nibbles`]).
 ///
 /// Columns that fall outside a plane (a caller bug) are filled with zeros rather than read out of bounds.
-pub fn fill_panel(
+pub(super) fn fill_panel(
     planes: &[&[u64]],
     w: usize,
     c0: usize,

@@ -7,7 +7,7 @@ use super::{Family, Kind, Tile};
 use crate::isa::Isa;
 
 /// The scalar microkernels.
-pub const FAMILY: Family = Family {
+pub(super) const FAMILY: Family = Family {
     isa: Isa::Scalar,
     lanes: 1,
     nibbles: false,

@@ -9,11 +9,13 @@
 //!   (see `avx512.rs`).
 //!
 //! The short last word of a row (K % 64 values) goes through the scalar [`pack_tail`]. Every function
-//! here is reached only through [`crate::bits::Source::kernel`] after `Isa::Avx2.is_available()`.
+//! here is reached only through this file's `FAMILY`, which [`super::family`] hands out after
+//! `Isa::Avx2.is_available()`.
 
 use std::arch::x86_64::*;
 
-use super::{pack_rows_with, pack_tail, MaskByte, WORD_BITS};
+use super::{pack_tail, MaskByte, WORD_BITS};
+use crate::isa::Isa;
 
 /// Move masks of a word of 64 floats, one compare per 8: bit `8q + j` = lane `j` of vector `q`.
 #[inline(always)]
@@ -154,45 +156,20 @@ unsafe fn as_word<T, E>(c: &[T; WORD_BITS]) -> &[E; WORD_BITS] {
     unsafe { &*c.as_ptr().cast::<[E; WORD_BITS]>() }
 }
 
-/// A block packer (see [`super::BlockFn`]) from a word function over `$t` elements read as `$e`.
-macro_rules! block_packer {
-    ($(#[$doc:meta])* $name:ident, $t:ty, $e:ty, $p:literal, $word:ident) => {
-        $(#[$doc])*
-        ///
-        /// # Safety
-        /// The CPU supports AVX2 (`Isa::Avx2.is_available()`).
-        #[target_feature(enable = "avx2")]
-        pub unsafe fn $name(xs: &[$t], k: usize, outs: &mut [&mut [u64]; $p]) -> bool {
-            pack_rows_with(
-                xs,
-                k,
-                outs,
-                // SAFETY: `$t` is `$e` or repr(transparent) over it (MaskByte over u8, read as i8:
-                // same size, alignment 1, every byte valid); CPU: see above.
-                |c: &[$t; WORD_BITS]| unsafe { $word(as_word::<$t, $e>(c)) },
-                |t: &[$t]| pack_tail::<$t, $p>(t),
-            )
-        }
+/// A whole word: the word function on the 64 values read as `E`.
+macro_rules! full {
+    ($word:ident, $t:ty, $e:ty, $c:expr) => {
+        // SAFETY: `$t` is `$e` or repr(transparent) over it (MaskByte over u8, read as i8: same size,
+        // alignment 1, every byte valid); the CPU has AVX2 (the block packer's own contract).
+        unsafe { $word(as_word::<$t, $e>($c)) }
     };
 }
 
-block_packer!(
-    /// f32 signs (1 plane), NaN refused.
-    sign_f32, f32, f32, 1, word_sign_f32
-);
-block_packer!(
-    /// i8 signs (1 plane).
-    sign_i8, i8, i8, 1, word_sign_i8
-);
-block_packer!(
-    /// Mask bytes as they are (non-zero -> 1).
-    mask_u8, MaskByte, i8, 1, word_mask_u8
-);
-block_packer!(
-    /// f32 values in {-3, -1, 1, 3} as (hi, lo) planes.
-    two_bit_f32, f32, f32, 2, word_two_bit_f32
-);
-block_packer!(
-    /// i8 values in {-3, -1, 1, 3} as (hi, lo) planes.
-    two_bit_i8, i8, i8, 2, word_two_bit_i8
-);
+/// The short last word of a row: the portable bits of its values.
+macro_rules! tail {
+    ($word:ident, $t:ty, $e:ty, $p:literal, $tail:expr) => {
+        pack_tail::<$t, $p>($tail)
+    };
+}
+
+simd_family!(Isa::Avx2, "avx2", full, tail);

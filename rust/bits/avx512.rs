@@ -14,11 +14,13 @@
 //! The short last word of a row (K % 64 values) uses the same code with zero-masked loads: lanes past
 //! the row are not read (the loads suppress them) and come in as 0, which packs to bit 0 and is not
 //! NaN; for the 2-bit planes the validity mask is limited to the real lanes. All functions are reached
-//! only through [`crate::bits::Source::kernel`] after `Isa::Avx512.is_available()` (AVX-512F + BW).
+//! only through this file's `FAMILY`, which [`super::family`] hands out after
+//! `Isa::Avx512.is_available()` (AVX-512F + VPOPCNTDQ + BW).
 
 use std::arch::x86_64::*;
 
-use super::{pack_rows_with, MaskByte, WORD_BITS};
+use super::{MaskByte, WORD_BITS};
+use crate::isa::Isa;
 
 /// Bits `0 .. n` set (`n <= 64`): the lanes of a word that hold real values.
 #[inline(always)]
@@ -156,47 +158,23 @@ unsafe fn word_two_bit_i8(p: *const i8, valid: u64) -> ([u64; 2], bool) {
     }
 }
 
-/// A block packer (see [`super::BlockFn`]) from a word function over `$t` elements read as `$e`.
-macro_rules! block_packer {
-    ($(#[$doc:meta])* $name:ident, $t:ty, $e:ty, $p:literal, $word:ident) => {
-        $(#[$doc])*
-        ///
-        /// # Safety
-        /// The CPU supports AVX-512F and AVX-512BW (`Isa::Avx512.is_available()`).
-        #[target_feature(enable = "avx512f,avx512bw")]
-        pub unsafe fn $name(xs: &[$t], k: usize, outs: &mut [&mut [u64]; $p]) -> bool {
-            pack_rows_with(
-                xs,
-                k,
-                outs,
-                // SAFETY: `c` is a whole word, 64 readable elements; `$t` has the size and layout
-                // of `$e` (f32 as f32, i8 and the repr(transparent) MaskByte as i8); CPU: see above.
-                |c: &[$t; WORD_BITS]| unsafe { $word(c.as_ptr().cast::<$e>(), u64::MAX) },
-                // SAFETY: `t` holds t.len() < 64 readable elements and `lanes` selects exactly
-                // those; the masked loads read nothing else.
-                |t: &[$t]| unsafe { $word(t.as_ptr().cast::<$e>(), lanes(t.len())) },
-            )
-        }
+/// A whole word: the word function on all 64 lanes.
+macro_rules! full {
+    ($word:ident, $t:ty, $e:ty, $c:expr) => {
+        // SAFETY: `c` is a whole word, 64 readable elements; `$t` has the size and layout of `$e`
+        // (f32 as f32, i8 and the repr(transparent) MaskByte as i8); the CPU has AVX-512F and BW
+        // (the block packer's own contract).
+        unsafe { $word($c.as_ptr().cast::<$e>(), u64::MAX) }
     };
 }
 
-block_packer!(
-    /// f32 signs (1 plane), NaN refused.
-    sign_f32, f32, f32, 1, word_sign_f32
-);
-block_packer!(
-    /// i8 signs (1 plane).
-    sign_i8, i8, i8, 1, word_sign_i8
-);
-block_packer!(
-    /// Mask bytes as they are (non-zero -> 1).
-    mask_u8, MaskByte, i8, 1, word_mask_u8
-);
-block_packer!(
-    /// f32 values in {-3, -1, 1, 3} as (hi, lo) planes.
-    two_bit_f32, f32, f32, 2, word_two_bit_f32
-);
-block_packer!(
-    /// i8 values in {-3, -1, 1, 3} as (hi, lo) planes.
-    two_bit_i8, i8, i8, 2, word_two_bit_i8
-);
+/// The short last word of a row: the word function on its lanes only.
+macro_rules! tail {
+    ($word:ident, $t:ty, $e:ty, $p:literal, $tail:expr) => {
+        // SAFETY: the tail holds len < 64 readable elements and `lanes` selects exactly those; the
+        // masked loads read nothing else. CPU: as in `full!`.
+        unsafe { $word($tail.as_ptr().cast::<$e>(), lanes($tail.len())) }
+    };
+}
+
+simd_family!(Isa::Avx512, "avx512f,avx512bw", full, tail);

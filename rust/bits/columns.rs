@@ -8,11 +8,11 @@
 //! its output rows are contiguous, so blocks write disjoint slices and the code needs no `unsafe`
 //! beyond entering the AVX2 build of the same loop.
 
-use super::{first_invalid, split_planes, words_for, PackError, Source, Split, WORD_BITS};
+use super::{family_or_err, first_invalid, split_planes, words_for, PackError, Source, Split, WORD_BITS};
 use crate::isa::Isa;
 
 /// Columns per block: 64 f32 columns are 256 contiguous bytes (four cache lines) of each row.
-pub const BLOCK: usize = 64;
+const BLOCK: usize = 64;
 
 /// OR bit `bit` of every plane's byte for each value of one row segment into `bytes` (one byte per
 /// column); returns whether a value is invalid. The compare-and-shift over the row vectorizes.
@@ -100,9 +100,9 @@ unsafe fn pack_task_avx2<T: Source<P>, const P: usize>(
 
 /// Pack `batch` row-major `(k, n)` matrices, one after another in `x` (a `(batch, k, n)` array, e.g. a
 /// batch of NCHW maps with `k` = channels and `n` = pixels), down their columns into `P` row-major
-/// `(batch·n, words_for(k))` planes: each matrix's `n` packed rows, one matrix after another. `isa`
-/// picks the build of the loop (AVX2 for the avx2 and avx512 paths, portable otherwise; the bits are
-/// the same). Threads take column ranges of about `split.task_bytes` of input within each matrix when
+/// `(batch·n, words_for(k))` planes: each matrix's `n` packed rows, one matrix after another. The
+/// [`super::Family`] of `isa` picks the build of the loop (AVX2 for the avx2 and avx512 families,
+/// portable otherwise; the bits are the same). Threads take column ranges of about `split.task_bytes` of input within each matrix when
 /// there are at least `split.min_bytes`. Errors instead of panicking on lengths that disagree or an
 /// invalid value (reported at row `b·k + t`, column `j`; `outs` are then unspecified).
 pub fn pack_columns<T: Source<P>, const P: usize>(
@@ -114,9 +114,7 @@ pub fn pack_columns<T: Source<P>, const P: usize>(
     isa: Isa,
     split: Split,
 ) -> Result<(), PackError> {
-    if !isa.is_available() {
-        return Err(PackError::Isa(format!("isa {isa} is not available on this CPU")));
-    }
+    let fam = family_or_err(isa)?;
     let words = words_for(k);
     let n = x.len().checked_div(k.saturating_mul(batch)).unwrap_or(0);
     let expected = (n * k).checked_mul(batch);
@@ -136,7 +134,8 @@ pub fn pack_columns<T: Source<P>, const P: usize>(
     if n == 0 || batch == 0 {
         return Ok(());
     }
-    let simd = matches!(isa, Isa::Avx2 | Isa::Avx512) && Isa::Avx2.is_available();
+    // The family asks for the AVX2 build; AVX2 itself is checked too, as that build requires it.
+    let simd = fam.columns_avx2 && Isa::Avx2.is_available();
     let run = |(b, c0, os): (usize, usize, [&mut [u64]; P])| -> bool {
         let x = &x[b * k * n..(b + 1) * k * n];
         #[cfg(target_arch = "x86_64")]

@@ -2,27 +2,73 @@
 //!
 //! Element `k` of a row goes to word `k / 64`, bit `k % 64`; padding bits past K stay 0.
 //!
-//! * 1-bit (`pack_rows`): the bit is 1 when the value is < 0 (so +0.0 and -0.0 both give bit 0, i.e.
-//!   +1). Works on float32 (NaN is refused) and int8.
-//! * masks (`pack_mask_rows`): bytes of a boolean array, packed as they are (non-zero -> bit 1).
-//! * 2-bit (`pack_2bit_rows`): v in {-3, -1, 1, 3} is v = 2·hi + lo with hi, lo in {±1}; bit 1 = -1, so
+//! * 1-bit (`Source<1>`): the bit is 1 when the value is < 0 (so +0.0 and -0.0 both give bit 0,
+//!   i.e. +1). Works on float32 (NaN is refused) and int8.
+//! * masks ([`MaskByte`]): bytes of a boolean array, packed as they are (non-zero -> bit 1).
+//! * 2-bit (`Source<2>`): v in {-3, -1, 1, 3} is v = 2·hi + lo with hi, lo in {±1}; bit 1 = -1, so
 //!   hi bit = 1[v < 0] and lo bit = 1[v ∈ {1, -3}]. Any other value is refused.
 //!
 //! # Code paths
 //!
 //! This file is the driver (argument checks, row blocks, threads, the error scan) and the portable
-//! scalar packer. `bits/avx512.rs` and `bits/avx2.rs` pack whole row blocks with SIMD compares for the
-//! hot element types (f32 and i8, 1 and 2 planes, and mask bytes); [`Source::kernel`] names them and
-//! [`pack_planes`] picks one by its `isa` argument (resolved like the GEMMs', see `isa.rs`), falling
-//! back to the scalar packer for the other types. `bits/columns.rs` packs a `(k, n)` matrix down its
-//! columns (im2col's layout) into the same words as its transpose would give. Every path computes
-//! the same bits and the same "some value was invalid" flag; the position of the first invalid value
-//! is always found afterwards by the same serial scan, so error messages do not depend on the path.
+//! packer. `bits/avx512.rs` and `bits/avx2.rs` hold per-word SIMD compares for the hot element types
+//! (f32 and i8, 1 and 2 planes, and mask bytes), from which [`simd_family!`] builds each ISA's block
+//! packers and its [`Family`]. A call picks its family once with [`family`] (the dispatch idiom of
+//! every kernel, see `isa.rs`) and [`Source::kernel`] takes the type's packer from it, or none (the
+//! portable packer then runs). `bits/columns.rs` packs a `(k, n)` matrix down its columns (im2col's
+//! layout) into the same words as its transpose would give. Every path computes the same bits and
+//! the same "some value was invalid" flag; the position of the first invalid value is always found
+//! afterwards by the same serial scan, so error messages do not depend on the path.
+
+/// The SIMD block packers of one ISA and its `FAMILY`, from the ISA file's word functions
+/// (`word_sign_f32`, `word_sign_i8`, `word_mask_u8`, `word_two_bit_f32`, `word_two_bit_i8`) and two
+/// adapters: `$full!(word_fn, T, E, c)` packs a whole word `c: &[T; 64]` and `$tail!(word_fn, T, E,
+/// P, t)` the short last word `t: &[T]` of a row, the elements read as `E` (f32 as f32; i8 and the
+/// `repr(transparent)` [`MaskByte`] as i8). The adapters hold the `unsafe` calls and their SAFETY
+/// arguments; each packer is compiled with `$features` and is reachable only through the `FAMILY`
+/// of `$isa`, which [`family`] hands out after `$isa.is_available()`.
+macro_rules! simd_family {
+    ($isa:expr, $features:literal, $full:ident, $tail:ident) => {
+        simd_family!(@packer $features, $full, $tail, sign_f32, f32, f32, 1, word_sign_f32);
+        simd_family!(@packer $features, $full, $tail, sign_i8, i8, i8, 1, word_sign_i8);
+        simd_family!(@packer $features, $full, $tail, mask_u8, MaskByte, i8, 1, word_mask_u8);
+        simd_family!(@packer $features, $full, $tail, two_bit_f32, f32, f32, 2, word_two_bit_f32);
+        simd_family!(@packer $features, $full, $tail, two_bit_i8, i8, i8, 2, word_two_bit_i8);
+
+        /// This ISA's block packers; the column packer runs its AVX2 build.
+        pub(super) const FAMILY: super::Family = super::Family {
+            isa: $isa,
+            sign_f32: Some(sign_f32),
+            sign_i8: Some(sign_i8),
+            mask_u8: Some(mask_u8),
+            two_bit_f32: Some(two_bit_f32),
+            two_bit_i8: Some(two_bit_i8),
+            columns_avx2: true,
+        };
+    };
+    (@packer $features:literal, $full:ident, $tail:ident, $name:ident, $t:ty, $e:ty, $p:literal, $word:ident) => {
+        /// A block packer (see [`super::BlockFn`]) for `$t` into `$p` planes.
+        ///
+        /// # Safety
+        /// The CPU supports the features this function is compiled with (its family's ISA is
+        /// available).
+        #[target_feature(enable = $features)]
+        unsafe fn $name(xs: &[$t], k: usize, outs: &mut [&mut [u64]; $p]) -> bool {
+            super::pack_rows_with(
+                xs,
+                k,
+                outs,
+                |c: &[$t; super::WORD_BITS]| $full!($word, $t, $e, c),
+                |t: &[$t]| $tail!($word, $t, $e, $p, t),
+            )
+        }
+    };
+}
 
 #[cfg(target_arch = "x86_64")]
-pub mod avx2;
+mod avx2;
 #[cfg(target_arch = "x86_64")]
-pub mod avx512;
+mod avx512;
 pub mod columns;
 
 use std::fmt;
@@ -103,35 +149,69 @@ impl fmt::Display for PackError {
 /// [`pack_block_scalar`]); returns false if the block holds an invalid value.
 ///
 /// # Safety
-/// The CPU supports the instruction set the packer was returned for (see [`Source::kernel`]).
+/// The CPU supports the ISA of the [`Family`] the packer came from.
 pub type BlockFn<T, const P: usize> = unsafe fn(xs: &[T], k: usize, outs: &mut [&mut [u64]; P]) -> bool;
 
-/// An element type that packs to `P` bit planes.
-///
-/// `bits` gives the bit of each plane; `invalid` flags a value that has no packing. `kernel` names a
-/// SIMD block packer for `isa` when one exists (the default: none, the scalar packer is used).
-pub trait Source<const P: usize>: Copy + Send + Sync + 'static {
-    fn bits(self) -> [bool; P];
-    fn invalid(self) -> bool;
-    /// The block packer of `isa` for this type, if it has one. It may be called only when
-    /// `isa.is_available()`; it must compute exactly what [`pack_block_scalar`] computes.
-    fn kernel(isa: Isa) -> Option<BlockFn<Self, P>> {
-        let _ = isa;
-        None
+/// One ISA's sign-bit packers: a block packer for each hot element type (None: the portable packer
+/// runs), and the build of the column packer's loop.
+#[derive(Clone, Copy)]
+pub struct Family {
+    pub isa: Isa,
+    pub sign_f32: Option<BlockFn<f32, 1>>,
+    pub sign_i8: Option<BlockFn<i8, 1>>,
+    pub mask_u8: Option<BlockFn<MaskByte, 1>>,
+    pub two_bit_f32: Option<BlockFn<f32, 2>>,
+    pub two_bit_i8: Option<BlockFn<i8, 2>>,
+    /// `columns.rs` runs its loop compiled with AVX2 (on a CPU that has AVX2).
+    pub columns_avx2: bool,
+}
+
+/// The portable packers: no SIMD block packer, the portable column loop.
+const PORTABLE: Family = Family {
+    isa: Isa::Scalar,
+    sign_f32: None,
+    sign_i8: None,
+    mask_u8: None,
+    two_bit_f32: None,
+    two_bit_i8: None,
+    columns_avx2: false,
+};
+
+/// The packers of `isa`, or None if this build or CPU lacks it.
+pub fn family(isa: Isa) -> Option<Family> {
+    if !isa.is_available() {
+        return None;
+    }
+    match isa {
+        Isa::Scalar => Some(PORTABLE),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(avx2::FAMILY),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(avx512::FAMILY),
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => None,
     }
 }
 
-/// Look up a SIMD packer by ISA (x86-64 only; other targets have none).
-macro_rules! simd_kernel {
-    ($isa:expr, $name:ident) => {{
-        match $isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => Some(avx512::$name as BlockFn<_, _>),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => Some(avx2::$name as BlockFn<_, _>),
-            _ => None,
-        }
-    }};
+/// [`family`], or the error every packer returns for an ISA this CPU lacks.
+pub(crate) fn family_or_err(isa: Isa) -> Result<Family, PackError> {
+    family(isa).ok_or_else(|| PackError::Isa(format!("isa {isa} is not available on this CPU")))
+}
+
+/// An element type that packs to `P` bit planes.
+///
+/// `bits` gives the bit of each plane; `invalid` flags a value that has no packing. `kernel` takes
+/// this type's SIMD block packer from a [`Family`] when it has one (the default: none, the portable
+/// packer is used).
+pub trait Source<const P: usize>: Copy + Send + Sync + 'static {
+    fn bits(self) -> [bool; P];
+    fn invalid(self) -> bool;
+    /// The block packer of `fam` for this type, if it has one; it computes exactly what
+    /// [`pack_block_scalar`] computes.
+    fn kernel(fam: &Family) -> Option<BlockFn<Self, P>> {
+        let _ = fam;
+        None
+    }
 }
 
 impl Source<1> for f32 {
@@ -143,8 +223,8 @@ impl Source<1> for f32 {
     fn invalid(self) -> bool {
         self.is_nan()
     }
-    fn kernel(isa: Isa) -> Option<BlockFn<Self, 1>> {
-        simd_kernel!(isa, sign_f32)
+    fn kernel(fam: &Family) -> Option<BlockFn<Self, 1>> {
+        fam.sign_f32
     }
 }
 
@@ -157,8 +237,8 @@ impl Source<1> for i8 {
     fn invalid(self) -> bool {
         false
     }
-    fn kernel(isa: Isa) -> Option<BlockFn<Self, 1>> {
-        simd_kernel!(isa, sign_i8)
+    fn kernel(fam: &Family) -> Option<BlockFn<Self, 1>> {
+        fam.sign_i8
     }
 }
 
@@ -176,8 +256,8 @@ impl Source<1> for MaskByte {
     fn invalid(self) -> bool {
         false
     }
-    fn kernel(isa: Isa) -> Option<BlockFn<Self, 1>> {
-        simd_kernel!(isa, mask_u8)
+    fn kernel(fam: &Family) -> Option<BlockFn<Self, 1>> {
+        fam.mask_u8
     }
 }
 
@@ -194,8 +274,8 @@ macro_rules! two_bit_source {
                 !(self == $three || self == $one || self == -$one || self == -$three)
             }
             $(
-            fn kernel(isa: Isa) -> Option<BlockFn<Self, 2>> {
-                simd_kernel!(isa, $simd)
+            fn kernel(fam: &Family) -> Option<BlockFn<Self, 2>> {
+                fam.$simd
             }
             )?
         }
@@ -298,16 +378,13 @@ pub(crate) fn pack_rows_with<T, const P: usize>(
 }
 
 /// The portable packer (see [`BlockFn`]).
-pub fn pack_block_scalar<T: Source<P>, const P: usize>(
-    xs: &[T],
-    k: usize,
-    outs: &mut [&mut [u64]; P],
-) -> bool {
+fn pack_block_scalar<T: Source<P>, const P: usize>(xs: &[T], k: usize, outs: &mut [&mut [u64]; P]) -> bool {
     pack_rows_with(xs, k, outs, pack_word, pack_tail)
 }
 
 /// Pack one f32 row into `words_for(row.len())` words; returns false if the row holds a NaN.
-pub fn pack_row(row: &[f32], out: &mut [u64]) -> bool {
+#[cfg(test)]
+fn pack_row(row: &[f32], out: &mut [u64]) -> bool {
     debug_assert_eq!(out.len(), words_for(row.len()));
     pack_block_scalar::<f32, 1>(row, row.len(), &mut [out])
 }
@@ -331,7 +408,7 @@ pub fn pack_planes<T: Source<P>, const P: usize>(
 }
 
 /// [`pack_planes`] with an explicit [`Split`] (tests use small ones to get many blocks).
-pub fn pack_planes_split<T: Source<P>, const P: usize>(
+pub(crate) fn pack_planes_split<T: Source<P>, const P: usize>(
     x: &[T],
     k: usize,
     outs: [&mut [u64]; P],
@@ -339,11 +416,7 @@ pub fn pack_planes_split<T: Source<P>, const P: usize>(
     isa: Isa,
     split: Split,
 ) -> Result<(), PackError> {
-    if !isa.is_available() {
-        return Err(PackError::Isa(format!("isa {isa} is not available on this CPU")));
-    }
-    // Checked just above: the CPU supports `isa`, which is what calling `simd` requires.
-    let simd = T::kernel(isa);
+    let simd = T::kernel(&family_or_err(isa)?);
     let words = words_for(k);
     if k == 0 {
         return if x.is_empty() && outs.iter().all(|o| o.is_empty()) {
@@ -367,8 +440,8 @@ pub fn pack_planes_split<T: Source<P>, const P: usize>(
     // slower than even one thread, so rows are not tasks.)
     let pack_block = |xs: &[T], mut os: [&mut [u64]; P]| -> bool {
         match simd {
-            // SAFETY: `simd` is `T::kernel(isa)` and `isa.is_available()` was checked above; that is
-            // the packer's only requirement (it bounds-checks its slices itself).
+            // SAFETY: `simd` comes from `family(isa)`, which checked that the CPU supports `isa`: the
+            // packer's only requirement (it bounds-checks its slices itself).
             Some(f) => unsafe { f(xs, k, &mut os) },
             None => pack_block_scalar(xs, k, &mut os),
         }
@@ -412,12 +485,14 @@ pub(crate) fn first_invalid<T: Source<P>, const P: usize>(x: &[T], cols: usize) 
 }
 
 /// Pack the signs of a row-major `(rows, k)` f32 matrix (bit 1 = negative); NaN is an error.
-pub fn pack_rows(x: &[f32], k: usize, out: &mut [u64], threads: usize, isa: Isa) -> Result<(), PackError> {
+#[cfg(test)]
+fn pack_rows(x: &[f32], k: usize, out: &mut [u64], threads: usize, isa: Isa) -> Result<(), PackError> {
     pack_planes::<f32, 1>(x, k, [out], threads, isa)
 }
 
 /// Position `(row, col)` of the first NaN in a row-major matrix with `k` columns, if any.
-pub fn first_nan(x: &[f32], k: usize) -> Option<(usize, usize)> {
+#[cfg(test)]
+fn first_nan(x: &[f32], k: usize) -> Option<(usize, usize)> {
     let i = x.iter().position(|v| v.is_nan())?;
     Some((i / k.max(1), i % k.max(1)))
 }
