@@ -28,32 +28,13 @@ pub(super) const FAMILY: Family = Family {
     tile,
 };
 
-/// `(mr, nr_max)`: byte accumulators, B vectors, the table and a temporary fit the 16 ymm registers
-/// (5×2 for 1x1 and 3×1 for 2x2 measured within noise of these).
-fn geometry(kind: Kind) -> (usize, usize) {
-    match kind {
-        Kind::B1x1 => (4, 2),
-        Kind::B1x2 | Kind::B2x1 => (2, 2),
-        Kind::B2x2 => (2, 1),
-    }
-}
-
-/// # Safety
-/// The CPU supports AVX2, and the tile's output rectangle is valid and unshared (see [`Tile`]).
-unsafe fn tile(kind: Kind, nr: usize, t: &Tile) -> bool {
-    // SAFETY (all arms): forwarded from the caller; `nr` selects the instantiation whose NR is nr.
-    unsafe {
-        match (kind, nr) {
-            (Kind::B1x1, 1) => kernel::<4, 1, 1, 1>(t),
-            (Kind::B1x1, 2) => kernel::<4, 2, 1, 1>(t),
-            (Kind::B1x2, 1) => kernel::<2, 1, 1, 2>(t),
-            (Kind::B1x2, 2) => kernel::<2, 2, 1, 2>(t),
-            (Kind::B2x1, 1) => kernel::<2, 1, 2, 1>(t),
-            (Kind::B2x1, 2) => kernel::<2, 2, 2, 1>(t),
-            (Kind::B2x2, 1) => kernel::<2, 1, 2, 2>(t),
-            _ => false,
-        }
-    }
+// `(mr, nr_max)`: byte accumulators, B vectors, the table and a temporary fit the 16 ymm registers
+// (5×2 for 1x1 and 3×1 for 2x2 measured within noise of these).
+microkernels! { kernel, 1;
+    B1x1 => 4, [1, 2];
+    B1x2 => 2, [1, 2];
+    B2x1 => 2, [1, 2];
+    B2x2 => 2, [1];
 }
 
 /// `MR × 4·NR` outputs, A with `PA` planes, B with `PB` planes, over the whole of K.

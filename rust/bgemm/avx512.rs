@@ -25,39 +25,12 @@ pub(super) const FAMILY: Family = Family {
     tile,
 };
 
-/// `(mr, nr_max)`: accumulators `mr · nr · classes` stay at 24 of the 32 zmm registers.
-pub(super) fn geometry(kind: Kind) -> (usize, usize) {
-    match kind {
-        Kind::B1x1 => (4, 6),
-        Kind::B1x2 | Kind::B2x1 => (4, 3),
-        Kind::B2x2 => (4, 2),
-    }
-}
-
-/// # Safety
-/// The CPU supports AVX-512F and AVX-512 VPOPCNTDQ, and the tile's output rectangle is valid and
-/// unshared (see [`Tile`]).
-unsafe fn tile(kind: Kind, nr: usize, t: &Tile) -> bool {
-    // SAFETY (all arms): forwarded from the caller; `nr` selects the instantiation whose NR is nr.
-    unsafe {
-        match (kind, nr) {
-            (Kind::B1x1, 1) => kernel::<4, 1, 1, 1>(t),
-            (Kind::B1x1, 2) => kernel::<4, 2, 1, 1>(t),
-            (Kind::B1x1, 3) => kernel::<4, 3, 1, 1>(t),
-            (Kind::B1x1, 4) => kernel::<4, 4, 1, 1>(t),
-            (Kind::B1x1, 5) => kernel::<4, 5, 1, 1>(t),
-            (Kind::B1x1, 6) => kernel::<4, 6, 1, 1>(t),
-            (Kind::B1x2, 1) => kernel::<4, 1, 1, 2>(t),
-            (Kind::B1x2, 2) => kernel::<4, 2, 1, 2>(t),
-            (Kind::B1x2, 3) => kernel::<4, 3, 1, 2>(t),
-            (Kind::B2x1, 1) => kernel::<4, 1, 2, 1>(t),
-            (Kind::B2x1, 2) => kernel::<4, 2, 2, 1>(t),
-            (Kind::B2x1, 3) => kernel::<4, 3, 2, 1>(t),
-            (Kind::B2x2, 1) => kernel::<4, 1, 2, 2>(t),
-            (Kind::B2x2, 2) => kernel::<4, 2, 2, 2>(t),
-            _ => false,
-        }
-    }
+// `(mr, nr_max)`: accumulators `mr · nr · classes` stay at 24 of the 32 zmm registers.
+microkernels! { kernel, 1;
+    B1x1 => 4, [1, 2, 3, 4, 5, 6];
+    B1x2 => 4, [1, 2, 3];
+    B2x1 => 4, [1, 2, 3];
+    B2x2 => 4, [1, 2];
 }
 
 /// `MR × 8·NR` outputs, A with `PA` planes, B with `PB` planes, over the whole of K.

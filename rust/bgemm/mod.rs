@@ -29,6 +29,45 @@
 //! split into chunks only when there are too few panels. Each task writes a disjoint rectangle of
 //! `out`; the calling thread starts on the tasks at once and pool threads join as they wake.
 
+/// A family's microkernel table: each product kind's `MR` and the `nr` (vectors per row) it has
+/// instantiations for, always `1 ..= nr_max`. Generates `geometry(kind) -> (MR, nr_max)` and the
+/// family's `tile(kind, nr, t)`, which runs `$kernel::<MR, {nr · $scale}, PA, PB>` with `(PA, PB) =
+/// kind.planes()` (`$scale` is 1 but for the tests' 8-lane portable family) and returns false,
+/// computing nothing, for an `nr` not in the table. One table keeps the two in step.
+macro_rules! microkernels {
+    ($kernel:ident, $scale:literal; $($kind:ident => $mr:literal, [$($nr:literal),+];)+) => {
+        /// `(mr, nr_max)` of each product kind.
+        pub(super) fn geometry(kind: Kind) -> (usize, usize) {
+            match kind {
+                $(Kind::$kind => ($mr, [$($nr),+].len()),)+
+            }
+        }
+
+        /// Run one tile with `nr` vectors per row.
+        ///
+        /// # Safety
+        /// As for the family's kernel: the CPU supports its ISA, and the tile's output rectangle is
+        /// valid and unshared (see [`Tile`]).
+        pub(super) unsafe fn tile(kind: Kind, nr: usize, t: &Tile) -> bool {
+            // SAFETY (all arms): forwarded from the caller; `nr` selects the instantiation whose NR
+            // is nr · $scale, the width `fits` checks the tile against.
+            unsafe {
+                match (kind, nr) {
+                    $($(
+                        (Kind::$kind, $nr) => $kernel::<
+                            $mr,
+                            { $nr * $scale },
+                            { Kind::$kind.planes().0 },
+                            { Kind::$kind.planes().1 },
+                        >(t),
+                    )+)+
+                    _ => false,
+                }
+            }
+        }
+    };
+}
+
 mod panel;
 mod scalar;
 
@@ -58,7 +97,7 @@ pub enum Kind {
 
 impl Kind {
     /// Planes of (A, B).
-    pub fn planes(self) -> (usize, usize) {
+    pub const fn planes(self) -> (usize, usize) {
         match self {
             Kind::B1x1 => (1, 1),
             Kind::B1x2 => (1, 2),
@@ -481,31 +520,20 @@ mod tests {
         lanes: 8,
         nibbles: false,
         geometry: avx512::geometry,
-        tile: wide_portable_tile,
+        tile: wide_portable::tile,
     };
 
+    /// The portable kernel at 8 words per "vector", on the AVX-512 family's table.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn wide_portable_tile(kind: Kind, nr: usize, t: &Tile) -> bool {
-        use scalar::kernel;
-        // SAFETY (all arms): forwarded from the caller (the driver's tile contract).
-        unsafe {
-            match (kind, nr) {
-                (Kind::B1x1, 1) => kernel::<4, 8, 1, 1>(t),
-                (Kind::B1x1, 2) => kernel::<4, 16, 1, 1>(t),
-                (Kind::B1x1, 3) => kernel::<4, 24, 1, 1>(t),
-                (Kind::B1x1, 4) => kernel::<4, 32, 1, 1>(t),
-                (Kind::B1x1, 5) => kernel::<4, 40, 1, 1>(t),
-                (Kind::B1x1, 6) => kernel::<4, 48, 1, 1>(t),
-                (Kind::B1x2, 1) => kernel::<4, 8, 1, 2>(t),
-                (Kind::B1x2, 2) => kernel::<4, 16, 1, 2>(t),
-                (Kind::B1x2, 3) => kernel::<4, 24, 1, 2>(t),
-                (Kind::B2x1, 1) => kernel::<4, 8, 2, 1>(t),
-                (Kind::B2x1, 2) => kernel::<4, 16, 2, 1>(t),
-                (Kind::B2x1, 3) => kernel::<4, 24, 2, 1>(t),
-                (Kind::B2x2, 1) => kernel::<4, 8, 2, 2>(t),
-                (Kind::B2x2, 2) => kernel::<4, 16, 2, 2>(t),
-                _ => false,
-            }
+    mod wide_portable {
+        use super::super::scalar::kernel;
+        use super::{Kind, Tile};
+
+        microkernels! { kernel, 8;
+            B1x1 => 4, [1, 2, 3, 4, 5, 6];
+            B1x2 => 4, [1, 2, 3];
+            B2x1 => 4, [1, 2, 3];
+            B2x2 => 4, [1, 2];
         }
     }
 
@@ -513,6 +541,7 @@ mod tests {
     #[test]
     fn the_avx512_geometry_drives_the_portable_kernel_exactly() {
         for kind in KINDS {
+            assert_eq!(wide_portable::geometry(kind), avx512::geometry(kind), "{kind:?}");
             for k in [1, 63, 64, 65, 577] {
                 for (m, n) in [
                     (1, 1),

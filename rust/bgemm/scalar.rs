@@ -15,37 +15,11 @@ pub(super) const FAMILY: Family = Family {
     tile,
 };
 
-fn geometry(kind: Kind) -> (usize, usize) {
-    match kind {
-        Kind::B1x1 => (4, 4),
-        Kind::B1x2 | Kind::B2x1 => (2, 4),
-        Kind::B2x2 => (2, 2),
-    }
-}
-
-/// # Safety
-/// The tile's output rectangle is valid and unshared (see [`Tile`]); nothing else is required.
-unsafe fn tile(kind: Kind, nr: usize, t: &Tile) -> bool {
-    // SAFETY (all arms): forwarded from the caller, and `nr` selects an instantiation whose NR is nr.
-    unsafe {
-        match (kind, nr) {
-            (Kind::B1x1, 1) => kernel::<4, 1, 1, 1>(t),
-            (Kind::B1x1, 2) => kernel::<4, 2, 1, 1>(t),
-            (Kind::B1x1, 3) => kernel::<4, 3, 1, 1>(t),
-            (Kind::B1x1, 4) => kernel::<4, 4, 1, 1>(t),
-            (Kind::B1x2, 1) => kernel::<2, 1, 1, 2>(t),
-            (Kind::B1x2, 2) => kernel::<2, 2, 1, 2>(t),
-            (Kind::B1x2, 3) => kernel::<2, 3, 1, 2>(t),
-            (Kind::B1x2, 4) => kernel::<2, 4, 1, 2>(t),
-            (Kind::B2x1, 1) => kernel::<2, 1, 2, 1>(t),
-            (Kind::B2x1, 2) => kernel::<2, 2, 2, 1>(t),
-            (Kind::B2x1, 3) => kernel::<2, 3, 2, 1>(t),
-            (Kind::B2x1, 4) => kernel::<2, 4, 2, 1>(t),
-            (Kind::B2x2, 1) => kernel::<2, 1, 2, 2>(t),
-            (Kind::B2x2, 2) => kernel::<2, 2, 2, 2>(t),
-            _ => false,
-        }
-    }
+microkernels! { kernel, 1;
+    B1x1 => 4, [1, 2, 3, 4];
+    B1x2 => 2, [1, 2, 3, 4];
+    B2x1 => 2, [1, 2, 3, 4];
+    B2x2 => 2, [1, 2];
 }
 
 /// `MR × NR` outputs, A with `PA` planes, B with `PB` planes, over the whole of K. (The tests also run
