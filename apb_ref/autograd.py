@@ -183,34 +183,8 @@ class Tensor:
                     stack.append((parent, False))
         return order
 
-    # --- operator sugar (the ops themselves live in functional.py) ----------------------------
-    def _wrap(self, other: Any) -> Any:
-        if isinstance(other, Tensor):
-            return other
-        return np.asarray(other, dtype=self.dtype)
-
-    def __add__(self, o): from . import functional as F; return F.add(self, self._wrap(o))
-    def __radd__(self, o): from . import functional as F; return F.add(self._wrap(o), self)
-    def __sub__(self, o): from . import functional as F; return F.sub(self, self._wrap(o))
-    def __rsub__(self, o): from . import functional as F; return F.sub(self._wrap(o), self)
-    def __mul__(self, o): from . import functional as F; return F.mul(self, self._wrap(o))
-    def __rmul__(self, o): from . import functional as F; return F.mul(self._wrap(o), self)
-    def __truediv__(self, o): from . import functional as F; return F.div(self, self._wrap(o))
-    def __rtruediv__(self, o): from . import functional as F; return F.div(self._wrap(o), self)
-    def __neg__(self): from . import functional as F; return F.neg(self)
-    def __pow__(self, p): from . import functional as F; return F.pow(self, p)
-    def __matmul__(self, o): from . import functional as F; return F.matmul(self, o)
-    def __getitem__(self, index): from . import functional as F; return F.getitem(self, index)
-
-    def sum(self, axis=None, keepdims=False): from . import functional as F; return F.sum(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): from . import functional as F; return F.mean(self, axis, keepdims)
-    def max(self, axis=None, keepdims=False): from . import functional as F; return F.max(self, axis, keepdims)
-    def exp(self): from . import functional as F; return F.exp(self)
-    def log(self): from . import functional as F; return F.log(self)
-    def relu(self): from . import functional as F; return F.relu(self)
-    def reshape(self, *shape): from . import functional as F; return F.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
-    def transpose(self, *axes): from . import functional as F; return F.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
-    def flatten(self, start_dim: int = 1): from . import functional as F; return F.flatten(self, start_dim)
+    # --- operator sugar: the methods (__add__, sum, reshape, ...) are attached by apb_ref.ops, which
+    # defines the ops; this module imports none of them.
 
     @property
     def T(self) -> "Tensor":

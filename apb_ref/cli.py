@@ -5,75 +5,60 @@ import argparse
 import json
 import sys
 import time
+import typing
+from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
-    from .data import DATASETS
-    from .models import MODELS
-    p.add_argument("--model", default="digits_cnn", choices=sorted(MODELS))
-    p.add_argument("--dataset", default="digits", choices=sorted(DATASETS))
-    p.add_argument("--data-dir", default=None, help="directory of the dataset files (IDX or CIFAR-10 python batches)")
-    p.add_argument("--pad-to", type=int, default=None, help="zero-pad images to this size (e.g. 32 for Fashion-MNIST + ResNet-20)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--nesterov", action="store_true")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
-    p.add_argument("--warmup-epochs", type=int, default=0)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--augment", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--act", default="auto", choices=["auto", "relu", "hardtanh"],
-                   help="activation function (auto: hardtanh with --act-bits 1, relu otherwise)")
+def _flag_type(annotation):
+    """The argparse type of a config field: its annotation without None (`int | None` -> int)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, generated from the field's type, default and metadata (help,
+    choices); each method's options in its own group."""
     from .quant import METHODS
-    g = p.add_argument_group("compression")
-    g.add_argument("--method", default="fp", choices=sorted(METHODS))
-    g.add_argument("--act-bits", type=int, default=32, choices=[32, 2, 1], help="bits of the activations into compressed layers")
-    g.add_argument("--act-ste", default="identity", choices=["identity", "clipped"], help="straight-through estimator of 1-bit activations")
-    g.add_argument("--alpha-delta", default="learned", choices=["learned", "fixed"], help="APB: learn α, δ (paper) or keep them at init (released code)")
-    g.add_argument("--lr-ab", type=float, default=0.01, help="APB: Adam learning rate of α and δ")
-    g.add_argument("--ab-reduction", default="mean", choices=["mean", "sum"], help="APB: α/δ gradients as layer means (released code) or sums")
-    g.add_argument("--freeze-alpha-delta-epoch", type=int, default=None)
-    g.add_argument("--freeze-mask-epoch", type=int, default=None)
-    budget = g.add_mutually_exclusive_group()
-    budget.add_argument("--bits-per-weight", type=float, default=None, help="APB memory budget of the compressed layers")
-    budget.add_argument("--fp-fraction", type=float, default=None, help="APB budget as a full-precision fraction")
-    g.add_argument("--budget-weight", type=float, default=1.0, help="λ of the smooth budget penalty")
-    g.add_argument("--budget-epoch", type=int, default=None, help="epoch of the hard budget projection (default: the last)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit-train", type=int, default=None, help="use only the first N training images (quick runs)")
-    p.add_argument("--limit-test", type=int, default=None)
+    from .training.config import TrainConfig, option_types
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f, annotation in zip(fields(TrainConfig), option_types().values()):
+        group_name = f.metadata.get("group")
+        target = p
+        if group_name:
+            title = "compression" if group_name == "compression" else f"{group_name} options ({METHODS[group_name].description})"
+            target = groups.setdefault(group_name, p.add_argument_group(title))
+        flag, typ = "--" + f.name.replace("_", "-"), _flag_type(annotation)
+        help_text = f.metadata.get("help", "")
+        if typ is bool:
+            target.add_argument(flag, action="store_true", default=f.default, help=help_text)
+            continue
+        shown = f" (default: {f.default})" if f.default is not None else ""
+        target.add_argument(flag, type=typ, default=f.default, choices=f.metadata.get("choices"),
+                            help=help_text + shown)
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    _add_config_options(p)
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<dataset>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .train import TrainConfig
-    return TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, pad_to=args.pad_to,
-                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                       momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
-                       schedule=args.schedule, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-                       augment=args.augment, act=args.act, seed=args.seed,
-                       limit_train=args.limit_train, limit_test=args.limit_test,
-                       method=args.method, act_bits=args.act_bits, act_ste=args.act_ste, alpha_delta=args.alpha_delta,
-                       lr_ab=args.lr_ab, ab_reduction=args.ab_reduction, freeze_alpha_delta_epoch=args.freeze_alpha_delta_epoch,
-                       freeze_mask_epoch=args.freeze_mask_epoch, bits_per_weight=args.bits_per_weight,
-                       fp_fraction=args.fp_fraction, budget_weight=args.budget_weight, budget_epoch=args.budget_epoch)
+    from .training import TrainConfig
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
 
 
 def _finish_run(out: Path, summary: dict, quiet: bool, model=None, image_shape=None) -> None:
-    from .plots import band_histogram, training_curves
+    from .training.plots import band_histogram, band_layers, training_curves
     png = training_curves(out / "metrics.jsonl", out / "curves.png", f"{summary['model']} on {summary['dataset']}")
-    if model is not None and summary.get("method") == "apb":
+    if model is not None and band_layers(model):
         band_histogram(model, out / "band.png")
     if not quiet and model is not None and summary.get("method") != "fp":
-        from .summary import summarize
+        from .training.summary import summarize
         print("\n" + summarize(model, image_shape).table())
     if not quiet:
         print(f"\ntest accuracy {100 * summary['test_accuracy']:.2f}% after {summary['epochs']} epochs | "
@@ -82,7 +67,7 @@ def _finish_run(out: Path, summary: dict, quiet: bool, model=None, image_shape=N
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import Trainer
+    from .training import Trainer
     config = _config_from_args(args)
     out = Path(args.out or f"runs/{config.model}-{config.dataset}-seed{config.seed}")
     trainer = Trainer(config, out, progress=not args.quiet)
@@ -92,9 +77,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .export import packed_size
-    from .summary import summarize
-    from .train import export_args, load_model
+    from .packed import packed_size
+    from .training import export_args, load_model
+    from .training.summary import summarize
     model, config, data = load_model(args.checkpoint)
     s = summarize(model, data.image_shape, packed_bytes=packed_size(model, *export_args(config, data)))
     print(json.dumps(s.to_dict(), indent=2) if args.json else
@@ -117,9 +102,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_model
-    from .summary import summarize
-    from .train import export_args, load_model
+    from .packed import export_model
+    from .training import export_args, load_model
+    from .training.summary import summarize
     model, config, data = load_model(args.checkpoint)
     nbytes = export_model(model, *export_args(config, data)).save(args.output)
     s = summarize(model, data.image_shape, packed_bytes=nbytes)
@@ -131,7 +116,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_eval_packed(args: argparse.Namespace) -> int:
     from . import kernels
     from .data import load_dataset
-    from .infer import PackedNetwork
+    from .packed import PackedNetwork
     if args.backend:
         kernels.set_backend(args.backend)
     net = PackedNetwork.load(args.packed)
@@ -161,7 +146,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise ValueError("eval: give --checkpoint CKPT or --packed FILE")
     from .data import load_dataset
-    from .train import evaluate, load_model
+    from .training import evaluate, load_model
     data = None
     if args.dataset:
         data = load_dataset(args.dataset, args.data_dir, args.pad_to)
@@ -180,7 +165,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: a CNN trained in pure NumPy on the bundled digits, then a report."""
-    from .train import TrainConfig, Trainer
+    from .training import TrainConfig, Trainer
     config = TrainConfig(model="digits_cnn", dataset="digits", epochs=args.epochs, batch_size=32, lr=0.05,
                          weight_decay=5e-4, seed=args.seed, method="apb", bits_per_weight=args.bits_per_weight)
     out = Path(args.out)
@@ -242,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .train import TrainingDiverged
+    from .training import TrainingDiverged
     try:
         return args.func(args)
     except TrainingDiverged as e:

@@ -26,7 +26,7 @@ from common import machine, print_table, write_json
 
 from apb_ref.bench import measure, measure_interleaved, speedup
 from apb_ref.kernels import reference
-from apb_ref.runtime import reuse_freed_memory
+from apb_ref.training.runtime import reuse_freed_memory
 
 try:
     import apb_ref._kernels as R

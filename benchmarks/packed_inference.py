@@ -21,12 +21,12 @@ from common import machine, print_table, write_json
 
 from apb_ref.autograd import Tensor, no_grad
 from apb_ref.bench import measure_interleaved, speedup
-from apb_ref.export import export_model
-from apb_ref.infer import PackedNetwork
+from apb_ref.packed import export_model
+from apb_ref.packed import PackedNetwork
 from apb_ref.kernels import backend
 from apb_ref.models import build
 from apb_ref.quant.budget import MemoryBudget, fp_fraction_for_bits
-from apb_ref.runtime import reuse_freed_memory
+from apb_ref.training.runtime import reuse_freed_memory
 
 BATCH = 256
 

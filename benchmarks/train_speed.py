@@ -14,11 +14,11 @@ import numpy as np
 
 from common import machine, print_table, time_median, write_json
 
-from apb_ref import functional as F
+from apb_ref import ops as F
 from apb_ref.autograd import Tensor, no_grad
 from apb_ref.models import build
-from apb_ref.optim import SGD
-from apb_ref.runtime import reuse_freed_memory
+from apb_ref.nn.optim import SGD
+from apb_ref.training.runtime import reuse_freed_memory
 
 
 def main() -> None:

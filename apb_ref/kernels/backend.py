@@ -15,7 +15,8 @@ import os
 
 import numpy as np
 
-from . import reference
+from ..ops.lowering import im2col_columns, pad_hw
+from . import contracts, reference
 
 try:  # the compiled extension is optional
     from .. import _kernels as _rust
@@ -105,7 +106,19 @@ def _pack_bits_rust(x, *, layout="rows", **options):
     return _rust.pack_bits(_contiguous(x), layout=layout, **options)
 
 
-# name -> (NumPy reference, Rust wrapper or None while the kernel is NumPy-only)
+def _im2col_fast(x, kh, kw, stride=1, padding=0, layout="rows"):
+    """The columns layout by the conv ops' threaded copy (memory-bound: Rust would not beat it); the
+    rows layout, which nothing hot uses, by the oracle."""
+    if layout != "columns":
+        return reference.im2col(x, kh, kw, stride, padding, layout)
+    contracts.check_array("im2col", "x", x, np.float32, 4, "(N, C, H, W)")
+    contracts.check_conv_args("im2col", kh, kw, stride, padding)
+    n, c, h, w = x.shape
+    ho, wo = contracts.conv_output("im2col", n, h, w, kh, kw, stride, padding, c * kh * kw)
+    return im2col_columns(pad_hw(x, padding), kh, kw, stride, ho, wo)
+
+
+# name -> (NumPy reference, the fast implementation (Rust, or None while the kernel is NumPy-only))
 _KERNELS = {
     "pack_bits": (reference.pack_bits, _pack_bits_rust),
     "pack_mask": (reference.pack_mask, _rust_call("pack_mask")),
@@ -116,19 +129,19 @@ _KERNELS = {
     "bgemm_1x2": (reference.bgemm_1x2, _rust_call("bgemm_1x2")),
     "bgemm_2x2": (reference.bgemm_2x2, _rust_call("bgemm_2x2")),
     "csr_matmul": (reference.csr_matmul, _rust_call("csr_matmul")),
-    "im2col": (reference.im2col, None),  # strided copies on all cores: memory-bound either way
+    "im2col": (reference.im2col, _im2col_fast),
     "im2col_bits": (reference.im2col_bits, _rust_call("im2col_bits")),
     "csr_conv2d": (reference.csr_conv2d, _rust_call("csr_conv2d")),
 }
 
 
 def _kernel(name: str):
-    numpy_fn, rust_fn = _KERNELS[name]
+    numpy_fn, fast_fn = _KERNELS[name]
 
     @functools.wraps(numpy_fn)
     def dispatch(*args, **kwargs):
-        if rust_fn is not None and get_backend() == "rust":
-            return rust_fn(*args, **kwargs)
+        if fast_fn is not None and get_backend() == "rust":
+            return fast_fn(*args, **kwargs)
         return numpy_fn(*args, **kwargs)
 
     dispatch.__module__ = __name__

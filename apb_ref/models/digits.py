@@ -3,7 +3,7 @@ a linear head. Trains to ~98% on scikit-learn's digits in seconds on a CPU."""
 from __future__ import annotations
 
 from .. import nn
-from .layers import LayerFactory
+from ..quant import LayerFactory
 
 
 class DigitsCNN(nn.Module):

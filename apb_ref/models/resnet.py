@@ -2,9 +2,9 @@
 three basic blocks, parameter-free "option A" shortcuts (subsample + zero-pad channels)."""
 from __future__ import annotations
 
-from .. import functional as F
+from .. import ops as F
 from .. import nn
-from .layers import LayerFactory
+from ..quant import LayerFactory
 
 
 def shortcut_option_a(x, out_channels: int, stride: int):

@@ -3,7 +3,7 @@ a 2×2 max-pool after every second conv, BatchNorm and an activation after each,
 from __future__ import annotations
 
 from .. import nn
-from .layers import LayerFactory
+from ..quant import LayerFactory
 
 
 class VGGSmall(nn.Module):

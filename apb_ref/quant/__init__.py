@@ -1,51 +1,14 @@
-"""Compression methods behind the method seam. `layer_factory(method, ...)` gives models their
-compressed layers; each method is one file here."""
-from __future__ import annotations
+"""The method seam: weight quantizers (one file per method), their registry, the compressed layers
+and the factory models ask for layers, activation quantizers, and the memory budget.
 
-from functools import partial
-
-import numpy as np
-
-from .. import nn
-from ..models.layers import LayerFactory
-from .activations import activation_quantizer
-from .apb import APB
-from .base import ActivationQuantizer, WeightCount, WeightQuantizer
-
-METHODS = {"fp": "full precision (no compression)", "apb": "Automatic Prune Binarization (METHODS §1)"}
-
-
-class QuantLayerFactory(LayerFactory):
-    """Compressed layers where `compress=True`; the first conv and last linear stay full precision."""
-
-    def __init__(self, rng: np.random.Generator, weight_quantizer, act_bits: int = 32, act_ste: str = "identity"):
-        super().__init__(rng)
-        self.weight_quantizer, self.act_bits, self.act_ste = weight_quantizer, act_bits, act_ste
-
-    def conv(self, cin, cout, k, stride=1, padding=0, bias=False, compress=True):
-        if not compress:
-            return super().conv(cin, cout, k, stride, padding, bias, compress)
-        return nn.QuantConv2d(cin, cout, k, stride, padding, bias, self.rng, "kaiming_normal",
-                              self.weight_quantizer, activation_quantizer(self.act_bits, self.act_ste))
-
-    def linear(self, fin, fout, bias=True, compress=True):
-        if not compress:
-            return super().linear(fin, fout, bias, compress)
-        return nn.QuantLinear(fin, fout, bias, self.rng, self.weight_quantizer,
-                              activation_quantizer(self.act_bits, self.act_ste))
-
-
-def layer_factory(method: str, rng: np.random.Generator, act_bits: int = 32, act_ste: str = "identity",
-                  **options) -> LayerFactory:
-    """The layer factory for a method; `options` are the method's own (e.g. APB's alpha_delta)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHODS)}")
-    if method == "fp":
-        if act_bits != 32:
-            return QuantLayerFactory(rng, None, act_bits, act_ste)
-        return LayerFactory(rng)
-    return QuantLayerFactory(rng, partial(APB, **options), act_bits, act_ste)
-
-
-
-__all__ = ["METHODS", "layer_factory", "APB", "WeightQuantizer", "ActivationQuantizer", "WeightCount", "QuantLayerFactory"]
+  base         WeightQuantizer (every hook a method can have), MethodOptions, WeightCount
+  registry     METHODS, register(), layer_factory()
+  layers       QuantConv2d, QuantLinear, LayerFactory, QuantLayerFactory
+  activations  1-bit sign and 2-bit DoReFa activation quantizers
+  budget       the memory budget (asks the quantizers; never writes their state)
+  packing      sign planes and CSR rows for the methods' packed forms
+  apb          the methods
+"""
+from .base import ActivationQuantizer, MethodOptions, WeightCount, WeightQuantizer  # noqa: F401
+from .layers import LayerFactory, QuantConv2d, QuantLayerFactory, QuantLinear, quantized_layers  # noqa: F401
+from .registry import METHODS, layer_factory, method, register  # noqa: F401

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import Function, Tensor
-from ..kernels.reference import sign_pm1
+from ..ops.lowering import sign_pm1
+from ..ops.spec import OpSpec, draw_int, random_array
 from .base import ActivationQuantizer
 
 
@@ -83,3 +84,20 @@ def activation_quantizer(bits: int, ste: str = "identity") -> ActivationQuantize
     if bits == 2:
         return DoReFaActivation()
     raise ValueError(f"activation bits must be 32, 2 or 1, got {bits}")
+
+
+# --- op specs (apb_ref.testing): both are STEs, checked against their declared surrogate gradients ---
+def _act_inputs(draw):
+    x = random_array(draw, (draw_int(draw, 1, 4), draw_int(draw, 1, 5))) * 1.5
+    return [x], {}
+
+
+OP_SPECS = (
+    OpSpec("sign_ste_identity", _act_inputs, lambda x: sign_ste(x, False), (SignSTE,),
+           lambda x: np.where(x < 0, -1.0, 1.0), differentiable=(), surrogate=lambda a, g: {0: g}),
+    OpSpec("sign_ste_clipped", _act_inputs, lambda x: sign_ste(x, True), (SignSTE,),
+           lambda x: np.where(x < 0, -1.0, 1.0), differentiable=(), surrogate=lambda a, g: {0: g * (np.abs(a[0]) <= 1)}),
+    OpSpec("dorefa2", _act_inputs, lambda x: dorefa_quantize(x, 2), (DoReFaQuantize,),
+           lambda x: np.round(np.clip(x, 0, 1) * 3) / 3, differentiable=(),
+           surrogate=lambda a, g: {0: g * ((a[0] >= 0) & (a[0] <= 1))}),
+)

@@ -1,14 +1,48 @@
 """The method seam. A weight quantizer maps a layer's latent weights to the weights the layer
-computes with, inside autograd; it owns its own parameters, schedule hooks and memory count.
-`QuantConv2d`/`QuantLinear` (nn.py) hold one and never ask which method it is."""
+computes with, inside autograd, and owns everything else about its method:
+
+  Options          a dataclass of the method's own settings; the CLI flags and TrainConfig fields
+                   are generated from it (field metadata: help, choices)
+  forward(w)       the effective weights (a graph node: the method's STE lives in its Function)
+  quantizer_parameters()  parameters trained by their own optimizer (e.g. APB's α, δ)
+  on_epoch_start   schedule hooks (freezing), idempotent in the epoch so resume replays them
+  count(w)         how the weights are stored (the memory formula reads only this)
+  layer_log(w)     scalars for the per-epoch metrics log
+  budget hooks     soft_fp_fraction / budget_distances / apply_budget, for methods with a memory
+                   budget (budgeted = True); the budget asks, it never writes a quantizer's state
+  op_specs         how its autograd ops are tested (forward reference, gradient or STE surrogate)
+  pack(w)          the packed form: tensors + a JSON spec, run at inference by `packed_layer`
+                   (a name in apb_ref.packed.layers.PACKED_LAYERS)
+
+`QuantConv2d`/`QuantLinear` (layers.py) hold one and never ask which method it is.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import nn
 from ..autograd import Tensor
+
+
+def option(default: Any, help: str, choices: tuple | None = None) -> Any:
+    """A method option: a dataclass field whose metadata becomes its CLI flag's help and choices."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Base of every method's options (full precision has none)."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the option when a value is out of range."""
+
+    @property
+    def quantizer_lr(self) -> float | None:
+        """Learning rate of the quantizer's own optimizer (Adam), when it has parameters."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -25,9 +59,18 @@ class WeightCount:
 
 
 class WeightQuantizer(nn.Module):
-    """Base: the identity (full precision)."""
+    """Base, and the "fp" method: the identity (full precision)."""
 
-    name = "fp"
+    name: ClassVar[str] = "fp"
+    description: ClassVar[str] = "full precision (no compression)"
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    budgeted: ClassVar[bool] = False  # takes --bits-per-weight / --fp-fraction
+    packed_layer: ClassVar[str | None] = None  # None: exported as float32 weights
+    op_specs: ClassVar[tuple] = ()  # the method's ops' test specs (apb_ref.testing collects them)
+
+    def __init__(self, w: np.ndarray | None = None, options: MethodOptions | None = None):
+        super().__init__()
+        self.options = options if options is not None else self.Options()
 
     def forward(self, w: Tensor) -> Tensor:
         return w
@@ -45,6 +88,18 @@ class WeightQuantizer(nn.Module):
     def layer_log(self, w: np.ndarray) -> dict[str, float]:
         """Scalars for the per-epoch metrics log."""
         return {}
+
+    def mask(self, w: np.ndarray) -> np.ndarray:
+        """True where a weight is binarized (none in full precision)."""
+        return np.zeros(w.shape, dtype=bool)
+
+    def band(self) -> tuple[float, float] | None:
+        """(centre, half-width) of the band of weights that are binarized, for plots; None if none."""
+        return None
+
+    def pack(self, w: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The packed form of latent weights w: named tensors and a JSON-able spec."""
+        raise NotImplementedError(f"method {self.name!r} has no packed form")
 
 
 class ActivationQuantizer(nn.Module):

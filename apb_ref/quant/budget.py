@@ -1,29 +1,31 @@
-"""A memory budget for APB (METHODS §6.2, beyond the released code).
+"""A memory budget for the methods that take one (`budgeted = True`, e.g. APB; METHODS §5, §6.2).
 
 Users think in bits per weight. A compressed layer with full-precision (FP) fraction f costs about
 1 + (31 + b_idx)·f bits per weight, so a budget of B bits/weight is a target FP fraction
 
     f* = (B − 1) / (31 + b_idx).
 
-During training the loss gets  λ·relu(f̃ − f*),  where f̃ = Σ_l N_l·f̃_l / Σ_l N_l over the APB
-layers and f̃_l = 1 − mean_i σ((m·δ − ||w_i| − α|)/(τ·δ)) is a smooth count of the layer's FP
-weights (`soft_fp_fraction`). Its gradient widens the bands (δ up), moves α and pulls weights in.
+During training the loss gets  λ·relu(f̃ − f*),  where f̃ = Σ_l N_l·f̃_l / Σ_l N_l over the budgeted
+layers and f̃_l is each quantizer's smooth count of its FP weights (`soft_fp_fraction`; for APB
+1 − mean_i σ((m·δ − ||w_i| − α|)/(τ·δ))). Its gradient widens the bands (δ up), moves α and pulls weights in.
 
 At the start of the projection epoch (default: the last one) a hard projection sets the budget
-exactly: with d_i = ||w_i| − α_l|/(m·δ_l) (a weight is FP iff d_i ≥ 1), all δ_l are scaled by one
+exactly: with each quantizer's distances d_i (`budget_distances`; APB: d_i = ||w_i| − α_l|/(m·δ_l),
+a weight is FP iff d_i ≥ 1), all bands are scaled by one
 common factor s chosen so that exactly ⌊f*·N⌋ weights have d_i ≥ s — the bands widen when the
 model is over budget and narrow when it is under, so the budget is met and also used (the weights
 farthest from ±α, APB's outliers, keep full precision). The masks are then frozen, and the
-remaining epochs fine-tune the weights under the exact budget.
+remaining epochs fine-tune the weights under the exact budget. The budget only asks: each quantizer
+applies the scale to its own state (`apply_budget`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import functional as F
+from .. import ops as F
 from ..autograd import Tensor
-from ..nn import Module, quantized_layers
-from .apb import APB, soft_fp_fraction
+from ..nn import Module
+from .layers import quantized_layers
 
 
 def fp_fraction_for_bits(bits_per_weight: float, b_idx: int) -> float:
@@ -33,8 +35,9 @@ def fp_fraction_for_bits(bits_per_weight: float, b_idx: int) -> float:
     return min(1.0, (bits_per_weight - 1.0) / (31.0 + b_idx))
 
 
-def apb_layers(model: Module) -> list[tuple[str, Module]]:
-    return [(n, m) for n, m in quantized_layers(model) if isinstance(m.weight_quantizer, APB)]
+def budgeted_layers(model: Module) -> list[tuple[str, Module]]:
+    """The layers whose method takes a memory budget."""
+    return [(n, m) for n, m in quantized_layers(model) if m.weight_quantizer.budgeted]
 
 
 class MemoryBudget:
@@ -46,15 +49,14 @@ class MemoryBudget:
         self.fp_fraction, self.weight, self.tau = fp_fraction, weight, tau
 
     def penalty(self, model: Module) -> Tensor | None:
-        """λ·relu(f̃ − f*) as a graph node, or None when the model has no APB layer."""
-        layers = apb_layers(model)
+        """λ·relu(f̃ − f*) as a graph node, or None when the model has no budgeted layer."""
+        layers = budgeted_layers(model)
         if not layers:
             return None
         total = sum(m.weight.size for _, m in layers)
         soft = None
         for _, m in layers:
-            q = m.weight_quantizer
-            term = soft_fp_fraction(m.weight, q.alpha, q.delta, float(q.margin), self.tau) * (m.weight.size / total)
+            term = m.weight_quantizer.soft_fp_fraction(m.weight, self.tau) * (m.weight.size / total)
             soft = term if soft is None else soft + term
         return F.relu(soft - self.fp_fraction) * self.weight
 
@@ -62,27 +64,19 @@ class MemoryBudget:
         """Scale every band by one factor so that the FP fraction is f* (rounded down to whole
         weights), then freeze the masks; returns the factor. Over budget the bands widen; under
         budget they narrow, so the weights farthest from ±α use the memory the budget allows."""
-        layers = apb_layers(model)
+        layers = budgeted_layers(model)
         if not layers:
             return 1.0
-        distances = []
-        for _, m in layers:
-            q = m.weight_quantizer
-            distances.append(np.abs(np.abs(m.weight.data.astype(np.float64)) - float(q.alpha.data))
-                             / (float(q.margin) * float(q.delta.data)))
+        distances = [m.weight_quantizer.budget_distances(m.weight.data) for _, m in layers]
         flat = np.concatenate([d.ravel() for d in distances])
         allowed = int(np.floor(self.fp_fraction * flat.size))
         if allowed >= flat.size:  # the budget holds every weight in full precision: empty masks,
-            for _, m in layers:    # δ left alone (a zero band would divide by zero downstream)
-                m.weight_quantizer.frozen_mask[...] = False
-                m.weight_quantizer.mask_is_frozen[...] = True
+            for (_, m), d in zip(layers, distances):  # bands left alone (a zero band would divide by zero)
+                m.weight_quantizer.apply_budget(d, None)
             return 0.0
         # just above the (allowed+1)-th largest distance: exactly the `allowed` farthest stay FP
         kth = np.partition(flat, flat.size - allowed - 1)[flat.size - allowed - 1]
         scale = float(np.nextafter(kth, np.inf))
         for (_, m), d in zip(layers, distances):
-            q = m.weight_quantizer
-            q.delta.data[...] = q.delta.data * scale
-            q.frozen_mask[...] = d < scale  # decided in float64, exact whatever δ rounds to
-            q.mask_is_frozen[...] = True
+            m.weight_quantizer.apply_budget(d, scale)
         return scale

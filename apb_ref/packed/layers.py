@@ -1,8 +1,10 @@
-"""Run a packed model (`export.py`) on the kernels of the backend seam.
+"""Packed layers: the modules a packed model runs, on the kernels of the backend seam.
 
-A compressed layer computes y = α·(B·X) + S·X + bias (METHODS §1.8): X is the (K, P) im2col matrix
-of the quantized input (K = C·kh·kw rows, one column per output position), B the packed sign matrix
-and S the CSR residual. B·X runs, by activation precision,
+`PACKED_LAYERS` maps the name a method gives as its `packed_layer` to the module that runs its packed
+form. "binary" runs y = α·(B·X) + S·X + bias (METHODS §1.8) for APB and BNN alike: X is the (K, P)
+im2col matrix of the quantized input (K = C·kh·kw rows, one column per output position), B the packed
+sign matrix, α one scale per output row (APB stores one for the layer) and S an optional CSR residual
+(APB's full-precision weights; BNN has none). B·X runs, by activation precision,
 
   1-bit  x ∈ {±1}:           bgemm_1x1 on packed bits — an exact integer;
   2-bit  x = (v + 3)/6, v ∈ {−3, −1, 1, 3} (DoReFa levels 0, ⅓, ⅔, 1):
@@ -20,19 +22,16 @@ is the same functional code as training, without a graph.
 """
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import functional as F
-from . import kernels
-from . import nn
-from .autograd import Tensor, no_grad
-from .export import PackedModel, load_packed
-from .models import build
-from .quant.activations import activation_quantizer
+from .. import kernels
+from .. import nn
+from .. import ops as F
+from ..autograd import Tensor
+from ..ops.lowering import conv_output_size
+from ..quant.activations import activation_quantizer
 
 
 class PackedLinearCore(nn.Module):
@@ -43,10 +42,13 @@ class PackedLinearCore(nn.Module):
         self.k, self.act_bits = int(spec["k"]), int(spec["act_bits"])
         self.sign_bits = t[f"{prefix}.sign_bits"]
         self.out_features = self.sign_bits.shape[0]
-        self.alpha = np.float32(t[f"{prefix}.alpha"][0])
-        self.indptr = t[f"{prefix}.csr_indptr"].astype(np.int64)
-        self.indices = t[f"{prefix}.csr_indices"].astype(np.int32)
-        self.values = t[f"{prefix}.csr_values"].astype(np.float32)
+        # α per output row: APB stores one for the layer, BNN one per channel
+        self.alpha = np.broadcast_to(t[f"{prefix}.alpha"].astype(np.float32), (self.out_features,)).copy()
+        self.sparse = f"{prefix}.csr_values" in t  # a residual S (APB); BNN has none
+        if self.sparse:
+            self.indptr = t[f"{prefix}.csr_indptr"].astype(np.int64)
+            self.indices = t[f"{prefix}.csr_indices"].astype(np.int32)
+            self.values = t[f"{prefix}.csr_values"].astype(np.float32)
         self.bias = t.get(f"{prefix}.bias")
         # the float model's own activation quantizer (element-wise, so applied to the activation map
         # before im2col: kh·kw times fewer elements than the columns)
@@ -58,10 +60,10 @@ class PackedLinearCore(nn.Module):
         o = self.out_features
         bias = np.zeros(o, np.float32) if self.bias is None else self.bias.astype(np.float32)
         if self.act_bits == 1:
-            self.epilogue = {"scale": np.full(o, self.alpha, np.float32), "shift": bias}
+            self.epilogue = {"scale": self.alpha.copy(), "shift": bias}
         if self.act_bits == 2:
             row_sums = self.k - 2 * np.bitwise_count(self.sign_bits).sum(axis=1).astype(np.int64)
-            self.epilogue = {"scale": np.full(o, self.alpha / 6, np.float32),
+            self.epilogue = {"scale": (self.alpha / np.float32(6)).astype(np.float32),
                              "shift": (self.alpha * (row_sums / 2) + bias).astype(np.float32)}
 
     def matmul(self, cols: np.ndarray) -> np.ndarray:
@@ -77,10 +79,11 @@ class PackedLinearCore(nn.Module):
             hi, lo = kernels.pack_2bit(v, layout="columns")
             y = kernels.bgemm_1x2(self.sign_bits, hi, lo, self.k, **self.epilogue)
         else:
-            y = self.alpha * (self.signs @ cols)
+            y = self.alpha[:, None] * (self.signs @ cols)
             if self.bias is not None:
                 y += self.bias[:, None]
-        y += kernels.csr_matmul(self.indptr, self.indices, self.values, cols)
+        if self.sparse:
+            y += kernels.csr_matmul(self.indptr, self.indices, self.values, cols)
         return y
 
 
@@ -100,8 +103,8 @@ class PackedConv2d(PackedLinearCore):
 
     def forward(self, x):
         n, _, h, w = x.shape
-        ho = (h + 2 * self.padding - self.kh) // self.stride + 1
-        wo = (w + 2 * self.padding - self.kw) // self.stride + 1
+        ho = conv_output_size(h, self.kh, self.stride, self.padding)
+        wo = conv_output_size(w, self.kw, self.stride, self.padding)
         if self.packed_input:
             y = self._packed_forward(np.ascontiguousarray(x.data)).reshape(self.out_features, n, ho, wo)
         else:
@@ -122,7 +125,8 @@ class PackedConv2d(PackedLinearCore):
             raise ValueError("PackedConv2d.fold: only layers with 1- or 2-bit activations fold a BatchNorm")
         scale, shift = np.asarray(scale, np.float32), np.asarray(shift, np.float32)
         self.epilogue = {"scale": self.epilogue["scale"] * scale, "shift": self.epilogue["shift"] * scale + shift}
-        self.values = self.values * scale[np.repeat(np.arange(self.out_features), np.diff(self.indptr))]
+        if self.sparse:
+            self.values = self.values * scale[np.repeat(np.arange(self.out_features), np.diff(self.indptr))]
         self.out_scale = self.out_scale * scale
         self.__dict__.pop("_corrections", None)
 
@@ -158,8 +162,9 @@ class PackedConv2d(PackedLinearCore):
                                   self.k, **self.epilogue)
             sparse_input, signs = xq, False
         # y = α·(B·X) + bias, this call's own float32 array: S·X goes straight into it
-        kernels.csr_conv2d(self.indptr, self.indices, self.values, sparse_input, self.kh, self.kw, self.stride,
-                           self.padding, signs=signs, add_to=y)
+        if self.sparse:
+            kernels.csr_conv2d(self.indptr, self.indices, self.values, sparse_input, self.kh, self.kw, self.stride,
+                               self.padding, signs=signs, add_to=y)
         return y
 
     def _padding_correction(self, chw) -> np.ndarray:
@@ -177,8 +182,7 @@ class PackedConv2d(PackedLinearCore):
             border = np.ones((1, c, h + 2 * p, w + 2 * p), dtype=np.float32)
             border[:, :, p:p + h, p:p + w] = 0
             cols = kernels.im2col(border, self.kh, self.kw, self.stride, 0, layout="columns")
-            ho = (h + 2 * p - self.kh) // self.stride + 1
-            wo = (w + 2 * p - self.kw) // self.stride + 1
+            ho, wo = conv_output_size(h, self.kh, self.stride, p), conv_output_size(w, self.kw, self.stride, p)
             signs = kernels.unpack_bits(self.sign_bits, self.k)
             surplus = (self.alpha * self.out_scale)[:, None] * (signs @ cols)
             cache[chw] = surplus.reshape(self.out_features, ho, wo)
@@ -212,7 +216,7 @@ class FloatLayer(nn.Module):
 class Affine(nn.Module):
     """Folded BatchNorm: y = x·scale + shift per channel."""
 
-    def __init__(self, prefix, t):
+    def __init__(self, prefix, spec, t, layer=None):
         super().__init__()
         self.scale, self.shift = t[f"{prefix}.scale"], t[f"{prefix}.shift"]
 
@@ -223,83 +227,10 @@ class Affine(nn.Module):
         return Tensor(y)
 
 
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    *path, leaf = name.split(".")
-    module = model
-    for part in path:
-        module = module._modules[part]
-    return module, leaf
+def binary_layer(prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray], layer: nn.Module) -> nn.Module:
+    """The "binary" packed layer: PackedConv2d for a 4-D weight, PackedLinear for a 2-D one."""
+    return PackedConv2d(prefix, spec, t) if len(spec["weight_shape"]) == 4 else PackedLinear(prefix, spec, t)
 
 
-def _conv_bn_pairs(model: nn.Module):
-    """(parent, conv name, BatchNorm name) for each BatchNorm that reads only a conv's output: the two
-    are neighbours in a Sequential, or the parent module lists them in `conv_bn_pairs`."""
-    for _, module in model.named_modules():
-        names = list(module._modules)
-        pairs = zip(names, names[1:]) if isinstance(module, nn.Sequential) else getattr(module, "conv_bn_pairs", ())
-        for conv, bn in pairs:
-            yield module, conv, bn
-
-
-def fold_batchnorms(model: nn.Module) -> None:
-    """Fold each BatchNorm (an `Affine`) that follows a 1- or 2-bit packed conv into it and put an
-    identity in its place: one pass over the map less per layer."""
-    for parent, conv_name, bn_name in list(_conv_bn_pairs(model)):
-        conv, bn = parent._modules.get(conv_name), parent._modules.get(bn_name)
-        if isinstance(conv, PackedConv2d) and conv.packed_input and isinstance(bn, Affine):
-            conv.fold(bn.scale, bn.shift)
-            setattr(parent, bn_name, nn.Lambda(lambda x: x, "batchnorm folded into the conv"))
-
-
-def build_packed(packed: PackedModel, fold_batchnorm: bool = True) -> nn.Module:
-    """The model's architecture with every layer replaced by its packed counterpart (and, with
-    `fold_batchnorm`, the BatchNorms after 1- and 2-bit packed convs folded into them)."""
-    args = dict(packed.header["build"])
-    model = build(**args)
-    t = packed.tensors
-    for name, spec in packed.header["layers"].items():
-        parent, leaf = _parent(model, name)
-        old = parent._modules.get(leaf)
-        if old is None:
-            raise ValueError(f"packed model: layer {name} does not exist in a {args.get('name')} model")
-        if spec["kind"] == "apb":
-            new = PackedConv2d(name, spec, t) if len(spec["weight_shape"]) == 4 else PackedLinear(name, spec, t)
-        elif spec["kind"] == "float":
-            new = FloatLayer(name, spec, t, old)
-        else:
-            new = Affine(name, t)
-        setattr(parent, leaf, new)
-    if fold_batchnorm:
-        fold_batchnorms(model)
-    return model.eval()
-
-
-class PackedNetwork:
-    """A packed file made runnable: `predict_logits(images)` for normalized NCHW float32 images."""
-
-    def __init__(self, packed: PackedModel, fold_batchnorm: bool = True):
-        self.header = packed.header
-        self.model = build_packed(packed, fold_batchnorm)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "PackedNetwork":
-        return cls(load_packed(path))
-
-    def logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        outs = []
-        with no_grad():
-            for i in range(0, len(x), batch_size):
-                outs.append(self.model(Tensor(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32))).data)
-        return np.concatenate(outs)
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict[str, float]:
-        """Accuracy and images/s on images in [0, 1] (normalized here with the stored statistics)."""
-        norm = self.header.get("normalization", {})
-        if norm:
-            shape = (1, -1, 1, 1)
-            x = (x - np.asarray(norm["mean"], np.float32).reshape(shape)) / np.asarray(norm["std"], np.float32).reshape(shape)
-        start = time.perf_counter()
-        logits = self.logits(x, batch_size)
-        seconds = time.perf_counter() - start
-        return {"accuracy": float((logits.argmax(axis=1) == y).mean()), "images_per_second": len(y) / seconds,
-                "seconds": seconds, "images": int(len(y))}
+# packed_layer name (WeightQuantizer.packed_layer, or the export's own kinds) -> what builds its module
+PACKED_LAYERS = {"binary": binary_layer, "float": FloatLayer, "affine": Affine}

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from apb_ref import functional as F
+from apb_ref import ops as F
 from apb_ref import nn
 from apb_ref.autograd import Tensor, no_grad
 from apb_ref.models import MODELS, build

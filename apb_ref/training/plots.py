@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..quant import quantized_layers
+
 
 def training_curves(metrics_path: str | Path, out_png: str | Path, title: str = "") -> Path:
     """Loss and accuracy per epoch, train and test, from a metrics.jsonl log."""
@@ -34,27 +36,31 @@ def training_curves(metrics_path: str | Path, out_png: str | Path, title: str = 
     return out_png
 
 
+def band_layers(model) -> dict:
+    """name -> layer for every compressed layer whose method binarizes a band of weights (APB)."""
+    return {n: m for n, m in quantized_layers(model) if m.weight_quantizer.band() is not None}
+
+
 def band_histogram(model, out_png: str | Path, layer: str | None = None) -> Path:
-    """One APB layer's latent-weight histogram: the binarization band [α−δ, α+δ] (and its mirror)
-    shaded, the full-precision weights in a separate colour. Default layer: the largest."""
+    """One layer's latent-weight histogram for a method with a binarization band (APB): the band
+    [α−δ, α+δ] (and its mirror) shaded, the full-precision weights in a separate colour. Default
+    layer: the largest."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .quant.budget import apb_layers
-
-    layers = dict(apb_layers(model))
+    layers = band_layers(model)
     if not layers:
-        raise ValueError("band_histogram: the model has no APB layer")
+        raise ValueError("band_histogram: the model has no layer with a binarization band")
     if layer is None:
         layer = max(layers, key=lambda n: layers[n].weight.size)
     if layer not in layers:
-        raise ValueError(f"band_histogram: no APB layer named {layer!r}; choose from {sorted(layers)}")
+        raise ValueError(f"band_histogram: no banded layer named {layer!r}; choose from {sorted(layers)}")
     m = layers[layer]
     q, w = m.weight_quantizer, m.weight.data.ravel()
     mask = q.mask(m.weight.data).ravel()
-    alpha, delta = float(q.alpha.data), float(q.delta.data) * float(q.margin)
+    alpha, delta = q.band()
     fig, ax = plt.subplots(figsize=(7, 3.4))
     bins = np.linspace(w.min(), w.max(), 121)
     ax.hist(w[mask], bins=bins, color="tab:blue", alpha=0.8, label=f"binarized to ±α ({mask.sum():,})")

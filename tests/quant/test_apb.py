@@ -5,14 +5,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from apb_ref import checkpoint, nn
-from apb_ref import functional as F
+from apb_ref import nn
+from apb_ref.training import checkpoint
+from apb_ref import ops as F
 from apb_ref.autograd import Tensor
 from apb_ref.models import build
-from apb_ref.quant.apb import APB, apb_quantize, band_mask
-from apb_ref.quant.budget import MemoryBudget, apb_layers, fp_fraction_for_bits
-from apb_ref.summary import index_bits, summarize
-from apb_ref.train import TrainConfig, Trainer
+from apb_ref.quant import QuantConv2d
+from apb_ref.quant.apb import APB, APBOptions, apb_quantize, band_mask
+from apb_ref.quant.budget import MemoryBudget, budgeted_layers, fp_fraction_for_bits
+from apb_ref.training.summary import index_bits, summarize
+from apb_ref.training import TrainConfig, Trainer
 
 weights = hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=6),
                      elements=st.floats(-3, 3, width=32))
@@ -63,7 +65,7 @@ def _tiny_run(tmp_path, **overrides):
 
 
 def _quantizers(model):
-    return [m.weight_quantizer for _, m in apb_layers(model)]
+    return [m.weight_quantizer for _, m in budgeted_layers(model)]
 
 
 def test_fixed_alpha_delta_never_move_and_learned_ones_do(tmp_path):
@@ -96,7 +98,7 @@ def test_freezing_freezes(tmp_path):
     qs = _quantizers(t.model)
     frozen = [(q.alpha.data.copy(), q.delta.data.copy(), q.frozen_mask.copy()) for q in qs]
     t.train_epoch(1)  # the epoch's own hooks run again: idempotent
-    for (a, d, mask), (_, layer) in zip(frozen, apb_layers(t.model)):
+    for (a, d, mask), (_, layer) in zip(frozen, budgeted_layers(t.model)):
         q = layer.weight_quantizer
         assert a == q.alpha.data and d == q.delta.data
         assert np.array_equal(mask, q.mask(layer.weight.data))  # the latent weights moved, the mask did not
@@ -105,7 +107,7 @@ def test_freezing_freezes(tmp_path):
 
 def test_budget_penalty_gradient_widens_the_band_when_over_budget():
     rng = np.random.default_rng(0)
-    layer = nn.QuantConv2d(8, 8, 3, weight_quantizer=APB, rng=rng)
+    layer = QuantConv2d(8, 8, 3, weight_quantizer=APB, rng=rng)
     q = layer.weight_quantizer
     q.delta.data[...] = q.delta.data * 0.2  # a narrow band: many full-precision weights
     over = MemoryBudget(fp_fraction=0.01)
@@ -155,7 +157,7 @@ def test_budget_run_reports_and_meets_its_budget(tmp_path):
 
 def test_summary_equals_hand_counts_on_a_tiny_model():
     rng = np.random.default_rng(0)
-    conv = nn.QuantConv2d(2, 3, 3, padding=1, weight_quantizer=APB, rng=rng)
+    conv = QuantConv2d(2, 3, 3, padding=1, weight_quantizer=APB, rng=rng)
     head = nn.Linear(3 * 4 * 4, 5, rng=rng)
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(2), conv, nn.Flatten(), head)
     w = conv.weight.data
@@ -178,13 +180,13 @@ def test_summary_equals_hand_counts_on_a_tiny_model():
 
 def test_checkpoint_round_trips_alpha_delta_and_frozen_masks(tmp_path):
     model = build("digits_cnn", in_channels=1, image_size=8, method="apb", seed=3)
-    for _, m in apb_layers(model):
+    for _, m in budgeted_layers(model):
         m.weight_quantizer.alpha.data[...] = 0.123
         m.weight_quantizer.freeze_mask(m.weight.data)
     checkpoint.save(tmp_path / "m.ckpt", {"model": dict(model.state_dict())})
     other = build("digits_cnn", in_channels=1, image_size=8, method="apb", seed=4)
     other.load_state_dict(checkpoint.load(tmp_path / "m.ckpt")["model"])
-    for (_, a), (_, b) in zip(apb_layers(model), apb_layers(other)):
+    for (_, a), (_, b) in zip(budgeted_layers(model), budgeted_layers(other)):
         qa, qb = a.weight_quantizer, b.weight_quantizer
         assert qb.alpha.data == np.float32(0.123) and qb.delta.data == qa.delta.data
         assert bool(qb.mask_is_frozen) and np.array_equal(qa.frozen_mask, qb.frozen_mask)
@@ -201,10 +203,10 @@ def test_metrics_log_records_alpha_delta_and_fp_fraction_per_layer(tmp_path):
 
 def test_bad_apb_options_raise(tmp_path):
     with pytest.raises(ValueError, match="alpha_delta"):
-        APB(np.ones(4, np.float32), alpha_delta="sometimes")
+        APB(np.ones(4, np.float32), APBOptions(alpha_delta="sometimes"))
     with pytest.raises(ValueError, match="bits_per_weight"):
         fp_fraction_for_bits(0.5, 16)
     with pytest.raises(ValueError, match="not both"):
         TrainConfig(method="apb", bits_per_weight=1.5, fp_fraction=0.01).validate()
-    with pytest.raises(ValueError, match="method 'apb'"):
+    with pytest.raises(ValueError, match="needs a method that takes one"):
         TrainConfig(bits_per_weight=1.5).validate()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .autograd import Function, Tensor
+from ..autograd import Function, Tensor
 
 
 def _stat_axes(ndim: int) -> tuple[int, ...]:

@@ -10,21 +10,22 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import ops as F
+from ..autograd import Tensor, no_grad
+from ..data import Dataset, batches, load_dataset, num_batches
+from ..models import build
+from ..nn.optim import build_optimizer, build_scheduler
+from ..quant import quantized_layers
+from ..quant.budget import MemoryBudget, fp_fraction_for_bits
 from . import checkpoint
-from . import functional as F
-from .autograd import Tensor, no_grad
-from .data import Dataset, batches, load_dataset, num_batches
-from .models import build
-from .optim import build_optimizer, build_scheduler
-from .nn import quantized_layers
+from .config import TrainConfig
 from .progress import Progress
-from .quant.budget import MemoryBudget, fp_fraction_for_bits
 from .runtime import reuse_freed_memory
 from .summary import index_bits, summarize
 
@@ -33,87 +34,6 @@ LAST, BEST, METRICS, SUMMARY = "last.ckpt", "best.ckpt", "metrics.jsonl", "summa
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left untouched."""
-
-
-@dataclass
-class TrainConfig:
-    model: str = "digits_cnn"
-    dataset: str = "digits"
-    data_dir: str | None = None
-    pad_to: int | None = None
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    augment: str = "auto"  # auto: what the dataset suggests (crop+flip for CIFAR-10), on, off
-    act: str = "auto"  # auto: hardtanh with 1-bit activations (sign of a ReLU output is constant), else relu
-    seed: int = 0
-    eval_batch_size: int = 500
-    limit_train: int | None = None
-    limit_test: int | None = None
-    # compression (apb_ref.quant): the method of the compressible layers and their input activations
-    method: str = "fp"
-    act_bits: int = 32
-    act_ste: str = "identity"
-    alpha_delta: str = "learned"  # APB: learned (paper) or fixed (released code)
-    lr_ab: float = 0.01  # APB: Adam learning rate of α and δ
-    ab_reduction: str = "mean"  # APB: α/δ gradients as means over the layer (released code) or sums
-    freeze_alpha_delta_epoch: int | None = None
-    freeze_mask_epoch: int | None = None
-    bits_per_weight: float | None = None  # memory budget of the compressed layers ...
-    fp_fraction: float | None = None  # ... or directly as a full-precision fraction
-    budget_weight: float = 1.0
-    budget_epoch: int | None = None  # projection epoch (default: the last)
-
-    @property
-    def activation(self) -> str:
-        return ("hardtanh" if self.act_bits == 1 else "relu") if self.act == "auto" else self.act
-
-    def method_options(self) -> dict[str, Any]:
-        if self.method != "apb":
-            return {}
-        return {"alpha_delta": self.alpha_delta, "reduction": self.ab_reduction,
-                "freeze_alpha_delta_epoch": self.freeze_alpha_delta_epoch, "freeze_mask_epoch": self.freeze_mask_epoch}
-
-    def validate(self) -> "TrainConfig":
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
-        for name, v in positive.items():
-            if int(v) < 1:
-                raise ValueError(f"TrainConfig: {name} must be >= 1, got {v}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"TrainConfig: lr must be a positive finite number, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"TrainConfig: weight_decay must be >= 0, got {self.weight_decay}")
-        if self.augment not in ("auto", "on", "off"):
-            raise ValueError(f"TrainConfig: augment must be auto, on or off, got {self.augment!r}")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(f"TrainConfig: warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
-        if self.act_bits not in (32, 2, 1):
-            raise ValueError(f"TrainConfig: act_bits must be 32, 2 or 1, got {self.act_bits}")
-        budgeted = self.bits_per_weight is not None or self.fp_fraction is not None
-        if self.bits_per_weight is not None and self.fp_fraction is not None:
-            raise ValueError("TrainConfig: give bits_per_weight or fp_fraction, not both")
-        if budgeted and self.method != "apb":
-            raise ValueError(f"TrainConfig: a memory budget needs method 'apb', got {self.method!r}")
-        if self.budget_epoch is not None and not 0 <= self.budget_epoch < self.epochs:
-            raise ValueError(f"TrainConfig: budget_epoch must be in [0, epochs), got {self.budget_epoch}")
-        if self.lr_ab < 0:
-            raise ValueError(f"TrainConfig: lr_ab must be >= 0, got {self.lr_ab}")
-        return self
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown options {unknown}")
-        return cls(**d)
 
 
 def image_batches(x: np.ndarray, y: np.ndarray, data: Dataset, batch_size: int, **kw):
@@ -139,7 +59,7 @@ def build_model(config: TrainConfig, data: Dataset):
     c, h, _ = data.image_shape
     return build(config.model, num_classes=data.num_classes, in_channels=c, image_size=h, seed=config.seed,
                  act=config.activation, method=config.method, act_bits=config.act_bits, act_ste=config.act_ste,
-                 **config.method_options())
+                 options=config.method_options())
 
 
 def quantizer_parameter_ids(model) -> set[int]:
@@ -164,7 +84,8 @@ class Trainer:
         self.scheduler = build_scheduler(config.schedule, self.optimizer, config.epochs, config.warmup_epochs)
         # α, δ and the like: their own Adam, no weight decay, cosine over all epochs (METHODS §1.4)
         method_params = [p for _, m in quantized_layers(self.model) for p in m.weight_quantizer.quantizer_parameters()]
-        self.method_optimizer = build_optimizer("adam", method_params, config.lr_ab, 0.0) if method_params else None
+        method_lr = config.method_options().quantizer_lr
+        self.method_optimizer = build_optimizer("adam", method_params, method_lr, 0.0) if method_params else None
         self.method_scheduler = (build_scheduler("cosine", self.method_optimizer, config.epochs)
                                  if self.method_optimizer else None)
         self.budget = self._budget()

@@ -8,22 +8,23 @@ import pytest
 from apb_ref import kernels
 from apb_ref.autograd import Tensor, no_grad
 from apb_ref.cli import main
-from apb_ref.export import export_model, load_packed, packed_size, parse_packed
-from apb_ref.infer import PackedLinearCore, PackedNetwork
+from apb_ref.packed import export_model, load_packed, packed_size, parse_packed
+from apb_ref.packed import PackedNetwork
+from apb_ref.packed.layers import PackedLinearCore
 from apb_ref.models import build
-from apb_ref.quant.budget import apb_layers
+from apb_ref.quant.budget import budgeted_layers
 
 # Logits of the packed path and of the float path differ only by float32 rounding of sums of a few
 # thousand products: relative 1e-4 of the logit scale bounds it with a wide margin.
 LOGIT_RTOL = 1e-4
 
 
-def _random_apb_model(act_bits, seed=0, name="resnet20", in_channels=3, image_size=16):
+def _random_apb_model(act_bits, seed=0, name="resnet20", in_channels=3, image_size=16, method="apb", options=None):
     act = "hardtanh" if act_bits == 1 else "relu"
     model = build(name, in_channels=in_channels, image_size=image_size, num_classes=10, seed=seed,
-                  method="apb", act_bits=act_bits, act=act)
+                  method=method, act_bits=act_bits, act=act, options=options)
     rng = np.random.default_rng(seed)
-    for _, m in apb_layers(model):  # narrow bands: a few percent of weights stay full precision
+    for _, m in budgeted_layers(model):  # narrow bands: a few percent of weights stay full precision
         m.weight_quantizer.delta.data[...] = m.weight_quantizer.delta.data * 0.15
     for _, m in model.named_modules():  # non-trivial folded BatchNorm
         if hasattr(m, "running_var"):
@@ -40,9 +41,11 @@ def _backends():
 
 @pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("act_bits", [1, 2, 32])
-def test_packed_inference_equals_the_float_forward(act_bits, backend):
-    model, args = _random_apb_model(act_bits)
-    assert 0 < sum(m.weight_quantizer.count(m.weight.data).full for _, m in apb_layers(model))
+@pytest.mark.parametrize("method, options", [("apb", None)])
+def test_packed_inference_equals_the_float_forward(act_bits, backend, method, options):
+    model, args = _random_apb_model(act_bits, method=method, options=options)
+    if method == "apb":
+        assert 0 < sum(m.weight_quantizer.count(m.weight.data).full for _, m in budgeted_layers(model))
     x = np.random.default_rng(1).standard_normal((6, 3, 16, 16)).astype(np.float32)
     with no_grad():
         expected = model(Tensor(x)).data

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from apb_ref import checkpoint
+from apb_ref.training import checkpoint
 from apb_ref.cli import main
-from apb_ref.train import TrainConfig, Trainer, TrainingDiverged, load_model
+from apb_ref.training import TrainConfig, Trainer, TrainingDiverged, load_model
 
 QUICK = dict(model="digits_cnn", dataset="digits", epochs=2, batch_size=64, lr=0.05, limit_train=256, limit_test=128)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from . import nn
-from .autograd import Tensor, no_grad
+from .. import nn
+from ..autograd import Tensor, no_grad
 
 QUANTIZER_STATE = ("weight_quantizer.", "act_quantizer.")
 

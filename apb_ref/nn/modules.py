@@ -7,8 +7,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from . import functional as F
-from .autograd import Tensor
+from .. import ops as F
+from ..autograd import Tensor
 
 
 class Parameter(Tensor):
@@ -215,7 +215,9 @@ class Linear(Module):
         return f"{self.in_features}, {self.out_features}"
 
 
-class _BatchNorm(Module):
+class BatchNorm(Module):
+    """Base of BatchNorm1d and BatchNorm2d."""
+
     expected_ndim = 0
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5, affine: bool = True):
@@ -236,11 +238,11 @@ class _BatchNorm(Module):
         return str(self.num_features)
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(BatchNorm):
     expected_ndim = 4
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(BatchNorm):
     expected_ndim = 2
 
 
@@ -287,45 +289,3 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
-
-
-def _attach_quantizers(layer: Module, weight_quantizer, act_quantizer) -> None:
-    """The method seam: the weight quantizer is built from the layer's initial weights."""
-    from .quant.activations import FullPrecision
-    from .quant.base import WeightQuantizer
-    layer.weight_quantizer = weight_quantizer(layer.weight.data) if weight_quantizer else WeightQuantizer()
-    layer.act_quantizer = act_quantizer or FullPrecision()
-
-
-class QuantConv2d(Conv2d):
-    """Conv2d whose weights pass through a weight quantizer and whose input passes through an
-    activation quantizer: y = conv2d(act_q(x), weight_q(w)). The layer never asks which method."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 bias: bool = False, rng: np.random.Generator | None = None, init: str = "kaiming_uniform",
-                 weight_quantizer: Callable[[np.ndarray], Module] | None = None, act_quantizer: Module | None = None):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, rng, init)
-        _attach_quantizers(self, weight_quantizer, act_quantizer)
-
-    def forward(self, x):
-        return F.conv2d(self.act_quantizer(x), self.weight_quantizer(self.weight), self.bias, self.stride, self.padding)
-
-
-class QuantLinear(Linear):
-    """Linear with a weight quantizer and an activation quantizer, as QuantConv2d."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, rng: np.random.Generator | None = None,
-                 weight_quantizer: Callable[[np.ndarray], Module] | None = None, act_quantizer: Module | None = None):
-        super().__init__(in_features, out_features, bias, rng)
-        _attach_quantizers(self, weight_quantizer, act_quantizer)
-
-    def forward(self, x):
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"QuantLinear: expected input (N, {self.in_features}), got shape {x.shape}")
-        y = F.matmul(self.act_quantizer(x), F.transpose(self.weight_quantizer(self.weight)))
-        return y + self.bias if self.bias is not None else y
-
-
-def quantized_layers(model: Module) -> list[tuple[str, Module]]:
-    """(name, layer) for every QuantConv2d/QuantLinear, in definition order."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, (QuantConv2d, QuantLinear))]

@@ -1,100 +1,21 @@
-"""Gradient checking as library code, and the op registry that gives every op its tests.
-
-`grad_check(fn, *inputs)` compares the autograd gradient of `fn` with central finite differences in
-float64. `OPS` lists an `OpSpec` per op: how to draw inputs (hypothesis), the function to call, an
-optional plain-NumPy reference for the forward pass, and which `Function` classes it exercises.
-`tests/test_ops.py` runs a forward test and a gradient test for every spec, and fails if some
-`Function` subclass is covered by no spec — so a new op cannot slip in untested.
-Modules that add ops (e.g. quantizers) call `register(OpSpec(...))` at import time.
+"""The op registry: an `OpSpec` per op (how to draw inputs, the call, a plain-NumPy reference, which
+`Function` classes it covers), loaded explicitly: the core ops' specs below, then the activation
+quantizers' and every registered method's, declared next to their ops (`OP_SPECS` in each file).
+`tests/ops/test_ops.py` runs a forward test and a gradient test for every spec, and fails if some
+`Function` subclass is covered by no spec, so a new op cannot slip in untested.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
-from . import functional as F
-from .autograd import Function, Tensor, no_grad
-from .conv import AvgPool2d, Conv2dIm2col, Conv2dRowShift, MaxPool2d
-from .nn_ops import BatchNormEval, BatchNormTrain, CrossEntropy, LogSoftmax
-
-
-class GradientCheckError(AssertionError):
-    pass
-
-
-def numerical_gradient(fn: Callable[..., Tensor], inputs: list[np.ndarray], weights: np.ndarray,
-                       index: int, eps: float) -> np.ndarray:
-    """d/dx_index of Σ weights·fn(inputs), by central differences (inputs are perturbed in place)."""
-    x = inputs[index]
-    grad = np.zeros_like(x)
-    with no_grad():
-        for i in np.ndindex(x.shape):
-            old = x[i]
-            x[i] = old + eps
-            plus = float((fn(*[Tensor(v) for v in inputs]).data * weights).sum())
-            x[i] = old - eps
-            minus = float((fn(*[Tensor(v) for v in inputs]).data * weights).sum())
-            x[i] = old
-            grad[i] = (plus - minus) / (2 * eps)
-    return grad
-
-
-def grad_check(fn: Callable[..., Tensor], *inputs: np.ndarray, differentiable: tuple[int, ...] | None = None,
-               eps: float = 1e-6, atol: float = 1e-6, rtol: float = 1e-4, seed: int = 0) -> float:
-    """Check autograd against finite differences for a random projection of fn's output.
-
-    Inputs are float64 arrays; `differentiable` selects which of them to check (default: all).
-    Returns the largest absolute error; raises GradientCheckError naming the input and element.
-    """
-    arrays = [np.array(x, dtype=np.float64) for x in inputs]
-    which = tuple(range(len(arrays))) if differentiable is None else differentiable
-    tensors = [Tensor(a.copy(), requires_grad=i in which) for i, a in enumerate(arrays)]
-    out = fn(*tensors)
-    if out.dtype != np.float64:
-        raise GradientCheckError(f"grad_check: the op returned {out.dtype} for float64 inputs")
-    weights = np.random.default_rng(seed).standard_normal(out.shape)
-    out.backward(weights)
-    worst = 0.0
-    for i in which:
-        analytic = tensors[i].grad if tensors[i].grad is not None else np.zeros_like(arrays[i])
-        numeric = numerical_gradient(fn, arrays, weights, i, eps)
-        error = np.abs(analytic - numeric)
-        bad = error > atol + rtol * np.abs(numeric)
-        if bad.any():
-            at = tuple(int(k) for k in np.argwhere(bad)[0])
-            raise GradientCheckError(f"gradient of input {i} (shape {arrays[i].shape}) is wrong at {at}: "
-                                     f"autograd {analytic[at]:.8g}, finite differences {numeric[at]:.8g}")
-        worst = max(worst, float(error.max(initial=0.0)))
-    return worst
-
-
-# --- the op registry ---------------------------------------------------------------------------
-@dataclass
-class OpSpec:
-    """How to test one op.
-
-    draw_inputs(draw) -> (arrays, options): float64 arrays for the differentiable inputs, plus
-        keyword options; `draw` is hypothesis' draw function (use it for shapes and a data seed).
-    call(*tensors, **options) -> Tensor: the op under test.
-    reference(*arrays, **options) -> ndarray: an independent plain-NumPy forward (optional).
-    covers: the Function classes this spec exercises.
-    differentiable: inputs checked by finite differences (default: all).
-    surrogate(arrays, g, **options) -> {input index: expected gradient}: for straight-through
-        estimators, whose gradient is by design not the derivative of the forward pass; the test
-        checks the op's backward against this declared formula instead.
-    """
-
-    name: str
-    draw_inputs: Callable[[Callable], tuple[list[np.ndarray], dict[str, Any]]]
-    call: Callable[..., Tensor]
-    covers: tuple[type[Function], ...]
-    reference: Callable[..., np.ndarray] | None = None
-    differentiable: tuple[int, ...] | None = None
-    surrogate: Callable[..., dict[int, np.ndarray]] | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
+from .. import ops as F
+from ..autograd import Function
+from ..ops import (AvgPool2d, BatchNormEval, BatchNormTrain, Conv2dIm2col, Conv2dRowShift, CrossEntropy,
+                   LogSoftmax, MaxPool2d)
+from ..ops.spec import OpSpec, random_array
+from ..quant import METHODS, activations
 
 OPS: dict[str, OpSpec] = {}
 
@@ -104,19 +25,6 @@ def register(spec: OpSpec) -> OpSpec:
         raise ValueError(f"register: an op spec named {spec.name!r} already exists")
     OPS[spec.name] = spec
     return spec
-
-
-def surrogate_check(spec: OpSpec, arrays: list[np.ndarray], options: dict[str, Any], seed: int = 0) -> None:
-    """Compare the op's backward with its declared surrogate gradient for a random upstream g."""
-    tensors = [Tensor(a.copy(), requires_grad=True) for a in arrays]
-    out = spec.call(*tensors, **options)
-    g = np.random.default_rng(seed).standard_normal(out.shape)
-    out.backward(g)
-    for i, expected in spec.surrogate(arrays, g, **options).items():
-        got = tensors[i].grad if tensors[i].grad is not None else np.zeros_like(arrays[i])
-        if not np.allclose(got, expected, rtol=1e-9, atol=1e-12):
-            raise GradientCheckError(f"{spec.name}: gradient of input {i} differs from its surrogate formula "
-                                     f"(max difference {np.abs(got - expected).max():.3g})")
 
 
 def all_function_classes() -> set[type[Function]]:
@@ -133,15 +41,6 @@ def uncovered_functions() -> list[str]:
     covered = {cls for spec in OPS.values() for cls in spec.covers}
     ours = {c for c in all_function_classes() if c.__module__.startswith("apb_ref")}
     return sorted(f"{c.__module__}.{c.__qualname__}" for c in ours - covered)
-
-
-def random_array(draw: Callable, shape: tuple[int, ...], low: float | None = None, high: float | None = None) -> np.ndarray:
-    """float64 data for `shape` from a hypothesis-drawn seed: normal, or uniform on [low, high)."""
-    from hypothesis import strategies as st
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    if low is None:
-        return rng.standard_normal(shape)
-    return rng.uniform(low, high, size=shape)
 
 
 def _shape(draw: Callable, ndim: int, low: int = 1, high: int = 4) -> tuple[int, ...]:
@@ -327,4 +226,5 @@ def _register_core_ops() -> None:
 
 
 _register_core_ops()
-from .quant import specs as _quantizer_specs  # noqa: E402,F401  (registers the quantizer ops)
+for _spec in (*activations.OP_SPECS, *(spec for m in METHODS.values() for spec in m.op_specs)):
+    register(_spec)

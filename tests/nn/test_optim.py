@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from apb_ref.optim import (SGD, Adam, AdamW, ConstantLR, CosineLR, StepLR, WarmupLR,
+from apb_ref.nn.optim import (SGD, Adam, AdamW, ConstantLR, CosineLR, StepLR, WarmupLR,
                            build_optimizer, build_scheduler)
 
 

@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .autograd import Function, Tensor
-from .kernels.reference import im2col_columns, pad_hw, window
+from ..autograd import Function, Tensor
+from .lowering import conv_output_size, im2col_columns, pad_hw, window
 from .parallel import over_slices
 
 ALGORITHMS = ("auto", "im2col", "rowshift")
-
-
-def _out_size(size: int, k: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - k) // stride + 1
 
 
 def _swap01(a: np.ndarray) -> np.ndarray:
@@ -39,7 +35,7 @@ class Conv2dIm2col(Function):
     def forward(ctx, x, w, stride, padding):
         n, c, h, wd = x.shape
         o, _, kh, kw = w.shape
-        ho, wo = _out_size(h, kh, stride, padding), _out_size(wd, kw, stride, padding)
+        ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(wd, kw, stride, padding)
         cols = im2col_columns(pad_hw(x, padding), kh, kw, stride, ho, wo)  # (C·kh·kw, N·Ho·Wo)
         y = w.reshape(o, -1) @ cols  # (O, N·Ho·Wo)
         ctx.save_for_backward(cols, w, x.shape, stride, padding)
@@ -141,7 +137,7 @@ def conv2d(x, w, bias=None, stride: int = 1, padding: int = 0, algorithm: str = 
         raise ValueError(f"conv2d: x has {x.shape[1]} channels but w expects {w.shape[1]} (w shape {w.shape})")
     if stride < 1 or padding < 0:
         raise ValueError(f"conv2d: need stride >= 1 and padding >= 0, got stride={stride} padding={padding}")
-    if _out_size(x.shape[2], w.shape[2], stride, padding) < 1 or _out_size(x.shape[3], w.shape[3], stride, padding) < 1:
+    if conv_output_size(x.shape[2], w.shape[2], stride, padding) < 1 or conv_output_size(x.shape[3], w.shape[3], stride, padding) < 1:
         raise ValueError(f"conv2d: kernel {w.shape[2:]} does not fit input {x.shape[2:]} with padding {padding}")
     if algorithm not in ALGORITHMS:
         raise ValueError(f"conv2d: algorithm must be one of {ALGORITHMS}, got {algorithm!r}")

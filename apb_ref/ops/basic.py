@@ -1,8 +1,8 @@
 """Primitive differentiable ops. Each `Function` keeps its forward and backward together; the
-lower-case functions below each class are the public API (`apb_ref.functional as F`).
+lower-case functions below each class are the public API (`from apb_ref import ops as F`).
 
-Convolution and pooling are in `conv.py`; normalisation and losses in `nn_ops.py`. Every op is
-registered for gradient checking in `apb_ref/testing.py`.
+Convolution and pooling are in `conv.py`; normalisation and losses in `norm_loss.py`. Every op has a
+spec in `apb_ref/testing/specs.py` that gives it a forward and a gradient test.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .autograd import Context, Function, Tensor, unbroadcast
+from ..autograd import Context, Function, Tensor, unbroadcast
 
 
 def _check_tensor(name: str, x: Any) -> None:
@@ -366,7 +366,3 @@ def dropout(a, p: float, training: bool, rng: np.random.Generator) -> Tensor:
         return a
     keep = (rng.random(a.shape) >= p).astype(a.dtype) / np.asarray(1.0 - p, dtype=a.dtype)
     return mul(a, keep)
-
-
-from .conv import avg_pool2d, conv2d, global_avg_pool2d, max_pool2d  # noqa: E402,F401
-from .nn_ops import batch_norm, cross_entropy, log_softmax  # noqa: E402,F401

@@ -1,0 +1,60 @@
+"""Trained model → packed model (`format.PackedModel`): each compressed layer asks its weight
+quantizer for its packed form (`WeightQuantizer.pack`: for APB W_q = α·B + S as sign bits, α and a CSR
+residual, METHODS §1.8; for BNN sign bits and α per channel), BatchNorm is folded into a per-channel
+scale and shift, and every other conv/linear is stored as float32. The spec's "kind" names the method,
+whose `packed_layer` runs it (apb_ref.packed.layers)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import nn
+from ..quant import QuantConv2d, QuantLinear
+from .format import PackedModel
+
+
+def _pack_compressed(prefix: str, layer, tensors: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The layer's packed form from its quantizer, plus what every packed layer needs."""
+    q = layer.weight_quantizer
+    w = layer.weight.data
+    packed, spec = q.pack(w)
+    tensors.update({f"{prefix}.{name}": a for name, a in packed.items()})
+    if layer.bias is not None:
+        tensors[f"{prefix}.bias"] = layer.bias.data.astype(np.float32)
+    spec = {"kind": q.name, "weight_shape": list(w.shape), "k": int(w[0].size),
+            "act_bits": int(layer.act_quantizer.bits), **spec}
+    if isinstance(layer, nn.Conv2d):
+        spec.update(stride=int(layer.stride), padding=int(layer.padding))
+    return spec
+
+
+def export_model(model: nn.Module, build_args: dict[str, Any], normalization: dict[str, Any] | None = None) -> PackedModel:
+    """Pack every layer of a trained model (in eval form) for `infer.PackedNetwork`."""
+    tensors: dict[str, np.ndarray] = {}
+    layers: dict[str, Any] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, (QuantConv2d, QuantLinear)) and m.weight_quantizer.packed_layer is not None:
+            layers[name] = _pack_compressed(name, m, tensors)
+        elif isinstance(m, (nn.Conv2d, nn.Linear)):
+            # Plain layers, and quantized layers of a method without a packed form: their effective weights.
+            w = m.weight_quantizer(m.weight).data if hasattr(m, "weight_quantizer") else m.weight.data
+            tensors[f"{name}.weight"] = np.asarray(w, np.float32)
+            if m.bias is not None:
+                tensors[f"{name}.bias"] = m.bias.data.astype(np.float32)
+            act = getattr(m, "act_quantizer", None)
+            layers[name] = {"kind": "float", "act_bits": int(getattr(act, "bits", 32))}
+        elif isinstance(m, nn.BatchNorm):
+            scale = (m.weight.data if m.weight is not None else 1.0) / np.sqrt(m.running_var + m.eps)
+            shift = (m.bias.data if m.bias is not None else 0.0) - m.running_mean * scale
+            tensors[f"{name}.scale"] = scale.astype(np.float32)
+            tensors[f"{name}.shift"] = shift.astype(np.float32)
+            layers[name] = {"kind": "affine"}
+    header = {"format": "apb-ref packed model", "build": build_args, "layers": layers,
+              "normalization": normalization or {}}
+    return PackedModel(header, tensors)
+
+
+def packed_size(model: nn.Module, build_args: dict[str, Any], normalization: dict[str, Any] | None = None) -> int:
+    """Bytes the packed file of `model` takes on disk (serialised in memory: exact)."""
+    return len(export_model(model, build_args, normalization).to_bytes())

@@ -1,0 +1,30 @@
+"""Building blocks of the methods' packed forms (`WeightQuantizer.pack`): sign planes and CSR rows
+in the smallest index types. The file format (apb_ref.packed.format) stores whatever these return."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import pack_bits
+
+
+def smallest_uint(max_value: int) -> np.dtype:
+    """The narrowest unsigned dtype that holds `max_value` (indices are stored at their smallest width)."""
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if max_value <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.uint64)
+
+
+def pack_signs(signs: np.ndarray) -> np.ndarray:
+    """A (rows, K) ±1 matrix as (rows, ceil(K/64)) uint64 sign bits (the kernels' convention)."""
+    return pack_bits(signs)
+
+
+def csr_rows(values: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
+    """The entries of a (rows, K) matrix where `keep` is True, as CSR (row pointers, column indices in
+    the smallest unsigned types that hold them, float32 values)."""
+    rows, cols = np.nonzero(keep)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=values.shape[0]))])
+    return {"csr_indptr": indptr.astype(smallest_uint(int(indptr[-1]))),
+            "csr_indices": cols.astype(smallest_uint(max(values.shape[1] - 1, 0))),
+            "csr_values": values[rows, cols].astype(np.float32)}
