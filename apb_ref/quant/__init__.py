@@ -7,7 +7,7 @@ and the factory models ask for layers, activation quantizers, and the memory bud
   activations  1-bit sign and 2-bit DoReFa activation quantizers
   budget       the memory budget (asks the quantizers; never writes their state)
   packing      sign planes and CSR rows for the methods' packed forms
-  apb          the methods
+  apb.py, ...  one file per method (registry.METHODS lists them)
 """
 from .base import ActivationQuantizer, MethodOptions, WeightCount, WeightQuantizer  # noqa: F401
 from .layers import LayerFactory, QuantConv2d, QuantLayerFactory, QuantLinear, quantized_layers  # noqa: F401
