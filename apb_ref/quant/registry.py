@@ -10,6 +10,7 @@ import numpy as np
 
 from .apb import APB
 from .base import MethodOptions, WeightQuantizer
+from .bnn import BNN
 from .layers import LayerFactory, QuantLayerFactory
 
 METHODS: dict[str, type[WeightQuantizer]] = {}
@@ -28,6 +29,7 @@ def register(cls: type[WeightQuantizer]) -> type[WeightQuantizer]:
 
 register(WeightQuantizer)  # "fp": full precision
 register(APB)
+register(BNN)
 
 
 def method(name: str) -> type[WeightQuantizer]:

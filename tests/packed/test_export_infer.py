@@ -12,6 +12,7 @@ from apb_ref.packed import export_model, load_packed, packed_size, parse_packed
 from apb_ref.packed import PackedNetwork
 from apb_ref.packed.layers import PackedLinearCore
 from apb_ref.models import build
+from apb_ref.quant.bnn import BNNOptions
 from apb_ref.quant.budget import budgeted_layers
 
 # Logits of the packed path and of the float path differ only by float32 rounding of sums of a few
@@ -41,7 +42,7 @@ def _backends():
 
 @pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("act_bits", [1, 2, 32])
-@pytest.mark.parametrize("method, options", [("apb", None)])
+@pytest.mark.parametrize("method, options", [("apb", None), ("bnn", None), ("bnn", BNNOptions(bnn_scale="layer"))])
 def test_packed_inference_equals_the_float_forward(act_bits, backend, method, options):
     model, args = _random_apb_model(act_bits, method=method, options=options)
     if method == "apb":
