@@ -245,146 +245,137 @@ mod x86 {
     /// Columns per block: 8 ymm of 8 floats.
     const NB256: usize = 64;
 
-    /// # Safety
-    /// AVX-512F is available; `p` is validated (every index < K, indptr consistent, x = K·n floats);
-    /// `out` is whole rows r0.. of the (M, n) output; `j0 + width <= n`, `width <= NB512`.
-    pub unsafe fn block_avx512(p: &Problem, r0: usize, j0: usize, width: usize, out: &mut [f32]) {
-        // SAFETY: forwarded; V = ceil(width / 16) vectors cover the block, the last one masked.
-        unsafe {
-            match width.div_ceil(16) {
-                1 => rows512::<1>(p, r0, j0, width, out),
-                2 => rows512::<2>(p, r0, j0, width, out),
-                3 => rows512::<3>(p, r0, j0, width, out),
-                4 => rows512::<4>(p, r0, j0, width, out),
-                5 => rows512::<5>(p, r0, j0, width, out),
-                6 => rows512::<6>(p, r0, j0, width, out),
-                7 => rows512::<7>(p, r0, j0, width, out),
-                8 => rows512::<8>(p, r0, j0, width, out),
-                _ => {}
+    /// One ISA's block routine `$block` and the row kernel `$rows::<V>` it dispatches to, compiled
+    /// with `$features` for vectors `$vec` of `$lanes` floats. `[zero, set1, fmadd, loadu, storeu]`
+    /// name the intrinsics whose signatures agree across ISAs; the three that differ are written as
+    /// closure-like expressions: `tail = |valid| ...`, the mask of lanes `0 .. valid` (1 ..= lanes), and
+    /// `load_tail = |ptr, mask| ...` / `store_tail = |ptr, mask, acc| ...`, which touch only the lanes
+    /// of `mask` (others read as zero, not written, never fault). The `unsafe` calls and their SAFETY
+    /// arguments are in this shared body.
+    macro_rules! block_routine {
+        (
+            $isa:literal, $features:literal: $block:ident, $rows:ident, $vec:ty, $lanes:literal,
+            [$zero:ident, $set1:ident, $fmadd:ident, $load:ident, $store:ident],
+            tail = |$valid:ident| $tail:expr,
+            load_tail = |$ltp:ident, $ltm:ident| $load_tail:expr,
+            store_tail = |$stp:ident, $stm:ident, $sta:ident| $store_tail:expr $(,)?
+        ) => {
+            /// # Safety
+            #[doc = concat!($isa, " is available; `p` is validated (every index < K, indptr consistent,")]
+            /// x = K·n floats); `out` is whole rows r0.. of the (M, n) output; `j0 + width <= n`,
+            #[doc = concat!("`width <= 8·", $lanes, "`.")]
+            pub unsafe fn $block(p: &Problem, r0: usize, j0: usize, width: usize, out: &mut [f32]) {
+                // SAFETY: forwarded; V = ceil(width / lanes) vectors cover the block, the last one
+                // masked.
+                unsafe {
+                    match width.div_ceil($lanes) {
+                        1 => $rows::<1>(p, r0, j0, width, out),
+                        2 => $rows::<2>(p, r0, j0, width, out),
+                        3 => $rows::<3>(p, r0, j0, width, out),
+                        4 => $rows::<4>(p, r0, j0, width, out),
+                        5 => $rows::<5>(p, r0, j0, width, out),
+                        6 => $rows::<6>(p, r0, j0, width, out),
+                        7 => $rows::<7>(p, r0, j0, width, out),
+                        8 => $rows::<8>(p, r0, j0, width, out),
+                        _ => {}
+                    }
+                }
             }
-        }
-    }
 
-    /// # Safety
-    /// As for [`block_avx512`], with `16·(V − 1) < width <= 16·V`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn rows512<const V: usize>(p: &Problem, r0: usize, j0: usize, width: usize, out: &mut [f32]) {
-        let n = p.n;
-        if width == 0 || width > 16 * V || j0 + width > n {
-            return;
-        }
-        // Lanes of the last vector that are inside the block; masked lanes are neither read nor written.
-        let tail: __mmask16 = (0xFFFFu32 >> (16 * V - width)) as __mmask16;
-        let mask = |v: usize| if v + 1 == V { tail } else { 0xFFFF };
-        let xp = p.x.as_ptr();
-        for (r, orow) in out.chunks_exact_mut(n).enumerate() {
-            let i = r0 + r;
-            let (Some(&s), Some(&e)) = (p.indptr.get(i), p.indptr.get(i + 1)) else {
-                return;
-            };
-            let (Some(cols), Some(vals)) = (
-                p.indices.get(s as usize..e as usize),
-                p.data.get(s as usize..e as usize),
-            ) else {
-                return;
-            };
-            let mut acc = [_mm512_setzero_ps(); V];
-            for (&col, &d) in cols.iter().zip(vals) {
-                let dv = _mm512_set1_ps(d);
-                // SAFETY: col < K (validated), so row col of x spans [col·n, col·n + n) inside x
-                // (x has K·n floats), and j0 + width <= n: every unmasked lane read is in that row.
-                let base = unsafe { xp.add(col as usize * n + j0) };
-                for (v, a) in acc.iter_mut().enumerate() {
-                    let xv = if v + 1 == V {
-                        // SAFETY: as above; masked-off lanes are not accessed (fault-suppressed).
-                        unsafe { _mm512_maskz_loadu_ps(tail, base.add(16 * v)) }
-                    } else {
-                        // SAFETY: lanes 16v .. 16v + 16 <= 16(V − 1) < width: inside the block.
-                        unsafe { _mm512_loadu_ps(base.add(16 * v)) }
+            /// # Safety
+            #[doc = concat!("As for [`", stringify!($block), "`], with `", $lanes, "·(V − 1) < width <= ")]
+            #[doc = concat!($lanes, "·V`.")]
+            #[target_feature(enable = $features)]
+            unsafe fn $rows<const V: usize>(
+                p: &Problem,
+                r0: usize,
+                j0: usize,
+                width: usize,
+                out: &mut [f32],
+            ) {
+                const L: usize = $lanes;
+                let n = p.n;
+                if width == 0 || width > L * V || j0 + width > n {
+                    return;
+                }
+                // Lanes of the last vector that are inside the block; masked lanes are neither read
+                // nor written.
+                let tail = {
+                    let $valid = width - L * (V - 1); // 1 ..= L
+                    $tail
+                };
+                let xp = p.x.as_ptr();
+                for (r, orow) in out.chunks_exact_mut(n).enumerate() {
+                    let i = r0 + r;
+                    let (Some(&s), Some(&e)) = (p.indptr.get(i), p.indptr.get(i + 1)) else {
+                        return;
                     };
-                    *a = _mm512_fmadd_ps(dv, xv, *a);
-                }
-            }
-            let op = orow.as_mut_ptr();
-            for (v, a) in acc.iter().enumerate() {
-                // SAFETY: orow has n floats and lanes j0 + 16v + (unmasked lane) < j0 + width <= n.
-                unsafe { _mm512_mask_storeu_ps(op.add(j0 + 16 * v), mask(v), *a) };
-            }
-        }
-    }
-
-    /// # Safety
-    /// AVX2 and FMA are available; otherwise as for [`block_avx512`] with `width <= NB256`.
-    pub unsafe fn block_avx2(p: &Problem, r0: usize, j0: usize, width: usize, out: &mut [f32]) {
-        // SAFETY: forwarded; V = ceil(width / 8) vectors cover the block, the last one masked.
-        unsafe {
-            match width.div_ceil(8) {
-                1 => rows256::<1>(p, r0, j0, width, out),
-                2 => rows256::<2>(p, r0, j0, width, out),
-                3 => rows256::<3>(p, r0, j0, width, out),
-                4 => rows256::<4>(p, r0, j0, width, out),
-                5 => rows256::<5>(p, r0, j0, width, out),
-                6 => rows256::<6>(p, r0, j0, width, out),
-                7 => rows256::<7>(p, r0, j0, width, out),
-                8 => rows256::<8>(p, r0, j0, width, out),
-                _ => {}
-            }
-        }
-    }
-
-    /// # Safety
-    /// As for [`block_avx2`], with `8·(V − 1) < width <= 8·V`.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows256<const V: usize>(p: &Problem, r0: usize, j0: usize, width: usize, out: &mut [f32]) {
-        let n = p.n;
-        if width == 0 || width > 8 * V || j0 + width > n {
-            return;
-        }
-        let valid = (width - 8 * (V - 1)) as i32; // lanes of the last vector inside the block: 1..=8
-        let tail = _mm256_cmpgt_epi32(
-            _mm256_set1_epi32(valid),
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-        );
-        let xp = p.x.as_ptr();
-        for (r, orow) in out.chunks_exact_mut(n).enumerate() {
-            let i = r0 + r;
-            let (Some(&s), Some(&e)) = (p.indptr.get(i), p.indptr.get(i + 1)) else {
-                return;
-            };
-            let (Some(cols), Some(vals)) = (
-                p.indices.get(s as usize..e as usize),
-                p.data.get(s as usize..e as usize),
-            ) else {
-                return;
-            };
-            let mut acc = [_mm256_setzero_ps(); V];
-            for (&col, &d) in cols.iter().zip(vals) {
-                let dv = _mm256_set1_ps(d);
-                // SAFETY: col < K (validated): row col of x is [col·n, col·n + n) inside x, and
-                // j0 + width <= n.
-                let base = unsafe { xp.add(col as usize * n + j0) };
-                for (v, a) in acc.iter_mut().enumerate() {
-                    let xv = if v + 1 == V {
-                        // SAFETY: VMASKMOVPS reads only the lanes < valid, inside the block.
-                        unsafe { _mm256_maskload_ps(base.add(8 * v), tail) }
-                    } else {
-                        // SAFETY: lanes 8v .. 8v + 8 <= 8(V − 1) < width: inside the block.
-                        unsafe { _mm256_loadu_ps(base.add(8 * v)) }
+                    let (Some(cols), Some(vals)) = (
+                        p.indices.get(s as usize..e as usize),
+                        p.data.get(s as usize..e as usize),
+                    ) else {
+                        return;
                     };
-                    *a = _mm256_fmadd_ps(dv, xv, *a);
+                    let mut acc: [$vec; V] = [$zero(); V];
+                    for (&col, &d) in cols.iter().zip(vals) {
+                        let dv = $set1(d);
+                        // SAFETY: col < K (validated), so row col of x spans [col·n, col·n + n)
+                        // inside x (x has K·n floats), and j0 + width <= n: every lane read below
+                        // is in that row.
+                        let base = unsafe { xp.add(col as usize * n + j0) };
+                        for (v, a) in acc.iter_mut().enumerate() {
+                            let xv = if v + 1 == V {
+                                // SAFETY: as above; the masked load (AVX-512 `maskz_loadu`, AVX2
+                                // VMASKMOVPS) reads only the lanes < valid, columns
+                                // j0 + L·v + lane < j0 + width; masked-off lanes are not accessed.
+                                unsafe {
+                                    let ($ltp, $ltm) = (base.add(L * v), tail);
+                                    $load_tail
+                                }
+                            } else {
+                                // SAFETY: lanes L·v .. L·v + L <= L·(V − 1) < width: inside the block.
+                                unsafe { $load(base.add(L * v)) }
+                            };
+                            *a = $fmadd(dv, xv, *a);
+                        }
+                    }
+                    let op = orow.as_mut_ptr();
+                    for (v, a) in acc.iter().enumerate() {
+                        if v + 1 == V {
+                            // SAFETY: orow has n floats; the masked store writes only the lanes
+                            // < valid, columns j0 + L·v + lane < j0 + width <= n.
+                            unsafe {
+                                let ($stp, $stm, $sta) = (op.add(j0 + L * v), tail, *a);
+                                $store_tail
+                            }
+                        } else {
+                            // SAFETY: columns j0 + L·v .. j0 + L·v + L <= j0 + L·(V − 1) < j0 + width
+                            // <= n, inside orow.
+                            unsafe { $store(op.add(j0 + L * v), *a) };
+                        }
+                    }
                 }
             }
-            let op = orow.as_mut_ptr();
-            for (v, a) in acc.iter().enumerate() {
-                if v + 1 == V {
-                    // SAFETY: writes only lanes < valid: columns j0 + 8v + lane < j0 + width <= n.
-                    unsafe { _mm256_maskstore_ps(op.add(j0 + 8 * v), tail, *a) };
-                } else {
-                    // SAFETY: columns j0 + 8v .. +8 < j0 + width <= n, inside orow.
-                    unsafe { _mm256_storeu_ps(op.add(j0 + 8 * v), *a) };
-                }
-            }
-        }
+        };
+    }
+
+    block_routine! {
+        "AVX-512F", "avx512f": block_avx512, rows512, __m512, 16,
+        [_mm512_setzero_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_storeu_ps],
+        tail = |valid| (0xFFFFu32 >> (16 - valid)) as __mmask16,
+        load_tail = |ptr, mask| _mm512_maskz_loadu_ps(mask, ptr),
+        store_tail = |ptr, mask, acc| _mm512_mask_storeu_ps(ptr, mask, acc),
+    }
+
+    block_routine! {
+        "AVX2 and FMA", "avx2,fma": block_avx2, rows256, __m256, 8,
+        [_mm256_setzero_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_storeu_ps],
+        tail = |valid| {
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), lanes)
+        },
+        load_tail = |ptr, mask| _mm256_maskload_ps(ptr, mask),
+        store_tail = |ptr, mask, acc| _mm256_maskstore_ps(ptr, mask, acc),
     }
 }
 
