@@ -20,8 +20,8 @@
 //!   and `unsafe fn` pointers to its `#[target_feature]` routines, defined as a `FAMILY` constant
 //!   in the module's per-ISA file (`bgemm/avx2.rs`, `bits/avx512.rs`, ...; the portable family
 //!   next to the driver or in `scalar.rs`);
-//! * `module::family(isa) -> Option<Family>` returns it, and only after [`Isa::is_available`]
-//!   said this CPU runs `isa` (None otherwise, which the driver turns into an error);
+//! * `module::family(isa) -> Option<Family>` returns it through [`PerIsa::pick`], which asks
+//!   [`Isa::is_available`] first (None when this CPU lacks `isa`, which the driver turns into an error);
 //! * the driver calls the family's routines. Their one safety requirement, "the CPU supports the
 //!   family's ISA", is discharged by having obtained the family from `family(isa)`.
 //!
@@ -79,6 +79,35 @@ impl Isa {
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 | Isa::Avx512 => false,
+        }
+    }
+}
+
+/// One value per ISA (a module's families), and the one place that picks the value of an ISA: only
+/// when this CPU runs it, so a family is never reached without that check.
+#[derive(Clone, Copy)]
+pub(crate) struct PerIsa<F> {
+    pub scalar: F,
+    #[cfg(target_arch = "x86_64")]
+    pub avx2: F,
+    #[cfg(target_arch = "x86_64")]
+    pub avx512: F,
+}
+
+impl<F: Copy> PerIsa<F> {
+    /// The value of `isa`, or None if this build or CPU lacks it.
+    pub fn pick(&self, isa: Isa) -> Option<F> {
+        if !isa.is_available() {
+            return None;
+        }
+        match isa {
+            Isa::Scalar => Some(self.scalar),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Some(self.avx2),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Some(self.avx512),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => None,
         }
     }
 }

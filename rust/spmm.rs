@@ -11,7 +11,7 @@
 //! Sums run in the order of the non-zeros; AVX-512/AVX2 use FMA (one rounding per step), the scalar
 //! path a multiply then an add, so results agree with NumPy to float rounding, not bit for bit.
 
-use crate::isa::Isa;
+use crate::isa::{Isa, PerIsa};
 
 /// Which argument of `csr_matmul` is wrong, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,16 +118,18 @@ const PORTABLE: Family = Family {
 /// The routine of `isa`, or None if this build or CPU lacks it. The AVX2 routine also needs FMA;
 /// on a CPU with AVX2 but no FMA the avx2 path runs the portable routine.
 fn family(isa: Isa) -> Option<Family> {
-    if !isa.is_available() {
-        return None;
-    }
-    match isa {
+    PerIsa {
+        scalar: PORTABLE,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => Some(x86::AVX512),
+        avx2: if std::arch::is_x86_feature_detected!("fma") {
+            x86::AVX2
+        } else {
+            PORTABLE
+        },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if std::arch::is_x86_feature_detected!("fma") => Some(x86::AVX2),
-        _ => Some(PORTABLE),
+        avx512: x86::AVX512,
     }
+    .pick(isa)
 }
 
 /// `out = S · x`. `x` is row-major `(k, n)`, `out` row-major `(M, n)` with M = `indptr.len() − 1`.

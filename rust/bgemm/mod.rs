@@ -77,7 +77,7 @@ mod avx2;
 mod avx512;
 
 use crate::bits::words_for;
-use crate::isa::Isa;
+use crate::isa::{Isa, PerIsa};
 
 /// Largest number of A rows a microkernel handles at once.
 const MR_MAX: usize = 8;
@@ -186,20 +186,17 @@ pub(crate) struct Family {
     pub tile: unsafe fn(Kind, usize, &Tile) -> bool,
 }
 
+const FAMILIES: PerIsa<Family> = PerIsa {
+    scalar: scalar::FAMILY,
+    #[cfg(target_arch = "x86_64")]
+    avx2: avx2::FAMILY,
+    #[cfg(target_arch = "x86_64")]
+    avx512: avx512::FAMILY,
+};
+
 /// The microkernels of `isa`, or None if this build or CPU lacks it.
 pub(crate) fn family(isa: Isa) -> Option<Family> {
-    if !isa.is_available() {
-        return None;
-    }
-    match isa {
-        Isa::Scalar => Some(scalar::FAMILY),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Some(avx2::FAMILY),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => Some(avx512::FAMILY),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => None,
-    }
+    FAMILIES.pick(isa)
 }
 
 /// The output matrix, shared by the tasks; each writes only its own rectangle.

@@ -73,7 +73,7 @@ pub mod columns;
 
 use std::fmt;
 
-use crate::isa::Isa;
+use crate::isa::{Isa, PerIsa};
 
 /// Bits per packed word.
 pub const WORD_BITS: usize = 64;
@@ -177,20 +177,17 @@ const PORTABLE: Family = Family {
     columns_avx2: false,
 };
 
+const FAMILIES: PerIsa<Family> = PerIsa {
+    scalar: PORTABLE,
+    #[cfg(target_arch = "x86_64")]
+    avx2: avx2::FAMILY,
+    #[cfg(target_arch = "x86_64")]
+    avx512: avx512::FAMILY,
+};
+
 /// The packers of `isa`, or None if this build or CPU lacks it.
 pub fn family(isa: Isa) -> Option<Family> {
-    if !isa.is_available() {
-        return None;
-    }
-    match isa {
-        Isa::Scalar => Some(PORTABLE),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => Some(avx2::FAMILY),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => Some(avx512::FAMILY),
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => None,
-    }
+    FAMILIES.pick(isa)
 }
 
 /// [`family`], or the error every packer returns for an ISA this CPU lacks.
