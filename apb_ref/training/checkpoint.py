@@ -1,16 +1,27 @@
 """Checkpoints: a nested tree of arrays and plain values in one .npz file, written atomically.
 
-No pickle: arrays go in as npz members, everything else as one JSON member, so a checkpoint can be
-opened safely and a damaged one is recognised (ValueError naming the path), never half-loaded.
+No pickle: arrays go in as npz members, everything else as one JSON member (`__meta__`), so a
+checkpoint can be opened safely. Nothing in the file is trusted: `load` reads members lazily, only
+those the tree references, each after its declared size and npy header were checked against a bound
+of `MAX_EXPANSION` × the file's size (a zip bomb is refused before it is inflated); the JSON is
+parsed with a depth limit and checked by schema (a trainer state's epoch, accuracy, counters...).
+Every failure is one ValueError naming the file and the field.
+
+This module also holds the small schema checker shared with the `.apbz` header (packed/schema.py):
+it sits here because this is the lowest layer that reads such files.
 """
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import re
 import zipfile
+import zlib
+from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -18,6 +29,175 @@ from ..fileio import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-ex
 
 FORMAT = "apb-ref-checkpoint"
 VERSION = 1
+
+# ================================================================================================
+# Reading untrusted JSON: a depth-limited parser and a small schema checker
+# ================================================================================================
+MAX_JSON_DEPTH = 32  # json.loads recurses per level; real headers and trees nest < 10 deep
+
+
+def parse_json(text: bytes, where: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """JSON from a file that may be hostile: ValueError(f"{where}: ...") for bad UTF-8 or syntax,
+    nesting deeper than `max_depth` (measured before parsing, so never a RecursionError), and
+    NaN/Infinity literals or numbers out of float range."""
+    try:
+        s = text.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{where}: not UTF-8 ({e})") from None
+    brackets = re.findall(r"[\[\]{}]", re.sub(r'"(?:[^"\\]|\\.)*"', '""', s))  # outside strings
+    depth = max(accumulate(1 if b in "[{" else -1 for b in brackets), default=0)
+    if depth > max_depth:
+        raise ValueError(f"{where}: JSON nested {depth} deep (at most {max_depth} allowed)")
+
+    def no_constant(name):
+        raise ValueError(f"{name} is not a number JSON allows")
+
+    def finite(text):
+        if not math.isfinite(value := float(text)):
+            raise ValueError(f"number {text[:30]} is out of range")
+        return value
+
+    try:
+        return json.loads(s, parse_constant=no_constant, parse_float=finite)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; so is a 5000-digit int
+        raise ValueError(f"{where}: unreadable JSON ({str(e)[:200]})") from None
+
+
+class Invalid(Exception):
+    """A value that breaks its schema: where it sits (e.g. `header.layers["fc"].k`), what was
+    expected and what came. `validate` turns it into the one ValueError naming the file."""
+
+    def __init__(self, path: str, expected: str, got: Any = None, missing: bool = False):
+        super().__init__(path)
+        self.path, self.expected, self.got, self.missing = path, expected, got, missing
+
+    def message(self, where: str) -> str:
+        got = "nothing (the field is missing)" if self.missing else _show(self.got)
+        return f"{where}: {self.path}: expected {self.expected}, got {got}"
+
+
+Check = Callable[[Any, str], Any]  # (value, path) -> the value (or its checked form); raises Invalid
+
+
+def validate(value: Any, check: Check, where: str, root: str) -> Any:
+    """Run a schema check; a failure is one ValueError "{where}: {path}: expected ..., got ..."."""
+    try:
+        return check(value, root)
+    except Invalid as e:
+        raise ValueError(e.message(where)) from None
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, np.ndarray):
+        return f"an array {v.dtype} {v.shape}"
+    try:
+        text = json.dumps(v)
+    except (TypeError, ValueError):
+        text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def key_path(path: str, key: Any) -> str:
+    """`path.key` for identifier keys, `path["a.b"]` otherwise."""
+    return f"{path}.{key}" if isinstance(key, str) and key.isidentifier() else f"{path}[{_show(key)}]"
+
+
+def integer(lo: int, hi: int) -> Check:
+    def check(v, path):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+            raise Invalid(path, f"an integer in [{lo}, {hi}]", v)
+        return int(v)
+    return check
+
+
+def number(lo: float, hi: float, above: float | None = None) -> Check:
+    """A finite number in [lo, hi] (and > `above` when given)."""
+    what = f"a finite number in [{lo}, {hi}]" + (f" and > {above}" if above is not None else "")
+
+    def check(v, path):
+        ok = not isinstance(v, bool) and isinstance(v, (int, float, np.integer, np.floating))
+        if not ok or not math.isfinite(v) or not lo <= v <= hi or (above is not None and v <= above):
+            raise Invalid(path, what, v)
+        return float(v)
+    return check
+
+
+def string(choices=None, max_len: int = 256) -> Check:
+    what = f"one of {sorted(choices)}" if choices is not None else f"a string of at most {max_len} characters"
+
+    def check(v, path):
+        if not isinstance(v, str) or len(v) > max_len or (choices is not None and v not in choices):
+            raise Invalid(path, what, v)
+        return v
+    return check
+
+
+def list_of(item: Check, min_len: int = 0, max_len: int = 1 << 20, what: str | None = None) -> Check:
+    what = what or (f"a list of {min_len} items" if min_len == max_len else f"a list of {min_len} to {max_len} items")
+
+    def check(v, path):
+        if not isinstance(v, list) or not min_len <= len(v) <= max_len:
+            raise Invalid(path, what, v)
+        return [item(x, f"{path}[{i}]") for i, x in enumerate(v)]
+    return check
+
+
+def mapping(value: Check, max_len: int = 1 << 20, what: str = "an object") -> Check:
+    """A dict with string keys, every value checked."""
+    def check(v, path):
+        if not isinstance(v, dict) or len(v) > max_len or not all(isinstance(k, str) for k in v):
+            raise Invalid(path, what, v)
+        return {k: value(x, key_path(path, k)) for k, x in v.items()}
+    return check
+
+
+def record(required: dict[str, Check] | None = None, optional: dict[str, Check] | None = None,
+           what: str = "an object") -> Check:
+    """A dict with these fields. Returns only the known fields, checked: unknown keys are allowed
+    (newer writers) but never passed on."""
+    required, optional = required or {}, optional or {}
+
+    def check(v, path):
+        if not isinstance(v, dict):
+            raise Invalid(path, what, v)
+        for k in required:
+            if k not in v:
+                raise Invalid(key_path(path, k), "a value", missing=True)
+        return {k: c(v[k], key_path(path, k)) for k, c in {**required, **optional}.items() if k in v}
+    return check
+
+
+def anything(v, path):
+    return v
+
+
+def array(v, path):
+    if not isinstance(v, np.ndarray):
+        raise Invalid(path, "an array", v)
+    return v
+
+
+# ================================================================================================
+# The checkpoint file
+# ================================================================================================
+MAX_EXPANSION = 64  # np.savez stores members uncompressed: their sizes add up to about the file's
+MAX_META_BYTES = 64 << 20
+
+# What a Trainer's state holds (Trainer.state); checked whenever a tree has a "config".
+TRAINER_STATE = record(required={
+    "config": mapping(anything, what="an object (the TrainConfig)"),
+    "epoch": integer(0, 10**6),
+    "best_accuracy": number(-1, 1),
+    "train_seconds": number(0, 1e12),
+    "images_seen": integer(0, 1 << 62),
+    "model": mapping(array, what="an object of arrays"),
+    "optimizers": list_of(mapping(anything), max_len=16, what="a list of optimizer states"),
+    "schedulers": list_of(mapping(anything), max_len=16, what="a list of scheduler states"),
+})
+
+
+class CheckpointError(ValueError):
+    """A refusal with its own message (already naming the file)."""
 
 
 def _encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
@@ -38,16 +218,28 @@ def _encode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
     raise TypeError(f"checkpoint: cannot store a value of type {type(value).__name__}")
 
 
-def _decode(value: Any, arrays: Any) -> Any:
+def _decode(value: Any, array: Callable[[str, str], np.ndarray], path: str) -> Any:
+    """The tree `_encode` wrote, checked as it is rebuilt; arrays are read when first referenced."""
     if isinstance(value, list):
-        return [_decode(v, arrays) for v in value]
-    if isinstance(value, dict):
-        if "__array__" in value:
-            return arrays[value["__array__"]]
-        if "__tuple__" in value:
-            return tuple(_decode(v, arrays) for v in value["__tuple__"])
-        return {_decode(k, arrays): _decode(v, arrays) for k, v in value["__items__"]}
-    return value
+        return [_decode(v, array, f"{path}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, dict):
+        return value  # JSON scalars: None, bool, int, float, str
+    if set(value) == {"__array__"} and isinstance(value["__array__"], str):
+        return array(value["__array__"], path)
+    if set(value) == {"__tuple__"} and isinstance(value["__tuple__"], list):
+        return tuple(_decode(v, array, f"{path}[{i}]") for i, v in enumerate(value["__tuple__"]))
+    items = value.get("__items__") if set(value) == {"__items__"} else None
+    if not isinstance(items, list) or not all(isinstance(kv, list) and len(kv) == 2 for kv in items):
+        raise Invalid(path, 'an encoded value ({"__array__": name}, {"__tuple__": [...]} or {"__items__": [[k, v], ...]})', value)
+    out = {}
+    for i, (k, v) in enumerate(items):
+        key = _decode(k, array, f"{path}.__items__[{i}][0]")
+        try:
+            hash(key)
+        except TypeError:
+            raise Invalid(f"{path}.__items__[{i}][0]", "a hashable key (scalar or tuple)", k) from None
+        out[key] = _decode(v, array, key_path(path, key))
+    return out
 
 
 def save(path: str | os.PathLike, tree: dict[str, Any]) -> None:
@@ -58,20 +250,85 @@ def save(path: str | os.PathLike, tree: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+class _LazyNpz:
+    """The members of an .npz read one at a time, each only after its sizes were checked."""
+
+    def __init__(self, zf: zipfile.ZipFile, where: str, file_size: int):
+        self.zf, self.where, self.cache = zf, where, {}
+        self.members = {info.filename.removesuffix(".npy"): info for info in zf.infolist()}
+        self.budget = MAX_EXPANSION * file_size + (1 << 20)
+        total = sum(info.file_size for info in self.members.values())
+        if total > self.budget:
+            raise CheckpointError(f"{where}: members claim {total:,} bytes uncompressed, more than "
+                                  f"{MAX_EXPANSION}x the file's size (a zip bomb?)")
+
+    def array(self, name: str, path: str = "tree") -> np.ndarray:
+        if name not in self.cache:
+            if name not in self.members:
+                raise Invalid(path, f"an array member of the file ({name!r} is not one)", name)
+            self.cache[name] = self._read(self.members[name])
+        return self.cache[name]
+
+    def _read(self, info: zipfile.ZipInfo) -> np.ndarray:
+        member = f"{self.where}: member {info.filename}"
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise CheckpointError(f"{member}: compression method {info.compress_type} (np.savez writes 0 or 8)")
+        with self.zf.open(info) as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                if version not in read_header:
+                    raise ValueError(f"npy version {version}")
+                shape, fortran, dtype = read_header[version](f)
+            except (ValueError, SyntaxError, RecursionError, TypeError, KeyError) as e:
+                raise CheckpointError(f"{member}: unreadable npy header ({str(e)[:200]})") from None
+            if dtype.kind not in "biuf" or dtype.fields is not None or dtype.subdtype is not None:
+                raise CheckpointError(f"{member}: dtype {dtype} (only plain numbers are stored)")
+            nbytes = math.prod(shape) * dtype.itemsize
+            if nbytes != info.file_size - f.tell():
+                raise CheckpointError(f"{member}: header says {dtype} {shape} = {nbytes:,} bytes, "
+                                      f"the member holds {info.file_size - f.tell():,}")
+            out = np.empty(math.prod(shape), dtype)  # bounded: file_size was checked against the budget
+            view, filled = memoryview(out.view(np.uint8)), 0
+            while filled < nbytes and (n := f.readinto(view[filled:])):
+                filled += n
+            if filled != nbytes:
+                raise CheckpointError(f"{member}: truncated ({filled:,} of {nbytes:,} bytes)")
+        return out.reshape(shape, order="F" if fortran else "C")
+
+
 def load(path: str | os.PathLike) -> dict[str, Any]:
+    """The tree `save` wrote. Raises FileNotFoundError, or one ValueError naming the file (and the
+    field) for anything damaged, hostile or inconsistent."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    where = f"checkpoint {path}"
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "__meta__" not in npz.files:
-                raise ValueError("no __meta__ member")
-            meta = json.loads(npz["__meta__"].tobytes().decode())
-            arrays = {k: npz[k] for k in npz.files if k != "__meta__"}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, json.JSONDecodeError, KeyError) as e:
-        raise ValueError(f"checkpoint {path} is corrupt or not an apb-ref checkpoint ({e})") from e
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {path}: expected format {FORMAT!r}, found {meta.get('format')!r}")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"checkpoint {path}: expected version {VERSION}, found {meta.get('version')!r}")
-    return _decode(meta["tree"], arrays)
+        with zipfile.ZipFile(path) as zf:
+            npz = _LazyNpz(zf, where, path.stat().st_size)
+            if "__meta__" not in npz.members:
+                raise CheckpointError(f"{where} is corrupt or not an apb-ref checkpoint (no __meta__ member)")
+            if npz.members["__meta__"].file_size > MAX_META_BYTES:
+                raise CheckpointError(f"{where}: __meta__ claims {npz.members['__meta__'].file_size:,} bytes")
+            meta = parse_json(npz.array("__meta__").tobytes(), f"{where}: __meta__")
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                found = meta.get("format") if isinstance(meta, dict) else meta
+                raise CheckpointError(f"{where}: expected format {FORMAT!r}, found {_show(found)}")
+            if meta.get("version") != VERSION:
+                raise CheckpointError(f"{where}: expected version {VERSION}, found {_show(meta.get('version'))}")
+            tree = validate(meta.get("tree"), lambda v, p: _decode(v, npz.array, p), where, "tree")
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        if str(e).startswith(where):  # already one line naming the file and the field
+            raise
+        raise ValueError(f"{where} is corrupt or not an apb-ref checkpoint ({str(e)[:200]})") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError, RuntimeError,
+            NotImplementedError) as e:  # RuntimeError: an encrypted member
+        raise ValueError(f"{where} is corrupt or not an apb-ref checkpoint ({str(e)[:200]})") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"{where}: tree: expected an object, got {_show(tree)}")
+    if "config" in tree:  # a Trainer's state: every field typed and in range
+        validate(tree, TRAINER_STATE, where, "tree")
+    return tree
