@@ -1,0 +1,279 @@
+"""What a packed model's header and tensors must satisfy before anything is built from them.
+
+`format.parse_packed` checks the file (magic, CRC, the tensor table's extents); `validate_packed`
+checks what it means, so that a file with a valid CRC but inconsistent contents is refused with one
+ValueError naming the file and the field instead of running half a network, wrapping an index or
+allocating what a header claims:
+
+1. the header's types and ranges (the schema below; unknown extra keys are allowed, for newer
+   writers, but never passed on);
+2. every layer's tensors: present, of the right dtype, shapes consistent with its spec, zero sign
+   padding bits, CSR rows monotone with indices < K (compared in their stored type, before any
+   cast), finite values, α > 0;
+3. the build arguments against the tensors: the architecture is first built with shape-only
+   placeholders (no weights allocated) and every conv, linear and BatchNorm it has must be in the
+   layer table with the same shape, and nothing else may be. The first conv's weights thus fix
+   in_channels, the last linear's fix num_classes (and, through the flattened features,
+   image_size), so a 43 KB file claiming 10⁶ input channels is refused before any model exists.
+
+Normalization: `{}` (or an old file without the key) means the caller feeds normalized inputs,
+which is what `PackedNetwork.logits` takes; `evaluation_normalization` (for `evaluate`, which
+takes images in [0, 1]) refuses such a file. When present, mean and std are `in_channels` finite
+numbers, std > 0.
+
+The schema checker itself (`integer`, `record`, ...) is shared with checkpoint metadata
+(apb_ref.training.checkpoint).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .. import nn
+from ..models import MODELS, build
+from ..nn.modules import ACTIVATIONS
+from ..quant import METHODS, LayerFactory
+from ..training.checkpoint import Invalid, integer, key_path, list_of, mapping, number, record, string, validate
+from .layers import PACKED_LAYERS
+
+MAX_DIM = 1 << 24  # any one dimension (channels, classes, K); the tensors bound the rest
+ACT_BITS = (1, 2, 32)
+
+
+def one_of(values) -> Any:
+    def check(v, path):
+        if isinstance(v, bool) or v not in values:
+            raise Invalid(path, f"one of {list(values)}", v)
+        return v
+    return check
+
+
+def positive_ints(n_choices: tuple[int, ...]) -> Any:
+    what = f"a list of {' or '.join(map(str, n_choices))} positive integers"
+    item = integer(1, MAX_DIM)
+
+    def check(v, path):
+        if not isinstance(v, list) or len(v) not in n_choices:
+            raise Invalid(path, what, v)
+        return [item(x, f"{path}[{i}]") for i, x in enumerate(v)]
+    return check
+
+
+BUILD = record(required={"name": string(MODELS), "num_classes": integer(2, MAX_DIM),
+                         "in_channels": integer(1, MAX_DIM), "image_size": integer(1, 4096)},
+               optional={"act": string(ACTIVATIONS)})
+NORMALIZATION = record(optional={"dataset": string(), "mean": list_of(number(-1e6, 1e6), 1, MAX_DIM),
+                                 "std": list_of(number(0, 1e6, above=0), 1, MAX_DIM),
+                                 "image_shape": positive_ints((3,))})
+# per packed layer (what a kind resolves to): its spec's fields
+SPECS = {
+    "binary": record(required={"kind": string(), "weight_shape": positive_ints((2, 4)), "k": integer(1, 1 << 40),
+                               "act_bits": one_of(ACT_BITS), "nnz": integer(0, 1 << 40)},
+                     optional={"stride": integer(1, 4096), "padding": integer(0, 4096)}),
+    "float": record(required={"kind": string(), "act_bits": one_of(ACT_BITS)}),
+    "affine": record(required={"kind": string()}),
+}
+
+
+def _packed_layer(kind: str) -> str | None:
+    """The packed module that runs a kind (as network._layer_name), or None if none does."""
+    if kind in PACKED_LAYERS:
+        return kind
+    method = METHODS.get(kind)
+    return method.packed_layer if method is not None else None
+
+
+def _known_kinds() -> list[str]:
+    return sorted(set(PACKED_LAYERS) | {k for k, m in METHODS.items() if m.packed_layer})
+
+
+def _spec(v, path):
+    kind = v.get("kind") if isinstance(v, dict) else None
+    layer = _packed_layer(kind) if isinstance(kind, str) else None
+    if layer not in SPECS:
+        raise Invalid(f"{path}.kind" if isinstance(v, dict) else path, f"a layer kind this apb-ref runs "
+                      f"({', '.join(_known_kinds())})", kind if isinstance(v, dict) else v)
+    return {**SPECS[layer](v, path), "packed_layer": layer}
+
+
+HEADER = record(required={"build": BUILD, "layers": mapping(_spec, max_len=100_000, what="an object of layer specs")},
+                optional={"normalization": NORMALIZATION})
+
+
+# --- tensors -------------------------------------------------------------------------------------
+def _tensor(t: dict[str, np.ndarray], name: str, dtypes: tuple[str, ...], shape: tuple[int, ...] | None = None,
+            finite: bool = False, optional: bool = False) -> np.ndarray | None:
+    path = key_path("tensors", name)
+    if name not in t:
+        if optional:
+            return None
+        raise Invalid(path, f"a {'/'.join(dtypes)} tensor (the layer needs it)", missing=True)
+    a = t[name]
+    if a.dtype.name not in dtypes:
+        raise Invalid(path, f"dtype {' or '.join(dtypes)}", a)
+    if shape is not None and a.shape != shape:
+        raise Invalid(path, f"shape {list(shape)}", a)
+    if finite and not np.isfinite(a).all():
+        raise Invalid(path, "finite values (no NaN or infinity)", a)
+    return a
+
+
+INDEX_DTYPES = ("uint8", "uint16", "uint32", "uint64", "int64")
+
+
+def _check_binary(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) -> tuple[int, ...]:
+    """W_q = α·B + S (METHODS §1.8): sign bits, α per row or per layer, an optional CSR residual."""
+    shape = spec["weight_shape"]
+    o, k = shape[0], math.prod(shape[1:])
+    if spec["k"] != k:
+        raise Invalid(f"{path}.k", f"{k} (the product of weight_shape[1:])", spec["k"])
+    if len(shape) == 4 and ("stride" not in spec or "padding" not in spec):
+        raise Invalid(path, "stride and padding (a conv layer)", {key: spec.get(key) for key in ("stride", "padding")})
+    bits = _tensor(t, f"{prefix}.sign_bits", ("uint64",), (o, -(-k // 64)))
+    if k % 64 and (bits[:, -1] >> np.uint64(k % 64)).any():
+        raise Invalid(key_path("tensors", f"{prefix}.sign_bits"), f"zero padding bits past K = {k}", bits)
+    alpha = _tensor(t, f"{prefix}.alpha", ("float32",), finite=True)
+    if alpha.shape not in ((1,), (o,)) or not (alpha > 0).all():
+        raise Invalid(key_path("tensors", f"{prefix}.alpha"), f"shape [1] or [{o}] of values > 0", alpha)
+    _tensor(t, f"{prefix}.bias", ("float32",), (o,), finite=True, optional=True)
+    csr = [f"{prefix}.csr_{part}" for part in ("indptr", "indices", "values")]
+    if not any(name in t for name in csr):
+        if spec["nnz"]:
+            raise Invalid(f"{path}.nnz", "0 (the file holds no CSR residual for this layer)", spec["nnz"])
+        return tuple(shape)
+    nnz = spec["nnz"]
+    indptr = _tensor(t, csr[0], INDEX_DTYPES, (o + 1,))
+    indices = _tensor(t, csr[1], INDEX_DTYPES, (nnz,))
+    _tensor(t, csr[2], ("float32",), (nnz,), finite=True)
+    # compared in the stored types: a uint64 index of 2³² must not wrap to 0 in a later int32 cast
+    if indptr[0] != 0 or indptr[-1] != nnz or (indptr[1:] < indptr[:-1]).any():
+        raise Invalid(key_path("tensors", csr[0]), f"row pointers rising from 0 to nnz = {nnz}", indptr)
+    if nnz and (indices.max() >= k or (indices.dtype.kind == "i" and indices.min() < 0)):
+        raise Invalid(key_path("tensors", csr[1]), f"column indices in [0, {k})", indices)
+    return tuple(shape)
+
+
+def _check_float(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) -> tuple[int, ...]:
+    w = _tensor(t, f"{prefix}.weight", ("float32",), finite=True)
+    if w.ndim not in (2, 4) or 0 in w.shape:
+        raise Invalid(key_path("tensors", f"{prefix}.weight"), "a non-empty 2-D or 4-D weight", w)
+    _tensor(t, f"{prefix}.bias", ("float32",), w.shape[:1], finite=True, optional=True)
+    return w.shape
+
+
+def _check_affine(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) -> tuple[int, ...]:
+    scale = _tensor(t, f"{prefix}.scale", ("float32",), finite=True)
+    if scale.ndim != 1:
+        raise Invalid(key_path("tensors", f"{prefix}.scale"), "a 1-D array (one per channel)", scale)
+    _tensor(t, f"{prefix}.shift", ("float32",), scale.shape, finite=True)
+    return scale.shape
+
+
+TENSOR_CHECKS = {"binary": _check_binary, "float": _check_float, "affine": _check_affine}
+
+
+# --- the build arguments against the tensors -----------------------------------------------------
+class _Placeholder(nn.Module):
+    """A conv or linear layer's shape, without its weights."""
+
+    def __init__(self, shape: tuple[int, ...], stride: int = 1, padding: int = 0):
+        super().__init__()
+        self.shape, self.stride, self.padding = shape, stride, padding
+
+
+class _ShapeOnly(LayerFactory):
+    """Makes placeholders: the architecture's layer shapes at the cost of its BatchNorms only."""
+
+    def __init__(self):
+        super().__init__(np.random.default_rng(0))
+
+    def conv(self, cin, cout, k, stride=1, padding=0, bias=False, compress=True):
+        return _Placeholder((cout, cin, k, k), stride, padding)
+
+    def linear(self, fin, fout, bias=True, compress=True):
+        return _Placeholder((fout, fin))
+
+
+def _expected_layers(args: dict[str, Any], where: str) -> dict[str, tuple[str, Any]]:
+    """name -> ("weights", placeholder) or ("affine", channels) for the model `args` builds."""
+    try:
+        model = build(**args, layers=_ShapeOnly())
+    except ValueError as e:  # e.g. an image size the architecture cannot pool
+        raise Invalid("header.build", f"arguments {args['name']} accepts ({e})", args) from None
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, _Placeholder):
+            out[name] = ("weights", m)
+        elif isinstance(m, nn.BatchNorm):
+            out[name] = ("affine", (m.num_features,))
+    return out
+
+
+def _check_architecture(args: dict[str, Any], shapes: dict[str, tuple[str, tuple[int, ...], dict]], where: str) -> None:
+    expected = _expected_layers(args, where)
+    built = f"a {args['name']} with header.build = {args}"
+    for name in expected.keys() - shapes.keys():
+        raise Invalid(key_path("header.layers", name), f"an entry (every layer of {built} needs its weights)", missing=True)
+    for name, (kind, shape, spec) in shapes.items():
+        path = key_path("header.layers", name)
+        if name not in expected:
+            raise Invalid(path, f"no such layer in {built}", spec)
+        want_kind, want = expected[name]
+        if (kind == "affine") != (want_kind == "affine"):
+            raise Invalid(f"{path}.kind", f"{'affine' if want_kind == 'affine' else 'a conv/linear kind'} "
+                          f"(what {name} is in {built})", spec["kind"])
+        want_shape = want if want_kind == "affine" else want.shape
+        if tuple(shape) != tuple(want_shape):
+            raise Invalid("header.build", f"arguments matching the tensors: layer {name} holds shape {list(shape)} "
+                          f"in the file, {built} has {list(want_shape)}", args)
+        if kind == "binary" and len(want_shape) == 4 and (spec["stride"], spec["padding"]) != (want.stride, want.padding):
+            raise Invalid(f"{path}.stride", f"stride {want.stride}, padding {want.padding} (as in {built})",
+                          [spec["stride"], spec["padding"]])
+
+
+def _check_normalization(norm: dict[str, Any], args: dict[str, Any]) -> None:
+    c, s = args["in_channels"], args["image_size"]
+    if norm and not {"mean", "std"} <= norm.keys():
+        raise Invalid("header.normalization", "{} or an object with mean and std", norm)
+    for key in ("mean", "std"):
+        if key in norm and len(norm[key]) != c:
+            raise Invalid(f"header.normalization.{key}", f"{c} numbers (one per input channel)", norm[key])
+    if "image_shape" in norm and norm["image_shape"] != [c, s, s]:
+        raise Invalid("header.normalization.image_shape", f"{[c, s, s]} (header.build's in_channels and image_size)",
+                      norm["image_shape"])
+
+
+def validate_packed(packed, path=None) -> dict[str, Any]:
+    """Check a PackedModel (from `parse_packed` or `export_model`) before anything is built from it;
+    returns the build arguments to use (checked, known keys only). One ValueError naming the file
+    and the field on any failure."""
+    where = f"packed file {path if path is not None else getattr(packed, 'source', '<memory>')}"
+    header = validate(packed.header, HEADER, where, "header")
+    layers = header["layers"]
+    if not layers:
+        raise ValueError(f"{where}: header.layers: expected at least one layer, got an empty table")
+    shapes = {}
+    for name, spec in layers.items():
+        shape = validate(spec, lambda s, p: TENSOR_CHECKS[s["packed_layer"]](name, s, packed.tensors, p), where,
+                         key_path("header.layers", name))
+        shapes[name] = (spec["packed_layer"], shape, spec)
+    validate(header["build"], lambda a, p: _check_architecture(a, shapes, where), where, "header.build")
+    validate(header.get("normalization", {}), lambda n, p: _check_normalization(n, header["build"]), where,
+             "header.normalization")
+    return header["build"]
+
+
+def evaluation_normalization(header: dict[str, Any], path) -> tuple[np.ndarray, np.ndarray]:
+    """The (1, C, 1, 1) mean and std `evaluate` applies to images in [0, 1]. A file without them
+    (normalization missing or {}) is refused: running it on unnormalized images would give a
+    plausible-looking but meaningless accuracy."""
+    norm = header.get("normalization") if isinstance(header, dict) else None
+    if not isinstance(norm, dict) or not {"mean", "std"} <= norm.keys():
+        raise ValueError(f"packed file {path}: header.normalization: expected mean and std to normalize the "
+                         f"images with (this file has none; normalize them yourself and call logits()), "
+                         f"got {norm!r:.60}")
+    norm = validate(norm, NORMALIZATION, f"packed file {path}", "header.normalization")
+    shape = (1, -1, 1, 1)
+    return np.asarray(norm["mean"], np.float32).reshape(shape), np.asarray(norm["std"], np.float32).reshape(shape)
