@@ -11,10 +11,16 @@ Layout (all sizes big-endian)::
 Files may be gzipped: a name ending in ``.gz`` is read through `gzip`. Every check raises a
 ValueError naming the path and what was expected vs what was found, so a half-downloaded or
 mislabelled file is caught at load time rather than as a strange accuracy later.
+
+Memory is bounded by what the file can hold: the header is read first and its claimed data size
+checked (at most `MAX_DATA_BYTES`; for a plain file equal to what is on disk, for a gzipped one at
+most `MAX_GZIP_RATIO` × the compressed size) before the data is read, and a gzip stream is
+decompressed only up to that size plus one byte (to notice trailing data).
 """
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -35,13 +41,20 @@ IDX_DTYPES: dict[int, np.dtype] = {
 _CODE_OF = {dt: code for code, dt in IDX_DTYPES.items()}
 
 
-def _read_bytes(path: Path) -> bytes:
-    opener = gzip.open if path.name.endswith(".gz") else open
+MAX_DATA_BYTES = 1 << 31  # 2 GiB: far above any IDX dataset (Fashion-MNIST's images are 47 MB)
+MAX_GZIP_RATIO = 1000  # deflate cannot do better than ~1032:1; real IDX files compress ~2-10:1
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _read_exactly(f, n: int, where: str) -> bytes:
+    """Up to n bytes (fewer only at the end of the stream); never more than asked for."""
     try:
-        with opener(path, "rb") as f:
-            return f.read()
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # truncated, corrupt, or not gzip at all
-        raise ValueError(f"IDX file {str(path)!r}: cannot read ({type(e).__name__}: {e})") from e
+        return f.read(n)
+    except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as e:  # truncated, corrupt, or not gzip at all
+        raise ValueError(f"{where}: cannot read ({type(e).__name__}: {e})") from e
 
 
 def read_idx(path: str | os.PathLike, *, expected_ndim: int | None = None) -> np.ndarray:
@@ -49,14 +62,31 @@ def read_idx(path: str | os.PathLike, *, expected_ndim: int | None = None) -> np
 
     Returns an array of shape ``sizes`` (e.g. ``(N, 28, 28)`` uint8 for images, ``(N,)`` uint8 for
     labels), in native byte order. Raises FileNotFoundError if the file is missing and ValueError
-    (with the path) on a bad magic number, unknown dtype code, wrong ``expected_ndim``, or a data
-    section that is shorter or longer than the header promises.
+    (with the path) on a bad magic number, unknown dtype code, wrong ``expected_ndim``, a data
+    section that is shorter or longer than the header promises, or one larger than the file can
+    plausibly hold (checked before it is read).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"IDX file not found: {str(path)!r}")
-    raw = _read_bytes(path)
     where = f"IDX file {str(path)!r}"
+    with _open(path) as f:
+        shape, dtype, header = _read_header(f, where, expected_ndim)
+        expected = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+        _check_claim(path, where, shape, dtype, expected, header)
+        raw = _read_exactly(f, expected + 1, where)  # one byte more: trailing data is an error
+    found = len(raw)
+    if found != expected:
+        kind = "truncated data" if found < expected else "trailing bytes after the data"
+        raise ValueError(f"{where}: {kind}: header says shape {shape} of {dtype} = {expected} bytes, "
+                         f"found {found if found < expected else 'more than ' + str(expected)} bytes")
+    arr = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    # Native byte order, writeable copy only when needed (uint8 stays a view of the bytes: read-only is fine).
+    return arr.astype(dtype.newbyteorder("="), copy=False) if dtype.byteorder == ">" else arr
+
+
+def _read_header(f, where: str, expected_ndim: int | None) -> tuple[tuple[int, ...], np.dtype, int]:
+    raw = _read_exactly(f, 4, where)
     if len(raw) < 4:
         raise ValueError(f"{where}: expected at least a 4-byte header, found {len(raw)} bytes (truncated?)")
     if raw[0] != 0 or raw[1] != 0:
@@ -69,21 +99,25 @@ def read_idx(path: str | os.PathLike, *, expected_ndim: int | None = None) -> np
     if expected_ndim is not None and ndim != expected_ndim:
         raise ValueError(f"{where}: expected {expected_ndim} dimension(s) (idx{expected_ndim}), "
                          f"found {ndim} in the magic number")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{where}: truncated header: expected {header} bytes for {ndim} sizes, "
-                         f"found {len(raw)} bytes")
-    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = IDX_DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    found = len(raw) - header
-    if found != expected:
-        kind = "truncated data" if found < expected else "trailing bytes after the data"
-        raise ValueError(f"{where}: {kind}: header says shape {shape} of {dtype} = {expected} bytes, "
-                         f"found {found} bytes")
-    arr = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
-    # Native byte order, writeable copy only when needed (uint8 stays a view of the bytes: read-only is fine).
-    return arr.astype(dtype.newbyteorder("="), copy=False) if dtype.byteorder == ">" else arr
+    sizes = _read_exactly(f, 4 * ndim, where)
+    if len(sizes) < 4 * ndim:
+        raise ValueError(f"{where}: truncated header: expected {4 + 4 * ndim} bytes for {ndim} sizes, "
+                         f"found {4 + len(sizes)} bytes")
+    shape = tuple(int(s) for s in np.frombuffer(sizes, dtype=">u4", count=ndim))
+    return shape, IDX_DTYPES[code], 4 + 4 * ndim
+
+
+def _check_claim(path: Path, where: str, shape, dtype, expected: int, header: int) -> None:
+    """Refuse a data size the file cannot hold before reading (allocating) it."""
+    claim = f"header says shape {shape} of {dtype} = {expected} bytes"
+    on_disk = path.stat().st_size
+    if expected > MAX_DATA_BYTES:
+        raise ValueError(f"{where}: implausible size: {claim}, more than the {MAX_DATA_BYTES}-byte limit")
+    if path.name.endswith(".gz") and expected > MAX_GZIP_RATIO * on_disk:
+        raise ValueError(f"{where}: implausible size: {claim}, more than {MAX_GZIP_RATIO}x the "
+                         f"{on_disk}-byte compressed file")
+    if not path.name.endswith(".gz") and expected > on_disk - header:
+        raise ValueError(f"{where}: truncated data: {claim}, found {on_disk - header} bytes")
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> Path:
