@@ -44,6 +44,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     _add_config_options(p)
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<dataset>-seed<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous run's files in --out (files the run did not write are kept)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -70,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import Trainer
     config = _config_from_args(args)
     out = Path(args.out or f"runs/{config.model}-{config.dataset}-seed{config.seed}")
-    trainer = Trainer(config, out, progress=not args.quiet)
+    trainer = Trainer(config, out, progress=not args.quiet, overwrite=args.overwrite)
     summary = trainer.run(resume=args.resume)
     _finish_run(out, summary, args.quiet, trainer.model, trainer.data.image_shape)
     return 0
@@ -105,6 +107,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .packed import export_model
     from .training import export_args, load_model
     from .training.summary import summarize
+    if Path(args.output).is_dir():
+        raise ValueError(f"export: -o {args.output} is a directory; give a file name, e.g. {Path(args.output) / 'model.apbz'}")
     model, config, data = load_model(args.checkpoint)
     nbytes = export_model(model, *export_args(config, data)).save(args.output)
     s = summarize(model, data.image_shape, packed_bytes=nbytes)
@@ -168,13 +172,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .training import TrainConfig, Trainer
     config = TrainConfig(model="digits_cnn", dataset="digits", epochs=args.epochs, batch_size=32, lr=0.05,
                          weight_decay=5e-4, seed=args.seed, method="apb", bits_per_weight=args.bits_per_weight)
+    from .training.loop import foreign_entries
     out = Path(args.out)
-    if (out / "last.ckpt").exists() and not args.resume:
-        import shutil
-        shutil.rmtree(out)  # the demo always starts fresh unless asked to resume
+    # The demo starts fresh each time: a directory holding only a run's files is reused (those files
+    # replaced); one holding anything else is refused unless --overwrite, which still keeps the rest.
+    overwrite = args.overwrite or not foreign_entries(out)
     print(f"apb-ref {__version__} demo: {config.model} on {config.dataset}, {config.epochs} epochs, pure NumPy; "
           f"APB compresses the middle convs to {config.bits_per_weight} bits/weight (first conv and last linear stay float32)")
-    trainer = Trainer(config, out, progress=not args.quiet)
+    trainer = Trainer(config, out, progress=not args.quiet, overwrite=overwrite)
     summary = trainer.run(resume=args.resume)
     _finish_run(out, summary, args.quiet, trainer.model, trainer.data.image_shape)
     return 0
@@ -220,25 +225,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="run even if --out holds files the demo did not write (they are kept)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .training import TrainingDiverged
+    """Run one command. Every expected failure ends as one line on stderr and a non-zero exit code:
+    1 a diverged run, 2 a bad argument or file, 3 an operating-system or memory failure, 130 Ctrl-C."""
+    command = None
     try:
+        args = build_parser().parse_args(argv)
+        command = args.command
         return args.func(args)
-    except TrainingDiverged as e:
-        print(f"apb-ref: training stopped: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        saved = " (completed epochs are saved: continue with --resume)" if command in ("train", "demo") else ""
+        print(f"\napb-ref: interrupted{saved}", file=sys.stderr)
+        return 130
+    except RuntimeError as e:  # a diverged run (TrainingDiverged), a missing Rust backend
+        print(f"apb-ref: {'training stopped' if type(e).__name__ == 'TrainingDiverged' else 'error'}: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError) as e:
         print(f"apb-ref: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\napb-ref: interrupted; the last completed epoch is saved (continue with --resume)", file=sys.stderr)
-        return 130
+    except MemoryError:
+        print("apb-ref: error: out of memory (try a smaller --batch-size, --limit-train or model)", file=sys.stderr)
+        return 3
+    except OSError as e:
+        print(f"apb-ref: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -50,6 +50,10 @@ def export_model(model: nn.Module, build_args: dict[str, Any], normalization: di
             tensors[f"{name}.scale"] = scale.astype(np.float32)
             tensors[f"{name}.shift"] = shift.astype(np.float32)
             layers[name] = {"kind": "affine"}
+    for name, a in tensors.items():  # a diverged model must not become a file that "works"
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise ValueError(f"export: {name} holds NaN or infinite values; the model diverged "
+                             "(export a checkpoint from before, e.g. best.ckpt)")
     header = {"format": "apb-ref packed model", "build": build_args, "layers": layers,
               "normalization": normalization or {}}
     return PackedModel(header, tensors)

@@ -99,12 +99,16 @@ class APBOptions(MethodOptions):
     freeze_mask_epoch: int | None = option(None, "APB: from this epoch (0-based) on, the binarization mask is fixed")
 
     def validate(self) -> None:
+        super().validate()
         if self.alpha_delta not in ("learned", "fixed"):
             raise ValueError(f"APB: alpha_delta must be 'learned' or 'fixed', got {self.alpha_delta!r}")
         if self.ab_reduction not in ("mean", "sum"):
             raise ValueError(f"APB: ab_reduction must be 'mean' or 'sum', got {self.ab_reduction!r}")
         if not self.lr_ab >= 0:
             raise ValueError(f"APB: lr_ab must be >= 0, got {self.lr_ab}")
+        for name in ("freeze_alpha_delta_epoch", "freeze_mask_epoch"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"APB: {name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def quantizer_lr(self) -> float:
@@ -139,6 +143,15 @@ class APB(WeightQuantizer):
 
     def _set_trainable(self, trainable: bool) -> None:
         self.alpha.requires_grad = self.delta.requires_grad = trainable
+
+    # α and δ are magnitudes: after every step they are projected onto [MIN_SCALE, ∞), far below any
+    # weight scale these networks reach (a NaN or inf is a divergence, which the trainer's guard stops).
+    MIN_SCALE = 1e-6
+
+    def project_parameters(self) -> None:
+        for p in (self.alpha, self.delta):
+            if p.data < self.MIN_SCALE:  # False for NaN: left for the divergence guard to report
+                p.data[...] = self.MIN_SCALE
 
     def forward(self, w: Tensor) -> Tensor:
         frozen = self.frozen_mask if bool(self.mask_is_frozen) else None

@@ -6,6 +6,7 @@ computes with, inside autograd, and owns everything else about its method:
   forward(w)       the effective weights (a graph node: the method's STE lives in its Function)
   quantizer_parameters()  parameters trained by their own optimizer (e.g. APB's α, δ)
   on_epoch_start   schedule hooks (freezing), idempotent in the epoch so resume replays them
+  project_parameters  keep its parameters in their domain after each optimizer step (APB: α, δ > 0)
   count(w)         how the weights are stored (the memory formula reads only this)
   layer_log(w)     scalars for the per-epoch metrics log
   budget hooks     soft_fp_fraction / budget_distances / apply_budget, for methods with a memory
@@ -18,6 +19,8 @@ computes with, inside autograd, and owns everything else about its method:
 """
 from __future__ import annotations
 
+import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,12 +35,34 @@ def option(default: Any, help: str, choices: tuple | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
 
 
+def check_option_types(owner: str, obj: Any, types: dict[str, Any]) -> None:
+    """Every field of a config dataclass has its annotated type (int is not bool, a float may be an
+    int) and every number is finite: ValueError naming the option otherwise. Values read from a file
+    or built by hand are checked as strictly as the CLI's."""
+    for name, annotation in types.items():
+        value = getattr(obj, name)
+        allowed = [a for a in typing.get_args(annotation) or (annotation,) if a is not type(None)]
+        if value is None and len(allowed) < len(typing.get_args(annotation) or (annotation,)):
+            continue  # Optional and None
+        base = allowed[0]
+        ok = (isinstance(value, bool) if base is bool
+              else isinstance(value, int) and not isinstance(value, bool) if base is int
+              else isinstance(value, (int, float)) and not isinstance(value, bool) if base is float
+              else isinstance(value, base))
+        if not ok:
+            raise ValueError(f"{owner}: {name} must be {annotation}, got {value!r} ({type(value).__name__})")
+        if base is float and not math.isfinite(value):
+            raise ValueError(f"{owner}: {name} must be a finite number, got {value!r}")
+
+
 @dataclass(frozen=True)
 class MethodOptions:
     """Base of every method's options (full precision has none)."""
 
     def validate(self) -> None:
-        """Raise ValueError naming the option when a value is out of range."""
+        """Raise ValueError naming the option when a value has the wrong type, is not finite or is
+        out of range. Subclasses add their ranges after calling this."""
+        check_option_types(type(self).__name__, self, typing.get_type_hints(type(self)))
 
     @property
     def quantizer_lr(self) -> float | None:
@@ -81,6 +106,9 @@ class WeightQuantizer(nn.Module):
 
     def on_epoch_start(self, epoch: int, w: np.ndarray) -> None:
         """Schedule hook (freezing), called by the trainer at the start of every epoch."""
+
+    def project_parameters(self) -> None:
+        """Put the quantizer's parameters back in their domain; called after every optimizer step."""
 
     def count(self, w: np.ndarray) -> WeightCount:
         return WeightCount(binary=0, full=int(w.size), sparse=False)

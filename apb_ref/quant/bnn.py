@@ -66,6 +66,7 @@ class BNNOptions(MethodOptions):
                           "(clipped: gradient only where |w| <= 1)", ("identity", "clipped"))
 
     def validate(self) -> None:
+        super().validate()
         if self.bnn_scale not in ("channel", "layer"):
             raise ValueError(f"BNN: bnn_scale must be 'channel' or 'layer', got {self.bnn_scale!r}")
         if self.bnn_ste not in ("identity", "clipped"):

@@ -7,7 +7,6 @@ carries each option's help text and choices.
 """
 from __future__ import annotations
 
-import math
 import typing
 from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from ..data import DATASETS
 from ..models import MODELS
 from ..quant import METHODS, MethodOptions
+from ..quant.base import check_option_types
 
 
 def _opt(default: Any, help: str, choices: tuple | None = None, group: str | None = None) -> Any:
@@ -70,22 +70,24 @@ class CommonConfig:
         return options(**{f.name: getattr(self, f.name) for f in fields(options)})
 
     def validate(self) -> "TrainConfig":
-        if self.method not in METHODS:
-            raise ValueError(f"TrainConfig: method must be one of {sorted(METHODS)}, got {self.method!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
-        for name, v in positive.items():
-            if int(v) < 1:
-                raise ValueError(f"TrainConfig: {name} must be >= 1, got {v}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
+        """Types, finiteness, ranges and choices of every option (the common ones here, the method's
+        through its Options); ValueError naming the option."""
+        check_option_types("TrainConfig", self, typing.get_type_hints(CommonConfig))
+        for f in fields(CommonConfig):
+            choices, value = f.metadata.get("choices"), getattr(self, f.name)
+            if choices and value not in choices:
+                raise ValueError(f"TrainConfig: {f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        for name, (low, high) in RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"TrainConfig: {name} must be in [{low}, {high}], got {value}")
+        if not self.lr > 0:
             raise ValueError(f"TrainConfig: lr must be a positive finite number, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"TrainConfig: weight_decay must be >= 0, got {self.weight_decay}")
-        if self.augment not in ("auto", "on", "off"):
-            raise ValueError(f"TrainConfig: augment must be auto, on or off, got {self.augment!r}")
+        if not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"TrainConfig: momentum and label_smoothing must be in [0, 1), got "
+                             f"{self.momentum} and {self.label_smoothing}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"TrainConfig: warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
-        if self.act_bits not in (32, 2, 1):
-            raise ValueError(f"TrainConfig: act_bits must be 32, 2 or 1, got {self.act_bits}")
         budgeted = self.bits_per_weight is not None or self.fp_fraction is not None
         if self.bits_per_weight is not None and self.fp_fraction is not None:
             raise ValueError("TrainConfig: give bits_per_weight or fp_fraction, not both")
@@ -100,12 +102,24 @@ class CommonConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """From a saved config; options added since it was saved take their defaults."""
+        """From a saved config, checked as strictly as the CLI's options; options added since it was
+        saved take their defaults."""
+        if not isinstance(d, dict):
+            raise ValueError(f"TrainConfig: a saved config must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"TrainConfig: unknown options {unknown}")
-        return cls(**d)
+        return cls(**d).validate()
+
+
+# Inclusive bounds of numeric options: beyond them a run is a typo (or a denial of service), not a study.
+RANGES = {
+    "epochs": (1, 100_000), "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "seed": (0, 2**63 - 1),
+    "pad_to": (1, 1024), "limit_train": (1, 1 << 40), "limit_test": (1, 1 << 40), "weight_decay": (0.0, 1e3),
+    "warmup_epochs": (0, 100_000), "bits_per_weight": (1.0, 32.0), "fp_fraction": (0.0, 1.0),
+    "budget_weight": (0.0, 1e6), "budget_epoch": (0, 100_000), "lr": (0.0, 1e3),
+}
 
 
 def _method_fields() -> list[tuple[str, Any, Any]]:

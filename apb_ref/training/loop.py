@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,10 +31,64 @@ from .runtime import reuse_freed_memory
 from .summary import index_bits, summarize
 
 LAST, BEST, METRICS, SUMMARY = "last.ckpt", "best.ckpt", "metrics.jsonl", "summary.json"
+CURVES, BAND = "curves.png", "band.png"
+# Everything a run writes into its directory. Nothing else there is ever removed or replaced.
+RUN_FILES = (LAST, BEST, METRICS, SUMMARY, CURVES, BAND)
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+    """The loss, a parameter or a buffer became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+def _is_leftover_temp(path: Path) -> bool:
+    """A temporary file of an interrupted atomic write of one of the run's files (`.last.ckpt.x1y2.tmp`)."""
+    return path.suffix == ".tmp" and any(path.name.startswith(f".{name}.") for name in RUN_FILES)
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """What `out` holds that a run did not write (empty for a fresh or a run-only directory)."""
+    if not out.is_dir():
+        return []
+    return sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES and not _is_leftover_temp(p))
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Make `out` ready for a run without losing anything the tool did not write.
+
+    Leftover temp files of interrupted writes are removed (they are the run's own). A new run needs
+    an empty directory, or one holding only a run's files with `overwrite`; `overwrite` removes the
+    run's files and nothing else. A directory with other files is refused unless `overwrite` is given,
+    and even then those files are kept.
+    """
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    for p in out.iterdir():
+        if _is_leftover_temp(p):
+            p.unlink(missing_ok=True)
+    if resume:
+        return
+    ours = [name for name in RUN_FILES if (out / name).exists()]
+    foreign = foreign_entries(out)
+    if (ours or foreign) and not overwrite:
+        held = ", ".join(ours + foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        hint = "pass --resume to continue the run, " if LAST in ours else ""
+        raise FileExistsError(f"--out {out} is not empty (it holds {held}); {hint}pass --overwrite to replace "
+                              f"a run's files there (other files are kept), or choose another --out")
+    for name in ours:
+        (out / name).unlink()
+
+
+def first_nonfinite(model) -> str | None:
+    """Name of the first parameter or buffer holding NaN or inf, or None."""
+    for name, p in model.named_parameters():
+        if not np.isfinite(p.data).all():
+            return name
+    for name, b in model.named_buffers():
+        b = np.asarray(b)
+        if b.dtype.kind == "f" and not np.isfinite(b).all():
+            return name
+    return None
 
 
 def image_batches(x: np.ndarray, y: np.ndarray, data: Dataset, batch_size: int, **kw):
@@ -70,10 +125,11 @@ def quantizer_parameter_ids(model) -> set[int]:
 class Trainer:
     """Owns one run directory. `run()` trains from scratch or, with resume=True, continues."""
 
-    def __init__(self, config: TrainConfig, out: str | Path, data: Dataset | None = None, progress: bool = True):
+    def __init__(self, config: TrainConfig, out: str | Path, data: Dataset | None = None, progress: bool = True,
+                 overwrite: bool = False):
         self.config = config.validate()
         self.out = Path(out)
-        self.progress = progress
+        self.progress, self.overwrite = progress, overwrite
         self.data = data or load_dataset(config.dataset, config.data_dir, config.pad_to,
                                          limit_train=config.limit_train, limit_test=config.limit_test)
         self.model = build_model(config, self.data)
@@ -90,6 +146,7 @@ class Trainer:
                                  if self.method_optimizer else None)
         self.budget = self._budget()
         self.epoch = 0  # epochs completed
+        self.saved_epoch: int | None = None  # epoch of the last good checkpoint on disk
         self.best_accuracy = -1.0
         self.train_seconds = 0.0
         self.images_seen = 0
@@ -130,6 +187,7 @@ class Trainer:
         for sch, s in zip(self._schedulers(), state["schedulers"]):
             sch.load_state_dict(s)
         self.epoch, self.best_accuracy = int(state["epoch"]), float(state["best_accuracy"])
+        self.saved_epoch = self.epoch
         self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
 
     def resume(self) -> None:
@@ -140,11 +198,35 @@ class Trainer:
         self._truncate_metrics()
 
     def _truncate_metrics(self) -> None:
-        """Drop log lines of epochs after the checkpoint (written before a crash), so no line repeats."""
+        """Drop log lines of epochs after the checkpoint (written before a crash), so no line repeats,
+        and a torn last line (a kill during the append), saying so."""
         log = self.out / METRICS
-        if log.exists():
-            lines = [l for l in log.read_text().splitlines() if l.strip() and json.loads(l)["epoch"] <= self.epoch]
-            checkpoint.atomic_write_text(log, "".join(l + "\n" for l in lines))
+        if not log.exists():
+            return
+        lines = log.read_text(errors="replace").splitlines()
+        kept = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                epoch = json.loads(line)["epoch"]
+                if not isinstance(epoch, int):
+                    raise TypeError
+            except (json.JSONDecodeError, KeyError, TypeError):
+                if i == len(lines) - 1:
+                    print(f"resume: dropped the torn last line of {log} (an interrupted append)", file=sys.stderr)
+                    break
+                raise ValueError(f"resume: {log} line {i + 1} is not a metrics record: {line[:60]!r}; "
+                                 "repair or remove that line, then resume again") from None
+            if epoch <= self.epoch:
+                kept.append(line)
+        checkpoint.atomic_write_text(log, "".join(l + "\n" for l in kept))
+
+    def last_good(self) -> str:
+        """Where the last good checkpoint is, for divergence messages."""
+        if self.saved_epoch is None:
+            return "there is no good checkpoint yet (nothing was saved)"
+        return f"the last good checkpoint is {self.out / LAST} (epoch {self.saved_epoch})"
 
     # --- the loop ------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -165,13 +247,14 @@ class Trainer:
                 loss = loss + self.budget.penalty(self.model)
             if not math.isfinite(value):
                 bar.close()
-                raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {step + 1}; "
-                                       f"the last good checkpoint is {self.out / LAST} (epoch {self.epoch})")
+                raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {step + 1}; {self.last_good()}")
             for o in self._optimizers():
                 o.zero_grad()
             loss.backward()
             for o in self._optimizers():
                 o.step()
+            for _, layer in quantized_layers(self.model):  # keep each method's parameters in their domain
+                layer.weight_quantizer.project_parameters()
             loss_sum += value * len(yb)
             correct += int((logits.data.argmax(axis=1) == yb).sum())
             seen += len(yb)
@@ -189,13 +272,9 @@ class Trainer:
 
     def run(self, resume: bool = False) -> dict[str, Any]:
         reuse_freed_memory()
-        self.out.mkdir(parents=True, exist_ok=True)
+        prepare_run_dir(self.out, resume, self.overwrite)
         if resume:
             self.resume()
-        elif (self.out / LAST).exists():
-            raise FileExistsError(f"{self.out} already holds a run ({LAST}); pass --resume to continue it or choose another --out")
-        else:
-            (self.out / METRICS).unlink(missing_ok=True)
         wall_start = time.perf_counter()
         while self.epoch < self.config.epochs:
             e = self.epoch
@@ -209,10 +288,14 @@ class Trainer:
             self.images_seen += len(self.data.y_train)
             record = {"epoch": self.epoch, "lr": lr, **stats, "test_loss": test["loss"], "test_accuracy": test["accuracy"],
                       **self.compression_log()}
+            bad = first_nonfinite(self.model) or ("the test loss" if not math.isfinite(test["loss"]) else None)
+            if bad:  # never call such a state good: the previous checkpoint stays
+                raise TrainingDiverged(f"{bad} became NaN or infinite in epoch {self.epoch}; {self.last_good()}")
             improved = test["accuracy"] > self.best_accuracy
             self.best_accuracy = max(self.best_accuracy, test["accuracy"])
             self.log_epoch(record)
             checkpoint.save(self.out / LAST, self.state())
+            self.saved_epoch = self.epoch
             if improved:
                 checkpoint.save(self.out / BEST, self.state())
         summary = self.summary(time.perf_counter() - wall_start)
