@@ -9,7 +9,7 @@ allocating what a header claims:
    writers, but never passed on);
 2. every layer's tensors: present, of the right dtype, shapes consistent with its spec, zero sign
    padding bits, CSR rows monotone with indices < K (compared in their stored type, before any
-   cast), finite values, α > 0;
+   cast), finite values of magnitude at most `MAX_ABS`, α > 0;
 3. the build arguments against the tensors: the architecture is first built with shape-only
    placeholders (no weights allocated) and every conv, linear and BatchNorm it has must be in the
    layer table with the same shape, and nothing else may be. The first conv's weights thus fix
@@ -39,6 +39,10 @@ from ..training.checkpoint import Invalid, integer, key_path, list_of, mapping, 
 from .layers import PACKED_LAYERS
 
 MAX_DIM = 1 << 24  # any one dimension (channels, classes, K); the tensors bound the rest
+# Float tensors are finite and at most this in magnitude: trained weights, α and folded BatchNorms
+# are orders of magnitude smaller, and a table pointing a tensor at other bytes reads as values up
+# to 3e38 that would overflow the logits to inf.
+MAX_ABS = 1e6
 ACT_BITS = (1, 2, 32)
 
 
@@ -115,8 +119,8 @@ def _tensor(t: dict[str, np.ndarray], name: str, dtypes: tuple[str, ...], shape:
         raise Invalid(path, f"dtype {' or '.join(dtypes)}", a)
     if shape is not None and a.shape != shape:
         raise Invalid(path, f"shape {list(shape)}", a)
-    if finite and not np.isfinite(a).all():
-        raise Invalid(path, "finite values (no NaN or infinity)", a)
+    if finite and not (np.abs(a) <= MAX_ABS).all():  # False for NaN too
+        raise Invalid(path, f"finite values (no NaN or infinity) of magnitude at most {MAX_ABS:g}", a)
     return a
 
 
@@ -226,8 +230,8 @@ def _check_architecture(args: dict[str, Any], shapes: dict[str, tuple[str, tuple
                           f"(what {name} is in {built})", spec["kind"])
         want_shape = want if want_kind == "affine" else want.shape
         if tuple(shape) != tuple(want_shape):
-            raise Invalid("header.build", f"arguments matching the tensors: layer {name} holds shape {list(shape)} "
-                          f"in the file, {built} has {list(want_shape)}", args)
+            raise Invalid("header.build", f"arguments that fit the tensors (layer {name} holds {list(shape)}; "
+                          f"these arguments give {list(want_shape)})", args)
         if kind == "binary" and len(want_shape) == 4 and (spec["stride"], spec["padding"]) != (want.stride, want.padding):
             raise Invalid(f"{path}.stride", f"stride {want.stride}, padding {want.padding} (as in {built})",
                           [spec["stride"], spec["padding"]])

@@ -118,8 +118,8 @@ def mutated_json(draw, tree: dict):
             parent[leaf] = draw(st.sampled_from([[parent[leaf]], {"x": parent[leaf]}]))
         elif action == "scale" and isinstance(parent[leaf], (int, float)) and not isinstance(parent[leaf], bool):
             parent[leaf] = parent[leaf] * draw(st.sampled_from([-1, 0, 2, 64, 10**6, 2**32]))
-        else:
-            parent[leaf] = draw(HOSTILE_VALUES)
+        else:  # a copy: the sampled lists and dicts are shared between examples
+            parent[leaf] = copy.deepcopy(draw(HOSTILE_VALUES))
     if draw(st.booleans()):  # sometimes retype the whole root
         tree = draw(st.sampled_from([tree, tree, [tree], "header", 7]))
     return dumps_with_raw(tree, raw)
@@ -132,8 +132,8 @@ def mutated_apbz(draw, data: bytes) -> bytes:
     if draw(st.booleans()):  # aim at the tensor table: dtypes, shapes, offsets, nbytes, names
         entry = draw(st.sampled_from(header["tensors"]))
         key = draw(st.sampled_from(["dtype", "shape", "offset", "nbytes", "name"]))
-        entry[key] = draw(st.one_of(HOSTILE_VALUES, st.sampled_from(
-            ["float32", "uint64", "uint8", "int64", "float64", [0], [1 << 40, 1 << 40], entry.get("nbytes", 0) + 8])))
+        entry[key] = copy.deepcopy(draw(st.one_of(HOSTILE_VALUES, st.sampled_from(
+            ["float32", "uint64", "uint8", "int64", "float64", [0], [1 << 40, 1 << 40], entry.get("nbytes", 0) + 8]))))
         return seal_apbz(dumps_with_raw(header, draw(RAW_TEXTS)), blob)
     return seal_apbz(draw(mutated_json(header)), blob)
 
