@@ -46,7 +46,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous run's files in --out (files the run did not write are kept)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress or table: print only the final result line")
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -56,15 +56,17 @@ def _config_from_args(args: argparse.Namespace):
 
 def _finish_run(out: Path, summary: dict, quiet: bool, model=None, image_shape=None) -> None:
     from .training.plots import band_histogram, band_layers, training_curves
-    png = training_curves(out / "metrics.jsonl", out / "curves.png", f"{summary['model']} on {summary['dataset']}")
+    png = training_curves(out / "metrics.jsonl", out / "curves.png", summary=summary)
     if model is not None and band_layers(model):
         band_histogram(model, out / "band.png")
     if not quiet and model is not None and summary.get("method") != "fp":
         from .training.summary import summarize
         print("\n" + summarize(model, image_shape).table())
+    bits = f" | {summary['bits_per_weight']:.3f} bits/weight" if summary.get("method") != "fp" else ""
+    # the one line --quiet still prints
+    print(f"{'' if quiet else chr(10)}test accuracy {100 * summary['test_accuracy']:.2f}% after {summary['epochs']} "
+          f"epochs{bits} | {summary['images_per_second']:.0f} train img/s | wall {summary['wall_seconds']:.1f} s")
     if not quiet:
-        print(f"\ntest accuracy {100 * summary['test_accuracy']:.2f}% after {summary['epochs']} epochs | "
-              f"{summary['images_per_second']:.0f} train img/s | wall {summary['wall_seconds']:.1f} s")
         print(f"run directory {out}: summary.json, metrics.jsonl, last.ckpt, best.ckpt, {png.name}")
 
 
@@ -123,12 +125,21 @@ def cmd_eval_packed(args: argparse.Namespace) -> int:
     from .packed import PackedNetwork
     if args.backend:
         kernels.set_backend(args.backend)
+    from .packed.schema import data_settings
     net = PackedNetwork.load(args.packed)
-    norm = net.header.get("normalization", {})
+    norm = data_settings(net.header, args.packed)
     name = args.dataset or norm.get("dataset")
     if not name:
         raise ValueError("eval --packed: the file names no dataset; pass --dataset")
-    data = load_dataset(name, args.data_dir, args.pad_to if args.pad_to else _pad_for(norm))
+    # The file remembers where the data was and how it was padded (files before that: guessed from
+    # the image shape); the flags override.
+    same_data = args.dataset is None or args.dataset == norm.get("dataset")
+    data_dir = args.data_dir or (norm.get("data_dir") if same_data else None)
+    pad_to = args.pad_to or (norm["pad_to"] if "pad_to" in norm else _pad_for(norm))
+    if kernels.get_backend() == "numpy" and "rust" in kernels.available_backends():
+        print("note: the NumPy kernels are the readable reference and run many times slower; "
+              "--backend rust runs the compiled ones", file=sys.stderr)
+    data = load_dataset(name, data_dir, pad_to)
     result = net.evaluate(data.x_test, data.y_test, args.batch_size)
     report = {"packed": str(args.packed), "dataset": data.name, "backend": kernels.get_backend(),
               "test_accuracy": result["accuracy"], "images": result["images"], "images_per_second": result["images_per_second"]}
@@ -177,58 +188,92 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # The demo starts fresh each time: a directory holding only a run's files is reused (those files
     # replaced); one holding anything else is refused unless --overwrite, which still keeps the rest.
     overwrite = args.overwrite or not foreign_entries(out)
-    print(f"apb-ref {__version__} demo: {config.model} on {config.dataset}, {config.epochs} epochs, pure NumPy; "
-          f"APB compresses the middle convs to {config.bits_per_weight} bits/weight (first conv and last linear stay float32)")
+    if not args.quiet:
+        print(f"apb-ref {__version__} demo: {config.model} on {config.dataset}, {config.epochs} epochs, pure NumPy; "
+              f"APB compresses the middle convs to {config.bits_per_weight} bits/weight (first conv and last linear "
+              "stay float32)")
     trainer = Trainer(config, out, progress=not args.quiet, overwrite=overwrite)
     summary = trainer.run(resume=args.resume)
     _finish_run(out, summary, args.quiet, trainer.model, trainer.data.image_shape)
     return 0
 
 
+EXAMPLES = {
+    "train": """examples:
+  apb-ref train                                   # digits_cnn on the bundled digits, full precision (~15 s)
+  apb-ref train --method apb --bits-per-weight 1.5 --out runs/apb-digits
+  apb-ref train --model resnet20 --dataset fashion-mnist --pad-to 32 --epochs 2 --method apb \\
+      --bits-per-weight 1.6 --optimizer adam --lr 0.005 --weight-decay 0 --out runs/apb   # 20-45 min on 2 cores
+  apb-ref train ... --limit-train 2000 --limit-test 1000   # the same, a quick variant (~1 min)
+  apb-ref train <the same options> --resume       # continue an interrupted run exactly""",
+    "eval": """examples:
+  apb-ref eval --checkpoint runs/apb/best.ckpt
+  apb-ref eval --packed apb.apbz --backend rust   # dataset, directory and padding come from the file""",
+    "export": """examples:
+  apb-ref export runs/apb/best.ckpt -o apb.apbz""",
+    "summary": """examples:
+  apb-ref summary runs/apb/best.ckpt
+  apb-ref summary runs/apb/best.ckpt --json""",
+    "demo": """examples:
+  apb-ref demo                                    # ~15 s on 2 cores; writes runs/demo
+  apb-ref demo --bits-per-weight 1.2 --out runs/demo-1.2""",
+    "bench": """examples:
+  apb-ref bench --repeats 3""",
+}
+
+
+def _command(sub, name: str, help: str, func) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help, description=help, epilog=EXAMPLES.get(name),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="apb-ref", description="Automatic Prune Binarization reference implementation")
+    from .data import DATASETS
+    parser = argparse.ArgumentParser(
+        prog="apb-ref", description="Automatic Prune Binarization (and BNN) reference implementation: train, "
+        "export to a packed file, and run it on popcount kernels. `apb-ref COMMAND --help` for each command.")
     parser.add_argument("--version", action="version", version=f"apb-ref {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train a model and write a run directory")
+    p = _command(sub, "train", "train a model and write a run directory", cmd_train)
     _add_train_options(p)
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint, or a packed model on the kernels, on a test set")
-    p.add_argument("--checkpoint", default=None)
-    p.add_argument("--packed", default=None, help="a packed model written by `apb-ref export`")
-    p.add_argument("--backend", default=None, choices=["numpy", "rust"], help="kernel backend for --packed")
-    p.add_argument("--dataset", default=None, help="evaluate on this dataset instead of the checkpoint's")
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--pad-to", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=500)
+    p = _command(sub, "eval", "evaluate a checkpoint, or a packed model on the kernels, on a test set", cmd_eval)
+    p.add_argument("--checkpoint", default=None, help="a checkpoint written by `apb-ref train` (.ckpt)")
+    p.add_argument("--packed", default=None, help="a packed model written by `apb-ref export` (.apbz)")
+    p.add_argument("--backend", default=None, choices=["numpy", "rust"],
+                   help="kernels for --packed (default: rust when built, else numpy; or APB_BACKEND)")
+    p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
+                   help="evaluate on this dataset (default: the one the model was trained on)")
+    p.add_argument("--data-dir", default=None, help="directory of the dataset files (default: the training run's)")
+    p.add_argument("--pad-to", type=int, default=None,
+                   help="zero-pad images to this size in pixels (default: as in training)")
+    p.add_argument("--batch-size", type=int, default=500, help="images per batch (default: 500)")
     p.add_argument("--json", action="store_true", help="print a JSON report")
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("bench", help="a short benchmark of the binary kernels against float32 matmul")
-    p.add_argument("--repeats", type=int, default=5)
-    p.set_defaults(func=cmd_bench)
+    p = _command(sub, "bench", "a short benchmark of the binary kernels against float32 matmul", cmd_bench)
+    p.add_argument("--repeats", type=int, default=5, help="timed rounds per kernel (default: 5)")
 
-    p = sub.add_parser("export", help="write a trained checkpoint as a packed model (.apbz)")
-    p.add_argument("checkpoint")
-    p.add_argument("-o", "--output", required=True)
-    p.set_defaults(func=cmd_export)
+    p = _command(sub, "export", "write a trained checkpoint as a packed model (.apbz)", cmd_export)
+    p.add_argument("checkpoint", help="a checkpoint written by `apb-ref train` (.ckpt)")
+    p.add_argument("-o", "--output", required=True, help="the packed file to write (.apbz); replaced if it exists")
 
-    p = sub.add_parser("summary", help="per-layer memory and MACs of a checkpoint (Larq-style table)")
-    p.add_argument("checkpoint")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_summary)
+    p = _command(sub, "summary", "per-layer memory and MACs of a checkpoint (Larq-style table)", cmd_summary)
+    p.add_argument("checkpoint", help="a checkpoint written by `apb-ref train` (.ckpt)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
 
-    p = sub.add_parser("demo", help="the main job: train APB on the bundled digits and report")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--bits-per-weight", type=float, default=1.5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--resume", action="store_true")
+    p = _command(sub, "demo", "the main job: train APB on the bundled digits and report", cmd_demo)
+    p.add_argument("--epochs", type=int, default=12, help="training epochs (default: 12)")
+    p.add_argument("--bits-per-weight", type=float, default=1.5,
+                   help="memory budget of the compressed convs in bits/weight (default: 1.5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling (default: 0)")
+    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--resume", action="store_true", help="continue the demo run in --out")
     p.add_argument("--overwrite", action="store_true",
                    help="run even if --out holds files the demo did not write (they are kept)")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_demo)
+    p.add_argument("--quiet", action="store_true", help="print only the final result line")
     return parser
 
 

@@ -28,6 +28,13 @@ DATASETS: dict[str, str] = {
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "cifar-10": "cifar10",
             "cifar_10": "cifar10"}
 
+#: Class names by dataset (the label order of the files); datasets not listed name classes by number.
+CLASS_NAMES: dict[str, tuple[str, ...]] = {
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}
+
 #: Where a dataset is looked for when ``data_dir`` is None.
 DEFAULT_DIRS: dict[str, str] = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 
@@ -73,6 +80,11 @@ class Dataset:
     def in_channels(self) -> int:
         return int(self.x_train.shape[1])
 
+    @property
+    def class_names(self) -> list[str]:
+        names = CLASS_NAMES.get(self.name)
+        return list(names) if names and len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
+
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
                 f"image_shape={self.image_shape}, num_classes={self.num_classes}, augment={self.augment})")
@@ -96,7 +108,7 @@ def _to_float_images(u: np.ndarray, scale: float, pad_to: int | None) -> np.ndar
         pad_to_h, pad_to_w = h, w
     else:
         if isinstance(pad_to, bool) or not isinstance(pad_to, (int, np.integer)) or pad_to < max(h, w):
-            raise ValueError(f"pad_to: expected None or an int >= the image size {max(h, w)} "
+            raise ValueError(f"--pad-to: expected None or an int >= the image size {max(h, w)} "
                              f"(images are {h}x{w}), got {pad_to!r}")
         pad_to_h = pad_to_w = int(pad_to)
     out = np.zeros((n, c, pad_to_h, pad_to_w), dtype=np.float32)
@@ -172,8 +184,8 @@ def _idx_paths(name: str, data_dir: Path) -> dict[str, Path]:
     found = {key: find_idx_file(data_dir, stem) for key, stem in IDX_FILES.items()}
     missing = [IDX_FILES[k] for k, p in found.items() if p is None]
     if missing:
-        hint = ("; install Debian's package with `apt-get install dataset-fashion-mnist` or pass data_dir"
-                if name == "fashion-mnist" else "; pass data_dir pointing at a directory holding them")
+        hint = ("; install Debian's package (`apt-get install dataset-fashion-mnist`, as root) or pass --data-dir"
+                if name == "fashion-mnist" else "; pass --data-dir pointing at a directory holding them")
         raise FileNotFoundError(
             f"{name}: missing {', '.join(missing)} (or .gz) in {str(data_dir)!r}; expected the four IDX files "
             f"{', '.join(IDX_FILES.values())}, each plain or gzipped{hint}. Nothing is downloaded at run time.")
@@ -200,7 +212,7 @@ def _read_split(name, img_path, lbl_path, limit, num_classes):
 def _load_idx(name, data_dir, pad_to, limit_train, limit_test) -> Dataset:
     if data_dir is None:
         if name not in DEFAULT_DIRS:
-            raise ValueError(f"data_dir: dataset {name!r} has no default location; expected a directory holding "
+            raise ValueError(f"--data-dir: dataset {name!r} has no default location; expected a directory holding "
                              f"{', '.join(IDX_FILES.values())} (plain or .gz), got None")
         data_dir = DEFAULT_DIRS[name]
     paths = _idx_paths(name, Path(data_dir))
@@ -219,7 +231,7 @@ def _load_idx(name, data_dir, pad_to, limit_train, limit_test) -> Dataset:
 
 def _load_cifar10(data_dir, pad_to, limit_train, limit_test) -> Dataset:
     if data_dir is None:
-        raise ValueError("data_dir: dataset 'cifar10' has no default location; expected the directory holding "
+        raise ValueError("--data-dir: dataset 'cifar10' has no default location; expected the directory holding "
                          "the python batches (data_batch_1..5, test_batch), got None")
     x_tr, y_tr, x_te, y_te = load_cifar10_arrays(data_dir, limit_train, limit_test)
     return _finish("cifar10", _to_float_images(x_tr, 255.0, pad_to), y_tr,

@@ -11,7 +11,8 @@ class DigitsCNN(nn.Module):
                  act: str = "relu", widths: tuple[int, int, int] = (32, 64, 128)):
         super().__init__()
         if image_size % 4:
-            raise ValueError(f"digits_cnn: image_size must be a multiple of 4 (two 2×2 pools), got {image_size}")
+            raise ValueError(f"digits_cnn: image_size must be a multiple of 4 (two 2×2 pools), got {image_size}; "
+                             f"pad the images with --pad-to {-(-image_size // 4) * 4}")
         a, b, c = widths
         self.features = nn.Sequential(
             layers.conv(in_channels, a, 3, 1, 1, compress=False), nn.BatchNorm2d(a), nn.activation(act),

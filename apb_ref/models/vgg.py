@@ -11,7 +11,8 @@ class VGGSmall(nn.Module):
                  act: str = "relu", widths: tuple[int, ...] = (128, 128, 256, 256, 512, 512)):
         super().__init__()
         if image_size % 8:
-            raise ValueError(f"vgg_small: image_size must be a multiple of 8 (three 2×2 pools), got {image_size}")
+            raise ValueError(f"vgg_small: image_size must be a multiple of 8 (three 2×2 pools), got {image_size}; "
+                             f"pad the images with --pad-to {-(-image_size // 8) * 8}")
         body, cin = [], in_channels
         for i, width in enumerate(widths):
             body.append(layers.conv(cin, width, 3, 1, 1, compress=i > 0))

@@ -16,6 +16,7 @@ from ..models import build
 from ..quant import METHODS
 from .format import PackedModel, load_packed
 from .layers import PACKED_LAYERS, Affine, PackedConv2d
+from .schema import evaluation_normalization, validate_packed
 
 
 def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -59,7 +60,7 @@ def _layer_name(layer: str, kind: str) -> str:
 def build_packed(packed: PackedModel, fold_batchnorm: bool = True) -> nn.Module:
     """The model's architecture with every layer replaced by its packed counterpart (and, with
     `fold_batchnorm`, the BatchNorms after 1- and 2-bit packed convs folded into them)."""
-    args = dict(packed.header["build"])
+    args = validate_packed(packed)  # refuses an inconsistent file before anything is built
     model = build(**args)
     t = packed.tensors
     for name, spec in packed.header["layers"].items():
@@ -78,6 +79,7 @@ class PackedNetwork:
 
     def __init__(self, packed: PackedModel, fold_batchnorm: bool = True):
         self.header = packed.header
+        self.source = getattr(packed, "source", "<memory>")
         self.model = build_packed(packed, fold_batchnorm)
 
     @classmethod
@@ -93,10 +95,8 @@ class PackedNetwork:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict[str, float]:
         """Accuracy and images/s on images in [0, 1] (normalized here with the stored statistics)."""
-        norm = self.header.get("normalization", {})
-        if norm:
-            shape = (1, -1, 1, 1)
-            x = (x - np.asarray(norm["mean"], np.float32).reshape(shape)) / np.asarray(norm["std"], np.float32).reshape(shape)
+        mean, std = evaluation_normalization(self.header, self.source)
+        x = (x - mean) / std
         start = time.perf_counter()
         logits = self.logits(x, batch_size)
         seconds = time.perf_counter() - start

@@ -35,7 +35,7 @@ from .. import nn
 from ..models import MODELS, build
 from ..nn.modules import ACTIVATIONS
 from ..quant import METHODS, LayerFactory
-from ..training.checkpoint import Invalid, integer, key_path, list_of, mapping, number, record, string, validate
+from ..schema import Invalid, integer, key_path, list_of, mapping, number, or_none, record, string, validate
 from .layers import PACKED_LAYERS
 
 MAX_DIM = 1 << 24  # any one dimension (channels, classes, K); the tensors bound the rest
@@ -70,7 +70,9 @@ BUILD = record(required={"name": string(MODELS), "num_classes": integer(2, MAX_D
                optional={"act": string(ACTIVATIONS)})
 NORMALIZATION = record(optional={"dataset": string(), "mean": list_of(number(-1e6, 1e6), 1, MAX_DIM),
                                  "std": list_of(number(0, 1e6, above=0), 1, MAX_DIM),
-                                 "image_shape": positive_ints((3,))})
+                                 "image_shape": positive_ints((3,)), "pad_to": or_none(integer(1, 1024)),
+                                 "data_dir": or_none(string(max_len=4096)),
+                                 "class_names": list_of(string(), 1, MAX_DIM)})
 # per packed layer (what a kind resolves to): its spec's fields
 SPECS = {
     "binary": record(required={"kind": string(), "weight_shape": positive_ints((2, 4)), "k": integer(1, 1 << 40),
@@ -267,6 +269,13 @@ def validate_packed(packed, path=None) -> dict[str, Any]:
     validate(header.get("normalization", {}), lambda n, p: _check_normalization(n, header["build"]), where,
              "header.normalization")
     return header["build"]
+
+
+def data_settings(header: dict[str, Any], path) -> dict[str, Any]:
+    """The checked `normalization` record of a header: how the training data was seen (dataset, mean,
+    std, image shape, padding, directory, class names; older files hold fewer keys), or {}."""
+    norm = header.get("normalization") if isinstance(header, dict) else None
+    return validate(norm, NORMALIZATION, f"packed file {path}", "header.normalization") if norm else {}
 
 
 def evaluation_normalization(header: dict[str, Any], path) -> tuple[np.ndarray, np.ndarray]:

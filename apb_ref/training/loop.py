@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .. import ops as F
+from ..fileio import atomic_write_text
 from ..autograd import Tensor, no_grad
 from ..data import Dataset, batches, load_dataset, num_batches
 from ..models import build
@@ -220,7 +221,7 @@ class Trainer:
                                  "repair or remove that line, then resume again") from None
             if epoch <= self.epoch:
                 kept.append(line)
-        checkpoint.atomic_write_text(log, "".join(l + "\n" for l in kept))
+        atomic_write_text(log, "".join(l + "\n" for l in kept))
 
     def last_good(self) -> str:
         """Where the last good checkpoint is, for divergence messages."""
@@ -299,7 +300,7 @@ class Trainer:
             if improved:
                 checkpoint.save(self.out / BEST, self.state())
         summary = self.summary(time.perf_counter() - wall_start)
-        checkpoint.atomic_write_text(self.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(self.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
         return summary
 
     def compression_log(self) -> dict[str, Any]:
@@ -347,8 +348,10 @@ def export_args(config: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dic
     c, h, _ = data.image_shape
     build_args = {"name": config.model, "num_classes": data.num_classes, "in_channels": c, "image_size": h,
                   "act": config.activation}
+    # what evaluating the packed file needs to see the data as training did (`apb-ref eval --packed`)
     normalization = {"dataset": config.dataset, "mean": data.mean.tolist(), "std": data.std.tolist(),
-                     "image_shape": list(data.image_shape)}
+                     "image_shape": list(data.image_shape), "pad_to": config.pad_to, "data_dir": config.data_dir,
+                     "class_names": data.class_names}
     return build_args, normalization
 
 

@@ -80,7 +80,7 @@ def test_unknown_name_lists_known_names():
         assert known in str(e.value)
 
 
-@pytest.mark.parametrize("kwargs, arg", [({"pad_to": 4}, "pad_to"), ({"pad_to": 8.0}, "pad_to"),
+@pytest.mark.parametrize("kwargs, arg", [({"pad_to": 4}, "--pad-to"), ({"pad_to": 8.0}, "pad_to"),
                                          ({"limit_train": 0}, "limit_train"), ({"limit_test": -1}, "limit_test")])
 def test_bad_loader_arguments(kwargs, arg):
     with pytest.raises(ValueError, match=arg):
@@ -141,7 +141,7 @@ def test_pad_to_centres_images(tmp_path):
     border = np.ones((32, 32), bool)
     border[2:30, 2:30] = False
     assert np.all(ds.x_train[:, :, border] == 0)
-    with pytest.raises(ValueError, match="pad_to"):
+    with pytest.raises(ValueError, match="--pad-to"):
         load_dataset("fashion-mnist", data_dir=tmp_path, pad_to=27)
 
 
@@ -216,7 +216,7 @@ def test_idx_labels_out_of_range(tmp_path):
 
 
 def test_idx_needs_data_dir():
-    with pytest.raises(ValueError, match="data_dir"):
+    with pytest.raises(ValueError, match="--data-dir"):
         load_dataset("mnist")
 
 
@@ -275,7 +275,7 @@ def test_cifar_missing_and_malformed(tmp_path):
     with pytest.raises(ValueError, match="refusing"):
         load_dataset("cifar10", data_dir=tmp_path)
 
-    with pytest.raises(ValueError, match="data_dir"):
+    with pytest.raises(ValueError, match="--data-dir"):
         load_dataset("cifar10")
 
 

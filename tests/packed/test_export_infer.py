@@ -137,6 +137,7 @@ def test_trained_model_export_reproduces_accuracy_exactly(tmp_path, capsys, act_
     out = tmp_path / "run"
     assert main(["train", "--method", "apb", "--act-bits", str(act_bits), "--epochs", "2", "--limit-train", "400",
                  "--bits-per-weight", "1.4", "--out", str(out), "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("test accuracy")  # --quiet still prints the result line
     assert main(["eval", "--checkpoint", str(out / "last.ckpt"), "--json"]) == 0
     float_report = json.loads(capsys.readouterr().out)
     assert main(["export", str(out / "last.ckpt"), "-o", str(tmp_path / "m.apbz")]) == 0

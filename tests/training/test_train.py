@@ -111,6 +111,8 @@ def test_cli_train_then_eval(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--epochs", "1", "--limit-train", "256", "--limit-test", "100", "--out", str(out), "--quiet"]) == 0
     assert (out / "curves.png").stat().st_size > 1000
+    result = capsys.readouterr().out.splitlines()  # --quiet: only the result line
+    assert len(result) == 1 and result[0].startswith("test accuracy")
     assert main(["eval", "--checkpoint", str(out / "best.ckpt"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     saved = json.loads((out / "summary.json").read_text())
