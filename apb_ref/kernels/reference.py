@@ -195,10 +195,12 @@ def im2col(x, kh, kw, stride=1, padding=0, layout="rows") -> np.ndarray:
     n, c, h, w = x.shape
     ho, wo = conv_output("im2col", n, h, w, kh, kw, stride, padding, c * kh * kw)
     xp = pad_hw(x, padding)
-    taps = np.stack([xp[:, :, window(i, ho, stride), window(j, wo, stride)]
-                     for i in range(kh) for j in range(kw)], axis=2)  # (N, C, kh·kw, Ho, Wo)
-    rows = taps.transpose(0, 3, 4, 1, 2).reshape(n * ho * wo, c * kh * kw)
-    return rows if layout == "rows" else np.ascontiguousarray(rows.T)
+    taps = np.empty((c, kh, kw, n, ho, wo), dtype=x.dtype)
+    for i in range(kh):  # tap (i, j) of every output pixel: one strided window of the padded map
+        for j in range(kw):
+            taps[:, i, j] = xp[:, :, window(i, ho, stride), window(j, wo, stride)].transpose(1, 0, 2, 3)
+    cols = taps.reshape(c * kh * kw, n * ho * wo)  # rows (c, i, j), columns (n, ho, wo)
+    return cols if layout == "columns" else np.ascontiguousarray(cols.T)
 
 
 def im2col_bits(bits, c, kh, kw, stride=1, padding=0) -> np.ndarray:
@@ -209,7 +211,7 @@ def im2col_bits(bits, c, kh, kw, stride=1, padding=0) -> np.ndarray:
     packed row per output pixel (n, ho, wo) with its K = kh·kw·c bits ordered (i, j, channel) —
     channels last, so each tap is one run of c bits (the weight must be packed in that order too).
     Taps that fall on the zero padding are bit 0 (+1), like `pack_bits` of a zero: the caller corrects
-    for them. Here: unpack to the ±1 map, im2col it, reorder the columns to (i, j, c), pack again.
+    for them. Here: unpack to the ±1 map, im2col it, reorder K to (i, j, c), pack again.
     """
     func = "im2col_bits"
     check_conv_args(func, kh, kw, stride, padding)
@@ -223,9 +225,9 @@ def im2col_bits(bits, c, kh, kw, stride=1, padding=0) -> np.ndarray:
     ho, wo = conv_output(func, n, h, w, kh, kw, stride, padding, max(wc, words_for(kh * kw * c)))
     signs = unpack_bits(bits.reshape(n * h * w, wc), c).reshape(n, h, w, c).transpose(0, 3, 1, 2)
     # the zero padding, as pack_bits packs a zero, is +1: pad with +1 and im2col without padding
-    rows = im2col(pad_hw(np.ascontiguousarray(signs), padding, value=1.0), kh, kw, stride, 0)
-    hwc = rows.reshape(-1, c, kh * kw).transpose(0, 2, 1).reshape(len(rows), kh * kw * c)
-    return pack_bits(hwc)
+    cols = im2col(pad_hw(signs, padding, value=1.0), kh, kw, stride, 0, layout="columns")  # rows (c, i, j)
+    taps_first = cols.reshape(c, kh * kw, -1).transpose(1, 0, 2).reshape(kh * kw * c, -1)  # rows (i, j, c)
+    return pack_bits(taps_first, layout="columns")
 
 
 def csr_conv2d(indptr, indices, data, x, kh, kw, stride=1, padding=0, signs=False, *, add_to=None) -> np.ndarray:
