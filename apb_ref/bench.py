@@ -209,6 +209,11 @@ def table(rows: list[dict]) -> str:
         lines.append("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    slower = [r for r in rows if r["rust_all_ms"] is not None and r["rust_1t_ms"] is not None
+              and r["rust_all_ms"] > r["rust_1t_ms"]]
+    if slower:  # more threads cannot be slower on an idle machine: say why the figure looks wrong
+        lines.append(f"note: {len(slower)} row(s) ran slower on {all_cores} threads than on 1: other work shares "
+                     "the cores (a busy or virtual machine); time on an idle machine to compare threads")
     return "\n".join(lines)
 
 

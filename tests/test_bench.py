@@ -61,3 +61,11 @@ def test_cli_bench_runs_with_one_blas_thread():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "apb-ref bench:" in proc.stdout and "fp32 baseline on 1 BLAS thread(s)" in proc.stdout
     assert proc.stdout.count("bgemm_1x1") == 3  # the three quick shapes
+
+
+def test_table_says_when_more_threads_ran_slower():
+    row = {"shape": (8, 64, 8), "kernel": "bgemm_1x1", "fp32_ms": 1.0, "blas_threads": "1", "numpy_ms": 2.0,
+           "speedup_numpy": 0.5, "rust_1t_ms": 0.1, "speedup_rust_1t": 10.0, "rust_all_ms": 0.8,
+           "speedup_rust_all": 1.25, "rust_threads": 2, "pack_ms": 0.01, "speedup_rust_1t_with_pack": 9.0}
+    assert "slower on 2 threads" in table([row])
+    assert "slower on" not in table([{**row, "rust_all_ms": 0.06}])
