@@ -167,9 +167,11 @@ def test_checkpoint_config_of_the_wrong_type_is_one_error(tmp_path, capsys):
 
 
 # --- tracebacks where one line was due ----------------------------------------------------------
-def test_out_under_a_file_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("where", ["under a file", "where nothing may be written"])
+def test_out_that_cannot_be_written_is_one_line(tmp_path, capsys, where):
     (tmp_path / "f").write_text("x")
-    code, err = run(["train", *QUICK, "--out", tmp_path / "f" / "run"], capsys)
+    out = tmp_path / "f" / "run" if where == "under a file" else "/proc/apb-ref-run"  # even root cannot mkdir there
+    code, err = run(["train", *QUICK, "--out", out], capsys)
     assert one_line_error(code, err)
 
 
