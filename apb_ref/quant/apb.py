@@ -100,10 +100,6 @@ class APBOptions(MethodOptions):
 
     def validate(self) -> None:
         super().validate()
-        if self.alpha_delta not in ("learned", "fixed"):
-            raise ValueError(f"APB: alpha_delta must be 'learned' or 'fixed', got {self.alpha_delta!r}")
-        if self.ab_reduction not in ("mean", "sum"):
-            raise ValueError(f"APB: ab_reduction must be 'mean' or 'sum', got {self.ab_reduction!r}")
         if not self.lr_ab >= 0:
             raise ValueError(f"APB: lr_ab must be >= 0, got {self.lr_ab}")
         for name in ("freeze_alpha_delta_epoch", "freeze_mask_epoch"):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -60,9 +60,15 @@ class MethodOptions:
     """Base of every method's options (full precision has none)."""
 
     def validate(self) -> None:
-        """Raise ValueError naming the option when a value has the wrong type, is not finite or is
-        out of range. Subclasses add their ranges after calling this."""
-        check_option_types(type(self).__name__, self, typing.get_type_hints(type(self)))
+        """Raise ValueError naming the option when a value has the wrong type, is not finite or not
+        one of its field's choices. Subclasses add their ranges after calling this."""
+        owner = type(self).__name__
+        check_option_types(owner, self, typing.get_type_hints(type(self)))
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{owner}: {f.name} must be one of {', '.join(map(str, choices))}, "
+                                 f"got {getattr(self, f.name)!r}")
 
     @property
     def quantizer_lr(self) -> float | None:

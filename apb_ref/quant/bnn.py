@@ -65,13 +65,6 @@ class BNNOptions(MethodOptions):
     bnn_ste: str = option("identity", "BNN: straight-through estimator of the weights' sign "
                           "(clipped: gradient only where |w| <= 1)", ("identity", "clipped"))
 
-    def validate(self) -> None:
-        super().validate()
-        if self.bnn_scale not in ("channel", "layer"):
-            raise ValueError(f"BNN: bnn_scale must be 'channel' or 'layer', got {self.bnn_scale!r}")
-        if self.bnn_ste not in ("identity", "clipped"):
-            raise ValueError(f"BNN: bnn_ste must be 'identity' or 'clipped', got {self.bnn_ste!r}")
-
 
 class BNN(WeightQuantizer):
     name = "bnn"
