@@ -140,7 +140,7 @@ def cmd_eval_packed(args: argparse.Namespace) -> int:
         print("note: the NumPy kernels are the readable reference and run many times slower; "
               "--backend rust runs the compiled ones", file=sys.stderr)
     data = load_dataset(name, data_dir, pad_to)
-    result = net.evaluate(data.x_test, data.y_test, args.batch_size)
+    result = net.evaluate(data.x_test, data.y_test, args.batch_size, progress="eval")
     report = {"packed": str(args.packed), "dataset": data.name, "backend": kernels.get_backend(),
               "test_accuracy": result["accuracy"], "images": result["images"], "images_per_second": result["images_per_second"]}
     print(json.dumps(report, indent=2) if args.json else
@@ -167,7 +167,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data = load_dataset(args.dataset, args.data_dir, args.pad_to)
     model, config, data = load_model(args.checkpoint, data)
     start = time.perf_counter()
-    result = evaluate(model, data, args.batch_size)
+    result = evaluate(model, data, args.batch_size, progress="eval")
     seconds = time.perf_counter() - start
     report = {"checkpoint": str(args.checkpoint), "model": config.model, "dataset": data.name,
               "test_accuracy": result["accuracy"], "test_loss": result["loss"], "images": int(len(data.y_test)),

@@ -14,6 +14,7 @@ from .. import nn
 from ..autograd import Tensor, no_grad
 from ..models import build
 from ..quant import METHODS
+from ..training.progress import Progress
 from .format import PackedModel, load_packed
 from .layers import PACKED_LAYERS, Affine, PackedConv2d
 from .schema import evaluation_normalization, validate_packed
@@ -86,19 +87,23 @@ class PackedNetwork:
     def load(cls, path: str | Path) -> "PackedNetwork":
         return cls(load_packed(path))
 
-    def logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    def logits(self, x: np.ndarray, batch_size: int = 256, progress: str | None = None) -> np.ndarray:
+        """Logits of normalized NCHW float32 images; with a `progress` label, a progress bar on stderr."""
         outs = []
+        bar = Progress(-(-len(x) // batch_size), progress or "", enabled=progress is not None)
         with no_grad():
             for i in range(0, len(x), batch_size):
                 outs.append(self.model(Tensor(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32))).data)
+                bar.update(len(outs[-1]))
+        bar.close()
         return np.concatenate(outs)
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict[str, float]:
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256, progress: str | None = None) -> dict[str, float]:
         """Accuracy and images/s on images in [0, 1] (normalized here with the stored statistics)."""
         mean, std = evaluation_normalization(self.header, self.source)
         x = (x - mean) / std
         start = time.perf_counter()
-        logits = self.logits(x, batch_size)
+        logits = self.logits(x, batch_size, progress)
         seconds = time.perf_counter() - start
         return {"accuracy": float((logits.argmax(axis=1) == y).mean()), "images_per_second": len(y) / seconds,
                 "seconds": seconds, "images": int(len(y))}

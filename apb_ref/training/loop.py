@@ -96,17 +96,22 @@ def image_batches(x: np.ndarray, y: np.ndarray, data: Dataset, batch_size: int, 
     return batches(x, y, batch_size, mean=data.mean, std=data.std, **kw)
 
 
-def evaluate(model, data: Dataset, batch_size: int = 500, split: str = "test") -> dict[str, float]:
-    """Mean loss and accuracy of `model` on a split, in eval mode without building a graph."""
+def evaluate(model, data: Dataset, batch_size: int = 500, split: str = "test",
+             progress: str | None = None) -> dict[str, float]:
+    """Mean loss and accuracy of `model` on a split, in eval mode without building a graph; with a
+    `progress` label, a progress bar (on stderr) while it runs."""
     x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
+    bar = Progress(num_batches(len(y), batch_size, drop_last=False), progress or "", enabled=progress is not None)
     with no_grad():
         for xb, yb in image_batches(x, y, data, batch_size):
             logits = model(Tensor(xb))
             total_loss += float(F.cross_entropy(logits, yb).data) * len(yb)
             correct += int((logits.data.argmax(axis=1) == yb).sum())
+            bar.update(len(yb))
+    bar.close()
     model.train(was_training)
     return {"loss": total_loss / len(y), "accuracy": correct / len(y)}
 
@@ -283,7 +288,8 @@ class Trainer:
             stats = self.train_epoch(e)
             for s in self._schedulers():
                 s.step()
-            test = evaluate(self.model, self.data, self.config.eval_batch_size)
+            test = evaluate(self.model, self.data, self.config.eval_batch_size,
+                            progress=f"test {e + 1}/{self.config.epochs}" if self.progress else None)
             self.epoch = e + 1
             self.train_seconds += stats["train_epoch_seconds"]
             self.images_seen += len(self.data.y_train)
@@ -320,7 +326,7 @@ class Trainer:
                   f"acc {record['test_accuracy']:.4f} | {record['images_per_second']:.0f} img/s", flush=True)
 
     def summary(self, wall_seconds: float) -> dict[str, Any]:
-        final = evaluate(self.model, self.data, self.config.eval_batch_size)
+        final = evaluate(self.model, self.data, self.config.eval_batch_size, progress="final test" if self.progress else None)
         memory = summarize(self.model, self.data.image_shape).totals()
         budget = None
         if self.budget is not None:

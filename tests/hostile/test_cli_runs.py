@@ -208,6 +208,13 @@ def _options(command):
     return st.lists(st.tuples(st.sampled_from(flags), _values()), max_size=4)
 
 
+@pytest.fixture
+def restore_cwd():
+    cwd = os.getcwd()
+    yield
+    os.chdir(cwd)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
@@ -218,9 +225,10 @@ def trained(tmp_path_factory):
 
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_fuzzed_command_lines_end_in_one_line(data, trained, tmp_path, capsys):
+def test_fuzzed_command_lines_end_in_one_line(data, trained, tmp_path, capsys, restore_cwd):
     """Any combination of options either works (exit 0) or ends as argparse's usage error (exit 2) or
     one line 'apb-ref: ...' with a non-zero exit: never a traceback."""
+    os.chdir(tmp_path)  # a drawn relative path (export -o 1) lands here, not in the repository
     command = data.draw(st.sampled_from(["train", "eval", "export", "summary", "demo"]), label="command")
     pairs = data.draw(_options(command), label="options")
     argv = [command]
