@@ -65,3 +65,13 @@ def test_the_quick_blocks_run_as_pasted(tmp_path):
         argv = [sys.executable, "-m", "apb_ref"] + shlex.split(command)[1:]
         done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+
+
+@pytest.mark.parametrize("page", ["README.md", "BENCHMARKS.md", "docs/DESIGN.md", "docs/METHODS.md"])
+def test_links_resolve_inside_the_repository(page):
+    root = README.parent
+    path = root / page
+    for target in re.findall(r"\]\(([^)#]+)\)", path.read_text()):
+        if "://" not in target:
+            assert (path.parent / target).exists(), f"{page} links to {target}, which is not in the repository"
+        assert "shared" not in target.split("/"), f"{page} links outside the repository: {target}"
