@@ -222,6 +222,14 @@ EXAMPLES = {
 }
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the ValueError into a usage line)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def _command(sub, name: str, help: str, func) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help, epilog=EXAMPLES.get(name),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -248,13 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, choices=sorted(DATASETS),
                    help="evaluate on this dataset (default: the one the model was trained on)")
     p.add_argument("--data-dir", default=None, help="directory of the dataset files (default: the training run's)")
-    p.add_argument("--pad-to", type=int, default=None,
+    p.add_argument("--pad-to", type=positive_int, default=None,
                    help="zero-pad images to this size in pixels (default: as in training)")
-    p.add_argument("--batch-size", type=int, default=500, help="images per batch (default: 500)")
+    p.add_argument("--batch-size", type=positive_int, default=500, help="images per batch (default: 500)")
     p.add_argument("--json", action="store_true", help="print a JSON report")
 
     p = _command(sub, "bench", "a short benchmark of the binary kernels against float32 matmul", cmd_bench)
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per kernel (default: 5)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed rounds per kernel (default: 5)")
 
     p = _command(sub, "export", "write a trained checkpoint as a packed model (.apbz)", cmd_export)
     p.add_argument("checkpoint", help="a checkpoint written by `apb-ref train` (.ckpt)")
@@ -265,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the table as JSON")
 
     p = _command(sub, "demo", "the main job: train APB on the bundled digits and report", cmd_demo)
-    p.add_argument("--epochs", type=int, default=12, help="training epochs (default: 12)")
+    p.add_argument("--epochs", type=positive_int, default=12, help="training epochs (default: 12)")
     p.add_argument("--bits-per-weight", type=float, default=1.5,
                    help="memory budget of the compressed convs in bits/weight (default: 1.5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling (default: 0)")

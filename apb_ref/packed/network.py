@@ -89,6 +89,8 @@ class PackedNetwork:
 
     def logits(self, x: np.ndarray, batch_size: int = 256, progress: str | None = None) -> np.ndarray:
         """Logits of normalized NCHW float32 images; with a `progress` label, a progress bar on stderr."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"logits: batch_size must be an integer >= 1, got {batch_size!r}")
         outs = []
         bar = Progress(-(-len(x) // batch_size), progress or "", enabled=progress is not None)
         with no_grad():

@@ -175,6 +175,15 @@ def test_out_that_cannot_be_written_is_one_line(tmp_path, capsys, where):
     assert one_line_error(code, err)
 
 
+@pytest.mark.parametrize("argv", [["eval", "--batch-size", "0"], ["bench", "--repeats", "0"], ["demo", "--epochs", "-1"],
+                                  ["eval", "--pad-to", "0"]])
+def test_non_positive_counts_are_usage_errors(argv, capsys):
+    """eval --batch-size 0 divided by zero (found by the CLI fuzz test)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and "invalid positive_int value" in capsys.readouterr().err
+
+
 def test_export_to_an_existing_directory_is_one_line(tmp_path, capsys):
     assert run(["train", *QUICK, "--out", tmp_path / "r"], capsys)[0] == 0
     code, err = run(["export", tmp_path / "r" / LAST, "-o", tmp_path], capsys)
