@@ -297,8 +297,9 @@ def main(argv: list[str] | None = None) -> int:
         saved = " (completed epochs are saved: continue with --resume)" if command in ("train", "demo") else ""
         print(f"\napb-ref: interrupted{saved}", file=sys.stderr)
         return 130
-    except RuntimeError as e:  # a diverged run (TrainingDiverged), a missing Rust backend
-        print(f"apb-ref: {'training stopped' if type(e).__name__ == 'TrainingDiverged' else 'error'}: {e}", file=sys.stderr)
+    except RuntimeError as e:  # a diverged run, a missing Rust backend
+        from .training import TrainingDiverged
+        print(f"apb-ref: {'training stopped' if isinstance(e, TrainingDiverged) else 'error'}: {e}", file=sys.stderr)
         return 1
     except (ValueError, KeyError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError) as e:
         print(f"apb-ref: error: {e}", file=sys.stderr)

@@ -145,7 +145,8 @@ class Trainer:
                                          momentum=config.momentum, nesterov=config.nesterov)
         self.scheduler = build_scheduler(config.schedule, self.optimizer, config.epochs, config.warmup_epochs)
         # α, δ and the like: their own Adam, no weight decay, cosine over all epochs (METHODS §1.4)
-        method_params = [p for _, m in quantized_layers(self.model) for p in m.weight_quantizer.quantizer_parameters()]
+        self.quantizers = [m.weight_quantizer for _, m in quantized_layers(self.model)]  # fixed for the run
+        method_params = [p for q in self.quantizers for p in q.quantizer_parameters()]
         method_lr = config.method_options().quantizer_lr
         self.method_optimizer = build_optimizer("adam", method_params, method_lr, 0.0) if method_params else None
         self.method_scheduler = (build_scheduler("cosine", self.method_optimizer, config.epochs)
@@ -259,8 +260,8 @@ class Trainer:
             loss.backward()
             for o in self._optimizers():
                 o.step()
-            for _, layer in quantized_layers(self.model):  # keep each method's parameters in their domain
-                layer.weight_quantizer.project_parameters()
+            for q in self.quantizers:  # keep each method's parameters in their domain
+                q.project_parameters()
             loss_sum += value * len(yb)
             correct += int((logits.data.argmax(axis=1) == yb).sum())
             seen += len(yb)
