@@ -32,19 +32,31 @@ from .. import ops as F
 from ..autograd import Tensor
 from ..ops.lowering import conv_output_size
 from ..quant.activations import activation_quantizer
+from ..quant.packing import unpack_codes
+
+
+def weight_planes(prefix: str, t: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The binary part of a layer as planes (B_p packed (O, words), α_p (O,)): W = Σ_p α_p·B_p.
+    APB and BNN store one plane (α per layer or per row); uniform k-bit weights store k planes of
+    u = Σ_p 2^p·b_p with α = s/2, so plane p's scale is α·2^p."""
+    if f"{prefix}.planes" in t:
+        planes = t[f"{prefix}.planes"]
+        alpha = np.broadcast_to(t[f"{prefix}.alpha"].astype(np.float32), (planes.shape[1],))
+        return [(np.ascontiguousarray(planes[p]), (alpha * np.float32(2 ** p)).astype(np.float32))
+                for p in range(planes.shape[0])]
+    bits = t[f"{prefix}.sign_bits"]
+    return [(bits, np.broadcast_to(t[f"{prefix}.alpha"].astype(np.float32), (bits.shape[0],)).copy())]
 
 
 class PackedLinearCore(nn.Module):
-    """α·(B·X) + S·X + bias for X given as columns (K rows, one column per output position)."""
+    """Σ_p α_p·(B_p·X) + S·X + bias for X given as columns (K rows, one column per output position)."""
 
     def __init__(self, prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray]):
         super().__init__()
         self.k, self.act_bits = int(spec["k"]), int(spec["act_bits"])
-        self.sign_bits = t[f"{prefix}.sign_bits"]
-        self.out_features = self.sign_bits.shape[0]
-        # α per output row: APB stores one for the layer, BNN one per channel
-        self.alpha = np.broadcast_to(t[f"{prefix}.alpha"].astype(np.float32), (self.out_features,)).copy()
-        self.sparse = f"{prefix}.csr_values" in t  # a residual S (APB); BNN has none
+        self.planes = weight_planes(prefix, t)
+        self.out_features = self.planes[0][0].shape[0]
+        self.sparse = f"{prefix}.csr_values" in t  # a residual S (APB); BNN and uniform have none
         if self.sparse:
             self.indptr = t[f"{prefix}.csr_indptr"].astype(np.int64)
             self.indices = t[f"{prefix}.csr_indices"].astype(np.int32)
@@ -53,33 +65,48 @@ class PackedLinearCore(nn.Module):
         # the float model's own activation quantizer (element-wise, so applied to the activation map
         # before im2col: kh·kw times fewer elements than the columns)
         self.act = activation_quantizer(self.act_bits)
-        if self.act_bits == 32:  # the float path multiplies by the ±1 matrix itself
-            self.signs = kernels.unpack_bits(self.sign_bits, self.k)
-        # The binary GEMMs finish y = α·(B·X) + bias themselves, as float32 product·scale + shift per
-        # row: 1-bit B·X is the product; 2-bit B·X = (B·v)/6 + rowsum(B)/2 with B·v the product.
+        if self.act_bits == 32:  # the float path multiplies by the dense binary part itself
+            self.dense = self.binary_part()
+        # The binary GEMMs finish y = α_p·(B_p·X) (+ bias on the first plane) themselves, as float32
+        # product·scale + shift per row: 1-bit B·X is the product; 2-bit B·X = (B·v)/6 + rowsum(B)/2.
         o = self.out_features
         bias = np.zeros(o, np.float32) if self.bias is None else self.bias.astype(np.float32)
-        if self.act_bits == 1:
-            self.epilogue = {"scale": self.alpha.copy(), "shift": bias}
-        if self.act_bits == 2:
-            row_sums = self.k - 2 * np.bitwise_count(self.sign_bits).sum(axis=1).astype(np.int64)
-            self.epilogue = {"scale": (self.alpha / np.float32(6)).astype(np.float32),
-                             "shift": (self.alpha * (row_sums / 2) + bias).astype(np.float32)}
+        self.epilogues = []
+        for p, (bits, alpha) in enumerate(self.planes):
+            shift = bias if p == 0 else np.zeros(o, np.float32)
+            if self.act_bits == 1:
+                self.epilogues.append({"scale": alpha.copy(), "shift": shift.copy()})
+            if self.act_bits == 2:
+                row_sums = self.k - 2 * np.bitwise_count(bits).sum(axis=1).astype(np.int64)
+                self.epilogues.append({"scale": (alpha / np.float32(6)).astype(np.float32),
+                                       "shift": (alpha * (row_sums / 2) + shift).astype(np.float32)})
+
+    def binary_part(self) -> np.ndarray:
+        """Σ_p α_p·B_p as a dense (O, K) float32 matrix."""
+        return sum(alpha[:, None] * kernels.unpack_bits(bits, self.k) for bits, alpha in self.planes).astype(np.float32)
+
+    def _planes_gemm(self, gemm, weights, *operands) -> np.ndarray:
+        """Σ_p (the plane's GEMM with its epilogue): one float32 (O, P) array, summed in place."""
+        y = None
+        for bits, epilogue in zip(weights, self.epilogues):
+            part = gemm(bits, *operands, self.k, **epilogue)
+            y = part if y is None else np.add(y, part, out=y)
+        return y
 
     def matmul(self, cols: np.ndarray) -> np.ndarray:
         """(K, P) quantized input columns (one per output position) -> (O, P) outputs."""
+        weights = [bits for bits, _ in self.planes]
         if self.act_bits == 1:
             # pack straight from the (K, P) columns: no transposed float copy
-            y = kernels.bgemm_1x1(self.sign_bits, kernels.pack_bits(cols, layout="columns"), self.k, **self.epilogue)
+            y = self._planes_gemm(kernels.bgemm_1x1, weights, kernels.pack_bits(cols, layout="columns"))
         elif self.act_bits == 2:
             # cols = (v + 3)/6 holds float32(j/3), j = 0..3, and in float32 j/3·6 − 3 is exactly 2j − 3
             # (pack_2bit would refuse anything else); in place, so one (K, P) temporary, not two
             v = cols * np.float32(6)
             v -= 3
-            hi, lo = kernels.pack_2bit(v, layout="columns")
-            y = kernels.bgemm_1x2(self.sign_bits, hi, lo, self.k, **self.epilogue)
+            y = self._planes_gemm(kernels.bgemm_1x2, weights, *kernels.pack_2bit(v, layout="columns"))
         else:
-            y = self.alpha[:, None] * (self.signs @ cols)
+            y = self.dense @ cols
             if self.bias is not None:
                 y += self.bias[:, None]
         if self.sparse:
@@ -96,10 +123,13 @@ class PackedConv2d(PackedLinearCore):
         self.out_scale = np.ones(self.out_features, np.float32)  # a folded BatchNorm's scale (`fold`)
         if self.packed_input:
             # These paths lower packed bits (im2col_bits), whose K order is (i, j, channel): the sign
-            # matrix is repacked once in that order.
-            signs = kernels.unpack_bits(self.sign_bits, self.k)
-            signs = signs.reshape(-1, self.channels, self.kh, self.kw).transpose(0, 2, 3, 1)
-            self.sign_bits_hwc = kernels.pack_bits(np.ascontiguousarray(signs).reshape(len(signs), -1))
+            # matrices are repacked once in that order.
+            self.planes_hwc = [self._taps_first(bits) for bits, _ in self.planes]
+
+    def _taps_first(self, bits: np.ndarray) -> np.ndarray:
+        signs = kernels.unpack_bits(bits, self.k)
+        signs = signs.reshape(-1, self.channels, self.kh, self.kw).transpose(0, 2, 3, 1)
+        return kernels.pack_bits(np.ascontiguousarray(signs).reshape(len(signs), -1))
 
     def forward(self, x):
         n, _, h, w = x.shape
@@ -118,13 +148,14 @@ class PackedConv2d(PackedLinearCore):
 
     def fold(self, scale: np.ndarray, shift: np.ndarray) -> None:
         """Fold a following per-channel y·scale + shift (a BatchNorm that reads only this layer's
-        output) into the layer: the GEMM's epilogue, the residual's values and the padding
-        correction are scaled per output channel, and the shift joins the epilogue's. Only for the
-        1- and 2-bit paths, whose epilogue makes it free."""
+        output) into the layer: the GEMMs' epilogues, the residual's values and the padding
+        correction are scaled per output channel, and the shift joins the first plane's. Only for
+        the 1- and 2-bit paths, whose epilogue makes it free."""
         if not self.packed_input:
             raise ValueError("PackedConv2d.fold: only layers with 1- or 2-bit activations fold a BatchNorm")
         scale, shift = np.asarray(scale, np.float32), np.asarray(shift, np.float32)
-        self.epilogue = {"scale": self.epilogue["scale"] * scale, "shift": self.epilogue["shift"] * scale + shift}
+        self.epilogues = [{"scale": e["scale"] * scale, "shift": e["shift"] * scale + (shift if p == 0 else 0)}
+                          for p, e in enumerate(self.epilogues)]
         if self.sparse:
             self.values = self.values * scale[np.repeat(np.arange(self.out_features), np.diff(self.indptr))]
         self.out_scale = self.out_scale * scale
@@ -136,7 +167,7 @@ class PackedConv2d(PackedLinearCore):
         return kernels.im2col_bits(packed.reshape(n, h, w, -1), c, self.kh, self.kw, self.stride, self.padding)
 
     def _packed_forward(self, x: np.ndarray) -> np.ndarray:
-        """α·(B·X) + S·X + bias with X, the im2col of the quantized map, never built: the map is packed
+        """Σ_p α_p·(B_p·X) + S·X + bias with X, the im2col of the quantized map, never built: the map is packed
         once per pixel (channels last), lowered on packed bits, and S·X reads its windows of the map.
 
         1-bit: pack_bits packs signs, so x itself is packed (no ±1 copy) and csr_conv2d reads sign(x).
@@ -150,7 +181,7 @@ class PackedConv2d(PackedLinearCore):
         # down their columns): the (N·H·W, W) words of the map channels last, no transposed copy.
         if self.act_bits == 1:
             bits = kernels.pack_bits(x.reshape(n, c, h * w), layout="columns")
-            y = kernels.bgemm_1x1(self.sign_bits_hwc, self._lowered(bits, x.shape), self.k, **self.epilogue)
+            y = self._planes_gemm(kernels.bgemm_1x1, self.planes_hwc, self._lowered(bits, x.shape))
             sparse_input, signs = x, True
         else:
             xq = np.ascontiguousarray(self.act(Tensor(x)).data)
@@ -158,8 +189,8 @@ class PackedConv2d(PackedLinearCore):
             v = xq * np.float32(6)
             v -= 3
             hi, lo = kernels.pack_2bit(v.reshape(n, c, h * w), layout="columns")
-            y = kernels.bgemm_1x2(self.sign_bits_hwc, self._lowered(hi, x.shape), self._lowered(lo, x.shape),
-                                  self.k, **self.epilogue)
+            y = self._planes_gemm(kernels.bgemm_1x2, self.planes_hwc, self._lowered(hi, x.shape),
+                                  self._lowered(lo, x.shape))
             sparse_input, signs = xq, False
         # y = α·(B·X) + bias, this call's own float32 array: S·X goes straight into it
         if self.sparse:
@@ -168,11 +199,12 @@ class PackedConv2d(PackedLinearCore):
         return y
 
     def _padding_correction(self, chw) -> np.ndarray:
-        """α·B·P: what the zero padding wrongly adds to the popcount term in the 1- and 2-bit paths.
+        """W·P, W = Σ_p α_p·B_p: what the zero padding wrongly adds to the popcount terms in the 1- and
+        2-bit paths.
 
         A padded zero packs as bit 0, i.e. +1 (1-bit), or as v = +3, whose B·v/6 + B/2 is B (2-bit),
         while the float model multiplies it by 0 (S·X sees the zero itself and needs no correction).
-        P is the im2col of an image that is 1 on the padding and 0 inside, so α·B·P (O, Ho, Wo) is
+        P is the im2col of an image that is 1 on the padding and 0 inside, so W·P (O, Ho, Wo) is
         exactly the surplus; it depends only on the input size, so it is computed once per size.
         """
         cache = self.__dict__.setdefault("_corrections", {})
@@ -183,10 +215,53 @@ class PackedConv2d(PackedLinearCore):
             border[:, :, p:p + h, p:p + w] = 0
             cols = kernels.im2col(border, self.kh, self.kw, self.stride, 0, layout="columns")
             ho, wo = conv_output_size(h, self.kh, self.stride, p), conv_output_size(w, self.kw, self.stride, p)
-            signs = kernels.unpack_bits(self.sign_bits, self.k)
-            surplus = (self.alpha * self.out_scale)[:, None] * (signs @ cols)
+            surplus = self.out_scale[:, None] * (self.binary_part() @ cols)
             cache[chw] = surplus.reshape(self.out_features, ho, wo)
         return cache[chw]
+
+
+class PackedSparse(nn.Module):
+    """A pruned layer: y = S·X + bias with S in CSR (`prune`, and `prune_uniform` whose k-bit codes
+    are decoded to float32 values here, once): csr_conv2d reads each non-zero's window of the
+    quantized input map, csr_matmul multiplies a linear layer's input."""
+
+    def __init__(self, prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray], layer: nn.Module = None):
+        super().__init__()
+        shape = spec["weight_shape"]
+        self.out_features, self.k = shape[0], int(spec["k"])
+        self.conv = len(shape) == 4
+        if self.conv:
+            self.kh, self.kw = shape[2:]
+            self.stride, self.padding = int(spec["stride"]), int(spec["padding"])
+        self.indptr = t[f"{prefix}.csr_indptr"].astype(np.int64)
+        self.indices = t[f"{prefix}.csr_indices"].astype(np.int32)
+        self.values = self.decode(spec, t, prefix) if spec["code_bits"] else t[f"{prefix}.csr_values"].astype(np.float32)
+        self.bias = t.get(f"{prefix}.bias")
+        self.act = activation_quantizer(int(spec["act_bits"]))
+
+    def decode(self, spec, t, prefix) -> np.ndarray:
+        """value = (s/2)·(2c − 2^k + 1) for each survivor's code c (prune_uniform's packed form)."""
+        bits, nnz = int(spec["code_bits"]), int(spec["nnz"])
+        u = 2 * unpack_codes(t[f"{prefix}.csr_codes"], nnz) - (2 ** bits - 1)
+        half_step = np.broadcast_to(t[f"{prefix}.alpha"].astype(np.float32), (self.out_features,))
+        return (half_step[np.repeat(np.arange(self.out_features), np.diff(self.indptr))] * u).astype(np.float32)
+
+    def forward(self, x):
+        xq = np.ascontiguousarray(self.act(x).data)
+        if self.conv:
+            n, _, h, w = xq.shape
+            ho = conv_output_size(h, self.kh, self.stride, self.padding)
+            wo = conv_output_size(w, self.kw, self.stride, self.padding)
+            y = kernels.csr_conv2d(self.indptr, self.indices, self.values, xq, self.kh, self.kw, self.stride,
+                                   self.padding).reshape(self.out_features, n, ho, wo).transpose(1, 0, 2, 3)
+            shape = (1, -1, 1, 1)
+        else:
+            y = kernels.csr_matmul(self.indptr, self.indices, self.values, np.ascontiguousarray(xq.T)).T
+            shape = (1, -1)
+        y = np.ascontiguousarray(y)
+        if self.bias is not None:
+            y += self.bias.reshape(shape)
+        return Tensor(y)
 
 
 class PackedLinear(PackedLinearCore):
@@ -233,4 +308,4 @@ def binary_layer(prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray], la
 
 
 # packed_layer name (WeightQuantizer.packed_layer, or the export's own kinds) -> what builds its module
-PACKED_LAYERS = {"binary": binary_layer, "float": FloatLayer, "affine": Affine}
+PACKED_LAYERS = {"binary": binary_layer, "sparse": PackedSparse, "float": FloatLayer, "affine": Affine}

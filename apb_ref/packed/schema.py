@@ -77,6 +77,9 @@ NORMALIZATION = record(optional={"dataset": string(), "mean": list_of(number(-1e
 SPECS = {
     "binary": record(required={"kind": string(), "weight_shape": positive_ints((2, 4)), "k": integer(1, 1 << 40),
                                "act_bits": one_of(ACT_BITS), "nnz": integer(0, 1 << 40)},
+                     optional={"stride": integer(1, 4096), "padding": integer(0, 4096), "planes": integer(1, 8)}),
+    "sparse": record(required={"kind": string(), "weight_shape": positive_ints((2, 4)), "k": integer(1, 1 << 40),
+                               "act_bits": one_of(ACT_BITS), "nnz": integer(0, 1 << 40), "code_bits": integer(0, 8)},
                      optional={"stride": integer(1, 4096), "padding": integer(0, 4096)}),
     "float": record(required={"kind": string(), "act_bits": one_of(ACT_BITS)}),
     "affine": record(required={"kind": string()}),
@@ -137,27 +140,63 @@ def _check_binary(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) 
         raise Invalid(f"{path}.k", f"{k} (the product of weight_shape[1:])", spec["k"])
     if len(shape) == 4 and ("stride" not in spec or "padding" not in spec):
         raise Invalid(path, "stride and padding (a conv layer)", {key: spec.get(key) for key in ("stride", "padding")})
-    bits = _tensor(t, f"{prefix}.sign_bits", ("uint64",), (o, -(-k // 64)))
-    if k % 64 and (bits[:, -1] >> np.uint64(k % 64)).any():
-        raise Invalid(key_path("tensors", f"{prefix}.sign_bits"), f"zero padding bits past K = {k}", bits)
-    alpha = _tensor(t, f"{prefix}.alpha", ("float32",), finite=True)
-    if alpha.shape not in ((1,), (o,)) or not (alpha > 0).all():
-        raise Invalid(key_path("tensors", f"{prefix}.alpha"), f"shape [1] or [{o}] of values > 0", alpha)
+    planes = spec.get("planes")
+    if planes is None:  # one plane of signs (APB, BNN)
+        _sign_bits(t, f"{prefix}.sign_bits", (o, -(-k // 64)), k)
+    else:  # k-bit uniform: `planes` sign planes
+        _sign_bits(t, f"{prefix}.planes", (planes, o, -(-k // 64)), k)
+    _scales(t, f"{prefix}.alpha", o)
     _tensor(t, f"{prefix}.bias", ("float32",), (o,), finite=True, optional=True)
     csr = [f"{prefix}.csr_{part}" for part in ("indptr", "indices", "values")]
     if not any(name in t for name in csr):
         if spec["nnz"]:
             raise Invalid(f"{path}.nnz", "0 (the file holds no CSR residual for this layer)", spec["nnz"])
         return tuple(shape)
-    nnz = spec["nnz"]
-    indptr = _tensor(t, csr[0], INDEX_DTYPES, (o + 1,))
-    indices = _tensor(t, csr[1], INDEX_DTYPES, (nnz,))
-    _tensor(t, csr[2], ("float32",), (nnz,), finite=True)
+    _csr(t, prefix, o, k, spec["nnz"])
+    _tensor(t, csr[2], ("float32",), (spec["nnz"],), finite=True)
+    return tuple(shape)
+
+
+def _sign_bits(t: dict[str, np.ndarray], name: str, shape: tuple[int, ...], k: int) -> None:
+    bits = _tensor(t, name, ("uint64",), shape)
+    if k % 64 and (bits[..., -1] >> np.uint64(k % 64)).any():
+        raise Invalid(key_path("tensors", name), f"zero padding bits past K = {k}", bits)
+
+
+def _scales(t: dict[str, np.ndarray], name: str, o: int) -> None:
+    alpha = _tensor(t, name, ("float32",), finite=True)
+    if alpha.shape not in ((1,), (o,)) or not (alpha > 0).all():
+        raise Invalid(key_path("tensors", name), f"shape [1] or [{o}] of values > 0", alpha)
+
+
+def _csr(t: dict[str, np.ndarray], prefix: str, o: int, k: int, nnz: int) -> None:
+    """Row pointers and column indices of a CSR matrix (O, K) with nnz entries."""
+    indptr = _tensor(t, f"{prefix}.csr_indptr", INDEX_DTYPES, (o + 1,))
+    indices = _tensor(t, f"{prefix}.csr_indices", INDEX_DTYPES, (nnz,))
     # compared in the stored types: a uint64 index of 2³² must not wrap to 0 in a later int32 cast
     if indptr[0] != 0 or indptr[-1] != nnz or (indptr[1:] < indptr[:-1]).any():
-        raise Invalid(key_path("tensors", csr[0]), f"row pointers rising from 0 to nnz = {nnz}", indptr)
+        raise Invalid(key_path("tensors", f"{prefix}.csr_indptr"), f"row pointers rising from 0 to nnz = {nnz}", indptr)
     if nnz and (indices.max() >= k or (indices.dtype.kind == "i" and indices.min() < 0)):
-        raise Invalid(key_path("tensors", csr[1]), f"column indices in [0, {k})", indices)
+        raise Invalid(key_path("tensors", f"{prefix}.csr_indices"), f"column indices in [0, {k})", indices)
+
+
+def _check_sparse(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) -> tuple[int, ...]:
+    """S in CSR (pruning): float32 values, or k-bit codes with s/2 per row or per layer."""
+    shape = spec["weight_shape"]
+    o, k, nnz = shape[0], math.prod(shape[1:]), spec["nnz"]
+    if spec["k"] != k:
+        raise Invalid(f"{path}.k", f"{k} (the product of weight_shape[1:])", spec["k"])
+    if len(shape) == 4 and ("stride" not in spec or "padding" not in spec):
+        raise Invalid(path, "stride and padding (a conv layer)", {key: spec.get(key) for key in ("stride", "padding")})
+    if nnz > o * k:
+        raise Invalid(f"{path}.nnz", f"at most {o * k} (the weights of the layer)", nnz)
+    _csr(t, prefix, o, k, nnz)
+    if spec["code_bits"]:
+        _tensor(t, f"{prefix}.csr_codes", ("uint8",), (spec["code_bits"], -(-nnz // 8)))
+        _scales(t, f"{prefix}.alpha", o)
+    else:
+        _tensor(t, f"{prefix}.csr_values", ("float32",), (nnz,), finite=True)
+    _tensor(t, f"{prefix}.bias", ("float32",), (o,), finite=True, optional=True)
     return tuple(shape)
 
 
@@ -177,7 +216,7 @@ def _check_affine(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) 
     return scale.shape
 
 
-TENSOR_CHECKS = {"binary": _check_binary, "float": _check_float, "affine": _check_affine}
+TENSOR_CHECKS = {"binary": _check_binary, "sparse": _check_sparse, "float": _check_float, "affine": _check_affine}
 
 
 # --- the build arguments against the tensors -----------------------------------------------------
@@ -234,7 +273,7 @@ def _check_architecture(args: dict[str, Any], shapes: dict[str, tuple[str, tuple
         if tuple(shape) != tuple(want_shape):
             raise Invalid("header.build", f"arguments that fit the tensors (layer {name} holds {list(shape)}; "
                           f"these arguments give {list(want_shape)})", args)
-        if kind == "binary" and len(want_shape) == 4 and (spec["stride"], spec["padding"]) != (want.stride, want.padding):
+        if kind in ("binary", "sparse") and len(want_shape) == 4 and (spec["stride"], spec["padding"]) != (want.stride, want.padding):
             raise Invalid(f"{path}.stride", f"stride {want.stride}, padding {want.padding} (as in {built})",
                           [spec["stride"], spec["padding"]])
 

@@ -176,7 +176,7 @@ class APB(WeightQuantizer):
 
     def count(self, w: np.ndarray) -> WeightCount:
         binary = int(self.mask(w).sum())
-        return WeightCount(binary=binary, full=int(w.size) - binary, sparse=True)
+        return WeightCount(quantized=binary, full=int(w.size) - binary, sparse=True)
 
     def layer_log(self, w: np.ndarray) -> dict[str, float]:
         return {"alpha": float(self.alpha.data), "delta": float(self.delta.data),

@@ -6,11 +6,14 @@ computes with, inside autograd, and owns everything else about its method:
   forward(w)       the effective weights (a graph node: the method's STE lives in its Function)
   quantizer_parameters()  parameters trained by their own optimizer (e.g. APB's α, δ)
   on_epoch_start   schedule hooks (freezing), idempotent in the epoch so resume replays them
+  on_step          a schedule hook after every optimizer step (gradual pruning)
   project_parameters  keep its parameters in their domain after each optimizer step (APB: α, δ > 0)
   count(w)         how the weights are stored (the memory formula reads only this)
   layer_log(w)     scalars for the per-epoch metrics log
   budget hooks     soft_fp_fraction / budget_distances / apply_budget, for methods with a memory
-                   budget (budgeted = True); the budget asks, it never writes a quantizer's state
+                   budget shared by the model (budgeted = True, budget_scope "model"); the budget
+                   asks, it never writes a quantizer's state. set_budget for a per-layer budget
+                   (budget_scope "layer": pruning maps bits/weight to its density)
   op_specs         how its autograd ops are tested (forward reference, gradient or STE surrogate)
   pack(w)          the packed form: tensors + a JSON spec, run at inference by `packed_layer`
                    (a name in apb_ref.packed.layers.PACKED_LAYERS)
@@ -78,15 +81,29 @@ class MethodOptions:
 
 @dataclass(frozen=True)
 class WeightCount:
-    """How a layer's weights are stored: `binary` at 1 bit, `full` at 32 bits (+ an index when sparse)."""
+    """How a layer's weights are stored. Every weight is in exactly one group:
 
-    binary: int
+      quantized  at `quantized_bits` bits each (1 for binary, k for k-bit uniform)
+      full       as float32
+      pruned     not at all (zero)
+
+    A sparse group (`sparse` for the full-precision weights, `quantized_sparse` for the quantized
+    ones) also stores a b_idx-bit index per weight. `bits` is the one memory formula (METHODS §1.7)."""
+
+    quantized: int
     full: int
-    sparse: bool  # full-precision weights kept as a sparse residual (APB) rather than dense
+    sparse: bool  # full-precision weights kept sparsely (APB's residual, pruning's survivors)
+    pruned: int = 0
+    quantized_bits: int = 1
+    quantized_sparse: bool = False  # quantized weights kept sparsely (pruning + quantization)
 
     @property
     def total(self) -> int:
-        return self.binary + self.full
+        return self.quantized + self.full + self.pruned
+
+    def bits(self, b_idx: int) -> int:
+        return (self.quantized * (self.quantized_bits + (b_idx if self.quantized_sparse else 0))
+                + self.full * (32 + (b_idx if self.sparse else 0)))
 
 
 class WeightQuantizer(nn.Module):
@@ -96,6 +113,9 @@ class WeightQuantizer(nn.Module):
     description: ClassVar[str] = "full precision (no compression)"
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     budgeted: ClassVar[bool] = False  # takes --bits-per-weight / --fp-fraction
+    # "model": one budget shared by all layers through the soft penalty and the hard projection
+    # (budget.py, APB); "layer": each quantizer is given the budget and meets it itself (`set_budget`)
+    budget_scope: ClassVar[str] = "model"
     packed_layer: ClassVar[str | None] = None  # None: exported as float32 weights
     op_specs: ClassVar[tuple] = ()  # the method's ops' test specs (apb_ref.testing collects them)
 
@@ -116,8 +136,16 @@ class WeightQuantizer(nn.Module):
     def project_parameters(self) -> None:
         """Put the quantizer's parameters back in their domain; called after every optimizer step."""
 
+    def on_step(self, progress: float, w: np.ndarray) -> None:
+        """Schedule hook called after every optimizer step with the fraction of training done, in
+        (0, 1] (gradual pruning). A function of `progress` and the weights, so resume replays it."""
+
+    def set_budget(self, bits_per_weight: float | None, fp_fraction: float | None, b_idx: int) -> None:
+        """A per-layer budget (budget_scope "layer"): the quantizer sets its own target from it."""
+        raise NotImplementedError(f"method {self.name!r} takes no per-layer budget")
+
     def count(self, w: np.ndarray) -> WeightCount:
-        return WeightCount(binary=0, full=int(w.size), sparse=False)
+        return WeightCount(quantized=0, full=int(w.size), sparse=False)
 
     def layer_log(self, w: np.ndarray) -> dict[str, float]:
         """Scalars for the per-epoch metrics log."""

@@ -92,7 +92,7 @@ class BNN(WeightQuantizer):
         return np.ones(w.shape, dtype=bool)
 
     def count(self, w: np.ndarray) -> WeightCount:
-        return WeightCount(binary=int(w.size), full=0, sparse=False)
+        return WeightCount(quantized=int(w.size), full=0, sparse=False)
 
     def layer_log(self, w: np.ndarray) -> dict[str, float]:
         return {"alpha_mean": float(self.scales(w).mean())}

@@ -1,5 +1,5 @@
-"""Building blocks of the methods' packed forms (`WeightQuantizer.pack`): sign planes and CSR rows
-in the smallest index types. The file format (apb_ref.packed.format) stores whatever these return."""
+"""Building blocks of the methods' packed forms (`WeightQuantizer.pack`): sign planes, CSR rows
+in the smallest index types, and k-bit codes packed as bit planes. The file format (apb_ref.packed.format) stores whatever these return."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,3 +28,14 @@ def csr_rows(values: np.ndarray, keep: np.ndarray) -> dict[str, np.ndarray]:
     return {"csr_indptr": indptr.astype(smallest_uint(int(indptr[-1]))),
             "csr_indices": cols.astype(smallest_uint(max(values.shape[1] - 1, 0))),
             "csr_values": values[rows, cols].astype(np.float32)}
+
+
+def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Unsigned k-bit codes (nnz,) as (bits, ⌈nnz/8⌉) uint8: plane p holds bit p of every code."""
+    return np.stack([np.packbits(((codes >> p) & 1).astype(np.uint8)) for p in range(bits)]).reshape(bits, -1)
+
+
+def unpack_codes(planes: np.ndarray, nnz: int) -> np.ndarray:
+    """The inverse of `pack_codes`: (nnz,) int64 codes."""
+    bits = planes.shape[0]
+    return sum(np.unpackbits(planes[p])[:nnz].astype(np.int64) << p for p in range(bits)) if bits else np.zeros(nnz, np.int64)

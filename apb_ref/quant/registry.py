@@ -11,18 +11,26 @@ import numpy as np
 from .apb import APB
 from .base import MethodOptions, WeightQuantizer
 from .bnn import BNN
+from .prune import Prune
+from .prune_uniform import PruneUniform
+from .uniform import Uniform
 from .layers import LayerFactory, QuantLayerFactory
 
 METHODS: dict[str, type[WeightQuantizer]] = {}
 
 
+def _same_option(a, b) -> bool:
+    return (a.type, a.default, dict(a.metadata)) == (b.type, b.default, dict(b.metadata))
+
+
 def register(cls: type[WeightQuantizer]) -> type[WeightQuantizer]:
     if cls.name in METHODS:
         raise ValueError(f"register: a method named {cls.name!r} already exists")
-    taken = {f.name: m.name for m in METHODS.values() for f in fields(m.Options)}
-    for f in fields(cls.Options):  # options become flat TrainConfig fields and CLI flags: names must not clash
-        if f.name in taken:
-            raise ValueError(f"register: option {f.name!r} of {cls.name!r} is already an option of {taken[f.name]!r}")
+    taken = {f.name: (m.name, f) for m in METHODS.values() for f in fields(m.Options)}
+    for f in fields(cls.Options):  # options become flat TrainConfig fields and CLI flags: names must not clash,
+        other = taken.get(f.name)  # unless it is the same option, shared through a common Options base
+        if other is not None and not _same_option(other[1], f):
+            raise ValueError(f"register: option {f.name!r} of {cls.name!r} is already an option of {other[0]!r}")
     METHODS[cls.name] = cls
     return cls
 
@@ -30,6 +38,9 @@ def register(cls: type[WeightQuantizer]) -> type[WeightQuantizer]:
 register(WeightQuantizer)  # "fp": full precision
 register(APB)
 register(BNN)
+register(Uniform)
+register(Prune)
+register(PruneUniform)
 
 
 def method(name: str) -> type[WeightQuantizer]:

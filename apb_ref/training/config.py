@@ -124,10 +124,13 @@ RANGES = {
 
 def _method_fields() -> list[tuple[str, Any, Any]]:
     """(name, type, field) of every registered method's options, tagged with the method's name."""
-    out = []
+    out, seen = [], set()
     for name, cls in METHODS.items():
         hints = typing.get_type_hints(cls.Options)
         for f in fields(cls.Options):
+            if f.name in seen:  # an option shared by several methods (the registry checked it is the same)
+                continue
+            seen.add(f.name)
             default = f.default if f.default is not MISSING else f.default_factory()
             out.append((f.name, hints[f.name], field(default=default, metadata={**f.metadata, "group": name})))
     return out

@@ -23,7 +23,7 @@ from ..autograd import Tensor, no_grad
 from ..data import Dataset, batches, load_dataset, num_batches
 from ..models import build
 from ..nn.optim import build_optimizer, build_scheduler
-from ..quant import quantized_layers
+from ..quant import METHODS, quantized_layers
 from ..quant.budget import MemoryBudget, fp_fraction_for_bits
 from . import checkpoint
 from .config import TrainConfig
@@ -145,7 +145,8 @@ class Trainer:
                                          momentum=config.momentum, nesterov=config.nesterov)
         self.scheduler = build_scheduler(config.schedule, self.optimizer, config.epochs, config.warmup_epochs)
         # α, δ and the like: their own Adam, no weight decay, cosine over all epochs (METHODS §1.4)
-        self.quantizers = [m.weight_quantizer for _, m in quantized_layers(self.model)]  # fixed for the run
+        self.quantized = [m for _, m in quantized_layers(self.model)]  # fixed for the run
+        self.quantizers = [m.weight_quantizer for m in self.quantized]
         method_params = [p for q in self.quantizers for p in q.quantizer_parameters()]
         method_lr = config.method_options().quantizer_lr
         self.method_optimizer = build_optimizer("adam", method_params, method_lr, 0.0) if method_params else None
@@ -161,6 +162,11 @@ class Trainer:
     def _budget(self) -> MemoryBudget | None:
         cfg = self.config
         if cfg.bits_per_weight is None and cfg.fp_fraction is None:
+            return None
+        if METHODS[cfg.method].budget_scope == "layer":  # each layer meets the budget itself (pruning)
+            b_idx = index_bits(self.model)
+            for q in self.quantizers:
+                q.set_budget(cfg.bits_per_weight, cfg.fp_fraction, b_idx)
             return None
         f = cfg.fp_fraction if cfg.fp_fraction is not None else fp_fraction_for_bits(cfg.bits_per_weight, index_bits(self.model))
         return MemoryBudget(f, cfg.budget_weight)
@@ -260,8 +266,10 @@ class Trainer:
             loss.backward()
             for o in self._optimizers():
                 o.step()
-            for q in self.quantizers:  # keep each method's parameters in their domain
-                q.project_parameters()
+            done = (epoch + (step + 1) / steps) / cfg.epochs  # fraction of training done, for schedules
+            for layer in self.quantized:  # keep each method's parameters in their domain; step schedules
+                layer.weight_quantizer.project_parameters()
+                layer.weight_quantizer.on_step(done, layer.weight.data)
             loss_sum += value * len(yb)
             correct += int((logits.data.argmax(axis=1) == yb).sum())
             seen += len(yb)
@@ -333,6 +341,11 @@ class Trainer:
         if self.budget is not None:
             budget = {"fp_fraction": self.budget.fp_fraction, "bits_per_weight": self.config.bits_per_weight,
                       "met": memory["fp_fraction"] <= self.budget.fp_fraction + 1e-3}
+        elif self.config.bits_per_weight is not None or self.config.fp_fraction is not None:  # per-layer budget
+            cfg = self.config
+            met = (memory["bits_per_weight"] <= cfg.bits_per_weight + 1e-6 if cfg.bits_per_weight is not None
+                   else memory["fp_fraction"] <= cfg.fp_fraction + 1e-6)
+            budget = {"fp_fraction": cfg.fp_fraction, "bits_per_weight": cfg.bits_per_weight, "met": met}
         return {"model": self.config.model, "dataset": self.config.dataset, "seed": self.config.seed,
                 "method": self.config.method, "act_bits": self.config.act_bits,
                 "bits_per_weight": memory["bits_per_weight"], "fp_fraction": memory["fp_fraction"],

@@ -7,6 +7,10 @@ stored sparsely as a float32 value plus a b_idx-bit index; b_idx = ⌊log2(max_e
 the largest tensor in the model's state dict; P_fp: every other state entry (full-precision layers,
 BatchNorm parameters and running statistics, biases). Quantizer internals (α, δ, margin, masks)
 are not counted, as in the released code.
+
+The same formula covers the baselines through each quantizer's `WeightCount` (`WeightCount.bits`):
+k-bit weights cost k bits (P_bin generalised), pruned weights nothing, and a sparse group of k-bit
+survivors k + b_idx bits each. The packed file's size is reported beside it (`packed_bytes`).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import numpy as np
 
 from .. import nn
 from ..autograd import Tensor, no_grad
+from ..quant.base import WeightCount
 
 QUANTIZER_STATE = ("weight_quantizer.", "act_quantizer.")
 
@@ -27,20 +32,27 @@ class LayerRow:
     name: str
     shape: tuple[int, ...]
     compressed: bool
-    binary: int  # 1-bit weights
+    quantized: int  # weights stored at quantized_bits each (1: binary)
     full: int  # full-precision weights
+    pruned: int  # weights stored as nothing
+    quantized_bits: int
     bits: int  # storage by the paper's formula
     macs: int
-    binary_macs: int  # MACs whose weight is binary
+    quantized_macs: int  # MACs whose weight is quantized (low-bit)
     act_bits: int
 
     @property
     def weights(self) -> int:
-        return self.binary + self.full
+        return self.quantized + self.full + self.pruned
 
     @property
     def bits_per_weight(self) -> float:
         return self.bits / self.weights
+
+    @property
+    def pruned_macs(self) -> int:
+        """MACs skipped because their weight is pruned."""
+        return self.macs * self.pruned // max(self.weights, 1)
 
 
 @dataclass
@@ -75,26 +87,28 @@ class ModelSummary:
         return sum(r.bits for r in self.layers if r.compressed) / n if n else 32.0
 
     @property
-    def binary_mac_fraction(self) -> float:
+    def quantized_mac_fraction(self) -> float:
         total = sum(r.macs for r in self.layers)
-        return sum(r.binary_macs for r in self.layers) / total if total else 0.0
+        return sum(r.quantized_macs for r in self.layers) / total if total else 0.0
 
     def totals(self) -> dict[str, Any]:
         return {"model_bits": self.model_bits, "model_kib": self.model_bits / 8 / 1024,
                 "float32_kib": self.float32_bits / 8 / 1024, "compression_ratio": self.float32_bits / self.model_bits,
                 "bits_per_weight": self.bits_per_weight, "fp_fraction": self.fp_fraction,
-                "binary_mac_fraction": self.binary_mac_fraction, "b_idx": self.b_idx,
+                "quantized_mac_fraction": self.quantized_mac_fraction, "b_idx": self.b_idx,
                 "compressed_weights": self.compressed_weights, "packed_bytes": self.packed_bytes}
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": [asdict(r) for r in self.layers], "other_fp_values": self.other_fp_values, **self.totals()}
 
     def table(self) -> str:
-        head = ["layer", "weight shape", "1-bit", "full prec.", "FP %", "bits/w", "memory kB", "act bits", "MACs 1-bit W", "MACs FP W"]
-        rows = [[r.name, "x".join(map(str, r.shape)), f"{r.binary:,}", f"{r.full:,}", f"{100 * r.full / r.weights:.2f}",
-                 f"{r.bits_per_weight:.3f}", f"{r.bits / 8000:.2f}", str(r.act_bits),
-                 f"{r.binary_macs:,}", f"{r.macs - r.binary_macs:,}"] for r in self.layers]
-        rows.append(["other (BN, biases)", "", "0", f"{self.other_fp_values:,}", "100.00", "32.000",
+        head = ["layer", "weight shape", "low-bit (bits)", "full prec.", "pruned", "FP %", "bits/w", "memory kB",
+                "act bits", "MACs low-bit W", "MACs FP W"]
+        rows = [[r.name, "x".join(map(str, r.shape)), f"{r.quantized:,} ({r.quantized_bits})", f"{r.full:,}",
+                 f"{r.pruned:,}", f"{100 * r.full / r.weights:.2f}", f"{r.bits_per_weight:.3f}", f"{r.bits / 8000:.2f}",
+                 str(r.act_bits), f"{r.quantized_macs:,}", f"{r.macs - r.quantized_macs - r.pruned_macs:,}"]
+                for r in self.layers]
+        rows.append(["other (BN, biases)", "", "0", f"{self.other_fp_values:,}", "0", "100.00", "32.000",
                      f"{32 * self.other_fp_values / 8000:.2f}", "", "", ""])
         widths = [max(len(x) for x in col) for col in zip(head, *rows)]
         line = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
@@ -106,7 +120,7 @@ class ModelSummary:
         out.append(f"float32 equivalent: {t['float32_kib']:.2f} KiB   compression ratio: {t['compression_ratio']:.2f}x")
         out.append(f"compressed layers: {self.compressed_weights:,} weights, {self.bits_per_weight:.3f} bits/weight, "
                    f"{100 * self.fp_fraction:.3f}% full precision")
-        out.append(f"binarized MACs: {100 * self.binary_mac_fraction:.2f}% of all")
+        out.append(f"MACs with low-bit weights: {100 * self.quantized_mac_fraction:.2f}% of all")
         return "\n".join(out)
 
 
@@ -154,16 +168,16 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int], packed_bytes:
         w = m.weight.data
         quantizer = getattr(m, "weight_quantizer", None)
         count = quantizer.count(w) if quantizer is not None else None
-        compressed = count is not None and count.binary + count.full == w.size and (count.binary > 0 or count.sparse)
-        if count is None or not compressed:
-            binary, full, bits = 0, int(w.size), 32 * int(w.size)
-        else:
-            binary, full = count.binary, count.full
-            bits = binary + full * (32 + b_idx if count.sparse else 32)
+        if count is not None and count.total != w.size:
+            raise ValueError(f"summarize: {name}'s quantizer counts {count.total} weights, the layer has {w.size}")
+        compressed = count is not None and (count.quantized > 0 or count.sparse or count.pruned > 0)
+        if not compressed:
+            count = WeightCount(quantized=0, full=int(w.size), sparse=False)
         macs = int(w.size) * positions.get(name, 1)
         act = getattr(m, "act_quantizer", None)
-        rows.append(LayerRow(name, tuple(w.shape), compressed, binary, full, bits, macs,
-                             macs * binary // max(int(w.size), 1), getattr(act, "bits", 32)))
+        rows.append(LayerRow(name, tuple(w.shape), compressed, count.quantized, count.full, count.pruned,
+                             count.quantized_bits, count.bits(b_idx), macs,
+                             macs * count.quantized // max(int(w.size), 1), getattr(act, "bits", 32)))
         counted.add(f"{name}.weight" if name else "weight")
     other = sum(int(np.size(v)) for k, v in model.state_dict().items()
                 if k not in counted and not any(q in k for q in QUANTIZER_STATE))

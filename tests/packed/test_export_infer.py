@@ -84,15 +84,16 @@ def test_binary_part_is_an_exact_integer(act_bits):
     core = PackedLinearCore(name, spec, packed.tensors)
     rng = np.random.default_rng(2)
     rows = rng.uniform(-1.5, 1.5, size=(37, core.k)).astype(np.float32)
-    signs = kernels.unpack_bits(core.sign_bits, core.k).astype(np.float64)
+    (sign_bits, _), = core.planes  # APB: one plane of signs
+    signs = kernels.unpack_bits(sign_bits, core.k).astype(np.float64)
     if act_bits == 1:
         x = np.where(rows < 0, -1.0, 1.0)
-        got = kernels.bgemm_1x1(core.sign_bits, kernels.pack_bits(x.astype(np.float32)), core.k)
+        got = kernels.bgemm_1x1(sign_bits, kernels.pack_bits(x.astype(np.float32)), core.k)
         expected = signs @ x.T
     else:
         v = rng.choice([-3, -1, 1, 3], size=rows.shape).astype(np.int8)
         hi, lo = kernels.pack_2bit(v)
-        got = kernels.bgemm_1x2(core.sign_bits, hi, lo, core.k)
+        got = kernels.bgemm_1x2(sign_bits, hi, lo, core.k)
         expected = signs @ v.T.astype(np.float64)
     assert got.dtype.kind == "i" and np.array_equal(got, expected.astype(np.int64))
 

@@ -39,7 +39,7 @@ def test_fp_count_is_the_mask_complement(w):
     q = APB(w)
     count = q.count(w)
     mask = band_mask(w, q.alpha.data, q.delta.data, 1.0)
-    assert count.binary == mask.sum() and count.full == (~mask).sum() and count.total == w.size
+    assert count.quantized == mask.sum() and count.full == (~mask).sum() and count.total == w.size
 
 
 def test_init_follows_the_released_code():
@@ -169,9 +169,9 @@ def test_summary_equals_hand_counts_on_a_tiny_model():
     b_idx = int(np.floor(np.log2(head.weight.size))) + 1  # the largest tensor is the head's 48x5 weight
     assert s.b_idx == b_idx
     row = {r.name: r for r in s.layers}["2"]
-    assert (row.binary, row.full) == (n_bin, n_fp)
+    assert (row.quantized, row.full, row.pruned) == (n_bin, n_fp, 0)
     assert row.bits == n_bin + n_fp * (32 + b_idx)
-    assert row.macs == w.size * 16 and row.binary_macs == n_bin * 16
+    assert row.macs == w.size * 16 and row.quantized_macs == n_bin * 16
     other = 4 * 2 + 5  # BN weight, bias, running mean, running var (2 channels each); head bias
     assert s.other_fp_values == other
     assert s.model_bits == row.bits + 32 * (18 + head.weight.size) + 32 * other

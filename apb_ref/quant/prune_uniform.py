@@ -1,0 +1,79 @@
+"""Pruning + k-bit quantization of the survivors (Han et al., "Deep Compression", ICLR 2016, with the
+gradual schedule of Zhu & Gupta 2017 and LSQ steps; METHODS §4.3): the "pruning + quantization"
+baseline of APB's comparison.
+
+    q_i = m_i·s·(j_i + ½)        m from `prune` (cubic schedule, magnitudes), j and s from `uniform`
+
+The gradient is the composition of the two: ∂L/∂w_i = m_i·inside_i·g_i, and s sees the survivors only.
+A budget of B bits/weight gives the density d = B/(k + b_idx) (each survivor costs a k-bit code
+and a b_idx-bit index); there are no full-precision weights, so an --fp-fraction budget is refused.
+
+Packed form: CSR row pointers and column indices, the survivors' k-bit codes c = j + 2^(k−1) packed
+k planes × ⌈nnz/8⌉ bytes, and s/2 per row (or per layer): value = (s/2)·(2c − 2^k + 1). The packed
+layer decodes the values once when the file loads and runs the same sparse kernels as `prune`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import nn
+from ..autograd import Tensor
+from .base import WeightCount
+from .packing import csr_rows, pack_codes
+from .prune import Prune, PruneOptions, prune_mask
+from .uniform import UniformOptions, best_step, level_index, uniform_quantize
+
+
+@dataclass(frozen=True)
+class PruneUniformOptions(PruneOptions, UniformOptions):
+    pass
+
+
+class PruneUniform(Prune):
+    name = "prune_uniform"
+    description = "magnitude pruning + k-bit uniform survivors (Deep Compression style; METHODS §4.3)"
+    Options = PruneUniformOptions
+
+    def __init__(self, w: np.ndarray, options: PruneUniformOptions | None = None):
+        super().__init__(w, options)
+        self.bits = self.options.uniform_bits
+        self.value_bits = self.bits
+        self.step = nn.Parameter(best_step(w, self.bits, self.options.uniform_scale == "channel"))
+
+    MIN_STEP = 1e-8
+
+    def project_parameters(self) -> None:
+        np.maximum(self.step.data, self.MIN_STEP, out=self.step.data)
+
+    def quantizer_parameters(self) -> list[nn.Parameter]:
+        return [self.step]
+
+    def forward(self, w: Tensor) -> Tensor:
+        return prune_mask(uniform_quantize(w, self.step, self.bits), self.keep)
+
+    def count(self, w: np.ndarray) -> WeightCount:
+        kept = int(self.keep.sum())
+        return WeightCount(quantized=kept, full=0, sparse=False, pruned=int(w.size) - kept,
+                           quantized_bits=self.bits, quantized_sparse=True)
+
+    def layer_log(self, w: np.ndarray) -> dict[str, float]:
+        return {"density": float(self.keep.mean()), "step": float(self.step.data.mean())}
+
+    def pack(self, w: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        o = w.shape[0]
+        keep = self.keep.reshape(o, -1)
+        codes = level_index(w, self.step.data, self.bits).reshape(o, -1) + 2 ** (self.bits - 1)  # 0 .. 2^k − 1
+        csr = csr_rows(codes.astype(np.float32), keep)
+        half_step = np.broadcast_to(self.step.data.reshape(-1), (o,)).astype(np.float32) / np.float32(2)
+        tensors = {"csr_indptr": csr["csr_indptr"], "csr_indices": csr["csr_indices"],
+                   "csr_codes": pack_codes(csr["csr_values"].astype(np.int64), self.bits), "alpha": half_step}
+        return tensors, {"nnz": int(keep.sum()), "code_bits": self.bits}
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, density={float(self.keep.mean()):.4g}, target={self.target:.4g}"
+
+
+PruneUniform.op_specs = ()  # its ops are prune_mask's and uniform_quantize's, specified in their files
