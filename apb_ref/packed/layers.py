@@ -1,24 +1,33 @@
 """Packed layers: the modules a packed model runs, on the kernels of the backend seam.
 
 `PACKED_LAYERS` maps the name a method gives as its `packed_layer` to the module that runs its packed
-form. "binary" runs y = α·(B·X) + S·X + bias (METHODS §1.8) for APB and BNN alike: X is the (K, P)
-im2col matrix of the quantized input (K = C·kh·kw rows, one column per output position), B the packed
-sign matrix, α one scale per output row (APB stores one for the layer) and S an optional CSR residual
-(APB's full-precision weights; BNN has none). B·X runs, by activation precision,
+form.
+
+"binary" runs y = Σ_p α_p·(B_p·X) + S·X + bias (METHODS §1.8) for APB, BNN and uniform alike: X is
+the (K, P) im2col matrix of the quantized input (K = C·kh·kw rows, one column per output position),
+B_p packed sign matrices with one scale per output row (APB and BNN: one plane, α; k-bit uniform:
+k planes of u = Σ_p 2^p·b_p with α_p = 2^p·s/2) and S an optional CSR residual (APB's
+full-precision weights). Each B_p·X runs, by activation precision,
 
   1-bit  x ∈ {±1}:           bgemm_1x1 on packed bits — an exact integer;
   2-bit  x = (v + 3)/6, v ∈ {−3, −1, 1, 3} (DoReFa levels 0, ⅓, ⅔, 1):
          B·x = (B·v)/6 + rowsum(B)/2 with B·v from bgemm_1x2 (exact integer) and
-         rowsum(B) = K − 2·popcount(B's row);
-  float  a float GEMM on the ±1 sign matrix;
+         rowsum(B) = K − 2·popcount(B's row); two planes of a 2-bit uniform layer run as one
+         bgemm_2x2 (2-bit × 2-bit, four binary products in one pass);
+  float  a float GEMM on the dense Σ_p α_p·B_p;
 
 and S·X is csr_matmul. A conv with 1- or 2-bit activations never builds X: the quantized map is
-packed once per pixel (channels last), im2col_bits lowers those packed bits (the sign matrix is
-repacked to its (i, j, channel) order), and csr_conv2d reads S·X's windows straight from the map.
-The binary GEMMs return α·(B·X) + bias themselves (a float32 epilogue made while their products are
-in cache) and csr_conv2d adds S·X into that array: one (O, P) float array per layer. BatchNorm
-arrives folded into a per-channel scale and shift. Everything else (pooling, shortcuts, activations)
-is the same functional code as training, without a graph.
+packed once per pixel (channels last), im2col_bits lowers those packed bits (the sign matrices are
+repacked to their (i, j, channel) order), and csr_conv2d reads S·X's windows straight from the map.
+The binary GEMMs return α_p·(B_p·X) + bias themselves (a float32 epilogue made while their products
+are in cache), further planes are added in place and csr_conv2d adds S·X into that array: one (O, P)
+float array per layer. BatchNorm arrives folded into a per-channel scale and shift.
+
+"sparse" runs y = S·X + bias for pruned layers (prune: float32 values; prune_uniform: k-bit codes
+decoded once at load) on csr_conv2d / csr_matmul over the quantized input.
+
+Everything else (pooling, shortcuts, activations) is the same functional code as training, without a
+graph.
 """
 from __future__ import annotations
 
@@ -72,7 +81,17 @@ class PackedLinearCore(nn.Module):
         o = self.out_features
         bias = np.zeros(o, np.float32) if self.bias is None else self.bias.astype(np.float32)
         self.epilogues = []
-        for p, (bits, alpha) in enumerate(self.planes):
+        # two planes W = α·(2·B_hi + B_lo) against 2-bit inputs: one bgemm_2x2 (four binary products in
+        # one pass) instead of a bgemm_1x2 per plane; its epilogue uses rowsum(2·B_hi + B_lo)
+        (lo_bits, lo_alpha), *rest = self.planes
+        self.two_by_two = (self.act_bits == 2 and len(rest) == 1 and self.k >= 9
+                           and np.array_equal(rest[0][1], 2 * lo_alpha))
+        if self.two_by_two:
+            row_sums = sum(2 ** p * (self.k - 2 * np.bitwise_count(b).sum(axis=1).astype(np.int64))
+                           for p, (b, _) in enumerate(self.planes))
+            self.epilogues.append({"scale": (lo_alpha / np.float32(6)).astype(np.float32),
+                                   "shift": (lo_alpha * (row_sums / 2) + bias).astype(np.float32)})
+        for p, (bits, alpha) in enumerate([] if self.two_by_two else self.planes):
             shift = bias if p == 0 else np.zeros(o, np.float32)
             if self.act_bits == 1:
                 self.epilogues.append({"scale": alpha.copy(), "shift": shift.copy()})
@@ -87,6 +106,8 @@ class PackedLinearCore(nn.Module):
 
     def _planes_gemm(self, gemm, weights, *operands) -> np.ndarray:
         """Σ_p (the plane's GEMM with its epilogue): one float32 (O, P) array, summed in place."""
+        if self.two_by_two and gemm is kernels.bgemm_1x2:
+            return kernels.bgemm_2x2(weights[1], weights[0], *operands, self.k, **self.epilogues[0])
         y = None
         for bits, epilogue in zip(weights, self.epilogues):
             part = gemm(bits, *operands, self.k, **epilogue)

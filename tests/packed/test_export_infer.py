@@ -13,6 +13,9 @@ from apb_ref.packed import PackedNetwork
 from apb_ref.packed.layers import PackedLinearCore
 from apb_ref.models import build
 from apb_ref.quant.bnn import BNNOptions
+from apb_ref.quant.prune import PruneOptions
+from apb_ref.quant.prune_uniform import PruneUniformOptions
+from apb_ref.quant.uniform import UniformOptions
 from apb_ref.quant.budget import budgeted_layers
 
 # Logits of the packed path and of the float path differ only by float32 rounding of sums of a few
@@ -25,8 +28,11 @@ def _random_apb_model(act_bits, seed=0, name="resnet20", in_channels=3, image_si
     model = build(name, in_channels=in_channels, image_size=image_size, num_classes=10, seed=seed,
                   method=method, act_bits=act_bits, act=act, options=options)
     rng = np.random.default_rng(seed)
-    for _, m in budgeted_layers(model):  # narrow bands: a few percent of weights stay full precision
-        m.weight_quantizer.delta.data[...] = m.weight_quantizer.delta.data * 0.15
+    for _, m in budgeted_layers(model):
+        if method == "apb":  # narrow bands: a few percent of weights stay full precision
+            m.weight_quantizer.delta.data[...] = m.weight_quantizer.delta.data * 0.15
+        else:  # pruning: the end of its schedule (the options' density)
+            m.weight_quantizer.on_step(1.0, m.weight.data)
     for _, m in model.named_modules():  # non-trivial folded BatchNorm
         if hasattr(m, "running_var"):
             m.running_mean[...] = rng.normal(0, 0.1, m.running_mean.shape)
@@ -42,11 +48,19 @@ def _backends():
 
 @pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("act_bits", [1, 2, 32])
-@pytest.mark.parametrize("method, options", [("apb", None), ("bnn", None), ("bnn", BNNOptions(bnn_scale="layer"))])
+@pytest.mark.parametrize("method, options", [
+    ("apb", None), ("bnn", None), ("bnn", BNNOptions(bnn_scale="layer")),
+    ("uniform", None), ("uniform", UniformOptions(uniform_bits=3, uniform_scale="channel")),
+    ("prune", PruneOptions(prune_density=0.3)),
+    ("prune_uniform", PruneUniformOptions(prune_density=0.3)),
+    ("prune_uniform", PruneUniformOptions(prune_density=0.5, uniform_bits=4, uniform_scale="channel"))])
 def test_packed_inference_equals_the_float_forward(act_bits, backend, method, options):
     model, args = _random_apb_model(act_bits, method=method, options=options)
     if method == "apb":
         assert 0 < sum(m.weight_quantizer.count(m.weight.data).full for _, m in budgeted_layers(model))
+    if method.startswith("prune"):
+        density = options.prune_density
+        assert all(abs(m.weight_quantizer.keep.mean() - density) < 0.01 for _, m in budgeted_layers(model))
     x = np.random.default_rng(1).standard_normal((6, 3, 16, 16)).astype(np.float32)
     with no_grad():
         expected = model(Tensor(x)).data
