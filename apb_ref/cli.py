@@ -1,4 +1,4 @@
-"""`apb-ref` command line: train, eval, export, summary, demo."""
+"""`apb-ref` command line: train, eval, export, summary, demo, sweep."""
 from __future__ import annotations
 
 import argparse
@@ -52,6 +52,43 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 def _config_from_args(args: argparse.Namespace):
     from .training import TrainConfig
     return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+
+
+class _RecipeParser(argparse.ArgumentParser):
+    """The train command's flags, for a sweep's common recipe: a mistake raises (one error line from
+    main) instead of printing this inner parser's usage and exiting."""
+
+    def error(self, message: str):
+        raise ValueError(f"sweep: recipe (the flags after --): {message}")
+
+
+# Train flags a sweep sets itself (why a recipe may not give them).
+_SWEEP_SETS = {"method": "set per cell by --cells", "bits_per_weight": "set per cell by --cells method@budget",
+               "seed": "set per run by --seeds", "out": "each run's directory is named under the sweep's --out",
+               "resume": "interrupted cells resume by themselves", "overwrite": "a sweep never replaces a run",
+               "quiet": "give the sweep's own --quiet, before --"}
+
+
+def _recipe_parser(defaults: dict) -> argparse.ArgumentParser:
+    p = _RecipeParser(prog="apb-ref sweep ... --", add_help=False)
+    _add_train_options(p)
+    p.set_defaults(**defaults)
+    return p
+
+
+def _recipe_config(argv: list[str], defaults: dict):
+    """The sweep's common recipe from `apb-ref train` flags (the same parser); refuses the flags each
+    cell sets. `defaults` replace the train defaults (the --smoke recipe) and flags still override them."""
+    parser = _recipe_parser(defaults)
+    # argparse fills in a default only where the namespace has no value yet: starting from a marker
+    # everywhere, what is left unmarked was written (abbreviated flags too)
+    unset = object()
+    written = parser.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(parser.parse_args([]))}))
+    refused = [name for name in _SWEEP_SETS if getattr(written, name) is not unset]
+    if refused:
+        raise ValueError("sweep: the recipe (the flags after --) may not give " + "; ".join(
+            f"--{name.replace('_', '-')} ({_SWEEP_SETS[name]})" for name in refused))
+    return _config_from_args(parser.parse_args(argv))
 
 
 def _finish_run(out: Path, summary: dict, quiet: bool, model=None, image_shape=None) -> None:
@@ -198,6 +235,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import (
+        SMOKE_RECIPE, SWEEP_JSON, TRADEOFF_PNG, parse_cells, report_only, run_sweep, smoke_cells, tradeoff_table,
+    )
+    out = Path(args.out)
+    if args.report_only:
+        if args.cells or args.seeds or args.smoke or args.recipe:
+            raise ValueError("sweep --report-only reads the finished cells in --out; it takes no --cells, --seeds, "
+                             "--smoke or recipe flags")
+        report = report_only(out)
+    else:
+        recipe = _recipe_config(args.recipe, SMOKE_RECIPE if args.smoke else {})
+        if args.cells:
+            cells = parse_cells(args.cells)
+        elif args.smoke:
+            cells = smoke_cells()
+        else:
+            raise ValueError('sweep: give --cells (e.g. --cells "fp bnn apb@1.6"), or --smoke')
+        report = run_sweep(cells, args.seeds or [0], recipe, out, progress=not args.quiet, run_figures=not args.smoke)
+    print("\n" + tradeoff_table(report))
+    print(f"wrote {out / SWEEP_JSON} and {out / TRADEOFF_PNG}")
+    return 0
+
+
 EXAMPLES = {
     "train": """examples:
   apb-ref train                                   # digits_cnn on the bundled digits, full precision (~15 s)
@@ -219,6 +280,13 @@ EXAMPLES = {
   apb-ref demo --bits-per-weight 1.2 --out runs/demo-1.2""",
     "bench": """examples:
   apb-ref bench --repeats 3""",
+    "sweep": """examples:
+  apb-ref sweep --smoke --out runs/sweep-smoke    # every method on the bundled digits, in under a minute
+  apb-ref sweep --out runs/sweep --cells "fp bnn apb@1.2 apb@1.6" --seeds 0 1 -- --model resnet20 \\
+      --dataset fashion-mnist --pad-to 32 --epochs 2 --optimizer adam --lr 0.005 --weight-decay 0
+  apb-ref sweep <the same options>                # after an interruption: finished cells are read back,
+                                                  # the interrupted one resumes exactly, the rest train
+  apb-ref sweep --report-only --out runs/sweep    # rebuild sweep.json and tradeoff.png from finished cells""",
 }
 
 
@@ -282,6 +350,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="run even if --out holds files the demo did not write (they are kept)")
     p.add_argument("--quiet", action="store_true", help="print only the final result line")
+
+    p = _command(sub, "sweep", "a resumable trade-off study: every cell (method or method@budget) x seed trained "
+                 "with one recipe, then accuracy against bits/weight (sweep.json, tradeoff.png)", cmd_sweep)
+    p.add_argument("--out", required=True, help="sweep directory: one run directory per cell and seed "
+                   "(<method>[-b<budget>]-s<seed>), sweep.json, tradeoff.png")
+    p.add_argument("--cells", nargs="+", default=None, metavar="CELL",
+                   help="cells, separated by spaces or commas: a method (fp, bnn) or method@bits-per-weight for a "
+                   "method that takes a budget (apb@1.6)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                   help="seeds of every cell (default: 0)")
+    p.add_argument("--smoke", action="store_true",
+                   help="a tiny built-in recipe on the bundled digits (and, without --cells, every method once; "
+                   "no per-run curves): under a minute")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rebuild sweep.json and tradeoff.png from the finished cells in --out")
+    p.add_argument("--quiet", action="store_true", help="no training progress: one line per cell and the table")
+    p.add_argument("recipe", nargs="*", metavar="-- TRAIN_FLAGS",
+                   help="after --: `apb-ref train` flags of the common recipe (all but --method, --bits-per-weight, "
+                   "--seed, --out, --resume, --overwrite, --quiet, which the sweep sets)")
     return parser
 
 
@@ -294,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         command = args.command
         return args.func(args)
     except KeyboardInterrupt:
-        saved = " (completed epochs are saved: continue with --resume)" if command in ("train", "demo") else ""
+        hints = {"train": "completed epochs are saved: continue with --resume",
+                 "demo": "completed epochs are saved: continue with --resume",
+                 "sweep": "finished runs and completed epochs are saved: run the same sweep again to continue"}
+        saved = f" ({hints[command]})" if command in hints else ""
         print(f"\napb-ref: interrupted{saved}", file=sys.stderr)
         return 130
     except RuntimeError as e:  # a diverged run, a missing Rust backend

@@ -8,7 +8,7 @@ import apb_ref
 ROOT = Path(apb_ref.__file__).parent
 # bottom to top; a module may import its own layer and any layer listed before it
 LAYERS = ["fileio", "schema", "autograd", "ops", "nn", "kernels", "quant", "models", "data", "training", "packed",
-          "testing", "bench", "cli", "__main__"]
+          "testing", "sweep", "bench", "cli", "__main__"]
 
 
 def module_name(path: Path) -> str:
