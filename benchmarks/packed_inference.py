@@ -1,15 +1,20 @@
-"""Packed APB ResNet-20 inference against the float model, images/s (1×32×32 inputs, 10 classes).
+"""Packed ResNet-20 inference of every method with a packed form against the float model, images/s
+(1×32×32 inputs, 10 classes).
 
-    python benchmarks/packed_inference.py [--images 1024] [--repeats 3] [--backends rust numpy]
+    python benchmarks/packed_inference.py [--images 1024] [--repeats 3] [--methods apb uniform ...]
+                                          [--backends rust numpy]
 
-The packed models are freshly initialised APB ResNet-20s whose masks are projected to the
-1.6 bits/weight budget (1.2766 % full-precision weights, as the trained models of BENCHMARKS.md),
-with 1-, 2- and 32-bit activations, exported and run by `apb_ref.infer.PackedNetwork` on each kernel
-backend; speed does not depend on the weight values. The baseline is the float ResNet-20 (NumPy
-autograd, eval mode) on the same images in the same run. Each figure is the median over --repeats
-passes over --images images in batches of 256. The models take turns (one pass each per round,
-`apb_ref.bench.measure_interleaved`), and "vs float" is the median of same-round ratios, so a slow
-spell of a shared host slows the packed model and its baseline alike.
+The packed models are freshly initialised ResNet-20s brought to the memory of the study's cells
+(BENCHMARKS.md): APB with its masks projected to 1.6 bits/weight (1.2766 % full-precision weights),
+BNN (1 bit), 2-bit uniform (2 bits), pruning and pruning + 2-bit at 1.6 bits/weight (densities 3.33 %
+and 8.9 %, the masks at the end of their schedule). Each runs with 1-, 2- and 32-bit activations,
+exported and run by `apb_ref.packed.PackedNetwork` on each kernel backend; speed depends on the
+weights only through the number of non-zeros, which the budget fixes. The baseline is the float
+ResNet-20 (NumPy autograd, eval mode) on the same images in the same run. Each figure is the median
+over --repeats passes over --images images in batches of 256. The models take turns (one pass each per
+round, `apb_ref.bench.measure_interleaved`); "vs float" and "vs APB" (APB 1.6 bits/weight, the same
+activations and kernels) are medians of same-round ratios, so a slow spell of a shared host slows
+every model alike. The Rust kernels are the default (the NumPy oracles run ResNet-20 at ~15 img/s).
 """
 from __future__ import annotations
 
@@ -25,27 +30,40 @@ from apb_ref.packed import export_model
 from apb_ref.packed import PackedNetwork
 from apb_ref.kernels import backend
 from apb_ref.models import build
+from apb_ref.quant import quantized_layers
 from apb_ref.quant.budget import MemoryBudget, fp_fraction_for_bits
 from apb_ref.training.runtime import reuse_freed_memory
+from apb_ref.training.summary import index_bits, summarize
 
 BATCH = 256
+BITS_PER_WEIGHT = 1.6  # the budget of the budgeted methods (APB, pruning)
+METHODS = ("apb", "bnn", "uniform", "prune", "prune_uniform")
 
 
-def packed_resnet20(act_bits: int) -> PackedNetwork:
+def packed_resnet20(method: str, act_bits: int) -> tuple[PackedNetwork, float]:
+    """The packed model and its compressed layers' bits/weight."""
     act = "hardtanh" if act_bits == 1 else "relu"
-    model = build("resnet20", num_classes=10, in_channels=1, method="apb", act_bits=act_bits, act=act)
-    MemoryBudget(fp_fraction_for_bits(1.6, 16)).project(model)
+    model = build("resnet20", num_classes=10, in_channels=1, method=method, act_bits=act_bits, act=act)
+    b_idx = index_bits(model)
+    if method == "apb":
+        MemoryBudget(fp_fraction_for_bits(BITS_PER_WEIGHT, b_idx)).project(model)
+    elif method.startswith("prune"):
+        for _, layer in quantized_layers(model):
+            layer.weight_quantizer.set_budget(BITS_PER_WEIGHT, None, b_idx)
+            layer.weight_quantizer.on_step(1.0, layer.weight.data)  # the end of the schedule
     model.eval()
     build_args = {"name": "resnet20", "num_classes": 10, "in_channels": 1, "image_size": 32, "act": act}
-    return PackedNetwork(export_model(model, build_args))
+    return PackedNetwork(export_model(model, build_args)), summarize(model, (1, 32, 32)).bits_per_weight
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--backends", nargs="+", default=backend.available_backends(),
-                        choices=backend.BACKENDS)
+    parser.add_argument("--backends", nargs="+", choices=backend.BACKENDS,
+                        default=["rust"] if "rust" in backend.available_backends() else ["numpy"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--act-bits", nargs="+", type=int, default=[1, 2, 32], choices=[1, 2, 32])
     parser.add_argument("--json", help="where to write the results (default: benchmarks/results/packed_inference.json)")
     args = parser.parse_args()
     if args.images < 1 or args.repeats < 1:
@@ -68,27 +86,33 @@ def main() -> None:
             return float_model(Tensor(xb))
 
     runs = {"float": passes(float_forward)}
-    for act_bits in (1, 2, 32):
-        net = packed_resnet20(act_bits)
-        for name in args.backends:
-            runs[(act_bits, name)] = passes(net.logits, name)
+    bits = {}
+    for method in args.methods:
+        for act_bits in args.act_bits:
+            net, bits[method] = packed_resnet20(method, act_bits)
+            for name in args.backends:
+                runs[(method, act_bits, name)] = passes(net.logits, name)
     # one warm-up each, then --repeats rounds of one pass per model
     timed, _ = measure_interleaved(runs, repeats=args.repeats, min_time=0.0, rounds=args.repeats)
     base = len(x) / timed["float"]["median_s"]
-    rows = [["float ResNet-20 (NumPy autograd)", "32", "-", f"{base:.0f}", "1.00x"]]
+    rows = [["float ResNet-20 (NumPy autograd)", "32.000", "32", "-", f"{base:.0f}", "1.00x", "-"]]
     records = [{"model": "float", "act_bits": 32, "backend": "numpy", "images_per_second": base}]
     for key, stats in timed.items():
         if key == "float":
             continue
-        act_bits, name = key
+        method, act_bits, name = key
         speed, ratio = len(x) / stats["median_s"], speedup(timed["float"], stats)
-        rows.append(["packed APB, 1.6 bits/weight", str(act_bits), name, f"{speed:.0f}", f"{ratio:.2f}x"])
-        records.append({"model": "packed-apb", "act_bits": act_bits, "backend": name, "images_per_second": speed,
-                        "vs_float": ratio})
+        apb = timed.get(("apb", act_bits, name))
+        vs_apb = speedup(apb, stats) if apb is not None else None
+        rows.append([f"packed {method}", f"{bits[method]:.3f}", str(act_bits), name, f"{speed:.0f}", f"{ratio:.2f}x",
+                     f"{vs_apb:.2f}x" if vs_apb is not None else "-"])
+        records.append({"model": f"packed-{method}", "method": method, "bits_per_weight": bits[method],
+                        "act_bits": act_bits, "backend": name, "images_per_second": speed, "vs_float": ratio,
+                        "vs_apb": vs_apb})
     m = machine()
     print(f"ResNet-20, 1x32x32, {args.images} images in batches of {BATCH}, median of {args.repeats}; "
           f"{m['cpu']} ({m['cores']} cores)")
-    print_table(["model", "activation bits", "kernels", "images/s", "vs float"], rows)
+    print_table(["model", "bits/weight", "activation bits", "kernels", "images/s", "vs float", "vs APB"], rows)
     write_json("packed_inference", {"images": args.images, "repeats": args.repeats, "batch_size": BATCH,
                                     "results": records}, args.json)
 

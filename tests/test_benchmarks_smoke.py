@@ -64,13 +64,19 @@ def test_kernels_benchmark_quick(tmp_path):
 def test_packed_inference_benchmark_runs(tmp_path):
     out = tmp_path / "packed.json"
     script = SCRIPT.parent / "packed_inference.py"
-    proc = subprocess.run([sys.executable, str(script), "--images", "4", "--repeats", "1", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    backends = backend.available_backends()
+    proc = subprocess.run([sys.executable, str(script), "--images", "4", "--repeats", "1", "--json", str(out),
+                           "--backends", *backends], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     d = json.loads(out.read_text())
     got = {(r["model"], r["act_bits"], r["backend"]) for r in d["results"]}
-    want = {("float", 32, "numpy")} | {("packed-apb", a, b) for a in (1, 2, 32) for b in backend.available_backends()}
+    methods = ("apb", "bnn", "uniform", "prune", "prune_uniform")
+    want = {("float", 32, "numpy")} | {(f"packed-{m}", a, b) for m in methods for a in (1, 2, 32) for b in backends}
     assert got == want
+    bits = {r["method"]: r["bits_per_weight"] for r in d["results"] if r["model"] != "float"}
+    assert bits["bnn"] == 1.0 and bits["uniform"] == 2.0
+    assert all(abs(bits[m] - 1.6) < 0.01 for m in ("apb", "prune", "prune_uniform"))
+    assert all(r["vs_apb"] > 0 for r in d["results"] if r["model"] != "float")
     assert all(r["images_per_second"] > 0 for r in d["results"])
     assert "images/s" in proc.stdout
 
