@@ -118,11 +118,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .packed import packed_size
+    from .packed import packed_memory
     from .training import export_args, load_model
     from .training.summary import summarize
     model, config, data = load_model(args.checkpoint)
-    s = summarize(model, data.image_shape, packed_bytes=packed_size(model, *export_args(config, data)))
+    s = summarize(model, data.image_shape, **packed_memory(model, *export_args(config, data)))
     print(json.dumps(s.to_dict(), indent=2) if args.json else
           f"{config.model} ({config.method}, {config.act_bits}-bit activations) from {args.checkpoint}\n{s.table()}")
     return 0
@@ -143,14 +143,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .packed import export_model
+    from .packed import export_model, layer_bytes
     from .training import export_args, load_model
     from .training.summary import summarize
     if Path(args.output).is_dir():
         raise ValueError(f"export: -o {args.output} is a directory; give a file name, e.g. {Path(args.output) / 'model.apbz'}")
     model, config, data = load_model(args.checkpoint)
-    nbytes = export_model(model, *export_args(config, data)).save(args.output)
-    s = summarize(model, data.image_shape, packed_bytes=nbytes)
+    packed = export_model(model, *export_args(config, data))
+    nbytes = packed.save(args.output)
+    s = summarize(model, data.image_shape, packed_bytes=nbytes, layer_bytes=layer_bytes(packed))
     print(f"wrote {args.output}: {nbytes:,} bytes (paper formula {s.model_bits / 8:,.0f} bytes, "
           f"float32 {s.float32_bits / 8:,.0f} bytes)")
     return 0

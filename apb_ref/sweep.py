@@ -43,11 +43,12 @@ import numpy as np
 from . import __version__
 from .data import Dataset, load_dataset
 from .fileio import atomic_write_bytes, atomic_write_text
-from .packed import packed_size
+from .packed import packed_memory
 from .quant import METHODS
 from .training import TrainConfig, Trainer, TrainingDiverged, checkpoint, export_args, load_model
 from .training.loop import BAND, CURVES, LAST, METRICS, RUN_FILES, SUMMARY, foreign_entries
 from .training.plots import DPI, band_histogram, band_layers, training_curves
+from .training.summary import summarize
 
 SWEEP_JSON, TRADEOFF_PNG = "sweep.json", "tradeoff.png"
 # The options each cell sets; the common recipe leaves them at their defaults.
@@ -280,17 +281,20 @@ def run_sweep(cells: list[Cell], seeds: list[int], recipe: TrainConfig, out_dir:
 
 # --- the report ----------------------------------------------------------------------------------
 
-def packed_bytes(ckpt: Path, data: Dataset) -> int | None:
-    """Bytes of the packed file the final model (last.ckpt, the model summary.json measured)
-    exports to; None without a checkpoint or when the model cannot be exported."""
+def packed_figures(ckpt: Path, data: Dataset) -> dict[str, Any]:
+    """Bytes of the packed file the final model (last.ckpt, the model summary.json measured) exports
+    to, and what it stores per compressed weight; None without a checkpoint or when the model cannot
+    be exported."""
+    none = {"packed_bytes": None, "packed_bits_per_weight": None}
     if not ckpt.exists():
-        return None
+        return none
     model, config, _ = load_model(ckpt, data)
     try:
-        return packed_size(model, *export_args(config, data))
+        s = summarize(model, data.image_shape, **packed_memory(model, *export_args(config, data)))
     except (ValueError, NotImplementedError) as e:  # one unexportable run must not lose the whole report
         print(f"sweep: no packed size for {ckpt}: {e}", file=sys.stderr)
-        return None
+        return none
+    return {"packed_bytes": s.packed_bytes, "packed_bits_per_weight": s.packed_bits_per_weight}
 
 
 def result_row(run: Run, data: Dataset) -> dict[str, Any]:
@@ -300,7 +304,7 @@ def result_row(run: Run, data: Dataset) -> dict[str, Any]:
             "run_dir": run.out.name, "epochs": s["epochs"], "test_accuracy": s["test_accuracy"],
             "best_test_accuracy": s["best_test_accuracy"], "bits_per_weight": s["bits_per_weight"],
             "fp_fraction": s["fp_fraction"], "model_bits": s["model_bits"],
-            "packed_bytes": packed_bytes(run.out / LAST, data),
+            **packed_figures(run.out / LAST, data),
             # wall time of the run's last invocation; train_seconds adds up over resumes
             "wall_seconds": s["wall_seconds"], "train_seconds": s.get("train_seconds")}
 
@@ -323,7 +327,8 @@ def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "test_accuracy_mean": statistics.fmean(accuracy),
                     "test_accuracy_std": statistics.stdev(accuracy) if len(accuracy) > 1 else None,
                     "bits_per_weight_mean": statistics.fmean(r["bits_per_weight"] for r in members),
-                    "packed_bytes_mean": _mean([r["packed_bytes"] for r in members])})
+                    "packed_bytes_mean": _mean([r["packed_bytes"] for r in members]),
+                    "packed_bits_per_weight_mean": _mean([r.get("packed_bits_per_weight") for r in members])})
     return out
 
 
@@ -363,16 +368,20 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
 
 def tradeoff_table(report: dict[str, Any]) -> str:
-    """Per cell: method, budget, seeds, test accuracy (mean ± std), bits/weight, packed bytes."""
-    lines = [f"{'method':<14}{'budget':>8}{'seeds':>7}{'test acc (%)':>18}{'bits/w':>9}{'packed bytes':>15}"]
+    """Per cell: method, budget, seeds, test accuracy (mean ± std), bits/weight by the paper's formula and
+    as stored in the packed file, packed bytes."""
+    lines = [f"{'method':<14}{'budget':>8}{'seeds':>7}{'test acc (%)':>18}{'bits/w':>9}{'file bits/w':>12}"
+             f"{'packed bytes':>15}"]
     for g in report["groups"]:
         accuracy = f"{100 * g['test_accuracy_mean']:.2f}"
         if g["test_accuracy_std"] is not None:
             accuracy += f" ± {100 * g['test_accuracy_std']:.2f}"
         budget = "-" if g["budget"] is None else _number(g["budget"])
         packed = "-" if g["packed_bytes_mean"] is None else f"{round(g['packed_bytes_mean']):,}"
+        stored = g.get("packed_bits_per_weight_mean")
+        stored = "-" if stored is None else f"{stored:.3f}"
         lines.append(f"{g['method']:<14}{budget:>8}{len(g['seeds']):>7}{accuracy:>18}"
-                     f"{g['bits_per_weight_mean']:>9.3f}{packed:>15}")
+                     f"{g['bits_per_weight_mean']:>9.3f}{stored:>12}{packed:>15}")
     return "\n".join(lines)
 
 

@@ -62,3 +62,20 @@ def export_model(model: nn.Module, build_args: dict[str, Any], normalization: di
 def packed_size(model: nn.Module, build_args: dict[str, Any], normalization: dict[str, Any] | None = None) -> int:
     """Bytes the packed file of `model` takes on disk (serialised in memory: exact)."""
     return len(export_model(model, build_args, normalization).to_bytes())
+
+
+def layer_bytes(packed: PackedModel) -> dict[str, int]:
+    """Bytes of each layer's tensors in the file (weights or sign planes, indices, codes, scales, bias):
+    what the summary reports as each layer's stored size."""
+    out: dict[str, int] = {}
+    for name, a in packed.tensors.items():
+        layer = name.rsplit(".", 1)[0]
+        out[layer] = out.get(layer, 0) + int(a.nbytes)
+    return out
+
+
+def packed_memory(model: nn.Module, build_args: dict[str, Any],
+                  normalization: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The packed file's size and each layer's share of it: `summarize(model, ..., **packed_memory(...))`."""
+    packed = export_model(model, build_args, normalization)
+    return {"packed_bytes": len(packed.to_bytes()), "layer_bytes": layer_bytes(packed)}

@@ -40,6 +40,7 @@ class LayerRow:
     macs: int
     quantized_macs: int  # MACs whose weight is quantized (low-bit)
     act_bits: int
+    stored_bytes: int | None = None  # the layer's tensors in the packed file, when known
 
     @property
     def weights(self) -> int:
@@ -60,7 +61,7 @@ class ModelSummary:
     layers: list[LayerRow]
     other_fp_values: int  # BatchNorm, biases, ... counted at 32 bits
     b_idx: int
-    packed_bytes: int | None = None
+    packed_bytes: int | None = None  # the packed file's size
 
     @property
     def model_bits(self) -> int:
@@ -87,6 +88,15 @@ class ModelSummary:
         return sum(r.bits for r in self.layers if r.compressed) / n if n else 32.0
 
     @property
+    def packed_bits_per_weight(self) -> float | None:
+        """What the packed file stores per weight of the compressed layers (their tensors' bits, scales,
+        row pointers and padding included), when the layers' stored sizes are known."""
+        rows = [r for r in self.layers if r.compressed]
+        if not rows or any(r.stored_bytes is None for r in rows):
+            return None
+        return 8 * sum(r.stored_bytes for r in rows) / self.compressed_weights
+
+    @property
     def quantized_mac_fraction(self) -> float:
         total = sum(r.macs for r in self.layers)
         return sum(r.quantized_macs for r in self.layers) / total if total else 0.0
@@ -96,7 +106,8 @@ class ModelSummary:
                 "float32_kib": self.float32_bits / 8 / 1024, "compression_ratio": self.float32_bits / self.model_bits,
                 "bits_per_weight": self.bits_per_weight, "fp_fraction": self.fp_fraction,
                 "quantized_mac_fraction": self.quantized_mac_fraction, "b_idx": self.b_idx,
-                "compressed_weights": self.compressed_weights, "packed_bytes": self.packed_bytes}
+                "compressed_weights": self.compressed_weights, "packed_bytes": self.packed_bytes,
+                "packed_bits_per_weight": self.packed_bits_per_weight}
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": [asdict(r) for r in self.layers], "other_fp_values": self.other_fp_values, **self.totals()}
@@ -117,6 +128,9 @@ class ModelSummary:
         out.append(f"model size (paper formula, b_idx={self.b_idx}): {t['model_kib']:.2f} KiB = {self.model_bits:,} bits")
         if self.packed_bytes is not None:
             out.append(f"packed file: {self.packed_bytes / 1024:.2f} KiB = {self.packed_bytes:,} bytes")
+        if self.packed_bits_per_weight is not None:
+            out.append(f"compressed layers in the packed file: {self.packed_bits_per_weight:.3f} bits/weight "
+                       "(values, indices at their stored width, scales)")
         out.append(f"float32 equivalent: {t['float32_kib']:.2f} KiB   compression ratio: {t['compression_ratio']:.2f}x")
         out.append(f"compressed layers: {self.compressed_weights:,} weights, {self.bits_per_weight:.3f} bits/weight, "
                    f"{100 * self.fp_fraction:.3f}% full precision")
@@ -157,8 +171,10 @@ def _output_sizes(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[s
     return sizes
 
 
-def summarize(model: nn.Module, input_shape: tuple[int, int, int], packed_bytes: int | None = None) -> ModelSummary:
-    """Per-layer and total storage and MACs of `model` for one input of `input_shape` (C, H, W)."""
+def summarize(model: nn.Module, input_shape: tuple[int, int, int], packed_bytes: int | None = None,
+              layer_bytes: dict[str, int] | None = None) -> ModelSummary:
+    """Per-layer and total storage and MACs of `model` for one input of `input_shape` (C, H, W);
+    with the packed file's size and each layer's bytes in it (`packed.packed_memory`), those too."""
     b_idx = index_bits(model)
     positions = _output_sizes(model, input_shape)
     rows, counted = [], set()
@@ -177,7 +193,8 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int], packed_bytes:
         act = getattr(m, "act_quantizer", None)
         rows.append(LayerRow(name, tuple(w.shape), compressed, count.quantized, count.full, count.pruned,
                              count.quantized_bits, count.bits(b_idx), macs,
-                             macs * count.quantized // max(int(w.size), 1), getattr(act, "bits", 32)))
+                             macs * count.quantized // max(int(w.size), 1), getattr(act, "bits", 32),
+                             None if layer_bytes is None else layer_bytes.get(name)))
         counted.add(f"{name}.weight" if name else "weight")
     other = sum(int(np.size(v)) for k, v in model.state_dict().items()
                 if k not in counted and not any(q in k for q in QUANTIZER_STATE))
