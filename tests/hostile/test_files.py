@@ -65,16 +65,28 @@ def test_the_valid_file_runs():
     assert run_packed(VALID).shape == (2, 10)
 
 
-@FUZZ
-@given(st.data())
-def test_apbz_header_and_table_edits_are_contained(data):
-    check_packed(data.draw(mutated_apbz(VALID)))
+# every packed layer kind: APB's sign bits + CSR residual, uniform's sign planes, pruning's CSR with
+# float32 values and with k-bit codes
+VALID_BY_METHOD = {"apb": VALID, **{m: valid_apbz(m) for m in ("uniform", "prune", "prune_uniform")}}
 
 
+@pytest.mark.parametrize("method", VALID_BY_METHOD)
+def test_each_methods_valid_file_runs(method):
+    assert run_packed(VALID_BY_METHOD[method]).shape == (2, 10)
+
+
+@pytest.mark.parametrize("method", VALID_BY_METHOD)
 @FUZZ
 @given(st.data())
-def test_apbz_tensor_edits_are_contained(data):
-    check_packed(data.draw(mutated_tensors(packed_model())))
+def test_apbz_header_and_table_edits_are_contained(method, data):
+    check_packed(data.draw(mutated_apbz(VALID_BY_METHOD[method])))
+
+
+@pytest.mark.parametrize("method", VALID_BY_METHOD)
+@FUZZ
+@given(st.data())
+def test_apbz_tensor_edits_are_contained(method, data):
+    check_packed(data.draw(mutated_tensors(packed_model(VALID_BY_METHOD[method]))))
 
 
 CKPT_NAME = "hostile.ckpt"
