@@ -13,6 +13,7 @@ The package reads bottom-up, each layer importing only those below it (tests/tes
   training   config, loop, checkpoints, summary, progress, plots
   packed     the .apbz format, export, packed layers, the packed network
   testing    gradient checks and the op registry
+  sweep      the trade-off study (methods x budgets x seeds)
   cli, bench the command line
 
 The package works with NumPy alone; `apb_ref.kernels.backend` picks the Rust kernels when built.
