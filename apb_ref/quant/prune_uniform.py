@@ -1,10 +1,14 @@
 """Pruning + k-bit quantization of the survivors (Han et al., "Deep Compression", ICLR 2016, with the
-gradual schedule of Zhu & Gupta 2017 and LSQ steps; METHODS §4.3): the "pruning + quantization"
+gradual schedule of Zhu & Gupta 2017 and LSQ steps; METHODS §4.4): the "pruning + quantization"
 baseline of APB's comparison.
 
     q_i = m_i·s·(j_i + ½)        m from `prune` (cubic schedule, magnitudes), j and s from `uniform`
 
 The gradient is the composition of the two: ∂L/∂w_i = m_i·inside_i·g_i, and s sees the survivors only.
+While the schedule prunes, the survivors are ever larger weights, so s is refitted to them (the
+least-squares step of `uniform.best_step` over the kept weights) whenever the number kept has fallen
+by 5 % since the last fit, and once more when the mask freezes; from then on LSQ trains it. Without
+the refit s stays fitted to the dense layer and most survivors end up clipped at ±3s/2.
 A budget of B bits/weight gives the density d = B/(k + b_idx) (each survivor costs a k-bit code
 and a b_idx-bit index); there are no full-precision weights, so an --fp-fraction budget is refused.
 
@@ -41,7 +45,22 @@ class PruneUniform(Prune):
         super().__init__(w, options)
         self.bits = self.options.uniform_bits
         self.value_bits = self.bits
-        self.step = nn.Parameter(best_step(w, self.bits, self.options.uniform_scale == "channel"))
+        self.step = nn.Parameter(best_step(w, self.bits, self.per_channel))
+        self.register_buffer("fitted_count", np.asarray(w.size, dtype=np.int64))  # kept at the last refit
+
+    REFIT = 0.95  # refit s when the kept count falls below this fraction of the count at the last fit
+
+    @property
+    def per_channel(self) -> bool:
+        return self.options.uniform_scale == "channel"
+
+    def on_step(self, progress: float, w: np.ndarray) -> None:
+        was_done = bool(self.schedule_done)
+        super().on_step(progress, w)
+        kept = int(self.keep.sum())
+        if not was_done and (kept < self.REFIT * int(self.fitted_count) or bool(self.schedule_done)):
+            self.step.data[...] = best_step(w, self.bits, self.per_channel, self.keep)
+            self.fitted_count[...] = kept
 
     MIN_STEP = 1e-8
 

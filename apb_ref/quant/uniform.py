@@ -76,14 +76,17 @@ def uniform_quantize(w, step, bits: int = 2) -> Tensor:
     return UniformQuantize.apply(w, step, int(bits))
 
 
-def best_step(w: np.ndarray, bits: int, per_channel: bool) -> np.ndarray:
-    """The step s (per layer, or per output channel) with the least ‖q(w) − w‖² among 200 candidates
-    from 0.01 to 4 times mean|w|: LSQ's own initialisation, 2·mean|w|/√n, is far from it at 2 bits."""
+def best_step(w: np.ndarray, bits: int, per_channel: bool, keep: np.ndarray | None = None) -> np.ndarray:
+    """The step s (per layer, or per output channel) with the least ‖q(w) − w‖² over the weights where
+    `keep` is True (all by default), among 200 candidates from 0.01 to 4 times their mean|w|. LSQ's
+    own initialisation, 2·mean|w|/√n, is far from it at 2 bits."""
     rows = w.reshape(w.shape[0], -1) if per_channel else w.reshape(1, -1)
-    scale = np.abs(rows).mean(axis=1, keepdims=True).astype(np.float64)
+    kept = np.ones(rows.shape, bool) if keep is None else keep.reshape(rows.shape)
+    count = np.maximum(kept.sum(axis=1, keepdims=True), 1)
+    scale = (np.abs(rows) * kept).sum(axis=1, keepdims=True, dtype=np.float64) / count
     scale[scale == 0] = 1.0
     candidates = scale * np.linspace(0.01, 4.0, 200)[None, :]  # (rows, 200)
-    errors = [((uniform_levels(rows, candidates[:, c:c + 1], bits) - rows) ** 2).sum(axis=1)
+    errors = [(((uniform_levels(rows, candidates[:, c:c + 1], bits) - rows) ** 2) * kept).sum(axis=1)
               for c in range(candidates.shape[1])]
     best = candidates[np.arange(len(rows)), np.argmin(np.stack(errors, axis=1), axis=1)]
     shape = (w.shape[0],) + (1,) * (w.ndim - 1) if per_channel else ()

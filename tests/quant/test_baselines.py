@@ -201,3 +201,20 @@ def test_packed_file_stores_what_the_summary_counts(method, options):
         assert stored == expected, row.name
         # the paper's formula charges b_idx >= the stored index width: never less than the file
         assert row.bits >= 8 * (stored - (row.quantized_bits * row.shape[0] * 8 if method == "uniform" else 8))
+
+
+def test_prune_uniform_refits_its_step_to_the_survivors():
+    """The step follows the survivors while the schedule prunes (every 5 % fewer kept) and at the freeze;
+    without that it stays fitted to the dense layer and clips most survivors."""
+    w = np.random.default_rng(0).standard_normal((16, 8, 3, 3)).astype(np.float32)
+    q = PruneUniform(w, PruneUniformOptions(prune_density=0.1, prune_start=0.0, prune_end=0.5))
+    dense_step = float(q.step.data)
+    q.on_step(0.1, w)
+    assert q.keep.mean() < 0.95 and float(q.step.data) == pytest.approx(float(best_step(w, 2, False, q.keep)))
+    q.on_step(0.5, w)
+    assert bool(q.schedule_done) and abs(q.keep.mean() - 0.1) < 0.01
+    fitted = best_step(w, 2, False, q.keep)
+    assert float(q.step.data) == pytest.approx(float(fitted)) and float(fitted) > 2 * dense_step
+    q.step.data[...] = 1.0  # after the freeze the step is LSQ's to train: no more refits
+    q.on_step(0.9, w)
+    assert float(q.step.data) == 1.0
