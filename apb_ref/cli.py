@@ -64,6 +64,7 @@ class _RecipeParser(argparse.ArgumentParser):
 
 # Train flags a sweep sets itself (why a recipe may not give them).
 _SWEEP_SETS = {"method": "set per cell by --cells", "bits_per_weight": "set per cell by --cells method@budget",
+               "fp_fraction": "budgets are set per cell, in bits/weight, by --cells method@budget",
                "seed": "set per run by --seeds", "out": "each run's directory is named under the sweep's --out",
                "resume": "interrupted cells resume by themselves", "overwrite": "a sweep never replaces a run",
                "quiet": "give the sweep's own --quiet, before --"}

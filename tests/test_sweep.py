@@ -176,6 +176,7 @@ def test_a_budget_out_of_range_and_a_repeated_seed_are_refused(tmp_path):
     (["--method", "apb"], "--method"), (["--bits-per-weight=1.6"], "--bits-per-weight"), (["--seed", "1"], "--seed"),
     (["--out", "elsewhere"], "--out"), (["--resume"], "--resume"), (["--overwrite"], "--overwrite"),
     (["--epochs", "2", "--meth", "bnn"], "--method"),  # an abbreviation is the same flag
+    (["--fp-fraction", "0.1"], "--fp-fraction"),
 ])
 def test_recipe_flags_the_sweep_sets_are_refused(tmp_path, flags, named):
     code, _, stderr = sweep_cli("--smoke", "--out", tmp_path, "--cells", "fp", "--", *flags)

@@ -94,6 +94,8 @@ class Prune(WeightQuantizer):
     budget_scope = "layer"
     packed_layer = "sparse"
     value_bits = 32  # bits per stored survivor (before its index)
+    budget_replaces = ("prune_density",)  # a budget sets the density (TrainConfig refuses both)
+    takes_fp_fraction = True  # --fp-fraction f is the density
 
     def __init__(self, w: np.ndarray, options: PruneOptions | None = None):
         super().__init__(w, options)
@@ -140,7 +142,7 @@ class Prune(WeightQuantizer):
         return csr_rows(w.reshape(o, -1).astype(np.float32), keep), {"nnz": int(keep.sum()), "code_bits": 0}
 
     def extra_repr(self) -> str:
-        return f"density={float(self.keep.mean()):.4g}, target={self.target:.4g}"
+        return f"density={float(self.keep.mean()):.4g}"
 
 
 # --- op specs (apb_ref.testing) -------------------------------------------------------------------

@@ -40,6 +40,7 @@ class PruneUniform(Prune):
     name = "prune_uniform"
     description = "magnitude pruning + k-bit uniform survivors (Deep Compression style; METHODS §4.3)"
     Options = PruneUniformOptions
+    takes_fp_fraction = False  # its survivors are k-bit, not full precision
 
     def __init__(self, w: np.ndarray, options: PruneUniformOptions | None = None):
         super().__init__(w, options)
@@ -92,7 +93,7 @@ class PruneUniform(Prune):
         return tensors, {"nnz": int(keep.sum()), "code_bits": self.bits}
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, density={float(self.keep.mean()):.4g}, target={self.target:.4g}"
+        return f"bits={self.bits}, density={float(self.keep.mean()):.4g}"
 
 
 PruneUniform.op_specs = ()  # its ops are prune_mask's and uniform_quantize's, specified in their files

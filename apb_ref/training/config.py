@@ -97,8 +97,35 @@ class CommonConfig:
                              f"got {self.method!r}")
         if self.budget_epoch is not None and not 0 <= self.budget_epoch < self.epochs:
             raise ValueError(f"TrainConfig: budget_epoch must be in [0, epochs), got {self.budget_epoch}")
+        self._check_method_fit(budgeted)
         self.method_options().validate()
         return self
+
+    def _check_method_fit(self, budgeted: bool) -> None:
+        """Options that would be silently ignored are refused: another method's options changed from
+        their defaults, the model-wide budget's knobs with a per-layer budget, an option the budget
+        replaces, an FP-fraction budget for a method that keeps no full-precision weights."""
+        cls = METHODS[self.method]
+        own = {f.name for f in fields(cls.Options)}
+        for name, _, f in _method_fields():
+            if name not in own and getattr(self, name) != f.default:
+                owners = sorted(m for m, c in METHODS.items() if name in {g.name for g in fields(c.Options)})
+                raise ValueError(f"TrainConfig: {name} is an option of {', '.join(owners)}, not of {self.method!r}; "
+                                 f"leave it at its default ({f.default!r})")
+        defaults = {f.name: f.default for f in fields(CommonConfig)}
+        for name in ("budget_weight", "budget_epoch"):
+            if getattr(self, name) != defaults[name] and not (budgeted and cls.budget_scope == "model"):
+                raise ValueError(f"TrainConfig: {name} tunes a model-wide memory budget (--bits-per-weight or "
+                                 f"--fp-fraction with {', '.join(sorted(m for m, c in METHODS.items() if c.budgeted and c.budget_scope == 'model'))}); "
+                                 f"this run has none")
+        option_defaults = {f.name: f.default for f in fields(cls.Options)}
+        for name in getattr(cls, "budget_replaces", ()):
+            if budgeted and getattr(self, name) != option_defaults[name]:
+                raise ValueError(f"TrainConfig: give {name} or a budget (--bits-per-weight/--fp-fraction), not both: "
+                                 f"the budget sets it")
+        if self.fp_fraction is not None and not getattr(cls, "takes_fp_fraction", True):
+            raise ValueError(f"TrainConfig: {self.method!r} keeps no full-precision weights; give its budget as "
+                             "bits_per_weight, not fp_fraction")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":

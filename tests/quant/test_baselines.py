@@ -218,3 +218,19 @@ def test_prune_uniform_refits_its_step_to_the_survivors():
     q.step.data[...] = 1.0  # after the freeze the step is LSQ's to train: no more refits
     q.on_step(0.9, w)
     assert float(q.step.data) == 1.0
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"method": "prune", "uniform_bits": 4}, "uniform_bits is an option of prune_uniform, uniform"),
+    ({"method": "uniform", "prune_density": 0.05}, "prune_density is an option of prune, prune_uniform"),
+    ({"method": "bnn", "lr_ab": 0.1}, "lr_ab is an option of apb"),
+    ({"method": "prune", "bits_per_weight": 2.0, "prune_density": 0.2}, "not both"),
+    ({"method": "prune", "bits_per_weight": 2.0, "budget_weight": 2.0}, "budget_weight tunes a model-wide"),
+    ({"method": "apb", "budget_epoch": 0}, "budget_epoch tunes a model-wide"),
+    ({"method": "prune_uniform", "fp_fraction": 0.1}, "keeps no full-precision weights"),
+])
+def test_options_that_would_be_ignored_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**options).validate()
+    TrainConfig(method="prune_uniform", uniform_bits=3, prune_density=0.2).validate()  # its own options
+    TrainConfig(method="apb", bits_per_weight=1.5, budget_epoch=0).validate()
