@@ -77,6 +77,7 @@ def test_packed_inference_benchmark_runs(tmp_path):
     assert bits["bnn"] == 1.0 and bits["uniform"] == 2.0
     assert all(abs(bits[m] - 1.6) < 0.01 for m in ("apb", "prune", "prune_uniform"))
     assert all(r["vs_apb"] > 0 for r in d["results"] if r["model"] != "float")
+    assert d["apb_a1_vs_uniform_a2"].keys() == set(backends) and "against 2-bit uniform" in proc.stdout
     assert all(r["images_per_second"] > 0 for r in d["results"])
     assert "images/s" in proc.stdout
 
