@@ -8,6 +8,10 @@ computes with, inside autograd, and owns everything else about its method:
   on_epoch_start   schedule hooks (freezing), idempotent in the epoch so resume replays them
   on_step          a schedule hook after every optimizer step (gradual pruning)
   project_parameters  keep its parameters in their domain after each optimizer step (APB: α, δ > 0)
+  project_weights  keep the layer's latent weights in their domain after each step (SBNN's clamp)
+  init_weights     set the layer's initial latent weights, once, when the layer is built
+  loss_term        a term the method adds to the training loss, over all the run's layers at once
+                   (a classmethod: SBNN's constraint is on a fraction counted over every layer)
   count(w)         how the weights are stored (the memory formula reads only this)
   layer_log(w)     scalars for the per-epoch metrics log
   budget hooks     soft_fp_fraction / budget_distances / apply_budget, for methods with a memory
@@ -88,7 +92,9 @@ class WeightCount:
       pruned     not at all (zero)
 
     A sparse group (`sparse` for the full-precision weights, `quantized_sparse` for the quantized
-    ones) also stores a b_idx-bit index per weight. `bits` is the one memory formula (METHODS §1.7)."""
+    ones) also stores a b_idx-bit index per weight. `bits` is the one memory formula (METHODS §1.7).
+    `entropy_bits`, when a method knows it, is what an ideal entropy coder needs for the quantized
+    group (SBNN: N·H(p)): reported beside the formula, never part of it."""
 
     quantized: int
     full: int
@@ -96,6 +102,7 @@ class WeightCount:
     pruned: int = 0
     quantized_bits: int = 1
     quantized_sparse: bool = False  # quantized weights kept sparsely (pruning + quantization)
+    entropy_bits: float | None = None  # the quantized group's entropy bound, when the method reports one
 
     @property
     def total(self) -> int:
@@ -135,6 +142,21 @@ class WeightQuantizer(nn.Module):
 
     def project_parameters(self) -> None:
         """Put the quantizer's parameters back in their domain; called after every optimizer step."""
+
+    def project_weights(self, w: np.ndarray) -> None:
+        """Put the layer's latent weights w back in their domain, in place (SBNN clamps them); called
+        after every optimizer step."""
+
+    def init_weights(self, w: np.ndarray) -> None:
+        """Set the layer's initial latent weights w in place (SBNN's closed-form start); called once,
+        when the layer is built, right after the quantizer."""
+
+    @classmethod
+    def loss_term(cls, quantizers: list["WeightQuantizer"], weights: list[Tensor], loss_value: float) -> Tensor | None:
+        """A term added to the training loss (a graph node), or None. Called once per training step
+        with all the run's quantizers of this method, their layers' latent weights (in the same order)
+        and the loss value; a method-wide hook because a constraint may count over every layer (SBNN)."""
+        return None
 
     def on_step(self, progress: float, w: np.ndarray) -> None:
         """Schedule hook called after every optimizer step with the fraction of training done, in

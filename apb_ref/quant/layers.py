@@ -21,6 +21,7 @@ QuantizerMaker = Callable[[np.ndarray], WeightQuantizer]
 
 def _attach(layer: nn.Module, make_quantizer: QuantizerMaker | None, act_quantizer: ActivationQuantizer | None) -> None:
     layer.weight_quantizer = make_quantizer(layer.weight.data) if make_quantizer else WeightQuantizer()
+    layer.weight_quantizer.init_weights(layer.weight.data)
     layer.act_quantizer = act_quantizer or FullPrecision()
 
 

@@ -147,6 +147,7 @@ class Trainer:
         # α, δ and the like: their own Adam, no weight decay, cosine over all epochs (METHODS §1.4)
         self.quantized = [m for _, m in quantized_layers(self.model)]  # fixed for the run
         self.quantizers = [m.weight_quantizer for m in self.quantized]
+        self.method = METHODS[config.method]  # its loss_term hook sees all the run's layers at once
         method_params = [p for q in self.quantizers for p in q.quantizer_parameters()]
         method_lr = config.method_options().quantizer_lr
         self.method_optimizer = build_optimizer("adam", method_params, method_lr, 0.0) if method_params else None
@@ -256,19 +257,23 @@ class Trainer:
             logits = self.model(Tensor(xb))
             loss = F.cross_entropy(logits, yb, cfg.label_smoothing)
             value = float(loss.data)
-            if penalize:
-                loss = loss + self.budget.penalty(self.model)
             if not math.isfinite(value):
                 bar.close()
                 raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {step + 1}; {self.last_good()}")
+            if penalize:
+                loss = loss + self.budget.penalty(self.model)
+            term = self.method.loss_term(self.quantizers, [layer.weight for layer in self.quantized], value)
+            if term is not None:  # the method's own loss term (SBNN's EC constraint)
+                loss = loss + term
             for o in self._optimizers():
                 o.zero_grad()
             loss.backward()
             for o in self._optimizers():
                 o.step()
             done = (epoch + (step + 1) / steps) / cfg.epochs  # fraction of training done, for schedules
-            for layer in self.quantized:  # keep each method's parameters in their domain; step schedules
+            for layer in self.quantized:  # keep each method's parameters and weights in their domain; step schedules
                 layer.weight_quantizer.project_parameters()
+                layer.weight_quantizer.project_weights(layer.weight.data)
                 layer.weight_quantizer.on_step(done, layer.weight.data)
             loss_sum += value * len(yb)
             correct += int((logits.data.argmax(axis=1) == yb).sum())
@@ -324,7 +329,8 @@ class Trainer:
         if not any(layers.values()):
             return {}
         s = summarize(self.model, self.data.image_shape)
-        return {"fp_fraction": s.fp_fraction, "bits_per_weight": s.bits_per_weight, "layers": layers}
+        entropy = {} if s.entropy_bits_per_weight is None else {"entropy_bits_per_weight": s.entropy_bits_per_weight}
+        return {"fp_fraction": s.fp_fraction, "bits_per_weight": s.bits_per_weight, **entropy, "layers": layers}
 
     def log_epoch(self, record: dict[str, Any]) -> None:
         with open(self.out / METRICS, "a") as f:
@@ -350,6 +356,7 @@ class Trainer:
                 "method": self.config.method, "act_bits": self.config.act_bits,
                 "bits_per_weight": memory["bits_per_weight"], "fp_fraction": memory["fp_fraction"],
                 "model_bits": memory["model_bits"], "compression_ratio": memory["compression_ratio"],
+                "entropy_bits_per_weight": memory["entropy_bits_per_weight"],
                 "budget": budget,
                 "epochs": self.epoch, "test_accuracy": final["accuracy"], "test_loss": final["loss"],
                 "best_test_accuracy": self.best_accuracy, "wall_seconds": wall_seconds,

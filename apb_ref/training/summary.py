@@ -10,7 +10,8 @@ are not counted, as in the released code.
 
 The same formula covers the baselines through each quantizer's `WeightCount` (`WeightCount.bits`):
 k-bit weights cost k bits (P_bin generalised), pruned weights nothing, and a sparse group of k-bit
-survivors k + b_idx bits each. The packed file's size is reported beside it (`packed_bytes`).
+survivors k + b_idx bits each. The packed file's size is reported beside it (`packed_bytes`), and
+so is the entropy bound of methods that report one (`WeightCount.entropy_bits`; SBNN: Σ_l N_l·H(p_l)).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ class LayerRow:
     quantized_macs: int  # MACs whose weight is quantized (low-bit)
     act_bits: int
     stored_bytes: int | None = None  # the layer's tensors in the packed file, when known
+    entropy_bits: float | None = None  # the entropy bound of its quantized weights, when the method reports one
 
     @property
     def weights(self) -> int:
@@ -97,6 +99,15 @@ class ModelSummary:
         return 8 * sum(r.stored_bytes for r in rows) / self.compressed_weights
 
     @property
+    def entropy_bits_per_weight(self) -> float | None:
+        """The entropy bound per weight of the compressed layers (SBNN: Σ_l N_l·H(p_l) / Σ_l N_l), when
+        every compressed layer reports one."""
+        rows = [r for r in self.layers if r.compressed]
+        if not rows or any(r.entropy_bits is None for r in rows):
+            return None
+        return sum(r.entropy_bits for r in rows) / self.compressed_weights
+
+    @property
     def quantized_mac_fraction(self) -> float:
         total = sum(r.macs for r in self.layers)
         return sum(r.quantized_macs for r in self.layers) / total if total else 0.0
@@ -107,7 +118,8 @@ class ModelSummary:
                 "bits_per_weight": self.bits_per_weight, "fp_fraction": self.fp_fraction,
                 "quantized_mac_fraction": self.quantized_mac_fraction, "b_idx": self.b_idx,
                 "compressed_weights": self.compressed_weights, "packed_bytes": self.packed_bytes,
-                "packed_bits_per_weight": self.packed_bits_per_weight}
+                "packed_bits_per_weight": self.packed_bits_per_weight,
+                "entropy_bits_per_weight": self.entropy_bits_per_weight}
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": [asdict(r) for r in self.layers], "other_fp_values": self.other_fp_values, **self.totals()}
@@ -131,6 +143,9 @@ class ModelSummary:
         if self.packed_bits_per_weight is not None:
             out.append(f"compressed layers in the packed file: {self.packed_bits_per_weight:.3f} bits/weight "
                        "(values, indices at their stored width, scales)")
+        if self.entropy_bits_per_weight is not None:
+            out.append(f"compressed layers' entropy bound: {self.entropy_bits_per_weight:.3f} bits/weight "
+                       "(each layer's H(p), p its fraction of one of the two values)")
         out.append(f"float32 equivalent: {t['float32_kib']:.2f} KiB   compression ratio: {t['compression_ratio']:.2f}x")
         out.append(f"compressed layers: {self.compressed_weights:,} weights, {self.bits_per_weight:.3f} bits/weight, "
                    f"{100 * self.fp_fraction:.3f}% full precision")
@@ -194,7 +209,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int], packed_bytes:
         rows.append(LayerRow(name, tuple(w.shape), compressed, count.quantized, count.full, count.pruned,
                              count.quantized_bits, count.bits(b_idx), macs,
                              macs * count.quantized // max(int(w.size), 1), getattr(act, "bits", 32),
-                             None if layer_bytes is None else layer_bytes.get(name)))
+                             None if layer_bytes is None else layer_bytes.get(name), count.entropy_bits))
         counted.add(f"{name}.weight" if name else "weight")
     other = sum(int(np.size(v)) for k, v in model.state_dict().items()
                 if k not in counted and not any(q in k for q in QUANTIZER_STATE))
