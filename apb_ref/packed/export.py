@@ -1,7 +1,8 @@
 """Trained model → packed model (`format.PackedModel`): each compressed layer asks its weight
 quantizer for its packed form (`WeightQuantizer.pack`: for APB W_q = α·B + S as sign bits, α and a CSR
 residual, METHODS §1.8; for BNN sign bits and α per channel; for k-bit uniform k sign planes and s/2;
-for pruning CSR with float32 values or k-bit codes), BatchNorm is folded into a per-channel scale and
+for pruning CSR with float32 values or k-bit codes; for SBNN α, β and the Golomb-Rice coded positions of
+the minority value, §3.6), BatchNorm is folded into a per-channel scale and
 shift, and every other conv/linear is stored as float32. The spec's "kind" names the method, whose
 `packed_layer` runs it (apb_ref.packed.layers). `packed_memory` gives the file's size and each layer's
 bytes in it, for the summary."""

@@ -23,6 +23,9 @@ The binary GEMMs return α_p·(B_p·X) + bias themselves (a float32 epilogue mad
 are in cache), further planes are added in place and csr_conv2d adds S·X into that array: one (O, P)
 float array per layer. BatchNorm arrives folded into a per-channel scale and shift.
 
+"sbnn" runs SBNN's {α, β} layers (METHODS §3.7): y = α·(X ⊛ 1) + (β − α)·(X ⊛ z) + bias, from the
+Golomb-Rice coded positions of the minority value (decoded once at load); see `PackedSBNN`.
+
 "sparse" runs y = S·X + bias for pruned layers (prune: float32 values; prune_uniform: k-bit codes
 decoded once at load) on csr_conv2d / csr_matmul over the quantized input.
 
@@ -41,7 +44,7 @@ from .. import ops as F
 from ..autograd import Tensor
 from ..ops.lowering import conv_output_size
 from ..quant.activations import activation_quantizer
-from ..quant.packing import unpack_codes
+from ..quant.packing import rice_decode, unpack_codes
 
 
 def weight_planes(prefix: str, t: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -285,6 +288,186 @@ class PackedSparse(nn.Module):
         return Tensor(y)
 
 
+def sbnn_positions(prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray]) -> np.ndarray:
+    """The positions of an SBNN layer's minority value, decoded from its Golomb-Rice streams
+    (ValueError on an inconsistent stream: `rice_decode` trusts nothing)."""
+    shape = spec["weight_shape"]
+    return rice_decode(t[f"{prefix}.rice_quotients"], t[f"{prefix}.rice_remainders"], int(spec["positions"]),
+                       int(spec["rice_k"]), shape[0] * int(spec["k"]))
+
+
+class PackedSBNN(nn.Module):
+    """SBNN's {α, β} layer: W = α·1 + (β − α)·Z, Z = 1 where a weight is at β. With X the quantized
+    input's columns (the im2col matrix of a conv; K rows, one column per output position):
+
+        y = α·(1ᵀX) + (β − α)·(Z·X) + bias
+
+    1ᵀX, the box-sum of each window over all its K inputs, is computed once per layer and shared by
+    every output channel. The rest depends on the activations' precision:
+
+    float   the minority value m (stored positions) and the other value o: W = o·1 + (m − o)·M, so
+            y = o·(1ᵀX) + (m − o)·(M·X) + bias with M·X a sparse product (csr_conv2d / csr_matmul of
+            the positions, all values m − o): work in proportion to the minority count.
+    1-bit   x ∈ {±1}. With the signs s = 2z − 1 of a row, z = (1 + s)/2 and x·z = (x·1 + x·s)/2, so
+            W's row is φ + τ·s (φ = (α + β)/2, τ = (β − α)/2) and y = φ·(1ᵀX) + τ·(S·X) + bias:
+            S·X is bgemm_1x1 on the sign bits and 1ᵀX is bgemm_1x1 against a row of +1s (all bits
+            0), K − 2·popcount of each column. Both exact integers.
+    2-bit   x = (v + 3)/6 (DoReFa, METHODS §7.4): S·x = (S·v)/6 + rowsum(S)/2 from bgemm_1x2, and
+            1ᵀx = (1ᵀv)/6 + K/2 from bgemm_1x2 against the row of +1s.
+
+    In the popcount paths a row whose weights are all at one value (z ≡ 0: every weight α; or
+    z ≡ 1) has no sign row: its output is that value times the shared box-sum, so such filters cost
+    nothing. Each row is y_o = c_o·(1ᵀX) + d_o·(s_o·X) + e_o (c = φ, d = τ for the others; c = α or β,
+    d = 0 for constant rows; e = bias), which is also what a folded BatchNorm rescales. As in
+    PackedConv2d, a conv with 1- or 2-bit inputs lowers the packed map with im2col_bits (sign rows
+    repacked in its (i, j, channel) order), and its padded taps pack as x = 1, so W·P is subtracted
+    (`_padding_correction`).
+    """
+
+    def __init__(self, prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray], layer: nn.Module = None):
+        super().__init__()
+        shape = spec["weight_shape"]
+        o, self.k = shape[0], int(spec["k"])
+        self.out_features = o
+        self.conv = len(shape) == 4
+        if self.conv:
+            self.channels, self.kh, self.kw = shape[1:]
+            self.stride, self.padding = int(spec["stride"]), int(spec["padding"])
+        self.act_bits = int(spec["act_bits"])
+        self.act = activation_quantizer(self.act_bits)
+        self.packed_input = self.conv and self.act_bits in (1, 2)
+        alpha, beta = (np.float32(v) for v in t[f"{prefix}.levels"])
+        bias = t.get(f"{prefix}.bias")
+        self.bias = np.zeros(o, np.float32) if bias is None else bias.astype(np.float32)
+        positions = sbnn_positions(prefix, spec, t)
+        at_beta = spec["minority"] == "beta"
+        minority, other = (beta, alpha) if at_beta else (alpha, beta)
+        if self.act_bits == 32:  # y = o·(1ᵀX) + (m − o)·(M·X) + bias, M the minority positions (CSR)
+            rows, cols = np.divmod(positions, self.k)
+            self.other = other
+            self.indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=o))]).astype(np.int64)
+            self.indices = cols.astype(np.int32)
+            self.values = np.full(len(positions), minority - other, np.float32)
+            return
+        below = np.ones(o * self.k, dtype=bool)  # 1 where a weight is at α: the sign bit of s = 2z − 1
+        below[positions] = False
+        if not at_beta:
+            np.logical_not(below, out=below)
+        below = below.reshape(o, self.k)
+        ones = self.k - below.sum(axis=1)  # weights at β per row
+        varying = (ones > 0) & (ones < self.k)
+        self.rows = np.flatnonzero(varying)  # rows with both values: a sign row each
+        self.all_rows = len(self.rows) == o
+        self.c = np.where(varying, (alpha + beta) / np.float32(2), np.where(ones == self.k, beta, alpha)).astype(np.float32)
+        self.d = np.where(varying, (beta - alpha) / np.float32(2), np.float32(0)).astype(np.float32)
+        self.e = self.bias.copy()
+        self.row_sums = (2 * ones[self.rows] - self.k).astype(np.float32)  # rowsum(S) for the 2-bit epilogue
+        below = below[self.rows]
+        self.sign_bits = kernels.pack_mask(below)  # S in (c, i, j) order (the padding correction's too)
+        self.plus_row = np.zeros((1, -(-self.k // 64)), np.uint64)  # a row of +1s: its product with X is 1ᵀX
+        self.gemm_bits = self.sign_bits
+        if self.packed_input:  # im2col_bits orders K as (i, j, channel)
+            taps_first = below.reshape(-1, self.channels, self.kh, self.kw).transpose(0, 2, 3, 1)
+            self.gemm_bits = kernels.pack_mask(np.ascontiguousarray(taps_first).reshape(len(below), -1))
+
+    # --- the popcount paths (1- and 2-bit activations) --------------------------------------------
+    def _popcount(self, gemm, operands: tuple[np.ndarray, ...]) -> np.ndarray:
+        """y = c·(1ᵀX) + d·(S·X) + e for X given as packed operands (1-bit: its bits; 2-bit: the two
+        planes of v): one float32 (O, P) array."""
+        box = gemm(self.plus_row, *operands, self.k)[0].astype(np.float32)  # 1ᵀx (1-bit) or 1ᵀv (2-bit)
+        if self.act_bits == 1:
+            scale, shift = self.d[self.rows], None
+        else:
+            box = box / np.float32(6) + np.float32(self.k / 2)
+            d = self.d[self.rows]
+            scale, shift = (d / np.float32(6)).astype(np.float32), (d * (self.row_sums / 2)).astype(np.float32)
+        y = np.multiply.outer(self.c, box)
+        y += self.e[:, None]
+        if len(self.rows):
+            part = gemm(self.gemm_bits, *operands, self.k, scale=scale, shift=shift)
+            if self.all_rows:
+                y += part
+            else:
+                y[self.rows] += part
+        return y
+
+    def matmul(self, cols: np.ndarray) -> np.ndarray:
+        """(K, P) quantized input columns -> (O, P) outputs."""
+        if self.act_bits == 32:
+            y = kernels.csr_matmul(self.indptr, self.indices, self.values, cols)
+            y += self.other * cols.sum(axis=0)
+            y += self.bias[:, None]
+            return y
+        if self.act_bits == 1:
+            return self._popcount(kernels.bgemm_1x1, (kernels.pack_bits(cols, layout="columns"),))
+        v = cols * np.float32(6)  # exactly 2j − 3 for the DoReFa levels j/3 (PackedLinearCore.matmul)
+        v -= 3
+        return self._popcount(kernels.bgemm_1x2, kernels.pack_2bit(v, layout="columns"))
+
+    def forward(self, x):
+        if not self.conv:
+            xq = self.act(x).data
+            return Tensor(np.ascontiguousarray(self.matmul(np.ascontiguousarray(xq.T)).T))
+        n, c, h, w = x.shape
+        ho = conv_output_size(h, self.kh, self.stride, self.padding)
+        wo = conv_output_size(w, self.kw, self.stride, self.padding)
+        if self.act_bits == 32:
+            y = self._float_conv(np.ascontiguousarray(self.act(x).data))
+        elif self.act_bits == 1:
+            bits = kernels.pack_bits(np.ascontiguousarray(x.data).reshape(n, c, h * w), layout="columns")
+            y = self._popcount(kernels.bgemm_1x1, (self._lowered(bits, x.shape),))
+        else:
+            v = np.ascontiguousarray(self.act(x).data) * np.float32(6)
+            v -= 3
+            hi, lo = kernels.pack_2bit(v.reshape(n, c, h * w), layout="columns")
+            y = self._popcount(kernels.bgemm_1x2, (self._lowered(hi, x.shape), self._lowered(lo, x.shape)))
+        nchw = y.reshape(self.out_features, n, ho, wo).transpose(1, 0, 2, 3)
+        if self.packed_input and self.padding:
+            return Tensor(np.subtract(nchw, self._padding_correction(x.shape[1:]), out=np.empty(nchw.shape, y.dtype)))
+        return Tensor(np.ascontiguousarray(nchw))
+
+    def _float_conv(self, xq: np.ndarray) -> np.ndarray:
+        """o·(x ⊛ 1) + (m − o)·(x ⊛ M) + bias for a float map: the box-sum is the channel sum's kh×kw
+        window sums (zero padding, as the float model), M·X reads the map's windows (csr_conv2d)."""
+        channel_sum = xq.sum(axis=1, keepdims=True)
+        box = kernels.im2col(channel_sum, self.kh, self.kw, self.stride, self.padding, layout="columns").sum(axis=0)
+        y = kernels.csr_conv2d(self.indptr, self.indices, self.values, xq, self.kh, self.kw, self.stride, self.padding)
+        y += self.other * box
+        y += self.bias[:, None]
+        return y
+
+    def _lowered(self, packed: np.ndarray, shape) -> np.ndarray:
+        n, c, h, w = shape
+        return kernels.im2col_bits(packed.reshape(n, h, w, -1), c, self.kh, self.kw, self.stride, self.padding)
+
+    def fold(self, scale: np.ndarray, shift: np.ndarray) -> None:
+        """Fold a following per-channel y·scale + shift (a BatchNorm) into c, d and e (the 1- and
+        2-bit paths of a conv)."""
+        if not self.packed_input:
+            raise ValueError("PackedSBNN.fold: only conv layers with 1- or 2-bit activations fold a BatchNorm")
+        scale, shift = np.asarray(scale, np.float32), np.asarray(shift, np.float32)
+        self.c, self.d, self.e = self.c * scale, self.d * scale, self.e * scale + shift
+        self.__dict__.pop("_corrections", None)
+
+    def _padding_correction(self, chw) -> np.ndarray:
+        """W·P with W's rows c_o·1 + d_o·s_o: what padded taps (packed as x = 1) add where the float
+        model adds 0 (P the im2col of an image that is 1 on the padding, as in PackedConv2d)."""
+        cache = self.__dict__.setdefault("_corrections", {})
+        if chw not in cache:
+            c, h, w = chw
+            p = self.padding
+            border = np.ones((1, c, h + 2 * p, w + 2 * p), dtype=np.float32)
+            border[:, :, p:p + h, p:p + w] = 0
+            cols = kernels.im2col(border, self.kh, self.kw, self.stride, 0, layout="columns")
+            surplus = np.multiply.outer(self.c, cols.sum(axis=0))
+            if len(self.rows):
+                signs = kernels.unpack_bits(self.sign_bits, self.k)
+                surplus[self.rows] += self.d[self.rows, None] * (signs @ cols)
+            ho, wo = conv_output_size(h, self.kh, self.stride, p), conv_output_size(w, self.kw, self.stride, p)
+            cache[chw] = surplus.reshape(self.out_features, ho, wo)
+        return cache[chw]
+
+
 class PackedLinear(PackedLinearCore):
     def forward(self, x):
         xq = self.act(x).data
@@ -329,4 +512,5 @@ def binary_layer(prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray], la
 
 
 # packed_layer name (WeightQuantizer.packed_layer, or the export's own kinds) -> what builds its module
-PACKED_LAYERS = {"binary": binary_layer, "sparse": PackedSparse, "float": FloatLayer, "affine": Affine}
+PACKED_LAYERS = {"binary": binary_layer, "sparse": PackedSparse, "sbnn": PackedSBNN, "float": FloatLayer,
+                 "affine": Affine}

@@ -9,7 +9,8 @@ allocating what a header claims:
    writers, but never passed on);
 2. every layer's tensors: present, of the right dtype, shapes consistent with its spec, zero sign
    padding bits, CSR rows monotone with indices < K (compared in their stored type, before any
-   cast), finite values of magnitude at most `MAX_ABS`, α > 0;
+   cast), finite values of magnitude at most `MAX_ABS`, α > 0, SBNN's Golomb-Rice streams decoded
+   (work and memory bounded by the streams' bytes, not by what the header claims);
 3. the build arguments against the tensors: the architecture is first built with shape-only
    placeholders (no weights allocated) and every conv, linear and BatchNorm it has must be in the
    layer table with the same shape, and nothing else may be. The first conv's weights thus fix
@@ -35,6 +36,7 @@ from .. import nn
 from ..models import MODELS, build
 from ..nn.modules import ACTIVATIONS
 from ..quant import METHODS, LayerFactory
+from ..quant.packing import MAX_RICE_K, rice_decode
 from ..schema import Invalid, integer, key_path, list_of, mapping, number, or_none, record, string, validate
 from .layers import PACKED_LAYERS
 
@@ -81,6 +83,10 @@ SPECS = {
     "sparse": record(required={"kind": string(), "weight_shape": positive_ints((2, 4)), "k": integer(1, 1 << 40),
                                "act_bits": one_of(ACT_BITS), "nnz": integer(0, 1 << 40), "code_bits": integer(0, 8)},
                      optional={"stride": integer(1, 4096), "padding": integer(0, 4096)}),
+    "sbnn": record(required={"kind": string(), "weight_shape": positive_ints((2, 4)), "k": integer(1, 1 << 40),
+                             "act_bits": one_of(ACT_BITS), "minority": one_of(("alpha", "beta")),
+                             "positions": integer(0, 1 << 40), "rice_k": integer(0, MAX_RICE_K)},
+                   optional={"stride": integer(1, 4096), "padding": integer(0, 4096)}),
     "float": record(required={"kind": string(), "act_bits": one_of(ACT_BITS)}),
     "affine": record(required={"kind": string()}),
 }
@@ -200,6 +206,33 @@ def _check_sparse(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) 
     return tuple(shape)
 
 
+def _check_sbnn(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) -> tuple[int, ...]:
+    """SBNN (METHODS §3.6): α, β and the Golomb-Rice streams of the minority value's positions. The
+    streams are decoded here (work and memory bounded by their own bytes, never by the header's
+    claims), so a layer that is built decodes a stream already known to be sound."""
+    shape = spec["weight_shape"]
+    o, k, count = shape[0], math.prod(shape[1:]), spec["positions"]
+    if spec["k"] != k:
+        raise Invalid(f"{path}.k", f"{k} (the product of weight_shape[1:])", spec["k"])
+    if len(shape) == 4 and ("stride" not in spec or "padding" not in spec):
+        raise Invalid(path, "stride and padding (a conv layer)", {key: spec.get(key) for key in ("stride", "padding")})
+    if 2 * count > o * k:
+        raise Invalid(f"{path}.positions", f"at most {o * k // 2} (the minority of the layer's {o * k} weights)", count)
+    _tensor(t, f"{prefix}.levels", ("float32",), (2,), finite=True)
+    quotients = _tensor(t, f"{prefix}.rice_quotients", ("uint8",))
+    remainders = _tensor(t, f"{prefix}.rice_remainders", ("uint8",))
+    for name, a in ((f"{prefix}.rice_quotients", quotients), (f"{prefix}.rice_remainders", remainders)):
+        if a.ndim != 1:
+            raise Invalid(key_path("tensors", name), "a 1-D byte stream", a)
+    try:
+        rice_decode(quotients, remainders, count, spec["rice_k"], o * k)
+    except ValueError as e:
+        raise Invalid(key_path("tensors", f"{prefix}.rice_quotients"),
+                      f"a Golomb-Rice stream of {count} positions in [0, {o * k}) ({e})", quotients) from None
+    _tensor(t, f"{prefix}.bias", ("float32",), (o,), finite=True, optional=True)
+    return tuple(shape)
+
+
 def _check_float(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) -> tuple[int, ...]:
     w = _tensor(t, f"{prefix}.weight", ("float32",), finite=True)
     if w.ndim not in (2, 4) or 0 in w.shape:
@@ -216,7 +249,8 @@ def _check_affine(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) 
     return scale.shape
 
 
-TENSOR_CHECKS = {"binary": _check_binary, "sparse": _check_sparse, "float": _check_float, "affine": _check_affine}
+TENSOR_CHECKS = {"binary": _check_binary, "sparse": _check_sparse, "sbnn": _check_sbnn, "float": _check_float,
+                 "affine": _check_affine}
 
 
 # --- the build arguments against the tensors -----------------------------------------------------
@@ -273,7 +307,7 @@ def _check_architecture(args: dict[str, Any], shapes: dict[str, tuple[str, tuple
         if tuple(shape) != tuple(want_shape):
             raise Invalid("header.build", f"arguments that fit the tensors (layer {name} holds {list(shape)}; "
                           f"these arguments give {list(want_shape)})", args)
-        if kind in ("binary", "sparse") and len(want_shape) == 4 and (spec["stride"], spec["padding"]) != (want.stride, want.padding):
+        if kind in ("binary", "sparse", "sbnn") and len(want_shape) == 4 and (spec["stride"], spec["padding"]) != (want.stride, want.padding):
             raise Invalid(f"{path}.stride", f"stride {want.stride}, padding {want.padding} (as in {built})",
                           [spec["stride"], spec["padding"]])
 

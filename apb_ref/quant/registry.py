@@ -13,6 +13,7 @@ from .base import MethodOptions, WeightQuantizer
 from .bnn import BNN
 from .prune import Prune
 from .prune_uniform import PruneUniform
+from .sbnn import SBNN
 from .uniform import Uniform
 from .layers import LayerFactory, QuantLayerFactory
 
@@ -41,6 +42,7 @@ register(BNN)
 register(Uniform)
 register(Prune)
 register(PruneUniform)
+register(SBNN)
 
 
 def method(name: str) -> type[WeightQuantizer]:
