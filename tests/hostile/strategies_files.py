@@ -168,7 +168,7 @@ def retype_tensor(header, tensors, draw):
     name = draw(st.sampled_from(sorted(tensors)))
     dtype = draw(st.sampled_from(["float32", "uint8", "uint16", "uint32", "uint64", "int64"]))
     a = tensors[name]
-    tensors[name] = a.astype(dtype) if draw(st.booleans()) else np.zeros(a.size + draw(st.integers(-1, 1)), dtype)
+    tensors[name] = a.astype(dtype) if draw(st.booleans()) else np.zeros(max(0, a.size + draw(st.integers(-1, 1))), dtype)
 
 
 def reshape_tensor(header, tensors, draw):
@@ -179,10 +179,18 @@ def reshape_tensor(header, tensors, draw):
 
 
 def bad_values(header, tensors, draw):
-    """Negative α, sign padding bits set (sign bits or planes), CSR row pointers out of order."""
-    name = draw(st.sampled_from(sorted(k for k in tensors if k.endswith(("alpha", "sign_bits", "planes", "csr_indptr")))))
+    """Negative α, sign padding bits set (sign bits or planes), CSR row pointers out of order, a bit of
+    a Golomb-Rice stream flipped or its last byte dropped (SBNN)."""
+    name = draw(st.sampled_from(sorted(k for k in tensors if k.endswith(
+        ("alpha", "sign_bits", "planes", "csr_indptr", "rice_quotients", "rice_remainders")))))
     a = tensors[name].copy()
-    if name.endswith("alpha"):
+    if name.endswith(("rice_quotients", "rice_remainders")):
+        flat = a.reshape(-1)  # (an earlier edit may have retyped or reshaped it)
+        if flat.size and a.dtype == np.uint8 and draw(st.booleans()):
+            flat[draw(st.integers(0, flat.size - 1))] ^= np.uint8(1 << draw(st.integers(0, 7)))
+        else:
+            a = flat[:-1]
+    elif name.endswith("alpha"):
         a[...] = draw(st.sampled_from([-1.0, 0.0, 1e-30]))
     elif name.endswith(("sign_bits", "planes")):
         a[..., draw(st.integers(0, a.shape[-2] - 1)), -1] |= np.uint64(1) << np.uint64(63)

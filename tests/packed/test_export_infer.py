@@ -10,11 +10,13 @@ from apb_ref.autograd import Tensor, no_grad
 from apb_ref.cli import main
 from apb_ref.packed import export_model, load_packed, packed_size, parse_packed
 from apb_ref.packed import PackedNetwork
-from apb_ref.packed.layers import PackedLinearCore
+from apb_ref.packed.layers import PackedLinearCore, PackedSBNN
 from apb_ref.models import build
 from apb_ref.quant.bnn import BNNOptions
 from apb_ref.quant.prune import PruneOptions
 from apb_ref.quant.prune_uniform import PruneUniformOptions
+from apb_ref.quant.sbnn import SBNNOptions
+from apb_ref.quant import quantized_layers
 from apb_ref.quant.uniform import UniformOptions
 from apb_ref.quant.budget import budgeted_layers
 
@@ -33,6 +35,15 @@ def _random_apb_model(act_bits, seed=0, name="resnet20", in_channels=3, image_si
             m.weight_quantizer.delta.data[...] = m.weight_quantizer.delta.data * 0.15
         else:  # pruning: the end of its schedule (the options' density)
             m.weight_quantizer.on_step(1.0, m.weight.data)
+    if method == "sbnn":  # filters all at α (z ≡ 0) and all at β, layers whose minority is α, τ and φ off ±1
+        for i, (_, m) in enumerate(quantized_layers(model)):
+            w, q = m.weight.data, m.weight_quantizer
+            w[0] = -np.abs(w[0]) - 0.01
+            w[1] = np.abs(w[1]) + 0.01
+            if i % 3 == 1:
+                w *= -1
+            q.tau.data[...] = q.tau.data * rng.uniform(0.5, 1.5)
+            q.phi.data[...] = q.phi.data + rng.normal(0, 0.5) * q.tau.data
     for _, m in model.named_modules():  # non-trivial folded BatchNorm
         if hasattr(m, "running_var"):
             m.running_mean[...] = rng.normal(0, 0.1, m.running_mean.shape)
@@ -53,9 +64,13 @@ def _backends():
     ("uniform", None), ("uniform", UniformOptions(uniform_bits=3, uniform_scale="channel")),
     ("prune", PruneOptions(prune_density=0.3)),
     ("prune_uniform", PruneUniformOptions(prune_density=0.3)),
-    ("prune_uniform", PruneUniformOptions(prune_density=0.5, uniform_bits=4, uniform_scale="channel"))])
+    ("prune_uniform", PruneUniformOptions(prune_density=0.5, uniform_bits=4, uniform_scale="channel")),
+    ("sbnn", None), ("sbnn", SBNNOptions(sbnn_init="closed_form", ec=0.1))])
 def test_packed_inference_equals_the_float_forward(act_bits, backend, method, options):
     model, args = _random_apb_model(act_bits, method=method, options=options)
+    if method == "sbnn":  # both minorities coded, and filters at one value, in the file
+        specs = [spec for spec in export_model(model, args).header["layers"].values() if spec["kind"] == "sbnn"]
+        assert {spec["minority"] for spec in specs} == {"alpha", "beta"}
     if method == "apb":
         assert 0 < sum(m.weight_quantizer.count(m.weight.data).full for _, m in budgeted_layers(model))
     if method.startswith("prune"):
@@ -65,7 +80,10 @@ def test_packed_inference_equals_the_float_forward(act_bits, backend, method, op
     with no_grad():
         expected = model(Tensor(x)).data
     with kernels.use_backend(backend):
-        got = PackedNetwork(parse_packed(export_model(model, args).to_bytes())).logits(x)
+        network = PackedNetwork(parse_packed(export_model(model, args).to_bytes()))
+        got = network.logits(x)
+    if method == "sbnn" and act_bits < 32:  # the filters at one value run without a sign row
+        assert all(len(m.rows) <= m.out_features - 2 for m in network.model.modules() if isinstance(m, PackedSBNN))
     scale = np.abs(expected).max()
     np.testing.assert_allclose(got, expected, rtol=0, atol=LOGIT_RTOL * scale)
     assert np.array_equal(got.argmax(1), expected.argmax(1))
