@@ -47,11 +47,12 @@ from ..quant.activations import activation_quantizer
 from ..quant.packing import rice_decode, unpack_codes
 
 
-def weight_planes(prefix: str, t: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+def weight_planes(prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """The binary part of a layer as planes (B_p packed (O, words), α_p (O,)): W = Σ_p α_p·B_p.
     APB and BNN store one plane (α per layer or per row); uniform k-bit weights store k planes of
-    u = Σ_p 2^p·b_p with α = s/2, so plane p's scale is α·2^p."""
-    if f"{prefix}.planes" in t:
+    u = Σ_p 2^p·b_p with α = s/2, so plane p's scale is α·2^p. The spec, which the file's checks
+    read too, says which."""
+    if spec.get("planes") is not None:
         planes = t[f"{prefix}.planes"]
         alpha = np.broadcast_to(t[f"{prefix}.alpha"].astype(np.float32), (planes.shape[1],))
         return [(np.ascontiguousarray(planes[p]), (alpha * np.float32(2 ** p)).astype(np.float32))
@@ -66,7 +67,7 @@ class PackedLinearCore(nn.Module):
     def __init__(self, prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray]):
         super().__init__()
         self.k, self.act_bits = int(spec["k"]), int(spec["act_bits"])
-        self.planes = weight_planes(prefix, t)
+        self.planes = weight_planes(prefix, spec, t)
         self.out_features = self.planes[0][0].shape[0]
         self.sparse = f"{prefix}.csr_values" in t  # a residual S (APB); BNN and uniform have none
         if self.sparse:
@@ -87,8 +88,7 @@ class PackedLinearCore(nn.Module):
         # two planes W = α·(2·B_hi + B_lo) against 2-bit inputs: one bgemm_2x2 (four binary products in
         # one pass) instead of a bgemm_1x2 per plane; its epilogue uses rowsum(2·B_hi + B_lo)
         (lo_bits, lo_alpha), *rest = self.planes
-        self.two_by_two = (self.act_bits == 2 and len(rest) == 1 and self.k >= 9
-                           and np.array_equal(rest[0][1], 2 * lo_alpha))
+        self.two_by_two = self.act_bits == 2 and len(rest) == 1  # α_1 = 2·α_0 (weight_planes)
         if self.two_by_two:
             row_sums = sum(2 ** p * (self.k - 2 * np.bitwise_count(b).sum(axis=1).astype(np.int64))
                            for p, (b, _) in enumerate(self.planes))

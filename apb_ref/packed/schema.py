@@ -324,6 +324,26 @@ def _check_normalization(norm: dict[str, Any], args: dict[str, Any]) -> None:
                       norm["image_shape"])
 
 
+class _Recording(dict):
+    """The tensors, remembering every name a check looked up (present or not)."""
+
+    def __init__(self, tensors: dict[str, np.ndarray]):
+        super().__init__(tensors)
+        self.asked: set[str] = set()
+
+    def __contains__(self, name):
+        self.asked.add(name)
+        return super().__contains__(name)
+
+    def __getitem__(self, name):
+        self.asked.add(name)
+        return super().__getitem__(name)
+
+    def get(self, name, default=None):
+        self.asked.add(name)
+        return super().get(name, default)
+
+
 def validate_packed(packed, path=None) -> dict[str, Any]:
     """Check a PackedModel (from `parse_packed` or `export_model`) before anything is built from it;
     returns the build arguments to use (checked, known keys only). One ValueError naming the file
@@ -334,10 +354,15 @@ def validate_packed(packed, path=None) -> dict[str, Any]:
     if not layers:
         raise ValueError(f"{where}: header.layers: expected at least one layer, got an empty table")
     shapes = {}
+    tensors = _Recording(packed.tensors)
     for name, spec in layers.items():
-        shape = validate(spec, lambda s, p: TENSOR_CHECKS[s["packed_layer"]](name, s, packed.tensors, p), where,
+        shape = validate(spec, lambda s, p: TENSOR_CHECKS[s["packed_layer"]](name, s, tensors, p), where,
                          key_path("header.layers", name))
         shapes[name] = (spec["packed_layer"], shape, spec)
+    # a tensor no spec asked for would be trusted unchecked by whatever reads it later
+    for extra in sorted(set(packed.tensors) - tensors.asked):
+        raise ValueError(f"{where}: {key_path('tensors', extra)}: expected only the tensors the layer specs "
+                         f"describe, got one none of them uses")
     validate(header["build"], lambda a, p: _check_architecture(a, shapes, where), where, "header.build")
     validate(header.get("normalization", {}), lambda n, p: _check_normalization(n, header["build"]), where,
              "header.normalization")

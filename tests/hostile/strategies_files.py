@@ -190,12 +190,16 @@ def bad_values(header, tensors, draw):
             flat[draw(st.integers(0, flat.size - 1))] ^= np.uint8(1 << draw(st.integers(0, 7)))
         else:
             a = flat[:-1]
+    elif a.size == 0 or a.dtype.kind != ("f" if name.endswith("alpha") else "u"):
+        return  # an earlier edit emptied or retyped it: nothing of this kind left to break
     elif name.endswith("alpha"):
         a[...] = draw(st.sampled_from([-1.0, 0.0, 1e-30]))
     elif name.endswith(("sign_bits", "planes")):
+        if a.dtype != np.uint64 or a.ndim < 2 or 0 in a.shape:  # an earlier edit retyped or reshaped it
+            return
         a[..., draw(st.integers(0, a.shape[-2] - 1)), -1] |= np.uint64(1) << np.uint64(63)
     else:
-        a[draw(st.integers(0, len(a) - 1))] = draw(st.sampled_from([0, 1, 200, 255]))
+        a.reshape(-1)[draw(st.integers(0, a.size - 1))] = draw(st.sampled_from([0, 1, 200, 255]))
     tensors[name] = a
 
 

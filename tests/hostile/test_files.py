@@ -325,3 +325,15 @@ def test_unknown_extra_keys_are_allowed_but_not_passed_on():
     assert run_packed(data).shape == (2, 10)
     data = edit_header(lambda h: h["build"].update(layers="evil", seed=3))
     assert validate_packed(packed_model(data)) == split_apbz(VALID)[0]["build"]  # build(**these) is safe
+
+
+def test_a_tensor_no_spec_describes_is_refused():
+    """A `planes` tensor beside an APB layer's sign bits used to be read unchecked (the layer looked for
+    it in the file, the checks went by the spec): any tensor a spec does not use is now refused."""
+    packed = packed_model()
+    layer = next(n for n, s in packed.header["layers"].items() if s["kind"] == "apb")
+    tensors = dict(packed.tensors)
+    tensors[f"{layer}.planes"] = np.full((3, 4, 1), np.uint64(2**64 - 1))
+    data = PackedModel(copy.deepcopy(packed.header), tensors).to_bytes()
+    _, error, _ = contained(lambda: run_packed(data), NAME)
+    assert error is not None and f"{layer}.planes" in str(error) and "none of them uses" in str(error)
