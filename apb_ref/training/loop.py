@@ -386,7 +386,8 @@ def load_model(path: str | Path, data: Dataset | None = None):
     """Rebuild the model stored in a checkpoint; returns (model, config, dataset)."""
     state = checkpoint.load(path)
     config = TrainConfig.from_dict(state["config"])
-    data = data or load_dataset(config.dataset, config.data_dir, config.pad_to, limit_test=config.limit_test)
+    data = data or load_dataset(config.dataset, config.data_dir, config.pad_to, limit_train=config.limit_train,
+                                limit_test=config.limit_test)  # the same images, so the same normalization
     model = build_model(config, data)
     model.load_state_dict(state["model"])
     model.eval()
