@@ -127,7 +127,7 @@ class ModelSummary:
     def table(self) -> str:
         head = ["layer", "weight shape", "low-bit (bits)", "full prec.", "pruned", "FP %", "bits/w", "memory kB",
                 "act bits", "MACs low-bit W", "MACs FP W"]
-        rows = [[r.name, "x".join(map(str, r.shape)), f"{r.quantized:,} ({r.quantized_bits})", f"{r.full:,}",
+        rows = [[r.name, "x".join(map(str, r.shape)), f"{r.quantized:,} ({r.quantized_bits})" if r.quantized else "0", f"{r.full:,}",
                  f"{r.pruned:,}", f"{100 * r.full / r.weights:.2f}", f"{r.bits_per_weight:.3f}", f"{r.bits / 8000:.2f}",
                  str(r.act_bits), f"{r.quantized_macs:,}", f"{r.macs - r.quantized_macs - r.pruned_macs:,}"]
                 for r in self.layers]
