@@ -61,6 +61,15 @@ def weight_planes(prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray]) -
     return [(bits, np.broadcast_to(t[f"{prefix}.alpha"].astype(np.float32), (bits.shape[0],)).copy())]
 
 
+def padding_columns(chw: tuple[int, int, int], kh: int, kw: int, stride: int, padding: int) -> np.ndarray:
+    """P, the (C·kh·kw, Ho·Wo) im2col of an image that is 1 on the zero padding and 0 inside: W·P is what
+    padded taps packed as +1 add where the float model adds 0."""
+    c, h, w = chw
+    border = np.ones((1, c, h + 2 * padding, w + 2 * padding), dtype=np.float32)
+    border[:, :, padding:padding + h, padding:padding + w] = 0
+    return kernels.im2col(border, kh, kw, stride, 0, layout="columns")
+
+
 class PackedLinearCore(nn.Module):
     """Σ_p α_p·(B_p·X) + S·X + bias for X given as columns (K rows, one column per output position)."""
 
@@ -233,11 +242,9 @@ class PackedConv2d(PackedLinearCore):
         """
         cache = self.__dict__.setdefault("_corrections", {})
         if chw not in cache:
-            c, h, w = chw
+            _, h, w = chw
             p = self.padding
-            border = np.ones((1, c, h + 2 * p, w + 2 * p), dtype=np.float32)
-            border[:, :, p:p + h, p:p + w] = 0
-            cols = kernels.im2col(border, self.kh, self.kw, self.stride, 0, layout="columns")
+            cols = padding_columns(chw, self.kh, self.kw, self.stride, p)
             ho, wo = conv_output_size(h, self.kh, self.stride, p), conv_output_size(w, self.kw, self.stride, p)
             surplus = self.out_scale[:, None] * (self.binary_part() @ cols)
             cache[chw] = surplus.reshape(self.out_features, ho, wo)
@@ -454,11 +461,9 @@ class PackedSBNN(nn.Module):
         model adds 0 (P the im2col of an image that is 1 on the padding, as in PackedConv2d)."""
         cache = self.__dict__.setdefault("_corrections", {})
         if chw not in cache:
-            c, h, w = chw
+            _, h, w = chw
             p = self.padding
-            border = np.ones((1, c, h + 2 * p, w + 2 * p), dtype=np.float32)
-            border[:, :, p:p + h, p:p + w] = 0
-            cols = kernels.im2col(border, self.kh, self.kw, self.stride, 0, layout="columns")
+            cols = padding_columns(chw, self.kh, self.kw, self.stride, p)
             surplus = np.multiply.outer(self.c, cols.sum(axis=0))
             if len(self.rows):
                 signs = kernels.unpack_bits(self.sign_bits, self.k)

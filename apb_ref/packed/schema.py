@@ -138,14 +138,22 @@ def _tensor(t: dict[str, np.ndarray], name: str, dtypes: tuple[str, ...], shape:
 INDEX_DTYPES = ("uint8", "uint16", "uint32", "uint64", "int64")
 
 
-def _check_binary(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) -> tuple[int, ...]:
-    """W_q = α·B + S (METHODS §1.8): sign bits, α per row or per layer, an optional CSR residual."""
+def _geometry(spec: dict, path: str) -> tuple[int, int]:
+    """(O, K) of a compressed layer's spec, after checking k = prod(weight_shape[1:]) and that a conv
+    has its stride and padding."""
     shape = spec["weight_shape"]
     o, k = shape[0], math.prod(shape[1:])
     if spec["k"] != k:
         raise Invalid(f"{path}.k", f"{k} (the product of weight_shape[1:])", spec["k"])
     if len(shape) == 4 and ("stride" not in spec or "padding" not in spec):
         raise Invalid(path, "stride and padding (a conv layer)", {key: spec.get(key) for key in ("stride", "padding")})
+    return o, k
+
+
+def _check_binary(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) -> tuple[int, ...]:
+    """W_q = α·B + S (METHODS §1.8): sign bits, α per row or per layer, an optional CSR residual."""
+    shape = spec["weight_shape"]
+    o, k = _geometry(spec, path)
     planes = spec.get("planes")
     if planes is None:  # one plane of signs (APB, BNN)
         _sign_bits(t, f"{prefix}.sign_bits", (o, -(-k // 64)), k)
@@ -189,11 +197,7 @@ def _csr(t: dict[str, np.ndarray], prefix: str, o: int, k: int, nnz: int) -> Non
 def _check_sparse(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) -> tuple[int, ...]:
     """S in CSR (pruning): float32 values, or k-bit codes with s/2 per row or per layer."""
     shape = spec["weight_shape"]
-    o, k, nnz = shape[0], math.prod(shape[1:]), spec["nnz"]
-    if spec["k"] != k:
-        raise Invalid(f"{path}.k", f"{k} (the product of weight_shape[1:])", spec["k"])
-    if len(shape) == 4 and ("stride" not in spec or "padding" not in spec):
-        raise Invalid(path, "stride and padding (a conv layer)", {key: spec.get(key) for key in ("stride", "padding")})
+    (o, k), nnz = _geometry(spec, path), spec["nnz"]
     if nnz > o * k:
         raise Invalid(f"{path}.nnz", f"at most {o * k} (the weights of the layer)", nnz)
     _csr(t, prefix, o, k, nnz)
@@ -211,11 +215,7 @@ def _check_sbnn(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) ->
     streams are decoded here (work and memory bounded by their own bytes, never by the header's
     claims), so a layer that is built decodes a stream already known to be sound."""
     shape = spec["weight_shape"]
-    o, k, count = shape[0], math.prod(shape[1:]), spec["positions"]
-    if spec["k"] != k:
-        raise Invalid(f"{path}.k", f"{k} (the product of weight_shape[1:])", spec["k"])
-    if len(shape) == 4 and ("stride" not in spec or "padding" not in spec):
-        raise Invalid(path, "stride and padding (a conv layer)", {key: spec.get(key) for key in ("stride", "padding")})
+    (o, k), count = _geometry(spec, path), spec["positions"]
     if 2 * count > o * k:
         raise Invalid(f"{path}.positions", f"at most {o * k // 2} (the minority of the layer's {o * k} weights)", count)
     _tensor(t, f"{prefix}.levels", ("float32",), (2,), finite=True)
