@@ -106,7 +106,7 @@ class Prune(WeightQuantizer):
 
     def set_budget(self, bits_per_weight: float | None, fp_fraction: float | None, b_idx: int) -> None:
         if fp_fraction is not None:
-            if self.value_bits != 32:
+            if not self.takes_fp_fraction:
                 raise ValueError(f"{self.name}: keeps no full-precision weights; give a --bits-per-weight budget")
             self.target = fp_fraction
         else:

@@ -23,12 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import nn
 from ..autograd import Tensor
 from .base import WeightCount
 from .packing import csr_rows, pack_codes
 from .prune import Prune, PruneOptions, prune_mask
-from .uniform import UniformOptions, best_step, level_index, uniform_quantize
+from .uniform import LearnedStep, UniformOptions, best_step, level_index, uniform_quantize
 
 
 @dataclass(frozen=True)
@@ -36,24 +35,19 @@ class PruneUniformOptions(PruneOptions, UniformOptions):
     pass
 
 
-class PruneUniform(Prune):
+class PruneUniform(LearnedStep, Prune):
     name = "prune_uniform"
-    description = "magnitude pruning + k-bit uniform survivors (Deep Compression style; METHODS §4.3)"
+    description = "magnitude pruning + k-bit uniform survivors (Deep Compression style; METHODS §4.4)"
     Options = PruneUniformOptions
     takes_fp_fraction = False  # its survivors are k-bit, not full precision
 
     def __init__(self, w: np.ndarray, options: PruneUniformOptions | None = None):
         super().__init__(w, options)
-        self.bits = self.options.uniform_bits
+        self.init_step(w)
         self.value_bits = self.bits
-        self.step = nn.Parameter(best_step(w, self.bits, self.per_channel))
         self.register_buffer("fitted_count", np.asarray(w.size, dtype=np.int64))  # kept at the last refit
 
     REFIT = 0.95  # refit s when the kept count falls below this fraction of the count at the last fit
-
-    @property
-    def per_channel(self) -> bool:
-        return self.options.uniform_scale == "channel"
 
     def on_step(self, progress: float, w: np.ndarray) -> None:
         was_done = bool(self.schedule_done)
@@ -62,14 +56,6 @@ class PruneUniform(Prune):
         if not was_done and (kept < self.REFIT * int(self.fitted_count) or bool(self.schedule_done)):
             self.step.data[...] = best_step(w, self.bits, self.per_channel, self.keep)
             self.fitted_count[...] = kept
-
-    MIN_STEP = 1e-8
-
-    def project_parameters(self) -> None:
-        np.maximum(self.step.data, self.MIN_STEP, out=self.step.data)
-
-    def quantizer_parameters(self) -> list[nn.Parameter]:
-        return [self.step]
 
     def forward(self, w: Tensor) -> Tensor:
         return prune_mask(uniform_quantize(w, self.step, self.bits), self.keep)
@@ -85,11 +71,10 @@ class PruneUniform(Prune):
     def pack(self, w: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         o = w.shape[0]
         keep = self.keep.reshape(o, -1)
-        codes = level_index(w, self.step.data, self.bits).reshape(o, -1) + 2 ** (self.bits - 1)  # 0 .. 2^k − 1
-        csr = csr_rows(codes.astype(np.float32), keep)
-        half_step = np.broadcast_to(self.step.data.reshape(-1), (o,)).astype(np.float32) / np.float32(2)
+        csr = csr_rows(w.reshape(o, -1), keep)
+        codes = level_index(w, self.step.data, self.bits).reshape(o, -1)[keep] + 2 ** (self.bits - 1)  # row-major, as CSR
         tensors = {"csr_indptr": csr["csr_indptr"], "csr_indices": csr["csr_indices"],
-                   "csr_codes": pack_codes(csr["csr_values"].astype(np.int64), self.bits), "alpha": half_step}
+                   "csr_codes": pack_codes(codes.astype(np.int64), self.bits), "alpha": self.steps(w) / np.float32(2)}
         return tensors, {"nnz": int(keep.sum()), "code_bits": self.bits}
 
     def extra_repr(self) -> str:

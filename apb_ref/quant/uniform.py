@@ -117,7 +117,33 @@ class UniformOptions(MethodOptions):
         return self.lr_step
 
 
-class Uniform(WeightQuantizer):
+class LearnedStep:
+    """The step s of k-bit uniform levels, shared by `uniform` and `prune_uniform`: a Parameter (one per
+    layer or per output channel) started at the least-squares step, trained by the quantizer
+    optimizer and kept positive after every step, as APB's α and δ."""
+
+    MIN_STEP = 1e-8
+
+    def init_step(self, w: np.ndarray) -> None:
+        self.bits = self.options.uniform_bits
+        self.step = nn.Parameter(best_step(w, self.bits, self.per_channel))
+
+    @property
+    def per_channel(self) -> bool:
+        return self.options.uniform_scale == "channel"
+
+    def project_parameters(self) -> None:
+        np.maximum(self.step.data, self.MIN_STEP, out=self.step.data)
+
+    def quantizer_parameters(self) -> list[nn.Parameter]:
+        return [self.step]
+
+    def steps(self, w: np.ndarray) -> np.ndarray:
+        """s per output row (O,) float32."""
+        return np.broadcast_to(self.step.data.reshape(-1), (w.shape[0],)).astype(np.float32)
+
+
+class Uniform(LearnedStep, WeightQuantizer):
     name = "uniform"
     description = "k-bit symmetric uniform weights, learned step size (LSQ; METHODS §4.2)"
     Options = UniformOptions
@@ -126,23 +152,10 @@ class Uniform(WeightQuantizer):
     def __init__(self, w: np.ndarray, options: UniformOptions | None = None):
         super().__init__(w, options)
         self.options.validate()
-        self.bits = self.options.uniform_bits
-        self.step = nn.Parameter(best_step(w, self.bits, self.options.uniform_scale == "channel"))
-
-    MIN_STEP = 1e-8  # s is a magnitude: kept positive after every step, as APB's α and δ
-
-    def project_parameters(self) -> None:
-        np.maximum(self.step.data, self.MIN_STEP, out=self.step.data)
+        self.init_step(w)
 
     def forward(self, w: Tensor) -> Tensor:
         return uniform_quantize(w, self.step, self.bits)
-
-    def quantizer_parameters(self) -> list[nn.Parameter]:
-        return [self.step]
-
-    def steps(self, w: np.ndarray) -> np.ndarray:
-        """s per output row (O,) float32."""
-        return np.broadcast_to(self.step.data.reshape(-1), (w.shape[0],)).astype(np.float32)
 
     def mask(self, w: np.ndarray) -> np.ndarray:
         return np.ones(w.shape, dtype=bool)
