@@ -123,6 +123,8 @@ class WeightQuantizer(nn.Module):
     # "model": one budget shared by all layers through the soft penalty and the hard projection
     # (budget.py, APB); "layer": each quantizer is given the budget and meets it itself (`set_budget`)
     budget_scope: ClassVar[str] = "model"
+    budget_replaces: ClassVar[tuple[str, ...]] = ()  # options a budget sets (TrainConfig refuses both)
+    takes_fp_fraction: ClassVar[bool] = True  # False: keeps no full-precision weights, so no --fp-fraction
     packed_layer: ClassVar[str | None] = None  # None: exported as float32 weights
     op_specs: ClassVar[tuple] = ()  # the method's ops' test specs (apb_ref.testing collects them)
 

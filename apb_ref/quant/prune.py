@@ -94,8 +94,7 @@ class Prune(WeightQuantizer):
     budget_scope = "layer"
     packed_layer = "sparse"
     value_bits = 32  # bits per stored survivor (before its index)
-    budget_replaces = ("prune_density",)  # a budget sets the density (TrainConfig refuses both)
-    takes_fp_fraction = True  # --fp-fraction f is the density
+    budget_replaces = ("prune_density",)  # a budget sets the density (--fp-fraction f is the density)
 
     def __init__(self, w: np.ndarray, options: PruneOptions | None = None):
         super().__init__(w, options)

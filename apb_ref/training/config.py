@@ -119,11 +119,11 @@ class CommonConfig:
                                  f"--fp-fraction with {', '.join(sorted(m for m, c in METHODS.items() if c.budgeted and c.budget_scope == 'model'))}); "
                                  f"this run has none")
         option_defaults = {f.name: f.default for f in fields(cls.Options)}
-        for name in getattr(cls, "budget_replaces", ()):
+        for name in cls.budget_replaces:
             if budgeted and getattr(self, name) != option_defaults[name]:
                 raise ValueError(f"TrainConfig: give {name} or a budget (--bits-per-weight/--fp-fraction), not both: "
                                  f"the budget sets it")
-        if self.fp_fraction is not None and not getattr(cls, "takes_fp_fraction", True):
+        if self.fp_fraction is not None and not cls.takes_fp_fraction:
             raise ValueError(f"TrainConfig: {self.method!r} keeps no full-precision weights; give its budget as "
                              "bits_per_weight, not fp_fraction")
 

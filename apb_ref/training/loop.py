@@ -164,7 +164,7 @@ class Trainer:
         cfg = self.config
         if cfg.bits_per_weight is None and cfg.fp_fraction is None:
             return None
-        if METHODS[cfg.method].budget_scope == "layer":  # each layer meets the budget itself (pruning)
+        if self.method.budget_scope == "layer":  # each layer meets the budget itself (pruning)
             b_idx = index_bits(self.model)
             for q in self.quantizers:
                 q.set_budget(cfg.bits_per_weight, cfg.fp_fraction, b_idx)
