@@ -85,10 +85,13 @@ def _recipe_config(argv: list[str], defaults: dict):
     # everywhere, what is left unmarked was written (abbreviated flags too)
     unset = object()
     written = parser.parse_args(argv, argparse.Namespace(**{name: unset for name in vars(parser.parse_args([]))}))
-    refused = [name for name in _SWEEP_SETS if getattr(written, name) is not unset]
+    from .sweep import METHODS, method_options
+    sets = {**_SWEEP_SETS, **{name: f"an option of {method}: give it per cell as {method}:{name}=VALUE"
+                              for method in METHODS for name in method_options(method)}}
+    refused = [name for name in sets if getattr(written, name) is not unset]
     if refused:
         raise ValueError("sweep: the recipe (the flags after --) may not give " + "; ".join(
-            f"--{name.replace('_', '-')} ({_SWEEP_SETS[name]})" for name in refused))
+            f"--{name.replace('_', '-')} ({sets[name]})" for name in refused))
     return _config_from_args(parser.parse_args(argv))
 
 
@@ -246,7 +249,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.cells or args.seeds or args.smoke or args.recipe:
             raise ValueError("sweep --report-only reads the finished cells in --out; it takes no --cells, --seeds, "
                              "--smoke or recipe flags")
-        report = report_only(out)
+        report = report_only(out, merge=args.merge or ())
     else:
         recipe = _recipe_config(args.recipe, SMOKE_RECIPE if args.smoke else {})
         if args.cells:
@@ -255,7 +258,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             cells = smoke_cells()
         else:
             raise ValueError('sweep: give --cells (e.g. --cells "fp bnn apb@1.6"), or --smoke')
-        report = run_sweep(cells, args.seeds or [0], recipe, out, progress=not args.quiet, run_figures=not args.smoke)
+        report = run_sweep(cells, args.seeds or [0], recipe, out, progress=not args.quiet, run_figures=not args.smoke,
+                           merge=args.merge or ())
     print("\n" + tradeoff_table(report))
     print(f"wrote {out / SWEEP_JSON} and {out / TRADEOFF_PNG}")
     return 0
@@ -288,7 +292,9 @@ EXAMPLES = {
       --dataset fashion-mnist --pad-to 32 --epochs 2 --optimizer adam --lr 0.005 --weight-decay 0
   apb-ref sweep <the same options>                # after an interruption: finished cells are read back,
                                                   # the interrupted one resumes exactly, the rest train
-  apb-ref sweep --report-only --out runs/sweep    # rebuild sweep.json and tradeoff.png from finished cells""",
+  apb-ref sweep --report-only --out runs/sweep    # rebuild sweep.json and tradeoff.png from finished cells
+  apb-ref sweep --out runs/sbnn --cells "sbnn:ec=0.1:gamma=0.04 sbnn:ec=0.02:gamma=0.08" \
+      --merge runs/sweep/sweep.json -- <the same recipe>   # a method's options per cell, beside an earlier study""",
 }
 
 
@@ -356,10 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "sweep", "a resumable trade-off study: every cell (method or method@budget) x seed trained "
                  "with one recipe, then accuracy against bits/weight (sweep.json, tradeoff.png)", cmd_sweep)
     p.add_argument("--out", required=True, help="sweep directory: one run directory per cell and seed "
-                   "(<method>[-b<budget>]-s<seed>), sweep.json, tradeoff.png")
+                   "(<method>[-b<budget>][-<option>=<value>...]-s<seed>), sweep.json, tradeoff.png")
     p.add_argument("--cells", nargs="+", default=None, metavar="CELL",
                    help="cells, separated by spaces or commas: a method (fp, bnn) or method@bits-per-weight for a "
-                   "method that takes a budget (apb@1.6)")
+                   "method that takes a budget (apb@1.6), then the method's own options as :name=value "
+                   "(sbnn:ec=0.1:gamma=0.04)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                    help="seeds of every cell (default: 0)")
     p.add_argument("--smoke", action="store_true",
@@ -367,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "no per-run curves): under a minute")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rebuild sweep.json and tradeoff.png from the finished cells in --out")
+    p.add_argument("--merge", nargs="+", default=None, metavar="SWEEP_JSON",
+                   help="also tabulate and plot the rows of these sweep.json reports (trained with the same recipe; "
+                   "each cell x seed once), e.g. new cells beside an earlier study")
     p.add_argument("--quiet", action="store_true", help="no training progress: one line per cell and the table")
     p.add_argument("recipe", nargs="*", metavar="-- TRAIN_FLAGS",
                    help="after --: `apb-ref train` flags of the common recipe (all but --method, --bits-per-weight, "

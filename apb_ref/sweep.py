@@ -2,10 +2,12 @@
 methods × budgets × seeds, resumable.
 
 A grid is a list of cells, each `method` or `method@budget` (a memory budget in bits/weight, for the
-methods that take one: `METHODS[name].budgeted`), times a list of seeds. Every cell × seed is an
-ordinary training run of one common recipe (a TrainConfig; the cell sets its method, bits_per_weight
-and seed), trained in-process by the Trainer in its own directory `DIR/<method>[-b<budget>]-s<seed>`
-(`apb-b1.6-s0`, `fp-s0`), so every other `apb-ref` command works on it. The data set is loaded once.
+methods that take one: `METHODS[name].budgeted`), optionally followed by the method's own options
+(`sbnn:ec=0.1:gamma=0.04`), times a list of seeds. Every cell × seed is an ordinary training run of
+one common recipe (a TrainConfig; the cell sets its method, bits_per_weight, options and seed),
+trained in-process by the Trainer in its own directory `DIR/<method>[-b<budget>][-<option>=<value>...]-s<seed>`
+(`apb-b1.6-s0`, `fp-s0`, `sbnn-ec=0.1-gamma=0.04-s0`; method options at their defaults are left out of
+the name), so every other `apb-ref` command works on it. The data set is loaded once.
 
 Before anything is trained, every run's directory is inspected:
 
@@ -22,8 +24,9 @@ their defaults instead of making the run look foreign.
 
 The report: `DIR/sweep.json` (the recipe, the machine, one row per run, the mean and standard
 deviation over seeds per cell) and `DIR/tradeoff.png` (test accuracy against bits/weight of the
-compressed layers), both written atomically. `report_only` rebuilds them from the finished runs in a
-directory without training.
+compressed layers, as the packed file stores them), both written atomically. `report_only` rebuilds
+them from the finished runs in a directory without training; `--merge` adds the rows of other reports
+of the same recipe (new cells beside an earlier study whose run directories live elsewhere).
 """
 from __future__ import annotations
 
@@ -76,37 +79,92 @@ def _number(value: float) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of the grid: a method and, for a method that takes one, its budget in bits/weight."""
+    """One point of the grid: a method, its budget in bits/weight (for a method that takes one) and its
+    own options that differ from their defaults, in the order of the method's Options fields."""
     method: str
     budget: float | None = None
+    options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def label(self) -> str:
-        return self.method if self.budget is None else f"{self.method}@{_number(self.budget)}"
+        head = self.method if self.budget is None else f"{self.method}@{_number(self.budget)}"
+        return head + "".join(f":{name}={_value_text(value)}" for name, value in self.options)
 
     def run_dir(self, seed: int) -> str:
         budget = "" if self.budget is None else f"-b{_number(self.budget)}"
-        return f"{self.method}{budget}-s{seed}"
+        options = "".join(f"-{name}={_value_text(value)}" for name, value in self.options)
+        return f"{self.method}{budget}{options}-s{seed}"
+
+
+def _value_text(value: Any) -> str:
+    return _number(value) if isinstance(value, float) else str(value)
+
+
+def method_options(method: str) -> dict[str, Any]:
+    """A method's own options and their defaults, in field order."""
+    return {f.name: f.default for f in fields(METHODS[method].Options)}
+
+
+def _option_value(text: str, default: Any, cell: str, name: str) -> Any:
+    """A cell option's text as the type of its default (bool, int, float or str)."""
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        return type(default)(text)
+    except ValueError:
+        raise ValueError(f"sweep: cell {cell!r}: option {name} takes a {type(default).__name__}, got {text!r}") \
+            from None
+
+
+def _cell_options(text: str, method: str, assignments: list[str]) -> tuple[tuple[str, Any], ...]:
+    """`name=value` words as the cell's options: known to the method, each once, defaults dropped."""
+    own = method_options(method)
+    given: dict[str, Any] = {}
+    for word in assignments:
+        name, eq, value = word.partition("=")
+        name = name.replace("-", "_")
+        if not eq or not value:
+            raise ValueError(f"sweep: cell {text!r}: write each option as name=value, got {word!r}")
+        if name not in own:
+            raise ValueError(f"sweep: cell {text!r}: {name!r} is no option of {method!r} "
+                             f"(its options: {', '.join(own) or 'none'})")
+        if name in given:
+            raise ValueError(f"sweep: cell {text!r}: option {name} is given twice")
+        given[name] = _option_value(value, own[name], text, name)
+    return tuple((name, given[name]) for name in own if name in given and given[name] != own[name])
 
 
 def parse_cell(text: str) -> Cell:
-    """`method` or `method@budget`; a ValueError naming the cell for an unknown method, a budget
-    given to a method that takes none, or a budget that is not a number."""
-    name, at, budget_text = text.partition("@")
+    """`method[@budget][:name=value...]` (`apb@1.6`, `sbnn:ec=0.1:gamma=0.04`); a ValueError naming the
+    cell for an unknown method, a budget given to a method that takes none, a budget that is not a
+    number, or an option the method does not have."""
+    head, *assignments = text.split(":")
+    name, at, budget_text = head.partition("@")
     if name not in METHODS:
         raise ValueError(f"sweep: cell {text!r}: unknown method {name!r}; choose from {', '.join(METHODS)}")
+    options = _cell_options(text, name, assignments)
     if not at:
-        return Cell(name)
+        return Cell(name, None, options)
     if not METHODS[name].budgeted:
         takers = ", ".join(n for n, m in METHODS.items() if m.budgeted) or "none"
         raise ValueError(f"sweep: cell {text!r}: method {name!r} takes no bits/weight budget (methods that do: "
-                         f"{takers}); write the cell as {name!r}")
+                         f"{takers}); write the cell without '@{budget_text}'")
     try:
         budget = float(budget_text)
     except ValueError:
         raise ValueError(f"sweep: cell {text!r}: the budget after '@' must be a number of bits/weight, "
                          f"got {budget_text!r}") from None
-    return Cell(name, budget)
+    return Cell(name, budget, options)
+
+
+def cell_of(config: TrainConfig) -> Cell:
+    """The cell a run's config belongs to: its method, budget and method options off their defaults."""
+    own = method_options(config.method)
+    options = tuple((name, getattr(config, name)) for name, default in own.items()
+                    if getattr(config, name) != default)
+    return Cell(config.method, config.bits_per_weight, options)
 
 
 def parse_cells(texts: Iterable[str]) -> list[Cell]:
@@ -142,9 +200,10 @@ class Run:
 
 
 def cell_config(recipe: TrainConfig, cell: Cell, seed: int) -> TrainConfig:
-    """The recipe with the cell's method, budget and seed; a ValueError naming the cell if invalid."""
+    """The recipe with the cell's method, budget, options and seed; a ValueError naming the cell if invalid."""
     try:
-        return replace(recipe, method=cell.method, bits_per_weight=cell.budget, seed=seed).validate()
+        return replace(recipe, method=cell.method, bits_per_weight=cell.budget, seed=seed,
+                       **dict(cell.options)).validate()
     except ValueError as e:
         raise ValueError(f"sweep: cell {cell.label} seed {seed}: {e}") from None
 
@@ -155,8 +214,12 @@ def plan(cells: list[Cell], seeds: list[int], recipe: TrainConfig, out_dir: Path
         raise ValueError(f"sweep: --seeds lists a seed twice: {seeds}")
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"sweep: --out {out_dir} is a file, not a directory")
-    return [Run(cell, seed, cell_config(recipe, cell, seed), out_dir / cell.run_dir(seed))
-            for cell in cells for seed in seeds]
+    runs = []
+    for cell in cells:
+        for seed in seeds:
+            config = cell_config(recipe, cell, seed)
+            runs.append(Run(cell, seed, config, out_dir / cell.run_dir(seed)))
+    return runs
 
 
 # --- what each run's directory asks for ----------------------------------------------------------
@@ -254,11 +317,16 @@ def result_text(summary: dict[str, Any]) -> str:
 
 
 def run_sweep(cells: list[Cell], seeds: list[int], recipe: TrainConfig, out_dir: str | Path,
-              progress: bool = True, log: Log = _print, run_figures: bool = True) -> dict[str, Any]:
+              progress: bool = True, log: Log = _print, run_figures: bool = True,
+              merge: Iterable[str | Path] = ()) -> dict[str, Any]:
     """Train (or resume, or read back) every cell × seed of the grid, then write sweep.json and
     tradeoff.png into `out_dir`; returns the report. `run_figures`: each trained run also gets the
-    curves.png (and band.png) of `apb-ref train`; on a tiny grid drawing them takes longer than training."""
+    curves.png (and band.png) of `apb-ref train`; on a tiny grid drawing them takes longer than training.
+    `merge`: other sweep reports of the same recipe whose rows join the report (`merge_reports`)."""
     out_dir = Path(out_dir)
+    merge = list(merge)
+    for path in merge:  # a bad report is refused before anything trains
+        read_report(path)
     runs = plan(cells, seeds, recipe, out_dir)
     actions = [inspect(run) for run in runs]  # every refusal comes before any training
     counts = {a: sum(1 for action, _ in actions if action == a) for a in ("done", "resume", "train")}
@@ -274,7 +342,7 @@ def run_sweep(cells: list[Cell], seeds: list[int], recipe: TrainConfig, out_dir:
         start = time.perf_counter()
         train_run(run, data, resume=action == "resume", progress=progress, figures=run_figures)
         log(f"{head}: done {result_text(read_summary(run.out))} ({time.perf_counter() - start:.1f} s)")
-    report = build_report(runs, recipe, data)
+    report = merge_reports(build_report(runs, recipe, data), merge)
     write_report(report, out_dir)
     return report
 
@@ -300,7 +368,8 @@ def packed_figures(ckpt: Path, data: Dataset) -> dict[str, Any]:
 def result_row(run: Run, data: Dataset) -> dict[str, Any]:
     """One run's results, read from its directory (so a cached run gives the same row as a fresh one)."""
     s = read_summary(run.out)
-    return {"cell": run.cell.label, "method": run.cell.method, "budget": run.cell.budget, "seed": run.seed,
+    return {"cell": run.cell.label, "method": run.cell.method, "budget": run.cell.budget,
+            "options": dict(run.cell.options), "seed": run.seed,
             "run_dir": run.out.name, "epochs": s["epochs"], "test_accuracy": s["test_accuracy"],
             "best_test_accuracy": s["best_test_accuracy"], "bits_per_weight": s["bits_per_weight"],
             "fp_fraction": s["fp_fraction"], "model_bits": s["model_bits"],
@@ -315,14 +384,16 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def group_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per cell (method, budget): the mean and sample standard deviation (None for one seed) over seeds."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
+    """Per cell: the mean and sample standard deviation (None for one seed) over seeds."""
+    groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["method"], row["budget"]), []).append(row)
+        groups.setdefault(row["cell"], []).append(row)
     out = []
-    for (method, budget), members in groups.items():
+    for cell, members in groups.items():
         accuracy = [r["test_accuracy"] for r in members]
-        out.append({"cell": members[0]["cell"], "method": method, "budget": budget,
+        first = members[0]
+        out.append({"cell": cell, "method": first["method"], "budget": first["budget"],
+                    "options": first.get("options", {}),
                     "seeds": [r["seed"] for r in members],
                     "test_accuracy_mean": statistics.fmean(accuracy),
                     "test_accuracy_std": statistics.stdev(accuracy) if len(accuracy) > 1 else None,
@@ -361,6 +432,51 @@ def build_report(runs: list[Run], recipe: TrainConfig, data: Dataset) -> dict[st
             "machine": machine(), "rows": rows, "groups": group_rows(rows)}
 
 
+def read_report(path: str | Path) -> dict[str, Any]:
+    """A sweep.json, checked to be one: a ValueError naming the file otherwise."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except OSError as e:
+        raise FileNotFoundError(f"sweep --merge: cannot read {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise ValueError(f"sweep --merge: {path} is not valid JSON ({e})") from None
+    if not isinstance(report, dict) or report.get("format") != "apb-ref sweep" \
+            or not isinstance(report.get("recipe"), dict) or not isinstance(report.get("rows"), list):
+        raise ValueError(f"sweep --merge: {path} is no sweep report (format 'apb-ref sweep' with recipe and rows)")
+    return report
+
+
+def merge_reports(report: dict[str, Any], paths: Iterable[str | Path]) -> dict[str, Any]:
+    """`report` with the rows of other sweep reports trained with the same recipe (say, cells added to
+    a study whose run directories live elsewhere); a cell × seed may appear once. The merged report
+    names its sources; its groups are recomputed."""
+    recipe = TrainConfig.from_dict(report["recipe"])
+    rows = list(report["rows"])
+    seen = {(r["cell"], r["seed"]) for r in rows}
+    sources = []
+    for path in paths:
+        other = read_report(path)
+        try:
+            other_recipe = TrainConfig.from_dict(other["recipe"])
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"sweep --merge: {path}: its recipe cannot be read ({e})") from None
+        if other_recipe != recipe:
+            raise ValueError(f"sweep --merge: {path} was trained with another recipe "
+                             f"({config_diff(recipe, other_recipe)}); its accuracies are not comparable")
+        for row in other["rows"]:
+            key = (row.get("cell"), row.get("seed"))
+            if key in seen:
+                raise ValueError(f"sweep --merge: cell {key[0]} seed {key[1]} is in {path} and in another report")
+            seen.add(key)
+            rows.append({"options": {}, **row, "source": str(path)})
+        sources.append(str(path))
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    seeds = list(dict.fromkeys(r["seed"] for r in rows))
+    return {**report, "cells": cells, "seeds": seeds, "rows": rows, "groups": group_rows(rows),
+            "merged": report.get("merged", []) + sources}
+
+
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     json_path = out_dir / SWEEP_JSON
     atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
@@ -368,19 +484,19 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
 
 def tradeoff_table(report: dict[str, Any]) -> str:
-    """Per cell: method, budget, seeds, test accuracy (mean ± std), bits/weight by the paper's formula and
-    as stored in the packed file, packed bytes."""
-    lines = [f"{'method':<14}{'budget':>8}{'seeds':>7}{'test acc (%)':>18}{'bits/w':>9}{'file bits/w':>12}"
+    """Per cell: the cell, seeds, test accuracy (mean ± std), bits/weight by the paper's formula and as
+    stored in the packed file, packed bytes."""
+    width = max([22] + [len(g["cell"]) + 2 for g in report["groups"]])
+    lines = [f"{'cell':<{width}}{'seeds':>5}{'test acc (%)':>18}{'bits/w':>9}{'file bits/w':>12}"
              f"{'packed bytes':>15}"]
     for g in report["groups"]:
         accuracy = f"{100 * g['test_accuracy_mean']:.2f}"
         if g["test_accuracy_std"] is not None:
             accuracy += f" ± {100 * g['test_accuracy_std']:.2f}"
-        budget = "-" if g["budget"] is None else _number(g["budget"])
         packed = "-" if g["packed_bytes_mean"] is None else f"{round(g['packed_bytes_mean']):,}"
         stored = g.get("packed_bits_per_weight_mean")
         stored = "-" if stored is None else f"{stored:.3f}"
-        lines.append(f"{g['method']:<14}{budget:>8}{len(g['seeds']):>7}{accuracy:>18}"
+        lines.append(f"{g['cell']:<{width}}{len(g['seeds']):>5}{accuracy:>18}"
                      f"{g['bits_per_weight_mean']:>9.3f}{stored:>12}{packed:>15}")
     return "\n".join(lines)
 
@@ -412,19 +528,19 @@ def tradeoff_figure(report: dict[str, Any]):
     by_method: dict[str, list[dict[str, Any]]] = {}
     for g in report["groups"]:
         by_method.setdefault(g["method"], []).append(g)
-    xs = []
+    xs, x_key = [], memory_axis(report)
     compressed_methods = [m for m, gs in by_method.items() if any(_is_compressed(g) for g in gs)]
     for i, (method, groups) in enumerate(by_method.items()):
         style = dict(color=f"C{i % 10}")
         for g in groups:
             if not _is_compressed(g):  # 32 bits/weight on the x axis would squash the rest
                 _uncompressed_line(ax, g, style["color"])
-        compressed = sorted(filter(_is_compressed, groups), key=lambda g: g["bits_per_weight_mean"])
+        compressed = sorted(filter(_is_compressed, groups), key=lambda g: g[x_key])
         if not compressed:
             continue
         # methods at the same budget sit on the same x: shift each by a hair so their error bars show
         dodge = DODGE ** (compressed_methods.index(method) - (len(compressed_methods) - 1) / 2)
-        x = [g["bits_per_weight_mean"] * dodge for g in compressed]
+        x = [g[x_key] * dodge for g in compressed]
         y = [100 * g["test_accuracy_mean"] for g in compressed]
         err = [100 * (g["test_accuracy_std"] or 0.0) for g in compressed]
         ax.errorbar(x, y, yerr=err if any(err) else None, marker=MARKERS[i % len(MARKERS)], ms=7, capsize=3,
@@ -440,12 +556,24 @@ def tradeoff_figure(report: dict[str, Any]):
         ax.axvline(bits, color="0.45", ls="--", lw=0.9)
         ax.annotate(text, xy=(bits, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -4),
                     textcoords="offset points", ha="left", va="top", fontsize=8, color="0.35")
-    ax.set_xlabel("bits/weight of the compressed layers (log scale)")
+    ax.set_xlabel(("bits/weight the packed file stores" if x_key == FILE_BITS else "bits/weight by the paper's "
+                   "formula") + " for the compressed layers (log scale)")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=9, title="method", title_fontsize=9)
     fig.suptitle(_title(report), fontsize=11)
     return fig
+
+
+FILE_BITS = "packed_bits_per_weight_mean"
+
+
+def memory_axis(report: dict[str, Any]) -> str:
+    """The x of the plot: what the packed file stores per compressed weight, the one measure every method
+    shares (SBNN's entropy-coded weights are 1 bit/weight by the formula); the paper's formula when some
+    compressed cell has no packed file."""
+    compressed = [g for g in report["groups"] if _is_compressed(g)]
+    return FILE_BITS if all(g.get(FILE_BITS) is not None for g in compressed) else "bits_per_weight_mean"
 
 
 def _is_compressed(group: dict[str, Any]) -> bool:
@@ -482,7 +610,7 @@ def finished_runs(out_dir: Path, log: Log = _print) -> list[Run]:
     runs = []
     for d in sorted(p for p in out_dir.iterdir() if (p / SUMMARY).is_file()):
         config = _saved_config(d / SUMMARY, read_summary(d)["config"], d)
-        cell = Cell(config.method, config.bits_per_weight)
+        cell = cell_of(config)
         if d.name != cell.run_dir(config.seed):
             log(f"skipped {d}: not named as a sweep cell ({cell.run_dir(config.seed)} for its config)")
             continue
@@ -491,13 +619,14 @@ def finished_runs(out_dir: Path, log: Log = _print) -> list[Run]:
         raise FileNotFoundError(f"sweep --report-only: {out_dir} holds no finished cell (<cell>/summary.json)")
     order = list(METHODS)
     return sorted(runs, key=lambda r: (order.index(r.cell.method) if r.cell.method in order else len(order),
-                                       r.cell.budget or 0.0, r.seed))
+                                       r.cell.budget or 0.0, r.cell.label, r.seed))
 
 
 def common_recipe(runs: list[Run]) -> TrainConfig:
-    """The recipe every run shares (the cell's options at their defaults); an error naming the first
-    run trained with another one, since their accuracies would not be comparable."""
-    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in CELL_OPTIONS}
+    """The recipe every run shares (what the cells set, and every method's options, at their defaults);
+    an error naming the first run trained with another one, since their accuracies would not be comparable."""
+    per_cell = set(CELL_OPTIONS).union(*(method_options(m) for m in METHODS))
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.name in per_cell}
     recipe = replace(runs[0].config, **defaults)
     for run in runs[1:]:
         other = replace(run.config, **defaults)
@@ -507,12 +636,13 @@ def common_recipe(runs: list[Run]) -> TrainConfig:
     return recipe
 
 
-def report_only(out_dir: str | Path, log: Log = _print) -> dict[str, Any]:
-    """Rebuild sweep.json and tradeoff.png from the finished runs in `out_dir`, training nothing."""
+def report_only(out_dir: str | Path, log: Log = _print, merge: Iterable[str | Path] = ()) -> dict[str, Any]:
+    """Rebuild sweep.json and tradeoff.png from the finished runs in `out_dir`, training nothing;
+    `merge`: other sweep reports of the same recipe whose rows join this one's (`merge_reports`)."""
     out_dir = Path(out_dir)
     runs = finished_runs(out_dir, log)
     recipe = common_recipe(runs)
     log(f"report of {_count(len(runs), 'finished run')} in {out_dir}")
-    report = build_report(runs, recipe, load_recipe_data(recipe))
+    report = merge_reports(build_report(runs, recipe, load_recipe_data(recipe)), merge)
     write_report(report, out_dir)
     return report

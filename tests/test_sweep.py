@@ -177,6 +177,7 @@ def test_a_budget_out_of_range_and_a_repeated_seed_are_refused(tmp_path):
     (["--out", "elsewhere"], "--out"), (["--resume"], "--resume"), (["--overwrite"], "--overwrite"),
     (["--epochs", "2", "--meth", "bnn"], "--method"),  # an abbreviation is the same flag
     (["--fp-fraction", "0.1"], "--fp-fraction"),
+    (["--ec", "0.1"], "--ec"),  # a method's own option goes with its cells (sbnn:ec=0.1)
 ])
 def test_recipe_flags_the_sweep_sets_are_refused(tmp_path, flags, named):
     code, _, stderr = sweep_cli("--smoke", "--out", tmp_path, "--cells", "fp", "--", *flags)
@@ -213,3 +214,83 @@ def test_the_plot_draws_full_precision_flat_and_each_method_by_bits():
     assert max(ax.get_xlim()) < 4  # the axis is not stretched to 32 bits/weight
     assert {t.get_text() for t in ax.texts} >= {"1-bit", "2-bit"}
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["fp (32 bits/weight)", "apb", "bnn"]
+
+
+def test_a_cell_takes_its_methods_own_options_in_one_canonical_form():
+    cell = parse_cell("sbnn:gamma=0.04:ec=0.1")
+    assert cell == Cell("sbnn", None, (("ec", 0.1), ("gamma", 0.04)))  # the Options fields' order
+    assert cell.label == "sbnn:ec=0.1:gamma=0.04" and cell.run_dir(0) == "sbnn-ec=0.1-gamma=0.04-s0"
+    assert parse_cell("sbnn:sbnn-init=closed_form:ec=0.5") == Cell("sbnn", None, (("sbnn_init", "closed_form"),))
+    assert parse_cell(f"{BUDGETED}@1.6") == Cell(BUDGETED, 1.6)
+    with pytest.raises(ValueError, match="twice"):
+        parse_cells(["sbnn:ec=0.1 sbnn:ec=0.10"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("sbnn:lr_ab=0.1", "'lr_ab' is no option of 'sbnn' \\(its options: ec, gamma"),
+    ("sbnn:ec=high", "option ec takes a float, got 'high'"),
+    ("sbnn:ec", "name=value"),
+    ("sbnn:ec=0.1:ec=0.2", "option ec is given twice"),
+])
+def test_a_malformed_cell_option_is_named(text, message):
+    with pytest.raises(ValueError, match=message) as e:
+        parse_cell(text)
+    assert repr(text) in str(e.value)
+
+
+def test_option_cells_train_in_their_own_directories_and_read_back(tmp_path, monkeypatch):
+    out = tmp_path / "sbnn"
+    code, stdout, stderr = sweep_cli("--smoke", "--out", out, "--cells", "sbnn:ec=0.1:gamma=0.04:sbnn_ste=identity",
+                                     "sbnn", "--quiet")
+    assert code == 0, stderr
+    names = ["sbnn-ec=0.1-gamma=0.04-sbnn_ste=identity-s0", "sbnn-s0"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(names)
+    report = json.loads((out / "sweep.json").read_text())
+    assert [r["options"] for r in report["rows"]] == [{"ec": 0.1, "gamma": 0.04, "sbnn_ste": "identity"}, {}]
+    assert json.loads((out / names[0] / "summary.json").read_text())["config"]["ec"] == 0.1
+    monkeypatch.setattr(Trainer, "run", never_train)
+    code, _, stderr = sweep_cli("--report-only", "--out", out)
+    assert code == 0, stderr
+    by_cell = lambda rows: sorted(rows, key=lambda r: r["cell"])  # noqa: E731  (read back in name order)
+    assert by_cell(json.loads((out / "sweep.json").read_text())["rows"]) == by_cell(report["rows"])
+
+
+def test_merge_adds_the_rows_of_a_study_with_the_same_recipe(smoke, tmp_path):
+    study, _ = smoke
+    study_rows = json.loads((study / "sweep.json").read_text())["rows"]
+    out = tmp_path / "more"
+    code, stdout, stderr = sweep_cli("--smoke", "--out", out, "--cells", "sbnn:ec=0.2:gamma=0.05", "--quiet",
+                                     "--merge", study / "sweep.json")
+    assert code == 0, stderr
+    report = json.loads((out / "sweep.json").read_text())
+    assert [r["cell"] for r in report["rows"]] == ["sbnn:ec=0.2:gamma=0.05"] + [r["cell"] for r in study_rows]
+    assert report["merged"] == [str(study / "sweep.json")] and len(report["groups"]) == len(study_rows) + 1
+    assert all(r["source"] == str(study / "sweep.json") for r in report["rows"][1:])
+    assert "sbnn:ec=0.2:gamma=0.05" in stdout and stdout.count("\nfp ") == 1
+    # the same cell twice, or another recipe: refused, and the report is left as it was
+    before = snapshot(out)
+    code, _, stderr = sweep_cli("--report-only", "--out", out, "--merge", out / "sweep.json")
+    assert code == 2 and "is in" in stderr
+    other = tmp_path / "other"
+    assert sweep_cli("--smoke", "--out", other, "--cells", "fp", "--quiet", "--", "--lr", "0.01")[0] == 0
+    code, _, stderr = sweep_cli("--report-only", "--out", out, "--merge", other / "sweep.json")
+    assert code == 2 and "another recipe" in stderr and "lr 0.005 -> 0.01" in stderr
+    (tmp_path / "bad.json").write_text("{}")
+    code, _, stderr = sweep_cli("--report-only", "--out", out, "--merge", tmp_path / "bad.json")
+    assert code == 2 and "no sweep report" in stderr
+    assert snapshot(out) == before
+
+
+def test_the_plot_places_methods_by_what_the_packed_file_stores():
+    groups = [_group("fp", None, 32.0, 0.91, None), _group("bnn", None, 1.0, 0.87, None),
+              {**_group("sbnn", None, 1.0, 0.86, None), "cell": "sbnn:ec=0.1"}]
+    for g, stored in zip(groups, (None, 1.13, 0.52)):
+        g["packed_bits_per_weight_mean"] = stored
+    report = {"recipe": {"model": "resnet20", "dataset": "fashion-mnist", "epochs": 2}, "seeds": [0],
+              "groups": groups}
+    ax = tradeoff_figure(report).axes[0]
+    assert "packed file stores" in ax.get_xlabel()
+    xs = {c.get_label(): c.lines[0].get_xdata()[0] for c in ax.containers}
+    assert xs["sbnn"] == pytest.approx(0.52, rel=0.01) and xs["bnn"] == pytest.approx(1.13, rel=0.01)
+    groups[1]["packed_bits_per_weight_mean"] = None  # one compressed cell without a file: the formula for all
+    assert "formula" in tradeoff_figure(report).axes[0].get_xlabel()
