@@ -2,14 +2,18 @@
 (1×32×32 inputs, 10 classes).
 
     python benchmarks/packed_inference.py [--images 1024] [--repeats 3] [--methods apb uniform ...]
-                                          [--backends rust numpy]
+                                          [--backends rust numpy] [--sbnn-p 0.5 0.05]
+                                          [--checkpoints runs/study/*/last.ckpt]
 
 The packed models are freshly initialised ResNet-20s brought to the memory of the study's cells
 (BENCHMARKS.md): APB with its masks projected to 1.6 bits/weight (1.2766 % full-precision weights),
 BNN (1 bit), 2-bit uniform (2 bits), pruning and pruning + 2-bit at 1.6 bits/weight (densities 3.33 %
-and 8.9 %, the masks at the end of their schedule). Each runs with 1-, 2- and 32-bit activations,
+and 8.9 %, the masks at the end of their schedule), SBNN at each --sbnn-p (the closed form of the
+initial weights with that fraction of each layer at β). Each runs with 1-, 2- and 32-bit activations,
 exported and run by `apb_ref.packed.PackedNetwork` on each kernel backend; speed depends on the
-weights only through the number of non-zeros, which the budget fixes. The baseline is the float
+weights only through the number of non-zeros, which the budget fixes (SBNN: through the fraction at β
+and its constant rows, which cost nothing; a trained model may have some). --checkpoints adds trained
+models as they are, at the activations they were trained with, labelled by their run directory. The baseline is the float
 ResNet-20 (NumPy autograd, eval mode) on the same images in the same run. Each figure is the median
 over --repeats passes over --images images in batches of 256. The models take turns (one pass each per
 round, `apb_ref.bench.measure_interleaved`); "vs float" and "vs APB" (APB 1.6 bits/weight, the same
@@ -19,6 +23,7 @@ every model alike. The Rust kernels are the default (the NumPy oracles run ResNe
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 
@@ -26,25 +31,27 @@ from common import machine, print_table, write_json
 
 from apb_ref.autograd import Tensor, no_grad
 from apb_ref.bench import measure_interleaved, speedup
-from apb_ref.packed import export_model
-from apb_ref.packed import PackedNetwork
+from apb_ref.packed import PackedNetwork, export_model, layer_bytes
 from apb_ref.kernels import backend
 from apb_ref.models import build
-from apb_ref.quant import quantized_layers
+from apb_ref.quant import quantized_layers, sbnn
 from apb_ref.quant.budget import MemoryBudget, fp_fraction_for_bits
+from apb_ref.training import export_args, load_model
 from apb_ref.training.runtime import reuse_freed_memory
 from apb_ref.training.summary import index_bits, summarize
 
 BATCH = 256
 BITS_PER_WEIGHT = 1.6  # the budget of the budgeted methods (APB, pruning)
-METHODS = ("apb", "bnn", "uniform", "prune", "prune_uniform")
+METHODS = ("apb", "bnn", "uniform", "prune", "prune_uniform", "sbnn")
 
 
-def packed_resnet20(method: str, act_bits: int) -> tuple[PackedNetwork, float]:
-    """The packed model and its compressed layers' bits/weight."""
+def packed_resnet20(method: str, act_bits: int, sbnn_p: float = 0.5) -> tuple[PackedNetwork, float]:
+    """The packed model and what its file stores per compressed weight (bits)."""
     act = "hardtanh" if act_bits == 1 else "relu"
     model = build("resnet20", num_classes=10, in_channels=1, method=method, act_bits=act_bits, act=act)
     b_idx = index_bits(model)
+    if method == "sbnn":
+        sbnn.quantize_model(model, density=sbnn_p)
     if method == "apb":
         MemoryBudget(fp_fraction_for_bits(BITS_PER_WEIGHT, b_idx)).project(model)
     elif method.startswith("prune"):
@@ -53,7 +60,24 @@ def packed_resnet20(method: str, act_bits: int) -> tuple[PackedNetwork, float]:
             layer.weight_quantizer.on_step(1.0, layer.weight.data)  # the end of the schedule
     model.eval()
     build_args = {"name": "resnet20", "num_classes": 10, "in_channels": 1, "image_size": 32, "act": act}
-    return PackedNetwork(export_model(model, build_args)), summarize(model, (1, 32, 32)).bits_per_weight
+    return packed_with_bits(model, build_args)
+
+
+def packed_with_bits(model, build_args: dict, normalization: dict | None = None) -> tuple[PackedNetwork, float]:
+    packed = export_model(model, build_args, normalization)
+    s = summarize(model, (build_args["in_channels"], build_args["image_size"], build_args["image_size"]),
+                  packed_bytes=len(packed.to_bytes()), layer_bytes=layer_bytes(packed))
+    return PackedNetwork(packed), s.packed_bits_per_weight
+
+
+def trained(path: str) -> tuple[str, int, PackedNetwork, float]:
+    """A trained checkpoint's label (its run directory), activation bits, packed network and file bits/weight."""
+    model, config, data = load_model(path)
+    if tuple(data.image_shape) != (1, 32, 32):
+        raise SystemExit(f"{path}: a model of {'x'.join(map(str, data.image_shape))} images; this benchmark times "
+                         "1x32x32 inputs (e.g. --pad-to 32 of a 1-channel dataset)")
+    net, stored = packed_with_bits(model, *export_args(config, data))
+    return f"{Path(path).parent.name} (trained)", config.act_bits, net, stored
 
 
 def main() -> None:
@@ -64,6 +88,10 @@ def main() -> None:
                         default=["rust"] if "rust" in backend.available_backends() else ["numpy"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--act-bits", nargs="+", type=int, default=[1, 2, 32], choices=[1, 2, 32])
+    parser.add_argument("--sbnn-p", nargs="+", type=float, default=[0.5, 0.05], metavar="P",
+                        help="fractions of SBNN weights at β to time (default: 0.5, the BNN-like start, and 0.05)")
+    parser.add_argument("--checkpoints", nargs="+", default=[], metavar="CKPT",
+                        help="trained checkpoints to time as well, at their own activations")
     parser.add_argument("--json", help="where to write the results (default: benchmarks/results/packed_inference.json)")
     args = parser.parse_args()
     if args.images < 1 or args.repeats < 1:
@@ -87,15 +115,22 @@ def main() -> None:
 
     runs = {"float": passes(float_forward)}
     bits = {}
-    for method in args.methods:
+    models = [(m, {}) for m in args.methods if m != "sbnn"]
+    if "sbnn" in args.methods:
+        models += [(f"sbnn p={p:g}", {"sbnn_p": p}) for p in args.sbnn_p]
+    for label, kwargs in models:
         for act_bits in args.act_bits:
-            net, bits[method] = packed_resnet20(method, act_bits)
+            net, bits[label] = packed_resnet20(label.split()[0], act_bits, **kwargs)
             for name in args.backends:
-                runs[(method, act_bits, name)] = passes(net.logits, name)
+                runs[(label, act_bits, name)] = passes(net.logits, name)
+    for path in args.checkpoints:
+        label, act_bits, net, bits[label] = trained(path)
+        for name in args.backends:
+            runs[(label, act_bits, name)] = passes(net.logits, name)
     # one warm-up each, then --repeats rounds of one pass per model
     timed, _ = measure_interleaved(runs, repeats=args.repeats, min_time=0.0, rounds=args.repeats)
     base = len(x) / timed["float"]["median_s"]
-    rows = [["float ResNet-20 (NumPy autograd)", "32.000", "32", "-", f"{base:.0f}", "1.00x", "-"]]
+    rows = [["float ResNet-20 (NumPy autograd)", "32.000", "32", "-", f"{base:.0f}", "1.00x", "-", "-"]]
     records = [{"model": "float", "act_bits": 32, "backend": "numpy", "images_per_second": base}]
     for key, stats in timed.items():
         if key == "float":
@@ -104,11 +139,13 @@ def main() -> None:
         speed, ratio = len(x) / stats["median_s"], speedup(timed["float"], stats)
         apb = timed.get(("apb", act_bits, name))
         vs_apb = speedup(apb, stats) if apb is not None else None
+        bnn = timed.get(("bnn", act_bits, name))
+        vs_bnn = speedup(bnn, stats) if bnn is not None else None
         rows.append([f"packed {method}", f"{bits[method]:.3f}", str(act_bits), name, f"{speed:.0f}", f"{ratio:.2f}x",
-                     f"{vs_apb:.2f}x" if vs_apb is not None else "-"])
-        records.append({"model": f"packed-{method}", "method": method, "bits_per_weight": bits[method],
+                     f"{vs_apb:.2f}x" if vs_apb is not None else "-", f"{vs_bnn:.2f}x" if vs_bnn is not None else "-"])
+        records.append({"model": f"packed-{method}", "method": method.split()[0], "file_bits_per_weight": bits[method],
                         "act_bits": act_bits, "backend": name, "images_per_second": speed, "vs_float": ratio,
-                        "vs_apb": vs_apb})
+                        "vs_apb": vs_apb, "vs_bnn": vs_bnn})
     # the APB paper's speed claim: APB with 1-bit activations against a 2-bit model (2-bit weights and
     # activations), same kernels, same rounds
     headline = {name: speedup(timed[("uniform", 2, name)], timed[("apb", 1, name)]) for name in args.backends
@@ -116,7 +153,8 @@ def main() -> None:
     m = machine()
     print(f"ResNet-20, 1x32x32, {args.images} images in batches of {BATCH}, median of {args.repeats}; "
           f"{m['cpu']} ({m['cores']} cores)")
-    print_table(["model", "bits/weight", "activation bits", "kernels", "images/s", "vs float", "vs APB"], rows)
+    print_table(["model", "file bits/weight", "activation bits", "kernels", "images/s", "vs float", "vs APB", "vs BNN"],
+                rows)
     for name, ratio in headline.items():
         print(f"APB {BITS_PER_WEIGHT} bits/weight, 1-bit activations, against 2-bit uniform weights with 2-bit "
               f"activations ({name} kernels, same rounds): {ratio:.2f}x")

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from apb_ref.cli import main
+
 from apb_ref.kernels import backend
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "kernels.py"
@@ -65,18 +67,24 @@ def test_packed_inference_benchmark_runs(tmp_path):
     out = tmp_path / "packed.json"
     script = SCRIPT.parent / "packed_inference.py"
     backends = backend.available_backends()
+    run = tmp_path / "tiny-sbnn"  # a trained checkpoint of 1x32x32 inputs, timed as it is
+    assert main(["train", "--model", "resnet20", "--dataset", "digits", "--pad-to", "32", "--epochs", "1",
+                 "--limit-train", "64", "--limit-test", "32", "--method", "sbnn", "--act-bits", "1",
+                 "--out", str(run), "--quiet"]) == 0
     proc = subprocess.run([sys.executable, str(script), "--images", "4", "--repeats", "1", "--json", str(out),
-                           "--backends", *backends], capture_output=True, text=True, timeout=300)
+                           "--backends", *backends, "--sbnn-p", "0.5", "0.05", "--checkpoints", str(run / "last.ckpt")],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     d = json.loads(out.read_text())
     got = {(r["model"], r["act_bits"], r["backend"]) for r in d["results"]}
-    methods = ("apb", "bnn", "uniform", "prune", "prune_uniform")
-    want = {("float", 32, "numpy")} | {(f"packed-{m}", a, b) for m in methods for a in (1, 2, 32) for b in backends}
-    assert got == want
-    bits = {r["method"]: r["bits_per_weight"] for r in d["results"] if r["model"] != "float"}
-    assert bits["bnn"] == 1.0 and bits["uniform"] == 2.0
-    assert all(abs(bits[m] - 1.6) < 0.01 for m in ("apb", "prune", "prune_uniform"))
-    assert all(r["vs_apb"] > 0 for r in d["results"] if r["model"] != "float")
+    models = ("apb", "bnn", "uniform", "prune", "prune_uniform", "sbnn p=0.5", "sbnn p=0.05")
+    want = {("float", 32, "numpy")} | {(f"packed-{m}", a, b) for m in models for a in (1, 2, 32) for b in backends}
+    assert got == want | {("packed-tiny-sbnn (trained)", 1, b) for b in backends}
+    bits = {r["model"]: r["file_bits_per_weight"] for r in d["results"] if r["model"] != "float"}
+    assert 1.0 <= bits["packed-bnn"] < 1.2 and 2.0 <= bits["packed-uniform"] < 2.2
+    assert all(1.5 < bits[f"packed-{m}"] < 1.8 for m in ("apb", "prune", "prune_uniform"))  # 1.6 + padding, scales
+    assert 0.9 < bits["packed-sbnn p=0.5"] < 1.1 and bits["packed-sbnn p=0.05"] < 0.35  # H(0.05) = 0.29
+    assert all(r["vs_apb"] > 0 and r["vs_bnn"] > 0 for r in d["results"] if r["model"] != "float")
     assert d["apb_a1_vs_uniform_a2"].keys() == set(backends) and "against 2-bit uniform" in proc.stdout
     assert all(r["images_per_second"] > 0 for r in d["results"])
     assert "images/s" in proc.stdout
