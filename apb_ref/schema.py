@@ -101,6 +101,13 @@ def number(lo: float, hi: float, above: float | None = None) -> Check:
     return check
 
 
+def nullable(check: Check) -> Check:
+    """None, or what `check` accepts."""
+    def nullable_check(v, path):
+        return None if v is None else check(v, path)
+    return nullable_check
+
+
 def string(choices=None, max_len: int = 256) -> Check:
     what = f"one of {sorted(choices)}" if choices is not None else f"a string of at most {max_len} characters"
 

@@ -44,11 +44,11 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import __version__
-from .data import Dataset, load_dataset
+from .data import Dataset
 from .fileio import atomic_write_bytes, atomic_write_text
 from .packed import packed_memory
 from .quant import METHODS
-from .training import TrainConfig, Trainer, TrainingDiverged, checkpoint, export_args, load_model
+from .training import TrainConfig, Trainer, TrainingDiverged, checkpoint, export_args, load_model, load_run_data
 from .training.loop import BAND, CURVES, LAST, METRICS, RUN_FILES, SUMMARY, foreign_entries
 from .training.plots import DPI, band_histogram, band_layers, training_curves
 from .training.summary import summarize
@@ -287,8 +287,7 @@ def inspect(run: Run) -> tuple[str, int]:
 
 def load_recipe_data(recipe: TrainConfig) -> Dataset:
     """The data set every run shares (the cells change neither the data nor its limits)."""
-    return load_dataset(recipe.dataset, recipe.data_dir, recipe.pad_to, limit_train=recipe.limit_train,
-                        limit_test=recipe.limit_test)
+    return load_run_data(recipe)
 
 
 def write_run_figures(out: Path, summary: dict[str, Any], model) -> None:

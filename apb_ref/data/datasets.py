@@ -15,7 +15,7 @@ from .cifar import load_cifar10_arrays
 from .idx import find_idx_file, read_idx
 
 __all__ = ["Dataset", "DATASETS", "DEFAULT_DIRS", "IDX_FILES", "load_dataset", "channel_stats",
-           "stratified_split"]
+           "stratified_split", "with_validation"]
 
 #: Known dataset names -> one-line description.
 DATASETS: dict[str, str] = {
@@ -56,9 +56,12 @@ class Dataset:
 
     x_train, x_test: float32 (N, C, H, W), values in [0, 1], C-contiguous.
     y_train, y_test: int64 (N,), values in [0, num_classes).
-    mean, std: float32 (C,), per-channel statistics of x_train (as stored, i.e. after padding and
-        limiting); a channel with zero spread gets std 1 so normalizing never divides by zero.
+    mean, std: float32 (C,), per-channel statistics of x_train (as stored, i.e. after padding,
+        limiting and carving out the validation split); a channel with zero spread gets std 1 so
+        normalizing never divides by zero.
     augment: whether random crop + horizontal flip suits this dataset as the training default.
+    x_val, y_val: the validation split carved from the training images (`with_validation`); empty
+        (0 images) when there is none.
     """
 
     name: str
@@ -70,6 +73,23 @@ class Dataset:
     mean: np.ndarray
     std: np.ndarray
     augment: bool
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.x_val is None:  # no validation split: empty arrays of the right shape and dtype
+            object.__setattr__(self, "x_val", self.x_train[:0])
+            object.__setattr__(self, "y_val", self.y_train[:0])
+
+    @property
+    def has_validation(self) -> bool:
+        return len(self.y_val) > 0
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of "train", "val" or "test"."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"split: expected 'train', 'val' or 'test', got {name!r}")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -86,7 +106,7 @@ class Dataset:
         return list(names) if names and len(names) == self.num_classes else [str(i) for i in range(self.num_classes)]
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
+        return (f"Dataset({self.name!r}, train={len(self.y_train)}, val={len(self.y_val)}, test={len(self.y_test)}, "
                 f"image_shape={self.image_shape}, num_classes={self.num_classes}, augment={self.augment})")
 
 
@@ -155,6 +175,33 @@ def stratified_split(y: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray,
     is_test = np.zeros(len(y), dtype=bool)
     is_test[test] = True
     return np.flatnonzero(~is_test).astype(np.int64), test.astype(np.int64)
+
+
+VAL_SEED = 0  # one split for every run of a dataset: the runs of a study validate on the same images
+
+
+def with_validation(data: Dataset, fraction: float) -> Dataset:
+    """`data` with a validation split of round(fraction·N) training images carved out, stratified by
+    class (`stratified_split`, seed VAL_SEED); the statistics are those of the remaining training
+    images. fraction 0 returns `data` unchanged."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+        raise ValueError(f"val_fraction: expected a number in [0, 1), got {fraction!r}")
+    if data.has_validation:
+        raise ValueError(f"{data!r} already has a validation split")
+    n_val = round(fraction * len(data.y_train))
+    if n_val == 0:
+        if fraction > 0:
+            raise ValueError(f"val_fraction: {fraction} of {len(data.y_train)} training images is no image; "
+                             "use 0 for no validation split or a larger fraction")
+        return data
+    if len(data.y_train) - n_val < 1:
+        raise ValueError(f"val_fraction: {fraction} leaves no training image")
+    train, val = stratified_split(data.y_train, n_val, VAL_SEED)
+    x_train = np.ascontiguousarray(data.x_train[train])
+    mean, std = channel_stats(x_train)
+    return Dataset(name=data.name, x_train=x_train, y_train=data.y_train[train], x_test=data.x_test,
+                   y_test=data.y_test, num_classes=data.num_classes, mean=mean, std=std, augment=data.augment,
+                   x_val=np.ascontiguousarray(data.x_train[val]), y_val=data.y_train[val])
 
 
 def _finish(name, x_train, y_train, x_test, y_test, num_classes, augment) -> Dataset:
@@ -239,13 +286,15 @@ def _load_cifar10(data_dir, pad_to, limit_train, limit_test) -> Dataset:
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, pad_to: int | None = None,
-                 limit_train: int | None = None, limit_test: int | None = None) -> Dataset:
+                 limit_train: int | None = None, limit_test: int | None = None, val_fraction: float = 0.0) -> Dataset:
     """Load a dataset by name (see `DATASETS`; ``fashion_mnist`` and ``cifar-10`` are accepted aliases).
 
     data_dir: where the files are (required for mnist, idx, cifar10; fashion-mnist defaults to Debian's
         /usr/share/datasets/fashion-mnist; ignored by digits).
     pad_to: zero-pad images symmetrically to (pad_to, pad_to); must be >= the image size.
     limit_train, limit_test: keep only the first n samples of each split (quick tests).
+    val_fraction: carve a stratified validation split of this fraction out of the (limited) training
+        images (`with_validation`).
     """
     if not isinstance(name, str):
         raise ValueError(f"name: expected a dataset name (one of {', '.join(DATASETS)}), got {name!r}")
@@ -258,7 +307,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, pad_to: i
     if pad_to is not None and (isinstance(pad_to, bool) or not isinstance(pad_to, (int, np.integer))):
         raise ValueError(f"pad_to: expected None or an int, got {pad_to!r}")
     if key == "digits":
-        return _load_digits(pad_to, limit_train, limit_test)
-    if key == "cifar10":
-        return _load_cifar10(data_dir, pad_to, limit_train, limit_test)
-    return _load_idx(key, data_dir, pad_to, limit_train, limit_test)
+        data = _load_digits(pad_to, limit_train, limit_test)
+    elif key == "cifar10":
+        data = _load_cifar10(data_dir, pad_to, limit_train, limit_test)
+    else:
+        data = _load_idx(key, data_dir, pad_to, limit_train, limit_test)
+    return with_validation(data, val_fraction)

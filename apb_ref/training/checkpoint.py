@@ -22,7 +22,7 @@ import numpy as np
 
 from ..fileio import atomic_write_bytes
 from ..schema import (
-    Invalid, anything, array, integer, key_path, list_of, mapping, number, parse_json, record, show as _show, validate,
+    Invalid, anything, array, integer, key_path, list_of, mapping, nullable, number, parse_json, record, show as _show, validate,
 )
 
 FORMAT = "apb-ref-checkpoint"
@@ -40,6 +40,9 @@ TRAINER_STATE = record(required={
     "model": mapping(array, what="an object of arrays"),
     "optimizers": list_of(mapping(anything), max_len=16, what="a list of optimizer states"),
     "schedulers": list_of(mapping(anything), max_len=16, what="a list of scheduler states"),
+}, optional={
+    "best_epoch": nullable(integer(1, 10**6)),
+    "best_test_accuracy": nullable(number(0, 1)),
 })
 
 

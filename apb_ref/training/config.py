@@ -46,6 +46,9 @@ class CommonConfig:
     eval_batch_size: int = _opt(500, "images per evaluation batch")
     limit_train: int | None = _opt(None, "use only the first N training images (quick runs)")
     limit_test: int | None = _opt(None, "use only the first N test images")
+    val_fraction: float = _opt(0.1, "fraction of the training images held out as a stratified validation split, "
+                               "on which the best checkpoint is chosen (0: none; best is then chosen on the test "
+                               "set, which is optimistic)")
     # compression: the method of the compressible layers, their input activations, a memory budget
     method: str = _opt("fp", "compression method of the compressible layers (first conv and last linear stay "
                        "float32)", tuple(sorted(METHODS)), "compression")
@@ -130,14 +133,14 @@ class CommonConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         """From a saved config, checked as strictly as the CLI's options; options added since it was
-        saved take their defaults."""
+        saved take the value its run had in effect (`LEGACY_VALUES`), else their defaults."""
         if not isinstance(d, dict):
             raise ValueError(f"TrainConfig: a saved config must be a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"TrainConfig: unknown options {unknown}")
-        return cls(**d).validate()
+        return cls(**{**{k: v for k, v in LEGACY_VALUES.items() if k not in d}, **d}).validate()
 
 
 # Inclusive bounds of numeric options: beyond them a run is a typo (or a denial of service), not a study.
@@ -145,8 +148,12 @@ RANGES = {
     "epochs": (1, 100_000), "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "seed": (0, 2**63 - 1),
     "pad_to": (1, 1024), "limit_train": (1, 1 << 40), "limit_test": (1, 1 << 40), "weight_decay": (0.0, 1e3),
     "warmup_epochs": (0, 100_000), "bits_per_weight": (1.0, 32.0), "fp_fraction": (0.0, 1.0),
-    "budget_weight": (0.0, 1e6), "budget_epoch": (0, 100_000), "lr": (0.0, 1e3),
+    "budget_weight": (0.0, 1e6), "budget_epoch": (0, 100_000), "lr": (0.0, 1e3), "val_fraction": (0.0, 0.9),
 }
+
+# Options added after runs were saved without them, and the value those runs had in effect (a saved
+# config missing one is read with this value, not the new default, so it still describes the run).
+LEGACY_VALUES = {"val_fraction": 0.0}
 
 
 def _method_fields() -> list[tuple[str, Any, Any]]:

@@ -100,7 +100,9 @@ def evaluate(model, data: Dataset, batch_size: int = 500, split: str = "test",
              progress: str | None = None) -> dict[str, float]:
     """Mean loss and accuracy of `model` on a split, in eval mode without building a graph; with a
     `progress` label, a progress bar (on stderr) while it runs."""
-    x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
+    x, y = data.split(split)
+    if len(y) == 0:
+        raise ValueError(f"evaluate: {data!r} has no {split!r} images")
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
@@ -114,6 +116,12 @@ def evaluate(model, data: Dataset, batch_size: int = 500, split: str = "test",
     bar.close()
     model.train(was_training)
     return {"loss": total_loss / len(y), "accuracy": correct / len(y)}
+
+
+def load_run_data(config: TrainConfig) -> Dataset:
+    """The images a run trains, validates and tests on, as its config says."""
+    return load_dataset(config.dataset, config.data_dir, config.pad_to, limit_train=config.limit_train,
+                        limit_test=config.limit_test, val_fraction=config.val_fraction)
 
 
 def build_model(config: TrainConfig, data: Dataset):
@@ -136,8 +144,10 @@ class Trainer:
         self.config = config.validate()
         self.out = Path(out)
         self.progress, self.overwrite = progress, overwrite
-        self.data = data or load_dataset(config.dataset, config.data_dir, config.pad_to,
-                                         limit_train=config.limit_train, limit_test=config.limit_test)
+        self.data = data or load_run_data(config)
+        if not self.data.has_validation:
+            print("warning: no validation split (val_fraction 0): best.ckpt is chosen on the test set, so its "
+                  "test accuracy is optimistic", file=sys.stderr)
         self.model = build_model(config, self.data)
         owned = quantizer_parameter_ids(self.model)
         weights = [p for p in self.model.parameters() if id(p) not in owned]
@@ -156,7 +166,9 @@ class Trainer:
         self.budget = self._budget()
         self.epoch = 0  # epochs completed
         self.saved_epoch: int | None = None  # epoch of the last good checkpoint on disk
-        self.best_accuracy = -1.0
+        self.best_accuracy = -1.0  # of the selection split (validation, else test)
+        self.best_epoch: int | None = None
+        self.best_test_accuracy: float | None = None  # test accuracy of the best checkpoint
         self.train_seconds = 0.0
         self.images_seen = 0
 
@@ -185,6 +197,7 @@ class Trainer:
     # --- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         return {"config": asdict(self.config), "epoch": self.epoch, "best_accuracy": self.best_accuracy,
+                "best_epoch": self.best_epoch, "best_test_accuracy": self.best_test_accuracy,
                 "train_seconds": self.train_seconds, "images_seen": self.images_seen,
                 "model": dict(self.model.state_dict()),
                 "optimizers": [o.state_dict() for o in self._optimizers()],
@@ -201,6 +214,7 @@ class Trainer:
         for sch, s in zip(self._schedulers(), state["schedulers"]):
             sch.load_state_dict(s)
         self.epoch, self.best_accuracy = int(state["epoch"]), float(state["best_accuracy"])
+        self.best_epoch, self.best_test_accuracy = state.get("best_epoch"), state.get("best_test_accuracy")
         self.saved_epoch = self.epoch
         self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
 
@@ -302,18 +316,24 @@ class Trainer:
             stats = self.train_epoch(e)
             for s in self._schedulers():
                 s.step()
-            test = evaluate(self.model, self.data, self.config.eval_batch_size,
-                            progress=f"test {e + 1}/{self.config.epochs}" if self.progress else None)
+            scores = {split: evaluate(self.model, self.data, self.config.eval_batch_size,
+                                      split=split, progress=f"{split} {e + 1}/{self.config.epochs}" if self.progress else None)
+                      for split in self.eval_splits}
             self.epoch = e + 1
             self.train_seconds += stats["train_epoch_seconds"]
             self.images_seen += len(self.data.y_train)
-            record = {"epoch": self.epoch, "lr": lr, **stats, "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+            record = {"epoch": self.epoch, "lr": lr, **stats,
+                      **{f"{split}_{k}": v for split, score in scores.items() for k, v in score.items()},
                       **self.compression_log()}
-            bad = first_nonfinite(self.model) or ("the test loss" if not math.isfinite(test["loss"]) else None)
+            bad = first_nonfinite(self.model) or next(
+                (f"the {split} loss" for split, score in scores.items() if not math.isfinite(score["loss"])), None)
             if bad:  # never call such a state good: the previous checkpoint stays
                 raise TrainingDiverged(f"{bad} became NaN or infinite in epoch {self.epoch}; {self.last_good()}")
-            improved = test["accuracy"] > self.best_accuracy
-            self.best_accuracy = max(self.best_accuracy, test["accuracy"])
+            chosen_on = scores[self.selection_split]["accuracy"]
+            improved = chosen_on > self.best_accuracy
+            if improved:
+                self.best_accuracy, self.best_epoch = chosen_on, self.epoch
+                self.best_test_accuracy = scores["test"]["accuracy"]
             self.log_epoch(record)
             checkpoint.save(self.out / LAST, self.state())
             self.saved_epoch = self.epoch
@@ -322,6 +342,15 @@ class Trainer:
         summary = self.summary(time.perf_counter() - wall_start)
         atomic_write_text(self.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
         return summary
+
+    @property
+    def eval_splits(self) -> tuple[str, ...]:
+        return ("val", "test") if self.data.has_validation else ("test",)
+
+    @property
+    def selection_split(self) -> str:
+        """Where best.ckpt is chosen: the validation split, else (val_fraction 0) the test set."""
+        return "val" if self.data.has_validation else "test"
 
     def compression_log(self) -> dict[str, Any]:
         """Per-layer method scalars (α, δ, FP fraction) and the model's bits/weight, for the metrics log."""
@@ -336,8 +365,10 @@ class Trainer:
         with open(self.out / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.progress:
+            val = (f"val loss {record['val_loss']:.4f} acc {record['val_accuracy']:.4f} | "
+                   if "val_accuracy" in record else "")
             print(f"epoch {record['epoch']}/{self.config.epochs}: train loss {record['train_loss']:.4f} "
-                  f"acc {record['train_accuracy']:.4f} | test loss {record['test_loss']:.4f} "
+                  f"acc {record['train_accuracy']:.4f} | {val}test loss {record['test_loss']:.4f} "
                   f"acc {record['test_accuracy']:.4f} | {record['images_per_second']:.0f} img/s", flush=True)
 
     def summary(self, wall_seconds: float) -> dict[str, Any]:
@@ -359,7 +390,11 @@ class Trainer:
                 "entropy_bits_per_weight": memory["entropy_bits_per_weight"],
                 "budget": budget,
                 "epochs": self.epoch, "test_accuracy": final["accuracy"], "test_loss": final["loss"],
-                "best_test_accuracy": self.best_accuracy, "wall_seconds": wall_seconds,
+                # best.ckpt: the epoch chosen on the selection split, and its test accuracy
+                "best_test_accuracy": self.best_test_accuracy, "best_epoch": self.best_epoch,
+                "best_selected_on": "validation" if self.selection_split == "val" else "test",
+                "best_val_accuracy": self.best_accuracy if self.selection_split == "val" else None,
+                "validation_images": len(self.data.y_val), "wall_seconds": wall_seconds,
                 "train_seconds": self.train_seconds,
                 "images_per_second": self.images_seen / max(self.train_seconds, 1e-9),
                 "parameters": int(sum(p.size for p in self.model.parameters())),
@@ -386,8 +421,7 @@ def load_model(path: str | Path, data: Dataset | None = None):
     """Rebuild the model stored in a checkpoint; returns (model, config, dataset)."""
     state = checkpoint.load(path)
     config = TrainConfig.from_dict(state["config"])
-    data = data or load_dataset(config.dataset, config.data_dir, config.pad_to, limit_train=config.limit_train,
-                                limit_test=config.limit_test)  # the same images, so the same normalization
+    data = data or load_run_data(config)  # the same images, so the same normalization
     model = build_model(config, data)
     model.load_state_dict(state["model"])
     model.eval()

@@ -22,6 +22,7 @@ DPI = 110
 BINARY_COLOR, FP_COLOR = "tab:blue", "tab:red"
 TRAIN_STYLE = dict(color="tab:blue", marker="o", ls="-", label="train")
 TEST_STYLE = dict(color="tab:orange", marker="s", ls="-", label="test")
+VAL_STYLE = dict(color="tab:purple", marker="^", ls="--", label="validation")
 
 
 def _save(fig, out_png: str | Path) -> Path:
@@ -98,7 +99,11 @@ def curves_figure(records: list[dict[str, Any]], title: str = "", summary: dict[
     test_loss = [r["test_loss"] for r in records]
     ax_loss.plot(epochs, train_loss, **TRAIN_STYLE, ms=ms)
     ax_loss.plot(epochs, test_loss, **TEST_STYLE, ms=ms)
-    finite = [v for v in train_loss + test_loss if math.isfinite(v) and v > 0]
+    validated = all("val_loss" in r for r in records)
+    val_loss = [r["val_loss"] for r in records] if validated else []
+    if validated:
+        ax_loss.plot(epochs, val_loss, **VAL_STYLE, ms=ms)
+    finite = [v for v in train_loss + test_loss + val_loss if math.isfinite(v) and v > 0]
     log_loss = bool(finite) and max(finite) / min(finite) > 20  # a first-epoch spike would flatten the rest
     if log_loss:
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -110,6 +115,11 @@ def curves_figure(records: list[dict[str, Any]], title: str = "", summary: dict[
 
     ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in records], **TRAIN_STYLE, ms=ms)
     ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in records], **TEST_STYLE, ms=ms)
+    if validated:
+        ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in records], **VAL_STYLE, ms=ms)
+    best = (summary or {}).get("best_epoch")
+    if best is not None and best in epochs:  # where best.ckpt was taken
+        ax_acc.axvline(best, color="0.5", lw=0.9, ls=":", label=f"best.ckpt (epoch {best})")
     ax_acc.set(ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         _epoch_axis(ax, epochs)
