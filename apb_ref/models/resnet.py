@@ -1,5 +1,13 @@
 """ResNet-20 for 32×32 images (He et al. 2016, CIFAR variant): 16/32/64 channels, three stages of
-three basic blocks, parameter-free "option A" shortcuts (subsample + zero-pad channels)."""
+three blocks, parameter-free "option A" shortcuts (subsample + zero-pad channels).
+
+Two blocks (`block=`):
+- "basic": He et al.'s block, one shortcut around two convs: act(bn2(conv2(act(bn1(conv1(x))))) + x).
+- "bireal": Bi-Real Net's block (Liu et al., ECCV 2018): a real-valued shortcut around *every* conv,
+  out = act(bn1(conv1(x)) + x), then act(bn2(conv2(out)) + out), so the float signal that a 1-bit
+  conv's sign throws away is carried past it. Bi-Real downsamples its shortcut with an average pool
+  and a 1×1 conv; here it stays option A, parameter-free, as in the basic block.
+"""
 from __future__ import annotations
 
 from .. import ops as F
@@ -35,19 +43,31 @@ class BasicBlock(nn.Module):
         return self.act2(out + shortcut_option_a(x, self.cout, self.stride))
 
 
+class BiRealBlock(BasicBlock):
+    def forward(self, x):
+        out = self.act1(self.bn1(self.conv1(x)) + shortcut_option_a(x, self.cout, self.stride))
+        return self.act2(self.bn2(self.conv2(out)) + out)
+
+
+BLOCKS = {"basic": BasicBlock, "bireal": BiRealBlock}
+
+
 class ResNet20(nn.Module):
     conv_bn_pairs = (("conv1", "bn1"),)
 
     def __init__(self, layers: LayerFactory, num_classes: int = 10, in_channels: int = 3,
-                 act: str = "relu", widths: tuple[int, int, int] = (16, 32, 64), blocks: int = 3):
+                 act: str = "relu", widths: tuple[int, int, int] = (16, 32, 64), blocks: int = 3,
+                 block: str = "basic"):
         super().__init__()
+        if block not in BLOCKS:
+            raise ValueError(f"ResNet20: block must be one of {', '.join(BLOCKS)}, got {block!r}")
         self.conv1 = layers.conv(in_channels, widths[0], 3, 1, 1, compress=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.act = nn.activation(act)
         stages, cin = [], widths[0]
         for i, width in enumerate(widths):
             for b in range(blocks):
-                stages.append(BasicBlock(layers, cin, width, 2 if (b == 0 and i > 0) else 1, act))
+                stages.append(BLOCKS[block](layers, cin, width, 2 if (b == 0 and i > 0) else 1, act))
                 cin = width
         self.blocks = nn.Sequential(*stages)
         self.linear = layers.linear(widths[-1], num_classes, compress=False)

@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import nn
 from ..models import MODELS, build
+from ..models.resnet import BLOCKS
 from ..nn.modules import ACTIVATIONS
 from ..quant import METHODS, LayerFactory
 from ..quant.packing import MAX_RICE_K, rice_decode
@@ -69,7 +70,7 @@ def positive_ints(n_choices: tuple[int, ...]) -> Any:
 
 BUILD = record(required={"name": string(MODELS), "num_classes": integer(2, MAX_DIM),
                          "in_channels": integer(1, MAX_DIM), "image_size": integer(1, 4096)},
-               optional={"act": string(ACTIVATIONS)})
+               optional={"act": string(ACTIVATIONS), "block": string(BLOCKS)})
 NORMALIZATION = record(optional={"dataset": string(), "mean": list_of(number(-1e6, 1e6), 1, MAX_DIM),
                                  "std": list_of(number(0, 1e6, above=0), 1, MAX_DIM),
                                  "image_shape": positive_ints((3,)), "pad_to": or_none(integer(1, 1024)),

@@ -42,6 +42,10 @@ class CommonConfig:
                         ("auto", "on", "off"))
     act: str = _opt("auto", "activation function (auto: hardtanh with --act-bits 1, relu otherwise)",
                     ("auto", "relu", "hardtanh"))
+    block: str = _opt("basic", "ResNet-20 block: basic (one shortcut per two convs, He et al.) or bireal (a "
+                      "real-valued shortcut around every conv, Bi-Real Net)", ("basic", "bireal"))
+    bn_recalibrate: int = _opt(0, "before each evaluation, re-estimate every BatchNorm's running statistics as the "
+                               "mean over this many training batches (0: keep the running averages)")
     seed: int = _opt(0, "seed of the initial weights and of every epoch's shuffling and augmentation")
     eval_batch_size: int = _opt(500, "images per evaluation batch")
     limit_train: int | None = _opt(None, "use only the first N training images (quick runs)")
@@ -89,6 +93,8 @@ class CommonConfig:
         if not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
             raise ValueError(f"TrainConfig: momentum and label_smoothing must be in [0, 1), got "
                              f"{self.momentum} and {self.label_smoothing}")
+        if self.block != "basic" and self.model != "resnet20":
+            raise ValueError(f"TrainConfig: block {self.block!r} is a ResNet-20 option, not of {self.model!r}")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"TrainConfig: warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         budgeted = self.bits_per_weight is not None or self.fp_fraction is not None
@@ -148,7 +154,7 @@ RANGES = {
     "epochs": (1, 100_000), "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "seed": (0, 2**63 - 1),
     "pad_to": (1, 1024), "limit_train": (1, 1 << 40), "limit_test": (1, 1 << 40), "weight_decay": (0.0, 1e3),
     "warmup_epochs": (0, 100_000), "bits_per_weight": (1.0, 32.0), "fp_fraction": (0.0, 1.0),
-    "budget_weight": (0.0, 1e6), "budget_epoch": (0, 100_000), "lr": (0.0, 1e3), "val_fraction": (0.0, 0.9),
+    "budget_weight": (0.0, 1e6), "budget_epoch": (0, 100_000), "lr": (0.0, 1e3), "val_fraction": (0.0, 0.9), "bn_recalibrate": (0, 1 << 20),
 }
 
 # Options added after runs were saved without them, and the value those runs had in effect (a saved

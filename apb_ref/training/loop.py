@@ -7,6 +7,7 @@ replays the remaining epochs bit for bit.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import nn
 from .. import ops as F
 from ..fileio import atomic_write_text
 from ..autograd import Tensor, no_grad
@@ -118,6 +120,29 @@ def evaluate(model, data: Dataset, batch_size: int = 500, split: str = "test",
     return {"loss": total_loss / len(y), "accuracy": correct / len(y)}
 
 
+def recalibrate_batch_norm(model, batches) -> int:
+    """Replace every BatchNorm's running mean and variance by the mean of its batch statistics over
+    `batches` ((x, y) pairs), computed in train mode without a graph; nothing else changes. Running
+    averages lag behind weights that moved during the epoch, and a sign after a BatchNorm turns that lag
+    into flipped activations at evaluation; statistics of the current weights remove it. Returns the
+    number of batches used."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm)]
+    momenta, was_training = [m.momentum for m in norms], model.training
+    model.train()
+    count = 0
+    try:
+        with no_grad():
+            for count, (xb, _) in enumerate(batches, 1):
+                for m in norms:  # momentum 1/k: the running value becomes the mean over the k batches so far
+                    m.momentum = 1.0 / count
+                model(Tensor(xb))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.train(was_training)
+    return count
+
+
 def load_run_data(config: TrainConfig) -> Dataset:
     """The images a run trains, validates and tests on, as its config says."""
     return load_dataset(config.dataset, config.data_dir, config.pad_to, limit_train=config.limit_train,
@@ -128,7 +153,7 @@ def build_model(config: TrainConfig, data: Dataset):
     c, h, _ = data.image_shape
     return build(config.model, num_classes=data.num_classes, in_channels=c, image_size=h, seed=config.seed,
                  act=config.activation, method=config.method, act_bits=config.act_bits, act_ste=config.act_ste,
-                 options=config.method_options())
+                 options=config.method_options(), block=config.block)
 
 
 def quantizer_parameter_ids(model) -> set[int]:
@@ -316,6 +341,8 @@ class Trainer:
             stats = self.train_epoch(e)
             for s in self._schedulers():
                 s.step()
+            if self.config.bn_recalibrate:
+                self.recalibrate(e)
             scores = {split: evaluate(self.model, self.data, self.config.eval_batch_size,
                                       split=split, progress=f"{split} {e + 1}/{self.config.epochs}" if self.progress else None)
                       for split in self.eval_splits}
@@ -325,6 +352,8 @@ class Trainer:
             record = {"epoch": self.epoch, "lr": lr, **stats,
                       **{f"{split}_{k}": v for split, score in scores.items() for k, v in score.items()},
                       **self.compression_log()}
+            if self.budget is not None:  # epochs from the hard projection on fine-tune with the masks frozen
+                record["budget_projected"] = e >= self.budget_epoch
             bad = first_nonfinite(self.model) or next(
                 (f"the {split} loss" for split, score in scores.items() if not math.isfinite(score["loss"])), None)
             if bad:  # never call such a state good: the previous checkpoint stays
@@ -342,6 +371,14 @@ class Trainer:
         summary = self.summary(time.perf_counter() - wall_start)
         atomic_write_text(self.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
         return summary
+
+    def recalibrate(self, epoch: int) -> None:
+        """BatchNorm statistics for evaluation from the model as it is now (`recalibrate_batch_norm`),
+        over the first `bn_recalibrate` batches of a seeded shuffle of the training images."""
+        cfg, data = self.config, self.data
+        rng = np.random.default_rng([cfg.seed, epoch, 1])  # its own stream: training's shuffles stay the same
+        batches = image_batches(data.x_train, data.y_train, data, cfg.batch_size, rng=rng, augment=False)
+        recalibrate_batch_norm(self.model, itertools.islice(batches, cfg.bn_recalibrate))
 
     @property
     def eval_splits(self) -> tuple[str, ...]:
@@ -409,7 +446,7 @@ def export_args(config: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dic
     """What a packed file needs to rebuild the architecture and normalize inputs."""
     c, h, _ = data.image_shape
     build_args = {"name": config.model, "num_classes": data.num_classes, "in_channels": c, "image_size": h,
-                  "act": config.activation}
+                  "act": config.activation, **({"block": config.block} if config.block != "basic" else {})}
     # what evaluating the packed file needs to see the data as training did (`apb-ref eval --packed`)
     normalization = {"dataset": config.dataset, "mean": data.mean.tolist(), "std": data.std.tolist(),
                      "image_shape": list(data.image_shape), "pad_to": config.pad_to, "data_dir": config.data_dir,
