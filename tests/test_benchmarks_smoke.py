@@ -103,3 +103,24 @@ def test_conv_kernels_benchmark_runs(tmp_path):
     rust = "rust" in backend.available_backends()
     assert all(("rust" in r) == rust for r in d["results"])
     assert "im2col_bits" in proc.stdout and d["command"].endswith("--json " + str(out))
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")
+def test_sbnn_study_reads_what_each_run_reached(tmp_path):
+    for ec, gamma in ((0.5, 0.0), (0.1, 0.5)):
+        assert main(["train", "--method", "sbnn", "--ec", str(ec), "--gamma", str(gamma), "--sbnn-init", "closed_form",
+                     "--epochs", "1", "--limit-train", "200", "--limit-test", "50", "--out",
+                     str(tmp_path / "runs" / f"sbnn-{ec}"), "--quiet"]) == 0
+    assert main(["train", "--method", "bnn", "--epochs", "1", "--limit-train", "200", "--limit-test", "50",
+                 "--out", str(tmp_path / "runs" / "bnn"), "--quiet"]) == 0  # not SBNN: left out
+    out = tmp_path / "sbnn.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "sbnn_study.py"), str(tmp_path / "runs"),
+                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["ec"] for r in rows] == [0.5, 0.1]
+    sparse = rows[1]
+    assert sparse["p"] <= 0.11 and sparse["entropy_bits_per_weight"] < 0.6  # started at the closed form at EC
+    assert sparse["coded_bits_per_weight"] <= 1.1 * sparse["entropy_bits_per_weight"] + 0.01
+    assert all(r["file_bits_per_weight"] >= r["coded_bits_per_weight"] for r in rows)  # the file adds α, β, padding
+    assert all(r["formula_bits_per_weight"] == 1.0 for r in rows) and "p at β" in proc.stdout
