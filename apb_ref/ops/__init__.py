@@ -22,7 +22,8 @@ from .conv import (  # noqa: F401
     AvgPool2d, Conv2dIm2col, Conv2dRowShift, MaxPool2d, avg_pool2d, conv2d, global_avg_pool2d, max_pool2d,
 )
 from .norm_loss import (  # noqa: F401
-    BatchNormEval, BatchNormTrain, CrossEntropy, LogSoftmax, batch_norm, cross_entropy, log_softmax,
+    BatchNormEval, BatchNormTrain, CrossEntropy, Distillation, LogSoftmax, batch_norm, cross_entropy, distillation,
+    log_softmax,
 )
 
 

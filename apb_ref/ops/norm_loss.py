@@ -1,6 +1,8 @@
 """Fused ops whose gradients are much cheaper (and more stable) than composing primitives:
-batch normalisation, log-softmax and cross-entropy."""
+batch normalisation, log-softmax, cross-entropy and the distillation loss."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -148,3 +150,38 @@ def cross_entropy(logits, target, label_smoothing: float = 0.0) -> Tensor:
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1), got {label_smoothing}")
     return CrossEntropy.apply(logits, target, label_smoothing)
+
+
+class Distillation(Function):
+    """Knowledge distillation (Hinton et al. 2015): T²·mean over the batch of −Σ_k q_k·log softmax(z/T)_k,
+    q = softmax(teacher/T) a constant. Its gradient, T·(softmax(z/T) − q)/N, is that of T²·KL(q ‖ p)."""
+
+    @staticmethod
+    def forward(ctx, logits, teacher, temperature):
+        n = logits.shape[0]
+        logp = _log_softmax_rows(logits / temperature)
+        q = np.exp(_log_softmax_rows(teacher / temperature)).astype(logits.dtype)
+        ctx.save_for_backward(logp, q, temperature)
+        return np.asarray(-(temperature ** 2) * (q * logp).sum() / n, dtype=logits.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        logp, q, temperature = ctx.saved
+        return (g * temperature * (np.exp(logp) - q) / logp.shape[0]).astype(logp.dtype), None
+
+
+def _log_softmax_rows(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def distillation(logits, teacher_logits, temperature: float = 1.0) -> Tensor:
+    """The distillation loss of (N, K) student logits against a teacher's (N, K) logits (no gradient
+    to the teacher) at `temperature` > 0."""
+    teacher = np.asarray(teacher_logits.data if isinstance(teacher_logits, Tensor) else teacher_logits)
+    if logits.ndim != 2 or teacher.shape != logits.shape:
+        raise ValueError(f"distillation: student and teacher logits must be the same (N, K), got {logits.shape} "
+                         f"and {teacher.shape}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"distillation: temperature must be a finite number > 0, got {temperature!r}")
+    return Distillation.apply(logits, teacher, float(temperature))

@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import ops as F
 from ..autograd import Function
-from ..ops import (AvgPool2d, BatchNormEval, BatchNormTrain, Conv2dIm2col, Conv2dRowShift, CrossEntropy,
+from ..ops import (AvgPool2d, BatchNormEval, BatchNormTrain, Conv2dIm2col, Conv2dRowShift, CrossEntropy, Distillation,
                    LogSoftmax, MaxPool2d)
 from ..ops.spec import OpSpec, random_array
 from ..quant import METHODS, activations
@@ -223,6 +223,17 @@ def _register_core_ops() -> None:
         return -(t * logp).sum() / len(target)
     register(OpSpec("cross_entropy", ce_inputs, lambda x, target, label_smoothing: F.cross_entropy(x, target, label_smoothing),
                     (CrossEntropy,), ce_ref))
+
+    def kd_inputs(d):
+        n, k = d(st.integers(1, 4)), d(st.integers(2, 5))
+        return [random_array(d, (n, k))], {"teacher": 3 * random_array(d, (n, k)),
+                                           "temperature": d(st.sampled_from([0.5, 1.0, 4.0]))}
+
+    def kd_ref(x, teacher, temperature):
+        q = np.exp(log_softmax_ref(teacher / temperature))
+        return -(temperature ** 2) * (q * log_softmax_ref(x / temperature)).sum() / len(x)
+    register(OpSpec("distillation", kd_inputs, lambda x, teacher, temperature: F.distillation(x, teacher, temperature),
+                    (Distillation,), kd_ref))
 
 
 _register_core_ops()

@@ -46,6 +46,10 @@ class CommonConfig:
                       "real-valued shortcut around every conv, Bi-Real Net)", ("basic", "bireal"))
     bn_recalibrate: int = _opt(0, "before each evaluation, re-estimate every BatchNorm's running statistics as the "
                                "mean over this many training batches (0: keep the running averages)")
+    teacher: str | None = _opt(None, "checkpoint of a trained model (say, the full-precision one) to distil from: the "
+                               "loss becomes (1 - w)·cross-entropy + w·distillation")
+    kd_weight: float = _opt(0.5, "weight w of the distillation term (with --teacher)")
+    kd_temperature: float = _opt(1.0, "softmax temperature T of the distillation term, scaled by T² (with --teacher)")
     seed: int = _opt(0, "seed of the initial weights and of every epoch's shuffling and augmentation")
     eval_batch_size: int = _opt(500, "images per evaluation batch")
     limit_train: int | None = _opt(None, "use only the first N training images (quick runs)")
@@ -95,6 +99,9 @@ class CommonConfig:
                              f"{self.momentum} and {self.label_smoothing}")
         if self.block != "basic" and self.model != "resnet20":
             raise ValueError(f"TrainConfig: block {self.block!r} is a ResNet-20 option, not of {self.model!r}")
+        if self.teacher is None and (self.kd_weight != 0.5 or self.kd_temperature != 1.0):
+            raise ValueError("TrainConfig: kd_weight and kd_temperature tune the distillation from a teacher; give "
+                             "teacher (a checkpoint) too")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"TrainConfig: warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         budgeted = self.bits_per_weight is not None or self.fp_fraction is not None
@@ -154,7 +161,8 @@ RANGES = {
     "epochs": (1, 100_000), "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "seed": (0, 2**63 - 1),
     "pad_to": (1, 1024), "limit_train": (1, 1 << 40), "limit_test": (1, 1 << 40), "weight_decay": (0.0, 1e3),
     "warmup_epochs": (0, 100_000), "bits_per_weight": (1.0, 32.0), "fp_fraction": (0.0, 1.0),
-    "budget_weight": (0.0, 1e6), "budget_epoch": (0, 100_000), "lr": (0.0, 1e3), "val_fraction": (0.0, 0.9), "bn_recalibrate": (0, 1 << 20),
+    "budget_weight": (0.0, 1e6), "budget_epoch": (0, 100_000), "lr": (0.0, 1e3), "val_fraction": (0.0, 0.9), "bn_recalibrate": (0, 1 << 20), "kd_weight": (0.0, 1.0),
+    "kd_temperature": (1e-3, 100.0),
 }
 
 # Options added after runs were saved without them, and the value those runs had in effect (a saved

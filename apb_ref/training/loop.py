@@ -143,6 +143,20 @@ def recalibrate_batch_norm(model, batches) -> int:
     return count
 
 
+def load_teacher(config: TrainConfig, data: Dataset):
+    """The model in `config.teacher`, in eval mode, checked to see the run's images as it was trained to."""
+    try:
+        teacher, teacher_config, _ = load_model(config.teacher, data)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--teacher: no checkpoint {config.teacher}") from None
+    same = ("dataset", "pad_to", "limit_train", "val_fraction")
+    differ = [f"{k} {getattr(teacher_config, k)!r} (run: {getattr(config, k)!r})" for k in same
+              if getattr(teacher_config, k) != getattr(config, k)]
+    if differ:  # another input normalization or class set: its logits would not mean what they should
+        raise ValueError(f"--teacher {config.teacher} was trained on other data: {', '.join(differ)}")
+    return teacher
+
+
 def load_run_data(config: TrainConfig) -> Dataset:
     """The images a run trains, validates and tests on, as its config says."""
     return load_dataset(config.dataset, config.data_dir, config.pad_to, limit_train=config.limit_train,
@@ -174,6 +188,7 @@ class Trainer:
             print("warning: no validation split (val_fraction 0): best.ckpt is chosen on the test set, so its "
                   "test accuracy is optimistic", file=sys.stderr)
         self.model = build_model(config, self.data)
+        self.teacher = load_teacher(config, self.data) if config.teacher else None
         owned = quantizer_parameter_ids(self.model)
         weights = [p for p in self.model.parameters() if id(p) not in owned]
         self.optimizer = build_optimizer(config.optimizer, weights, config.lr, config.weight_decay,
@@ -295,13 +310,18 @@ class Trainer:
         for step, (xb, yb) in enumerate(image_batches(data.x_train, data.y_train, data, cfg.batch_size, rng=rng, augment=augment)):
             logits = self.model(Tensor(xb))
             loss = F.cross_entropy(logits, yb, cfg.label_smoothing)
-            value = float(loss.data)
-            if not math.isfinite(value):
+            value = float(loss.data)  # the logged training loss: the cross-entropy alone, comparable across runs
+            if self.teacher is not None:
+                with no_grad():
+                    taught = self.teacher(Tensor(xb)).data
+                loss = loss * (1.0 - cfg.kd_weight) + F.distillation(logits, taught, cfg.kd_temperature) * cfg.kd_weight
+            if not math.isfinite(float(loss.data)):
                 bar.close()
-                raise TrainingDiverged(f"loss became {value} at epoch {epoch + 1}, step {step + 1}; {self.last_good()}")
+                raise TrainingDiverged(f"loss became {float(loss.data)} at epoch {epoch + 1}, step {step + 1}; "
+                                       f"{self.last_good()}")
             if penalize:
                 loss = loss + self.budget.penalty(self.model)
-            term = self.method.loss_term(self.quantizers, [layer.weight for layer in self.quantized], value)
+            term = self.method.loss_term(self.quantizers, [layer.weight for layer in self.quantized], float(loss.data))
             if term is not None:  # the method's own loss term (SBNN's EC constraint)
                 loss = loss + term
             for o in self._optimizers():
