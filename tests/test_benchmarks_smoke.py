@@ -124,3 +124,21 @@ def test_sbnn_study_reads_what_each_run_reached(tmp_path):
     assert sparse["coded_bits_per_weight"] <= 1.1 * sparse["entropy_bits_per_weight"] + 0.01
     assert all(r["file_bits_per_weight"] >= r["coded_bits_per_weight"] for r in rows)  # the file adds α, β, padding
     assert all(r["formula_bits_per_weight"] == 1.0 for r in rows) and "p at β" in proc.stdout
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")
+def test_ablation_benchmark_trains_each_variant_once_and_resumes(tmp_path):
+    out, js = tmp_path / "ablation", tmp_path / "ablation.json"
+    cmd = [sys.executable, str(SCRIPT.parent / "ablation_1bit.py"), "--smoke", "--out", str(out), "--json", str(js),
+           "--variants", "base", "kd", "--", "--model", "digits_cnn", "--dataset", "digits", "--epochs", "2",
+           "--limit-train", "150", "--limit-test", "60", "--optimizer", "adam", "--lr", "0.005"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "[1/3] fp: trained" in proc.stdout  # kd's teacher is trained first
+    rows = json.loads(js.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["fp", "base", "kd"]
+    assert all(len(r["per_epoch_test_accuracy"]) == 2 and r["largest_drop"] >= 0 for r in rows)
+    assert json.loads((out / "kd" / "summary.json").read_text())["config"]["teacher"] == str(out / "fp" / "last.ckpt")
+    assert (out / "ablation.png").read_bytes().startswith(b"\x89PNG")
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("done (cached)") == 3
