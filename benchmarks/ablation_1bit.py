@@ -34,6 +34,7 @@ VARIANTS = {
     "recalibrate": APB_A1 + ["--bn-recalibrate", "20"],
     "bireal": APB_A1 + ["--block", "bireal"],
     "kd": APB_A1 + ["--teacher", "{fp}"],
+    "two-step": APB_A1 + ["--float-act-epochs", "1"],
     "bireal+recalibrate": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20"],
     "all": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20", "--teacher", "{fp}"],
 }

@@ -46,6 +46,8 @@ class CommonConfig:
                       "real-valued shortcut around every conv, Bi-Real Net)", ("basic", "bireal"))
     bn_recalibrate: int = _opt(0, "before each evaluation, re-estimate every BatchNorm's running statistics as the "
                                "mean over this many training batches (0: keep the running averages)")
+    float_act_epochs: int = _opt(0, "two-step training: the first N epochs run the compressed layers on float "
+                                 "activations, the rest on --act-bits")
     teacher: str | None = _opt(None, "checkpoint of a trained model (say, the full-precision one) to distil from: the "
                                "loss becomes (1 - w)·cross-entropy + w·distillation")
     kd_weight: float = _opt(0.5, "weight w of the distillation term (with --teacher)")
@@ -102,6 +104,9 @@ class CommonConfig:
         if self.teacher is None and (self.kd_weight != 0.5 or self.kd_temperature != 1.0):
             raise ValueError("TrainConfig: kd_weight and kd_temperature tune the distillation from a teacher; give "
                              "teacher (a checkpoint) too")
+        if self.float_act_epochs and (self.act_bits == 32 or self.float_act_epochs >= self.epochs):
+            raise ValueError(f"TrainConfig: float_act_epochs ({self.float_act_epochs}) needs low-bit activations "
+                             f"(act_bits {self.act_bits}) and must leave epochs for them (epochs {self.epochs})")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise ValueError(f"TrainConfig: warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         budgeted = self.bits_per_weight is not None or self.fp_fraction is not None
@@ -161,7 +166,7 @@ RANGES = {
     "epochs": (1, 100_000), "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "seed": (0, 2**63 - 1),
     "pad_to": (1, 1024), "limit_train": (1, 1 << 40), "limit_test": (1, 1 << 40), "weight_decay": (0.0, 1e3),
     "warmup_epochs": (0, 100_000), "bits_per_weight": (1.0, 32.0), "fp_fraction": (0.0, 1.0),
-    "budget_weight": (0.0, 1e6), "budget_epoch": (0, 100_000), "lr": (0.0, 1e3), "val_fraction": (0.0, 0.9), "bn_recalibrate": (0, 1 << 20), "kd_weight": (0.0, 1.0),
+    "budget_weight": (0.0, 1e6), "budget_epoch": (0, 100_000), "lr": (0.0, 1e3), "val_fraction": (0.0, 0.9), "bn_recalibrate": (0, 1 << 20), "kd_weight": (0.0, 1.0), "float_act_epochs": (0, 100_000),
     "kd_temperature": (1e-3, 100.0),
 }
 

@@ -26,6 +26,7 @@ from ..data import Dataset, batches, load_dataset, num_batches
 from ..models import build
 from ..nn.optim import build_optimizer, build_scheduler
 from ..quant import METHODS, quantized_layers
+from ..quant.activations import FullPrecision
 from ..quant.budget import MemoryBudget, fp_fraction_for_bits
 from . import checkpoint
 from .config import TrainConfig
@@ -197,6 +198,7 @@ class Trainer:
         # α, δ and the like: their own Adam, no weight decay, cosine over all epochs (METHODS §1.4)
         self.quantized = [m for _, m in quantized_layers(self.model)]  # fixed for the run
         self.quantizers = [m.weight_quantizer for m in self.quantized]
+        self.act_quantizers = [m.act_quantizer for m in self.quantized]  # as built (two-step swaps them)
         self.method = METHODS[config.method]  # its loss_term hook sees all the run's layers at once
         method_params = [p for q in self.quantizers for p in q.quantizer_parameters()]
         method_lr = config.method_options().quantizer_lr
@@ -343,7 +345,11 @@ class Trainer:
                 "images_per_second": bar.items_per_second, "train_epoch_seconds": seen / bar.items_per_second}
 
     def start_epoch_hooks(self, epoch: int) -> None:
-        """Method schedules (freezing) and, at the projection epoch, the budget's hard projection."""
+        """Method schedules (freezing), the two-step activations and, at the projection epoch, the
+        budget's hard projection."""
+        float_acts = epoch < self.config.float_act_epochs
+        for layer, quantizer in zip(self.quantized, self.act_quantizers):  # no parameters: a swap loses nothing
+            layer.act_quantizer = FullPrecision() if float_acts else quantizer
         for _, layer in quantized_layers(self.model):
             layer.weight_quantizer.on_epoch_start(epoch, layer.weight.data)
         if self.budget is not None and epoch == self.budget_epoch:
@@ -372,6 +378,8 @@ class Trainer:
             record = {"epoch": self.epoch, "lr": lr, **stats,
                       **{f"{split}_{k}": v for split, score in scores.items() for k, v in score.items()},
                       **self.compression_log()}
+            if self.config.float_act_epochs:
+                record["float_activations"] = e < self.config.float_act_epochs
             if self.budget is not None:  # epochs from the hard projection on fine-tune with the masks frozen
                 record["budget_projected"] = e >= self.budget_epoch
             bad = first_nonfinite(self.model) or next(
