@@ -44,6 +44,7 @@ class CommonConfig:
                     ("auto", "relu", "hardtanh"))
     block: str = _opt("basic", "ResNet-20 block: basic (one shortcut per two convs, He et al.) or bireal (a "
                       "real-valued shortcut around every conv, Bi-Real Net)", ("basic", "bireal"))
+    bn_momentum: float = _opt(0.1, "momentum of the BatchNorm running statistics (the weight of each new batch)")
     bn_recalibrate: int = _opt(0, "before each evaluation, re-estimate every BatchNorm's running statistics as the "
                                "mean over this many training batches (0: keep the running averages)")
     float_act_epochs: int = _opt(0, "two-step training: the first N epochs run the compressed layers on float "
@@ -166,7 +167,7 @@ RANGES = {
     "epochs": (1, 100_000), "batch_size": (1, 1 << 20), "eval_batch_size": (1, 1 << 20), "seed": (0, 2**63 - 1),
     "pad_to": (1, 1024), "limit_train": (1, 1 << 40), "limit_test": (1, 1 << 40), "weight_decay": (0.0, 1e3),
     "warmup_epochs": (0, 100_000), "bits_per_weight": (1.0, 32.0), "fp_fraction": (0.0, 1.0),
-    "budget_weight": (0.0, 1e6), "budget_epoch": (0, 100_000), "lr": (0.0, 1e3), "val_fraction": (0.0, 0.9), "bn_recalibrate": (0, 1 << 20), "kd_weight": (0.0, 1.0), "float_act_epochs": (0, 100_000),
+    "budget_weight": (0.0, 1e6), "budget_epoch": (0, 100_000), "lr": (0.0, 1e3), "val_fraction": (0.0, 0.9), "bn_recalibrate": (0, 1 << 20), "kd_weight": (0.0, 1.0), "float_act_epochs": (0, 100_000), "bn_momentum": (1e-4, 1.0),
     "kd_temperature": (1e-3, 100.0),
 }
 

@@ -166,9 +166,13 @@ def load_run_data(config: TrainConfig) -> Dataset:
 
 def build_model(config: TrainConfig, data: Dataset):
     c, h, _ = data.image_shape
-    return build(config.model, num_classes=data.num_classes, in_channels=c, image_size=h, seed=config.seed,
-                 act=config.activation, method=config.method, act_bits=config.act_bits, act_ste=config.act_ste,
-                 options=config.method_options(), block=config.block)
+    model = build(config.model, num_classes=data.num_classes, in_channels=c, image_size=h, seed=config.seed,
+                  act=config.activation, method=config.method, act_bits=config.act_bits, act_ste=config.act_ste,
+                  options=config.method_options(), block=config.block)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm):
+            m.momentum = config.bn_momentum
+    return model
 
 
 def quantizer_parameter_ids(model) -> set[int]:

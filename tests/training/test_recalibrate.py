@@ -43,3 +43,13 @@ def test_bad_values_are_refused():
         TrainConfig(**QUICK, bn_recalibrate=-1).validate()
     with pytest.raises(ValueError, match="ResNet-20 option"):
         TrainConfig(**QUICK, block="bireal").validate()
+
+
+def test_bn_momentum_reaches_every_batchnorm():
+    from apb_ref.data import load_dataset
+    from apb_ref.training.loop import build_model
+    model = build_model(TrainConfig(**QUICK, bn_momentum=0.01), load_dataset("digits", limit_train=50))
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm)]
+    assert norms and all(m.momentum == 0.01 for m in norms)
+    with pytest.raises(ValueError, match="bn_momentum"):
+        TrainConfig(**QUICK, bn_momentum=0.0).validate()
