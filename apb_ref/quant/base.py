@@ -4,6 +4,10 @@ computes with, inside autograd, and owns everything else about its method:
   Options          a dataclass of the method's own settings; the CLI flags and TrainConfig fields
                    are generated from it (field metadata: help, choices)
   forward(w)       the effective weights (a graph node: the method's STE lives in its Function)
+  product          the layer's output from its input and weights: op(x, forward(w), bias) unless the
+                   layer is a sum of products (PaBT: one per activation base)
+  activation_quantizer  the layer's activation quantizer when the method makes its input's bases
+                   itself (PaBT); None: the run's --act-bits quantizer
   quantizer_parameters()  parameters trained by their own optimizer (e.g. APB's α, δ)
   on_epoch_start   schedule hooks (freezing), idempotent in the epoch so resume replays them
   on_step          a schedule hook after every optimizer step (gradual pruning)
@@ -29,7 +33,7 @@ from __future__ import annotations
 import math
 import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -125,6 +129,9 @@ class WeightQuantizer(nn.Module):
     budget_scope: ClassVar[str] = "model"
     budget_replaces: ClassVar[tuple[str, ...]] = ()  # options a budget sets (TrainConfig refuses both)
     takes_fp_fraction: ClassVar[bool] = True  # False: keeps no full-precision weights, so no --fp-fraction
+    # True: the method binarizes its layers' inputs itself (`activation_quantizer`, `product`; PaBT's
+    # activation bases), so a run keeps --act-bits at 32 and the inputs want hardtanh's range
+    binarizes_inputs: ClassVar[bool] = False
     packed_layer: ClassVar[str | None] = None  # None: exported as float32 weights
     op_specs: ClassVar[tuple] = ()  # the method's ops' test specs (apb_ref.testing collects them)
 
@@ -134,6 +141,19 @@ class WeightQuantizer(nn.Module):
 
     def forward(self, w: Tensor) -> Tensor:
         return w
+
+    def product(self, x: Tensor, w: Tensor, op: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+                bias: Tensor | None) -> Tensor:
+        """The layer's output from its (activation-quantized) input x and latent weights w, given the
+        layer's own product op(x, q, bias) (a conv, or x·qᵀ, plus bias): op(x, self(w), bias). A
+        method whose layer is a sum of products overrides it (PaBT: Σ_j op(H_j(x), W_j))."""
+        return op(x, self(w), bias)
+
+    def activation_quantizer(self) -> "ActivationQuantizer | None":
+        """The layer's activation quantizer, for a method that makes its input's bases itself in
+        `product` (`binarizes_inputs`, PaBT; it reports the bits the summary shows); None: the run's
+        (--act-bits)."""
+        return None
 
     def quantizer_parameters(self) -> list[nn.Parameter]:
         """Parameters trained by the method's own optimizer (e.g. APB's α, δ); the rest go to the main one."""

@@ -1,7 +1,8 @@
 """Compressed layers and the factory models ask for their layers.
 
 `QuantConv2d`/`QuantLinear` pass their weights through a weight quantizer and their input through an
-activation quantizer: y = conv2d(act_q(x), weight_q(w)). A model asks a `LayerFactory` for its conv
+activation quantizer: y = conv2d(act_q(x), weight_q(w)), asked of the weight quantizer (`product`) so
+that a method whose layer is a sum of products (PaBT) computes it. A model asks a `LayerFactory` for its conv
 and linear layers; the method's factory decides what they are, so model code never names a method.
 """
 from __future__ import annotations
@@ -22,7 +23,11 @@ QuantizerMaker = Callable[[np.ndarray], WeightQuantizer]
 def _attach(layer: nn.Module, make_quantizer: QuantizerMaker | None, act_quantizer: ActivationQuantizer | None) -> None:
     layer.weight_quantizer = make_quantizer(layer.weight.data) if make_quantizer else WeightQuantizer()
     layer.weight_quantizer.init_weights(layer.weight.data)
-    layer.act_quantizer = act_quantizer or FullPrecision()
+    own = layer.weight_quantizer.activation_quantizer()  # a method that makes its input's bases itself
+    if own is not None and act_quantizer is not None and act_quantizer.bits != 32:
+        raise ValueError(f"method {layer.weight_quantizer.name!r} binarizes its layers' inputs itself; leave the "
+                         f"activation bits at 32 (got {act_quantizer.bits})")
+    layer.act_quantizer = own or act_quantizer or FullPrecision()
 
 
 class QuantConv2d(nn.Conv2d):
@@ -35,8 +40,11 @@ class QuantConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias, rng, init)
         _attach(self, weight_quantizer, act_quantizer)
 
+    def _conv(self, x, q, bias):
+        return F.conv2d(x, q, bias, self.stride, self.padding)
+
     def forward(self, x):
-        return F.conv2d(self.act_quantizer(x), self.weight_quantizer(self.weight), self.bias, self.stride, self.padding)
+        return self.weight_quantizer.product(self.act_quantizer(x), self.weight, self._conv, self.bias)
 
 
 class QuantLinear(nn.Linear):
@@ -50,8 +58,12 @@ class QuantLinear(nn.Linear):
     def forward(self, x):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"QuantLinear: expected input (N, {self.in_features}), got shape {x.shape}")
-        y = F.matmul(self.act_quantizer(x), F.transpose(self.weight_quantizer(self.weight)))
-        return y + self.bias if self.bias is not None else y
+        return self.weight_quantizer.product(self.act_quantizer(x), self.weight, self._matmul, self.bias)
+
+    @staticmethod
+    def _matmul(x, q, bias):
+        y = F.matmul(x, F.transpose(q))
+        return y + bias if bias is not None else y
 
 
 def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
