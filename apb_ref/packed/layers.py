@@ -26,6 +26,10 @@ float array per layer. BatchNorm arrives folded into a per-channel scale and shi
 "sbnn" runs SBNN's {α, β} layers (METHODS §3.7): y = α·(X ⊛ 1) + (β − α)·(X ⊛ z) + bias, from the
 Golomb-Rice coded positions of the minority value (decoded once at load); see `PackedSBNN`.
 
+"pabt" runs PaBT's multi-bit layers (METHODS §2.6): y = Σ_(i,j) s_ij·(B_i·X_j) + bias over the live
+binary convolutions, X_j the im2col of sign(x − t_j): one bgemm_1x1 per term; see `PackedPaBT`.
+(A PaBT layer with one term left is exported in `bnn`'s "binary" form.)
+
 "sparse" runs y = S·X + bias for pruned layers (prune: float32 values; prune_uniform: k-bit codes
 decoded once at load) on csr_conv2d / csr_matmul over the quantized input.
 
@@ -473,6 +477,97 @@ class PackedSBNN(nn.Module):
         return cache[chw]
 
 
+class PackedPaBT(nn.Module):
+    """PaBT's multi-bit layer (METHODS §2.6): m weight sign planes B_i, n activation thresholds t_j and
+    one scale row s_ij = c_ij·α_i·β_j per live binary convolution (i, j):
+
+        y = Σ_(i,j) s_ij·(B_i·X_j) + bias,   X_j the im2col of H_j(x) = sign(x − t_j)
+
+    Each activation base is packed once (x − t_j in float32, the same difference the float model
+    takes, so the same signs), and each term is one bgemm_1x1 whose epilogue applies s_ij (and the
+    bias, on the first term), summed in place. A conv lowers the packed maps with im2col_bits (the
+    sign planes repacked once in its (i, j, channel) order); its padded taps pack as +1 where the
+    float model pads H_j(x) with 0, so Σ s_ij·(B_i·P) is subtracted (`_padding_correction`). A
+    following BatchNorm folds into the epilogues (`fold`)."""
+
+    def __init__(self, prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray], layer: nn.Module = None):
+        super().__init__()
+        shape = spec["weight_shape"]
+        self.out_features, self.k = shape[0], int(spec["k"])
+        self.conv = len(shape) == 4
+        self.packed_input = self.conv  # every path is a popcount path
+        planes = t[f"{prefix}.planes"]
+        self.thresholds = [np.float32(v) for v in t[f"{prefix}.thresholds"]]
+        self.terms = [(int(i), int(j)) for i, j in spec["terms"]]
+        scales = t[f"{prefix}.scales"].astype(np.float32)
+        bias = t.get(f"{prefix}.bias")
+        bias = np.zeros(self.out_features, np.float32) if bias is None else bias.astype(np.float32)
+        self.epilogues = [{"scale": scales[n].copy(), "shift": bias.copy() if n == 0 else np.zeros_like(bias)}
+                          for n in range(len(self.terms))]
+        self.planes = [np.ascontiguousarray(p) for p in planes]  # (c, i, j) order: the padding correction's
+        self.gemm_planes = self.planes
+        self.out_scale = np.ones(self.out_features, np.float32)
+        if self.conv:
+            self.channels, self.kh, self.kw = shape[1:]
+            self.stride, self.padding = int(spec["stride"]), int(spec["padding"])
+            self.gemm_planes = [self._taps_first(p) for p in self.planes]
+
+    def _taps_first(self, bits: np.ndarray) -> np.ndarray:
+        signs = kernels.unpack_bits(bits, self.k)
+        signs = signs.reshape(-1, self.channels, self.kh, self.kw).transpose(0, 2, 3, 1)
+        return kernels.pack_bits(np.ascontiguousarray(signs).reshape(len(signs), -1))
+
+    def _terms(self, operands: dict[int, np.ndarray]) -> np.ndarray:
+        """Σ over the terms of bgemm_1x1(B_i, X_j) with its epilogue: one float32 (O, P) array."""
+        y = None
+        for (i, j), epilogue in zip(self.terms, self.epilogues):
+            part = kernels.bgemm_1x1(self.gemm_planes[i], operands[j], self.k, **epilogue)
+            y = part if y is None else np.add(y, part, out=y)
+        return y
+
+    def forward(self, x):
+        data = np.ascontiguousarray(x.data)
+        if not self.conv:  # (N, K): each base's signs packed per row, then the terms as (O, N)
+            operands = {j: kernels.pack_bits(data - t) for j, t in enumerate(self.thresholds)}
+            return Tensor(np.ascontiguousarray(self._terms(operands).T))
+        n, c, h, w = data.shape
+        ho = conv_output_size(h, self.kh, self.stride, self.padding)
+        wo = conv_output_size(w, self.kw, self.stride, self.padding)
+        operands = {}
+        for j, t in enumerate(self.thresholds):
+            bits = kernels.pack_bits((data - t).reshape(n, c, h * w), layout="columns")
+            operands[j] = kernels.im2col_bits(bits.reshape(n, h, w, -1), c, self.kh, self.kw, self.stride, self.padding)
+        y = self._terms(operands)
+        nchw = y.reshape(self.out_features, n, ho, wo).transpose(1, 0, 2, 3)
+        if self.padding:
+            return Tensor(np.subtract(nchw, self._padding_correction(data.shape[1:]), out=np.empty(nchw.shape, y.dtype)))
+        return Tensor(np.ascontiguousarray(nchw))
+
+    def fold(self, scale: np.ndarray, shift: np.ndarray) -> None:
+        """Fold a following per-channel y·scale + shift (a BatchNorm) into the terms' epilogues."""
+        if not self.packed_input:
+            raise ValueError("PackedPaBT.fold: only conv layers fold a BatchNorm")
+        scale, shift = np.asarray(scale, np.float32), np.asarray(shift, np.float32)
+        self.epilogues = [{"scale": e["scale"] * scale, "shift": e["shift"] * scale + (shift if n == 0 else 0)}
+                          for n, e in enumerate(self.epilogues)]
+        self.out_scale = self.out_scale * scale
+        self.__dict__.pop("_corrections", None)
+
+    def _padding_correction(self, chw) -> np.ndarray:
+        """Σ_(i,j) s_ij·(B_i·P): what the padded taps, packed as +1, add where the float model adds 0."""
+        cache = self.__dict__.setdefault("_corrections", {})
+        if chw not in cache:
+            _, h, w = chw
+            p = self.padding
+            cols = padding_columns(chw, self.kh, self.kw, self.stride, p)
+            surplus = np.zeros((self.out_features, cols.shape[1]), np.float32)
+            for (i, _), epilogue in zip(self.terms, self.epilogues):
+                surplus += epilogue["scale"][:, None] * (kernels.unpack_bits(self.planes[i], self.k) @ cols)
+            ho, wo = conv_output_size(h, self.kh, self.stride, p), conv_output_size(w, self.kw, self.stride, p)
+            cache[chw] = surplus.reshape(self.out_features, ho, wo)
+        return cache[chw]
+
+
 class PackedLinear(PackedLinearCore):
     def forward(self, x):
         xq = self.act(x).data
@@ -517,5 +612,5 @@ def binary_layer(prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray], la
 
 
 # packed_layer name (WeightQuantizer.packed_layer, or the export's own kinds) -> what builds its module
-PACKED_LAYERS = {"binary": binary_layer, "sparse": PackedSparse, "sbnn": PackedSBNN, "float": FloatLayer,
-                 "affine": Affine}
+PACKED_LAYERS = {"binary": binary_layer, "sparse": PackedSparse, "sbnn": PackedSBNN, "pabt": PackedPaBT,
+                 "float": FloatLayer, "affine": Affine}

@@ -16,7 +16,7 @@ from ..models import build
 from ..quant import METHODS
 from ..training.progress import Progress
 from .format import PackedModel, load_packed
-from .layers import PACKED_LAYERS, Affine, PackedConv2d, PackedSBNN
+from .layers import PACKED_LAYERS, Affine, PackedConv2d, PackedPaBT, PackedSBNN
 from .schema import evaluation_normalization, validate_packed
 
 
@@ -43,7 +43,7 @@ def fold_batchnorms(model: nn.Module) -> None:
     identity in its place: one pass over the map less per layer."""
     for parent, conv_name, bn_name in list(_conv_bn_pairs(model)):
         conv, bn = parent._modules.get(conv_name), parent._modules.get(bn_name)
-        if isinstance(conv, (PackedConv2d, PackedSBNN)) and conv.packed_input and isinstance(bn, Affine):
+        if isinstance(conv, (PackedConv2d, PackedSBNN, PackedPaBT)) and conv.packed_input and isinstance(bn, Affine):
             conv.fold(bn.scale, bn.shift)
             setattr(parent, bn_name, nn.Lambda(lambda x: x, "batchnorm folded into the conv"))
 

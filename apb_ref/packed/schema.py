@@ -10,7 +10,8 @@ allocating what a header claims:
 2. every layer's tensors: present, of the right dtype, shapes consistent with its spec, zero sign
    padding bits, CSR rows monotone with indices < K (compared in their stored type, before any
    cast), finite values of magnitude at most `MAX_ABS`, α > 0, SBNN's Golomb-Rice streams decoded
-   (work and memory bounded by the streams' bytes, not by what the header claims);
+   (work and memory bounded by the streams' bytes, not by what the header claims), PaBT's terms
+   distinct and in range with every stored plane and threshold used;
 3. the build arguments against the tensors: the architecture is first built with shape-only
    placeholders (no weights allocated) and every conv, linear and BatchNorm it has must be in the
    layer table with the same shape, and nothing else may be. The first conv's weights thus fix
@@ -47,6 +48,7 @@ MAX_DIM = 1 << 24  # any one dimension (channels, classes, K); the tensors bound
 # to 3e38 that would overflow the logits to inf.
 MAX_ABS = 1e6
 ACT_BITS = (1, 2, 32)
+MAX_BASES = 8  # PaBT: weight planes and activation bases per layer
 
 
 def one_of(values) -> Any:
@@ -87,6 +89,11 @@ SPECS = {
     "sbnn": record(required={"kind": string(), "weight_shape": positive_ints((2, 4)), "k": integer(1, 1 << 40),
                              "act_bits": one_of(ACT_BITS), "minority": one_of(("alpha", "beta")),
                              "positions": integer(0, 1 << 40), "rice_k": integer(0, MAX_RICE_K)},
+                   optional={"stride": integer(1, 4096), "padding": integer(0, 4096)}),
+    "pabt": record(required={"kind": string(), "weight_shape": positive_ints((2, 4)), "k": integer(1, 1 << 40),
+                             "act_bits": one_of((1,)),
+                             "terms": list_of(list_of(integer(0, MAX_BASES - 1), 2, 2, "a pair [weight base, "
+                                                      "activation base]"), 1, MAX_BASES ** 2)},
                    optional={"stride": integer(1, 4096), "padding": integer(0, 4096)}),
     "float": record(required={"kind": string(), "act_bits": one_of(ACT_BITS)}),
     "affine": record(required={"kind": string()}),
@@ -234,6 +241,26 @@ def _check_sbnn(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) ->
     return tuple(shape)
 
 
+def _check_pabt(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) -> tuple[int, ...]:
+    """PaBT (METHODS §2.6): m sign planes, n thresholds and a scale row per live term (i, j); the
+    terms are distinct, and every plane and every threshold is used by one (a dropped base is not
+    stored)."""
+    shape = spec["weight_shape"]
+    o, k = _geometry(spec, path)
+    terms = [tuple(pair) for pair in spec["terms"]]
+    if len(set(terms)) != len(terms):
+        raise Invalid(f"{path}.terms", "distinct [weight base, activation base] pairs", spec["terms"])
+    m, n = 1 + max(i for i, _ in terms), 1 + max(j for _, j in terms)
+    if {i for i, _ in terms} != set(range(m)) or {j for _, j in terms} != set(range(n)):
+        raise Invalid(f"{path}.terms", "pairs that use every weight base 0..m-1 and activation base 0..n-1",
+                      spec["terms"])
+    _sign_bits(t, f"{prefix}.planes", (m, o, -(-k // 64)), k)
+    _tensor(t, f"{prefix}.thresholds", ("float32",), (n,), finite=True)
+    _tensor(t, f"{prefix}.scales", ("float32",), (len(terms), o), finite=True)
+    _tensor(t, f"{prefix}.bias", ("float32",), (o,), finite=True, optional=True)
+    return tuple(shape)
+
+
 def _check_float(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) -> tuple[int, ...]:
     w = _tensor(t, f"{prefix}.weight", ("float32",), finite=True)
     if w.ndim not in (2, 4) or 0 in w.shape:
@@ -250,8 +277,8 @@ def _check_affine(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) 
     return scale.shape
 
 
-TENSOR_CHECKS = {"binary": _check_binary, "sparse": _check_sparse, "sbnn": _check_sbnn, "float": _check_float,
-                 "affine": _check_affine}
+TENSOR_CHECKS = {"binary": _check_binary, "sparse": _check_sparse, "sbnn": _check_sbnn, "pabt": _check_pabt,
+                 "float": _check_float, "affine": _check_affine}
 
 
 # --- the build arguments against the tensors -----------------------------------------------------
@@ -308,7 +335,7 @@ def _check_architecture(args: dict[str, Any], shapes: dict[str, tuple[str, tuple
         if tuple(shape) != tuple(want_shape):
             raise Invalid("header.build", f"arguments that fit the tensors (layer {name} holds {list(shape)}; "
                           f"these arguments give {list(want_shape)})", args)
-        if kind in ("binary", "sparse", "sbnn") and len(want_shape) == 4 and (spec["stride"], spec["padding"]) != (want.stride, want.padding):
+        if kind in ("binary", "sparse", "sbnn", "pabt") and len(want_shape) == 4 and (spec["stride"], spec["padding"]) != (want.stride, want.padding):
             raise Invalid(f"{path}.stride", f"stride {want.stride}, padding {want.padding} (as in {built})",
                           [spec["stride"], spec["padding"]])
 
