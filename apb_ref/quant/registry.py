@@ -11,6 +11,7 @@ import numpy as np
 from .apb import APB
 from .base import MethodOptions, WeightQuantizer
 from .bnn import BNN
+from .pabt import PaBT
 from .prune import Prune
 from .prune_uniform import PruneUniform
 from .sbnn import SBNN
@@ -43,6 +44,7 @@ register(Uniform)
 register(Prune)
 register(PruneUniform)
 register(SBNN)
+register(PaBT)
 
 
 def method(name: str) -> type[WeightQuantizer]:

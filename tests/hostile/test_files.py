@@ -66,8 +66,8 @@ def test_the_valid_file_runs():
 
 
 # every packed layer kind: APB's sign bits + CSR residual, uniform's sign planes, pruning's CSR with
-# float32 values and with k-bit codes, SBNN's Golomb-Rice streams
-VALID_BY_METHOD = {"apb": VALID, **{m: valid_apbz(m) for m in ("uniform", "prune", "prune_uniform", "sbnn")}}
+# float32 values and with k-bit codes, SBNN's Golomb-Rice streams, PaBT's sign planes, thresholds and scale rows
+VALID_BY_METHOD = {"apb": VALID, **{m: valid_apbz(m) for m in ("uniform", "prune", "prune_uniform", "sbnn", "pabt")}}
 
 
 @pytest.mark.parametrize("method", VALID_BY_METHOD)
