@@ -96,10 +96,10 @@ def _recipe_config(argv: list[str], defaults: dict):
 
 
 def _finish_run(out: Path, summary: dict, quiet: bool, model=None, image_shape=None) -> None:
-    from .training.plots import band_histogram, band_layers, training_curves
-    png = training_curves(out / "metrics.jsonl", out / "curves.png", summary=summary)
-    if model is not None and band_layers(model):
-        band_histogram(model, out / "band.png")
+    from .training.figures import run_figures
+    from .training.plots import training_curves
+    png = run_figures(out, summary, model) if model is not None else \
+        training_curves(out / "metrics.jsonl", out / "curves.png", summary=summary)
     if not quiet and model is not None and summary.get("method") != "fp":
         from .training.summary import summarize
         print("\n" + summarize(model, image_shape).table())

@@ -49,8 +49,9 @@ from .fileio import atomic_write_bytes, atomic_write_text
 from .packed import packed_memory
 from .quant import METHODS
 from .training import TrainConfig, Trainer, TrainingDiverged, checkpoint, export_args, load_model, load_run_data
-from .training.loop import BAND, CURVES, LAST, METRICS, RUN_FILES, SUMMARY, foreign_entries
-from .training.plots import DPI, band_histogram, band_layers, training_curves
+from .training.loop import LAST, RUN_FILES, SUMMARY, foreign_entries
+from .training.figures import run_figures
+from .training.plots import DPI
 from .training.summary import summarize
 
 SWEEP_JSON, TRADEOFF_PNG = "sweep.json", "tradeoff.png"
@@ -290,13 +291,6 @@ def load_recipe_data(recipe: TrainConfig) -> Dataset:
     return load_run_data(recipe)
 
 
-def write_run_figures(out: Path, summary: dict[str, Any], model) -> None:
-    """The figures `apb-ref train` leaves in a run directory (curves, and the band for banded methods)."""
-    training_curves(out / METRICS, out / CURVES, summary=summary)
-    if band_layers(model):
-        band_histogram(model, out / BAND)
-
-
 def train_run(run: Run, data: Dataset, resume: bool, progress: bool, figures: bool) -> None:
     trainer = Trainer(run.config, run.out, data=data, progress=progress)
     try:
@@ -304,7 +298,7 @@ def train_run(run: Run, data: Dataset, resume: bool, progress: bool, figures: bo
     except TrainingDiverged as e:
         raise TrainingDiverged(f"cell {run.name} ({run.out}): {e}") from None
     if figures:
-        write_run_figures(run.out, summary, trainer.model)
+        run_figures(run.out, summary, trainer.model)
 
 
 def _count(n: int, noun: str) -> str:

@@ -40,7 +40,8 @@ class CommonConfig:
     label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy, in [0, 1)")
     augment: str = _opt("auto", "random crop + flip (auto: what the dataset suggests, on for CIFAR-10)",
                         ("auto", "on", "off"))
-    act: str = _opt("auto", "activation function (auto: hardtanh with --act-bits 1, relu otherwise)",
+    act: str = _opt("auto", "activation function (auto: hardtanh with --act-bits 1 or a method that binarizes "
+                    "its layers' inputs itself (pabt), relu otherwise)",
                     ("auto", "relu", "hardtanh"))
     block: str = _opt("basic", "ResNet-20 block: basic (one shortcut per two convs, He et al.) or bireal (a "
                       "real-valued shortcut around every conv, Bi-Real Net)", ("basic", "bireal"))
@@ -76,7 +77,8 @@ class CommonConfig:
 
     @property
     def activation(self) -> str:
-        return ("hardtanh" if self.act_bits == 1 else "relu") if self.act == "auto" else self.act
+        binary = self.act_bits == 1 or METHODS[self.method].binarizes_inputs
+        return ("hardtanh" if binary else "relu") if self.act == "auto" else self.act
 
     def method_options(self) -> MethodOptions:
         """The chosen method's Options, read from this config's fields."""
@@ -145,6 +147,9 @@ class CommonConfig:
             if budgeted and getattr(self, name) != option_defaults[name]:
                 raise ValueError(f"TrainConfig: give {name} or a budget (--bits-per-weight/--fp-fraction), not both: "
                                  f"the budget sets it")
+        if cls.binarizes_inputs and self.act_bits != 32:
+            raise ValueError(f"TrainConfig: {self.method!r} binarizes its layers' inputs itself (its activation "
+                             f"bases); leave act_bits at 32, got {self.act_bits}")
         if self.fp_fraction is not None and not cls.takes_fp_fraction:
             raise ValueError(f"TrainConfig: {self.method!r} keeps no full-precision weights; give its budget as "
                              "bits_per_weight, not fp_fraction")

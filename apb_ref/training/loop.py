@@ -35,9 +35,9 @@ from .runtime import reuse_freed_memory
 from .summary import index_bits, summarize
 
 LAST, BEST, METRICS, SUMMARY = "last.ckpt", "best.ckpt", "metrics.jsonl", "summary.json"
-CURVES, BAND = "curves.png", "band.png"
+CURVES, BAND, BITWIDTHS = "curves.png", "band.png", "bitwidths.png"
 # Everything a run writes into its directory. Nothing else there is ever removed or replaced.
-RUN_FILES = (LAST, BEST, METRICS, SUMMARY, CURVES, BAND)
+RUN_FILES = (LAST, BEST, METRICS, SUMMARY, CURVES, BAND, BITWIDTHS)
 
 
 class TrainingDiverged(RuntimeError):

@@ -258,3 +258,4 @@ def band_histogram(model, out_png: str | Path, layer: str | None = None,
     FP share, α and δ, one legend for all; `layer="name"` draws that layer alone, larger;
     `layers=[...]` a chosen subset. Returns the PNG's path."""
     return _save(band_figure(model, layer, layers), out_png)
+
