@@ -178,7 +178,7 @@ class PaBTOptions(MethodOptions):
     pabt_weight_bases: int = option(2, f"{RECONSTRUCTION}: M, weight bases per layer at the start (ABC-Net's "
                                     "shifted signs, scales by least squares every step)", (1, 2, 3))
     pabt_act_bases: int = option(2, f"{RECONSTRUCTION}: N, activation bases per layer at the start (sign(x - t_j), "
-                                 "thresholds spread on [-1, 1]: use --act hardtanh)", (1, 2, 3))
+                                 "thresholds spread on [-1, 1], hardtanh's range: --act auto picks hardtanh)", (1, 2, 3))
     pabt_scale: str = option("channel", "PaBT: least-squares scales α_i of the weight bases per output channel or "
                              "per layer", ("channel", "layer"))
     pabt_prune_start: float = option(0.2, "PaBT: fraction of training at which the first binary convolution of "
