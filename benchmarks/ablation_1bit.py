@@ -35,10 +35,10 @@ VARIANTS = {
     "bireal": APB_A1 + ["--block", "bireal"],
     "kd": APB_A1 + ["--teacher", "{fp}"],
     "two-step": APB_A1 + ["--float-act-epochs", "1"],
+    "react": APB_A1 + ["--react"],
     "bireal+recalibrate": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20"],
     "all": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20", "--teacher", "{fp}"],
 }
-SMOKE_DROPS = {"--block": ("bireal",)}  # digits_cnn has no blocks: the smoke run leaves the Bi-Real variants out
 
 
 def flags_of(variant: str, out: Path, recipe: list[str]) -> list[str]:
@@ -93,12 +93,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="one run directory per variant goes here")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    parser.add_argument("--smoke", action="store_true", help="the tiny digits recipe, no Bi-Real variants")
+    parser.add_argument("--smoke", action="store_true", help="the tiny digits recipe, no ResNet-20-only variants")
     parser.add_argument("--json", help="where to write the results (default: benchmarks/results/ablation_1bit.json)")
     parser.add_argument("recipe", nargs="*", help="after --: apb-ref train flags replacing the default recipe")
     args = parser.parse_args()
     recipe = args.recipe or (SMOKE if args.smoke else RECIPE)
-    variants = [v for v in args.variants if not (args.smoke and "--block" in VARIANTS[v])]
+    resnet_only = ("--block", "--react")  # digits_cnn has no blocks: the smoke run leaves these variants out
+    variants = [v for v in args.variants if not (args.smoke and any(f in VARIANTS[v] for f in resnet_only))]
     if any("{fp}" in " ".join(VARIANTS[v]) for v in variants) and "fp" not in variants:
         variants.insert(0, "fp")  # the teacher first
     args.out.mkdir(parents=True, exist_ok=True)

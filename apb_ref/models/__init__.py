@@ -13,7 +13,8 @@ MODELS = {"resnet20": ResNet20, "vgg_small": VGGSmall, "digits_cnn": DigitsCNN}
 
 def build(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, seed: int = 0,
           act: str = "relu", method: str = "fp", act_bits: int = 32, act_ste: str = "identity",
-          options: MethodOptions | None = None, layers: LayerFactory | None = None, block: str = "basic"):
+          options: MethodOptions | None = None, layers: LayerFactory | None = None, block: str = "basic",
+          react: bool = False):
     """Build a model with deterministic initial weights for `seed`, its compressible layers made by
     `method` (a name in apb_ref.quant.METHODS, with its Options) with `act_bits`-bit activations into them."""
     if name not in MODELS:
@@ -25,10 +26,10 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, image_size: in
     kwargs = dict(num_classes=num_classes, in_channels=in_channels, act=act)
     if name != "resnet20":
         kwargs["image_size"] = image_size
-        if block != "basic":
-            raise ValueError(f"build: block {block!r} is a ResNet-20 option; {name} has its own layout")
+        if block != "basic" or react:
+            raise ValueError(f"build: block and react are ResNet-20 options; {name} has its own layout")
     else:
-        kwargs["block"] = block
+        kwargs.update(block=block, react=react)
     return MODELS[name](layers, **kwargs)
 
 

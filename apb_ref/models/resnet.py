@@ -7,12 +7,20 @@ Two blocks (`block=`):
   out = act(bn1(conv1(x)) + x), then act(bn2(conv2(out)) + out), so the float signal that a 1-bit
   conv's sign throws away is carried past it. Bi-Real downsamples its shortcut with an average pool
   and a 1×1 conv; here it stays option A, parameter-free, as in the basic block.
+
+`react=True` adds ReActNet's learned activations (Liu et al., ECCV 2020) to either block: a learned
+threshold per channel before each compressed conv (RSign: the conv's sign reads x − b) and RPReLU
+(PReLU(x − γ) + ζ per channel) in place of the block's two activations.
 """
 from __future__ import annotations
 
 from .. import ops as F
 from .. import nn
 from ..quant import LayerFactory
+
+
+def _identity() -> nn.Module:
+    return nn.Lambda(lambda x: x, "identity")  # a block's shift without react: nothing to learn or store
 
 
 def shortcut_option_a(x, out_channels: int, stride: int):
@@ -28,25 +36,27 @@ class BasicBlock(nn.Module):
     # BatchNorms that read nothing but their conv's output (packed inference folds them into it)
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
-    def __init__(self, layers: LayerFactory, cin: int, cout: int, stride: int, act: str):
+    def __init__(self, layers: LayerFactory, cin: int, cout: int, stride: int, act: str, react: bool = False):
         super().__init__()
+        self.shift1 = nn.ChannelShift(cin) if react else _identity()
         self.conv1 = layers.conv(cin, cout, 3, stride, 1)
         self.bn1 = nn.BatchNorm2d(cout)
+        self.shift2 = nn.ChannelShift(cout) if react else _identity()
         self.conv2 = layers.conv(cout, cout, 3, 1, 1)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.act1, self.act2 = nn.activation(act), nn.activation(act)
+        self.act1, self.act2 = (nn.RPReLU(cout), nn.RPReLU(cout)) if react else (nn.activation(act), nn.activation(act))
         self.cout, self.stride = cout, stride
 
     def forward(self, x):
-        out = self.act1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        out = self.act1(self.bn1(self.conv1(self.shift1(x))))
+        out = self.bn2(self.conv2(self.shift2(out)))
         return self.act2(out + shortcut_option_a(x, self.cout, self.stride))
 
 
 class BiRealBlock(BasicBlock):
     def forward(self, x):
-        out = self.act1(self.bn1(self.conv1(x)) + shortcut_option_a(x, self.cout, self.stride))
-        return self.act2(self.bn2(self.conv2(out)) + out)
+        out = self.act1(self.bn1(self.conv1(self.shift1(x))) + shortcut_option_a(x, self.cout, self.stride))
+        return self.act2(self.bn2(self.conv2(self.shift2(out))) + out)
 
 
 BLOCKS = {"basic": BasicBlock, "bireal": BiRealBlock}
@@ -57,7 +67,7 @@ class ResNet20(nn.Module):
 
     def __init__(self, layers: LayerFactory, num_classes: int = 10, in_channels: int = 3,
                  act: str = "relu", widths: tuple[int, int, int] = (16, 32, 64), blocks: int = 3,
-                 block: str = "basic"):
+                 block: str = "basic", react: bool = False):
         super().__init__()
         if block not in BLOCKS:
             raise ValueError(f"ResNet20: block must be one of {', '.join(BLOCKS)}, got {block!r}")
@@ -67,7 +77,7 @@ class ResNet20(nn.Module):
         stages, cin = [], widths[0]
         for i, width in enumerate(widths):
             for b in range(blocks):
-                stages.append(BLOCKS[block](layers, cin, width, 2 if (b == 0 and i > 0) else 1, act))
+                stages.append(BLOCKS[block](layers, cin, width, 2 if (b == 0 and i > 0) else 1, act, react))
                 cin = width
         self.blocks = nn.Sequential(*stages)
         self.linear = layers.linear(widths[-1], num_classes, compress=False)

@@ -246,6 +246,39 @@ class BatchNorm1d(BatchNorm):
     expected_ndim = 2
 
 
+class ChannelShift(Module):
+    """y = x − b with one learned b per channel (NCHW). Before a sign it is ReActNet's RSign: a learned
+    threshold per channel, sign(x − b)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = Parameter(np.zeros(channels, np.float32))
+
+    def forward(self, x):
+        return x - self.bias.reshape(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return str(self.bias.shape[0])
+
+
+class RPReLU(Module):
+    """ReActNet's RPReLU per channel (NCHW): y = PReLU(x − γ) + ζ, PReLU(z) = max(z, 0) + a·min(z, 0),
+    with γ, ζ (initially 0) and the slope a (initially 0.25) learned."""
+
+    def __init__(self, channels: int, slope: float = 0.25):
+        super().__init__()
+        self.gamma = Parameter(np.zeros(channels, np.float32))
+        self.slope = Parameter(np.full(channels, slope, np.float32))
+        self.zeta = Parameter(np.zeros(channels, np.float32))
+
+    def forward(self, x):
+        z = x - self.gamma.reshape(1, -1, 1, 1)
+        return F.relu(z) - self.slope.reshape(1, -1, 1, 1) * F.relu(-z) + self.zeta.reshape(1, -1, 1, 1)
+
+    def extra_repr(self) -> str:
+        return str(self.gamma.shape[0])
+
+
 class Lambda(Module):
     """Wrap a parameter-free function as a module (activations, pooling, reshapes)."""
 

@@ -47,6 +47,11 @@ def export_model(model: nn.Module, build_args: dict[str, Any], normalization: di
                 tensors[f"{name}.bias"] = m.bias.data.astype(np.float32)
             act = getattr(m, "act_quantizer", None)
             layers[name] = {"kind": "float", "act_bits": int(getattr(act, "bits", 32))}
+        elif isinstance(m, (nn.ChannelShift, nn.RPReLU)):  # learned per-channel vectors, stored as they are
+            names = [n for n, _ in m.named_parameters()]
+            for n, p in m.named_parameters():
+                tensors[f"{name}.{n}"] = np.asarray(p.data, np.float32)
+            layers[name] = {"kind": "params", "params": names}
         elif isinstance(m, nn.BatchNorm):
             scale = (m.weight.data if m.weight is not None else 1.0) / np.sqrt(m.running_var + m.eps)
             shift = (m.bias.data if m.bias is not None else 0.0) - m.running_mean * scale

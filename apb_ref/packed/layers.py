@@ -612,5 +612,13 @@ def binary_layer(prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray], la
 
 
 # packed_layer name (WeightQuantizer.packed_layer, or the export's own kinds) -> what builds its module
+def learned_params(prefix, spec, t, layer):
+    """A small float module with learned per-channel vectors (ReActNet's RSign shift, RPReLU): the
+    freshly built module itself, its parameters set from the file; it runs the training code."""
+    for name in spec["params"]:
+        getattr(layer, name).data[...] = t[f"{prefix}.{name}"]
+    return layer
+
+
 PACKED_LAYERS = {"binary": binary_layer, "sparse": PackedSparse, "sbnn": PackedSBNN, "pabt": PackedPaBT,
-                 "float": FloatLayer, "affine": Affine}
+                 "float": FloatLayer, "affine": Affine, "params": learned_params}

@@ -59,6 +59,12 @@ def one_of(values) -> Any:
     return check
 
 
+def boolean(v, path):
+    if not isinstance(v, bool):
+        raise Invalid(path, "true or false", v)
+    return v
+
+
 def positive_ints(n_choices: tuple[int, ...]) -> Any:
     what = f"a list of {' or '.join(map(str, n_choices))} positive integers"
     item = integer(1, MAX_DIM)
@@ -70,9 +76,13 @@ def positive_ints(n_choices: tuple[int, ...]) -> Any:
     return check
 
 
+PARAM_NAMES = ("bias", "gamma", "slope", "zeta")  # what the "params" modules (ChannelShift, RPReLU) learn
+PARAM_MODULES = (nn.ChannelShift, nn.RPReLU)
+
 BUILD = record(required={"name": string(MODELS), "num_classes": integer(2, MAX_DIM),
                          "in_channels": integer(1, MAX_DIM), "image_size": integer(1, 4096)},
-               optional={"act": string(ACTIVATIONS), "block": string(BLOCKS)})
+               optional={"act": string(ACTIVATIONS), "block": string(BLOCKS),
+                        "react": boolean})
 NORMALIZATION = record(optional={"dataset": string(), "mean": list_of(number(-1e6, 1e6), 1, MAX_DIM),
                                  "std": list_of(number(0, 1e6, above=0), 1, MAX_DIM),
                                  "image_shape": positive_ints((3,)), "pad_to": or_none(integer(1, 1024)),
@@ -97,6 +107,7 @@ SPECS = {
                    optional={"stride": integer(1, 4096), "padding": integer(0, 4096)}),
     "float": record(required={"kind": string(), "act_bits": one_of(ACT_BITS)}),
     "affine": record(required={"kind": string()}),
+    "params": record(required={"kind": string(), "params": list_of(string(PARAM_NAMES), 1, len(PARAM_NAMES))}),
 }
 
 
@@ -277,8 +288,20 @@ def _check_affine(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) 
     return scale.shape
 
 
+def _check_params(prefix: str, spec: dict, t: dict[str, np.ndarray], path: str) -> tuple[int, ...]:
+    if len(set(spec["params"])) != len(spec["params"]):
+        raise Invalid(f"{path}.params", "distinct parameter names", spec["params"])
+    first = _tensor(t, f"{prefix}.{spec['params'][0]}", ("float32",), finite=True)
+    if first.ndim != 1 or first.size == 0:
+        raise Invalid(key_path("tensors", f"{prefix}.{spec['params'][0]}"), "a non-empty 1-D array (one per channel)",
+                      first)
+    for name in spec["params"][1:]:
+        _tensor(t, f"{prefix}.{name}", ("float32",), first.shape, finite=True)
+    return first.shape
+
+
 TENSOR_CHECKS = {"binary": _check_binary, "sparse": _check_sparse, "sbnn": _check_sbnn, "pabt": _check_pabt,
-                 "float": _check_float, "affine": _check_affine}
+                 "float": _check_float, "affine": _check_affine, "params": _check_params}
 
 
 # --- the build arguments against the tensors -----------------------------------------------------
@@ -304,7 +327,8 @@ class _ShapeOnly(LayerFactory):
 
 
 def _expected_layers(args: dict[str, Any], where: str) -> dict[str, tuple[str, Any]]:
-    """name -> ("weights", placeholder) or ("affine", channels) for the model `args` builds."""
+    """name -> ("weights", placeholder), ("affine", channels) or ("params", (channels, names)) for the
+    model `args` builds."""
     try:
         model = build(**args, layers=_ShapeOnly())
     except ValueError as e:  # e.g. an image size the architecture cannot pool
@@ -315,6 +339,9 @@ def _expected_layers(args: dict[str, Any], where: str) -> dict[str, tuple[str, A
             out[name] = ("weights", m)
         elif isinstance(m, nn.BatchNorm):
             out[name] = ("affine", (m.num_features,))
+        elif isinstance(m, PARAM_MODULES):
+            params = dict(m.named_parameters())
+            out[name] = ("params", (next(iter(params.values())).shape, list(params)))
     return out
 
 
@@ -328,10 +355,13 @@ def _check_architecture(args: dict[str, Any], shapes: dict[str, tuple[str, tuple
         if name not in expected:
             raise Invalid(path, f"no such layer in {built}", spec)
         want_kind, want = expected[name]
-        if (kind == "affine") != (want_kind == "affine"):
-            raise Invalid(f"{path}.kind", f"{'affine' if want_kind == 'affine' else 'a conv/linear kind'} "
+        group = {"affine": "affine", "params": "params"}
+        if group.get(kind, "weights") != want_kind:
+            raise Invalid(f"{path}.kind", f"{want_kind if want_kind != 'weights' else 'a conv/linear kind'} "
                           f"(what {name} is in {built})", spec["kind"])
-        want_shape = want if want_kind == "affine" else want.shape
+        if want_kind == "params" and spec["params"] != want[1]:
+            raise Invalid(f"{path}.params", f"{want[1]} (what {name} learns in {built})", spec["params"])
+        want_shape = {"weights": lambda: want.shape, "affine": lambda: want, "params": lambda: want[0]}[want_kind]()
         if tuple(shape) != tuple(want_shape):
             raise Invalid("header.build", f"arguments that fit the tensors (layer {name} holds {list(shape)}; "
                           f"these arguments give {list(want_shape)})", args)

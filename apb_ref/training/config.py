@@ -45,6 +45,8 @@ class CommonConfig:
                     ("auto", "relu", "hardtanh"))
     block: str = _opt("basic", "ResNet-20 block: basic (one shortcut per two convs, He et al.) or bireal (a "
                       "real-valued shortcut around every conv, Bi-Real Net)", ("basic", "bireal"))
+    react: bool = _opt(False, "ResNet-20 with ReActNet's learned activations: a learned threshold per channel before "
+                       "each compressed conv (RSign) and RPReLU in place of the blocks' activations")
     bn_momentum: float = _opt(0.1, "momentum of the BatchNorm running statistics (the weight of each new batch)")
     bn_recalibrate: int = _opt(0, "before each evaluation, re-estimate every BatchNorm's running statistics as the "
                                "mean over this many training batches (0: keep the running averages)")
@@ -102,8 +104,8 @@ class CommonConfig:
         if not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
             raise ValueError(f"TrainConfig: momentum and label_smoothing must be in [0, 1), got "
                              f"{self.momentum} and {self.label_smoothing}")
-        if self.block != "basic" and self.model != "resnet20":
-            raise ValueError(f"TrainConfig: block {self.block!r} is a ResNet-20 option, not of {self.model!r}")
+        if (self.block != "basic" or self.react) and self.model != "resnet20":
+            raise ValueError(f"TrainConfig: block and react are ResNet-20 options, not of {self.model!r}")
         if self.teacher is None and (self.kd_weight != 0.5 or self.kd_temperature != 1.0):
             raise ValueError("TrainConfig: kd_weight and kd_temperature tune the distillation from a teacher; give "
                              "teacher (a checkpoint) too")

@@ -66,6 +66,13 @@ def valid_apbz(method: str = "apb") -> bytes:
     return export_model(model, dict(BUILD), dict(NORM)).to_bytes()
 
 
+def valid_react_apbz() -> bytes:
+    """A small valid ResNet-20 file with ReActNet's learned activations ("params" layers) and 1-bit inputs."""
+    build_args = {**BUILD, "name": "resnet20", "act": "hardtanh", "react": True}
+    model = build("resnet20", in_channels=1, image_size=8, method="bnn", act_bits=1, act="hardtanh", react=True)
+    return export_model(model.eval(), build_args, dict(NORM)).to_bytes()
+
+
 def split_apbz(data: bytes) -> tuple[dict, bytes]:
     """(header with its tensor table, the tensor blob)."""
     _, _, n = struct.unpack_from("<4sII", data)

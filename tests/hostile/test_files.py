@@ -29,7 +29,8 @@ from apb_ref.packed import PackedModel, PackedNetwork, load_packed, parse_packed
 from apb_ref.packed.schema import evaluation_normalization, validate_packed
 from apb_ref.training import checkpoint
 from strategies_files import (EXAMPLES, contained, memory_bound, mutated_apbz, mutated_checkpoint, mutated_tensors,
-                              npy_bytes, npz_members, seal_apbz, split_apbz, trainer_like_state, valid_apbz, write_npz)
+                              npy_bytes, npz_members, seal_apbz, split_apbz, trainer_like_state, valid_apbz, valid_react_apbz,
+                              write_npz)
 
 NAME = "hostile-m.apbz"
 X = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
@@ -66,8 +67,10 @@ def test_the_valid_file_runs():
 
 
 # every packed layer kind: APB's sign bits + CSR residual, uniform's sign planes, pruning's CSR with
-# float32 values and with k-bit codes, SBNN's Golomb-Rice streams, PaBT's sign planes, thresholds and scale rows
-VALID_BY_METHOD = {"apb": VALID, **{m: valid_apbz(m) for m in ("uniform", "prune", "prune_uniform", "sbnn", "pabt")}}
+# float32 values and with k-bit codes, SBNN's Golomb-Rice streams, PaBT's sign planes, thresholds and scale rows,
+# and the learned per-channel vectors of ReActNet's activations
+VALID_BY_METHOD = {"apb": VALID, **{m: valid_apbz(m) for m in ("uniform", "prune", "prune_uniform", "sbnn", "pabt")},
+                   "react": valid_react_apbz()}  # ResNet-20 with ReActNet's "params" layers
 
 
 @pytest.mark.parametrize("method", VALID_BY_METHOD)
