@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..quant import quantized_layers
+from ..quant import METHODS, quantized_layers
 
 DPI = 110
 BINARY_COLOR, FP_COLOR = "tab:blue", "tab:red"
@@ -60,7 +60,10 @@ def run_title(summary: dict[str, Any], title: str = "") -> str:
     how = [summary["method"]]
     if summary.get("bits_per_weight") is not None:
         how.append(bits_text(float(summary["bits_per_weight"]), summary["method"]))
-    if summary.get("act_bits") is not None:
+    method = METHODS.get(summary.get("method"))
+    if method is not None and method.binarizes_inputs:  # its layers make their own activation bases
+        how.append("activations in the method's own binary bases")
+    elif summary.get("act_bits") is not None:
         how.append(act_text(summary["act_bits"]))
     first = f"{what}: {', '.join(how)}"
     second = [f"seed {summary['seed']}"] if summary.get("seed") is not None else []
