@@ -77,7 +77,8 @@ def trained(path: str) -> tuple[str, int, PackedNetwork, float]:
         raise SystemExit(f"{path}: a model of {'x'.join(map(str, data.image_shape))} images; this benchmark times "
                          "1x32x32 inputs (e.g. --pad-to 32 of a 1-channel dataset)")
     net, stored = packed_with_bits(model, *export_args(config, data))
-    return f"{Path(path).parent.name} (trained)", config.act_bits, net, stored
+    act_bits = max(layer.act_quantizer.bits for _, layer in quantized_layers(model))  # PaBT: its live bases
+    return f"{Path(path).parent.name} (trained)", act_bits, net, stored
 
 
 def main() -> None:
