@@ -379,7 +379,7 @@ class PackedSBNN(nn.Module):
         self.gemm_bits = self.sign_bits
         if self.packed_input:  # im2col_bits orders K as (i, j, channel)
             taps_first = below.reshape(-1, self.channels, self.kh, self.kw).transpose(0, 2, 3, 1)
-            self.gemm_bits = kernels.pack_mask(np.ascontiguousarray(taps_first).reshape(len(below), -1))
+            self.gemm_bits = kernels.pack_mask(np.ascontiguousarray(taps_first).reshape(len(below), self.k))
 
     # --- the popcount paths (1- and 2-bit activations) --------------------------------------------
     def _popcount(self, gemm, operands: tuple[np.ndarray, ...]) -> np.ndarray:
