@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import machine, print_table, write_json
+from common import print_table, write_json
 
 RECIPE = ["--model", "resnet20", "--dataset", "fashion-mnist", "--pad-to", "32", "--epochs", "2", "--batch-size", "64",
           "--optimizer", "adam", "--lr", "0.005", "--weight-decay", "0", "--seed", "0"]
@@ -111,13 +111,12 @@ def main() -> None:
                   "-" if r["best_test_accuracy"] is None else f"{100 * r['best_test_accuracy']:.2f}",
                   f"{100 * r['largest_drop']:.2f}", f"{r['bits_per_weight']:.3f}", f"{r['images_per_second']:.0f}"]
                  for r in rows])
-    m = machine()
     png = args.out / "ablation.png"
     flag = lambda name, default="?": recipe[recipe.index(name) + 1] if name in recipe else default  # noqa: E731
     plot(rows, png, f"1-bit activations, APB 1.6 bits/weight: test accuracy per epoch\n{flag('--model')} on "
          f"{flag('--dataset')}, {flag('--epochs')} epochs, seed {flag('--seed', '0')}")
     print(f"wrote {png}")
-    write_json("ablation_1bit", {"recipe": recipe, "rows": rows, "machine_note": m["cpu"]}, args.json)
+    write_json("ablation_1bit", {"recipe": recipe, "rows": rows}, args.json)
 
 
 if __name__ == "__main__":

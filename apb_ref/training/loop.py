@@ -261,6 +261,8 @@ class Trainer:
             sch.load_state_dict(s)
         self.epoch, self.best_accuracy = int(state["epoch"]), float(state["best_accuracy"])
         self.best_epoch, self.best_test_accuracy = state.get("best_epoch"), state.get("best_test_accuracy")
+        if self.best_test_accuracy is None and self.best_accuracy >= 0 and not self.data.has_validation:
+            self.best_test_accuracy = self.best_accuracy  # a checkpoint from before the split chose on test
         self.saved_epoch = self.epoch
         self.train_seconds, self.images_seen = float(state["train_seconds"]), int(state["images_seen"])
 
@@ -321,13 +323,13 @@ class Trainer:
                 with no_grad():
                     taught = self.teacher(Tensor(xb)).data
                 loss = loss * (1.0 - cfg.kd_weight) + F.distillation(logits, taught, cfg.kd_temperature) * cfg.kd_weight
-            if not math.isfinite(float(loss.data)):
+            total = float(loss.data)  # what the method's loss term scales with
+            if not math.isfinite(total):
                 bar.close()
-                raise TrainingDiverged(f"loss became {float(loss.data)} at epoch {epoch + 1}, step {step + 1}; "
-                                       f"{self.last_good()}")
+                raise TrainingDiverged(f"loss became {total} at epoch {epoch + 1}, step {step + 1}; {self.last_good()}")
             if penalize:
                 loss = loss + self.budget.penalty(self.model)
-            term = self.method.loss_term(self.quantizers, [layer.weight for layer in self.quantized], float(loss.data))
+            term = self.method.loss_term(self.quantizers, [layer.weight for layer in self.quantized], total)
             if term is not None:  # the method's own loss term (SBNN's EC constraint)
                 loss = loss + term
             for o in self._optimizers():

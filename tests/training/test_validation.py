@@ -102,3 +102,34 @@ def test_a_config_saved_before_the_split_reads_back_as_no_split():
     saved = {k: v for k, v in TrainConfig(**QUICK).__dict__.items() if k != "val_fraction"}
     assert TrainConfig.from_dict(saved).val_fraction == 0.0
     assert TrainConfig.from_dict({**saved, "val_fraction": 0.2}).val_fraction == 0.2
+
+
+def test_a_checkpoint_from_before_the_split_resumes_with_its_test_chosen_best(tmp_path, monkeypatch):
+    config = TrainConfig(**{**QUICK, "epochs": 2, "val_fraction": 0.0})
+    real = Trainer.train_epoch
+
+    def crash_at_epoch_2(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config, tmp_path, progress=False).run()
+    monkeypatch.setattr(Trainer, "train_epoch", real)
+    state = checkpoint.load(tmp_path / "last.ckpt")
+    old_best = state["best_accuracy"]
+    del state["best_epoch"], state["best_test_accuracy"]  # as written before the split existed
+    checkpoint.save(tmp_path / "last.ckpt", state)
+    real_evaluate = loop.evaluate
+    calls = []
+
+    def worse_epoch_2(model, data, batch_size=500, split="test", progress=None):
+        calls.append(split)
+        if len(calls) == 1:  # epoch 2's evaluation: no improvement, so the old best must carry over
+            return {"loss": 9.0, "accuracy": 0.0}
+        return real_evaluate(model, data, batch_size, split, progress)
+
+    monkeypatch.setattr(loop, "evaluate", worse_epoch_2)
+    summary = Trainer(config, tmp_path, progress=False).run(resume=True)
+    assert summary["best_test_accuracy"] == old_best and summary["best_selected_on"] == "test"
