@@ -6,7 +6,8 @@
 Every variant is APB at 1.6 bits/weight with 1-bit activations plus a set of options (VARIANTS); `kd`
 distils from a full-precision run of the same recipe (the `fp` variant, trained first). The clipped
 straight-through estimator is no variant: with 1-bit activations the models put a hardtanh before every
-sign, so its inputs never leave [−1, 1] and `--act-ste clipped` trains bit for bit as the identity. Each run is
+sign, so its inputs never leave [−1, 1] and `--act-ste clipped` trains bit for bit as the identity
+(`approx-ste`, Bi-Real's ApproxSign, does differ). Each run is
 `apb-ref train` in its own directory `OUT/<variant>`: a finished run is read back, an interrupted one
 resumes (`--resume`), so running the same command again continues. The report: a table (final test
 accuracy, the test accuracy of best.ckpt chosen on validation, the largest drop of test accuracy
@@ -36,6 +37,8 @@ VARIANTS = {
     "kd": APB_A1 + ["--teacher", "{fp}"],
     "two-step": APB_A1 + ["--float-act-epochs", "1"],
     "react": APB_A1 + ["--react"],
+    "approx-ste": APB_A1 + ["--act-ste", "approx"],
+    "act-scale": APB_A1 + ["--act-scale"],
     "bireal+recalibrate": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20"],
     "all": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20", "--teacher", "{fp}"],
 }
@@ -98,7 +101,7 @@ def main() -> None:
     parser.add_argument("recipe", nargs="*", help="after --: apb-ref train flags replacing the default recipe")
     args = parser.parse_args()
     recipe = args.recipe or (SMOKE if args.smoke else RECIPE)
-    resnet_only = ("--block", "--react")  # digits_cnn has no blocks: the smoke run leaves these variants out
+    resnet_only = ("--block", "--react", "--act-scale")  # digits_cnn has no blocks: the smoke run leaves these variants out
     variants = [v for v in args.variants if not (args.smoke and any(f in VARIANTS[v] for f in resnet_only))]
     if any("{fp}" in " ".join(VARIANTS[v]) for v in variants) and "fp" not in variants:
         variants.insert(0, "fp")  # the teacher first

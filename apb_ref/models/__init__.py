@@ -14,7 +14,7 @@ MODELS = {"resnet20": ResNet20, "vgg_small": VGGSmall, "digits_cnn": DigitsCNN}
 def build(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32, seed: int = 0,
           act: str = "relu", method: str = "fp", act_bits: int = 32, act_ste: str = "identity",
           options: MethodOptions | None = None, layers: LayerFactory | None = None, block: str = "basic",
-          react: bool = False):
+          react: bool = False, act_scale: bool = False):
     """Build a model with deterministic initial weights for `seed`, its compressible layers made by
     `method` (a name in apb_ref.quant.METHODS, with its Options) with `act_bits`-bit activations into them."""
     if name not in MODELS:
@@ -26,10 +26,10 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, image_size: in
     kwargs = dict(num_classes=num_classes, in_channels=in_channels, act=act)
     if name != "resnet20":
         kwargs["image_size"] = image_size
-        if block != "basic" or react:
-            raise ValueError(f"build: block and react are ResNet-20 options; {name} has its own layout")
+        if block != "basic" or react or act_scale:
+            raise ValueError(f"build: block, react and act_scale are ResNet-20 options; {name} has its own layout")
     else:
-        kwargs.update(block=block, react=react)
+        kwargs.update(block=block, react=react, act_scale=act_scale)
     return MODELS[name](layers, **kwargs)
 
 

@@ -11,6 +11,10 @@ Two blocks (`block=`):
 `react=True` adds ReActNet's learned activations (Liu et al., ECCV 2020) to either block: a learned
 threshold per channel before each compressed conv (RSign: the conv's sign reads x − b) and RPReLU
 (PReLU(x − γ) + ζ per channel) in place of the block's two activations.
+
+`act_scale=True` multiplies each compressed conv's output by XNOR-Net's activation scale K (Rastegari
+et al., ECCV 2016; `nn.ActivationScale`), computed from the input its sign reads. The BatchNorm after
+such a conv then reads conv·K, so packed inference does not fold it into the conv.
 """
 from __future__ import annotations
 
@@ -36,7 +40,8 @@ class BasicBlock(nn.Module):
     # BatchNorms that read nothing but their conv's output (packed inference folds them into it)
     conv_bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))
 
-    def __init__(self, layers: LayerFactory, cin: int, cout: int, stride: int, act: str, react: bool = False):
+    def __init__(self, layers: LayerFactory, cin: int, cout: int, stride: int, act: str, react: bool = False,
+                 act_scale: bool = False):
         super().__init__()
         self.shift1 = nn.ChannelShift(cin) if react else _identity()
         self.conv1 = layers.conv(cin, cout, 3, stride, 1)
@@ -45,18 +50,29 @@ class BasicBlock(nn.Module):
         self.conv2 = layers.conv(cout, cout, 3, 1, 1)
         self.bn2 = nn.BatchNorm2d(cout)
         self.act1, self.act2 = (nn.RPReLU(cout), nn.RPReLU(cout)) if react else (nn.activation(act), nn.activation(act))
+        self.scale1 = nn.ActivationScale(3, stride, 1) if act_scale else None
+        self.scale2 = nn.ActivationScale(3, 1, 1) if act_scale else None
+        if act_scale:
+            self.conv_bn_pairs = ()  # each BatchNorm reads conv·K, not the conv alone
         self.cout, self.stride = cout, stride
 
+    @staticmethod
+    def _conv(conv, scale, x):
+        """conv(x), times the activation scale K(x) when the block has one."""
+        y = conv(x)
+        return y if scale is None else y * scale(x)
+
     def forward(self, x):
-        out = self.act1(self.bn1(self.conv1(self.shift1(x))))
-        out = self.bn2(self.conv2(self.shift2(out)))
+        out = self.act1(self.bn1(self._conv(self.conv1, self.scale1, self.shift1(x))))
+        out = self.bn2(self._conv(self.conv2, self.scale2, self.shift2(out)))
         return self.act2(out + shortcut_option_a(x, self.cout, self.stride))
 
 
 class BiRealBlock(BasicBlock):
     def forward(self, x):
-        out = self.act1(self.bn1(self.conv1(self.shift1(x))) + shortcut_option_a(x, self.cout, self.stride))
-        return self.act2(self.bn2(self.conv2(self.shift2(out))) + out)
+        out = self.bn1(self._conv(self.conv1, self.scale1, self.shift1(x)))
+        out = self.act1(out + shortcut_option_a(x, self.cout, self.stride))
+        return self.act2(self.bn2(self._conv(self.conv2, self.scale2, self.shift2(out))) + out)
 
 
 BLOCKS = {"basic": BasicBlock, "bireal": BiRealBlock}
@@ -67,7 +83,7 @@ class ResNet20(nn.Module):
 
     def __init__(self, layers: LayerFactory, num_classes: int = 10, in_channels: int = 3,
                  act: str = "relu", widths: tuple[int, int, int] = (16, 32, 64), blocks: int = 3,
-                 block: str = "basic", react: bool = False):
+                 block: str = "basic", react: bool = False, act_scale: bool = False):
         super().__init__()
         if block not in BLOCKS:
             raise ValueError(f"ResNet20: block must be one of {', '.join(BLOCKS)}, got {block!r}")
@@ -77,7 +93,8 @@ class ResNet20(nn.Module):
         stages, cin = [], widths[0]
         for i, width in enumerate(widths):
             for b in range(blocks):
-                stages.append(BLOCKS[block](layers, cin, width, 2 if (b == 0 and i > 0) else 1, act, react))
+                stages.append(BLOCKS[block](layers, cin, width, 2 if (b == 0 and i > 0) else 1, act, react,
+                                             act_scale))
                 cin = width
         self.blocks = nn.Sequential(*stages)
         self.linear = layers.linear(widths[-1], num_classes, compress=False)

@@ -1,5 +1,5 @@
 """Modules (PyTorch's shape: parameters, buffers, state dicts, train/eval) and optimizers."""
 from .modules import (  # noqa: F401
-    ACTIVATIONS, AvgPool2d, BatchNorm, BatchNorm1d, BatchNorm2d, ChannelShift, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Hardtanh, Lambda,
+    ACTIVATIONS, ActivationScale, AvgPool2d, BatchNorm, BatchNorm1d, BatchNorm2d, ChannelShift, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Hardtanh, Lambda,
     Linear, MaxPool2d, Module, Parameter, ReLU, RPReLU, Sequential, activation, kaiming_normal, kaiming_uniform,
 )

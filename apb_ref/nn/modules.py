@@ -261,6 +261,26 @@ class ChannelShift(Module):
         return str(self.bias.shape[0])
 
 
+class ActivationScale(Module):
+    """XNOR-Net's activation scale for a k×k conv (Rastegari et al., ECCV 2016): K = box_k(mean_c |x|),
+    the mean magnitude over channels averaged over each window (zero padding counted), one value per
+    output position, (N, 1, Ho, Wo). A binary conv's output times K is closer to the float conv's.
+    Nothing is learned; the gradient flows through K as through any op."""
+
+    def __init__(self, kernel_size: int, stride: int = 1, padding: int = 0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x):
+        magnitude = F.mean(F.relu(x) + F.relu(-x), axis=1, keepdims=True)  # |x| from registered ops
+        k = self.kernel_size
+        box = Tensor(np.full((1, 1, k, k), 1.0 / (k * k), dtype=magnitude.dtype))
+        return F.conv2d(magnitude, box, None, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
 class RPReLU(Module):
     """ReActNet's RPReLU per channel (NCHW): y = PReLU(x − γ) + ζ, PReLU(z) = max(z, 0) + a·min(z, 0),
     with γ, ζ (initially 0) and the slope a (initially 0.25) learned."""

@@ -82,7 +82,7 @@ PARAM_MODULES = (nn.ChannelShift, nn.RPReLU)
 BUILD = record(required={"name": string(MODELS), "num_classes": integer(2, MAX_DIM),
                          "in_channels": integer(1, MAX_DIM), "image_size": integer(1, 4096)},
                optional={"act": string(ACTIVATIONS), "block": string(BLOCKS),
-                        "react": boolean})
+                        "react": boolean, "act_scale": boolean})
 NORMALIZATION = record(optional={"dataset": string(), "mean": list_of(number(-1e6, 1e6), 1, MAX_DIM),
                                  "std": list_of(number(0, 1e6, above=0), 1, MAX_DIM),
                                  "image_shape": positive_ints((3,)), "pad_to": or_none(integer(1, 1024)),

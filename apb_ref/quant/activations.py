@@ -1,7 +1,8 @@
 """Activation quantizers (METHODS §1.6): full precision, 1-bit sign, 2-bit DoReFa.
 
-    sign:    y = sign(x) ∈ {−1, +1}, sign(0) = +1;  ∂y/∂x = 1 ("identity" STE, APB's binary-id)
-             or 1[|x| ≤ 1] ("clipped" STE, BinaryConnect/BNN style)
+    sign:    y = sign(x) ∈ {−1, +1}, sign(0) = +1;  ∂y/∂x = 1 ("identity" STE, APB's binary-id),
+             1[|x| ≤ 1] ("clipped" STE, BinaryConnect/BNN style) or max(0, 2 − 2|x|) ("approx":
+             Bi-Real Net's ApproxSign, the derivative of a piecewise quadratic that fits sign better)
     dorefa2: y = round(3·clamp(x, 0, 1))/3 ∈ {0, ⅓, ⅔, 1};  ∂y/∂x = 1[0 ≤ x ≤ 1]
 """
 from __future__ import annotations
@@ -14,16 +15,28 @@ from ..ops.spec import OpSpec, draw_int, random_array
 from .base import ActivationQuantizer
 
 
+STES = ("identity", "clipped", "approx")
+
+
+def ste_gradient(x: np.ndarray, ste: str) -> np.ndarray | None:
+    """∂sign(x)/∂x as the straight-through estimator `ste` declares it (None: the identity, 1)."""
+    if ste == "clipped":
+        return (np.abs(x) <= 1).astype(x.dtype)
+    if ste == "approx":
+        return np.maximum(0, 2 - 2 * np.abs(x)).astype(x.dtype)
+    return None
+
+
 class SignSTE(Function):
     @staticmethod
-    def forward(ctx, x, clipped):
-        ctx.save_for_backward(np.abs(x) <= 1 if clipped else None)
+    def forward(ctx, x, ste):
+        ctx.save_for_backward(ste_gradient(x, ste))
         return sign_pm1(x)
 
     @staticmethod
     def backward(ctx, g):
-        (inside,) = ctx.saved
-        return g if inside is None else g * inside
+        (slope,) = ctx.saved
+        return g if slope is None else g * slope
 
 
 class DoReFaQuantize(Function):
@@ -39,8 +52,10 @@ class DoReFaQuantize(Function):
         return g * inside
 
 
-def sign_ste(x, clipped: bool = False) -> Tensor:
-    return SignSTE.apply(x, clipped)
+def sign_ste(x, ste: str = "identity") -> Tensor:
+    if ste not in STES:
+        raise ValueError(f"sign_ste: ste must be one of {', '.join(STES)}, got {ste!r}")
+    return SignSTE.apply(x, ste)
 
 
 def dorefa_quantize(x, bits: int = 2) -> Tensor:
@@ -58,12 +73,12 @@ class BinaryActivation(ActivationQuantizer):
 
     def __init__(self, ste: str = "identity"):
         super().__init__()
-        if ste not in ("identity", "clipped"):
-            raise ValueError(f"BinaryActivation: ste must be 'identity' or 'clipped', got {ste!r}")
+        if ste not in STES:
+            raise ValueError(f"BinaryActivation: ste must be one of {', '.join(STES)}, got {ste!r}")
         self.ste = ste
 
     def forward(self, x):
-        return sign_ste(x, self.ste == "clipped")
+        return sign_ste(x, self.ste)
 
     def extra_repr(self) -> str:
         return f"bits=1, ste={self.ste}"
@@ -93,10 +108,13 @@ def _act_inputs(draw):
 
 
 OP_SPECS = (
-    OpSpec("sign_ste_identity", _act_inputs, lambda x: sign_ste(x, False), (SignSTE,),
+    OpSpec("sign_ste_identity", _act_inputs, lambda x: sign_ste(x, "identity"), (SignSTE,),
            lambda x: np.where(x < 0, -1.0, 1.0), differentiable=(), surrogate=lambda a, g: {0: g}),
-    OpSpec("sign_ste_clipped", _act_inputs, lambda x: sign_ste(x, True), (SignSTE,),
+    OpSpec("sign_ste_clipped", _act_inputs, lambda x: sign_ste(x, "clipped"), (SignSTE,),
            lambda x: np.where(x < 0, -1.0, 1.0), differentiable=(), surrogate=lambda a, g: {0: g * (np.abs(a[0]) <= 1)}),
+    OpSpec("sign_ste_approx", _act_inputs, lambda x: sign_ste(x, "approx"), (SignSTE,),
+           lambda x: np.where(x < 0, -1.0, 1.0), differentiable=(),
+           surrogate=lambda a, g: {0: g * np.clip(2 - 2 * np.abs(a[0]), 0, None)}),
     OpSpec("dorefa2", _act_inputs, lambda x: dorefa_quantize(x, 2), (DoReFaQuantize,),
            lambda x: np.round(np.clip(x, 0, 1) * 3) / 3, differentiable=(),
            surrogate=lambda a, g: {0: g * ((a[0] >= 0) & (a[0] <= 1))}),

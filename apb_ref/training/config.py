@@ -47,6 +47,8 @@ class CommonConfig:
                       "real-valued shortcut around every conv, Bi-Real Net)", ("basic", "bireal"))
     react: bool = _opt(False, "ResNet-20 with ReActNet's learned activations: a learned threshold per channel before "
                        "each compressed conv (RSign) and RPReLU in place of the blocks' activations")
+    act_scale: bool = _opt(False, "ResNet-20 with XNOR-Net's activation scale: each compressed conv's output times "
+                           "the mean |input| over channels, averaged over its window")
     bn_momentum: float = _opt(0.1, "momentum of the BatchNorm running statistics (the weight of each new batch)")
     bn_recalibrate: int = _opt(0, "before each evaluation, re-estimate every BatchNorm's running statistics as the "
                                "mean over this many training batches (0: keep the running averages)")
@@ -67,7 +69,8 @@ class CommonConfig:
     method: str = _opt("fp", "compression method of the compressible layers (first conv and last linear stay "
                        "float32)", tuple(sorted(METHODS)), "compression")
     act_bits: int = _opt(32, "bits of the activations into compressed layers", (32, 2, 1), "compression")
-    act_ste: str = _opt("identity", "straight-through estimator of 1-bit activations", ("identity", "clipped"),
+    act_ste: str = _opt("identity", "straight-through estimator of 1-bit activations: identity, clipped "
+                        "(1 inside [-1, 1]) or approx (Bi-Real's 2 - 2|x| inside [-1, 1])", ("identity", "clipped", "approx"),
                         "compression")
     bits_per_weight: float | None = _opt(None, "memory budget of the compressed layers in bits/weight "
                                          "(methods that take a budget)", None, "compression")
@@ -104,8 +107,8 @@ class CommonConfig:
         if not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
             raise ValueError(f"TrainConfig: momentum and label_smoothing must be in [0, 1), got "
                              f"{self.momentum} and {self.label_smoothing}")
-        if (self.block != "basic" or self.react) and self.model != "resnet20":
-            raise ValueError(f"TrainConfig: block and react are ResNet-20 options, not of {self.model!r}")
+        if (self.block != "basic" or self.react or self.act_scale) and self.model != "resnet20":
+            raise ValueError(f"TrainConfig: block, react and act_scale are ResNet-20 options, not of {self.model!r}")
         if self.teacher is None and (self.kd_weight != 0.5 or self.kd_temperature != 1.0):
             raise ValueError("TrainConfig: kd_weight and kd_temperature tune the distillation from a teacher; give "
                              "teacher (a checkpoint) too")

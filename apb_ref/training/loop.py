@@ -168,7 +168,8 @@ def build_model(config: TrainConfig, data: Dataset):
     c, h, _ = data.image_shape
     model = build(config.model, num_classes=data.num_classes, in_channels=c, image_size=h, seed=config.seed,
                   act=config.activation, method=config.method, act_bits=config.act_bits, act_ste=config.act_ste,
-                  options=config.method_options(), block=config.block, react=config.react)
+                  options=config.method_options(), block=config.block, react=config.react,
+                  act_scale=config.act_scale)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm):
             m.momentum = config.bn_momentum
@@ -481,7 +482,7 @@ def export_args(config: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dic
     c, h, _ = data.image_shape
     build_args = {"name": config.model, "num_classes": data.num_classes, "in_channels": c, "image_size": h,
                   "act": config.activation, **({"block": config.block} if config.block != "basic" else {}),
-                  **({"react": True} if config.react else {})}
+                  **({"react": True} if config.react else {}), **({"act_scale": True} if config.act_scale else {})}
     # what evaluating the packed file needs to see the data as training did (`apb-ref eval --packed`)
     normalization = {"dataset": config.dataset, "mean": data.mean.tolist(), "std": data.std.tolist(),
                      "image_shape": list(data.image_shape), "pad_to": config.pad_to, "data_dir": config.data_dir,
