@@ -3,7 +3,7 @@
 
     python benchmarks/packed_inference.py [--images 1024] [--repeats 3] [--methods apb uniform ...]
                                           [--backends rust numpy] [--sbnn-p 0.5 0.05]
-                                          [--blocks basic bireal] [--checkpoints runs/study/*/last.ckpt]
+                                          [--blocks basic bireal react act-scale] [--checkpoints runs/study/*/last.ckpt]
 
 The packed models are freshly initialised ResNet-20s brought to the memory of the study's cells
 (BENCHMARKS.md): APB with its masks projected to 1.6 bits/weight (1.2766 % full-precision weights),
@@ -43,12 +43,15 @@ from apb_ref.training.summary import index_bits, summarize
 BATCH = 256
 BITS_PER_WEIGHT = 1.6  # the budget of the budgeted methods (APB, pruning)
 METHODS = ("apb", "bnn", "uniform", "prune", "prune_uniform", "sbnn")
+# --blocks: ResNet-20 variants of the 1-bit activation options (METHODS §1.6.1), as build() arguments
+BLOCKS = {"basic": {}, "bireal": {"block": "bireal"}, "react": {"react": True}, "act-scale": {"act_scale": True}}
 
 
 def packed_resnet20(method: str, act_bits: int, sbnn_p: float = 0.5, block: str = "basic") -> tuple[PackedNetwork, float]:
     """The packed model and what its file stores per compressed weight (bits)."""
     act = "hardtanh" if act_bits == 1 else "relu"
-    model = build("resnet20", num_classes=10, in_channels=1, method=method, act_bits=act_bits, act=act, block=block)
+    model = build("resnet20", num_classes=10, in_channels=1, method=method, act_bits=act_bits, act=act,
+                  **BLOCKS[block])
     b_idx = index_bits(model)
     if method == "sbnn":
         sbnn.quantize_model(model, density=sbnn_p)
@@ -59,7 +62,8 @@ def packed_resnet20(method: str, act_bits: int, sbnn_p: float = 0.5, block: str 
             layer.weight_quantizer.set_budget(BITS_PER_WEIGHT, None, b_idx)
             layer.weight_quantizer.on_step(1.0, layer.weight.data)  # the end of the schedule
     model.eval()
-    build_args = {"name": "resnet20", "num_classes": 10, "in_channels": 1, "image_size": 32, "act": act, "block": block}
+    build_args = {"name": "resnet20", "num_classes": 10, "in_channels": 1, "image_size": 32, "act": act,
+                  **BLOCKS[block]}
     return packed_with_bits(model, build_args)
 
 
@@ -91,8 +95,9 @@ def main() -> None:
     parser.add_argument("--act-bits", nargs="+", type=int, default=[1, 2, 32], choices=[1, 2, 32])
     parser.add_argument("--sbnn-p", nargs="+", type=float, default=[0.5, 0.05], metavar="P",
                         help="fractions of SBNN weights at β to time (default: 0.5, the BNN-like start, and 0.05)")
-    parser.add_argument("--blocks", nargs="+", choices=("basic", "bireal"), default=["basic"],
-                        help="ResNet-20 blocks to time (bireal: a real-valued shortcut around every conv)")
+    parser.add_argument("--blocks", nargs="+", choices=BLOCKS, default=["basic"],
+                        help="ResNet-20 variants to time (bireal: a real-valued shortcut around every conv; react: "
+                             "ReActNet's learned activations; act-scale: XNOR-Net's activation scale)")
     parser.add_argument("--checkpoints", nargs="+", default=[], metavar="CKPT",
                         help="trained checkpoints to time as well, at their own activations")
     parser.add_argument("--json", help="where to write the results (default: benchmarks/results/packed_inference.json)")
@@ -121,7 +126,7 @@ def main() -> None:
     models = [(m, {}) for m in args.methods if m != "sbnn"]
     if "sbnn" in args.methods:
         models += [(f"sbnn p={p:g}", {"sbnn_p": p}) for p in args.sbnn_p]
-    models = [(label if block == "basic" else f"{label} bireal", {**kwargs, "block": block})
+    models = [(label if block == "basic" else f"{label} {block}", {**kwargs, "block": block})
               for block in args.blocks for label, kwargs in models]
     for label, kwargs in models:
         for act_bits in args.act_bits:
@@ -149,7 +154,8 @@ def main() -> None:
         rows.append([f"packed {method}", f"{bits[method]:.3f}", str(act_bits), name, f"{speed:.0f}", f"{ratio:.2f}x",
                      f"{vs_apb:.2f}x" if vs_apb is not None else "-", f"{vs_bnn:.2f}x" if vs_bnn is not None else "-"])
         records.append({"model": f"packed-{method}", "method": method.split()[0],
-                        "block": "bireal" if method.endswith(" bireal") else "basic", "file_bits_per_weight": bits[method],
+                        "block": method.split()[-1] if method.split()[-1] in BLOCKS else "basic",
+                        "file_bits_per_weight": bits[method],
                         "act_bits": act_bits, "backend": name, "images_per_second": speed, "vs_float": ratio,
                         "vs_apb": vs_apb, "vs_bnn": vs_bnn})
     # the APB paper's speed claim: APB with 1-bit activations against a 2-bit model (2-bit weights and
