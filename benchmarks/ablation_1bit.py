@@ -25,7 +25,7 @@ from pathlib import Path
 from common import print_table, write_json
 
 RECIPE = ["--model", "resnet20", "--dataset", "fashion-mnist", "--pad-to", "32", "--epochs", "2", "--batch-size", "64",
-          "--optimizer", "adam", "--lr", "0.005", "--weight-decay", "0", "--seed", "0"]
+          "--optimizer", "adam", "--lr", "0.005", "--weight-decay", "0", "--seed", "0", "--lr-update", "epoch"]
 SMOKE = ["--model", "digits_cnn", "--dataset", "digits", "--epochs", "3", "--batch-size", "32", "--optimizer", "adam",
          "--lr", "0.005", "--weight-decay", "0", "--limit-train", "300", "--limit-test", "100", "--seed", "0"]
 APB_A1 = ["--method", "apb", "--bits-per-weight", "1.6", "--act-bits", "1"]
@@ -38,6 +38,9 @@ VARIANTS = {
     "two-step": APB_A1 + ["--float-act-epochs", "1"],
     "react": APB_A1 + ["--react"],
     "approx-ste": APB_A1 + ["--act-ste", "approx"],
+    # the schedule advanced after every batch (annealed to zero) instead of after every epoch, with its own reference
+    "fp-anneal": ["--lr-update", "batch"],
+    "anneal": APB_A1 + ["--lr-update", "batch"],
     "act-scale": APB_A1 + ["--act-scale"],
     "bireal+recalibrate": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20"],
     "all": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20", "--teacher", "{fp}"],

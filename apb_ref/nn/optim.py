@@ -421,13 +421,21 @@ def build_optimizer(name: str, params_or_groups, lr: float, weight_decay: float,
     raise ValueError(f"name: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
-def build_scheduler(name: str, opt: Optimizer, epochs: int, warmup: int = 0) -> LRScheduler:
+def build_scheduler(name: str, opt: Optimizer, epochs: int, warmup: int = 0, steps_per_epoch: int = 1) -> LRScheduler:
     """A schedule over `epochs` epochs, with an optional linear warm-up of `warmup` epochs.
 
     The named schedule covers the N = epochs − warmup epochs after the warm-up:
     ``"cosine"`` → CosineLR(t_max=N); ``"step"`` → StepLR(milestones=[⌊N/2⌋, ⌊3N/4⌋], γ=0.1), milestones
     at 0 dropped; ``"constant"`` → ConstantLR. With warmup > 0 it is wrapped in WarmupLR.
+
+    With `steps_per_epoch` = S > 1 the schedule counts batches instead of epochs (epochs·S ticks, the
+    warm-up and milestones scaled by S): call `step()` after every batch and the cosine anneals smoothly
+    to its end instead of holding each epoch's value for the whole epoch.
     """
+    if not (isinstance(steps_per_epoch, (int, np.integer)) and steps_per_epoch >= 1):
+        raise ValueError(f"steps_per_epoch: expected an int >= 1, got {steps_per_epoch!r}")
+    if steps_per_epoch > 1:
+        epochs, warmup = epochs * int(steps_per_epoch), warmup * int(steps_per_epoch)
     key = str(name).lower()
     if key not in SCHEDULERS:
         raise ValueError(f"name: expected one of {', '.join(SCHEDULERS)}, got {name!r}")

@@ -37,6 +37,9 @@ class CommonConfig:
     weight_decay: float = _opt(5e-4, "L2 weight decay of the main optimizer")
     schedule: str = _opt("cosine", "learning-rate schedule over the epochs", ("cosine", "step", "constant"))
     warmup_epochs: int = _opt(0, "epochs of linear learning-rate warm-up")
+    lr_update: str = _opt("batch", "when the schedule advances: after every batch (the cosine anneals smoothly to "
+                          "zero at the end of training) or after every epoch (each epoch holds one value)",
+                          ("batch", "epoch"))
     label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy, in [0, 1)")
     augment: str = _opt("auto", "random crop + flip (auto: what the dataset suggests, on for CIFAR-10)",
                         ("auto", "on", "off"))
@@ -183,7 +186,7 @@ RANGES = {
 
 # Options added after runs were saved without them, and the value those runs had in effect (a saved
 # config missing one is read with this value, not the new default, so it still describes the run).
-LEGACY_VALUES = {"val_fraction": 0.0}
+LEGACY_VALUES = {"val_fraction": 0.0, "lr_update": "epoch"}
 
 
 def _method_fields() -> list[tuple[str, Any, Any]]:

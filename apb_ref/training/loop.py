@@ -199,7 +199,9 @@ class Trainer:
         weights = [p for p in self.model.parameters() if id(p) not in owned]
         self.optimizer = build_optimizer(config.optimizer, weights, config.lr, config.weight_decay,
                                          momentum=config.momentum, nesterov=config.nesterov)
-        self.scheduler = build_scheduler(config.schedule, self.optimizer, config.epochs, config.warmup_epochs)
+        # the schedules tick once per epoch, or once per batch (`lr_update`)
+        ticks = num_batches(len(self.data.y_train), config.batch_size, drop_last=False) if config.lr_update == "batch" else 1
+        self.scheduler = build_scheduler(config.schedule, self.optimizer, config.epochs, config.warmup_epochs, ticks)
         # α, δ and the like: their own Adam, no weight decay, cosine over all epochs (METHODS §1.4)
         self.quantized = [m for _, m in quantized_layers(self.model)]  # fixed for the run
         self.quantizers = [m.weight_quantizer for m in self.quantized]
@@ -208,7 +210,7 @@ class Trainer:
         method_params = [p for q in self.quantizers for p in q.quantizer_parameters()]
         method_lr = config.method_options().quantizer_lr
         self.method_optimizer = build_optimizer("adam", method_params, method_lr, 0.0) if method_params else None
-        self.method_scheduler = (build_scheduler("cosine", self.method_optimizer, config.epochs)
+        self.method_scheduler = (build_scheduler("cosine", self.method_optimizer, config.epochs, steps_per_epoch=ticks)
                                  if self.method_optimizer else None)
         self.budget = self._budget()
         self.epoch = 0  # epochs completed
@@ -338,6 +340,9 @@ class Trainer:
             loss.backward()
             for o in self._optimizers():
                 o.step()
+            if cfg.lr_update == "batch":
+                for s in self._schedulers():
+                    s.step()
             done = (epoch + (step + 1) / steps) / cfg.epochs  # fraction of training done, for schedules
             for layer in self.quantized:  # keep each method's parameters and weights in their domain; step schedules
                 layer.weight_quantizer.project_parameters()
@@ -372,8 +377,9 @@ class Trainer:
             e = self.epoch
             lr = self.optimizer.param_groups[0]["lr"]
             stats = self.train_epoch(e)
-            for s in self._schedulers():
-                s.step()
+            if self.config.lr_update == "epoch":
+                for s in self._schedulers():
+                    s.step()
             if self.config.bn_recalibrate:
                 self.recalibrate(e)
             scores = {split: evaluate(self.model, self.data, self.config.eval_batch_size,

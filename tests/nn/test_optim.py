@@ -542,3 +542,23 @@ def test_schedules_stay_within_zero_and_initial_lr(epochs, warmup, name):
     lrs = [sched.get_lr(e)[0] for e in range(epochs + 5)]
     assert all(0.0 <= lr <= 0.1 + 1e-15 for lr in lrs)
     assert lrs[warmup] == pytest.approx(0.1)  # the peak right after the warm-up
+
+
+def test_a_schedule_per_batch_is_the_epoch_curve_sampled_per_batch():
+    steps = 7
+    per_epoch = build_scheduler("cosine", SGD([P(np.zeros(1))], lr=0.1), epochs=4, warmup=1)
+    per_batch = build_scheduler("cosine", SGD([P(np.zeros(1))], lr=0.1), epochs=4, warmup=1,
+                                steps_per_epoch=steps)
+    for epoch in range(4):
+        if epoch >= 1:  # after the warm-up (finer steps there) both agree at each epoch boundary
+            assert per_batch.get_last_lr() == pytest.approx(per_epoch.get_last_lr())
+        seen = []
+        for _ in range(steps):
+            seen.append(per_batch.get_last_lr()[0])
+            per_batch.step()
+        per_epoch.step()
+        # rising through the warm-up, then the cosine falls within each epoch
+        assert all((a < b) if epoch < 1 else (a > b) for a, b in zip(seen, seen[1:]))
+    assert per_batch.get_last_lr()[0] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        build_scheduler("cosine", SGD([P(np.zeros(1))], lr=0.1), epochs=4, steps_per_epoch=0)

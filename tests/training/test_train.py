@@ -16,15 +16,18 @@ def _weights(trainer):
     return {k: v.copy() for k, v in trainer.model.state_dict().items()}
 
 
-def test_resume_continues_exactly_as_if_uninterrupted(tmp_path):
-    straight = Trainer(TrainConfig(**QUICK), tmp_path / "a", progress=False)
+@pytest.mark.parametrize("lr_update", ["batch", "epoch"])
+def test_resume_continues_exactly_as_if_uninterrupted(tmp_path, lr_update):
+    config = TrainConfig(**QUICK, lr_update=lr_update)
+    straight = Trainer(config, tmp_path / "a", progress=False)
     straight.run()
-    first = Trainer(TrainConfig(**{**QUICK, "epochs": 2}), tmp_path / "b", progress=False)
+    first = Trainer(config, tmp_path / "b", progress=False)
     first.train_epoch(0)  # simulate a run killed after epoch 1 was checkpointed:
-    first.scheduler.step()
+    if lr_update == "epoch":  # (per batch, train_epoch has advanced the schedule itself)
+        first.scheduler.step()
     first.epoch = 1
     checkpoint.save(tmp_path / "b" / "last.ckpt", first.state())
-    resumed = Trainer(TrainConfig(**QUICK), tmp_path / "b", progress=False)
+    resumed = Trainer(config, tmp_path / "b", progress=False)
     resumed.run(resume=True)
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
