@@ -41,6 +41,12 @@ VARIANTS = {
     # the schedule advanced after every batch (annealed to zero) instead of after every epoch, with its own reference
     "fp-anneal": ["--lr-update", "batch"],
     "anneal": APB_A1 + ["--lr-update", "batch"],
+    # the default recipe (per-batch schedule, Bi-Real blocks, BatchNorm re-estimation) over 3 epochs, against
+    # full precision over the same epochs, for APB and for BNN
+    "fp-3ep": ["--lr-update", "batch", "--epochs", "3"],
+    "default-3ep": APB_A1 + ["--lr-update", "batch", "--block", "bireal", "--bn-recalibrate", "20", "--epochs", "3"],
+    "bnn-default-3ep": ["--method", "bnn", "--act-bits", "1", "--lr-update", "batch", "--block", "bireal",
+                        "--bn-recalibrate", "20", "--epochs", "3"],
     "act-scale": APB_A1 + ["--act-scale"],
     "bireal+recalibrate": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20"],
     "all": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20", "--teacher", "{fp}"],

@@ -17,6 +17,8 @@ from ..quant import METHODS, MethodOptions
 from ..quant.base import check_option_types
 
 
+RECALIBRATE_1BIT = 20  # bn_recalibrate's default with 1-bit activations (benchmarks/ablation_1bit.py)
+
 def _opt(default: Any, help: str, choices: tuple | None = None, group: str | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices, "group": group})
 
@@ -46,15 +48,17 @@ class CommonConfig:
     act: str = _opt("auto", "activation function (auto: hardtanh with --act-bits 1 or a method that binarizes "
                     "its layers' inputs itself (pabt), relu otherwise)",
                     ("auto", "relu", "hardtanh"))
-    block: str = _opt("basic", "ResNet-20 block: basic (one shortcut per two convs, He et al.) or bireal (a "
-                      "real-valued shortcut around every conv, Bi-Real Net)", ("basic", "bireal"))
+    block: str = _opt("auto", "ResNet-20 block: basic (one shortcut per two convs, He et al.) or bireal (a "
+                      "real-valued shortcut around every conv, Bi-Real Net); auto: bireal with --act-bits 1, basic "
+                      "otherwise", ("auto", "basic", "bireal"))
     react: bool = _opt(False, "ResNet-20 with ReActNet's learned activations: a learned threshold per channel before "
                        "each compressed conv (RSign) and RPReLU in place of the blocks' activations")
     act_scale: bool = _opt(False, "ResNet-20 with XNOR-Net's activation scale: each compressed conv's output times "
                            "the mean |input| over channels, averaged over its window")
     bn_momentum: float = _opt(0.1, "momentum of the BatchNorm running statistics (the weight of each new batch)")
-    bn_recalibrate: int = _opt(0, "before each evaluation, re-estimate every BatchNorm's running statistics as the "
-                               "mean over this many training batches (0: keep the running averages)")
+    bn_recalibrate: int | None = _opt(None, "before each evaluation, re-estimate every BatchNorm's running statistics "
+                                      "as the mean over this many training batches (0: keep the running averages; "
+                                      f"default: {RECALIBRATE_1BIT} with --act-bits 1, else 0)")
     float_act_epochs: int = _opt(0, "two-step training: the first N epochs run the compressed layers on float "
                                  "activations, the rest on --act-bits")
     teacher: str | None = _opt(None, "checkpoint of a trained model (say, the full-precision one) to distil from: the "
@@ -84,6 +88,19 @@ class CommonConfig:
                                     None, "compression")
 
     @property
+    def model_block(self) -> str:
+        """The ResNet-20 block built: `block`, with auto resolved (Bi-Real with 1-bit activations)."""
+        return ("bireal" if self.act_bits == 1 and self.model == "resnet20" else "basic") if self.block == "auto" else self.block
+
+    @property
+    def recalibrate_batches(self) -> int:
+        """Training batches that re-estimate the BatchNorm statistics before each evaluation (`bn_recalibrate`,
+        with its default resolved: on with 1-bit activations, where a sign follows every BatchNorm)."""
+        if self.bn_recalibrate is not None:
+            return self.bn_recalibrate
+        return RECALIBRATE_1BIT if self.act_bits == 1 else 0
+
+    @property
     def activation(self) -> str:
         binary = self.act_bits == 1 or METHODS[self.method].binarizes_inputs
         return ("hardtanh" if binary else "relu") if self.act == "auto" else self.act
@@ -110,7 +127,7 @@ class CommonConfig:
         if not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
             raise ValueError(f"TrainConfig: momentum and label_smoothing must be in [0, 1), got "
                              f"{self.momentum} and {self.label_smoothing}")
-        if (self.block != "basic" or self.react or self.act_scale) and self.model != "resnet20":
+        if (self.block not in ("auto", "basic") or self.react or self.act_scale) and self.model != "resnet20":
             raise ValueError(f"TrainConfig: block, react and act_scale are ResNet-20 options, not of {self.model!r}")
         if self.teacher is None and (self.kd_weight != 0.5 or self.kd_temperature != 1.0):
             raise ValueError("TrainConfig: kd_weight and kd_temperature tune the distillation from a teacher; give "
@@ -186,7 +203,7 @@ RANGES = {
 
 # Options added after runs were saved without them, and the value those runs had in effect (a saved
 # config missing one is read with this value, not the new default, so it still describes the run).
-LEGACY_VALUES = {"val_fraction": 0.0, "lr_update": "epoch"}
+LEGACY_VALUES = {"val_fraction": 0.0, "lr_update": "epoch", "block": "basic", "bn_recalibrate": 0}
 
 
 def _method_fields() -> list[tuple[str, Any, Any]]:

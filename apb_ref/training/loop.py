@@ -168,7 +168,7 @@ def build_model(config: TrainConfig, data: Dataset):
     c, h, _ = data.image_shape
     model = build(config.model, num_classes=data.num_classes, in_channels=c, image_size=h, seed=config.seed,
                   act=config.activation, method=config.method, act_bits=config.act_bits, act_ste=config.act_ste,
-                  options=config.method_options(), block=config.block, react=config.react,
+                  options=config.method_options(), block=config.model_block, react=config.react,
                   act_scale=config.act_scale)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm):
@@ -380,7 +380,7 @@ class Trainer:
             if self.config.lr_update == "epoch":
                 for s in self._schedulers():
                     s.step()
-            if self.config.bn_recalibrate:
+            if self.config.recalibrate_batches:
                 self.recalibrate(e)
             scores = {split: evaluate(self.model, self.data, self.config.eval_batch_size,
                                       split=split, progress=f"{split} {e + 1}/{self.config.epochs}" if self.progress else None)
@@ -419,7 +419,7 @@ class Trainer:
         cfg, data = self.config, self.data
         rng = np.random.default_rng([cfg.seed, epoch, 1])  # its own stream: training's shuffles stay the same
         batches = image_batches(data.x_train, data.y_train, data, cfg.batch_size, rng=rng, augment=False)
-        recalibrate_batch_norm(self.model, itertools.islice(batches, cfg.bn_recalibrate))
+        recalibrate_batch_norm(self.model, itertools.islice(batches, cfg.recalibrate_batches))
 
     @property
     def eval_splits(self) -> tuple[str, ...]:
@@ -487,7 +487,7 @@ def export_args(config: TrainConfig, data: Dataset) -> tuple[dict[str, Any], dic
     """What a packed file needs to rebuild the architecture and normalize inputs."""
     c, h, _ = data.image_shape
     build_args = {"name": config.model, "num_classes": data.num_classes, "in_channels": c, "image_size": h,
-                  "act": config.activation, **({"block": config.block} if config.block != "basic" else {}),
+                  "act": config.activation, **({"block": config.model_block} if config.model_block != "basic" else {}),
                   **({"react": True} if config.react else {}), **({"act_scale": True} if config.act_scale else {})}
     # what evaluating the packed file needs to see the data as training did (`apb-ref eval --packed`)
     normalization = {"dataset": config.dataset, "mean": data.mean.tolist(), "std": data.std.tolist(),

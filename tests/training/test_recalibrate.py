@@ -53,3 +53,24 @@ def test_bn_momentum_reaches_every_batchnorm():
     assert norms and all(m.momentum == 0.01 for m in norms)
     with pytest.raises(ValueError, match="bn_momentum"):
         TrainConfig(**QUICK, bn_momentum=0.0).validate()
+
+
+def test_one_bit_activations_default_to_bireal_blocks_and_recalibration():
+    from apb_ref.data import load_dataset
+    from apb_ref.training.loop import build_model, export_args
+    resnet = dict(model="resnet20", dataset="digits", pad_to=16)
+    one_bit = TrainConfig(**resnet, method="apb", act_bits=1)
+    assert (one_bit.model_block, one_bit.recalibrate_batches) == ("bireal", 20)
+    for config in (TrainConfig(**resnet, method="apb"), TrainConfig(**resnet, method="apb", act_bits=2)):
+        assert (config.model_block, config.recalibrate_batches) == ("basic", 0)
+    no_blocks = TrainConfig(**QUICK, method="apb", act_bits=1)  # recalibrated, but it has no blocks to choose
+    assert (no_blocks.model_block, no_blocks.recalibrate_batches) == ("basic", 20)
+    explicit = TrainConfig(**resnet, method="apb", act_bits=1, block="basic", bn_recalibrate=0)
+    assert (explicit.model_block, explicit.recalibrate_batches) == ("basic", 0)
+    data = load_dataset("digits", pad_to=16, limit_train=64, limit_test=16)
+    assert type(build_model(one_bit, data).blocks[0]).__name__ == "BiRealBlock"
+    assert export_args(one_bit, data)[0]["block"] == "bireal"
+    # a config saved before these defaults existed still describes its run
+    saved = {k: v for k, v in one_bit.__dict__.items() if k not in ("block", "bn_recalibrate")}
+    legacy = TrainConfig.from_dict(saved)
+    assert (legacy.model_block, legacy.recalibrate_batches) == ("basic", 0)
