@@ -6,6 +6,8 @@
 //! * `bgemm`: the popcount GEMMs on packed planes (microkernels per ISA, B panels in `bgemm/panel.rs`);
 //! * `spmm`: CSR sparse × dense float32;
 //! * `conv`: im2col on packed bits and the sparse residual of a convolution from its input map;
+//! * `bconv`: a whole binary conv layer on a packed map (gather, popcount GEMM, epilogue, packed signs
+//!   of the result) in one pass over the output positions;
 //! * `isa`: instruction-set detection and selection, and the one dispatch idiom every kernel uses;
 //! * `threads`: thread counts and the task runner;
 //! * `py`: the PyO3 bindings (argument checks, errors as `ValueError`, the GIL released while a kernel
@@ -36,6 +38,7 @@
 // and `b[v]`); iterator chains would hide that shape.
 #![allow(clippy::needless_range_loop)]
 
+pub mod bconv;
 pub mod bgemm;
 pub mod bits;
 pub mod conv;
@@ -53,6 +56,7 @@ fn _kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::version, m)?)?;
     m.add_function(wrap_pyfunction!(py::conv::im2col_bits, m)?)?;
     m.add_function(wrap_pyfunction!(py::sparse::csr_conv2d, m)?)?;
+    m.add_function(wrap_pyfunction!(py::bconv::bconv_1bit, m)?)?;
     m.add_function(wrap_pyfunction!(py::isa_available, m)?)?;
     m.add_function(wrap_pyfunction!(py::isa_selected, m)?)?;
     m.add_function(wrap_pyfunction!(py::threads_selected, m)?)?;

@@ -16,6 +16,7 @@ Bit conventions (decided once; the Rust crate docs in rust/lib.rs say the same):
 from .backend import (  # noqa: F401
     KERNEL_NAMES,
     available_backends,
+    bconv_1bit,
     bgemm_1x1,
     bgemm_1x2,
     bgemm_2x2,

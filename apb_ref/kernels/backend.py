@@ -118,6 +118,13 @@ def _im2col_fast(x, kh, kw, stride=1, padding=0, layout="rows"):
     return im2col_columns(pad_hw(x, padding), kh, kw, stride, ho, wo)
 
 
+def _bconv_1bit_rust(*args, csr=None, **options):
+    """The csr tuple's arrays made contiguous too (the generic wrapper passes a tuple as is)."""
+    if isinstance(csr, tuple):
+        csr = tuple(map(_contiguous, csr))
+    return _rust_call("bconv_1bit")(*args, csr=csr, **options)
+
+
 # name -> (NumPy reference, the fast implementation (Rust, or None while the kernel is NumPy-only))
 _KERNELS = {
     "pack_bits": (reference.pack_bits, _pack_bits_rust),
@@ -132,6 +139,7 @@ _KERNELS = {
     "im2col": (reference.im2col, _im2col_fast),
     "im2col_bits": (reference.im2col_bits, _rust_call("im2col_bits")),
     "csr_conv2d": (reference.csr_conv2d, _rust_call("csr_conv2d")),
+    "bconv_1bit": (reference.bconv_1bit, _bconv_1bit_rust),
 }
 
 
@@ -160,4 +168,5 @@ csr_matmul = _kernel("csr_matmul")
 im2col = _kernel("im2col")
 im2col_bits = _kernel("im2col_bits")
 csr_conv2d = _kernel("csr_conv2d")
+bconv_1bit = _kernel("bconv_1bit")
 KERNEL_NAMES = tuple(_KERNELS)

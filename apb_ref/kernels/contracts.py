@@ -15,6 +15,9 @@ WORD_BITS = 64
 # How a (rows, K) operand is laid out in memory: as is, or transposed to (K, rows) (im2col, pack_bits).
 LAYOUTS = ("rows", "columns")
 
+# What bconv_1bit returns: its float map, the map's packed signs, or both (in that order).
+BCONV_OUTPUTS = ("float", "bits", "both")
+
 
 def words_for(k: int) -> int:
     """Number of uint64 words that hold `k` bits."""
@@ -37,6 +40,26 @@ def check_layout(func: str, layout) -> str:
     if layout not in LAYOUTS:
         raise ValueError(f"{func}: layout must be one of {LAYOUTS}, got {layout!r}")
     return layout
+
+
+def check_choice(func: str, name: str, value, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{func}: {name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_flag(func: str, name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{func}: {name} must be True or False, got {value!r}")
+    return value
+
+
+def check_shaped(func: str, name: str, x, dtype, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """An ndarray of exactly `dtype` and `shape` (`what` names the axes, e.g. "(N, Ho, Wo, O)")."""
+    if not isinstance(x, np.ndarray) or x.dtype != dtype or x.shape != tuple(shape):
+        raise ValueError(f"{func}: {name} must be a {np.dtype(dtype).name} array of shape {what} = "
+                         f"{tuple(shape)}, got {describe(x)}")
+    return x
 
 
 def check_epilogue(func: str, m: int, scale, shift) -> None:
@@ -114,6 +137,29 @@ def check_csr(func: str, indptr, indices, data, k: int) -> tuple[np.ndarray, np.
                          f"got values in [{indices.min()}, {indices.max()}]")
     return indptr, indices, data
 
+
+
+def check_csr_rows(func: str, csr, m: int, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """csr: a tuple (indptr, indices, data) of an (m, k) CSR matrix (`check_csr`, and m rows)."""
+    if not isinstance(csr, tuple) or len(csr) != 3:
+        raise ValueError(f"{func}: csr must be None or a tuple (indptr, indices, data), got {describe(csr)}")
+    indptr, indices, data = check_csr(f"{func}: csr", *csr, k)
+    if indptr.size != m + 1:
+        raise ValueError(f"{func}: csr has {indptr.size - 1} rows (len(indptr) - 1), but weights has O = {m}")
+    return indptr, indices, data
+
+
+def check_pixel_bits(func: str, bits, c) -> tuple[int, int, int, int]:
+    """A packed map (N, H, W, ceil(c/64)) uint64, each pixel's c channel signs with zero padding bits;
+    returns its shape."""
+    if not isinstance(c, numbers.Integral) or isinstance(c, bool) or c < 1:
+        raise ValueError(f"{func}: c must be a positive integer, got {c!r}")
+    if not isinstance(bits, np.ndarray) or bits.ndim != 4:
+        got = f"shape {bits.shape}" if isinstance(bits, np.ndarray) else type(bits).__name__
+        raise ValueError(f"{func}: bits must be a 4-D (N, H, W, words) uint64 array, got {got}")
+    n, h, w, wc = bits.shape
+    check_packed(func, "bits", bits.reshape(n * h * w, wc), c)  # dtype, words per pixel, zero padding bits
+    return n, h, w, wc
 
 
 def check_conv_args(func: str, kh, kw, stride, padding) -> None:

@@ -12,12 +12,14 @@ import numpy as np
 
 from ..ops.lowering import pad_hw, sign_pm1, window
 from .contracts import (
-    LAYOUTS, WORD_BITS, check_array, check_conv_args, check_csr, check_epilogue, check_k, check_k_range,
-    check_layout, check_packed, check_planes, conv_output, describe, position, words_for,
+    BCONV_OUTPUTS, LAYOUTS, WORD_BITS, check_array, check_choice, check_conv_args, check_csr, check_csr_rows,
+    check_epilogue, check_flag, check_k, check_k_range, check_layout, check_packed, check_pixel_bits, check_planes,
+    check_shaped, conv_output, describe, position, words_for,
 )
 
 __all__ = ["pack_bits", "unpack_bits", "pack_mask", "pack_2bit", "unpack_2bit", "bgemm_1x1", "bgemm_1x2",
-           "bgemm_2x2", "csr_matmul", "im2col", "im2col_bits", "csr_conv2d", "sign_pm1", "words_for", "LAYOUTS"]
+           "bgemm_2x2", "csr_matmul", "im2col", "im2col_bits", "csr_conv2d", "bconv_1bit", "sign_pm1", "words_for",
+           "LAYOUTS"]
 
 
 # --- packing ------------------------------------------------------------------------------------
@@ -215,13 +217,7 @@ def im2col_bits(bits, c, kh, kw, stride=1, padding=0) -> np.ndarray:
     """
     func = "im2col_bits"
     check_conv_args(func, kh, kw, stride, padding)
-    if not isinstance(c, numbers.Integral) or isinstance(c, bool) or c < 1:
-        raise ValueError(f"{func}: c must be a positive integer, got {c!r}")
-    if not isinstance(bits, np.ndarray) or bits.ndim != 4:
-        got = f"shape {bits.shape}" if isinstance(bits, np.ndarray) else type(bits).__name__
-        raise ValueError(f"{func}: bits must be a 4-D (N, H, W, words) uint64 array, got {got}")
-    n, h, w, wc = bits.shape
-    check_packed(func, "bits", bits.reshape(n * h * w, wc), c)  # dtype, words per pixel, zero padding bits
+    n, h, w, wc = check_pixel_bits(func, bits, c)
     ho, wo = conv_output(func, n, h, w, kh, kw, stride, padding, max(wc, words_for(kh * kw * c)))
     signs = unpack_bits(bits.reshape(n * h * w, wc), c).reshape(n, h, w, c).transpose(0, 3, 1, 2)
     # the zero padding, as pack_bits packs a zero, is +1: pad with +1 and im2col without padding
@@ -259,3 +255,74 @@ def csr_conv2d(indptr, indices, data, x, kh, kw, stride=1, padding=0, signs=Fals
     if len(data):
         out += csr_matmul(indptr, indices, data, im2col(sign_pm1(x) if signs else x, kh, kw, stride, padding, "columns"))
     return out
+
+
+# --- a whole binary conv layer on packed bits -------------------------------------------------------
+
+def bconv_1bit(weights, bits, c, kh, kw, stride=1, padding=0, *, scale, shift, correction=None, csr=None,
+               residual=None, clip=False, out="float"):
+    """A binary conv layer from a packed 1-bit map to a float map and/or the next layer's packed bits,
+    channels last in and out: (N, H, W, ceil(c/64)) uint64 -> (N, Ho, Wo, O).
+
+    `weights` (O, ceil(K/64)) uint64 are ±1 rows packed along K = kh·kw·c in (i, j, channel) order, as
+    `im2col_bits` lowers `bits`. Per output position and channel o, in this float32 order:
+
+        y = f32(acc)·scale[o] + shift[o]   acc: the exact ±1 dot product of weights[o] with the window,
+                                           padded taps +1 (bgemm_1x1 of im2col_bits; a multiply, an add)
+        y -= correction[ho, wo, o]         optional (Ho, Wo, O): the caller's padding correction
+        y += s                             optional csr = (indptr, indices, data) of an (O, K) matrix S,
+                                           columns in the (i, j, channel) order; s = Σ data·x over row
+                                           o's non-zeros, summed first, x the tap's sign, 0 on the padding
+        y += residual[n, ho, wo, o]        optional (N, Ho, Wo, O)
+        y = clip(y, -1, 1)                 if clip (hardtanh)
+
+    out="float" returns y, float32 (N, Ho, Wo, O); "bits" its signs packed per pixel as `pack_bits`
+    packs a row, uint64 (N, Ho, Wo, ceil(O/64)) (a NaN y is then an error); "both" the pair.
+
+    The Rust twin follows this order, so without csr the two agree bit for bit. With csr only the
+    sparse sums differ, by rounding (NumPy's BLAS sums in its own order): |rust − numpy| ≤
+    (n_o + 3)·(eps·(|y₀| + Σ_row |data| + |residual|) + 2⁻¹⁴⁹), n_o the non-zeros of row o, eps = 2⁻²³
+    and y₀ = y after the correction; so bits agree except where |y| is within that bound of 0.
+
+    Here: the existing kernels composed; the sparse term is csr_conv2d of the unpacked ±1 map (zero
+    padded), its columns renumbered to that kernel's (channel, i, j) order.
+    """
+    func = "bconv_1bit"
+    check_choice(func, "out", out, BCONV_OUTPUTS)
+    check_flag(func, "clip", clip)
+    check_conv_args(func, kh, kw, stride, padding)
+    n, h, w, wc = check_pixel_bits(func, bits, c)
+    k = check_k_range(func, kh * kw * c, 1)
+    ho, wo = conv_output(func, n, h, w, kh, kw, stride, padding, words_for(k))
+    o = len(check_packed(func, "weights", weights, k))
+    for name, v in (("scale", scale), ("shift", shift)):
+        check_shaped(func, name, v, np.float32, (o,), "(O,)")
+    if correction is not None:
+        check_shaped(func, "correction", correction, np.float32, (ho, wo, o), "(Ho, Wo, O)")
+    if residual is not None:
+        check_shaped(func, "residual", residual, np.float32, (n, ho, wo, o), "(N, Ho, Wo, O)")
+    if csr is not None:
+        indptr, indices, data = check_csr_rows(func, csr, o, k)
+
+    def channels_last(y):  # (O, N·Ho·Wo) -> (N, Ho, Wo, O)
+        return np.ascontiguousarray(y.T).reshape(n, ho, wo, o)
+
+    y = channels_last(bgemm_1x1(weights, im2col_bits(bits, c, kh, kw, stride, padding), k, scale=scale, shift=shift))
+    if correction is not None:
+        y = y - correction
+    if csr is not None:
+        signs = unpack_bits(bits.reshape(n * h * w, wc), c).reshape(n, h, w, c).transpose(0, 3, 1, 2)
+        chw = (indices % c) * (kh * kw) + indices // c  # column (i, j, channel) -> (channel, i, j)
+        y = y + channels_last(csr_conv2d(indptr, chw.astype(np.int32), data, signs, kh, kw, stride, padding))
+    if residual is not None:
+        y = y + residual
+    if clip:
+        y = np.clip(y, np.float32(-1), np.float32(1))
+    if out == "float":
+        return y
+    if np.isnan(y).any():
+        at = tuple(int(i) for i in np.argwhere(np.isnan(y))[0])
+        raise ValueError(f"{func}: y is NaN at (n, ho, wo, o) = {at}; its sign is undefined (scale, shift, "
+                         "correction, csr data and residual must be finite for packed output)")
+    packed = pack_bits(y.reshape(n * ho * wo, o)).reshape(n, ho, wo, words_for(o))
+    return packed if out == "bits" else (y, packed)

@@ -10,11 +10,13 @@
 //! * `bgemm.rs`: `bgemm_1x1`, `bgemm_1x2`, `bgemm_2x2`;
 //! * `sparse.rs`: `csr_matmul`, `csr_conv2d`;
 //! * `conv.rs`: `im2col_bits`;
+//! * `bconv.rs`: `bconv_1bit`, a whole binary conv layer on packed bits;
 //! * here: `version`, `isa_available`, `isa_selected`, `threads_selected`.
 //!
 //! `lib.rs` registers them all in the `#[pymodule]`.
 
 mod args;
+pub(crate) mod bconv;
 pub(crate) mod bgemm;
 pub(crate) mod bits;
 pub(crate) mod conv;

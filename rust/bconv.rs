@@ -1,0 +1,833 @@
+//! `bconv_1bit`: a whole binary conv layer on a packed 1-bit map, channels last in and out, in one
+//! pass over the output positions: no float activation map and no im2col matrix in between.
+//!
+//! Mirrors `apb_ref.kernels.reference.bconv_1bit`, which states the contract and the float op order:
+//! `y = f32(acc)·scale + shift`, `y −= correction`, `y += s` (the sparse sum, made first), `y +=
+//! residual`, `clip`; then the signs of y, packed. This file follows that order exactly, so it agrees
+//! with the reference bit for bit except for the rounding of the sparse sum (NumPy sums in its own order).
+//!
+//! Tasks are chunks of consecutive output positions (n, ho, wo). A task gathers its positions' windows
+//! into its worker's scratch (the rows `im2col_bits` makes), multiplies them by every weight row with
+//! `crate::bgemm` on one thread (the ISA's microkernels), then finishes each position: all O channels
+//! of a position, and so its packed output words, belong to one task.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::bgemm::{self, Kind};
+use crate::bits::{first_bad_padding, words_for, WORD_BITS};
+use crate::conv::Window;
+use crate::isa::Isa;
+
+/// A packed 1-bit map: `bits` holds `(n, h, w, words_for(c))` words, each pixel's channel signs.
+#[derive(Clone, Copy)]
+pub struct BitMap<'a> {
+    pub bits: &'a [u64],
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+}
+
+/// A CSR matrix `(o, k)` whose columns are in the window's (i, j, channel) order.
+#[derive(Clone, Copy)]
+pub struct Csr<'a> {
+    pub indptr: &'a [i64],
+    pub indices: &'a [i32],
+    pub data: &'a [f32],
+}
+
+/// The float work after the popcount, per output channel (order in the module docs).
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    /// `(ho, wo, o)`, subtracted.
+    pub correction: Option<&'a [f32]>,
+    pub csr: Option<Csr<'a>>,
+    /// `(n, ho, wo, o)`, added.
+    pub residual: Option<&'a [f32]>,
+    pub clip: bool,
+}
+
+/// Where the results go: the float map `(n·ho·wo, o)` and/or its packed signs `(n·ho·wo, words_for(o))`.
+pub struct Outputs<'a> {
+    pub float: Option<&'a mut [f32]>,
+    pub bits: Option<&'a mut [u64]>,
+}
+
+/// Gathered windows per task: about 32 KiB of bits, which stay in cache while the GEMM sweeps them.
+const TASK_WORDS: usize = 4096;
+/// Fewest positions per task (unless there are fewer): each task repacks the weights' panels (O·W
+/// words), which must stay small against its products (positions·O·W).
+const MIN_TASK_POSITIONS: usize = 16;
+const MAX_TASK_POSITIONS: usize = 256;
+
+/// Compute the layer for `map` with `o` weight rows (`weights`: `(o, words_for(kh·kw·c))`, ±1 packed in
+/// (i, j, channel) order, padding bits 0) on `threads` threads with the microkernels of `isa`.
+/// Returns an error, never panics, on inconsistent sizes, bad padding bits or a bad CSR matrix, and
+/// on a NaN y when `outs.bits` is requested (its sign is undefined).
+#[allow(clippy::too_many_arguments)] // the layer's own parameters
+pub fn bconv_1bit(
+    weights: &[u64],
+    o: usize,
+    map: BitMap,
+    win: Window,
+    epi: &Epilogue,
+    isa: Isa,
+    threads: usize,
+    outs: Outputs,
+) -> Result<(), String> {
+    let layer = Layer::new(map, win)?;
+    let (k, wk, p) = (layer.k, layer.wk, layer.positions);
+    expect_len("weights", weights.len(), o.checked_mul(wk), "O·ceil(k/64)")?;
+    if let Some(r) = first_bad_padding(weights, k) {
+        return Err(format!(
+            "weights has non-zero padding bits past k = {k} (first in row {r}); padding must be 0 (pack with pack_bits)"
+        ));
+    }
+    expect_len("scale", epi.scale.len(), Some(o), "O")?;
+    expect_len("shift", epi.shift.len(), Some(o), "O")?;
+    if let Some(c) = epi.correction {
+        let want = layer.ho.checked_mul(layer.wo).and_then(|v| v.checked_mul(o));
+        expect_len("correction", c.len(), want, "ho·wo·O")?;
+    }
+    if let Some(r) = epi.residual {
+        expect_len("residual", r.len(), p.checked_mul(o), "n·ho·wo·O")?;
+    }
+    let ow = words_for(o);
+    if let Some(f) = &outs.float {
+        expect_len("out (float)", f.len(), p.checked_mul(o), "n·ho·wo·O")?;
+    }
+    if let Some(b) = &outs.bits {
+        expect_len("out (bits)", b.len(), p.checked_mul(ow), "n·ho·wo·ceil(O/64)")?;
+    }
+    let sparse = epi.csr.map(|s| Sparse::new(s, o, &layer)).transpose()?;
+    if p == 0 || o == 0 {
+        return Ok(()); // nothing to write
+    }
+
+    let per_task = (TASK_WORDS / wk)
+        .clamp(MIN_TASK_POSITIONS, MAX_TASK_POSITIONS)
+        .min(p.div_ceil(4 * threads.max(1))) // about 4 tasks per thread
+        .max(1);
+    let mut floats = outs.float.map(|f| f.chunks_mut(per_task * o));
+    let mut words = outs.bits.map(|b| b.chunks_mut(per_task * ow));
+    let items: Vec<Task> = (0..p.div_ceil(per_task))
+        .map(|t| Task {
+            start: t * per_task,
+            count: per_task.min(p - t * per_task),
+            float: floats.as_mut().and_then(Iterator::next),
+            bits: words.as_mut().and_then(Iterator::next),
+        })
+        .collect();
+    let first_nan = AtomicUsize::new(usize::MAX);
+    let run = Run {
+        layer: &layer,
+        weights,
+        o,
+        epi,
+        sparse: sparse.as_ref(),
+        isa,
+        first_nan: &first_nan,
+    };
+    let ok = crate::threads::run_claimed_with(threads, items, Scratch::default, |s, task| run.task(s, task))?;
+    if !ok {
+        return Err(format!(
+            "internal error: the {isa} popcount GEMM refused a task's operands"
+        ));
+    }
+    match first_nan.into_inner() {
+        usize::MAX => Ok(()),
+        at => {
+            let (pos, ch) = (at / o, at % o);
+            let (img, oy, ox) = layer.coords(pos);
+            Err(format!(
+                "y is NaN at (n, ho, wo, o) = ({img}, {oy}, {ox}, {ch}); its sign is undefined (scale, shift, \
+                 correction, csr data and residual must be finite for packed output)"
+            ))
+        }
+    }
+}
+
+fn expect_len(name: &str, got: usize, want: Option<usize>, what: &str) -> Result<(), String> {
+    match want {
+        Some(w) if w == got => Ok(()),
+        Some(w) => Err(format!("{name} must hold {what} = {w} values, got {got}")),
+        None => Err(format!("{name}: {what} overflows")),
+    }
+}
+
+/// The input map and the window geometry, checked.
+struct Layer<'a> {
+    map: BitMap<'a>,
+    win: Window,
+    ho: usize,
+    wo: usize,
+    /// Words per input pixel.
+    wc: usize,
+    /// Bits and words per window.
+    k: usize,
+    wk: usize,
+    positions: usize,
+}
+
+impl<'a> Layer<'a> {
+    fn new(map: BitMap<'a>, win: Window) -> Result<Self, String> {
+        let BitMap { bits, n, h, w, c } = map;
+        if c == 0 {
+            return Err("c must be >= 1".into());
+        }
+        let wc = words_for(c);
+        let words = n
+            .checked_mul(h)
+            .and_then(|v| v.checked_mul(w))
+            .and_then(|v| v.checked_mul(wc));
+        expect_len("bits", bits.len(), words, "n·h·w·ceil(c/64)")?;
+        if let Some(px) = first_bad_padding(bits, c) {
+            return Err(format!(
+                "bits has non-zero padding bits past c = {c} (first at pixel {px}); pack with pack_bits"
+            ));
+        }
+        let (ho, wo) = win.output(h, w)?;
+        let k = win.kh.checked_mul(win.kw).and_then(|t| t.checked_mul(c));
+        let k = k.filter(|&k| k <= Kind::B1x1.max_k()).ok_or_else(|| {
+            format!(
+                "kh·kw·c must be at most {} (larger could overflow the int32 products)",
+                Kind::B1x1.max_k()
+            )
+        })?;
+        let positions = n
+            .checked_mul(ho)
+            .and_then(|v| v.checked_mul(wo))
+            .ok_or("n·ho·wo overflows")?;
+        Ok(Layer {
+            map,
+            win,
+            ho,
+            wo,
+            wc,
+            k,
+            wk: words_for(k),
+            positions,
+        })
+    }
+
+    /// `(image, oy, ox)` of flat output position `pos`.
+    fn coords(&self, pos: usize) -> (usize, usize, usize) {
+        (
+            pos / (self.ho * self.wo),
+            (pos / self.wo) % self.ho,
+            pos % self.wo,
+        )
+    }
+
+    /// The input coordinate of output coordinate `o` at tap offset `t` along an axis of `size`, if
+    /// inside the map (else the tap is on the padding).
+    fn source(&self, o: usize, t: usize, size: usize) -> Option<usize> {
+        (o * self.win.stride + t)
+            .checked_sub(self.win.padding)
+            .filter(|&s| s < size)
+    }
+
+    /// Which taps (i·kw + j) of output (oy, ox) read the map rather than the padding.
+    fn taps_inside(&self, oy: usize, ox: usize, inside: &mut [bool]) {
+        for (t, flag) in inside.iter_mut().enumerate() {
+            let (i, j) = (t / self.win.kw, t % self.win.kw);
+            *flag = self.source(oy, i, self.map.h).is_some() && self.source(ox, j, self.map.w).is_some();
+        }
+    }
+
+    /// The window of output position `pos` packed into `row` (`wk` words): its K bits in (i, j,
+    /// channel) order, taps on the padding 0 (+1), exactly a row of `im2col_bits`.
+    fn gather(&self, pos: usize, row: &mut [u64]) {
+        let (img, oy, ox) = self.coords(pos);
+        let BitMap { bits, h, w, c, .. } = self.map;
+        row.fill(0);
+        for i in 0..self.win.kh {
+            let Some(y) = self.source(oy, i, h) else { continue };
+            for j in 0..self.win.kw {
+                let Some(x) = self.source(ox, j, w) else { continue };
+                let pixel = ((img * h + y) * w + x) * self.wc;
+                append_bits(row, (i * self.win.kw + j) * c, &bits[pixel..pixel + self.wc]);
+            }
+        }
+    }
+}
+
+/// OR the bits of `src` (a packed pixel, padding bits zero) into `dst` from bit `at` on (as in
+/// `conv.rs`, whose copy is private to im2col_bits).
+#[inline]
+fn append_bits(dst: &mut [u64], at: usize, src: &[u64]) {
+    let (first, shift) = (at / WORD_BITS, at % WORD_BITS);
+    for (q, &word) in src.iter().enumerate() {
+        if let Some(d) = dst.get_mut(first + q) {
+            *d |= word << shift;
+        }
+        // The bits shifted past the word; zero unless they are real bits (then the next word exists).
+        if shift != 0 {
+            if let Some(d) = dst.get_mut(first + q + 1) {
+                *d |= word >> (WORD_BITS - shift);
+            }
+        }
+    }
+}
+
+/// One non-zero of S placed in the window: its bit (`word`, `shift`), its tap (i·kw + j), its value.
+#[derive(Clone, Copy, Debug)]
+struct SparseTap {
+    word: usize,
+    shift: u32,
+    tap: usize,
+    v: f32,
+}
+
+/// S as placed non-zeros, row by row in CSR order.
+struct Sparse {
+    starts: Vec<usize>,
+    taps: Vec<SparseTap>,
+}
+
+impl Sparse {
+    fn new(csr: Csr, o: usize, layer: &Layer) -> Result<Sparse, String> {
+        let rows = crate::spmm::validate(csr.indptr, csr.indices, csr.data.len(), layer.k)
+            .map_err(|e| format!("csr: {e}"))?;
+        if rows != o {
+            return Err(format!(
+                "csr has {rows} rows (len(indptr) - 1), but weights has O = {o}"
+            ));
+        }
+        // validate(): indptr runs from 0 to nnz without decreasing, every column is in [0, k).
+        let taps = csr
+            .indices
+            .iter()
+            .zip(csr.data)
+            .map(|(&col, &v)| {
+                let col = col as usize;
+                SparseTap {
+                    word: col / WORD_BITS,
+                    shift: (col % WORD_BITS) as u32,
+                    tap: col / layer.map.c,
+                    v,
+                }
+            })
+            .collect();
+        Ok(Sparse {
+            starts: csr.indptr.iter().map(|&s| s as usize).collect(),
+            taps,
+        })
+    }
+
+    /// Row `ch` of S times the window: Σ v·x over the row's non-zeros in CSR order, x the tap's sign
+    /// (±1) read from the gathered `window`, or 0 on the padding (`inside` is false there).
+    fn sum(&self, ch: usize, window: &[u64], inside: &[bool]) -> f32 {
+        let mut s = 0.0f32;
+        for t in &self.taps[self.starts[ch]..self.starts[ch + 1]] {
+            if inside[t.tap] {
+                let negative = (window[t.word] >> t.shift) & 1 == 1;
+                s += if negative { -t.v } else { t.v };
+            }
+        }
+        s
+    }
+}
+
+/// What the epilogue reads for one output position: its O popcount products, its O correction and
+/// residual values, its gathered window and which of its taps are inside the map.
+struct Position<'a> {
+    acc: &'a [i32],
+    correction: Option<&'a [f32]>,
+    residual: Option<&'a [f32]>,
+    window: &'a [u64],
+    inside: &'a [bool],
+}
+
+/// y of every channel of one position, in the order of the module docs. Plain f32 ops (Rust never
+/// fuses a multiply and an add), so each step rounds as NumPy's does.
+fn finish(epi: &Epilogue, sparse: Option<&Sparse>, at: &Position, y: &mut [f32]) {
+    for (ch, v) in y.iter_mut().enumerate() {
+        let mut r = (at.acc[ch] as f32) * epi.scale[ch] + epi.shift[ch];
+        if let Some(c) = at.correction {
+            r -= c[ch];
+        }
+        if let Some(s) = sparse {
+            r += s.sum(ch, at.window, at.inside);
+        }
+        if let Some(res) = at.residual {
+            r += res[ch];
+        }
+        if epi.clip {
+            r = r.clamp(-1.0, 1.0); // NaN stays NaN, as in np.clip
+        }
+        *v = r;
+    }
+}
+
+/// The signs of `y` packed as `pack_bits` packs a row: bit 1 where y < 0 (so ±0 give 0), padding 0.
+fn pack_signs(y: &[f32], words: &mut [u64]) {
+    for (word, chunk) in words.iter_mut().zip(y.chunks(WORD_BITS)) {
+        *word = chunk
+            .iter()
+            .enumerate()
+            .fold(0, |acc, (b, &v)| acc | (u64::from(v < 0.0) << b));
+    }
+}
+
+/// A chunk of output positions and its slices of the outputs.
+struct Task<'a> {
+    start: usize,
+    count: usize,
+    float: Option<&'a mut [f32]>,
+    bits: Option<&'a mut [u64]>,
+}
+
+/// A worker's buffers, reused from task to task.
+#[derive(Default)]
+struct Scratch {
+    windows: Vec<u64>,
+    acc: Vec<i32>,
+    y: Vec<f32>,
+    inside: Vec<bool>,
+}
+
+/// What every task of one call shares.
+struct Run<'a> {
+    layer: &'a Layer<'a>,
+    weights: &'a [u64],
+    o: usize,
+    epi: &'a Epilogue<'a>,
+    sparse: Option<&'a Sparse>,
+    isa: Isa,
+    /// Smallest flat (position, channel) index of a NaN y, when bits are requested.
+    first_nan: &'a AtomicUsize,
+}
+
+impl Run<'_> {
+    fn task(&self, s: &mut Scratch, task: Task) -> bool {
+        let (layer, o, wk) = (self.layer, self.o, self.layer.wk);
+        let Task {
+            start,
+            count: m,
+            mut float,
+            mut bits,
+        } = task;
+        s.windows.resize(m * wk, 0); // each row is cleared by `gather`
+        for (q, row) in s.windows.chunks_exact_mut(wk).enumerate() {
+            layer.gather(start + q, row);
+        }
+        s.acc.resize(m * o, 0);
+        let acc = &mut s.acc[..m * o];
+        let (a, b, k): ([&[u64]; 1], _, _) = ([&s.windows], [self.weights], layer.k);
+        // One thread: the task is the unit of parallelism.
+        if bgemm::bgemm(Kind::B1x1, &a, &b, m, o, k, self.isa, 1, None, acc).is_err() {
+            return false;
+        }
+        s.y.resize(o, 0.0);
+        s.inside.resize(layer.win.kh * layer.win.kw, false);
+        let ow = words_for(o);
+        for q in 0..m {
+            let pos = start + q;
+            let (_, oy, ox) = layer.coords(pos);
+            layer.taps_inside(oy, ox, &mut s.inside);
+            let at = Position {
+                acc: &s.acc[q * o..(q + 1) * o],
+                correction: self.epi.correction.map(|c| &c[(oy * layer.wo + ox) * o..][..o]),
+                residual: self.epi.residual.map(|r| &r[pos * o..(pos + 1) * o]),
+                window: &s.windows[q * wk..(q + 1) * wk],
+                inside: &s.inside,
+            };
+            // Straight into the float output when there is one.
+            let y = match float.as_deref_mut() {
+                Some(f) => &mut f[q * o..(q + 1) * o],
+                None => &mut s.y[..],
+            };
+            finish(self.epi, self.sparse, &at, y);
+            if let Some(b) = bits.as_deref_mut() {
+                if let Some(ch) = y.iter().position(|v| v.is_nan()) {
+                    self.first_nan.fetch_min(pos * o + ch, Ordering::Relaxed);
+                }
+                pack_signs(y, &mut b[q * ow..(q + 1) * ow]);
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_rng::Rng;
+
+    fn random_words(rng: &mut Rng, rows: usize, k: usize) -> Vec<u64> {
+        let w = words_for(k);
+        (0..rows * w)
+            .map(|q| {
+                let v = rng.next();
+                if q % w == w - 1 {
+                    v & crate::bits::last_word_mask(k)
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    fn window(kh: usize, kw: usize, stride: usize, padding: usize) -> Window {
+        Window {
+            kh,
+            kw,
+            stride,
+            padding,
+        }
+    }
+
+    /// Bit `t` of a packed row as ±1.
+    fn sign_of(row: &[u64], t: usize) -> i64 {
+        1 - 2 * ((row[t / 64] >> (t % 64)) & 1) as i64
+    }
+
+    #[test]
+    fn gathered_windows_are_the_rows_of_im2col_bits() {
+        let mut rng = Rng(0x5eed_b0c1);
+        for c in [1, 3, 63, 64, 65, 130] {
+            for (kh, kw, stride, padding) in [
+                (3, 3, 1, 1),
+                (3, 3, 2, 1),
+                (1, 1, 1, 0),
+                (2, 3, 2, 2),
+                (3, 1, 1, 0),
+            ] {
+                let (n, h, w) = (2, 5, 4);
+                let win = window(kh, kw, stride, padding);
+                let map = BitMap {
+                    bits: &random_words(&mut rng, n * h * w, c),
+                    n,
+                    h,
+                    w,
+                    c,
+                };
+                let layer = Layer::new(map, win).unwrap();
+                let mut want = vec![0u64; layer.positions * layer.wk];
+                crate::conv::im2col_bits(map.bits, n, h, w, c, win, 1, &mut want).unwrap();
+                let mut row = vec![u64::MAX; layer.wk];
+                for (pos, want_row) in want.chunks_exact(layer.wk).enumerate() {
+                    layer.gather(pos, &mut row);
+                    assert_eq!(row, want_row, "c={c} win={win:?} pos={pos}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_epilogue_follows_the_documented_order() {
+        // 2x2 kernel, padding 1, c = 1: output (0, 0) has only tap (1, 1) inside the map.
+        let layer = Layer::new(
+            BitMap {
+                bits: &[1, 0, 0, 0], // pixel (0, 0) is −1
+                n: 1,
+                h: 2,
+                w: 2,
+                c: 1,
+            },
+            window(2, 2, 1, 1),
+        )
+        .unwrap();
+        let mut inside = [false; 4];
+        layer.taps_inside(0, 0, &mut inside);
+        assert_eq!(inside, [false, false, false, true]);
+        let mut win_bits = [0u64];
+        layer.gather(0, &mut win_bits);
+        assert_eq!(win_bits, [0b1000]); // tap 3 reads the −1; the padding taps are 0 (+1)
+                                        // Channel 0: the padding tap 0 (value 100) adds nothing, tap 3 adds 0.25·(−1) after −1.5.
+                                        // Channel 1: an empty row; clip takes 2.5 + 0.5 − 1 + 0 + 1 = 3 down to 1.
+        let (indptr, indices, data) = ([0i64, 2, 2], [0i32, 3], [100.0f32, -1.5]);
+        let (scale, shift) = ([0.5f32, 0.5], [0.25f32, 0.5]);
+        let epi = Epilogue {
+            scale: &scale,
+            shift: &shift,
+            correction: None,
+            csr: Some(Csr {
+                indptr: &indptr,
+                indices: &indices,
+                data: &data,
+            }),
+            residual: None,
+            clip: true,
+        };
+        let sparse = Sparse::new(epi.csr.unwrap(), 2, &layer).unwrap();
+        let at = Position {
+            acc: &[-2, 5],
+            correction: Some(&[0.5, 1.0]),
+            residual: Some(&[0.125, 1.0]),
+            window: &win_bits,
+            inside: &inside,
+        };
+        let mut y = [0f32; 2];
+        finish(&epi, Some(&sparse), &at, &mut y);
+        // −2·0.5 + 0.25 = −0.75; − 0.5 = −1.25; + 1.5 (−1.5 times the −1) = 0.25; + 0.125 = 0.375
+        assert_eq!(y, [0.375, 1.0]);
+        finish(&Epilogue { clip: false, ..epi }, Some(&sparse), &at, &mut y);
+        assert_eq!(y, [0.375, 3.0]);
+        finish(&Epilogue { clip: false, ..epi }, None, &at, &mut y);
+        assert_eq!(y, [-1.125, 3.0]);
+    }
+
+    #[test]
+    fn signs_pack_like_pack_bits() {
+        let mut y = vec![1.0f32; 65];
+        y[0] = -1.0;
+        y[1] = -0.0; // sign(−0) = +1: bit 0
+        y[2] = 0.0;
+        y[63] = -1e-30;
+        y[64] = -2.0;
+        let mut words = [u64::MAX; 2];
+        pack_signs(&y, &mut words);
+        assert_eq!(words, [1 | (1 << 63), 1]); // the padding bits of word 1 are 0
+    }
+
+    /// The layer from its definition, one (position, channel) at a time, in the documented order.
+    fn plain(weights: &[u64], o: usize, map: BitMap, win: Window, epi: &Epilogue) -> (Vec<f32>, Vec<u64>) {
+        let layer = Layer::new(map, win).unwrap();
+        let (kh, kw, c) = (win.kh, win.kw, map.c);
+        let mut float = vec![0f32; layer.positions * o];
+        let mut bits = vec![0u64; layer.positions * words_for(o)];
+        for pos in 0..layer.positions {
+            let (img, oy, ox) = layer.coords(pos);
+            // the sign at column t = (i·kw + j)·c + ch, or None on the padding
+            let x = |t: usize| {
+                let (tap, ch) = (t / c, t % c);
+                let y = layer.source(oy, tap / kw, map.h)?;
+                let xx = layer.source(ox, tap % kw, map.w)?;
+                let pixel = &map.bits[((img * map.h + y) * map.w + xx) * layer.wc..][..layer.wc];
+                Some(sign_of(pixel, ch))
+            };
+            for ch in 0..o {
+                let row = &weights[ch * layer.wk..(ch + 1) * layer.wk];
+                let acc: i64 = (0..kh * kw * c)
+                    .map(|t| sign_of(row, t) * x(t).unwrap_or(1))
+                    .sum();
+                let mut v = (acc as f32) * epi.scale[ch] + epi.shift[ch];
+                if let Some(corr) = epi.correction {
+                    v -= corr[(oy * layer.wo + ox) * o + ch];
+                }
+                if let Some(s) = epi.csr {
+                    let mut sum = 0f32;
+                    for t in s.indptr[ch] as usize..s.indptr[ch + 1] as usize {
+                        if let Some(xv) = x(s.indices[t] as usize) {
+                            sum += s.data[t] * xv as f32;
+                        }
+                    }
+                    v += sum;
+                }
+                if let Some(r) = epi.residual {
+                    v += r[pos * o + ch];
+                }
+                if epi.clip {
+                    v = v.clamp(-1.0, 1.0);
+                }
+                float[pos * o + ch] = v;
+                bits[pos * words_for(o) + ch / 64] |= u64::from(v < 0.0) << (ch % 64);
+            }
+        }
+        (float, bits)
+    }
+
+    #[test]
+    fn every_isa_and_thread_count_matches_the_definition() {
+        let mut rng = Rng(0x5eed_b0c2);
+        let cases = [
+            (1, 5, 3, 1, 1),
+            (65, 64, 3, 2, 1),
+            (64, 65, 1, 1, 0),
+            (130, 1, 3, 1, 0),
+            (63, 70, 3, 2, 1),
+        ];
+        for (c, o, ksize, stride, padding) in cases {
+            let (n, h, w) = (2, 5, 3);
+            let win = window(ksize, ksize, stride, padding);
+            let k = ksize * ksize * c;
+            let bits = random_words(&mut rng, n * h * w, c);
+            let map = BitMap {
+                bits: &bits,
+                n,
+                h,
+                w,
+                c,
+            };
+            let weights = random_words(&mut rng, o, k);
+            let (ho, wo) = win.output(h, w).unwrap();
+            let p = n * ho * wo;
+            let vals = |rng: &mut Rng, len: usize| (0..len).map(|_| rng.f()).collect::<Vec<f32>>();
+            let (scale, shift) = (vals(&mut rng, o), vals(&mut rng, o));
+            let (correction, residual) = (vals(&mut rng, ho * wo * o), vals(&mut rng, p * o));
+            // every third row empty, others a few columns (some on padding taps)
+            let (mut indptr, mut indices, mut data) = (vec![0i64], vec![], vec![]);
+            for r in 0..o {
+                for _ in 0..if r % 3 == 0 { 0 } else { 1 + r % 4 } {
+                    indices.push((rng.next() % k as u64) as i32);
+                    data.push(rng.f());
+                }
+                indptr.push(indices.len() as i64);
+            }
+            let csr = Csr {
+                indptr: &indptr,
+                indices: &indices,
+                data: &data,
+            };
+            for (with_extras, clip) in [(false, false), (true, true), (true, false)] {
+                let epi = Epilogue {
+                    scale: &scale,
+                    shift: &shift,
+                    correction: with_extras.then_some(&correction[..]),
+                    csr: with_extras.then_some(csr),
+                    residual: with_extras.then_some(&residual[..]),
+                    clip,
+                };
+                let (want_f, want_b) = plain(&weights, o, map, win, &epi);
+                for isa in crate::isa::available() {
+                    for threads in [1, 3] {
+                        let mut float = vec![f32::NAN; p * o];
+                        let mut packed = vec![u64::MAX; p * words_for(o)];
+                        let outs = Outputs {
+                            float: Some(&mut float),
+                            bits: Some(&mut packed),
+                        };
+                        bconv_1bit(&weights, o, map, win, &epi, isa, threads, outs).unwrap();
+                        let what =
+                            format!("{isa} threads={threads} c={c} o={o} win={win:?} extras={with_extras}");
+                        // the same op order, the sparse sum in CSR order too: bit for bit
+                        let bits_of = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits_of(&float), bits_of(&want_f), "{what}");
+                        assert_eq!(packed, want_b, "{what}");
+                        let mut only_bits = vec![u64::MAX; p * words_for(o)];
+                        let outs = Outputs {
+                            float: None,
+                            bits: Some(&mut only_bits),
+                        };
+                        bconv_1bit(&weights, o, map, win, &epi, isa, threads, outs).unwrap();
+                        assert_eq!(only_bits, want_b, "{what} bits only");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_errors_not_panics() {
+        let bits = vec![0u64; 2 * 3 * 3];
+        let map = BitMap {
+            bits: &bits,
+            n: 2,
+            h: 3,
+            w: 3,
+            c: 16,
+        };
+        let win = window(3, 3, 1, 1);
+        let (scale, shift) = ([1.0f32; 2], [0.0f32; 2]);
+        let epi = Epilogue {
+            scale: &scale,
+            shift: &shift,
+            correction: None,
+            csr: None,
+            residual: None,
+            clip: false,
+        };
+        let weights = vec![0u64; 2 * 3]; // k = 144: 3 words
+        let mut float = vec![0f32; 2 * 9 * 2];
+        let call = |weights: &[u64], map: BitMap, epi: &Epilogue, float: &mut [f32]| {
+            let outs = Outputs {
+                float: Some(float),
+                bits: None,
+            };
+            bconv_1bit(weights, 2, map, win, epi, Isa::Scalar, 2, outs)
+        };
+        assert!(call(&weights, map, &epi, &mut float).is_ok());
+        let err = |r: Result<(), String>| r.unwrap_err();
+        assert!(err(call(&weights[1..], map, &epi, &mut float)).starts_with("weights must hold"));
+        let mut bad_w = weights.clone();
+        bad_w[2] = 1 << 20; // past k = 144 = 2·64 + 16
+        assert!(err(call(&bad_w, map, &epi, &mut float)).starts_with("weights has non-zero padding"));
+        let bad_bits = vec![1u64 << 16; 18];
+        let bad_map = BitMap {
+            bits: &bad_bits,
+            ..map
+        };
+        assert!(err(call(&weights, bad_map, &epi, &mut float)).starts_with("bits has non-zero padding"));
+        assert!(err(call(
+            &weights,
+            BitMap {
+                bits: &bits[1..],
+                ..map
+            },
+            &epi,
+            &mut float
+        ))
+        .starts_with("bits must"));
+        assert!(err(call(&weights, map, &epi, &mut float[1..])).starts_with("out (float)"));
+        let short = [0.5f32];
+        assert!(err(call(
+            &weights,
+            map,
+            &Epilogue { scale: &short, ..epi },
+            &mut float
+        ))
+        .starts_with("scale"));
+        assert!(err(call(
+            &weights,
+            map,
+            &Epilogue {
+                correction: Some(&short),
+                ..epi
+            },
+            &mut float
+        ))
+        .starts_with("correction"));
+        assert!(err(call(
+            &weights,
+            map,
+            &Epilogue {
+                residual: Some(&short),
+                ..epi
+            },
+            &mut float
+        ))
+        .starts_with("residual"));
+        let csr = |indptr, indices| Csr {
+            indptr,
+            indices,
+            data: &[1.0],
+        };
+        let past_k = Epilogue {
+            csr: Some(csr(&[0, 1, 1], &[144])),
+            ..epi
+        };
+        assert!(err(call(&weights, map, &past_k, &mut float)).starts_with("csr: indices[0] = 144"));
+        let one_row = Epilogue {
+            csr: Some(csr(&[0, 1], &[0])),
+            ..epi
+        };
+        assert!(err(call(&weights, map, &one_row, &mut float)).starts_with("csr has 1 rows"));
+        let huge = Window {
+            padding: usize::MAX / 2,
+            ..win
+        };
+        let outs = Outputs {
+            float: Some(&mut float),
+            bits: None,
+        };
+        assert!(bconv_1bit(&weights, 2, map, huge, &epi, Isa::Scalar, 1, outs).is_err());
+        // A NaN y has no sign: an error when bits are asked for, a NaN otherwise.
+        let nan = [f32::NAN, 0.0];
+        let nan_epi = Epilogue { shift: &nan, ..epi };
+        assert!(call(&weights, map, &nan_epi, &mut float).is_ok());
+        let mut packed = vec![0u64; 18];
+        let outs = Outputs {
+            float: None,
+            bits: Some(&mut packed),
+        };
+        let msg = err(bconv_1bit(&weights, 2, map, win, &nan_epi, Isa::Scalar, 2, outs));
+        assert!(
+            msg.starts_with("y is NaN at (n, ho, wo, o) = (0, 0, 0, 0)"),
+            "{msg}"
+        );
+    }
+}
