@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::bgemm::{self, Kind};
 use crate::bits::{first_bad_padding, words_for, WORD_BITS};
-use crate::conv::Window;
+use crate::conv::{append_bits, Window};
 use crate::isa::Isa;
 
 /// A packed 1-bit map: `bits` holds `(n, h, w, words_for(c))` words, each pixel's channel signs.
@@ -249,24 +249,6 @@ impl<'a> Layer<'a> {
                 let Some(x) = self.source(ox, j, w) else { continue };
                 let pixel = ((img * h + y) * w + x) * self.wc;
                 append_bits(row, (i * self.win.kw + j) * c, &bits[pixel..pixel + self.wc]);
-            }
-        }
-    }
-}
-
-/// OR the bits of `src` (a packed pixel, padding bits zero) into `dst` from bit `at` on (as in
-/// `conv.rs`, whose copy is private to im2col_bits).
-#[inline]
-fn append_bits(dst: &mut [u64], at: usize, src: &[u64]) {
-    let (first, shift) = (at / WORD_BITS, at % WORD_BITS);
-    for (q, &word) in src.iter().enumerate() {
-        if let Some(d) = dst.get_mut(first + q) {
-            *d |= word << shift;
-        }
-        // The bits shifted past the word; zero unless they are real bits (then the next word exists).
-        if shift != 0 {
-            if let Some(d) = dst.get_mut(first + q + 1) {
-                *d |= word >> (WORD_BITS - shift);
             }
         }
     }

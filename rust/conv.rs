@@ -55,9 +55,10 @@ impl Window {
     }
 }
 
-/// OR the `c` bits of `src` (a packed pixel, padding bits zero) into `dst` starting at bit `at`.
+/// OR the `c` bits of `src` (a packed pixel, padding bits zero) into `dst` starting at bit `at`
+/// (im2col_bits, and bconv's window gather).
 #[inline]
-fn append_bits(dst: &mut [u64], at: usize, src: &[u64]) {
+pub(crate) fn append_bits(dst: &mut [u64], at: usize, src: &[u64]) {
     for (q, &word) in src.iter().enumerate() {
         let bit = at + q * WORD_BITS;
         let (i, shift) = (bit / WORD_BITS, bit % WORD_BITS);

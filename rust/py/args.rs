@@ -8,6 +8,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyString};
 
+use crate::bits::words_for;
 use crate::{conv, isa, threads};
 
 pub(super) fn value_error(msg: impl Into<String>) -> PyErr {
@@ -216,5 +217,60 @@ pub(super) fn window_args(
         kw: count_arg(func, "kw", Some(kw), None, 1)?,
         stride: count_arg(func, "stride", stride, Some(1), 1)?,
         padding: count_arg(func, "padding", padding, Some(0), 0)?,
+    })
+}
+
+/// The geometry of a conv over a packed pixel map argument `bits`, uint64 (N, H, W, ceil(c/64)).
+pub(super) struct PixelMap<'py> {
+    pub arr: Bound<'py, PyUntypedArray>,
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub ho: usize,
+    pub wo: usize,
+    /// kh·kw·c, the bits of one output position's window
+    pub k: usize,
+    /// N·Ho·Wo, the output positions
+    pub positions: usize,
+}
+
+/// `bits` checked as the packed map of `c` channels that `win` slides over (im2col_bits, bconv_1bit).
+pub(super) fn pixel_map_arg<'py>(
+    func: &str,
+    bits: &Bound<'py, PyAny>,
+    c: usize,
+    win: conv::Window,
+) -> PyResult<PixelMap<'py>> {
+    let arr = typed::<u64>(func, "bits", bits, "uint64", 4)?;
+    let [n, h, w, wc] = arr.shape() else {
+        return Err(value_error(format!("{func}: bits must be 4-D")));
+    };
+    let (n, h, w, wc) = (*n, *h, *w, *wc);
+    if wc != words_for(c) {
+        return Err(value_error(format!(
+            "{func}: bits has {wc} words per pixel, but c = {c} needs ceil(c/64) = {}",
+            words_for(c)
+        )));
+    }
+    let (ho, wo) = win
+        .output(h, w)
+        .map_err(|e| value_error(format!("{func}: {e}")))?;
+    let (Some(k), Some(positions)) = (
+        win.kh.checked_mul(win.kw).and_then(|t| t.checked_mul(c)),
+        n.checked_mul(ho).and_then(|v| v.checked_mul(wo)),
+    ) else {
+        return Err(value_error(format!(
+            "{func}: kh·kw·c or the number of output pixels overflows"
+        )));
+    };
+    Ok(PixelMap {
+        arr,
+        n,
+        h,
+        w,
+        ho,
+        wo,
+        k,
+        positions,
     })
 }

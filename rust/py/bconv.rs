@@ -6,8 +6,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyTuple};
 
 use super::args::{
-    as_slice, count_arg, empty2, opt_str, py_shape, resolve_isa, resolve_threads, slice_of, typed,
-    value_error, window_args,
+    as_slice, count_arg, empty2, opt_str, pixel_map_arg, py_shape, resolve_isa, resolve_threads, slice_of,
+    typed, value_error, window_args, PixelMap,
 };
 use crate::bconv::{self, BitMap, Csr, Epilogue, Outputs};
 use crate::bits::words_for;
@@ -135,26 +135,16 @@ pub(crate) fn bconv_1bit<'py>(
     let isa = resolve_isa(F, isa)?;
     let threads = resolve_threads(F, threads)?;
 
-    let bits_a = typed::<u64>(F, "bits", bits, "uint64", 4)?;
-    let [n, h, w, wc] = bits_a.shape() else {
-        return Err(value_error(format!("{F}: bits must be 4-D")));
-    };
-    let (n, h, w, wc) = (*n, *h, *w, *wc);
-    if wc != words_for(c) {
-        return Err(value_error(format!(
-            "{F}: bits has {wc} words per pixel, but c = {c} needs ceil(c/64) = {}",
-            words_for(c)
-        )));
-    }
-    let (ho, wo) = win.output(h, w).map_err(|e| value_error(format!("{F}: {e}")))?;
-    let (Some(k), Some(p)) = (
-        win.kh.checked_mul(win.kw).and_then(|t| t.checked_mul(c)),
-        n.checked_mul(ho).and_then(|v| v.checked_mul(wo)),
-    ) else {
-        return Err(value_error(format!(
-            "{F}: kh·kw·c or the number of output pixels overflows"
-        )));
-    };
+    let PixelMap {
+        arr: bits_a,
+        n,
+        h,
+        w,
+        ho,
+        wo,
+        k,
+        positions: p,
+    } = pixel_map_arg(F, bits, c, win)?;
     let weights_a = typed::<u64>(F, "weights", weights, "uint64", 2)?;
     let [o, words] = weights_a.shape() else {
         return Err(value_error(format!("{F}: weights must be 2-D")));
