@@ -6,8 +6,8 @@
 //! residual`, `clip`; then the signs of y, packed. This file follows that order exactly, so it agrees
 //! with the reference bit for bit except for the rounding of the sparse sum (NumPy sums in its own order).
 //!
-//! Tasks are chunks of consecutive output positions (n, ho, wo). A task gathers its positions' windows
-//! into its worker's scratch (the rows `im2col_bits` makes), multiplies them by every weight row with
+//! Tasks are chunks of whole output image rows. A task gathers its positions' windows into its
+//! worker's scratch (the rows `im2col_bits` makes, by the same `conv::RowGather`), multiplies them by every weight row with
 //! `crate::bgemm` on one thread (the ISA's microkernels), then finishes each position: all O channels
 //! of a position, and so its packed output words, belong to one task.
 
@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::bgemm::{self, Kind};
 use crate::bits::{first_bad_padding, words_for, WORD_BITS};
-use crate::conv::{append_bits, Window};
+#[cfg(test)]
+use crate::conv::append_bits;
+use crate::conv::{RowGather, Window};
 use crate::isa::Isa;
 
 /// A packed 1-bit map: `bits` holds `(n, h, w, words_for(c))` words, each pixel's channel signs.
@@ -106,10 +108,12 @@ pub fn bconv_1bit(
         return Ok(()); // nothing to write
     }
 
+    // Tasks of whole output image rows (`RowGather` lowers a row at a time)
     let per_task = (TASK_WORDS / wk)
         .clamp(MIN_TASK_POSITIONS, MAX_TASK_POSITIONS)
         .min(p.div_ceil(4 * threads.max(1))) // about 4 tasks per thread
         .max(1);
+    let per_task = per_task.div_ceil(layer.wo) * layer.wo;
     let mut floats = outs.float.map(|f| f.chunks_mut(per_task * o));
     let mut words = outs.bits.map(|b| b.chunks_mut(per_task * ow));
     let items: Vec<Task> = (0..p.div_ceil(per_task))
@@ -121,8 +125,17 @@ pub fn bconv_1bit(
         })
         .collect();
     let first_nan = AtomicUsize::new(usize::MAX);
+    let rows = RowGather::new(
+        layer.map.bits,
+        layer.map.h,
+        layer.map.w,
+        layer.map.c,
+        layer.win,
+        (layer.ho, layer.wo),
+    );
     let run = Run {
         layer: &layer,
+        rows: &rows,
         weights,
         o,
         epi,
@@ -163,7 +176,8 @@ struct Layer<'a> {
     win: Window,
     ho: usize,
     wo: usize,
-    /// Words per input pixel.
+    /// Words per input pixel (the tests' plain gather reads it).
+    #[cfg_attr(not(test), allow(dead_code))]
     wc: usize,
     /// Bits and words per window.
     k: usize,
@@ -238,7 +252,9 @@ impl<'a> Layer<'a> {
     }
 
     /// The window of output position `pos` packed into `row` (`wk` words): its K bits in (i, j,
-    /// channel) order, taps on the padding 0 (+1), exactly a row of `im2col_bits`.
+    /// channel) order, taps on the padding 0 (+1), exactly a row of `im2col_bits` (the plain
+    /// definition the tests hold `RowGather` to).
+    #[cfg(test)]
     fn gather(&self, pos: usize, row: &mut [u64]) {
         let (img, oy, ox) = self.coords(pos);
         let BitMap { bits, h, w, c, .. } = self.map;
@@ -374,6 +390,7 @@ struct Scratch {
 /// What every task of one call shares.
 struct Run<'a> {
     layer: &'a Layer<'a>,
+    rows: &'a RowGather<'a>,
     weights: &'a [u64],
     o: usize,
     epi: &'a Epilogue<'a>,
@@ -392,9 +409,10 @@ impl Run<'_> {
             mut float,
             mut bits,
         } = task;
-        s.windows.resize(m * wk, 0); // each row is cleared by `gather`
-        for (q, row) in s.windows.chunks_exact_mut(wk).enumerate() {
-            layer.gather(start + q, row);
+        s.windows.resize(m * wk, 0); // each output row is cleared by `fill`
+                                     // the task's positions are whole output rows (start and m are multiples of wo)
+        for (q, row) in s.windows.chunks_exact_mut(layer.wo * wk).enumerate() {
+            self.rows.fill(start / layer.wo + q, row);
         }
         s.acc.resize(m * o, 0);
         let acc = &mut s.acc[..m * o];

@@ -126,45 +126,98 @@ pub fn im2col_bits(
     // small map is too little work to be worth claiming from the shared queue.
     let row_words = wo * wk;
     let rows_per_item = (4096 / row_words).max(1);
-    // c divides 64: then wc = 1 and every tap is a single shifted word.
-    let one_word_taps = WORD_BITS.is_multiple_of(c);
-    // Each tap's span of output columns that read inside the map (the rest read padding, bit 0).
-    let spans: Vec<Option<Span>> = (0..win.kw).map(|j| Span::new(j, w, wo, &win)).collect();
+    let gather = RowGather::new(bits, h, w, c, win, (ho, wo));
     let items: Vec<(usize, &mut [u64])> = out.chunks_mut(rows_per_item * row_words).enumerate().collect();
     crate::threads::run_claimed(threads, items, |(item, block)| {
         for (t, row_out) in block.chunks_exact_mut(row_words).enumerate() {
-            let r = item * rows_per_item + t;
-            let (img, oy) = (r / ho, r % ho);
-            row_out.fill(0);
-            // Tap by tap over the whole output row: one input row, one bit offset, a run of pixels.
-            for i in 0..win.kh {
-                let Some(y) = win.source(oy, i, h) else { continue };
-                let Some(in_row) = bits.get((img * h + y) * w * wc..(img * h + y + 1) * w * wc) else {
-                    continue;
-                };
-                for (j, span) in spans.iter().enumerate() {
-                    let Some(span) = span else { continue };
-                    let at = (i * win.kw + j) * c;
-                    let dsts = row_out[span.lo * wk..span.hi * wk].chunks_exact_mut(wk);
-                    // Span: the pixel of output column lo + t is span.src + t·stride < w.
-                    let pixel = |t: usize| (span.src + t * win.stride) * wc;
-                    if one_word_taps {
-                        // c divides 64 (so wc = 1): the tap's bits never cross a word boundary.
-                        let (word, shift) = (at / WORD_BITS, at % WORD_BITS);
-                        for (t, dst) in dsts.enumerate() {
-                            dst[word] |= in_row[pixel(t)] << shift;
-                        }
-                    } else {
-                        for (t, dst) in dsts.enumerate() {
-                            append_bits(dst, at, &in_row[pixel(t)..pixel(t) + wc]);
-                        }
-                    }
-                }
-            }
+            gather.fill(item * rows_per_item + t, row_out);
         }
         true
     })?;
     Ok(())
+}
+
+/// The lowered rows of a packed map, one output image row (wo positions) at a time: what
+/// `im2col_bits` writes, and what `bconv_1bit` gathers per task. Sizes are the caller's, checked.
+pub(crate) struct RowGather<'a> {
+    bits: &'a [u64],
+    h: usize,
+    w: usize,
+    c: usize,
+    wc: usize,
+    wk: usize,
+    ho: usize,
+    win: Window,
+    /// Each tap column's span of output columns that read inside the map (the rest read padding, 0).
+    spans: Vec<Option<Span>>,
+    /// c divides 64: then wc = 1 and every tap is a single shifted word.
+    one_word_taps: bool,
+}
+
+impl<'a> RowGather<'a> {
+    pub(crate) fn new(
+        bits: &'a [u64],
+        h: usize,
+        w: usize,
+        c: usize,
+        win: Window,
+        (ho, wo): (usize, usize),
+    ) -> Self {
+        RowGather {
+            bits,
+            h,
+            w,
+            c,
+            wc: words_for(c),
+            wk: words_for(win.kh * win.kw * c),
+            ho,
+            win,
+            spans: (0..win.kw).map(|j| Span::new(j, w, wo, &win)).collect(),
+            one_word_taps: WORD_BITS.is_multiple_of(c),
+        }
+    }
+
+    /// The `wo` lowered rows (`wk` words each, bits in (i, j, channel) order) of output row
+    /// `r = image·ho + oy` into `row_out`, taps on the padding 0.
+    pub(crate) fn fill(&self, r: usize, row_out: &mut [u64]) {
+        let (win, wc, wk, c) = (self.win, self.wc, self.wk, self.c);
+        let (img, oy) = (r / self.ho, r % self.ho);
+        row_out.fill(0);
+        // Tap by tap over the whole output row: one input row, one bit offset, a run of pixels.
+        for i in 0..win.kh {
+            let Some(y) = win.source(oy, i, self.h) else {
+                continue;
+            };
+            let row_len = self.w * wc;
+            let Some(in_row) = self
+                .bits
+                .get((img * self.h + y) * row_len..(img * self.h + y + 1) * row_len)
+            else {
+                continue;
+            };
+            for (j, span) in self.spans.iter().enumerate() {
+                let Some(span) = span else { continue };
+                let at = (i * win.kw + j) * c;
+                let Some(dst_run) = row_out.get_mut(span.lo * wk..span.hi * wk) else {
+                    continue;
+                };
+                let dsts = dst_run.chunks_exact_mut(wk);
+                // Span: the pixel of output column lo + t is span.src + t·stride < w.
+                let pixel = |t: usize| (span.src + t * win.stride) * wc;
+                if self.one_word_taps {
+                    // c divides 64 (so wc = 1): the tap's bits never cross a word boundary.
+                    let (word, shift) = (at / WORD_BITS, at % WORD_BITS);
+                    for (t, dst) in dsts.enumerate() {
+                        dst[word] |= in_row[pixel(t)] << shift;
+                    }
+                } else {
+                    for (t, dst) in dsts.enumerate() {
+                        append_bits(dst, at, &in_row[pixel(t)..pixel(t) + wc]);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// S·X for a conv: `S` CSR `(o, c·kh·kw)` with columns ordered (channel, i, j), `x` `(n, c, h, w)`
