@@ -356,6 +356,13 @@ class Trainer:
         return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                 "images_per_second": bar.items_per_second, "train_epoch_seconds": seen / bar.items_per_second}
 
+    def end_epoch_schedules(self) -> None:
+        """Advance the learning-rate schedules at the end of an epoch (with `lr_update` "batch" they
+        advanced after every batch of `train_epoch` instead)."""
+        if self.config.lr_update == "epoch":
+            for s in self._schedulers():
+                s.step()
+
     def start_epoch_hooks(self, epoch: int) -> None:
         """Method schedules (freezing), the two-step activations and, at the projection epoch, the
         budget's hard projection."""
@@ -377,9 +384,7 @@ class Trainer:
             e = self.epoch
             lr = self.optimizer.param_groups[0]["lr"]
             stats = self.train_epoch(e)
-            if self.config.lr_update == "epoch":
-                for s in self._schedulers():
-                    s.step()
+            self.end_epoch_schedules()
             if self.config.recalibrate_batches:
                 self.recalibrate(e)
             scores = {split: evaluate(self.model, self.data, self.config.eval_batch_size,

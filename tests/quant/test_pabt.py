@@ -207,8 +207,7 @@ def test_resume_continues_a_pruning_run_exactly(tmp_path):
     straight.run()
     first = Trainer(TrainConfig(**QUICK), tmp_path / "b", progress=False)
     first.train_epoch(0)
-    for s in first._schedulers():
-        s.step()
+    first.end_epoch_schedules()
     first.epoch = 1
     checkpoint.save(tmp_path / "b" / "last.ckpt", first.state())
     resumed = Trainer(TrainConfig(**QUICK), tmp_path / "b", progress=False)

@@ -155,8 +155,7 @@ def test_resume_continues_an_sbnn_run_exactly(tmp_path):
     straight.run()
     first = Trainer(cfg, tmp_path / "b", progress=False)
     first.train_epoch(0)  # a run killed after epoch 1 was checkpointed
-    for scheduler in first._schedulers():
-        scheduler.step()
+    first.end_epoch_schedules()
     first.epoch = 1
     checkpoint.save(tmp_path / "b" / "last.ckpt", first.state())
     resumed = Trainer(cfg, tmp_path / "b", progress=False)

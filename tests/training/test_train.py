@@ -23,8 +23,7 @@ def test_resume_continues_exactly_as_if_uninterrupted(tmp_path, lr_update):
     straight.run()
     first = Trainer(config, tmp_path / "b", progress=False)
     first.train_epoch(0)  # simulate a run killed after epoch 1 was checkpointed:
-    if lr_update == "epoch":  # (per batch, train_epoch has advanced the schedule itself)
-        first.scheduler.step()
+    first.end_epoch_schedules()
     first.epoch = 1
     checkpoint.save(tmp_path / "b" / "last.ckpt", first.state())
     resumed = Trainer(config, tmp_path / "b", progress=False)
