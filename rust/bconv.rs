@@ -457,20 +457,6 @@ mod tests {
     use super::*;
     use crate::test_rng::Rng;
 
-    fn random_words(rng: &mut Rng, rows: usize, k: usize) -> Vec<u64> {
-        let w = words_for(k);
-        (0..rows * w)
-            .map(|q| {
-                let v = rng.next();
-                if q % w == w - 1 {
-                    v & crate::bits::last_word_mask(k)
-                } else {
-                    v
-                }
-            })
-            .collect()
-    }
-
     fn window(kh: usize, kw: usize, stride: usize, padding: usize) -> Window {
         Window {
             kh,
@@ -499,7 +485,7 @@ mod tests {
                 let (n, h, w) = (2, 5, 4);
                 let win = window(kh, kw, stride, padding);
                 let map = BitMap {
-                    bits: &random_words(&mut rng, n * h * w, c),
+                    bits: &rng.packed_rows(n * h * w, c),
                     n,
                     h,
                     w,
@@ -645,7 +631,7 @@ mod tests {
             let (n, h, w) = (2, 5, 3);
             let win = window(ksize, ksize, stride, padding);
             let k = ksize * ksize * c;
-            let bits = random_words(&mut rng, n * h * w, c);
+            let bits = rng.packed_rows(n * h * w, c);
             let map = BitMap {
                 bits: &bits,
                 n,
@@ -653,7 +639,7 @@ mod tests {
                 w,
                 c,
             };
-            let weights = random_words(&mut rng, o, k);
+            let weights = rng.packed_rows(o, k);
             let (ho, wo) = win.output(h, w).unwrap();
             let p = n * ho * wo;
             let vals = |rng: &mut Rng, len: usize| (0..len).map(|_| rng.f()).collect::<Vec<f32>>();

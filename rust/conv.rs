@@ -537,20 +537,6 @@ mod tests {
         out
     }
 
-    fn random_pixels(rng: &mut Rng, pixels: usize, c: usize) -> Vec<u64> {
-        let wc = words_for(c);
-        (0..pixels * wc)
-            .map(|q| {
-                let v = rng.next();
-                if q % wc == wc - 1 {
-                    v & crate::bits::last_word_mask(c)
-                } else {
-                    v
-                }
-            })
-            .collect()
-    }
-
     #[test]
     fn im2col_bits_matches_the_oracle_on_awkward_shapes() {
         let mut rng = Rng(0x5eed_0005);
@@ -569,7 +555,7 @@ mod tests {
                     stride,
                     padding,
                 };
-                let bits = random_pixels(&mut rng, n * h * w, c);
+                let bits = rng.packed_rows(n * h * w, c);
                 let want = im2col_bits_oracle(&bits, n, h, w, c, win);
                 for threads in [1, 3] {
                     let mut out = vec![u64::MAX; want.len()];

@@ -19,4 +19,19 @@ impl Rng {
     pub fn f(&mut self) -> f32 {
         (self.next() % 2001) as f32 / 1000.0 - 1.0
     }
+
+    /// `rows` random rows of `k` bits packed as `crate::bits` packs them (padding bits zero).
+    pub fn packed_rows(&mut self, rows: usize, k: usize) -> Vec<u64> {
+        let w = crate::bits::words_for(k);
+        (0..rows * w)
+            .map(|q| {
+                let v = self.next();
+                if q % w == w - 1 {
+                    v & crate::bits::last_word_mask(k)
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
 }
