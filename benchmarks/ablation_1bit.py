@@ -91,7 +91,9 @@ def result(variant: str, out: Path) -> dict:
 
 
 def reference(variant: str) -> str:
-    """The full-precision run trained with the same schedule and epochs as `variant`."""
+    """The full-precision run trained with the same schedule and epochs as `variant` (itself for one)."""
+    if variant.startswith("fp"):
+        return variant
     return "fp-3ep" if variant.endswith("-3ep") else "fp-anneal" if variant == "anneal" else "fp"
 
 
@@ -102,7 +104,7 @@ def plot(rows: list[dict], png: Path, title: str) -> None:
     for i, r in enumerate(rows):
         epochs = range(1, len(r["per_epoch_test_accuracy"]) + 1)
         ax.plot(epochs, [100 * a for a in r["per_epoch_test_accuracy"]], marker="os^vDP*X"[i % 8],
-                ls="--" if r["variant"] == "fp" else "-", label=r["variant"])
+                ls="--" if r["variant"].startswith("fp") else "-", label=r["variant"], color=f"C{i % 10}" if i < 10 else "k")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=10)
@@ -143,7 +145,7 @@ def main() -> None:
     png = args.out / "ablation.png"
     flag = lambda name, default="?": recipe[recipe.index(name) + 1] if name in recipe else default  # noqa: E731
     plot(rows, png, f"1-bit activations, APB 1.6 bits/weight: test accuracy per epoch\n{flag('--model')} on "
-         f"{flag('--dataset')}, {flag('--epochs')} epochs, seed {flag('--seed', '0')}")
+         f"{flag('--dataset')}, {flag('--epochs')} epochs (-3ep: 3), seed {flag('--seed', '0')}; dashed: full precision")
     print(f"wrote {png}")
     write_json("ablation_1bit", {"recipe": recipe, "rows": rows}, args.json)
 
