@@ -15,6 +15,7 @@ from ..data import DATASETS
 from ..models import MODELS
 from ..quant import METHODS, MethodOptions
 from ..quant.base import check_option_types
+from ..quant.activations import STES
 
 
 RECALIBRATE_1BIT = 20  # bn_recalibrate's default with 1-bit activations (benchmarks/ablation_1bit.py)
@@ -77,7 +78,7 @@ class CommonConfig:
                        "float32)", tuple(sorted(METHODS)), "compression")
     act_bits: int = _opt(32, "bits of the activations into compressed layers", (32, 2, 1), "compression")
     act_ste: str = _opt("identity", "straight-through estimator of 1-bit activations: identity, clipped "
-                        "(1 inside [-1, 1]) or approx (Bi-Real's 2 - 2|x| inside [-1, 1])", ("identity", "clipped", "approx"),
+                        "(1 inside [-1, 1]) or approx (Bi-Real's 2 - 2|x| inside [-1, 1])", STES,
                         "compression")
     bits_per_weight: float | None = _opt(None, "memory budget of the compressed layers in bits/weight "
                                          "(methods that take a budget)", None, "compression")
