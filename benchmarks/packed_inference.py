@@ -4,6 +4,7 @@
     python benchmarks/packed_inference.py [--images 1024] [--repeats 3] [--methods apb uniform ...]
                                           [--backends rust numpy] [--sbnn-p 0.5 0.05]
                                           [--blocks basic bireal react act-scale] [--checkpoints runs/study/*/last.ckpt]
+                                          [--batch-size 256] [--unfused]
 
 The packed models are freshly initialised ResNet-20s brought to the memory of the study's cells
 (BENCHMARKS.md): APB with its masks projected to 1.6 bits/weight (1.2766 % full-precision weights),
@@ -15,7 +16,10 @@ weights only through the number of non-zeros, which the budget fixes (SBNN: thro
 and its constant rows, which cost nothing; a trained model may have some). --checkpoints adds trained
 models as they are, at the activations they were trained with, labelled by their run directory. The baseline is the float
 ResNet-20 (NumPy autograd, eval mode) on the same images in the same run. Each figure is the median
-over --repeats passes over --images images in batches of 256. The models take turns (one pass each per
+over --repeats passes over --images images in batches of --batch-size (256). On the Rust kernels a
+1-bit ResNet-20 runs its blocks fused (`apb_ref/packed/fused.py`: one bconv_1bit call per conv, bits
+between layers); --unfused adds each such model again with its blocks run conv by conv, labelled
+"unfused". The models take turns (one pass each per
 round, `apb_ref.bench.measure_interleaved`); "vs float" and "vs APB" (APB 1.6 bits/weight, the same
 activations and kernels) are medians of same-round ratios, so a slow spell of a shared host slows
 every model alike. The Rust kernels are the default (the NumPy oracles run ResNet-20 at ~15 img/s).
@@ -23,6 +27,7 @@ every model alike. The Rust kernels are the default (the NumPy oracles run ResNe
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +37,7 @@ from common import machine, print_table, write_json
 from apb_ref.autograd import Tensor, no_grad
 from apb_ref.bench import measure_interleaved, speedup
 from apb_ref.packed import PackedNetwork, export_model, layer_bytes
+from apb_ref.packed.fused import FusedBlocks
 from apb_ref.kernels import backend
 from apb_ref.models import build
 from apb_ref.quant import quantized_layers, sbnn
@@ -40,7 +46,6 @@ from apb_ref.training import export_args, load_model
 from apb_ref.training.runtime import reuse_freed_memory
 from apb_ref.training.summary import index_bits, summarize
 
-BATCH = 256
 BITS_PER_WEIGHT = 1.6  # the budget of the budgeted methods (APB, pruning)
 METHODS = ("apb", "bnn", "uniform", "prune", "prune_uniform", "sbnn")
 # --blocks: ResNet-20 variants of the 1-bit activation options (METHODS §1.6.1), as build() arguments
@@ -100,18 +105,22 @@ def main() -> None:
                              "ReActNet's learned activations; act-scale: XNOR-Net's activation scale)")
     parser.add_argument("--checkpoints", nargs="+", default=[], metavar="CKPT",
                         help="trained checkpoints to time as well, at their own activations")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    parser.add_argument("--unfused", action="store_true",
+                        help="also time each model with fused 1-bit blocks with its blocks run conv by conv")
     parser.add_argument("--json", help="where to write the results (default: benchmarks/results/packed_inference.json)")
     args = parser.parse_args()
-    if args.images < 1 or args.repeats < 1:
-        parser.error("--images and --repeats must be >= 1")
+    if args.images < 1 or args.repeats < 1 or args.batch_size < 1:
+        parser.error("--images, --repeats and --batch-size must be >= 1")
+    batch = args.batch_size
     reuse_freed_memory()
     x = np.random.default_rng(0).standard_normal((args.images, 1, 32, 32)).astype(np.float32)
 
     def passes(forward, backend_name="numpy"):
         def run():
             with backend.use_backend(backend_name):
-                for i in range(0, len(x), BATCH):
-                    forward(x[i:i + BATCH])
+                for i in range(0, len(x), batch):
+                    forward(x[i:i + batch])
         return run
 
     float_model = build("resnet20", num_classes=10, in_channels=1)
@@ -128,15 +137,22 @@ def main() -> None:
         models += [(f"sbnn p={p:g}", {"sbnn_p": p}) for p in args.sbnn_p]
     models = [(label if block == "basic" else f"{label} {block}", {**kwargs, "block": block})
               for block in args.blocks for label, kwargs in models]
+    def add(label, act_bits, net):
+        for name in args.backends:
+            runs[(label, act_bits, name)] = passes(net.logits, name)
+        if args.unfused and isinstance(net.model.blocks, FusedBlocks):
+            plain = copy.deepcopy(net)
+            plain.model.blocks = plain.model.blocks.unfused
+            bits[f"{label} unfused"] = bits[label]
+            add(f"{label} unfused", act_bits, plain)
+
     for label, kwargs in models:
         for act_bits in args.act_bits:
             net, bits[label] = packed_resnet20(label.split()[0], act_bits, **kwargs)
-            for name in args.backends:
-                runs[(label, act_bits, name)] = passes(net.logits, name)
+            add(label, act_bits, net)
     for path in args.checkpoints:
         label, act_bits, net, bits[label] = trained(path)
-        for name in args.backends:
-            runs[(label, act_bits, name)] = passes(net.logits, name)
+        add(label, act_bits, net)
     # one warm-up each, then --repeats rounds of one pass per model
     timed, _ = measure_interleaved(runs, repeats=args.repeats, min_time=0.0, rounds=args.repeats)
     base = len(x) / timed["float"]["median_s"]
@@ -154,7 +170,8 @@ def main() -> None:
         rows.append([f"packed {method}", f"{bits[method]:.3f}", str(act_bits), name, f"{speed:.0f}", f"{ratio:.2f}x",
                      f"{vs_apb:.2f}x" if vs_apb is not None else "-", f"{vs_bnn:.2f}x" if vs_bnn is not None else "-"])
         records.append({"model": f"packed-{method}", "method": method.split()[0],
-                        "block": method.split()[-1] if method.split()[-1] in BLOCKS else "basic",
+                        "block": next((w for w in method.split()[1:] if w in BLOCKS), "basic"),
+                        "unfused": method.endswith(" unfused"),
                         "file_bits_per_weight": bits[method],
                         "act_bits": act_bits, "backend": name, "images_per_second": speed, "vs_float": ratio,
                         "vs_apb": vs_apb, "vs_bnn": vs_bnn})
@@ -163,14 +180,14 @@ def main() -> None:
     headline = {name: speedup(timed[("uniform", 2, name)], timed[("apb", 1, name)]) for name in args.backends
                 if ("uniform", 2, name) in timed and ("apb", 1, name) in timed}
     m = machine()
-    print(f"ResNet-20, 1x32x32, {args.images} images in batches of {BATCH}, median of {args.repeats}; "
+    print(f"ResNet-20, 1x32x32, {args.images} images in batches of {batch}, median of {args.repeats}; "
           f"{m['cpu']} ({m['cores']} cores)")
     print_table(["model", "file bits/weight", "activation bits", "kernels", "images/s", "vs float", "vs APB", "vs BNN"],
                 rows)
     for name, ratio in headline.items():
         print(f"APB {BITS_PER_WEIGHT} bits/weight, 1-bit activations, against 2-bit uniform weights with 2-bit "
               f"activations ({name} kernels, same rounds): {ratio:.2f}x")
-    write_json("packed_inference", {"images": args.images, "repeats": args.repeats, "batch_size": BATCH,
+    write_json("packed_inference", {"images": args.images, "repeats": args.repeats, "batch_size": batch,
                                     "results": records, "apb_a1_vs_uniform_a2": headline}, args.json)
 
 

@@ -480,7 +480,7 @@ impl Tap {
 /// branch-free loop; stride 1 gets the plain-slice loop the compiler vectorizes, other strides plain
 /// indexing (`step_by` iterators cost several times more per value).
 #[inline]
-fn axpy<const SIGNS: bool>(out: &mut [f32], v: f32, x: &[f32], stride: usize) {
+pub(crate) fn axpy<const SIGNS: bool>(out: &mut [f32], v: f32, x: &[f32], stride: usize) {
     let term = |xv: f32| v * if SIGNS { sign(xv) } else { xv };
     if stride == 1 {
         for (o, &xv) in out.iter_mut().zip(x) {

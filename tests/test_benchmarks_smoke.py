@@ -63,6 +63,23 @@ def test_kernels_benchmark_quick(tmp_path):
 
 
 @pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")
+def test_packed_inference_times_fused_blocks_against_unfused(tmp_path):
+    out = tmp_path / "packed.json"
+    backends = backend.available_backends()
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "packed_inference.py"), "--images", "3", "--repeats",
+                           "1", "--batch-size", "2", "--methods", "apb", "--act-bits", "1", "2", "--blocks", "bireal",
+                           "--unfused", "--backends", *backends, "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    d = json.loads(out.read_text())
+    assert d["batch_size"] == 2
+    got = {(r["model"], r["act_bits"], r["backend"], r["block"], r["unfused"]) for r in d["results"] if r["model"] != "float"}
+    # every backend's model fuses its 1-bit blocks (the NumPy backend then runs them unfused); 2-bit ones never fuse
+    want = {("packed-apb bireal", a, b, "bireal", False) for a in (1, 2) for b in backends}
+    assert got == want | {("packed-apb bireal unfused", 1, b, "bireal", True) for b in backends}
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")
 def test_packed_inference_benchmark_runs(tmp_path):
     out = tmp_path / "packed.json"
     script = SCRIPT.parent / "packed_inference.py"

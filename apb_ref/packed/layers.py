@@ -50,6 +50,8 @@ from ..ops.lowering import conv_output_size
 from ..quant.activations import activation_quantizer
 from ..quant.packing import rice_decode, unpack_codes
 
+FOLDED = "batchnorm folded into the conv"  # the name of the identity a folded BatchNorm leaves behind
+
 
 def weight_planes(prefix: str, spec: dict[str, Any], t: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """The binary part of a layer as planes (B_p packed (O, words), α_p (O,)): W = Σ_p α_p·B_p.
@@ -197,6 +199,25 @@ class PackedConv2d(PackedLinearCore):
             self.values = self.values * scale[np.repeat(np.arange(self.out_features), np.diff(self.indptr))]
         self.out_scale = self.out_scale * scale
         self.__dict__.pop("_corrections", None)
+        self.__dict__.pop("_fused", None)
+
+    def fused_operands(self, h: int, w: int) -> dict[str, Any]:
+        """`bconv_1bit`'s arguments for this layer on an h×w map (1-bit activations, one plane; see
+        `fused.py`): the weights in (i, j, channel) order, the epilogue, the padding correction
+        channels last, and S with its columns renumbered from (channel, i, j) to (i, j, channel)."""
+        cache = self.__dict__.setdefault("_fused", {})
+        if (h, w) not in cache:
+            correction = None
+            if self.padding:
+                correction = np.ascontiguousarray(self._padding_correction((self.channels, h, w)).transpose(1, 2, 0))
+            csr = None
+            if self.sparse:
+                taps = self.kh * self.kw
+                columns = (self.indices % taps) * self.channels + self.indices // taps
+                csr = (self.indptr, columns.astype(np.int32), self.values)
+            cache[(h, w)] = {"weights": self.planes_hwc[0], **self.epilogues[0], "correction": correction,
+                             "csr": csr}
+        return cache[(h, w)]
 
     def _lowered(self, packed: np.ndarray, shape) -> np.ndarray:
         """im2col_bits of a map packed per pixel ((N·H·W, words) uint64 for an (N, C, H, W) map)."""

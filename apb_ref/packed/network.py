@@ -16,7 +16,8 @@ from ..models import build
 from ..quant import METHODS
 from ..training.progress import Progress
 from .format import PackedModel, load_packed
-from .layers import PACKED_LAYERS, Affine, PackedConv2d, PackedPaBT, PackedSBNN
+from .fused import fuse_blocks
+from .layers import FOLDED, PACKED_LAYERS, Affine, PackedConv2d, PackedPaBT, PackedSBNN
 from .schema import evaluation_normalization, validate_packed
 
 
@@ -45,7 +46,7 @@ def fold_batchnorms(model: nn.Module) -> None:
         conv, bn = parent._modules.get(conv_name), parent._modules.get(bn_name)
         if isinstance(conv, (PackedConv2d, PackedSBNN, PackedPaBT)) and conv.packed_input and isinstance(bn, Affine):
             conv.fold(bn.scale, bn.shift)
-            setattr(parent, bn_name, nn.Lambda(lambda x: x, "batchnorm folded into the conv"))
+            setattr(parent, bn_name, nn.Lambda(lambda x: x, FOLDED))
 
 
 def _layer_name(layer: str, kind: str) -> str:
@@ -60,7 +61,8 @@ def _layer_name(layer: str, kind: str) -> str:
 
 def build_packed(packed: PackedModel, fold_batchnorm: bool = True) -> nn.Module:
     """The model's architecture with every layer replaced by its packed counterpart (and, with
-    `fold_batchnorm`, the BatchNorms after 1- and 2-bit packed convs folded into them)."""
+    `fold_batchnorm`, the BatchNorms after 1- and 2-bit packed convs folded into them, and then a
+    ResNet-20's 1-bit blocks fused: `fused.py`)."""
     args = validate_packed(packed)  # refuses an inconsistent file before anything is built
     model = build(**args)
     t = packed.tensors
@@ -72,6 +74,7 @@ def build_packed(packed: PackedModel, fold_batchnorm: bool = True) -> nn.Module:
         setattr(parent, leaf, PACKED_LAYERS[_layer_name(name, spec["kind"])](name, spec, t, old))
     if fold_batchnorm:
         fold_batchnorms(model)
+        fuse_blocks(model)
     return model.eval()
 
 

@@ -1,0 +1,97 @@
+"""Bits between layers: ResNet-20's blocks run channels last on the Rust backend, one `bconv_1bit`
+call per binary conv.
+
+Unfused (`PackedConv2d`, and always on the NumPy backend, which stays the readable reference), each
+1-bit conv packs its float NCHW input, lowers the packed map (im2col_bits), multiplies (bgemm_1x1),
+adds APB's sparse term in another pass (csr_conv2d), copies to NCHW while taking off the padding
+correction, and the block then adds the shortcut and clips in further passes. Here each conv is one
+pass over its output positions: the kernel gathers the windows from the packed map, multiplies, and
+finishes y = folded BatchNorm − padding correction + S·x + residual, clipped (hardtanh), writing the
+float map the next shortcut needs and the packed signs the next conv reads. A map is packed once,
+when it enters the blocks.
+
+A block qualifies when both convs are 1-bit, single-plane packed convs (APB, BNN) with their
+BatchNorms folded, hardtanh activations and no ReAct shifts or activation scales; the model's blocks
+are fused only if every block qualifies. The float results equal the unfused ones up to float
+rounding (the sums run in another order), so the packed network still equals the float model.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import kernels
+from .. import nn
+from .. import ops as F
+from ..autograd import Tensor
+from ..models.resnet import BasicBlock, BiRealBlock
+from .layers import FOLDED, PackedConv2d
+
+
+def _fusable_conv(conv) -> bool:
+    return isinstance(conv, PackedConv2d) and conv.act_bits == 1 and len(conv.planes) == 1
+
+
+def fusable(block) -> bool:
+    """Whether `block` computes exactly what `FusedBlocks` runs for it."""
+    return (type(block) in (BasicBlock, BiRealBlock)
+            and all(_fusable_conv(conv) for conv in (block.conv1, block.conv2))
+            and all(getattr(bn, "name", None) == FOLDED for bn in (block.bn1, block.bn2))
+            and all(getattr(act, "fn", None) is F.hardtanh for act in (block.act1, block.act2))
+            and not any(isinstance(shift, nn.ChannelShift) for shift in (block.shift1, block.shift2))
+            and block.scale1 is None and block.scale2 is None)
+
+
+def fuse_blocks(model: nn.Module) -> None:
+    """Replace a ResNet-20's `blocks` by `FusedBlocks` when every block qualifies (see the module docs)."""
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential) and len(blocks) and all(fusable(b) for b in blocks):
+        model.blocks = FusedBlocks(blocks)
+
+
+def shortcut_nhwc(x: np.ndarray, out_channels: int, stride: int) -> np.ndarray:
+    """`resnet.shortcut_option_a` channels last: every `stride`-th pixel, new channels zero on both sides."""
+    if stride == 1 and x.shape[3] == out_channels:
+        return x
+    x = x[:, ::stride, ::stride, :]
+    extra = out_channels - x.shape[3]
+    return np.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+
+
+class FusedBlocks(nn.Module):
+    """The blocks as channels-last `bconv_1bit` calls on the Rust backend; the original modules on NumPy."""
+
+    def __init__(self, blocks: nn.Sequential):
+        super().__init__()
+        self.unfused = blocks
+
+    def forward(self, x):
+        if kernels.get_backend() != "rust":
+            return self.unfused(x)
+        n, c, h, w = x.shape
+        x = np.ascontiguousarray(x.data.transpose(0, 2, 3, 1))  # NHWC
+        bits = kernels.pack_bits(x.reshape(-1, c)).reshape(n, h, w, -1)
+        last = len(self.unfused) - 1
+        for i, block in enumerate(self.unfused):
+            x, bits = self._block(block, x, bits, final=i == last)
+        return Tensor(x.transpose(0, 3, 1, 2))
+
+    @staticmethod
+    def _block(block, x, bits, final):
+        shortcut = shortcut_nhwc(x, block.cout, block.stride)
+        if isinstance(block, BiRealBlock):  # out = act(bn1(conv1(x)) + x); act(bn2(conv2(out)) + out)
+            out, out_bits = _bconv(block.conv1, bits, residual=shortcut, out="both")
+            return _bconv(block.conv2, out_bits, residual=out, out="float" if final else "both")
+        # basic: act(bn2(conv2(act(bn1(conv1(x))))) + x); conv2 reads only the signs of act(bn1(...)),
+        # and hardtanh keeps every sign
+        hidden_bits = _bconv(block.conv1, bits, out="bits")
+        return _bconv(block.conv2, hidden_bits, residual=shortcut, out="float" if final else "both")
+
+
+def _bconv(conv: PackedConv2d, bits: np.ndarray, residual=None, out="both"):
+    """One packed conv (+ folded BatchNorm, + residual, hardtanh) on a packed NHWC map."""
+    n, h, w, _ = bits.shape
+    ops = conv.fused_operands(h, w)
+    y = kernels.bconv_1bit(ops["weights"], bits, conv.channels, conv.kh, conv.kw, conv.stride, conv.padding,
+                           scale=ops["scale"], shift=ops["shift"], correction=ops["correction"], csr=ops["csr"],
+                           residual=None if residual is None else np.ascontiguousarray(residual), clip=True, out=out)
+    return (y, None) if out == "float" else y
