@@ -6,8 +6,8 @@
 Every variant is APB at 1.6 bits/weight with 1-bit activations plus a set of options (VARIANTS), on top of
 the recipe with every option off (NONE: per-epoch schedule, basic blocks, no re-estimation); `kd`
 distils from a full-precision run of the same recipe (the `fp` variant, trained first). The `-3ep`
-variants are the default recipe (what the ablation chose) over 3 epochs for APB and BNN, with their
-full-precision reference. The clipped
+and `-6ep` variants are the default recipe (what the ablation chose), some with the activation scale on
+top, over 3 and 6 epochs for APB and BNN, with their full-precision reference of the same epochs. The clipped
 straight-through estimator is no variant: with 1-bit activations the models put a hardtanh before every
 sign, so its inputs never leave [−1, 1] and `--act-ste clipped` trains bit for bit as the identity
 (`approx-ste`, Bi-Real's ApproxSign, does differ). Each run is
@@ -53,6 +53,15 @@ VARIANTS = {
     "default-3ep": APB_A1 + ["--lr-update", "batch", "--block", "bireal", "--bn-recalibrate", "20", "--epochs", "3"],
     "bnn-default-3ep": ["--method", "bnn", "--act-bits", "1", "--lr-update", "batch", "--block", "bireal",
                         "--bn-recalibrate", "20", "--epochs", "3"],
+    # the same over 6 epochs, and with the activation scale on top (a candidate default)
+    "fp-6ep": ["--lr-update", "batch", "--epochs", "6"],
+    "default-6ep": APB_A1 + ["--lr-update", "batch", "--block", "bireal", "--bn-recalibrate", "20", "--epochs", "6"],
+    "default+act-scale-6ep": APB_A1 + ["--lr-update", "batch", "--block", "bireal", "--bn-recalibrate", "20",
+                                       "--act-scale", "--epochs", "6"],
+    "bnn-default+act-scale-6ep": ["--method", "bnn", "--act-bits", "1", "--lr-update", "batch", "--block", "bireal",
+                                  "--bn-recalibrate", "20", "--act-scale", "--epochs", "6"],
+    "bnn-default+act-scale-3ep": ["--method", "bnn", "--act-bits", "1", "--lr-update", "batch", "--block", "bireal",
+                                  "--bn-recalibrate", "20", "--act-scale", "--epochs", "3"],
     "act-scale": APB_A1 + ["--act-scale"],
     "bireal+recalibrate": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20"],
     "all": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20", "--teacher", "{fp}"],
@@ -94,7 +103,10 @@ def reference(variant: str) -> str:
     """The full-precision run trained with the same schedule and epochs as `variant` (itself for one)."""
     if variant.startswith("fp"):
         return variant
-    return "fp-3ep" if variant.endswith("-3ep") else "fp-anneal" if variant == "anneal" else "fp"
+    for epochs in ("-3ep", "-6ep"):
+        if variant.endswith(epochs):
+            return "fp" + epochs
+    return "fp-anneal" if variant == "anneal" else "fp"
 
 
 def plot(rows: list[dict], png: Path, title: str) -> None:
@@ -145,7 +157,7 @@ def main() -> None:
     png = args.out / "ablation.png"
     flag = lambda name, default="?": recipe[recipe.index(name) + 1] if name in recipe else default  # noqa: E731
     plot(rows, png, f"1-bit activations, APB 1.6 bits/weight: test accuracy per epoch\n{flag('--model')} on "
-         f"{flag('--dataset')}, {flag('--epochs')} epochs (-3ep: 3), seed {flag('--seed', '0')}; dashed: full precision")
+         f"{flag('--dataset')}, {flag('--epochs')} epochs (-3ep: 3, -6ep: 6), seed {flag('--seed', '0')}; dashed: full precision")
     print(f"wrote {png}")
     write_json("ablation_1bit", {"recipe": recipe, "rows": rows}, args.json)
 
