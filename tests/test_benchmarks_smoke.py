@@ -68,7 +68,7 @@ def test_packed_inference_times_fused_blocks_against_unfused(tmp_path):
     backends = backend.available_backends()
     proc = subprocess.run([sys.executable, str(SCRIPT.parent / "packed_inference.py"), "--images", "3", "--repeats",
                            "1", "--batch-size", "2", "--methods", "apb", "--act-bits", "1", "2", "--blocks", "bireal",
-                           "--unfused", "--backends", *backends, "--json", str(out)],
+                           "--unfused", "--backends", *backends, "--json", str(out), "--no-torch"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     d = json.loads(out.read_text())
@@ -89,7 +89,8 @@ def test_packed_inference_benchmark_runs(tmp_path):
                  "--limit-train", "64", "--limit-test", "32", "--method", "sbnn", "--act-bits", "1",
                  "--out", str(run), "--quiet"]) == 0
     proc = subprocess.run([sys.executable, str(script), "--images", "4", "--repeats", "1", "--json", str(out),
-                           "--backends", *backends, "--sbnn-p", "0.5", "0.05", "--checkpoints", str(run / "last.ckpt")],
+                           "--backends", *backends, "--sbnn-p", "0.5", "0.05", "--checkpoints", str(run / "last.ckpt"),
+                           "--no-torch"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     d = json.loads(out.read_text())
@@ -159,3 +160,22 @@ def test_ablation_benchmark_trains_each_variant_once_and_resumes(tmp_path):
     assert (out / "ablation.png").read_bytes().startswith(b"\x89PNG")
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done (cached)") == 3
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")
+def test_the_pytorch_columns_when_torch_imports(tmp_path):
+    pytest.importorskip("torch")  # an optional comparison: CI does not install it
+    for script, flags in (("packed_inference.py", ["--images", "2", "--repeats", "1", "--methods", "bnn",
+                                                    "--act-bits", "1"]),
+                          ("train_speed.py", ["--steps", "1", "--batch-size", "2"])):
+        out = tmp_path / f"{script}.json"
+        proc = subprocess.run([sys.executable, str(SCRIPT.parent / script), *flags, "--json", str(out)],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        assert "vs PyTorch" in proc.stdout
+        d = json.loads(out.read_text())
+        if script == "train_speed.py":
+            assert d["engines"]["torch_train"]["vs_torch"] == 1.0 and d["engines"]["numpy_train"]["vs_torch"] > 0
+        else:
+            assert any(r["model"] == "torch-float" for r in d["results"])
+            assert all(r["vs_torch"] > 0 for r in d["results"] if r["model"].startswith("packed"))

@@ -40,6 +40,11 @@ def rust_version() -> str | None:
     return _rust.version() if _rust is not None else None
 
 
+def rust_isa() -> str | None:
+    """The instruction set the compiled extension's kernels run on here (e.g. "avx2"), or None."""
+    return _rust.isa_selected() if _rust is not None else None
+
+
 def _check(name, source: str) -> str:
     if name not in BACKENDS:
         raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}; got {name!r}")
