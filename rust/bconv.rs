@@ -382,34 +382,39 @@ impl Sparse {
     }
 }
 
-/// What the epilogue reads for one output position: its O popcount products and its O correction,
-/// sparse-sum and residual values.
-struct Position<'a> {
-    acc: &'a [i32],
-    correction: Option<&'a [f32]>,
-    sparse: Option<&'a [f32]>,
-    residual: Option<&'a [f32]>,
-}
-
-/// y of every channel of one position, in the order of the module docs. Plain f32 ops (Rust never
-/// fuses a multiply and an add), so each step rounds as NumPy's does.
-/// One pass over the channels per step, each a branch-free loop the compiler vectorizes (the same
-/// operations per value, in the same order, as one loop with the steps inside).
+/// y of a task's `m` positions, `(m, O)`, in the order of the module docs: each step one pass over
+/// the whole block (long branch-free loops the compiler vectorizes; the same operations per value,
+/// in the same order, as one loop with the steps inside). `acc` holds the popcount products `(m, O)`,
+/// `sums` the sparse sums `(O, m)`; the task starts an output row at flat position `start`.
 #[inline(always)]
-fn finish(epi: &Epilogue, at: &Position, y: &mut [f32]) {
-    for (v, ((&a, &scale), &shift)) in y.iter_mut().zip(at.acc.iter().zip(epi.scale).zip(epi.shift)) {
-        *v = (a as f32) * scale + shift;
+fn finish(epi: &Epilogue, layer: &Layer, start: usize, acc: &[i32], sums: Option<&[f32]>, y: &mut [f32]) {
+    let o = epi.scale.len();
+    let (m, wo) = (y.len() / o.max(1), layer.wo);
+    for (row, acc) in y.chunks_exact_mut(o).zip(acc.chunks_exact(o)) {
+        for (v, ((&a, &scale), &shift)) in row.iter_mut().zip(acc.iter().zip(epi.scale).zip(epi.shift)) {
+            *v = (a as f32) * scale + shift;
+        }
     }
-    let add = |y: &mut [f32], terms: Option<&[f32]>, sign: f32| {
-        if let Some(t) = terms {
-            for (v, &t) in y.iter_mut().zip(t) {
-                *v += sign * t; // ±1·t is exact, so this is y − t or y + t
+    if let Some(c) = epi.correction {
+        for (r, row) in y.chunks_exact_mut(wo * o).enumerate() {
+            let oy = (start / wo + r) % layer.ho; // the correction depends on (oy, ox) only
+            for (v, &c) in row.iter_mut().zip(&c[oy * wo * o..(oy + 1) * wo * o]) {
+                *v -= c;
             }
         }
-    };
-    add(y, at.correction, -1.0);
-    add(y, at.sparse, 1.0);
-    add(y, at.residual, 1.0);
+    }
+    if let Some(sums) = sums {
+        for (q, row) in y.chunks_exact_mut(o).enumerate() {
+            for (ch, v) in row.iter_mut().enumerate() {
+                *v += sums[ch * m + q];
+            }
+        }
+    }
+    if let Some(res) = epi.residual {
+        for (v, &r) in y.iter_mut().zip(&res[start * o..(start + m) * o]) {
+            *v += r;
+        }
+    }
     if epi.clip {
         for v in y.iter_mut() {
             *v = v.clamp(-1.0, 1.0); // NaN stays NaN, as in np.clip
@@ -424,19 +429,34 @@ fn finish(epi: &Epilogue, at: &Position, y: &mut [f32]) {
 /// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn finish_avx2(epi: &Epilogue, at: &Position, y: &mut [f32]) {
-    finish(epi, at, y)
+unsafe fn finish_avx2(
+    epi: &Epilogue,
+    layer: &Layer,
+    start: usize,
+    acc: &[i32],
+    sums: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    finish(epi, layer, start, acc, sums, y)
 }
 
 /// [`finish`] with the widest vectors `isa` promises.
-fn finish_on(isa: Isa, epi: &Epilogue, at: &Position, y: &mut [f32]) {
+fn finish_on(
+    isa: Isa,
+    epi: &Epilogue,
+    layer: &Layer,
+    start: usize,
+    acc: &[i32],
+    sums: Option<&[f32]>,
+    y: &mut [f32],
+) {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
         // SAFETY: an ISA other than scalar is only handed out after `is_available()`: AVX2, or
         // AVX-512, whose CPUs all have AVX2.
-        return unsafe { finish_avx2(epi, at, y) };
+        return unsafe { finish_avx2(epi, layer, start, acc, sums, y) };
     }
-    finish(epi, at, y)
+    finish(epi, layer, start, acc, sums, y)
 }
 
 /// A chunk of output positions and its slices of the outputs.
@@ -453,9 +473,8 @@ struct Scratch {
     windows: Vec<u64>,
     acc: Vec<i32>,
     y: Vec<f32>,
-    /// The task's sparse sums `(o, m)`, one position's column of them, and the ±1 input rows they read.
+    /// The task's sparse sums `(o, m)` and the ±1 input rows they read.
     sums: Vec<f32>,
-    column: Vec<f32>,
     planes: Vec<f32>,
 }
 
@@ -503,7 +522,6 @@ impl Run<'_> {
                 &mut s.sums,
                 m,
             );
-            s.column.resize(o, 0.0);
         }
         // y of the whole task: straight into the float output when there is one
         s.y.resize(if float.is_some() { 0 } else { m * o }, 0.0);
@@ -511,26 +529,8 @@ impl Run<'_> {
             Some(f) => &mut f[..m * o],
             None => &mut s.y[..m * o],
         };
-        let (mut oy, mut ox) = ((start / layer.wo) % layer.ho, 0); // the task starts a row
-        for q in 0..m {
-            let pos = start + q;
-            if self.sparse.is_some() {
-                for (ch, v) in s.column.iter_mut().enumerate() {
-                    *v = s.sums[ch * m + q];
-                }
-            }
-            let at = Position {
-                acc: &s.acc[q * o..(q + 1) * o],
-                correction: self.epi.correction.map(|c| &c[(oy * layer.wo + ox) * o..][..o]),
-                sparse: self.sparse.map(|_| &s.column[..]),
-                residual: self.epi.residual.map(|r| &r[pos * o..(pos + 1) * o]),
-            };
-            finish_on(self.isa, self.epi, &at, &mut y[q * o..(q + 1) * o]);
-            ox += 1;
-            if ox == layer.wo {
-                (ox, oy) = (0, if oy + 1 == layer.ho { 0 } else { oy + 1 });
-            }
-        }
+        let sums = self.sparse.map(|_| &s.sums[..o * m]);
+        finish_on(self.isa, self.epi, layer, start, &s.acc[..m * o], sums, y);
         // The signs of the task's y, packed by the ISA's own packer (pack_bits' rule: bit 1 where
         // y < 0, so ±0 give 0); it stops at a NaN, whose sign is undefined.
         if let Some(b) = bits {
@@ -635,24 +635,26 @@ mod tests {
         let (mut sums, mut planes) = ([f32::NAN; 6], Vec::new()); // (o, wo) of output row 0
         sparse.add_rows(&layer, 0, 1, &mut planes, &mut sums, 3);
         assert_eq!([sums[0], sums[3]], [1.5, 0.0]); // output (0, 0): the padding tap's 100 is left out
-        let at = Position {
-            acc: &[-2, 5],
-            correction: Some(&[0.5, 1.0]),
-            sparse: Some(&[sums[0], sums[3]]),
-            residual: Some(&[0.125, 1.0]),
+                                                    // The task of output row 0 (3 positions); only position (0, 0) is checked.
+        let mut correction = [0f32; 3 * 3 * 2];
+        correction[..2].copy_from_slice(&[0.5, 1.0]);
+        let mut residual = [0f32; 3 * 3 * 2];
+        residual[..2].copy_from_slice(&[0.125, 1.0]);
+        let epi = Epilogue {
+            correction: Some(&correction),
+            residual: Some(&residual),
+            ..epi
         };
-        let mut y = [0f32; 2];
-        finish(&epi, &at, &mut y);
+        let acc = [-2, 5, 0, 0, 0, 0];
+        let mut y = [0f32; 6];
+        finish(&epi, &layer, 0, &acc, Some(&sums), &mut y);
         // −2·0.5 + 0.25 = −0.75; − 0.5 = −1.25; + 1.5 (−1.5 times the −1) = 0.25; + 0.125 = 0.375
-        assert_eq!(y, [0.375, 1.0]);
-        finish(&Epilogue { clip: false, ..epi }, &at, &mut y);
-        assert_eq!(y, [0.375, 3.0]);
-        finish(
-            &Epilogue { clip: false, ..epi },
-            &Position { sparse: None, ..at },
-            &mut y,
-        );
-        assert_eq!(y, [-1.125, 3.0]);
+        assert_eq!(y[..2], [0.375, 1.0]);
+        let no_clip = Epilogue { clip: false, ..epi };
+        finish(&no_clip, &layer, 0, &acc, Some(&sums), &mut y);
+        assert_eq!(y[..2], [0.375, 3.0]);
+        finish(&no_clip, &layer, 0, &acc, None, &mut y);
+        assert_eq!(y[..2], [-1.125, 3.0]);
     }
 
     /// The layer from its definition, one (position, channel) at a time, in the documented order.
