@@ -382,12 +382,28 @@ impl Sparse {
     }
 }
 
+/// What [`finish`] reads for a task's `m` positions: the popcount products `acc` `(m, O)`, the sparse
+/// sums `(O, m)`; the task starts an output row at flat position `start`.
+struct Block<'a> {
+    epi: &'a Epilogue<'a>,
+    layer: &'a Layer<'a>,
+    start: usize,
+    acc: &'a [i32],
+    sums: Option<&'a [f32]>,
+}
+
 /// y of a task's `m` positions, `(m, O)`, in the order of the module docs: each step one pass over
 /// the whole block (long branch-free loops the compiler vectorizes; the same operations per value,
-/// in the same order, as one loop with the steps inside). `acc` holds the popcount products `(m, O)`,
-/// `sums` the sparse sums `(O, m)`; the task starts an output row at flat position `start`.
+/// in the same order, as one loop with the steps inside).
 #[inline(always)]
-fn finish(epi: &Epilogue, layer: &Layer, start: usize, acc: &[i32], sums: Option<&[f32]>, y: &mut [f32]) {
+fn finish(block: &Block, y: &mut [f32]) {
+    let Block {
+        epi,
+        layer,
+        start,
+        acc,
+        sums,
+    } = *block;
     let o = epi.scale.len();
     let (m, wo) = (y.len() / o.max(1), layer.wo);
     for (row, acc) in y.chunks_exact_mut(o).zip(acc.chunks_exact(o)) {
@@ -429,34 +445,19 @@ fn finish(epi: &Epilogue, layer: &Layer, start: usize, acc: &[i32], sums: Option
 /// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn finish_avx2(
-    epi: &Epilogue,
-    layer: &Layer,
-    start: usize,
-    acc: &[i32],
-    sums: Option<&[f32]>,
-    y: &mut [f32],
-) {
-    finish(epi, layer, start, acc, sums, y)
+unsafe fn finish_avx2(block: &Block, y: &mut [f32]) {
+    finish(block, y)
 }
 
 /// [`finish`] with the widest vectors `isa` promises.
-fn finish_on(
-    isa: Isa,
-    epi: &Epilogue,
-    layer: &Layer,
-    start: usize,
-    acc: &[i32],
-    sums: Option<&[f32]>,
-    y: &mut [f32],
-) {
+fn finish_on(isa: Isa, block: &Block, y: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
         // SAFETY: an ISA other than scalar is only handed out after `is_available()`: AVX2, or
         // AVX-512, whose CPUs all have AVX2.
-        return unsafe { finish_avx2(epi, layer, start, acc, sums, y) };
+        return unsafe { finish_avx2(block, y) };
     }
-    finish(epi, layer, start, acc, sums, y)
+    finish(block, y)
 }
 
 /// A chunk of output positions and its slices of the outputs.
@@ -529,8 +530,14 @@ impl Run<'_> {
             Some(f) => &mut f[..m * o],
             None => &mut s.y[..m * o],
         };
-        let sums = self.sparse.map(|_| &s.sums[..o * m]);
-        finish_on(self.isa, self.epi, layer, start, &s.acc[..m * o], sums, y);
+        let block = Block {
+            epi: self.epi,
+            layer,
+            start,
+            acc: &s.acc[..m * o],
+            sums: self.sparse.map(|_| &s.sums[..o * m]),
+        };
+        finish_on(self.isa, &block, y);
         // The signs of the task's y, packed by the ISA's own packer (pack_bits' rule: bit 1 where
         // y < 0, so ±0 give 0); it stops at a NaN, whose sign is undefined.
         if let Some(b) = bits {
@@ -645,15 +652,21 @@ mod tests {
             residual: Some(&residual),
             ..epi
         };
-        let acc = [-2, 5, 0, 0, 0, 0];
+        let block = |epi, sums| Block {
+            epi,
+            layer: &layer,
+            start: 0,
+            acc: &[-2, 5, 0, 0, 0, 0],
+            sums,
+        };
         let mut y = [0f32; 6];
-        finish(&epi, &layer, 0, &acc, Some(&sums), &mut y);
+        finish(&block(&epi, Some(&sums)), &mut y);
         // −2·0.5 + 0.25 = −0.75; − 0.5 = −1.25; + 1.5 (−1.5 times the −1) = 0.25; + 0.125 = 0.375
         assert_eq!(y[..2], [0.375, 1.0]);
         let no_clip = Epilogue { clip: false, ..epi };
-        finish(&no_clip, &layer, 0, &acc, Some(&sums), &mut y);
+        finish(&block(&no_clip, Some(&sums)), &mut y);
         assert_eq!(y[..2], [0.375, 3.0]);
-        finish(&no_clip, &layer, 0, &acc, None, &mut y);
+        finish(&block(&no_clip, None), &mut y);
         assert_eq!(y[..2], [-1.125, 3.0]);
     }
 
