@@ -65,6 +65,17 @@ const TASK_WORDS: usize = 4096;
 /// words), which must stay small against its products (positions·O·W).
 const MIN_TASK_POSITIONS: usize = 16;
 const MAX_TASK_POSITIONS: usize = 256;
+/// Fewest popcount word products (positions · O · words per window) per thread when the caller does
+/// not give a thread count: under it, waking a second thread costs more than it saves (a batch-1
+/// ResNet-20 layer has 40–50 thousand, and its network ran 0.6x as fast on two threads as on one).
+pub const MIN_WORK_PER_THREAD: usize = 1 << 18;
+
+/// `threads`, lowered so that each thread gets at least [`MIN_WORK_PER_THREAD`] word products of a
+/// layer with `positions` output positions, `o` channels and windows of `k` bits.
+pub fn threads_for_work(threads: usize, positions: usize, o: usize, k: usize) -> usize {
+    let work = positions.saturating_mul(o).saturating_mul(words_for(k));
+    threads.min((work / MIN_WORK_PER_THREAD).max(1))
+}
 
 /// Compute the layer for `map` with `o` weight rows (`weights`: `(o, words_for(kh·kw·c))`, ±1 packed in
 /// (i, j, channel) order, padding bits 0) on `threads` threads with the microkernels of `isa`.
@@ -795,6 +806,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn small_layers_get_fewer_threads() {
+        // a batch-1 stage-1 layer: 1024 positions, 16 channels, 3 words
+        assert_eq!(threads_for_work(2, 1024, 16, 144), 1);
+        // batch 256: 262,144 positions
+        assert_eq!(threads_for_work(2, 262_144, 16, 144), 2);
+        assert_eq!(threads_for_work(8, MIN_WORK_PER_THREAD * 3, 1, 64), 3);
+        assert_eq!(threads_for_work(4, 0, 16, 144), 1);
+        assert_eq!(threads_for_work(1, usize::MAX, usize::MAX, 144), 1);
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub(crate) fn bconv_1bit<'py>(
     let win = window_args(F, kh, kw, stride, padding)?;
     let c = count_arg(F, "c", Some(c), None, 1)?;
     let isa = resolve_isa(F, isa)?;
+    // A thread count from the caller is obeyed; the default one (APB_NUM_THREADS, else every core) is
+    // lowered for small layers (`bconv::threads_for_work`).
+    let explicit_threads = optional(threads).is_some();
     let threads = resolve_threads(F, threads)?;
 
     let PixelMap {
@@ -156,6 +159,11 @@ pub(crate) fn bconv_1bit<'py>(
             words_for(k)
         )));
     }
+    let threads = if explicit_threads {
+        threads
+    } else {
+        bconv::threads_for_work(threads, p, o, k)
+    };
     let scale = shaped("scale", scale, &[o], "(O,)")?;
     let shift = shaped("shift", shift, &[o], "(O,)")?;
     let correction = optional(correction)
