@@ -35,6 +35,9 @@ SMOKE = ["--model", "digits_cnn", "--dataset", "digits", "--epochs", "3", "--bat
 # Every option off (the defaults before this ablation chose them): each variant turns on its own
 NONE = ["--lr-update", "epoch", "--block", "basic", "--bn-recalibrate", "0"]
 APB_A1 = ["--method", "apb", "--bits-per-weight", "1.6", "--act-bits", "1"]
+BNN_A1 = ["--method", "bnn", "--act-bits", "1"]
+# the default recipe the ablation chose: per-batch schedule, Bi-Real blocks, BatchNorm re-estimation
+DEFAULT = ["--lr-update", "batch", "--block", "bireal", "--bn-recalibrate", "20"]
 VARIANTS = {
     "fp": [],  # the full-precision reference (and the teacher of `kd`)
     "base": APB_A1,
@@ -50,18 +53,13 @@ VARIANTS = {
     # the default recipe (per-batch schedule, Bi-Real blocks, BatchNorm re-estimation) over 3 epochs, against
     # full precision over the same epochs, for APB and for BNN
     "fp-3ep": ["--lr-update", "batch", "--epochs", "3"],
-    "default-3ep": APB_A1 + ["--lr-update", "batch", "--block", "bireal", "--bn-recalibrate", "20", "--epochs", "3"],
-    "bnn-default-3ep": ["--method", "bnn", "--act-bits", "1", "--lr-update", "batch", "--block", "bireal",
-                        "--bn-recalibrate", "20", "--epochs", "3"],
+    "default-3ep": APB_A1 + DEFAULT + ["--epochs", "3"],
+    "bnn-default-3ep": BNN_A1 + DEFAULT + ["--epochs", "3"],
+    "bnn-default+act-scale-3ep": BNN_A1 + DEFAULT + ["--act-scale", "--epochs", "3"],
     # the same over 6 epochs, and with the activation scale on top (a candidate default)
     "fp-6ep": ["--lr-update", "batch", "--epochs", "6"],
-    "default-6ep": APB_A1 + ["--lr-update", "batch", "--block", "bireal", "--bn-recalibrate", "20", "--epochs", "6"],
-    "default+act-scale-6ep": APB_A1 + ["--lr-update", "batch", "--block", "bireal", "--bn-recalibrate", "20",
-                                       "--act-scale", "--epochs", "6"],
-    "bnn-default+act-scale-6ep": ["--method", "bnn", "--act-bits", "1", "--lr-update", "batch", "--block", "bireal",
-                                  "--bn-recalibrate", "20", "--act-scale", "--epochs", "6"],
-    "bnn-default+act-scale-3ep": ["--method", "bnn", "--act-bits", "1", "--lr-update", "batch", "--block", "bireal",
-                                  "--bn-recalibrate", "20", "--act-scale", "--epochs", "3"],
+    "default-6ep": APB_A1 + DEFAULT + ["--epochs", "6"],
+    "default+act-scale-6ep": APB_A1 + DEFAULT + ["--act-scale", "--epochs", "6"],
     "act-scale": APB_A1 + ["--act-scale"],
     "bireal+recalibrate": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20"],
     "all": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20", "--teacher", "{fp}"],
