@@ -10,8 +10,8 @@
 //! worker's scratch (the rows `im2col_bits` makes, by the same `conv::RowGather`), multiplies them by every weight row with
 //! `crate::bgemm` on one thread (the ISA's microkernels), adds up the sparse term of all its positions
 //! (`Sparse::add_rows`: one axpy per non-zero and output row over ±1 floats unpacked from the map),
-//! then finishes each position: all O channels of a position, and so its packed output words, belong
-//! to one task.
+//! then finishes the whole block (`finish`) and packs its signs: all O channels of a position, and so
+//! its packed output words, belong to one task.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -247,14 +247,6 @@ impl<'a> Layer<'a> {
         )
     }
 
-    /// The input coordinate of output coordinate `o` at tap offset `t` along an axis of `size`, if
-    /// inside the map (else the tap is on the padding).
-    fn source(&self, o: usize, t: usize, size: usize) -> Option<usize> {
-        (o * self.win.stride + t)
-            .checked_sub(self.win.padding)
-            .filter(|&s| s < size)
-    }
-
     /// The window of output position `pos` packed into `row` (`wk` words): its K bits in (i, j,
     /// channel) order, taps on the padding 0 (+1), exactly a row of `im2col_bits` (the plain
     /// definition the tests hold `RowGather` to).
@@ -264,9 +256,13 @@ impl<'a> Layer<'a> {
         let BitMap { bits, h, w, c, .. } = self.map;
         row.fill(0);
         for i in 0..self.win.kh {
-            let Some(y) = self.source(oy, i, h) else { continue };
+            let Some(y) = self.win.source(oy, i, h) else {
+                continue;
+            };
             for j in 0..self.win.kw {
-                let Some(x) = self.source(ox, j, w) else { continue };
+                let Some(x) = self.win.source(ox, j, w) else {
+                    continue;
+                };
                 let pixel = ((img * h + y) * w + x) * self.wc;
                 append_bits(row, (i * self.win.kw + j) * c, &bits[pixel..pixel + self.wc]);
             }
@@ -274,12 +270,14 @@ impl<'a> Layer<'a> {
     }
 }
 
-/// One non-zero of S placed in the window: its tap (i, j), its input channel, its value.
+/// One non-zero of S placed in the window: its tap (i, j), its input channel and that channel's slot
+/// among the channels S reads, its value.
 #[derive(Clone, Copy, Debug)]
 struct SparseTap {
     i: usize,
     j: usize,
     ch: usize,
+    slot: usize,
     v: f32,
 }
 
@@ -301,7 +299,7 @@ impl Sparse {
         }
         // validate(): indptr runs from 0 to nnz without decreasing, every column is in [0, k).
         let (c, kw) = (layer.map.c, layer.win.kw);
-        let taps: Vec<SparseTap> = csr
+        let mut taps: Vec<SparseTap> = csr
             .indices
             .iter()
             .zip(csr.data)
@@ -311,6 +309,7 @@ impl Sparse {
                     i: tap / kw,
                     j: tap % kw,
                     ch,
+                    slot: 0,
                     v,
                 }
             })
@@ -318,6 +317,9 @@ impl Sparse {
         let mut channels: Vec<usize> = taps.iter().map(|t| t.ch).collect();
         channels.sort_unstable();
         channels.dedup();
+        for t in &mut taps {
+            t.slot = channels.binary_search(&t.ch).unwrap_or(0); // every tap's channel is in the list
+        }
         Ok(Sparse {
             starts: csr.indptr.iter().map(|&s| s as usize).collect(),
             taps,
@@ -330,7 +332,7 @@ impl Sparse {
     /// over the row's non-zeros in CSR order, x the tap's sign (±1), or 0 on the padding.
     ///
     /// Per image, the input rows those output rows read are unpacked once into `planes`, ±1 floats
-    /// `(channel, row, w + 2·padding)` with zeros on the padding, so each non-zero is one axpy per
+    /// `(slot, row, w + 2·padding)` for the channels S reads, with zeros on the padding, so each non-zero is one axpy per
     /// output row (as csr_conv2d runs): branch-free and vectorized, where reading the signs out of
     /// each gathered window cost several times more.
     fn add_rows(
@@ -342,7 +344,7 @@ impl Sparse {
         sums: &mut [f32],
         m: usize,
     ) {
-        let BitMap { bits, h, w, c, .. } = layer.map;
+        let BitMap { bits, h, w, .. } = layer.map;
         let Window {
             kh, stride, padding, ..
         } = layer.win;
@@ -354,15 +356,15 @@ impl Sparse {
             let (oy0, count) = (r % ho, end - r);
             let span = (count - 1) * stride + kh; // padded input rows oy0·stride ..
             planes.clear();
-            planes.resize(c * span * wp, 0.0);
-            for &ch in &self.channels {
+            planes.resize(self.channels.len() * span * wp, 0.0);
+            for (slot, &ch) in self.channels.iter().enumerate() {
                 let (word, shift) = (ch / WORD_BITS, ch % WORD_BITS);
                 for yl in 0..span {
-                    let Some(y) = layer.source(oy0, yl, h) else {
+                    let Some(y) = layer.win.source(oy0, yl, h) else {
                         continue; // a padding row stays 0
                     };
                     let pixels = &bits[(img * h + y) * w * wc..][..w * wc];
-                    let plane = &mut planes[(ch * span + yl) * wp + padding..][..w];
+                    let plane = &mut planes[(slot * span + yl) * wp + padding..][..w];
                     // ±1.0 built from its bits (the sign bit from the map's bit): integer ops that vectorize
                     let one =
                         |pixel: u64| f32::from_bits(0x3f80_0000 | ((((pixel >> shift) & 1) as u32) << 31));
@@ -383,7 +385,7 @@ impl Sparse {
                     let out = &mut sums[(r - first + q) * wo..][..wo];
                     out.fill(0.0);
                     for t in taps {
-                        let row = (t.ch * span + q * stride + t.i) * wp + t.j;
+                        let row = (t.slot * span + q * stride + t.i) * wp + t.j;
                         crate::conv::axpy::<false>(out, t.v, &planes[row..], stride);
                     }
                 }
@@ -512,8 +514,9 @@ impl Run<'_> {
             float,
             bits,
         } = task;
-        s.windows.resize(m * wk, 0); // each output row is cleared by `fill`
-                                     // the task's positions are whole output rows (start and m are multiples of wo)
+        // The task's positions are whole output rows (start and m are multiples of wo); `fill`
+        // clears each one.
+        s.windows.resize(m * wk, 0);
         for (q, row) in s.windows.chunks_exact_mut(layer.wo * wk).enumerate() {
             self.rows.fill(start / layer.wo + q, row);
         }
@@ -632,9 +635,10 @@ mod tests {
         .unwrap();
         let mut win_bits = [0u64];
         layer.gather(0, &mut win_bits);
-        assert_eq!(win_bits, [0b1000]); // tap 3 reads the −1; the padding taps are 0 (+1)
-                                        // Channel 0: the padding tap 0 (value 100) adds nothing, tap 3 adds 0.25·(−1) after −1.5.
-                                        // Channel 1: an empty row; clip takes 2.5 + 0.5 − 1 + 0 + 1 = 3 down to 1.
+        // tap 3 reads the −1; the padding taps are 0 (+1)
+        assert_eq!(win_bits, [0b1000]);
+        // Channel 0: the padding tap 0 (value 100) adds nothing, tap 3 adds −1.5·(−1).
+        // Channel 1: an empty row; clip takes 2.5 + 0.5 − 1 + 0 + 1 = 3 down to 1.
         let (indptr, indices, data) = ([0i64, 2, 2], [0i32, 3], [100.0f32, -1.5]);
         let (scale, shift) = ([0.5f32, 0.5], [0.25f32, 0.5]);
         let epi = Epilogue {
@@ -652,8 +656,9 @@ mod tests {
         let sparse = Sparse::new(epi.csr.unwrap(), 2, &layer).unwrap();
         let (mut sums, mut planes) = ([f32::NAN; 6], Vec::new()); // (o, wo) of output row 0
         sparse.add_rows(&layer, 0, 1, &mut planes, &mut sums, 3);
-        assert_eq!([sums[0], sums[3]], [1.5, 0.0]); // output (0, 0): the padding tap's 100 is left out
-                                                    // The task of output row 0 (3 positions); only position (0, 0) is checked.
+        // output (0, 0): the padding tap's 100 is left out
+        assert_eq!([sums[0], sums[3]], [1.5, 0.0]);
+        // The task of output row 0 (3 positions); only position (0, 0) is checked.
         let mut correction = [0f32; 3 * 3 * 2];
         correction[..2].copy_from_slice(&[0.5, 1.0]);
         let mut residual = [0f32; 3 * 3 * 2];
@@ -692,8 +697,8 @@ mod tests {
             // the sign at column t = (i·kw + j)·c + ch, or None on the padding
             let x = |t: usize| {
                 let (tap, ch) = (t / c, t % c);
-                let y = layer.source(oy, tap / kw, map.h)?;
-                let xx = layer.source(ox, tap % kw, map.w)?;
+                let y = layer.win.source(oy, tap / kw, map.h)?;
+                let xx = layer.win.source(ox, tap % kw, map.w)?;
                 let pixel = &map.bits[((img * map.h + y) * map.w + xx) * layer.wc..][..layer.wc];
                 Some(sign_of(pixel, ch))
             };

@@ -48,7 +48,7 @@ impl Window {
 
     /// The input coordinate of output position `o` at tap `t`, if inside `0..size` (else padding).
     #[inline]
-    fn source(&self, o: usize, t: usize, size: usize) -> Option<usize> {
+    pub(crate) fn source(&self, o: usize, t: usize, size: usize) -> Option<usize> {
         (o * self.stride + t)
             .checked_sub(self.padding)
             .filter(|&s| s < size)
