@@ -93,5 +93,5 @@ def _bconv(conv: PackedConv2d, bits: np.ndarray, residual=None, out="both"):
     ops = conv.fused_operands(h, w)
     y = kernels.bconv_1bit(ops["weights"], bits, conv.channels, conv.kh, conv.kw, conv.stride, conv.padding,
                            scale=ops["scale"], shift=ops["shift"], correction=ops["correction"], csr=ops["csr"],
-                           residual=None if residual is None else np.ascontiguousarray(residual), clip=True, out=out)
+                           residual=residual, clip=True, out=out)
     return (y, None) if out == "float" else y
