@@ -47,6 +47,10 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a previous run's files in --out (files the run did not write are kept)")
     p.add_argument("--quiet", action="store_true", help="no progress or table: print only the final result line")
+    p.add_argument("--backend", default=None, choices=["numpy", "rust"],
+                   help="kernels of the training step: rust (the compiled extension) or numpy (the readable "
+                        "reference); default: rust when built, else numpy, or APB_BACKEND. Not part of the "
+                        "run's settings: a run may resume on the other backend")
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -67,7 +71,8 @@ _SWEEP_SETS = {"method": "set per cell by --cells", "bits_per_weight": "set per 
                "fp_fraction": "budgets are set per cell, in bits/weight, by --cells method@budget",
                "seed": "set per run by --seeds", "out": "each run's directory is named under the sweep's --out",
                "resume": "interrupted cells resume by themselves", "overwrite": "a sweep never replaces a run",
-               "quiet": "give the sweep's own --quiet, before --"}
+               "quiet": "give the sweep's own --quiet, before --",
+               "backend": "the whole sweep runs on one backend: set APB_BACKEND=numpy|rust"}
 
 
 def _recipe_parser(defaults: dict) -> argparse.ArgumentParser:
@@ -123,7 +128,10 @@ def _best_text(summary: dict) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from . import kernels
     from .training import Trainer
+    if args.backend:
+        kernels.set_backend(args.backend)
     config = _config_from_args(args)
     out = Path(args.out or f"runs/{config.model}-{config.dataset}-seed{config.seed}")
     trainer = Trainer(config, out, progress=not args.quiet, overwrite=args.overwrite)

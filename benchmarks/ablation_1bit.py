@@ -60,6 +60,10 @@ VARIANTS = {
     "fp-6ep": ["--lr-update", "batch", "--epochs", "6"],
     "default-6ep": APB_A1 + DEFAULT + ["--epochs", "6"],
     "default+act-scale-6ep": APB_A1 + DEFAULT + ["--act-scale", "--epochs", "6"],
+    "bnn-default-6ep": BNN_A1 + DEFAULT + ["--epochs", "6"],
+    # the budget projected at the start of epoch 4 of 6 instead of the last: three epochs at the full budget
+    "default+early-projection-6ep": APB_A1 + DEFAULT + ["--budget-epoch", "3", "--epochs", "6"],
+    "default+act-scale+early-projection-6ep": APB_A1 + DEFAULT + ["--act-scale", "--budget-epoch", "3", "--epochs", "6"],
     "act-scale": APB_A1 + ["--act-scale"],
     "bireal+recalibrate": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20"],
     "all": APB_A1 + ["--block", "bireal", "--bn-recalibrate", "20", "--teacher", "{fp}"],

@@ -8,6 +8,7 @@
 //! * `conv`: im2col on packed bits and the sparse residual of a convolution from its input map;
 //! * `bconv`: a whole binary conv layer on a packed map (gather, popcount GEMM, epilogue, packed signs
 //!   of the result) in one pass over the output positions;
+//! * `train`: float32 kernels of a training step (conv2d forward and backward through the `gemm` crate);
 //! * `isa`: instruction-set detection and selection, and the one dispatch idiom every kernel uses;
 //! * `threads`: thread counts and the task runner;
 //! * `py`: the PyO3 bindings (argument checks, errors as `ValueError`, the GIL released while a kernel
@@ -48,6 +49,7 @@ pub mod spmm;
 #[cfg(test)]
 mod test_rng;
 pub mod threads;
+pub mod train;
 
 use pyo3::prelude::*;
 
@@ -67,5 +69,8 @@ fn _kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::bgemm::bgemm_1x2, m)?)?;
     m.add_function(wrap_pyfunction!(py::bgemm::bgemm_2x2, m)?)?;
     m.add_function(wrap_pyfunction!(py::sparse::csr_matmul, m)?)?;
+    m.add_function(wrap_pyfunction!(py::train::conv2d_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(py::train::conv2d_backward_input, m)?)?;
+    m.add_function(wrap_pyfunction!(py::train::conv2d_backward_weight, m)?)?;
     Ok(())
 }

@@ -36,3 +36,13 @@ def pm_one_pairs(ks=PACK_KS, max_rows=6):
     """Two ±1 float32 matrices (m, K) and (n, K) sharing the reduction length K."""
     dims = st.tuples(row_counts(max_rows), row_counts(max_rows), st.sampled_from(ks))
     return dims.flatmap(lambda d: st.tuples(pm_one_matrices(d[0], d[2]), pm_one_matrices(d[1], d[2])))
+
+
+def conv_geometries(max_images=11):
+    """(n, c, h, w, o, k, stride, padding) of a conv whose k×k kernel fits the padded input; the
+    image counts straddle the Rust weight gradient's group of 8 images."""
+    def fits(g):
+        n, c, h, w, o, k, stride, padding = g
+        return h + 2 * padding >= k and w + 2 * padding >= k
+    return st.tuples(st.integers(1, max_images), st.integers(1, 5), st.integers(1, 9), st.integers(1, 9),
+                     st.integers(1, 5), st.integers(1, 3), st.integers(1, 3), st.integers(0, 2)).filter(fits)

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from ..ops import accel
 from ..ops.lowering import im2col_columns, pad_hw
 from . import contracts, reference
 
@@ -175,3 +176,15 @@ im2col_bits = _kernel("im2col_bits")
 csr_conv2d = _kernel("csr_conv2d")
 bconv_1bit = _kernel("bconv_1bit")
 KERNEL_NAMES = tuple(_KERNELS)
+
+
+# --- training kernels: the ops' fast twins (`apb_ref/ops/accel.py`), Rust only ----------------------
+_TRAINING = {name: _rust_call(name) for name in ("conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight")}
+
+
+def _training_kernel(name: str):
+    """The Rust twin of an op's array work while the backend is "rust", else None (NumPy)."""
+    return _TRAINING.get(name) if _rust is not None and get_backend() == "rust" else None
+
+
+accel.set_provider(_training_kernel)

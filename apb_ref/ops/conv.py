@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import Function, Tensor
+from . import accel
 from .lowering import conv_output_size, im2col_columns, pad_hw, window
 from .parallel import over_slices
 
@@ -31,8 +32,15 @@ def _swap01(a: np.ndarray) -> np.ndarray:
 
 
 class Conv2dIm2col(Function):
+    """Its array work runs in the training backend's kernels when those are on (`accel`): the same
+    im2col lowering, one image at a time, with no transposes between layouts."""
+
     @staticmethod
     def forward(ctx, x, w, stride, padding):
+        fast = accel.kernel("conv2d_forward", x, w)
+        if fast is not None:
+            ctx.save_for_backward(None, w, x.shape, stride, padding, x)
+            return fast(x, w, stride, padding)
         n, c, h, wd = x.shape
         o, _, kh, kw = w.shape
         ho, wo = conv_output_size(h, kh, stride, padding), conv_output_size(wd, kw, stride, padding)
@@ -43,10 +51,17 @@ class Conv2dIm2col(Function):
 
     @staticmethod
     def backward(ctx, g):
-        cols, w, x_shape, stride, padding = ctx.saved
+        cols, w, x_shape, stride, padding, *x = ctx.saved
         n, c, h, wd = x_shape
         o, _, kh, kw = w.shape
         ho, wo = g.shape[2:]
+        if x:  # the forward ran in the fast kernels: so do both products
+            weight_grad, input_grad = (accel.kernel(f"conv2d_backward_{of}", g) for of in ("weight", "input"))
+            if weight_grad is not None and input_grad is not None:
+                gw = weight_grad(x[0], g, kh, kw, stride, padding) if ctx.needs_grad[1] else None
+                gx = input_grad(g, w, h, wd, stride, padding) if ctx.needs_grad[0] else None
+                return gx, gw
+            cols = im2col_columns(pad_hw(x[0], padding), kh, kw, stride, ho, wo)  # switched off since the forward
         g2 = _swap01(g).reshape(o, -1)
         gw = (cols @ g2.T).T.reshape(w.shape) if ctx.needs_grad[1] else None
         gx = None
@@ -144,7 +159,8 @@ def conv2d(x, w, bias=None, stride: int = 1, padding: int = 0, algorithm: str = 
     rowshift_fits = stride == 1 and padding < min(w.shape[2], w.shape[3])
     if algorithm == "rowshift" and not rowshift_fits:
         raise ValueError(f"conv2d: algorithm 'rowshift' needs stride 1 and padding < kernel size, got stride={stride} padding={padding}")
-    if algorithm == "rowshift" or (algorithm == "auto" and rowshift_fits and w.shape[2] > 1):
+    fast = accel.kernel("conv2d_forward", x.data if isinstance(x, Tensor) else np.asarray(x)) is not None
+    if algorithm == "rowshift" or (algorithm == "auto" and rowshift_fits and w.shape[2] > 1 and not fast):
         y = Conv2dRowShift.apply(x, w, padding)
     else:
         y = Conv2dIm2col.apply(x, w, stride, padding)

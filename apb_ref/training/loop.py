@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import nn
+from .. import kernels, nn  # kernels: its backend seam plugs the Rust training kernels into the ops
 from .. import ops as F
 from ..fileio import atomic_write_text
 from ..autograd import Tensor, no_grad
@@ -480,6 +480,7 @@ class Trainer:
                 "validation_images": len(self.data.y_val), "wall_seconds": wall_seconds,
                 "train_seconds": self.train_seconds,
                 "images_per_second": self.images_seen / max(self.train_seconds, 1e-9),
+                "backend": kernels.get_backend(),
                 "parameters": int(sum(p.size for p in self.model.parameters())),
                 "config": asdict(self.config)}
 

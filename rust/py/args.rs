@@ -3,10 +3,12 @@
 //! `isa`/`threads` keywords and a convolution's window. Every failure is a `ValueError` naming the
 //! function and the argument; nothing here panics.
 
-use numpy::{Element, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{
+    Element, PyArray, PyArray2, PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods,
+};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyString};
+use pyo3::types::{PyBool, PyString, PyTuple};
 
 use crate::bits::words_for;
 use crate::{conv, isa, threads};
@@ -98,41 +100,50 @@ pub(super) fn as_slice<'a, T: Element>(
         .map_err(|e| value_error(format!("{func}: {name}: {e}")))
 }
 
-/// A new uninitialized C-contiguous `(rows, cols)` array of `T`, through `numpy.empty` so that a
+/// A new uninitialized C-contiguous array of `T` and shape `shape`, through `numpy.empty` so that a
 /// failed allocation is a Python MemoryError. Every caller writes every element.
+pub(super) fn empty<'py, T: Element, D: numpy::ndarray::Dimension>(
+    py: Python<'py>,
+    func: &str,
+    shape: &[usize],
+) -> PyResult<Bound<'py, PyArray<T, D>>> {
+    let bytes = shape
+        .iter()
+        .try_fold(std::mem::size_of::<T>(), |acc, &d| acc.checked_mul(d))
+        .filter(|&b| b <= isize::MAX as usize);
+    if bytes.is_none() {
+        return Err(value_error(format!(
+            "{func}: the result of shape {} is too large",
+            py_shape(shape)
+        )));
+    }
+    let np = py.import("numpy")?;
+    let arr = np
+        .getattr("empty")?
+        .call1((PyTuple::new(py, shape)?, numpy::dtype::<T>(py)))?;
+    arr.cast_into::<PyArray<T, D>>()
+        .map_err(|e| value_error(format!("{func}: output: {e}")))
+}
+
+/// [`empty`] for a `(rows, cols)` matrix.
 pub(super) fn empty2<'py, T: Element>(
     py: Python<'py>,
     func: &str,
     rows: usize,
     cols: usize,
 ) -> PyResult<Bound<'py, PyArray2<T>>> {
-    let bytes = rows
-        .checked_mul(cols)
-        .and_then(|n| n.checked_mul(std::mem::size_of::<T>()))
-        .filter(|&b| b <= isize::MAX as usize);
-    if bytes.is_none() {
-        return Err(value_error(format!(
-            "{func}: the result of shape ({rows}, {cols}) is too large"
-        )));
-    }
-    let np = py.import("numpy")?;
-    let arr = np
-        .getattr("empty")?
-        .call1(((rows, cols), numpy::dtype::<T>(py)))?;
-    arr.cast_into::<PyArray2<T>>()
-        .map_err(|e| value_error(format!("{func}: output: {e}")))
+    empty(py, func, &[rows, cols])
 }
 
-/// A new `(rows, cols)` array of `T` filled by `compute` with the GIL released; `compute` must write
-/// every element and returns its error message, which becomes the ValueError.
-pub(super) fn filled2<'py, T: Element + Send>(
+/// A new array of `T` and shape `shape` filled by `compute` with the GIL released; `compute` must
+/// write every element and returns its error message, which becomes the ValueError.
+pub(super) fn filled<'py, T: Element + Send, D: numpy::ndarray::Dimension>(
     py: Python<'py>,
     func: &str,
-    rows: usize,
-    cols: usize,
+    shape: &[usize],
     compute: impl FnOnce(&mut [T]) -> Result<(), String> + Send,
-) -> PyResult<Bound<'py, PyArray2<T>>> {
-    let out = empty2::<T>(py, func, rows, cols)?;
+) -> PyResult<Bound<'py, PyArray<T, D>>> {
+    let out = empty::<T, D>(py, func, shape)?;
     {
         let mut rw = out.readwrite();
         let os = rw
@@ -141,6 +152,17 @@ pub(super) fn filled2<'py, T: Element + Send>(
         py.detach(|| compute(os)).map_err(value_error)?;
     }
     Ok(out)
+}
+
+/// [`filled`] for a `(rows, cols)` matrix.
+pub(super) fn filled2<'py, T: Element + Send>(
+    py: Python<'py>,
+    func: &str,
+    rows: usize,
+    cols: usize,
+    compute: impl FnOnce(&mut [T]) -> Result<(), String> + Send,
+) -> PyResult<Bound<'py, PyArray2<T>>> {
+    filled(py, func, &[rows, cols], compute)
 }
 
 /// An optional integer argument (`None` -> None); anything but an int (bools included) is an error.

@@ -1,0 +1,36 @@
+"""Where a lower layer plugs fast twins of the ops' array work in: the training backend.
+
+An op whose NumPy code has a fast twin asks `kernel(name, *arrays)` first and runs the NumPy code
+beside it when the answer is None. The answer comes from one provider, installed by the backend seam
+(`apb_ref.kernels.backend`, which owns the Rust extension) when it is imported: it returns the Rust
+kernel while the backend is "rust" (`set_backend`, `APB_BACKEND`), else None. Without a provider (the
+ops used on their own) everything runs in NumPy.
+
+Fast twins work on float32 only: the finite-difference gradient checks run the ops in float64, so
+they always check the NumPy code, and the Rust kernels are tested against it in float32.
+
+Twins a provider may return: `conv2d_forward(x, w, stride, padding)`,
+`conv2d_backward_input(g, w, h, w_width, stride, padding)`, `conv2d_backward_weight(x, g, kh, kw,
+stride, padding)` (see `Conv2dIm2col`).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+Provider = Callable[[str], "Callable | None"]
+_provider: Provider | None = None
+
+
+def set_provider(provider: Provider | None) -> None:
+    """Install the function that maps a twin's name to its fast kernel (or None)."""
+    global _provider
+    _provider = provider
+
+
+def kernel(name: str, *arrays: np.ndarray) -> Callable | None:
+    """The fast twin of `name` when a provider offers one and every array is float32, else None."""
+    if _provider is None or any(a.dtype != np.float32 for a in arrays):
+        return None
+    return _provider(name)

@@ -1,0 +1,10 @@
+//! Float32 kernels of a training step (the `--backend rust` path of the autograd ops).
+//!
+//! Each one has a NumPy twin in `apb_ref/ops/` that is its oracle: the same `Function` runs either,
+//! so the NumPy code stays the readable reference.
+//!
+//! * `matmul`: the one call into the `gemm` crate (strided views, no threads of its own);
+//! * `conv`: conv2d forward and both backward products, per image on NCHW arrays.
+
+pub mod conv;
+pub mod matmul;
