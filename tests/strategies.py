@@ -40,9 +40,10 @@ def pm_one_pairs(ks=PACK_KS, max_rows=6):
 
 def conv_geometries(max_images=11):
     """(n, c, h, w, o, k, stride, padding) of a conv whose k×k kernel fits the padded input; the
-    image counts straddle the Rust weight gradient's group of 8 images."""
+    image counts straddle the Rust weight gradient's group of 8 images, the widths its direct paths'
+    thresholds (stride 1, output 8 and 16 wide)."""
     def fits(g):
         n, c, h, w, o, k, stride, padding = g
         return h + 2 * padding >= k and w + 2 * padding >= k
-    return st.tuples(st.integers(1, max_images), st.integers(1, 5), st.integers(1, 9), st.integers(1, 9),
+    return st.tuples(st.integers(1, max_images), st.integers(1, 5), st.integers(1, 7), st.integers(1, 20),
                      st.integers(1, 5), st.integers(1, 3), st.integers(1, 3), st.integers(0, 2)).filter(fits)

@@ -4,7 +4,9 @@
 use numpy::{PyArray4, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use super::args::{as_slice, count_arg, filled, resolve_threads, slice_of, typed, value_error, window_args};
+use super::args::{
+    as_slice, count_arg, filled, resolve_isa, resolve_threads, slice_of, typed, value_error, window_args,
+};
 use crate::conv::Window;
 use crate::train::conv::{self, Shape};
 
@@ -56,7 +58,7 @@ fn channels_match(func: &str, what: &str, got: usize, want: usize) -> PyResult<(
 
 /// conv2d of x float32 (N, C, H, W) with w float32 (O, C, kh, kw) -> float32 (N, O, Ho, Wo).
 #[pyfunction]
-#[pyo3(signature = (x, w, stride=None, padding=None, threads=None))]
+#[pyo3(signature = (x, w, stride=None, padding=None, threads=None, isa=None))]
 pub(crate) fn conv2d_forward<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
@@ -64,6 +66,7 @@ pub(crate) fn conv2d_forward<'py>(
     stride: Option<&Bound<'py, PyAny>>,
     padding: Option<&Bound<'py, PyAny>>,
     threads: Option<&Bound<'py, PyAny>>,
+    isa: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray4<f32>>> {
     const F: &str = "conv2d_forward";
     let (xa, [n, c, h, wd]) = array4(F, "x", x)?;
@@ -72,17 +75,18 @@ pub(crate) fn conv2d_forward<'py>(
     let win = weight_window(F, kh, kw, stride, padding)?;
     let s = shape_of(F, n, c, h, wd, o, win)?;
     let threads = resolve_threads(F, threads)?;
+    let isa = resolve_isa(F, isa)?;
     let (xr, wr) = (slice_of::<f32>(F, "x", &xa)?, slice_of::<f32>(F, "w", &wa)?);
     let (xs, ws) = (as_slice(F, "x", &xr)?, as_slice(F, "w", &wr)?);
     filled(py, F, &[n, o, s.ho, s.wo], |ys| {
-        conv::forward(&s, xs, ws, ys, threads).map_err(|e| format!("{F}: {e}"))
+        conv::forward(&s, xs, ws, ys, isa, threads).map_err(|e| format!("{F}: {e}"))
     })
 }
 
 /// The gradient of conv2d's input: g float32 (N, O, Ho, Wo), w float32 (O, C, kh, kw), and the
 /// input's height and width -> float32 (N, C, H, W).
 #[pyfunction]
-#[pyo3(signature = (g, w, h, width, stride=None, padding=None, threads=None))]
+#[pyo3(signature = (g, w, h, width, stride=None, padding=None, threads=None, isa=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d_backward_input<'py>(
     py: Python<'py>,
@@ -93,6 +97,7 @@ pub(crate) fn conv2d_backward_input<'py>(
     stride: Option<&Bound<'py, PyAny>>,
     padding: Option<&Bound<'py, PyAny>>,
     threads: Option<&Bound<'py, PyAny>>,
+    isa: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray4<f32>>> {
     const F: &str = "conv2d_backward_input";
     let (ga, [n, go, gh, gw]) = array4(F, "g", g)?;
@@ -111,17 +116,18 @@ pub(crate) fn conv2d_backward_input<'py>(
         )));
     }
     let threads = resolve_threads(F, threads)?;
+    let isa = resolve_isa(F, isa)?;
     let (gr, wr) = (slice_of::<f32>(F, "g", &ga)?, slice_of::<f32>(F, "w", &wa)?);
     let (gs, ws) = (as_slice(F, "g", &gr)?, as_slice(F, "w", &wr)?);
     filled(py, F, &[n, c, h, wd], |gx| {
-        conv::backward_input(&s, gs, ws, gx, threads).map_err(|e| format!("{F}: {e}"))
+        conv::backward_input(&s, gs, ws, gx, isa, threads).map_err(|e| format!("{F}: {e}"))
     })
 }
 
 /// The gradient of conv2d's weight: x float32 (N, C, H, W), g float32 (N, O, Ho, Wo) and the
 /// kernel size -> float32 (O, C, kh, kw).
 #[pyfunction]
-#[pyo3(signature = (x, g, kh, kw, stride=None, padding=None, threads=None))]
+#[pyo3(signature = (x, g, kh, kw, stride=None, padding=None, threads=None, isa=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv2d_backward_weight<'py>(
     py: Python<'py>,
@@ -132,6 +138,7 @@ pub(crate) fn conv2d_backward_weight<'py>(
     stride: Option<&Bound<'py, PyAny>>,
     padding: Option<&Bound<'py, PyAny>>,
     threads: Option<&Bound<'py, PyAny>>,
+    isa: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArray4<f32>>> {
     const F: &str = "conv2d_backward_weight";
     let (xa, [n, c, h, wd]) = array4(F, "x", x)?;
@@ -146,9 +153,10 @@ pub(crate) fn conv2d_backward_weight<'py>(
         )));
     }
     let threads = resolve_threads(F, threads)?;
+    let isa = resolve_isa(F, isa)?;
     let (xr, gr) = (slice_of::<f32>(F, "x", &xa)?, slice_of::<f32>(F, "g", &ga)?);
     let (xs, gs) = (as_slice(F, "x", &xr)?, as_slice(F, "g", &gr)?);
     filled(py, F, &[o, c, win.kh, win.kw], |out| {
-        conv::backward_weight(&s, xs, gs, out, threads).map_err(|e| format!("{F}: {e}"))
+        conv::backward_weight(&s, xs, gs, out, isa, threads).map_err(|e| format!("{F}: {e}"))
     })
 }

@@ -4,7 +4,9 @@
 //! so the NumPy code stays the readable reference.
 //!
 //! * `matmul`: the one call into the `gemm` crate (strided views, no threads of its own);
-//! * `conv`: conv2d forward and both backward products, per image on NCHW arrays.
+//! * `conv`: conv2d forward and both backward products, per image on NCHW arrays;
+//! * `direct`: the stride-1 microkernels `conv` uses from the zero-padded image itself (no im2col).
 
 pub mod conv;
+pub mod direct;
 pub mod matmul;

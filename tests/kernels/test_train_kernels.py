@@ -64,12 +64,30 @@ def test_rust_conv_products_are_within_float32_rounding(geometry, seed):
 
 
 @needs_rust
+@pytest.mark.parametrize("stride, width", [(1, 18), (1, 9), (1, 7), (2, 18)])  # direct, direct but the weight gradient, im2col + GEMM twice
+def test_every_isa_gives_the_same_bits(raw_rust, stride, width):  # noqa: F811
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 5, 6, width)).astype(np.float32)
+    w = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    results = {}
+    for isa in raw_rust.isa_available():
+        y = raw_rust.conv2d_forward(x, w, stride, 1, isa=isa)
+        g = np.ascontiguousarray(y[::-1])
+        results[isa] = (y, raw_rust.conv2d_backward_input(g, w, 6, width, stride, 1, isa=isa),
+                        raw_rust.conv2d_backward_weight(x, g, 3, 3, stride, 1, isa=isa))
+    for isa, got in results.items():
+        assert all(np.array_equal(a, b) for a, b in zip(got, results["scalar"])), isa
+
+
+@needs_rust
 def test_rust_weight_gradient_is_the_same_on_one_and_two_threads(raw_rust):  # noqa: F811
     rng = np.random.default_rng(1)
     x = rng.standard_normal((19, 4, 7, 7)).astype(np.float32)
     g = rng.standard_normal((19, 6, 7, 7)).astype(np.float32)
-    one, two = (raw_rust.conv2d_backward_weight(x, g, 3, 3, 1, 1, threads=t) for t in (1, 2))
-    assert np.array_equal(one, two)
+    for width in (7, 17):  # im2col + GEMM, the direct weight gradient
+        xw, gw = np.ascontiguousarray(np.resize(x, (19, 4, 7, width))), np.ascontiguousarray(np.resize(g, (19, 6, 7, width)))
+        one, two = (raw_rust.conv2d_backward_weight(xw, gw, 3, 3, 1, 1, threads=t) for t in (1, 2))
+        assert np.array_equal(one, two)
 
 
 @needs_rust

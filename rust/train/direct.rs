@@ -1,0 +1,323 @@
+//! Stride-1 convolution of one image straight from its zero-padded copy, without im2col.
+//!
+//! The padded image `xp` (C planes of Hp×Wp, `Plan::plane` floats apart) is read as flat rows: output
+//! position q = y·Wp + t (t < Wp) of kernel tap (i, j) reads `xp[c·plane + q + i·Wp + j]`. So every
+//! tap is one contiguous run of the plane, and the output is computed on the padded grid of
+//! L = Ho·Wp positions; the columns t ≥ Wo (kw − 1 per row, junk) are dropped when the result is copied
+//! out, and the grid is rounded up to whole blocks of `QB` positions, reading a zero margin past the
+//! last plane.
+//!
+//! * forward: out[o, q] = Σ_{c,i,j} w[o, c, i, j] · xp[c, q + i·Wp + j], by a microkernel that holds
+//!   an `OB`×`QB` block of out in registers (`OB` output channels × `QB` positions);
+//! * the input gradient of a stride-1 conv is this same forward on g with the kernel turned by 180°
+//!   and its channel axes swapped, padded by kh − 1 − padding (`conv.rs` does that);
+//! * weight gradient: gw[o, c, i, j] = Σ_q gp[o, q] · xp[c, q + i·Wp + j], g placed on the same
+//!   grid (`gp`, zero at the junk positions), by a microkernel that holds `OB` channels × 3 taps j of
+//!   one (c, i) and runs down the whole grid.
+//!
+//! Each has a portable routine and an AVX2 + FMA one (`x86`), picked as `isa.rs` describes; the
+//! AVX-512 path runs the AVX2 routines (every AVX-512 CPU has AVX2). Both add in the same order (c, i,
+//! j for the forward; q for the weight gradient, per vector lane, lanes added last).
+
+use crate::isa::{Isa, PerIsa};
+
+/// Output channels per microkernel block.
+pub const OB: usize = 4;
+/// Output positions per forward block: two vectors of 8 floats (with three, the 4×3 accumulators, the
+/// three input vectors and the broadcast weight need 16 ymm registers and one accumulator spilled to the
+/// stack every step).
+pub const QB: usize = 16;
+/// Positions per step of the weight-gradient microkernel (one vector of 8 floats).
+const GQ: usize = 8;
+/// Taps j per weight-gradient block.
+pub const TJ: usize = 3;
+
+/// The geometry of a stride-1 conv of one image on the padded grid.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub c: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub h: usize,
+    pub w: usize,
+    pub padding: usize,
+    /// padded height and width
+    pub hp: usize,
+    pub wp: usize,
+    pub ho: usize,
+    pub wo: usize,
+    /// floats between two channel planes of `xp` (Hp·Wp)
+    pub plane: usize,
+    /// grid positions computed: Ho·Wp rounded up to whole blocks of QB
+    pub grid: usize,
+}
+
+impl Plan {
+    /// A stride-1 conv whose kernel fits the padded input (the caller checked the window).
+    pub fn new(c: usize, h: usize, w: usize, kh: usize, kw: usize, padding: usize) -> Plan {
+        let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+        let (ho, wo) = (hp + 1 - kh, wp + 1 - kw);
+        Plan {
+            c,
+            kh,
+            kw,
+            h,
+            w,
+            padding,
+            hp,
+            wp,
+            ho,
+            wo,
+            plane: hp * wp,
+            grid: (ho * wp).div_ceil(QB) * QB,
+        }
+    }
+
+    /// Floats of the padded image buffer: the planes plus a zero margin that the junk positions of
+    /// the last blocks read (up to grid − 1 + (kh − 1)·Wp + kw − 1 + TJ past the last plane's start).
+    pub fn padded_len(&self) -> usize {
+        self.c * self.plane + self.grid + self.kh * self.wp + self.kw + TJ
+    }
+}
+
+/// Write image `x` (C×H×W) into `xp` zero-padded (`xp.len() == plan.padded_len()`).
+pub fn pad_image(plan: &Plan, x: &[f32], xp: &mut [f32]) {
+    xp.fill(0.0);
+    for c in 0..plan.c {
+        for y in 0..plan.h {
+            let from = &x[(c * plan.h + y) * plan.w..][..plan.w];
+            let at = c * plan.plane + (y + plan.padding) * plan.wp + plan.padding;
+            xp[at..at + plan.w].copy_from_slice(from);
+        }
+    }
+}
+
+/// The weights (O×C×kh×kw) in microkernel order: blocks of OB output channels, each (c, i, j, OB)
+/// with the OB channels innermost; channels past O are zero.
+pub fn pack_weights(w: &[f32], o: usize, taps: usize) -> Vec<f32> {
+    let blocks = o.div_ceil(OB);
+    let mut packed = vec![0.0; blocks * taps * OB];
+    for oc in 0..o {
+        let (b, ob) = (oc / OB, oc % OB);
+        for t in 0..taps {
+            packed[(b * taps + t) * OB + ob] = w[oc * taps + t];
+        }
+    }
+    packed
+}
+
+/// One ISA's microkernels.
+#[derive(Clone, Copy)]
+pub struct Family {
+    /// out block: rows `OB` of `out` (row stride `out_stride`) at positions q0..q0+QB, from `wpk`
+    /// (one channel block of [`pack_weights`]).
+    ///
+    /// # Safety
+    /// The CPU runs the family's ISA; `xp.len() == plan.padded_len()`, `q0 + QB <= plan.grid`,
+    /// `wpk.len() >= plan.c·kh·kw·OB`, `out.len() >= (OB − 1)·out_stride + q0 + QB`.
+    pub forward: unsafe fn(&Plan, &[f32], &[f32], &mut [f32], usize, usize),
+    /// acc[ob][jj] += Σ_{q < grid} gp[ob·gstride + q] · xp[c·plane + i·Wp + j0 + jj + q]
+    ///
+    /// # Safety
+    /// The CPU runs the family's ISA; `xp.len() == plan.padded_len()`, `gp.len() >= (OB − 1)·gstride
+    /// + plan.grid`, `c < plan.c`, `i < plan.kh`, `j0 < plan.kw`.
+    pub weight_taps: unsafe fn(&Plan, &[f32], &[f32], usize, usize, usize, usize, &mut [[f32; TJ]; OB]),
+}
+
+const PORTABLE: Family = Family {
+    forward: forward_portable,
+    weight_taps: weight_taps_portable,
+};
+
+/// The microkernels of `isa`, or None if this build or CPU lacks it. The AVX2 routines also need FMA;
+/// without it the avx2 path runs the portable ones.
+pub fn family(isa: Isa) -> Option<Family> {
+    #[cfg(target_arch = "x86_64")]
+    let avx2 = if std::arch::is_x86_feature_detected!("fma") {
+        x86::AVX2
+    } else {
+        PORTABLE
+    };
+    PerIsa {
+        scalar: PORTABLE,
+        #[cfg(target_arch = "x86_64")]
+        avx2,
+        #[cfg(target_arch = "x86_64")]
+        avx512: avx2,
+    }
+    .pick(isa)
+}
+
+/// # Safety
+/// None beyond the slice bounds (checked); `unsafe` only to share the [`Family`] signature.
+unsafe fn forward_portable(
+    plan: &Plan,
+    xp: &[f32],
+    wpk: &[f32],
+    out: &mut [f32],
+    out_stride: usize,
+    q0: usize,
+) {
+    let mut acc = [[0.0f32; QB]; OB];
+    let mut t = 0;
+    for c in 0..plan.c {
+        for i in 0..plan.kh {
+            for j in 0..plan.kw {
+                let x = &xp[c * plan.plane + q0 + i * plan.wp + j..][..QB];
+                let wv = &wpk[t * OB..][..OB];
+                for ob in 0..OB {
+                    for v in 0..QB {
+                        acc[ob][v] = wv[ob].mul_add(x[v], acc[ob][v]);
+                    }
+                }
+                t += 1;
+            }
+        }
+    }
+    for ob in 0..OB {
+        out[ob * out_stride + q0..][..QB].copy_from_slice(&acc[ob]);
+    }
+}
+
+/// # Safety
+/// None beyond the slice bounds (checked); `unsafe` only to share the [`Family`] signature.
+#[allow(clippy::too_many_arguments)]
+unsafe fn weight_taps_portable(
+    plan: &Plan,
+    xp: &[f32],
+    gp: &[f32],
+    gstride: usize,
+    c: usize,
+    i: usize,
+    j0: usize,
+    acc: &mut [[f32; TJ]; OB],
+) {
+    // per-lane partial sums, added last, as the vector routine does
+    let mut lanes = [[[0.0f32; GQ]; TJ]; OB];
+    let base = c * plan.plane + i * plan.wp + j0;
+    for q in (0..plan.grid).step_by(GQ) {
+        for ob in 0..OB {
+            let g = &gp[ob * gstride + q..][..GQ];
+            for jj in 0..TJ {
+                let x = &xp[base + jj + q..][..GQ];
+                for v in 0..GQ {
+                    lanes[ob][jj][v] = g[v].mul_add(x[v], lanes[ob][jj][v]);
+                }
+            }
+        }
+    }
+    for ob in 0..OB {
+        for jj in 0..TJ {
+            acc[ob][jj] += lane_sum(&lanes[ob][jj]);
+        }
+    }
+}
+
+/// The 8 lanes added pairwise in the order the AVX2 routine adds them: (0+4, 1+5, 2+6, 3+7), then
+/// (a+c, b+d), then the two.
+fn lane_sum(l: &[f32; GQ]) -> f32 {
+    let (a, b, c, d) = (l[0] + l[4], l[1] + l[5], l[2] + l[6], l[3] + l[7]);
+    let (e, f) = (a + c, b + d);
+    e + f
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{Family, Plan, GQ, OB, QB, TJ};
+
+    pub(super) const AVX2: Family = Family {
+        forward: forward_avx2,
+        weight_taps: weight_taps_avx2,
+    };
+
+    /// # Safety
+    /// See [`Family::forward`]: every load below lies in `xp` and `wpk`, every store in `out`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn forward_avx2(
+        plan: &Plan,
+        xp: &[f32],
+        wpk: &[f32],
+        out: &mut [f32],
+        out_stride: usize,
+        q0: usize,
+    ) {
+        let mut acc = [[_mm256_setzero_ps(); QB / 8]; OB];
+        let (xp, mut w) = (xp.as_ptr(), wpk.as_ptr());
+        for c in 0..plan.c {
+            for i in 0..plan.kh {
+                // SAFETY: q0 + i·Wp + j + QB − 1 < c·plane + padded margin (Plan::padded_len).
+                let row = unsafe { xp.add(c * plan.plane + q0 + i * plan.wp) };
+                for j in 0..plan.kw {
+                    // SAFETY: as above; w walks wpk's c·kh·kw·OB floats in order.
+                    unsafe {
+                        let x = [_mm256_loadu_ps(row.add(j)), _mm256_loadu_ps(row.add(j + 8))];
+                        for ob in 0..OB {
+                            let wv = _mm256_broadcast_ss(&*w.add(ob));
+                            for v in 0..QB / 8 {
+                                acc[ob][v] = _mm256_fmadd_ps(wv, x[v], acc[ob][v]);
+                            }
+                        }
+                        w = w.add(OB);
+                    }
+                }
+            }
+        }
+        for ob in 0..OB {
+            for v in 0..QB / 8 {
+                // SAFETY: (OB − 1)·out_stride + q0 + QB <= out.len().
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(ob * out_stride + q0 + 8 * v), acc[ob][v]) };
+            }
+        }
+    }
+
+    /// # Safety
+    /// See [`Family::weight_taps`]: every load lies in `xp` and `gp`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn weight_taps_avx2(
+        plan: &Plan,
+        xp: &[f32],
+        gp: &[f32],
+        gstride: usize,
+        c: usize,
+        i: usize,
+        j0: usize,
+        acc: &mut [[f32; TJ]; OB],
+    ) {
+        let mut lanes = [[_mm256_setzero_ps(); TJ]; OB];
+        // SAFETY: base + TJ − 1 + grid − 1 < padded_len (Plan::padded_len's margin).
+        let x = unsafe { xp.as_ptr().add(c * plan.plane + i * plan.wp + j0) };
+        let g = gp.as_ptr();
+        for q in (0..plan.grid).step_by(GQ) {
+            // SAFETY: q + 8 <= grid, and ob·gstride + grid <= gp.len(); x as above.
+            unsafe {
+                let xv = [
+                    _mm256_loadu_ps(x.add(q)),
+                    _mm256_loadu_ps(x.add(q + 1)),
+                    _mm256_loadu_ps(x.add(q + 2)),
+                ];
+                for ob in 0..OB {
+                    let gv = _mm256_loadu_ps(g.add(ob * gstride + q));
+                    for jj in 0..TJ {
+                        lanes[ob][jj] = _mm256_fmadd_ps(gv, xv[jj], lanes[ob][jj]);
+                    }
+                }
+            }
+        }
+        for ob in 0..OB {
+            for jj in 0..TJ {
+                acc[ob][jj] += lane_sum(lanes[ob][jj]);
+            }
+        }
+    }
+
+    /// [`super::lane_sum`] of a vector: (0+4, 1+5, 2+6, 3+7), then (a+c, b+d), then the two.
+    #[target_feature(enable = "avx2")]
+    fn lane_sum(v: __m256) -> f32 {
+        let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let quarter = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(quarter, _mm_shuffle_ps::<1>(quarter, quarter)))
+    }
+}
