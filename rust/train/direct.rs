@@ -106,6 +106,11 @@ pub fn pack_weights(w: &[f32], o: usize, taps: usize) -> Vec<f32> {
     packed
 }
 
+/// See [`Family::forward`].
+pub type ForwardFn = unsafe fn(&Plan, &[f32], &[f32], &mut [f32], usize, usize);
+/// See [`Family::weight_taps`].
+pub type WeightTapsFn = unsafe fn(&Plan, &[f32], &[f32], usize, usize, usize, usize, &mut [[f32; TJ]; OB]);
+
 /// One ISA's microkernels.
 #[derive(Clone, Copy)]
 pub struct Family {
@@ -115,13 +120,13 @@ pub struct Family {
     /// # Safety
     /// The CPU runs the family's ISA; `xp.len() == plan.padded_len()`, `q0 + QB <= plan.grid`,
     /// `wpk.len() >= plan.c·kh·kw·OB`, `out.len() >= (OB − 1)·out_stride + q0 + QB`.
-    pub forward: unsafe fn(&Plan, &[f32], &[f32], &mut [f32], usize, usize),
+    pub forward: ForwardFn,
     /// acc[ob][jj] += Σ_{q < grid} gp[ob·gstride + q] · xp[c·plane + i·Wp + j0 + jj + q]
     ///
     /// # Safety
     /// The CPU runs the family's ISA; `xp.len() == plan.padded_len()`, `gp.len() >= (OB − 1)·gstride
     /// + plan.grid`, `c < plan.c`, `i < plan.kh`, `j0 < plan.kw`.
-    pub weight_taps: unsafe fn(&Plan, &[f32], &[f32], usize, usize, usize, usize, &mut [[f32; TJ]; OB]),
+    pub weight_taps: WeightTapsFn,
 }
 
 const PORTABLE: Family = Family {
