@@ -11,7 +11,9 @@ they always check the NumPy code, and the Rust kernels are tested against it in 
 
 Twins a provider may return: `conv2d_forward(x, w, stride, padding)`,
 `conv2d_backward_input(g, w, h, w_width, stride, padding)`, `conv2d_backward_weight(x, g, kh, kw,
-stride, padding)` (see `Conv2dIm2col`).
+stride, padding)` (see `Conv2dIm2col`); `batch_norm_forward(x, gamma, beta, eps)` -> (y, mean, var,
+inv_std) and `batch_norm_backward(g, x, gamma, mean, inv_std, input_grad)` -> (dx or None, Σg, Σg·x̂)
+(see `BatchNormTrain`).
 """
 from __future__ import annotations
 

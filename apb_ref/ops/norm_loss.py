@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ..autograd import Function, Tensor
+from . import accel
 
 
 def _stat_axes(ndim: int) -> tuple[int, ...]:
@@ -27,26 +28,36 @@ class BatchNormTrain(Function):
 
     @staticmethod
     def forward(ctx, x, gamma, beta, running_mean, running_var, momentum, eps):
-        axes = _stat_axes(x.ndim)
         count = x.size // x.shape[1]
-        mu = x.mean(axis=axes, dtype=x.dtype)
-        xhat = x - _per_channel(mu, x.ndim)
-        var = _channel_dot(xhat, xhat) / count
-        inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
-        xhat *= _per_channel(inv_std, x.ndim)  # normalise in place: x − μ is not needed again
+        fast = accel.kernel("batch_norm_forward", x, gamma, beta)
+        if fast is not None:  # saves x and μ instead of x̂ (recomputed in the backward)
+            y, mu, var, inv_std = fast(x, gamma, beta, eps)
+            ctx.save_for_backward(None, inv_std, gamma, x, mu)
+        else:
+            mu = x.mean(axis=_stat_axes(x.ndim), dtype=x.dtype)
+            xhat = x - _per_channel(mu, x.ndim)
+            var = _channel_dot(xhat, xhat) / count
+            inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
+            xhat *= _per_channel(inv_std, x.ndim)  # normalise in place: x − μ is not needed again
+            y = xhat * _per_channel(gamma, x.ndim)
+            y += _per_channel(beta, x.ndim)
+            ctx.save_for_backward(xhat, inv_std, gamma)
         if running_mean is not None:
             running_mean *= 1 - momentum
             running_mean += momentum * mu
             running_var *= 1 - momentum
             running_var += momentum * var * (count / max(count - 1, 1))  # unbiased, as PyTorch
-        ctx.save_for_backward(xhat, inv_std, gamma)
-        y = xhat * _per_channel(gamma, x.ndim)
-        y += _per_channel(beta, x.ndim)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        xhat, inv_std, gamma = ctx.saved
+        xhat, inv_std, gamma, *x_mu = ctx.saved
+        if x_mu:  # the forward ran in the fast kernels
+            fast = accel.kernel("batch_norm_backward", g)
+            if fast is not None:
+                gx, g_sum, gx_sum = fast(g, x_mu[0], gamma, x_mu[1], inv_std, ctx.needs_grad[0])
+                return gx, gx_sum, g_sum
+            xhat = (x_mu[0] - _per_channel(x_mu[1], g.ndim)) * _per_channel(inv_std, g.ndim)  # switched off since the forward
         axes, nd = _stat_axes(g.ndim), g.ndim
         count = g.size // g.shape[1]
         g_sum = g.sum(axis=axes)

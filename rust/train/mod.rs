@@ -5,8 +5,10 @@
 //!
 //! * `matmul`: the one call into the `gemm` crate (strided views, no threads of its own);
 //! * `conv`: conv2d forward and both backward products, per image on NCHW arrays;
-//! * `direct`: the stride-1 microkernels `conv` uses from the zero-padded image itself (no im2col).
+//! * `direct`: the stride-1 microkernels `conv` uses from the zero-padded image itself (no im2col);
+//! * `norm`: batch normalisation forward and backward (statistics in f64, channels over threads).
 
 pub mod conv;
 pub mod direct;
 pub mod matmul;
+pub mod norm;

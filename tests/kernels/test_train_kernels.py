@@ -22,7 +22,7 @@ from strategies import conv_geometries
 U = 2.0 ** -24
 
 
-def gamma(length):
+def gamma_of(length):
     return length * U / (1 - length * U)
 
 
@@ -36,7 +36,7 @@ def conv_products(x, w, g, stride, padding, backend):
 
 
 def assert_within_rounding(got, exact, scale, length, what):
-    bound = gamma(length) * scale
+    bound = gamma_of(length) * scale
     err = np.abs(got.astype(np.float64) - exact)
     worst = np.unravel_index(np.argmax(err - bound), err.shape)
     assert (err <= bound).all(), f"{what}: |error| {err[worst]:.3g} > bound {bound[worst]:.3g} at {worst}"
@@ -116,3 +116,92 @@ def test_float64_convs_stay_in_numpy_so_the_gradient_checks_check_numpy():
         assert accel.kernel("conv2d_forward", np.zeros(1, np.float64)) is None
     with use_backend("numpy"):
         assert accel.kernel("conv2d_forward", np.zeros(1, np.float32)) is None
+
+
+# --- batch norm ------------------------------------------------------------------------------------
+
+def batch_norm_forward(x, gamma, beta, backend, eps=1e-5):
+    with use_backend(backend):
+        running = np.zeros(x.shape[1], x.dtype), np.ones(x.shape[1], x.dtype)
+        return F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), *running, training=True, momentum=0.1,
+                            eps=eps).data
+
+
+@needs_rust
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 9), st.integers(1, 5), st.sampled_from([(), (1, 1), (3, 5), (8, 8)]), st.floats(-50, 50),
+       st.integers(0, 2**32 - 1))
+def test_batch_norm_forward_is_within_float32_rounding(n, c, spatial, offset, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, c) + spatial) * rng.uniform(0.1, 10) + offset).astype(np.float32)
+    gamma, beta = (rng.standard_normal(c).astype(np.float32) for _ in range(2))
+    m = x.size // c
+    axes = (0,) + tuple(range(2, x.ndim))
+    per = (1, -1) + (1,) * (x.ndim - 2)
+    x64 = x.astype(np.float64)
+    mu = x64.mean(axis=axes)
+    s = 1 / np.sqrt(((x64 - mu.reshape(per)) ** 2).mean(axis=axes) + 1e-5)  # 1/σ
+    xhat = (x64 - mu.reshape(per)) * s.reshape(per)
+    exact = xhat * gamma.reshape(per) + beta.reshape(per)
+    # μ from a sum of m terms; σ² from m squares (its relative error, halved by the square root, plus
+    # the roundings of 1/sqrt); then x̂ = (x − μ)·(1/σ) and γ·x̂ + β, a few roundings each
+    err_mu = (gamma_len := gamma_of(m) + U) * np.abs(x64).mean(axis=axes)
+    err_xhat = (s * err_mu).reshape(per) + np.abs(xhat) * (gamma_len + 4 * U)
+    bound = np.abs(gamma).reshape(per) * err_xhat + 2 * U * (np.abs(gamma.reshape(per) * xhat) + np.abs(beta).reshape(per))
+    for backend in ("numpy", "rust"):
+        got = batch_norm_forward(x, gamma, beta, backend).astype(np.float64)
+        worst = np.max(np.abs(got - exact) - bound)
+        assert worst <= 0, f"{backend}: beyond the bound by {worst:.3g}"
+
+
+@needs_rust
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 5), st.sampled_from([(), (3, 5), (8, 8)]), st.booleans(),
+       st.integers(0, 2**32 - 1))
+def test_batch_norm_backward_is_within_float32_rounding(n, c, spatial, input_grad, seed):
+    from types import SimpleNamespace
+
+    from apb_ref.ops import BatchNormTrain
+    rng = np.random.default_rng(seed)
+    g = rng.standard_normal((n, c) + spatial).astype(np.float32)
+    x = (rng.standard_normal(g.shape) * 3 + 1).astype(np.float32)
+    gamma, inv_std = rng.standard_normal(c).astype(np.float32), rng.uniform(0.1, 10, c).astype(np.float32)
+    mean = rng.standard_normal(c).astype(np.float32)
+    m, axes, per = g.size // c, (0,) + tuple(range(2, g.ndim)), (1, -1) + (1,) * (g.ndim - 2)
+    xhat = (x - mean.reshape(per)) * inv_std.reshape(per)  # what both backends normalise with (float32)
+    g64, h64 = g.astype(np.float64), xhat.astype(np.float64)
+    g_sum, gh_sum = g64.sum(axis=axes), (g64 * h64).sum(axis=axes)
+    scale = (gamma.astype(np.float64) * inv_std).reshape(per)
+    exact_gx = (g64 - (g_sum / m).reshape(per) - h64 * (gh_sum / m).reshape(per)) * scale
+    gm = gamma_of(m + 1)  # a sum of m terms (products rounded once more)
+    sum_bound, gh_bound = gm * np.abs(g64).sum(axis=axes), gm * np.abs(g64 * h64).sum(axis=axes)
+    gx_bound = np.abs(scale) * ((sum_bound / m).reshape(per) + np.abs(h64) * (gh_bound / m).reshape(per)
+                                + 4 * U * (np.abs(g64) + np.abs(g_sum / m).reshape(per)
+                                           + np.abs(h64 * (gh_sum / m).reshape(per)))) + 2 * U * np.abs(exact_gx)
+    for backend in ("numpy", "rust"):
+        # the NumPy forward saves x̂, the Rust one x and the mean
+        saved = (xhat, inv_std, gamma) if backend == "numpy" else (None, inv_std, gamma, x, mean)
+        ctx = SimpleNamespace(saved=saved, needs_grad=(input_grad, True, True))
+        with use_backend(backend):
+            gx, d_gamma, d_beta = BatchNormTrain.backward(ctx, g)
+        assert np.all(np.abs(d_beta - g_sum) <= sum_bound + U * np.abs(g_sum)), backend
+        assert np.all(np.abs(d_gamma - gh_sum) <= gh_bound + U * np.abs(gh_sum)), backend
+        if input_grad:
+            assert gx.dtype == np.float32 and np.all(np.abs(gx - exact_gx) <= gx_bound), backend
+        else:
+            assert gx is None
+
+
+@needs_rust
+@pytest.mark.parametrize("call, message", [
+    (lambda r, x, v: r.batch_norm_forward(x.astype(np.float64), v, v, 1e-5), "x must be a C-contiguous float32"),
+    (lambda r, x, v: r.batch_norm_forward(x[0], v, v, 1e-5), "(N, C) or (N, C, H, W)"),
+    (lambda r, x, v: r.batch_norm_forward(x, v[:2], v, 1e-5), "gamma must be a C-contiguous float32 array of shape (3,)"),
+    (lambda r, x, v: r.batch_norm_forward(x, v, v, -1.0), "eps must be a finite number >= 0"),
+    (lambda r, x, v: r.batch_norm_backward(x, x[:1].copy(), v, v, v), "x must have g's shape"),
+    (lambda r, x, v: r.batch_norm_backward(x, x, v, v[:1], v), "mean must be a C-contiguous float32 array of shape (3,)"),
+])
+def test_batch_norm_kernels_name_bad_arguments(raw_rust, call, message):  # noqa: F811
+    x, v = np.zeros((2, 3, 4, 4), np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call(raw_rust, x, v)

@@ -1,0 +1,250 @@
+//! Batch normalisation of a training step on NCHW float32 maps, statistics over (N, H, W) per
+//! channel. The NumPy twins are `BatchNormTrain.forward/backward` in `apb_ref/ops/norm_loss.py`.
+//!
+//! * forward: one pass for the channel's sum and sum of squares (in f64, so E[x²] − μ² keeps its
+//!   digits: float32 data would need |μ|/σ above 2¹⁴ to lose any), one pass writing y = γ·x̂ + β,
+//!   x̂ = (x − μ)/σ;
+//! * backward: x̂ recomputed from x (not stored by the forward: one map written less), one pass for
+//!   Σg and Σg·x̂ (f64), one writing dx = γ/σ·(g − Σg/m − x̂·Σg·x̂/m).
+//!
+//! Channels are split over threads; a channel is the N slices of H·W floats at (n, c).
+
+use crate::threads;
+
+/// The sizes of a batch-norm call: `n` images, `c` channels of `hw` values each.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+}
+
+impl Dims {
+    fn len(&self) -> usize {
+        self.n * self.c * self.hw
+    }
+
+    /// Values per channel (the statistics' count).
+    fn count(&self) -> usize {
+        self.n * self.hw
+    }
+}
+
+/// Per channel statistics of the forward: the batch mean, the biased variance and 1/sqrt(var + eps).
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    pub mean: Vec<f32>,
+    pub var: Vec<f32>,
+    pub inv_std: Vec<f32>,
+}
+
+/// The N slices of each channel of an NCHW array, grouped by channel.
+fn by_channel<T>(chunks: impl Iterator<Item = T>, c: usize, n: usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = (0..c).map(|_| Vec::with_capacity(n)).collect();
+    for (i, chunk) in chunks.enumerate() {
+        out[i % c].push(chunk);
+    }
+    out
+}
+
+fn check(what: &str, got: usize, want: usize) -> Result<(), String> {
+    if got != want {
+        return Err(format!("{what} has {got} elements, expected {want}"));
+    }
+    Ok(())
+}
+
+/// (Σa, Σa·b) over pairs of equal-length slices, in f64, kept as 8 running sums each (one per lane,
+/// added at the end) so that the loop vectorises instead of waiting on one chain of additions.
+fn lane_sums<'a>(pairs: impl Iterator<Item = (&'a [f32], &'a [f32])>) -> (f64, f64) {
+    let (mut s, mut p) = ([0.0f64; 8], [0.0f64; 8]);
+    for (a, b) in pairs {
+        let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+        let (ar, br) = (ac.remainder(), bc.remainder());
+        for (x, y) in ac.zip(bc) {
+            for k in 0..8 {
+                let v = x[k] as f64;
+                s[k] += v;
+                p[k] += v * y[k] as f64;
+            }
+        }
+        for (k, (&x, &y)) in ar.iter().zip(br).enumerate() {
+            s[k] += x as f64;
+            p[k] += x as f64 * y as f64;
+        }
+    }
+    (s.iter().sum(), p.iter().sum())
+}
+
+/// y = γ·x̂ + β, x̂ = (x − μ)·inv_std with the batch statistics, which it returns (x̂ is not kept:
+/// the backward recomputes it from x, one write of the whole map less).
+pub fn forward(
+    d: Dims,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    y: &mut [f32],
+    threads: usize,
+) -> Result<Stats, String> {
+    check("x", x.len(), d.len())?;
+    check("y", y.len(), d.len())?;
+    check("gamma", gamma.len(), d.c)?;
+    check("beta", beta.len(), d.c)?;
+    if d.len() == 0 {
+        return Err("batch norm needs at least one value per channel".into());
+    }
+    let xs = by_channel(x.chunks(d.hw), d.c, d.n);
+    let ys = by_channel(y.chunks_mut(d.hw), d.c, d.n);
+    let mut stats = vec![(0.0f32, 0.0f32, 0.0f32); d.c];
+    let items: Vec<_> = xs.into_iter().zip(ys).zip(stats.iter_mut()).enumerate().collect();
+    let m = d.count() as f64;
+    threads::run_claimed(threads, items, |(ch, ((xc, yc), st))| {
+        let (sum, sq) = lane_sums(xc.iter().map(|s| (*s, *s)));
+        let mean = sum / m;
+        let var = (sq / m - mean * mean).max(0.0);
+        let inv_std = (1.0 / (var + eps).sqrt()) as f32;
+        let (mu, g, b) = (mean as f32, gamma[ch], beta[ch]);
+        for (xi, yi) in xc.iter().zip(yc) {
+            for (&v, yv) in xi.iter().zip(yi.iter_mut()) {
+                *yv = normalised(v, mu, inv_std) * g + b;
+            }
+        }
+        *st = (mu, var as f32, inv_std);
+        true
+    })?;
+    Ok(Stats {
+        mean: stats.iter().map(|s| s.0).collect(),
+        var: stats.iter().map(|s| s.1).collect(),
+        inv_std: stats.iter().map(|s| s.2).collect(),
+    })
+}
+
+/// x̂ of one value, the same float32 operations in the forward and the backward.
+#[inline]
+fn normalised(v: f32, mean: f32, inv_std: f32) -> f32 {
+    (v - mean) * inv_std
+}
+
+/// Σg and Σg·x̂ per channel (the gradients of β and γ), and dx into `gx` when given; x̂ recomputed
+/// from x and the forward's mean and inv_std.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    d: Dims,
+    g: &[f32],
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    inv_std: &[f32],
+    gx: Option<&mut [f32]>,
+    threads: usize,
+) -> Result<(Vec<f32>, Vec<f32>), String> {
+    check("g", g.len(), d.len())?;
+    check("x", x.len(), d.len())?;
+    for (what, v) in [("gamma", gamma), ("mean", mean), ("inv_std", inv_std)] {
+        check(what, v.len(), d.c)?;
+    }
+    let hw = d.hw.max(1);
+    let gs = by_channel(g.chunks(hw), d.c, d.n);
+    let xs = by_channel(x.chunks(hw), d.c, d.n);
+    let outs: Vec<Option<Vec<&mut [f32]>>> = match gx {
+        Some(gx) => {
+            check("gx", gx.len(), d.len())?;
+            by_channel(gx.chunks_mut(hw), d.c, d.n)
+                .into_iter()
+                .map(Some)
+                .collect()
+        }
+        None => (0..d.c).map(|_| None).collect(),
+    };
+    let mut sums = vec![(0.0f32, 0.0f32); d.c];
+    let items: Vec<_> = gs
+        .into_iter()
+        .zip(xs)
+        .zip(outs)
+        .zip(sums.iter_mut())
+        .enumerate()
+        .collect();
+    let m = d.count() as f64;
+    threads::run_claimed_with(
+        threads,
+        items,
+        || vec![0.0f32; hw],
+        |xhat, (ch, (((gc, xc), out), st))| {
+            let (mu, s) = (mean[ch], inv_std[ch]);
+            let (mut g_sum, mut gh_sum) = (0.0f64, 0.0f64);
+            for (gi, xi) in gc.iter().zip(&xc) {
+                for (h, &v) in xhat.iter_mut().zip(xi.iter()) {
+                    *h = normalised(v, mu, s);
+                }
+                let (a, b) = lane_sums(std::iter::once((*gi, &xhat[..gi.len()])));
+                g_sum += a;
+                gh_sum += b;
+            }
+            if let Some(out) = out {
+                let (g_mean, gh_mean) = ((g_sum / m) as f32, (gh_sum / m) as f32);
+                let scale = gamma[ch] * s;
+                for ((gi, xi), oi) in gc.iter().zip(&xc).zip(out) {
+                    for ((&gv, &v), o) in gi.iter().zip(xi.iter()).zip(oi.iter_mut()) {
+                        *o = (gv - g_mean - normalised(v, mu, s) * gh_mean) * scale;
+                    }
+                }
+            }
+            *st = (g_sum as f32, gh_sum as f32);
+            true
+        },
+    )?;
+    Ok((
+        sums.iter().map(|s| s.0).collect(),
+        sums.iter().map(|s| s.1).collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_rng::Rng;
+
+    #[test]
+    fn normalises_each_channel_and_the_gradient_sums_to_zero() {
+        let mut rng = Rng(9);
+        let d = Dims { n: 3, c: 4, hw: 5 };
+        let x: Vec<f32> = (0..d.len()).map(|i| rng.f() * 3.0 + (i % 4) as f32).collect();
+        let (gamma, beta) = (vec![1.0, 2.0, 0.5, -1.0], vec![0.0, 1.0, -2.0, 0.25]);
+        let mut y = vec![0.0; d.len()];
+        let stats = forward(d, &x, &gamma, &beta, 1e-5, &mut y, 2).unwrap();
+        let xhat: Vec<f32> = (0..d.len())
+            .map(|i| {
+                normalised(
+                    x[i],
+                    stats.mean[(i / d.hw) % d.c],
+                    stats.inv_std[(i / d.hw) % d.c],
+                )
+            })
+            .collect();
+        for ch in 0..d.c {
+            let vals: Vec<f64> = (0..d.n)
+                .flat_map(|n| xhat[(n * d.c + ch) * d.hw..][..d.hw].to_vec())
+                .map(|v| v as f64)
+                .collect();
+            let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+            let var = vals.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / vals.len() as f64;
+            assert!(
+                mean.abs() < 1e-6 && (var - 1.0).abs() < 1e-3,
+                "{ch}: {mean} {var}"
+            );
+            assert!(stats.inv_std[ch] > 0.0);
+        }
+        // dx is orthogonal to 1 and to x̂ per channel (the normalisation removes both directions)
+        let g: Vec<f32> = (0..d.len()).map(|_| rng.f()).collect();
+        let mut gx = vec![0.0; d.len()];
+        backward(d, &g, &x, &gamma, &stats.mean, &stats.inv_std, Some(&mut gx), 2).unwrap();
+        for ch in 0..d.c {
+            let idx = (0..d.n).flat_map(|n| (0..d.hw).map(move |k| (n * d.c + ch) * d.hw + k));
+            let (s, sh) = idx.fold((0.0f64, 0.0f64), |(s, sh), i| {
+                (s + gx[i] as f64, sh + (gx[i] * xhat[i]) as f64)
+            });
+            assert!(s.abs() < 1e-5 && sh.abs() < 1e-5, "{ch}: {s} {sh}");
+        }
+    }
+}
