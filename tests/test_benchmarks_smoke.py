@@ -163,6 +163,22 @@ def test_ablation_benchmark_trains_each_variant_once_and_resumes(tmp_path):
 
 
 @pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")
+@pytest.mark.parametrize("method", ["fp", "apb"])
+def test_train_speed_times_each_backend(tmp_path, method):
+    out = tmp_path / "train_speed.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "train_speed.py"), "--steps", "1", "--batch-size", "2",
+                           "--method", method, "--no-torch", "--json", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    d = json.loads(out.read_text())
+    assert d["method"] == method and d["backends"] == backend.available_backends()
+    for name in d["backends"]:
+        for what in ("train", "inference"):
+            entry = d["engines"][f"{name}_{what}"]
+            assert entry["images_per_second"] > 0 and entry["vs_numpy"] > 0 and entry["vs_torch"] is None
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")
 def test_the_pytorch_columns_when_torch_imports(tmp_path):
     pytest.importorskip("torch")  # an optional comparison: CI does not install it
     for script, flags in (("packed_inference.py", ["--images", "2", "--repeats", "1", "--methods", "bnn",
