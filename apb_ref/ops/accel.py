@@ -13,7 +13,8 @@ Twins a provider may return: `conv2d_forward(x, w, stride, padding)`,
 `conv2d_backward_input(g, w, h, w_width, stride, padding)`, `conv2d_backward_weight(x, g, kh, kw,
 stride, padding)` (see `Conv2dIm2col`); `batch_norm_forward(x, gamma, beta, eps)` -> (y, mean, var,
 inv_std) and `batch_norm_backward(g, x, gamma, mean, inv_std, input_grad)` -> (dx or None, Σg, Σg·x̂)
-(see `BatchNormTrain`).
+(see `BatchNormTrain`); `relu_forward(x)`, `relu_backward(g, y)`, `hardtanh_forward(x, lo, hi)`,
+`hardtanh_backward(g, y, lo, hi)` (see `ReLU`, `Hardtanh`), bit for bit the NumPy results.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def set_provider(provider: Provider | None) -> None:
 
 
 def kernel(name: str, *arrays: np.ndarray) -> Callable | None:
-    """The fast twin of `name` when a provider offers one and every array is float32, else None."""
-    if _provider is None or any(a.dtype != np.float32 for a in arrays):
+    """The fast twin of `name` when a provider offers one and every array is a float32 ndarray (not a
+    NumPy scalar), else None."""
+    if _provider is None or any(not isinstance(a, np.ndarray) or a.dtype != np.float32 for a in arrays):
         return None
     return _provider(name)

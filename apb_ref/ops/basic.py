@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..autograd import Context, Function, Tensor, unbroadcast
+from . import accel
 
 
 def _check_tensor(name: str, x: Any) -> None:
@@ -321,14 +322,16 @@ def matmul(a, b) -> Tensor:
 class ReLU(Function):
     @staticmethod
     def forward(ctx, a):
-        y = np.maximum(a, 0)
+        fast = accel.kernel("relu_forward", a)
+        y = fast(a) if fast is not None else np.maximum(a, 0)
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved
-        return g * (y > 0)
+        fast = accel.kernel("relu_backward", g, y)
+        return fast(g, y) if fast is not None else g * (y > 0)
 
 
 class Hardtanh(Function):
@@ -336,7 +339,8 @@ class Hardtanh(Function):
 
     @staticmethod
     def forward(ctx, a, lo, hi):
-        y = np.clip(a, lo, hi)
+        fast = accel.kernel("hardtanh_forward", a)
+        y = fast(a, lo, hi) if fast is not None else np.clip(a, lo, hi)
         # lo < a < hi exactly where lo < y < hi: the mask waits for backward (inference never needs it)
         ctx.save_for_backward(y)
         ctx.lo, ctx.hi = lo, hi
@@ -345,7 +349,8 @@ class Hardtanh(Function):
     @staticmethod
     def backward(ctx, g):
         (y,) = ctx.saved
-        return g * ((y > ctx.lo) & (y < ctx.hi))
+        fast = accel.kernel("hardtanh_backward", g, y)
+        return fast(g, y, ctx.lo, ctx.hi) if fast is not None else g * ((y > ctx.lo) & (y < ctx.hi))
 
 
 def relu(a) -> Tensor:

@@ -6,9 +6,11 @@
 //! * `matmul`: the one call into the `gemm` crate (strided views, no threads of its own);
 //! * `conv`: conv2d forward and both backward products, per image on NCHW arrays;
 //! * `direct`: the stride-1 microkernels `conv` uses from the zero-padded image itself (no im2col);
+//! * `elementwise`: ReLU and Hardtanh and their gradients, bit for bit as NumPy computes them;
 //! * `norm`: batch normalisation forward and backward (statistics in f64, channels over threads).
 
 pub mod conv;
 pub mod direct;
+pub mod elementwise;
 pub mod matmul;
 pub mod norm;

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from apb_ref import ops as F
 from apb_ref.autograd import Tensor
 from apb_ref.kernels import use_backend
 from kernel_helpers import needs_rust, raw_rust  # noqa: F401
-from strategies import conv_geometries
+from strategies import conv_geometries, float32_values
 
 U = 2.0 ** -24
 
@@ -205,3 +206,39 @@ def test_batch_norm_kernels_name_bad_arguments(raw_rust, call, message):  # noqa
     x, v = np.zeros((2, 3, 4, 4), np.float32), np.ones(3, np.float32)
     with pytest.raises(ValueError, match=re.escape(message)):
         call(raw_rust, x, v)
+
+
+# --- activations -----------------------------------------------------------------------------------
+
+@needs_rust
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=9), elements=float32_values()),
+       st.integers(0, 2**32 - 1))
+def test_activations_equal_numpy_bit_for_bit(x, seed):
+    g = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
+    g.flat[:: 3] = x.flat[:: 3]  # infinities and signed zeros in g too
+    results = {}
+    for backend in ("numpy", "rust"):
+        with use_backend(backend):
+            out = []
+            for act in (F.relu, lambda t: F.hardtanh(t, -1.0, 0.5)):
+                xt = Tensor(x.copy(), requires_grad=True)
+                y = act(xt)
+                y.backward(g)
+                out += [y.data, xt.grad]
+        results[backend] = out
+    for a, b in zip(*results.values()):
+        assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+        same_bits = (a.view(np.uint32) == b.view(np.uint32)) | (np.isnan(a) & np.isnan(b))  # any NaN payload
+        assert same_bits.all()
+
+
+@needs_rust
+def test_activation_kernels_name_bad_arguments(raw_rust):  # noqa: F811
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=re.escape("relu_forward: x must be a C-contiguous float32 array")):
+        raw_rust.relu_forward(x.astype(np.float64))
+    with pytest.raises(ValueError, match=re.escape("relu_backward: y must have shape [2, 3]")):
+        raw_rust.relu_backward(x, x[:1].copy())
+    with pytest.raises(ValueError, match=re.escape("hardtanh_forward: need lo < hi")):
+        raw_rust.hardtanh_forward(x, 1.0, -1.0)

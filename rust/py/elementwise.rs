@@ -1,0 +1,140 @@
+//! `relu_forward`, `relu_backward`, `hardtanh_forward`, `hardtanh_backward`: elementwise activations
+//! of a training step on float32 arrays of any shape (`crate::train::elementwise`).
+
+use numpy::ndarray::IxDyn;
+use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+
+use super::args::{as_array, describe, empty, has_dtype, resolve_threads, slice_of, value_error};
+use crate::train::elementwise::{self as ew, clip, masked, relu};
+
+/// A C-contiguous float32 array of any shape, borrowed read-only.
+fn float32<'py>(
+    func: &str,
+    name: &str,
+    x: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyUntypedArray>, PyReadonlyArrayDyn<'py, f32>)> {
+    let expected = format!("{func}: {name} must be a C-contiguous float32 array");
+    let arr = as_array(x, &expected)?;
+    if !has_dtype::<f32>(arr) || !arr.is_c_contiguous() {
+        return Err(value_error(format!("{expected}, {}", describe(arr))));
+    }
+    let ro = slice_of::<f32>(func, name, arr)?;
+    Ok((arr.clone(), ro))
+}
+
+/// A new array of `like`'s shape, each element `f` of the inputs' elements, computed with the GIL
+/// released.
+fn elementwise<'py>(
+    py: Python<'py>,
+    func: &str,
+    inputs: &[(&str, &Bound<'py, PyAny>)],
+    threads: Option<&Bound<'py, PyAny>>,
+    run: impl FnOnce(&[&[f32]], &mut [f32], usize) -> Result<(), String> + Send,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let arrays = inputs
+        .iter()
+        .map(|(name, x)| float32(func, name, x))
+        .collect::<PyResult<Vec<_>>>()?;
+    let shape = arrays[0].0.shape().to_vec();
+    if let Some((name, a)) = inputs
+        .iter()
+        .zip(&arrays)
+        .find(|(_, a)| a.0.shape() != shape.as_slice())
+        .map(|((n, _), a)| (n, a))
+    {
+        return Err(value_error(format!(
+            "{func}: {name} must have shape {shape:?}, {}",
+            describe(&a.0)
+        )));
+    }
+    let threads = resolve_threads(func, threads)?;
+    let slices = arrays
+        .iter()
+        .map(|(_, ro)| ro.as_slice().map_err(|e| value_error(format!("{func}: {e}"))))
+        .collect::<PyResult<Vec<_>>>()?;
+    let out = empty::<f32, IxDyn>(py, func, &shape)?;
+    {
+        let mut rw = out.readwrite();
+        let os = rw
+            .as_slice_mut()
+            .map_err(|e| value_error(format!("{func}: output: {e}")))?;
+        py.detach(|| run(&slices, os, threads))
+            .map_err(|e| value_error(format!("{func}: {e}")))?;
+    }
+    Ok(out)
+}
+
+fn range(func: &str, lo: f64, hi: f64) -> PyResult<(f32, f32)> {
+    let (l, h) = (lo as f32, hi as f32);
+    if l.partial_cmp(&h) != Some(std::cmp::Ordering::Less) {
+        return Err(value_error(format!(
+            "{func}: need lo < hi (as float32), got {lo} and {hi}"
+        )));
+    }
+    Ok((l, h))
+}
+
+/// max(x, 0) (NumPy's `np.maximum(x, 0)`, bit for bit).
+#[pyfunction]
+#[pyo3(signature = (x, threads=None))]
+pub(crate) fn relu_forward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    elementwise(py, "relu_forward", &[("x", x)], threads, |s, o, t| {
+        ew::map(s[0], o, t, relu)
+    })
+}
+
+/// g · (y > 0) from ReLU's output y.
+#[pyfunction]
+#[pyo3(signature = (g, y, threads=None))]
+pub(crate) fn relu_backward<'py>(
+    py: Python<'py>,
+    g: &Bound<'py, PyAny>,
+    y: &Bound<'py, PyAny>,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    elementwise(py, "relu_backward", &[("g", g), ("y", y)], threads, |s, o, t| {
+        ew::zip_map(s[0], s[1], o, t, |g, y| masked(g, y > 0.0))
+    })
+}
+
+/// clip(x, lo, hi) (NumPy's `np.clip`, bit for bit).
+#[pyfunction]
+#[pyo3(signature = (x, lo, hi, threads=None))]
+pub(crate) fn hardtanh_forward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    lo: f64,
+    hi: f64,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let (lo, hi) = range("hardtanh_forward", lo, hi)?;
+    elementwise(py, "hardtanh_forward", &[("x", x)], threads, move |s, o, t| {
+        ew::map(s[0], o, t, move |v| clip(v, lo, hi))
+    })
+}
+
+/// g · (lo < y < hi) from Hardtanh's output y.
+#[pyfunction]
+#[pyo3(signature = (g, y, lo, hi, threads=None))]
+pub(crate) fn hardtanh_backward<'py>(
+    py: Python<'py>,
+    g: &Bound<'py, PyAny>,
+    y: &Bound<'py, PyAny>,
+    lo: f64,
+    hi: f64,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    let (lo, hi) = range("hardtanh_backward", lo, hi)?;
+    elementwise(
+        py,
+        "hardtanh_backward",
+        &[("g", g), ("y", y)],
+        threads,
+        move |s, o, t| ew::zip_map(s[0], s[1], o, t, move |g, y| masked(g, y > lo && y < hi)),
+    )
+}
