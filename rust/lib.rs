@@ -78,5 +78,6 @@ fn _kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::elementwise::relu_backward, m)?)?;
     m.add_function(wrap_pyfunction!(py::elementwise::hardtanh_forward, m)?)?;
     m.add_function(wrap_pyfunction!(py::elementwise::hardtanh_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(py::elementwise::sign_forward, m)?)?;
     Ok(())
 }

@@ -14,7 +14,8 @@ Twins a provider may return: `conv2d_forward(x, w, stride, padding)`,
 stride, padding)` (see `Conv2dIm2col`); `batch_norm_forward(x, gamma, beta, eps)` -> (y, mean, var,
 inv_std) and `batch_norm_backward(g, x, gamma, mean, inv_std, input_grad)` -> (dx or None, Σg, Σg·x̂)
 (see `BatchNormTrain`); `relu_forward(x)`, `relu_backward(g, y)`, `hardtanh_forward(x, lo, hi)`,
-`hardtanh_backward(g, y, lo, hi)` (see `ReLU`, `Hardtanh`), bit for bit the NumPy results.
+`hardtanh_backward(g, y, lo, hi)` (see `ReLU`, `Hardtanh`) and `sign_forward(x)` (the 1-bit activations' sign, `SignSTE`), bit for bit
+the NumPy results.
 """
 from __future__ import annotations
 

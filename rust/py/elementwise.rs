@@ -1,12 +1,12 @@
-//! `relu_forward`, `relu_backward`, `hardtanh_forward`, `hardtanh_backward`: elementwise activations
-//! of a training step on float32 arrays of any shape (`crate::train::elementwise`).
+//! `relu_forward`, `relu_backward`, `hardtanh_forward`, `hardtanh_backward`, `sign_forward`: elementwise
+//! activations of a training step on float32 arrays of any shape (`crate::train::elementwise`).
 
 use numpy::ndarray::IxDyn;
 use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 use super::args::{as_array, describe, empty, has_dtype, resolve_threads, slice_of, value_error};
-use crate::train::elementwise::{self as ew, clip, masked, relu};
+use crate::train::elementwise::{self as ew, clip, masked, relu, sign};
 
 /// A C-contiguous float32 array of any shape, borrowed read-only.
 fn float32<'py>(
@@ -137,4 +137,17 @@ pub(crate) fn hardtanh_backward<'py>(
         threads,
         move |s, o, t| ew::zip_map(s[0], s[1], o, t, move |g, y| masked(g, y > lo && y < hi)),
     )
+}
+
+/// ±1 by sign, +1 for ±0 and NaN (`np.where(x < 0, -1, 1)`, the packers' convention).
+#[pyfunction]
+#[pyo3(signature = (x, threads=None))]
+pub(crate) fn sign_forward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    elementwise(py, "sign_forward", &[("x", x)], threads, |s, o, t| {
+        ew::map(s[0], o, t, sign)
+    })
 }

@@ -11,7 +11,8 @@
 //! * `sparse.rs`: `csr_matmul`, `csr_conv2d`;
 //! * `conv.rs`: `im2col_bits`;
 //! * `bconv.rs`: `bconv_1bit`, a whole binary conv layer on packed bits;
-//! * `elementwise.rs`: `relu_forward`, `relu_backward`, `hardtanh_forward`, `hardtanh_backward`;
+//! * `elementwise.rs`: `relu_forward`, `relu_backward`, `hardtanh_forward`, `hardtanh_backward`,
+//!   `sign_forward`;
 //! * `norm.rs`: `batch_norm_forward`, `batch_norm_backward` (float32, training);
 //! * `train.rs`: `conv2d_forward`, `conv2d_backward_input`, `conv2d_backward_weight` (float32, training);
 //! * here: `version`, `isa_available`, `isa_selected`, `threads_selected`.

@@ -1,6 +1,6 @@
-//! Elementwise activations of a training step and their gradients, over chunks of the flat array on
+//! Elementwise activations of a training step and their gradients, and the 1-bit activations' sign, over chunks of the flat array on
 //! several threads. Each value is computed exactly as its NumPy twin computes it (`ReLU`, `Hardtanh`
-//! in `apb_ref/ops/basic.py`), NaN, infinities and signed zeros included, so the two agree bit for bit.
+//! in `apb_ref/ops/basic.py`, `SignSTE` in `apb_ref/quant/activations.py`), NaN, infinities and signed zeros included, so the two agree bit for bit.
 
 use crate::threads;
 
@@ -26,6 +26,16 @@ pub fn clip(v: f32, lo: f32, hi: f32) -> f32 {
         hi
     } else {
         v
+    }
+}
+
+/// `np.where(x < 0, -1, 1)`, the sign convention of the bit packers: +1 for ±0 and NaN.
+#[inline]
+pub fn sign(v: f32) -> f32 {
+    if v < 0.0 {
+        -1.0
+    } else {
+        1.0
     }
 }
 
@@ -90,6 +100,7 @@ mod tests {
         assert_eq!(clip(-0.0, -1.0, 1.0).to_bits(), (-0.0f32).to_bits());
         assert!(clip(f32::NAN, -1.0, 1.0).is_nan() && clip(5.0, -1.0, 1.0) == 1.0);
         assert_eq!(masked(-2.0, false).to_bits(), (-0.0f32).to_bits());
+        assert!(sign(-0.0) == 1.0 && sign(f32::NAN) == 1.0 && sign(-1e-45) == -1.0);
         assert!(masked(f32::INFINITY, false).is_nan());
     }
 

@@ -17,6 +17,7 @@ from hypothesis.extra import numpy as hnp
 from apb_ref import ops as F
 from apb_ref.autograd import Tensor
 from apb_ref.kernels import use_backend
+from apb_ref.quant.activations import sign_ste
 from kernel_helpers import needs_rust, raw_rust  # noqa: F401
 from strategies import conv_geometries, float32_values
 
@@ -221,7 +222,7 @@ def test_activations_equal_numpy_bit_for_bit(x, seed):
     for backend in ("numpy", "rust"):
         with use_backend(backend):
             out = []
-            for act in (F.relu, lambda t: F.hardtanh(t, -1.0, 0.5)):
+            for act in (F.relu, lambda t: F.hardtanh(t, -1.0, 0.5), lambda t: sign_ste(t, "clipped")):
                 xt = Tensor(x.copy(), requires_grad=True)
                 y = act(xt)
                 y.backward(g)
