@@ -262,7 +262,11 @@ class GetItem(Function):
     def backward(ctx, g):
         shape, dtype, index = ctx.saved
         grad = np.zeros(shape, dtype=dtype)
-        np.add.at(grad, index, g)
+        parts = index if isinstance(index, tuple) else (index,)
+        if all(p is None or p is Ellipsis or isinstance(p, (slice, int, np.integer)) for p in parts):
+            grad[index] = g  # basic indexing picks each element at most once: no accumulation needed
+        else:
+            np.add.at(grad, index, g)
         return grad
 
 
