@@ -21,6 +21,7 @@ use super::matmul::{matmul, View};
 use crate::conv::Window;
 use crate::isa::Isa;
 use crate::threads;
+use std::sync::Mutex;
 
 /// Images per partial sum of the weight gradient (fixed, so the result is the same on any number of
 /// threads).
@@ -168,11 +169,11 @@ pub fn col2im_add(s: &Shape, cols: &[f32], gx: &mut [f32]) {
     });
 }
 
-fn check_len(what: &str, got: usize, want: usize) -> Result<(), String> {
-    if got != want {
-        return Err(format!("{what} has {got} elements, the shape needs {want}"));
+fn check_lens(lens: &[(&str, usize, usize)]) -> Result<(), String> {
+    match lens.iter().find(|(_, got, want)| got != want) {
+        Some((what, got, want)) => Err(format!("{what} has {got} elements, the shape needs {want}")),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// y (N×O×Ho×Wo) = conv2d(x (N×C×H×W), w (O×C×kh×kw)).
@@ -184,34 +185,30 @@ pub fn forward(
     isa: Isa,
     threads: usize,
 ) -> Result<(), String> {
-    check_len("x", x.len(), s.n * s.image_in())?;
-    check_len("w", w.len(), s.o * s.k())?;
-    check_len("y", y.len(), s.n * s.image_out())?;
-    if s.n == 0 || s.image_out() == 0 {
+    let out = s.n * s.image_out();
+    check_lens(&[
+        ("x", x.len(), s.n * s.image_in()),
+        ("w", w.len(), s.o * s.k()),
+        ("y", y.len(), out),
+    ])?;
+    if out == 0 {
         return Ok(());
     }
     if uses_direct(s) {
         return forward_direct(s, x, w, y, family(isa)?, threads);
     }
     let weights = View::rows_major(w, s.o, s.k());
-    let items: Vec<_> = x
-        .chunks(s.image_in().max(1))
-        .zip(y.chunks_mut(s.image_out()))
-        .collect();
-    let error = std::sync::Mutex::new(None);
-    threads::run_claimed_with(
+    let scratch = || vec![0.0f32; s.k() * s.p()];
+    per_image(
         threads,
-        items,
-        || vec![0.0f32; s.k() * s.p()],
-        |cols, (xi, yi)| {
+        (x, s.image_in()),
+        (y, s.image_out()),
+        scratch,
+        |cols, xi, yi| {
             im2col(s, xi, cols);
-            record(
-                &error,
-                matmul(yi, weights, View::rows_major(cols, s.k(), s.p()), false),
-            )
+            matmul(yi, weights, View::rows_major(cols, s.k(), s.p()), false)
         },
-    )?;
-    take(error)
+    )
 }
 
 /// gx (N×C×H×W), the gradient of conv2d's input, from g (N×O×Ho×Wo) and w.
@@ -223,35 +220,32 @@ pub fn backward_input(
     isa: Isa,
     threads: usize,
 ) -> Result<(), String> {
-    check_len("g", g.len(), s.n * s.image_out())?;
-    check_len("w", w.len(), s.o * s.k())?;
-    check_len("gx", gx.len(), s.n * s.image_in())?;
-    if s.n == 0 || s.image_in() == 0 {
+    let out = s.n * s.image_in();
+    check_lens(&[
+        ("g", g.len(), s.n * s.image_out()),
+        ("w", w.len(), s.o * s.k()),
+        ("gx", gx.len(), out),
+    ])?;
+    if out == 0 {
         return Ok(());
     }
     if let Some(turned) = turned_around(s) {
         return forward_direct(&turned, g, &turn_weights(s, w), gx, family(isa)?, threads);
     }
     let weights_t = View::rows_major(w, s.o, s.k()).t();
-    let items: Vec<_> = g
-        .chunks(s.image_out().max(1))
-        .zip(gx.chunks_mut(s.image_in()))
-        .collect();
-    let error = std::sync::Mutex::new(None);
-    threads::run_claimed_with(
+    let scratch = || vec![0.0f32; s.k() * s.p()];
+    per_image(
         threads,
-        items,
-        || vec![0.0f32; s.k() * s.p()],
-        |dcols, (gi, gxi)| {
-            let done = matmul(dcols, weights_t, View::rows_major(gi, s.o, s.p()), false);
+        (g, s.image_out()),
+        (gx, s.image_in()),
+        scratch,
+        |dcols, gi, gxi| {
+            matmul(dcols, weights_t, View::rows_major(gi, s.o, s.p()), false)?;
             gxi.fill(0.0);
-            if done.is_ok() {
-                col2im_add(s, dcols, gxi);
-            }
-            record(&error, done)
+            col2im_add(s, dcols, gxi);
+            Ok(())
         },
-    )?;
-    take(error)
+    )
 }
 
 /// gw (O×C×kh×kw), the gradient of conv2d's weight, from x and g.
@@ -263,9 +257,12 @@ pub fn backward_weight(
     isa: Isa,
     threads: usize,
 ) -> Result<(), String> {
-    check_len("x", x.len(), s.n * s.image_in())?;
-    check_len("g", g.len(), s.n * s.image_out())?;
-    check_len("gw", gw.len(), s.o * s.k())?;
+    let (xi, oi) = (s.image_in(), s.image_out());
+    check_lens(&[
+        ("x", x.len(), s.n * xi),
+        ("g", g.len(), s.n * oi),
+        ("gw", gw.len(), s.o * s.k()),
+    ])?;
     gw.fill(0.0);
     if s.n == 0 || gw.is_empty() {
         return Ok(());
@@ -273,32 +270,55 @@ pub fn backward_weight(
     if uses_direct_weight(s) {
         return backward_weight_direct(s, x, g, gw, family(isa)?, threads);
     }
-    let (ok, oi) = (s.o * s.k(), s.image_out());
-    let groups = s.n.div_ceil(GROUP);
-    let mut partial = vec![0.0f32; groups * ok];
-    let items: Vec<_> = partial.chunks_mut(ok).enumerate().collect();
-    let error = std::sync::Mutex::new(None);
-    threads::run_claimed_with(
-        threads,
-        items,
-        || vec![0.0f32; s.k() * s.p()],
-        |cols, (group, sum)| {
-            let mut done = Ok(());
-            for n in group * GROUP..((group + 1) * GROUP).min(s.n) {
-                im2col(s, &x[n * s.image_in()..][..s.image_in()], cols);
-                let gn = View::rows_major(&g[n * oi..][..oi], s.o, s.p());
-                done = done.and(matmul(
-                    sum,
-                    gn,
-                    View::rows_major(cols, s.k(), s.p()).t(),
-                    n > group * GROUP,
-                ));
-            }
-            record(&error, done)
-        },
-    )?;
+    let scratch = || vec![0.0f32; s.k() * s.p()];
+    per_group(s, gw, threads, scratch, |cols, images, sum| {
+        let first = images.start;
+        for n in images {
+            im2col(s, &x[n * xi..][..xi], cols);
+            let gn = View::rows_major(&g[n * oi..][..oi], s.o, s.p());
+            matmul(sum, gn, View::rows_major(cols, s.k(), s.p()).t(), n > first)?;
+        }
+        Ok(())
+    })
+}
+
+/// Run `f(scratch, input image, output image)` for every image on `threads` threads, each with its
+/// own scratch from `scratch`; the first error wins.
+fn per_image<S>(
+    threads: usize,
+    (input, in_len): (&[f32], usize),
+    (output, out_len): (&mut [f32], usize),
+    scratch: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &[f32], &mut [f32]) -> Result<(), String> + Sync,
+) -> Result<(), String> {
+    let items: Vec<_> = input
+        .chunks(in_len.max(1))
+        .zip(output.chunks_mut(out_len.max(1)))
+        .collect();
+    let error = Mutex::new(None);
+    threads::run_claimed_with(threads, items, scratch, |sc, (i, o)| record(&error, f(sc, i, o)))?;
+    take(error)
+}
+
+/// The weight gradient gw = Σ of `f(scratch, images, partial)` over fixed groups of [`GROUP`]
+/// images: each group sums into its own zeroed partial on whichever thread, the partials are then
+/// added in group order, so the bits do not depend on the thread count.
+fn per_group<S>(
+    s: &Shape,
+    gw: &mut [f32],
+    threads: usize,
+    scratch: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, std::ops::Range<usize>, &mut [f32]) -> Result<(), String> + Sync,
+) -> Result<(), String> {
+    let len = gw.len();
+    let mut partial = vec![0.0f32; s.n.div_ceil(GROUP) * len];
+    let items: Vec<_> = partial.chunks_mut(len).enumerate().collect();
+    let error = Mutex::new(None);
+    threads::run_claimed_with(threads, items, scratch, |sc, (group, sum)| {
+        record(&error, f(sc, group * GROUP..((group + 1) * GROUP).min(s.n), sum))
+    })?;
     take(error)?;
-    for sum in partial.chunks(ok) {
+    for sum in partial.chunks(len) {
         for (d, &v) in gw.iter_mut().zip(sum) {
             *d += v;
         }
@@ -382,33 +402,37 @@ fn forward_direct(
     let taps = s.k();
     let packed = direct::pack_weights(w, s.o, taps);
     let blocks = s.o.div_ceil(OB);
-    let items: Vec<_> = x.chunks(s.image_in()).zip(y.chunks_mut(s.image_out())).collect();
     let scratch = || {
         (
             vec![0.0f32; plan.padded_len()],
             vec![0.0f32; blocks * OB * plan.grid],
         )
     };
-    threads::run_claimed_with(threads, items, scratch, |(xp, out), (xi, yi)| {
-        direct::pad_image(&plan, xi, xp);
-        for b in 0..blocks {
-            let rows = &mut out[b * OB * plan.grid..][..OB * plan.grid];
-            let wb = &packed[b * taps * OB..][..taps * OB];
-            for q0 in (0..plan.grid).step_by(QB) {
-                // SAFETY: `fam` came from `direct::family`; xp is padded_len long, q0 + QB <= grid,
-                // wb holds taps·OB floats and rows OB·grid.
-                unsafe { (fam.forward)(&plan, xp, wb, rows, plan.grid, q0) };
+    per_image(
+        threads,
+        (x, s.image_in()),
+        (y, s.image_out()),
+        scratch,
+        |(xp, out), xi, yi| {
+            direct::pad_image(&plan, xi, xp);
+            for b in 0..blocks {
+                let rows = &mut out[b * OB * plan.grid..][..OB * plan.grid];
+                let wb = &packed[b * taps * OB..][..taps * OB];
+                for q0 in (0..plan.grid).step_by(QB) {
+                    // SAFETY: `fam` came from `direct::family`; xp is padded_len long, q0 + QB <= grid,
+                    // wb holds taps·OB floats and rows OB·grid.
+                    unsafe { (fam.forward)(&plan, xp, wb, rows, plan.grid, q0) };
+                }
             }
-        }
-        for o in 0..s.o {
-            for r in 0..s.ho {
-                yi[(o * s.ho + r) * s.wo..][..s.wo]
-                    .copy_from_slice(&out[o * plan.grid + r * plan.wp..][..s.wo]);
+            for o in 0..s.o {
+                for r in 0..s.ho {
+                    yi[(o * s.ho + r) * s.wo..][..s.wo]
+                        .copy_from_slice(&out[o * plan.grid + r * plan.wp..][..s.wo]);
+                }
             }
-        }
-        true
-    })?;
-    Ok(())
+            Ok(())
+        },
+    )
 }
 
 /// The direct weight gradient: per group of images, each image padded and its g placed on the grid
@@ -422,18 +446,16 @@ fn backward_weight_direct(
     threads: usize,
 ) -> Result<(), String> {
     let plan = plan_of(s);
-    let (kh, kw, ok) = (s.win.kh, s.win.kw, s.o * s.k());
+    let (kh, kw) = (s.win.kh, s.win.kw);
     let blocks = s.o.div_ceil(OB);
-    let mut partial = vec![0.0f32; s.n.div_ceil(GROUP) * ok];
-    let items: Vec<_> = partial.chunks_mut(ok).enumerate().collect();
     let scratch = || {
         (
             vec![0.0f32; plan.padded_len()],
             vec![0.0f32; blocks * OB * plan.grid],
         )
     };
-    threads::run_claimed_with(threads, items, scratch, |(xp, gp), (group, sum)| {
-        for n in group * GROUP..((group + 1) * GROUP).min(s.n) {
+    per_group(s, gw, threads, scratch, |(xp, gp), images, sum| {
+        for n in images {
             direct::pad_image(&plan, &x[n * s.image_in()..][..s.image_in()], xp);
             gp.fill(0.0);
             let gn = &g[n * s.image_out()..][..s.image_out()];
@@ -462,18 +484,12 @@ fn backward_weight_direct(
                 }
             }
         }
-        true
-    })?;
-    for sum in partial.chunks(ok) {
-        for (d, &v) in gw.iter_mut().zip(sum) {
-            *d += v;
-        }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Keep the first error of a task (a task reports success as its return value).
-fn record(slot: &std::sync::Mutex<Option<String>>, r: Result<(), String>) -> bool {
+fn record(slot: &Mutex<Option<String>>, r: Result<(), String>) -> bool {
     match r {
         Ok(()) => true,
         Err(e) => {
@@ -483,7 +499,7 @@ fn record(slot: &std::sync::Mutex<Option<String>>, r: Result<(), String>) -> boo
     }
 }
 
-fn take(slot: std::sync::Mutex<Option<String>>) -> Result<(), String> {
+fn take(slot: Mutex<Option<String>>) -> Result<(), String> {
     match slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(e) => Err(e),
         None => Ok(()),
