@@ -13,7 +13,7 @@
 //! * `bconv.rs`: `bconv_1bit`, a whole binary conv layer on packed bits;
 //! * `elementwise.rs`: `relu_forward`, `relu_backward`, `hardtanh_forward`, `hardtanh_backward`,
 //!   `sign_forward`;
-//! * `norm.rs`: `batch_norm_forward`, `batch_norm_backward` (float32, training);
+//! * `norm.rs`: `batch_norm_forward`, `batch_norm_backward`, `batch_norm_eval` (float32);
 //! * `train.rs`: `conv2d_forward`, `conv2d_backward_input`, `conv2d_backward_weight` (float32, training);
 //! * here: `version`, `isa_available`, `isa_selected`, `threads_selected`.
 //!

@@ -165,3 +165,42 @@ pub(crate) fn batch_norm_backward<'py>(
         ],
     )
 }
+
+/// Batch normalisation in eval mode: (x − mean)·scale + beta per channel for x float32 (N, C[, H, W])
+/// and float32 (C,) vectors, bit for bit NumPy's `(x - mean) * scale + beta`.
+#[pyfunction]
+#[pyo3(signature = (x, mean, scale, beta, threads=None))]
+pub(crate) fn batch_norm_eval<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    mean: &Bound<'py, PyAny>,
+    scale: &Bound<'py, PyAny>,
+    beta: &Bound<'py, PyAny>,
+    threads: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
+    const F: &str = "batch_norm_eval";
+    let (xa, d) = batch(F, "x", x)?;
+    let (mr, sr, br) = (
+        vector(F, "mean", mean, d.c)?,
+        vector(F, "scale", scale, d.c)?,
+        vector(F, "beta", beta, d.c)?,
+    );
+    let threads = resolve_threads(F, threads)?;
+    let xr = slice_of::<f32>(F, "x", &xa)?;
+    let (xs, ms, ss, bs) = (
+        slice(F, "x", &xr)?,
+        slice(F, "mean", &mr)?,
+        slice(F, "scale", &sr)?,
+        slice(F, "beta", &br)?,
+    );
+    let y = empty::<f32, IxDyn>(py, F, xa.shape())?;
+    {
+        let mut yw = y.readwrite();
+        let ys = yw
+            .as_slice_mut()
+            .map_err(|e| value_error(format!("{F}: y: {e}")))?;
+        py.detach(|| norm::affine(d, xs, ms, ss, bs, ys, threads))
+            .map_err(|e| value_error(format!("{F}: {e}")))?;
+    }
+    Ok(y)
+}

@@ -7,6 +7,8 @@
 //! * backward: x̂ recomputed from x (not stored by the forward: one map written less), one pass for
 //!   Σg and Σg·x̂ (f64), one writing dx = γ/σ·(g − Σg/m − x̂·Σg·x̂/m).
 //!
+//! Eval mode (`affine`) is one pass, (x − mean)·scale + β, as NumPy's `BatchNormEval` computes it.
+//!
 //! Channels are split over threads; a channel is the N slices of H·W floats at (n, c).
 
 use crate::threads;
@@ -118,6 +120,44 @@ pub fn forward(
         var: stats.iter().map(|s| s.1).collect(),
         inv_std: stats.iter().map(|s| s.2).collect(),
     })
+}
+
+/// Eval mode: y = (x − mean)·scale + beta per channel (scale = γ/sqrt(var + eps) from the caller),
+/// the float32 operations of NumPy's `(x - shift) * scale + beta`, so the bits agree.
+#[allow(clippy::too_many_arguments)]
+pub fn affine(
+    d: Dims,
+    x: &[f32],
+    mean: &[f32],
+    scale: &[f32],
+    beta: &[f32],
+    y: &mut [f32],
+    threads: usize,
+) -> Result<(), String> {
+    check("x", x.len(), d.len())?;
+    check("y", y.len(), d.len())?;
+    for (what, v) in [("mean", mean), ("scale", scale), ("beta", beta)] {
+        check(what, v.len(), d.c)?;
+    }
+    let hw = d.hw.max(1);
+    // tasks of whole (image, channel) slices, about 2^16 values each
+    let per_task = ((1usize << 16) / hw).max(1);
+    let items: Vec<_> = x
+        .chunks(hw * per_task)
+        .zip(y.chunks_mut(hw * per_task))
+        .enumerate()
+        .collect();
+    threads::run_claimed(threads, items, |(t, (xs, ys))| {
+        for (k, (xi, yi)) in xs.chunks(hw).zip(ys.chunks_mut(hw)).enumerate() {
+            let ch = (t * per_task + k) % d.c;
+            let (m, sc, b) = (mean[ch], scale[ch], beta[ch]);
+            for (o, &v) in yi.iter_mut().zip(xi) {
+                *o = (v - m) * sc + b;
+            }
+        }
+        true
+    })?;
+    Ok(())
 }
 
 /// x̂ of one value, the same float32 operations in the forward and the backward.

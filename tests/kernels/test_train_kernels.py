@@ -243,3 +243,19 @@ def test_activation_kernels_name_bad_arguments(raw_rust):  # noqa: F811
         raw_rust.relu_backward(x, x[:1].copy())
     with pytest.raises(ValueError, match=re.escape("hardtanh_forward: need lo < hi")):
         raw_rust.hardtanh_forward(x, 1.0, -1.0)
+
+
+@needs_rust
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 5), st.sampled_from([(), (3, 5), (8, 8)]), st.integers(0, 2**32 - 1))
+def test_batch_norm_eval_equals_numpy_bit_for_bit(n, c, spatial, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, c) + spatial) * 4 + 1).astype(np.float32)
+    gamma, beta, mean = (rng.standard_normal(c).astype(np.float32) for _ in range(3))
+    var = rng.uniform(0.01, 5, c).astype(np.float32)
+    out = {}
+    for backend in ("numpy", "rust"):
+        with use_backend(backend):
+            out[backend] = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), mean.copy(), var.copy(),
+                                        training=False, momentum=0.1, eps=1e-5).data
+    assert out["rust"].dtype == np.float32 and np.array_equal(out["numpy"].view(np.uint32), out["rust"].view(np.uint32))
