@@ -40,8 +40,8 @@ def pm_one_pairs(ks=PACK_KS, max_rows=6):
 
 def conv_geometries(max_images=11):
     """(n, c, h, w, o, k, stride, padding) of a conv whose k×k kernel fits the padded input; the
-    image counts straddle the Rust weight gradient's group of 8 images, the widths its direct paths'
-    thresholds (stride 1, output 8 and 16 wide)."""
+    image counts straddle the Rust weight gradient's group of 8 images, the widths its direct path's
+    threshold (stride 1, output 8 wide)."""
     def fits(g):
         n, c, h, w, o, k, stride, padding = g
         return h + 2 * padding >= k and w + 2 * padding >= k

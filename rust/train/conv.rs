@@ -10,7 +10,7 @@
 //!
 //! Stride-1 convs take the direct path instead (`direct.rs`): no columns, a microkernel reads the
 //! zero-padded image itself, and the input gradient is the forward of g with the kernel turned by
-//! 180°. [`uses_direct`] and [`uses_direct_weight`] say which path a shape takes.
+//! 180°. [`uses_direct`] says which path a shape takes.
 //!
 //! Images are split over threads (`threads::run_claimed_with`, one scratch matrix per thread). The
 //! weight gradient sums images in fixed groups of [`GROUP`] and then the groups in order, so its bits
@@ -267,7 +267,7 @@ pub fn backward_weight(
     if s.n == 0 || gw.is_empty() {
         return Ok(());
     }
-    if uses_direct_weight(s) {
+    if uses_direct(s) {
         return backward_weight_direct(s, x, g, gw, family(isa)?, threads);
     }
     let scratch = || vec![0.0f32; s.k() * s.p()];
@@ -326,22 +326,14 @@ fn per_group<S>(
     Ok(())
 }
 
-/// Output width from which a stride-1 conv's forward (and input gradient) takes the direct path:
-/// narrower maps waste too much of it on the padded grid's junk columns (kw − 1 of every Wo + kw − 1).
-/// At 8 wide the direct forward still ran at 1.3x the GEMM's speed (ResNet-20's third stage).
+/// Output width from which a stride-1 conv takes the direct path: narrower maps waste too much of it
+/// on the padded grid's junk columns (kw − 1 of every Wo + kw − 1). At 8 wide (ResNet-20's third
+/// stage) the direct forward still ran at 1.3x the GEMM's speed and the weight gradient at 1.15x.
 pub const DIRECT_MIN_WIDTH: usize = 8;
-/// The same for the weight gradient, whose microkernel runs down the whole grid per call and then
-/// adds its lanes: on an 8x8 map (80 grid positions) that ran at 0.35x the GEMM, at 16x16 at 1.2x.
-pub const DIRECT_WEIGHT_MIN_WIDTH: usize = 16;
 
-/// Whether `s`'s forward runs on the direct path (stride 1, output at least [`DIRECT_MIN_WIDTH`] wide).
+/// Whether `s` runs on the direct path (stride 1, output at least [`DIRECT_MIN_WIDTH`] wide).
 pub fn uses_direct(s: &Shape) -> bool {
     s.win.stride == 1 && s.wo >= DIRECT_MIN_WIDTH
-}
-
-/// Whether `s`'s weight gradient runs on the direct path.
-pub fn uses_direct_weight(s: &Shape) -> bool {
-    uses_direct(s) && s.wo >= DIRECT_WEIGHT_MIN_WIDTH
 }
 
 fn family(isa: Isa) -> Result<Family, String> {
@@ -436,7 +428,8 @@ fn forward_direct(
 }
 
 /// The direct weight gradient: per group of images, each image padded and its g placed on the grid
-/// (zero at the junk positions), then every (block of OB channels, c, i, TJ taps j) run down the grid.
+/// (zero at the junk positions), then every (block of OB channels, c, i, TJ taps j) run down the
+/// grids of the whole group.
 fn backward_weight_direct(
     s: &Shape,
     x: &[f32],
@@ -448,36 +441,51 @@ fn backward_weight_direct(
     let plan = plan_of(s);
     let (kh, kw) = (s.win.kh, s.win.kw);
     let blocks = s.o.div_ceil(OB);
+    let g_image = blocks * OB * plan.grid;
     let scratch = || {
         (
-            vec![0.0f32; plan.padded_len()],
-            vec![0.0f32; blocks * OB * plan.grid],
+            vec![0.0f32; GROUP * plan.padded_len()],
+            vec![0.0f32; GROUP * g_image],
         )
     };
     per_group(s, gw, threads, scratch, |(xp, gp), images, sum| {
-        for n in images {
-            direct::pad_image(&plan, &x[n * s.image_in()..][..s.image_in()], xp);
-            gp.fill(0.0);
-            let gn = &g[n * s.image_out()..][..s.image_out()];
+        let count = images.len();
+        for (k, n) in images.enumerate() {
+            direct::pad_image(
+                &plan,
+                &x[n * s.image_in()..][..s.image_in()],
+                &mut xp[k * plan.padded_len()..][..plan.padded_len()],
+            );
+            let (gk, gn) = (
+                &mut gp[k * g_image..][..g_image],
+                &g[n * s.image_out()..][..s.image_out()],
+            );
+            gk.fill(0.0);
             for o in 0..s.o {
                 for r in 0..s.ho {
-                    gp[o * plan.grid + r * plan.wp..][..s.wo]
+                    gk[o * plan.grid + r * plan.wp..][..s.wo]
                         .copy_from_slice(&gn[(o * s.ho + r) * s.wo..][..s.wo]);
                 }
             }
-            for b in 0..blocks {
-                let gb = &gp[b * OB * plan.grid..];
-                for c in 0..s.c {
-                    for i in 0..kh {
-                        for j0 in (0..kw).step_by(direct::TJ) {
-                            let mut acc = [[0.0f32; direct::TJ]; OB];
-                            // SAFETY: `fam` came from `direct::family`; xp is padded_len long, gb
-                            // holds OB rows of `grid`, c < C, i < kh, j0 < kw.
-                            unsafe { (fam.weight_taps)(&plan, xp, gb, plan.grid, c, i, j0, &mut acc) };
-                            for (ob, row) in acc.iter().enumerate().filter(|(ob, _)| b * OB + ob < s.o) {
-                                for (jj, &v) in row.iter().enumerate().filter(|(jj, _)| j0 + jj < kw) {
-                                    sum[(((b * OB + ob) * s.c + c) * kh + i) * kw + j0 + jj] += v;
-                                }
+        }
+        for b in 0..blocks {
+            let group = direct::Group {
+                xp,
+                gp,
+                images: count,
+                g_image,
+                g_block: b * OB * plan.grid,
+            };
+            for c in 0..s.c {
+                for i in 0..kh {
+                    for j0 in (0..kw).step_by(direct::TJ) {
+                        let mut acc = [[0.0f32; direct::TJ]; OB];
+                        // SAFETY: `fam` came from `direct::family`; xp holds `count` padded images,
+                        // gp `count` images of `blocks` blocks of OB grid rows; c < C, i < kh, j0 < kw.
+                        unsafe { (fam.weight_taps)(&plan, &group, c, i, j0, &mut acc) };
+                        for (ob, row) in acc.iter().enumerate().filter(|(ob, _)| b * OB + ob < s.o) {
+                            for (jj, &v) in row.iter().enumerate().filter(|(jj, _)| j0 + jj < kw) {
+                                sum[(((b * OB + ob) * s.c + c) * kh + i) * kw + j0 + jj] += v;
                             }
                         }
                     }
@@ -547,8 +555,7 @@ mod tests {
             (1, 1, 4, 4, 1, 1, 1, 1, 0),
             (GROUP + 3, 2, 5, 5, 3, 2, 3, 2, 0),
             (2, 4, 3, 3, 2, 3, 3, 3, 2),
-            // the direct path: stride 1, output at least DIRECT_MIN_WIDTH wide (the weight gradient
-            // from DIRECT_WEIGHT_MIN_WIDTH)
+            // the direct path: stride 1, output at least DIRECT_MIN_WIDTH wide
             (2, 3, 5, 18, 5, 3, 3, 1, 1),
             (2, 3, 5, 9, 5, 3, 3, 1, 1),
             (GROUP + 1, 2, 4, 16, 6, 3, 3, 1, 1),

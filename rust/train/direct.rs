@@ -11,9 +11,9 @@
 //!   an `OB`×`QB` block of out in registers (`OB` output channels × `QB` positions);
 //! * the input gradient of a stride-1 conv is this same forward on g with the kernel turned by 180°
 //!   and its channel axes swapped, padded by kh − 1 − padding (`conv.rs` does that);
-//! * weight gradient: gw[o, c, i, j] = Σ_q gp[o, q] · xp[c, q + i·Wp + j], g placed on the same
-//!   grid (`gp`, zero at the junk positions), by a microkernel that holds `OB` channels × 3 taps j of
-//!   one (c, i) and runs down the whole grid.
+//! * weight gradient: gw[o, c, i, j] = Σ_images Σ_q gp[o, q] · xp[c, q + i·Wp + j], g placed on
+//!   the same grid (`gp`, zero at the junk positions), by a microkernel that holds `OB` channels × 3
+//!   taps j of one (c, i) and runs down the whole grid of every image of a group ([`Group`]).
 //!
 //! Each has a portable routine and an AVX2 + FMA one (`x86`), picked as `isa.rs` describes; the
 //! AVX-512 path runs the AVX2 routines (every AVX-512 CPU has AVX2). Both add in the same order (c, i,
@@ -109,7 +109,19 @@ pub fn pack_weights(w: &[f32], o: usize, taps: usize) -> Vec<f32> {
 /// See [`Family::forward`].
 pub type ForwardFn = unsafe fn(&Plan, &[f32], &[f32], &mut [f32], usize, usize);
 /// See [`Family::weight_taps`].
-pub type WeightTapsFn = unsafe fn(&Plan, &[f32], &[f32], usize, usize, usize, usize, &mut [[f32; TJ]; OB]);
+pub type WeightTapsFn = unsafe fn(&Plan, &Group, usize, usize, usize, &mut [[f32; TJ]; OB]);
+
+/// The operands of the weight gradient for a group of images: image k's padded copy at
+/// `xp[k·padded_len ..]`, and rows ob < OB of its g on the grid at `gp[k·g_image + g_block + ob·grid ..]`.
+/// The microkernel runs down every image's grid before adding its lanes, so that short grids (8×8
+/// maps) still amortise the final sums.
+pub struct Group<'a> {
+    pub xp: &'a [f32],
+    pub gp: &'a [f32],
+    pub images: usize,
+    pub g_image: usize,
+    pub g_block: usize,
+}
 
 /// One ISA's microkernels.
 #[derive(Clone, Copy)]
@@ -121,11 +133,12 @@ pub struct Family {
     /// The CPU runs the family's ISA; `xp.len() == plan.padded_len()`, `q0 + QB <= plan.grid`,
     /// `wpk.len() >= plan.c·kh·kw·OB`, `out.len() >= (OB − 1)·out_stride + q0 + QB`.
     pub forward: ForwardFn,
-    /// acc[ob][jj] += Σ_{q < grid} gp[ob·gstride + q] · xp[c·plane + i·Wp + j0 + jj + q]
+    /// acc[ob][jj] += Σ_k Σ_{q < grid} g_k[ob, q] · xp_k[c·plane + i·Wp + j0 + jj + q] over the
+    /// group's images k ([`Group`]).
     ///
     /// # Safety
-    /// The CPU runs the family's ISA; `xp.len() == plan.padded_len()`, `gp.len() >= (OB − 1)·gstride
-    /// + plan.grid`, `c < plan.c`, `i < plan.kh`, `j0 < plan.kw`.
+    /// The CPU runs the family's ISA; `xp.len() >= images·padded_len`, `gp.len() >= (images − 1)·g_image
+    /// + g_block + OB·grid`, `c < plan.c`, `i < plan.kh`, `j0 < plan.kw`.
     pub weight_taps: WeightTapsFn,
 }
 
@@ -189,9 +202,7 @@ unsafe fn forward_portable(
 #[allow(clippy::too_many_arguments)]
 unsafe fn weight_taps_portable(
     plan: &Plan,
-    xp: &[f32],
-    gp: &[f32],
-    gstride: usize,
+    group: &Group,
     c: usize,
     i: usize,
     j0: usize,
@@ -199,14 +210,17 @@ unsafe fn weight_taps_portable(
 ) {
     // per-lane partial sums, added last, as the vector routine does
     let mut lanes = [[[0.0f32; GQ]; TJ]; OB];
-    let base = c * plan.plane + i * plan.wp + j0;
-    for q in (0..plan.grid).step_by(GQ) {
-        for ob in 0..OB {
-            let g = &gp[ob * gstride + q..][..GQ];
-            for jj in 0..TJ {
-                let x = &xp[base + jj + q..][..GQ];
-                for v in 0..GQ {
-                    lanes[ob][jj][v] = g[v].mul_add(x[v], lanes[ob][jj][v]);
+    for k in 0..group.images {
+        let base = k * plan.padded_len() + c * plan.plane + i * plan.wp + j0;
+        let g_base = k * group.g_image + group.g_block;
+        for q in (0..plan.grid).step_by(GQ) {
+            for ob in 0..OB {
+                let g = &group.gp[g_base + ob * plan.grid + q..][..GQ];
+                for jj in 0..TJ {
+                    let x = &group.xp[base + jj + q..][..GQ];
+                    for v in 0..GQ {
+                        lanes[ob][jj][v] = g[v].mul_add(x[v], lanes[ob][jj][v]);
+                    }
                 }
             }
         }
@@ -230,7 +244,7 @@ fn lane_sum(l: &[f32; GQ]) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Family, Plan, GQ, OB, QB, TJ};
+    use super::{Family, Group, Plan, GQ, OB, QB, TJ};
 
     pub(super) const AVX2: Family = Family {
         forward: forward_avx2,
@@ -278,35 +292,42 @@ mod x86 {
     }
 
     /// # Safety
-    /// See [`Family::weight_taps`]: every load lies in `xp` and `gp`.
+    /// See [`Family::weight_taps`]: every load lies in the group's `xp` and `gp`.
     #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn weight_taps_avx2(
         plan: &Plan,
-        xp: &[f32],
-        gp: &[f32],
-        gstride: usize,
+        group: &Group,
         c: usize,
         i: usize,
         j0: usize,
         acc: &mut [[f32; TJ]; OB],
     ) {
         let mut lanes = [[_mm256_setzero_ps(); TJ]; OB];
-        // SAFETY: base + TJ − 1 + grid − 1 < padded_len (Plan::padded_len's margin).
-        let x = unsafe { xp.as_ptr().add(c * plan.plane + i * plan.wp + j0) };
-        let g = gp.as_ptr();
-        for q in (0..plan.grid).step_by(GQ) {
-            // SAFETY: q + 8 <= grid, and ob·gstride + grid <= gp.len(); x as above.
-            unsafe {
-                let xv = [
-                    _mm256_loadu_ps(x.add(q)),
-                    _mm256_loadu_ps(x.add(q + 1)),
-                    _mm256_loadu_ps(x.add(q + 2)),
-                ];
-                for ob in 0..OB {
-                    let gv = _mm256_loadu_ps(g.add(ob * gstride + q));
-                    for jj in 0..TJ {
-                        lanes[ob][jj] = _mm256_fmadd_ps(gv, xv[jj], lanes[ob][jj]);
+        for k in 0..group.images {
+            // SAFETY: image k's padded copy starts at k·padded_len; base + TJ − 1 + grid − 1 stays
+            // inside it (Plan::padded_len's margin), and its g rows inside gp (the caller's bound).
+            let (x, g) = unsafe {
+                (
+                    group
+                        .xp
+                        .as_ptr()
+                        .add(k * plan.padded_len() + c * plan.plane + i * plan.wp + j0),
+                    group.gp.as_ptr().add(k * group.g_image + group.g_block),
+                )
+            };
+            for q in (0..plan.grid).step_by(GQ) {
+                // SAFETY: q + 8 <= grid, ob·grid + grid <= OB·grid; x as above.
+                unsafe {
+                    let xv = [
+                        _mm256_loadu_ps(x.add(q)),
+                        _mm256_loadu_ps(x.add(q + 1)),
+                        _mm256_loadu_ps(x.add(q + 2)),
+                    ];
+                    for ob in 0..OB {
+                        let gv = _mm256_loadu_ps(g.add(ob * plan.grid + q));
+                        for jj in 0..TJ {
+                            lanes[ob][jj] = _mm256_fmadd_ps(gv, xv[jj], lanes[ob][jj]);
+                        }
                     }
                 }
             }

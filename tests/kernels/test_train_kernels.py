@@ -66,7 +66,7 @@ def test_rust_conv_products_are_within_float32_rounding(geometry, seed):
 
 
 @needs_rust
-@pytest.mark.parametrize("stride, width", [(1, 18), (1, 9), (1, 7), (2, 18)])  # direct, direct but the weight gradient, im2col + GEMM twice
+@pytest.mark.parametrize("stride, width", [(1, 18), (1, 9), (1, 7), (2, 18)])  # direct twice, im2col + GEMM twice
 def test_every_isa_gives_the_same_bits(raw_rust, stride, width):  # noqa: F811
     rng = np.random.default_rng(2)
     x = rng.standard_normal((3, 5, 6, width)).astype(np.float32)
@@ -86,7 +86,7 @@ def test_rust_weight_gradient_is_the_same_on_one_and_two_threads(raw_rust):  # n
     rng = np.random.default_rng(1)
     x = rng.standard_normal((19, 4, 7, 7)).astype(np.float32)
     g = rng.standard_normal((19, 6, 7, 7)).astype(np.float32)
-    for width in (7, 17):  # im2col + GEMM, the direct weight gradient
+    for width in (7, 17):  # im2col + GEMM, the direct path
         xw, gw = np.ascontiguousarray(np.resize(x, (19, 4, 7, width))), np.ascontiguousarray(np.resize(g, (19, 6, 7, width)))
         one, two = (raw_rust.conv2d_backward_weight(xw, gw, 3, 3, 1, 1, threads=t) for t in (1, 2))
         assert np.array_equal(one, two)
