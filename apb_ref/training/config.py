@@ -85,7 +85,8 @@ class CommonConfig:
     fp_fraction: float | None = _opt(None, "memory budget as a full-precision fraction of the compressed "
                                      "layers' weights (instead of --bits-per-weight)", None, "compression")
     budget_weight: float = _opt(1.0, "λ of the smooth budget penalty", None, "compression")
-    budget_epoch: int | None = _opt(None, "epoch (0-based) of the hard budget projection (default: the last)",
+    budget_epoch: int | None = _opt(None, "epoch (0-based) at whose start the hard budget projection runs (default: "
+                                    "the middle one, epochs // 2, so the second half trains with the masks frozen)",
                                     None, "compression")
 
     @property

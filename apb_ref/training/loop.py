@@ -235,7 +235,7 @@ class Trainer:
 
     @property
     def budget_epoch(self) -> int:
-        return self.config.epochs - 1 if self.config.budget_epoch is None else self.config.budget_epoch
+        return self.config.epochs // 2 if self.config.budget_epoch is None else self.config.budget_epoch
 
     def _optimizers(self):
         return [o for o in (self.optimizer, self.method_optimizer) if o is not None]
