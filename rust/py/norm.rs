@@ -2,13 +2,11 @@
 //! (N, C) or (N, C, H, W) arrays (`crate::train::norm`).
 
 use numpy::ndarray::IxDyn;
-use numpy::{
-    PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
-};
+use numpy::{PyArray1, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use super::args::{as_array, describe, empty, has_dtype, resolve_threads, slice_of, value_error};
+use super::args::{as_array, describe, filled, has_dtype, resolve_threads, slice_of, value_error};
 use crate::train::norm::{self, Dims};
 
 /// A C-contiguous float32 (N, C) or (N, C, H, W) array with no empty axis, and its sizes.
@@ -83,15 +81,11 @@ pub(crate) fn batch_norm_forward<'py>(
         slice(F, "gamma", &gr)?,
         slice(F, "beta", &br)?,
     );
-    let y = empty::<f32, IxDyn>(py, F, xa.shape())?;
-    let stats = {
-        let mut yw = y.readwrite();
-        let ys = yw
-            .as_slice_mut()
-            .map_err(|e| value_error(format!("{F}: y: {e}")))?;
-        py.detach(|| norm::forward(d, xs, gs, bs, eps, ys, threads))
-            .map_err(|e| value_error(format!("{F}: {e}")))?
-    };
+    let mut stats = norm::Stats::default();
+    let y = filled::<f32, IxDyn>(py, F, xa.shape(), |ys| {
+        stats = norm::forward(d, xs, gs, bs, eps, ys, threads).map_err(|e| format!("{F}: {e}"))?;
+        Ok(())
+    })?;
     let [mean, var, inv_std] =
         [stats.mean, stats.var, stats.inv_std].map(|v| PyArray1::from_vec(py, v).into_any());
     PyTuple::new(py, [y.into_any(), mean, var, inv_std])
@@ -135,27 +129,18 @@ pub(crate) fn batch_norm_backward<'py>(
         slice(F, "mean", &mr)?,
         slice(F, "inv_std", &isr)?,
     );
-    let gx: Option<Bound<'py, PyArrayDyn<f32>>> = if input_grad {
-        Some(empty::<f32, IxDyn>(py, F, ga.shape())?)
+    let mut sums = (vec![], vec![]);
+    let mut run = |out: Option<&mut [f32]>| -> Result<(), String> {
+        sums = norm::backward(d, gs, xs, gm, ms, is, out, threads).map_err(|e| format!("{F}: {e}"))?;
+        Ok(())
+    };
+    let first = if input_grad {
+        filled::<f32, IxDyn>(py, F, ga.shape(), |gx| run(Some(gx)))?.into_any()
     } else {
-        None
+        py.detach(|| run(None)).map_err(value_error)?;
+        py.None().into_bound(py)
     };
-    let (g_sum, gx_sum) = {
-        let mut gw = gx.as_ref().map(|a| a.readwrite());
-        let out = match gw.as_mut() {
-            Some(w) => Some(
-                w.as_slice_mut()
-                    .map_err(|e| value_error(format!("{F}: gx: {e}")))?,
-            ),
-            None => None,
-        };
-        py.detach(|| norm::backward(d, gs, xs, gm, ms, is, out, threads))
-            .map_err(|e| value_error(format!("{F}: {e}")))?
-    };
-    let first = match gx {
-        Some(a) => a.into_any(),
-        None => py.None().into_bound(py),
-    };
+    let (g_sum, gx_sum) = sums;
     PyTuple::new(
         py,
         [
@@ -193,14 +178,7 @@ pub(crate) fn batch_norm_eval<'py>(
         slice(F, "scale", &sr)?,
         slice(F, "beta", &br)?,
     );
-    let y = empty::<f32, IxDyn>(py, F, xa.shape())?;
-    {
-        let mut yw = y.readwrite();
-        let ys = yw
-            .as_slice_mut()
-            .map_err(|e| value_error(format!("{F}: y: {e}")))?;
-        py.detach(|| norm::affine(d, xs, ms, ss, bs, ys, threads))
-            .map_err(|e| value_error(format!("{F}: {e}")))?;
-    }
-    Ok(y)
+    filled(py, F, xa.shape(), |ys| {
+        norm::affine(d, xs, ms, ss, bs, ys, threads).map_err(|e| format!("{F}: {e}"))
+    })
 }
