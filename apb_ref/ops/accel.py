@@ -34,8 +34,8 @@ def set_provider(provider: Provider | None) -> None:
 
 
 def kernel(name: str, *arrays: np.ndarray) -> Callable | None:
-    """The fast twin of `name` when a provider offers one and every array is a float32 ndarray (not a
-    NumPy scalar), else None."""
-    if _provider is None or any(not isinstance(a, np.ndarray) or a.dtype != np.float32 for a in arrays):
+    """The fast twin of `name` when a provider offers one and every array is a non-empty float32
+    ndarray (not a NumPy scalar; an empty batch stays in NumPy, which handles it), else None."""
+    if _provider is None or any(not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.size == 0 for a in arrays):
         return None
     return _provider(name)

@@ -104,7 +104,9 @@ pub fn forward(
     threads::run_claimed(threads, items, |(ch, ((xc, yc), st))| {
         let (sum, sq) = lane_sums(xc.iter().map(|s| (*s, *s)));
         let mean = sum / m;
-        let var = (sq / m - mean * mean).max(0.0);
+        // clamp the rounding's tiny negatives to 0, but keep a NaN (from NaN or ±inf data) as NumPy does
+        let var = sq / m - mean * mean;
+        let var = if var < 0.0 { 0.0 } else { var };
         let inv_std = (1.0 / (var + eps).sqrt()) as f32;
         let (mu, g, b) = (mean as f32, gamma[ch], beta[ch]);
         for (xi, yi) in xc.iter().zip(yc) {

@@ -259,3 +259,19 @@ def test_batch_norm_eval_equals_numpy_bit_for_bit(n, c, spatial, seed):
             out[backend] = F.batch_norm(Tensor(x), Tensor(gamma), Tensor(beta), mean.copy(), var.copy(),
                                         training=False, momentum=0.1, eps=1e-5).data
     assert out["rust"].dtype == np.float32 and np.array_equal(out["numpy"].view(np.uint32), out["rust"].view(np.uint32))
+
+
+@needs_rust
+def test_edge_inputs_behave_as_on_numpy():
+    """A NaN in a channel reaches the running variance on both backends; an empty batch stays in NumPy."""
+    x = np.random.default_rng(3).standard_normal((4, 2, 3, 3)).astype(np.float32)
+    x[1, 0, 2, 2] = np.nan
+    w = np.ones((3, 2, 3, 3), np.float32)
+    for backend in ("numpy", "rust"):
+        with use_backend(backend):
+            running = np.zeros(2, np.float32), np.ones(2, np.float32)
+            F.batch_norm(Tensor(x), Tensor(np.ones(2, np.float32)), Tensor(np.zeros(2, np.float32)), *running,
+                         training=True, momentum=0.1, eps=1e-5)
+            assert np.isnan(running[1][0]) and np.isfinite(running[1][1]), backend
+            empty = F.conv2d(Tensor(np.zeros((0, 2, 5, 5), np.float32)), Tensor(w), padding=1)
+            assert empty.shape == (0, 3, 5, 5), backend
