@@ -1,11 +1,10 @@
 //! `relu_forward`, `relu_backward`, `hardtanh_forward`, `hardtanh_backward`, `sign_forward`: elementwise
 //! activations of a training step on float32 arrays of any shape (`crate::train::elementwise`).
 
-use numpy::ndarray::IxDyn;
-use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use super::args::{as_array, describe, empty, has_dtype, resolve_threads, slice_of, value_error};
+use super::args::{as_array, as_slice, describe, filled, has_dtype, resolve_threads, slice_of, value_error};
 use crate::train::elementwise::{self as ew, clip, masked, relu, sign};
 
 /// A C-contiguous float32 array of any shape, borrowed read-only.
@@ -49,20 +48,14 @@ fn elementwise<'py>(
         )));
     }
     let threads = resolve_threads(func, threads)?;
-    let slices = arrays
+    let slices = inputs
         .iter()
-        .map(|(_, ro)| ro.as_slice().map_err(|e| value_error(format!("{func}: {e}"))))
+        .zip(&arrays)
+        .map(|((name, _), (_, ro))| as_slice(func, name, ro))
         .collect::<PyResult<Vec<_>>>()?;
-    let out = empty::<f32, IxDyn>(py, func, &shape)?;
-    {
-        let mut rw = out.readwrite();
-        let os = rw
-            .as_slice_mut()
-            .map_err(|e| value_error(format!("{func}: output: {e}")))?;
-        py.detach(|| run(&slices, os, threads))
-            .map_err(|e| value_error(format!("{func}: {e}")))?;
-    }
-    Ok(out)
+    filled(py, func, &shape, |os| {
+        run(&slices, os, threads).map_err(|e| format!("{func}: {e}"))
+    })
 }
 
 fn range(func: &str, lo: f64, hi: f64) -> PyResult<(f32, f32)> {

@@ -6,7 +6,7 @@ use numpy::{PyArray1, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedA
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use super::args::{as_array, describe, filled, has_dtype, resolve_threads, slice_of, value_error};
+use super::args::{as_array, as_slice, describe, filled, has_dtype, resolve_threads, slice_of, value_error};
 use crate::train::norm::{self, Dims};
 
 /// A C-contiguous float32 (N, C) or (N, C, H, W) array with no empty axis, and its sizes.
@@ -49,11 +49,6 @@ fn vector<'py>(
     slice_of::<f32>(func, name, arr)
 }
 
-fn slice<'a>(func: &str, name: &str, ro: &'a PyReadonlyArrayDyn<'_, f32>) -> PyResult<&'a [f32]> {
-    ro.as_slice()
-        .map_err(|e| value_error(format!("{func}: {name}: {e}")))
-}
-
 /// Batch normalisation with batch statistics: (y, mean, var, inv_std) for x float32 (N, C[, H, W]),
 /// γ and β float32 (C,), eps ≥ 0; var is biased, inv_std = 1/sqrt(var + eps).
 #[pyfunction]
@@ -77,9 +72,9 @@ pub(crate) fn batch_norm_forward<'py>(
     let threads = resolve_threads(F, threads)?;
     let xr = slice_of::<f32>(F, "x", &xa)?;
     let (xs, gs, bs) = (
-        slice(F, "x", &xr)?,
-        slice(F, "gamma", &gr)?,
-        slice(F, "beta", &br)?,
+        as_slice(F, "x", &xr)?,
+        as_slice(F, "gamma", &gr)?,
+        as_slice(F, "beta", &br)?,
     );
     let mut stats = norm::Stats::default();
     let y = filled::<f32, IxDyn>(py, F, xa.shape(), |ys| {
@@ -123,11 +118,11 @@ pub(crate) fn batch_norm_backward<'py>(
     );
     let threads = resolve_threads(F, threads)?;
     let (gr, xr) = (slice_of::<f32>(F, "g", &ga)?, slice_of::<f32>(F, "x", &xa)?);
-    let (gs, xs) = (slice(F, "g", &gr)?, slice(F, "x", &xr)?);
+    let (gs, xs) = (as_slice(F, "g", &gr)?, as_slice(F, "x", &xr)?);
     let (gm, ms, is) = (
-        slice(F, "gamma", &gmr)?,
-        slice(F, "mean", &mr)?,
-        slice(F, "inv_std", &isr)?,
+        as_slice(F, "gamma", &gmr)?,
+        as_slice(F, "mean", &mr)?,
+        as_slice(F, "inv_std", &isr)?,
     );
     let mut sums = (vec![], vec![]);
     let mut run = |out: Option<&mut [f32]>| -> Result<(), String> {
@@ -173,10 +168,10 @@ pub(crate) fn batch_norm_eval<'py>(
     let threads = resolve_threads(F, threads)?;
     let xr = slice_of::<f32>(F, "x", &xa)?;
     let (xs, ms, ss, bs) = (
-        slice(F, "x", &xr)?,
-        slice(F, "mean", &mr)?,
-        slice(F, "scale", &sr)?,
-        slice(F, "beta", &br)?,
+        as_slice(F, "x", &xr)?,
+        as_slice(F, "mean", &mr)?,
+        as_slice(F, "scale", &sr)?,
+        as_slice(F, "beta", &br)?,
     );
     filled(py, F, xa.shape(), |ys| {
         norm::affine(d, xs, ms, ss, bs, ys, threads).map_err(|e| format!("{F}: {e}"))
