@@ -16,7 +16,7 @@
 //! weight gradient sums images in fixed groups of [`GROUP`] and then the groups in order, so its bits
 //! do not depend on the thread count. The NumPy twin is `Conv2dIm2col` in `apb_ref/ops/conv.py`.
 
-use super::direct::{self, Family, Plan, OB, QB};
+use super::direct::{self, Family, Plan, OB};
 use super::matmul::{matmul, View};
 use crate::conv::Window;
 use crate::isa::Isa;
@@ -380,7 +380,7 @@ fn plan_of(s: &Shape) -> Plan {
     Plan::new(s.c, s.h, s.w, s.win.kh, s.win.kw, s.win.padding)
 }
 
-/// The direct forward: each image padded once, then every block of OB channels × QB grid positions
+/// The direct forward: each image padded once, then every block of OB channels over the whole grid
 /// by the microkernel, then the valid positions copied out.
 fn forward_direct(
     s: &Shape,
@@ -410,11 +410,9 @@ fn forward_direct(
             for b in 0..blocks {
                 let rows = &mut out[b * OB * plan.grid..][..OB * plan.grid];
                 let wb = &packed[b * taps * OB..][..taps * OB];
-                for q0 in (0..plan.grid).step_by(QB) {
-                    // SAFETY: `fam` came from `direct::family`; xp is padded_len long, q0 + QB <= grid,
-                    // wb holds taps·OB floats and rows OB·grid.
-                    unsafe { (fam.forward)(&plan, xp, wb, rows, plan.grid, q0) };
-                }
+                // SAFETY: `fam` came from `direct::family`; xp is padded_len long, wb holds taps·OB
+                // floats and rows OB·grid.
+                unsafe { (fam.forward)(&plan, xp, wb, rows) };
             }
             for o in 0..s.o {
                 for r in 0..s.ho {
@@ -476,16 +474,20 @@ fn backward_weight_direct(
                 g_image,
                 g_block: b * OB * plan.grid,
             };
-            for c in 0..s.c {
+            for c0 in (0..s.c).step_by(direct::CP) {
+                let channels = direct::CP.min(s.c - c0);
                 for i in 0..kh {
                     for j0 in (0..kw).step_by(direct::TJ) {
-                        let mut acc = [[0.0f32; direct::TJ]; OB];
+                        let mut acc = [[[0.0f32; direct::TJ]; OB]; direct::CP];
                         // SAFETY: `fam` came from `direct::family`; xp holds `count` padded images,
-                        // gp `count` images of `blocks` blocks of OB grid rows; c < C, i < kh, j0 < kw.
-                        unsafe { (fam.weight_taps)(&plan, &group, c, i, j0, &mut acc) };
-                        for (ob, row) in acc.iter().enumerate().filter(|(ob, _)| b * OB + ob < s.o) {
-                            for (jj, &v) in row.iter().enumerate().filter(|(jj, _)| j0 + jj < kw) {
-                                sum[(((b * OB + ob) * s.c + c) * kh + i) * kw + j0 + jj] += v;
+                        // gp `count` images of `blocks` blocks of OB grid rows; c0 + channels <= C,
+                        // i < kh, j0 < kw.
+                        unsafe { (fam.weight_taps)(&plan, &group, c0, channels, i, j0, &mut acc) };
+                        for (k, block) in acc.iter().enumerate().take(channels) {
+                            for (ob, row) in block.iter().enumerate().filter(|(ob, _)| b * OB + ob < s.o) {
+                                for (jj, &v) in row.iter().enumerate().filter(|(jj, _)| j0 + jj < kw) {
+                                    sum[(((b * OB + ob) * s.c + c0 + k) * kh + i) * kw + j0 + jj] += v;
+                                }
                             }
                         }
                     }

@@ -16,8 +16,10 @@
 //!   taps j of one (c, i) and runs down the whole grid of every image of a group ([`Group`]).
 //!
 //! Each has a portable routine and an AVX2 + FMA one (`x86`), picked as `isa.rs` describes; the
-//! AVX-512 path runs the AVX2 routines (every AVX-512 CPU has AVX2). Both add in the same order (c, i,
-//! j for the forward; q for the weight gradient, per vector lane, lanes added last).
+//! AVX-512 path has its own forward (three 16-float vectors per channel row: twelve accumulators, the
+//! FMA units' latency covered) and runs the AVX2 weight gradient. All add in the same order (c, i, j
+//! for the forward, one fused multiply-add each; q for the weight gradient, per 8-float lane, lanes
+//! added last), so every path gives the same bits.
 
 use crate::isa::{Isa, PerIsa};
 
@@ -107,9 +109,13 @@ pub fn pack_weights(w: &[f32], o: usize, taps: usize) -> Vec<f32> {
 }
 
 /// See [`Family::forward`].
-pub type ForwardFn = unsafe fn(&Plan, &[f32], &[f32], &mut [f32], usize, usize);
+pub type ForwardFn = unsafe fn(&Plan, &[f32], &[f32], &mut [f32]);
+/// Input channels per weight-gradient call (the AVX-512 routine runs two at once).
+pub const CP: usize = 2;
+/// A weight-gradient block: taps (jj < TJ) of output channels (ob < OB) for input channels k < CP.
+pub type TapBlock = [[[f32; TJ]; OB]; CP];
 /// See [`Family::weight_taps`].
-pub type WeightTapsFn = unsafe fn(&Plan, &Group, usize, usize, usize, &mut [[f32; TJ]; OB]);
+pub type WeightTapsFn = unsafe fn(&Plan, &Group, usize, usize, usize, usize, &mut TapBlock);
 
 /// The operands of the weight gradient for a group of images: image k's padded copy at
 /// `xp[k·padded_len ..]`, and rows ob < OB of its g on the grid at `gp[k·g_image + g_block + ob·grid ..]`.
@@ -126,25 +132,26 @@ pub struct Group<'a> {
 /// One ISA's microkernels.
 #[derive(Clone, Copy)]
 pub struct Family {
-    /// out block: rows `OB` of `out` (row stride `out_stride`) at positions q0..q0+QB, from `wpk`
-    /// (one channel block of [`pack_weights`]).
+    /// One channel block: rows `OB` of `out` (each `plan.grid` long) at every grid position, from
+    /// `wpk` (one channel block of [`pack_weights`]).
     ///
     /// # Safety
-    /// The CPU runs the family's ISA; `xp.len() == plan.padded_len()`, `q0 + QB <= plan.grid`,
-    /// `wpk.len() >= plan.c·kh·kw·OB`, `out.len() >= (OB − 1)·out_stride + q0 + QB`.
+    /// The CPU runs the family's ISA; `xp.len() == plan.padded_len()`, `wpk.len() >= plan.c·kh·kw·OB`,
+    /// `out.len() >= OB·plan.grid`.
     pub forward: ForwardFn,
-    /// acc[ob][jj] += Σ_k Σ_{q < grid} g_k[ob, q] · xp_k[c·plane + i·Wp + j0 + jj + q] over the
-    /// group's images k ([`Group`]).
+    /// `weight_taps(plan, group, c0, count, i, j0, acc)`: for the `count` (1 or [`CP`]) input
+    /// channels c = c0 + k, acc[k][ob][jj] += Σ_n Σ_{q < grid} g_n[ob, q] · xp_n[c·plane + i·Wp + j0 +
+    /// jj + q] over the group's images n ([`Group`]).
     ///
     /// # Safety
     /// The CPU runs the family's ISA; `xp.len() >= images·padded_len`, `gp.len() >= (images − 1)·g_image
-    /// + g_block + OB·grid`, `c < plan.c`, `i < plan.kh`, `j0 < plan.kw`.
+    /// + g_block + OB·grid`, `c0 + count <= plan.c`, `1 <= count <= CP`, `i < plan.kh`, `j0 < plan.kw`.
     pub weight_taps: WeightTapsFn,
 }
 
 const PORTABLE: Family = Family {
     forward: forward_portable,
-    weight_taps: weight_taps_portable,
+    weight_taps: each_channel_portable,
 };
 
 /// The microkernels of `isa`, or None if this build or CPU lacks it. The AVX2 routines also need FMA;
@@ -161,46 +168,55 @@ pub fn family(isa: Isa) -> Option<Family> {
         #[cfg(target_arch = "x86_64")]
         avx2,
         #[cfg(target_arch = "x86_64")]
-        avx512: avx2,
+        avx512: x86::AVX512,
     }
     .pick(isa)
 }
 
 /// # Safety
 /// None beyond the slice bounds (checked); `unsafe` only to share the [`Family`] signature.
-unsafe fn forward_portable(
-    plan: &Plan,
-    xp: &[f32],
-    wpk: &[f32],
-    out: &mut [f32],
-    out_stride: usize,
-    q0: usize,
-) {
-    let mut acc = [[0.0f32; QB]; OB];
-    let mut t = 0;
-    for c in 0..plan.c {
-        for i in 0..plan.kh {
-            for j in 0..plan.kw {
-                let x = &xp[c * plan.plane + q0 + i * plan.wp + j..][..QB];
-                let wv = &wpk[t * OB..][..OB];
-                for ob in 0..OB {
-                    for v in 0..QB {
-                        acc[ob][v] = wv[ob].mul_add(x[v], acc[ob][v]);
+unsafe fn forward_portable(plan: &Plan, xp: &[f32], wpk: &[f32], out: &mut [f32]) {
+    for q0 in (0..plan.grid).step_by(QB) {
+        let mut acc = [[0.0f32; QB]; OB];
+        let mut t = 0;
+        for c in 0..plan.c {
+            for i in 0..plan.kh {
+                for j in 0..plan.kw {
+                    let x = &xp[c * plan.plane + q0 + i * plan.wp + j..][..QB];
+                    let wv = &wpk[t * OB..][..OB];
+                    for ob in 0..OB {
+                        for v in 0..QB {
+                            acc[ob][v] = wv[ob].mul_add(x[v], acc[ob][v]);
+                        }
                     }
+                    t += 1;
                 }
-                t += 1;
             }
         }
-    }
-    for ob in 0..OB {
-        out[ob * out_stride + q0..][..QB].copy_from_slice(&acc[ob]);
+        for ob in 0..OB {
+            out[ob * plan.grid + q0..][..QB].copy_from_slice(&acc[ob]);
+        }
     }
 }
 
 /// # Safety
 /// None beyond the slice bounds (checked); `unsafe` only to share the [`Family`] signature.
-#[allow(clippy::too_many_arguments)]
-unsafe fn weight_taps_portable(
+unsafe fn each_channel_portable(
+    plan: &Plan,
+    group: &Group,
+    c0: usize,
+    count: usize,
+    i: usize,
+    j0: usize,
+    acc: &mut TapBlock,
+) {
+    for (k, block) in acc.iter_mut().enumerate().take(count) {
+        weight_taps_portable(plan, group, c0 + k, i, j0, block);
+    }
+}
+
+/// One input channel of [`Family::weight_taps`].
+fn weight_taps_portable(
     plan: &Plan,
     group: &Group,
     c: usize,
@@ -244,24 +260,36 @@ fn lane_sum(l: &[f32; GQ]) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Family, Group, Plan, GQ, OB, QB, TJ};
+    use super::{Family, Group, Plan, TapBlock, GQ, OB, QB, TJ};
 
     pub(super) const AVX2: Family = Family {
         forward: forward_avx2,
-        weight_taps: weight_taps_avx2,
+        weight_taps: each_channel_avx2,
+    };
+
+    /// The AVX-512 family: its own forward and weight gradient.
+    pub(super) const AVX512: Family = Family {
+        forward: forward_avx512,
+        weight_taps: weight_taps_avx512,
     };
 
     /// # Safety
-    /// See [`Family::forward`]: every load below lies in `xp` and `wpk`, every store in `out`.
+    /// See [`Family::forward`].
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_avx2(
-        plan: &Plan,
-        xp: &[f32],
-        wpk: &[f32],
-        out: &mut [f32],
-        out_stride: usize,
-        q0: usize,
-    ) {
+    unsafe fn forward_avx2(plan: &Plan, xp: &[f32], wpk: &[f32], out: &mut [f32]) {
+        for q0 in (0..plan.grid).step_by(QB) {
+            // SAFETY: q0 + QB <= grid (a multiple of QB); the rest is the caller's contract.
+            unsafe { forward_block_avx2(plan, xp, wpk, out, q0) };
+        }
+    }
+
+    /// Positions q0..q0 + QB of one channel block.
+    ///
+    /// # Safety
+    /// As [`Family::forward`], and q0 + QB <= plan.grid: every load lies in `xp` and `wpk`, every
+    /// store in `out`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn forward_block_avx2(plan: &Plan, xp: &[f32], wpk: &[f32], out: &mut [f32], q0: usize) {
         let mut acc = [[_mm256_setzero_ps(); QB / 8]; OB];
         let (xp, mut w) = (xp.as_ptr(), wpk.as_ptr());
         for c in 0..plan.c {
@@ -285,14 +313,94 @@ mod x86 {
         }
         for ob in 0..OB {
             for v in 0..QB / 8 {
-                // SAFETY: (OB − 1)·out_stride + q0 + QB <= out.len().
-                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(ob * out_stride + q0 + 8 * v), acc[ob][v]) };
+                // SAFETY: (OB − 1)·grid + q0 + QB <= out.len().
+                unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(ob * plan.grid + q0 + 8 * v), acc[ob][v]) };
             }
         }
     }
 
     /// # Safety
-    /// See [`Family::weight_taps`]: every load lies in the group's `xp` and `gp`.
+    /// See [`Family::forward`].
+    #[target_feature(enable = "avx512f")]
+    unsafe fn forward_avx512(plan: &Plan, xp: &[f32], wpk: &[f32], out: &mut [f32]) {
+        // grid is a multiple of QB = 16: blocks of 48 positions, then one of 32 or 16
+        let mut q0 = 0;
+        // SAFETY (all three): q0 + V·16 <= grid; the rest is the caller's contract.
+        while q0 + 48 <= plan.grid {
+            unsafe { forward_block_avx512::<3>(plan, xp, wpk, out, q0) };
+            q0 += 48;
+        }
+        match plan.grid - q0 {
+            32 => unsafe { forward_block_avx512::<2>(plan, xp, wpk, out, q0) },
+            16 => unsafe { forward_block_avx512::<1>(plan, xp, wpk, out, q0) },
+            _ => {}
+        }
+    }
+
+    /// Positions q0..q0 + 16·V of one channel block: OB × V accumulators of 16 floats.
+    ///
+    /// # Safety
+    /// As [`Family::forward`], and q0 + 16·V <= plan.grid (so the loads stay in `xp`'s margin, see
+    /// [`Plan::padded_len`]): every load lies in `xp` and `wpk`, every store in `out`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn forward_block_avx512<const V: usize>(
+        plan: &Plan,
+        xp: &[f32],
+        wpk: &[f32],
+        out: &mut [f32],
+        q0: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); V]; OB];
+        let (xp, mut w) = (xp.as_ptr(), wpk.as_ptr());
+        for c in 0..plan.c {
+            for i in 0..plan.kh {
+                // SAFETY: as forward_block_avx2's, with 16·V positions.
+                let row = unsafe { xp.add(c * plan.plane + q0 + i * plan.wp) };
+                for j in 0..plan.kw {
+                    // SAFETY: as above; w walks wpk's c·kh·kw·OB floats in order.
+                    unsafe {
+                        let x: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(row.add(j + 16 * v)));
+                        for ob in 0..OB {
+                            let wv = _mm512_set1_ps(*w.add(ob));
+                            for v in 0..V {
+                                acc[ob][v] = _mm512_fmadd_ps(wv, x[v], acc[ob][v]);
+                            }
+                        }
+                        w = w.add(OB);
+                    }
+                }
+            }
+        }
+        for ob in 0..OB {
+            for v in 0..V {
+                // SAFETY: (OB − 1)·grid + q0 + 16·V <= out.len().
+                unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(ob * plan.grid + q0 + 16 * v), acc[ob][v]) };
+            }
+        }
+    }
+
+    /// # Safety
+    /// See [`Family::weight_taps`].
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn each_channel_avx2(
+        plan: &Plan,
+        group: &Group,
+        c0: usize,
+        count: usize,
+        i: usize,
+        j0: usize,
+        acc: &mut TapBlock,
+    ) {
+        for (k, block) in acc.iter_mut().enumerate().take(count) {
+            // SAFETY: c0 + k < plan.c; the rest is the caller's contract.
+            unsafe { weight_taps_avx2(plan, group, c0 + k, i, j0, block) };
+        }
+    }
+
+    /// One input channel of [`Family::weight_taps`].
+    ///
+    /// # Safety
+    /// See [`Family::weight_taps`] (with c < plan.c): every load lies in the group's `xp` and `gp`.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn weight_taps_avx2(
         plan: &Plan,
@@ -335,6 +443,74 @@ mod x86 {
         for ob in 0..OB {
             for jj in 0..TJ {
                 acc[ob][jj] += lane_sum(lanes[ob][jj]);
+            }
+        }
+    }
+
+    /// Two input channels at once, two output channels per 16-float vector (ob = 2p in the low
+    /// half, 2p + 1 in the high half), so each half holds the AVX2 routine's 8 lanes and adds them in
+    /// its order: twelve accumulators (OB/2 pairs × 2 channels × TJ taps). One channel falls back to
+    /// the AVX2 routine.
+    ///
+    /// # Safety
+    /// See [`Family::weight_taps`]: every load lies in the group's `xp` and `gp`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn weight_taps_avx512(
+        plan: &Plan,
+        group: &Group,
+        c0: usize,
+        count: usize,
+        i: usize,
+        j0: usize,
+        acc: &mut TapBlock,
+    ) {
+        if count < 2 {
+            // SAFETY: the caller's contract; AVX-512F CPUs run AVX2 and FMA.
+            return unsafe { each_channel_avx2(plan, group, c0, count, i, j0, acc) };
+        }
+        const PAIRS: usize = OB / 2;
+        let mut lanes = [[[_mm512_setzero_ps(); TJ]; 2]; PAIRS];
+        for n in 0..group.images {
+            // SAFETY: as weight_taps_avx2's, for channels c0 and c0 + 1 < plan.c.
+            let (x, g) = unsafe {
+                (
+                    group
+                        .xp
+                        .as_ptr()
+                        .add(n * plan.padded_len() + c0 * plan.plane + i * plan.wp + j0),
+                    group.gp.as_ptr().add(n * group.g_image + group.g_block),
+                )
+            };
+            for q in (0..plan.grid).step_by(GQ) {
+                // SAFETY: q + 8 <= grid; rows ob < OB of g; x + plane is channel c0 + 1's row.
+                unsafe {
+                    let gv: [__m512; PAIRS] = std::array::from_fn(|p| {
+                        let lo = _mm512_castps256_ps512(_mm256_loadu_ps(g.add(2 * p * plan.grid + q)));
+                        let hi = _mm256_loadu_ps(g.add((2 * p + 1) * plan.grid + q));
+                        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                            _mm512_castps_pd(lo),
+                            _mm256_castps_pd(hi),
+                        ))
+                    });
+                    for k in 0..2 {
+                        for jj in 0..TJ {
+                            let xs = _mm256_loadu_ps(x.add(k * plan.plane + q + jj));
+                            let xv = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(xs)));
+                            for p in 0..PAIRS {
+                                lanes[p][k][jj] = _mm512_fmadd_ps(gv[p], xv, lanes[p][k][jj]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (p, pair) in lanes.iter().enumerate() {
+            for (k, taps) in pair.iter().enumerate() {
+                for (jj, &v) in taps.iter().enumerate() {
+                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+                    acc[k][2 * p][jj] += lane_sum(_mm512_castps512_ps256(v));
+                    acc[k][2 * p + 1][jj] += lane_sum(hi);
+                }
             }
         }
     }

@@ -1,14 +1,15 @@
 //! Elementwise activations of a training step and their gradients, and the 1-bit activations' sign, over chunks of the flat array on
-//! several threads. Each value is computed exactly as its NumPy twin computes it (`ReLU`, `Hardtanh`
+//! several threads, in the widest vectors the CPU has (`vector::widest`). Each value is computed exactly as its NumPy twin computes it (`ReLU`, `Hardtanh`
 //! in `apb_ref/ops/basic.py`, `SignSTE` in `apb_ref/quant/activations.py`), NaN, infinities and signed zeros included, so the two agree bit for bit.
 
+use super::vector::widest;
 use crate::threads;
 
 /// Elements per task: big enough that a task outlasts a thread's wake-up, small enough to share.
 const CHUNK: usize = 1 << 16;
 
 /// `np.maximum(x, 0)`: NaN stays NaN, −0.0 becomes +0.0.
-#[inline]
+#[inline(always)]
 pub fn relu(v: f32) -> f32 {
     if v.is_nan() || v > 0.0 {
         v
@@ -18,7 +19,7 @@ pub fn relu(v: f32) -> f32 {
 }
 
 /// `np.clip(x, lo, hi)`: NaN stays NaN, −0.0 stays −0.0 inside the range.
-#[inline]
+#[inline(always)]
 pub fn clip(v: f32, lo: f32, hi: f32) -> f32 {
     if v < lo {
         lo
@@ -30,7 +31,7 @@ pub fn clip(v: f32, lo: f32, hi: f32) -> f32 {
 }
 
 /// `np.where(x < 0, -1, 1)`, the sign convention of the bit packers: +1 for ±0 and NaN.
-#[inline]
+#[inline(always)]
 pub fn sign(v: f32) -> f32 {
     if v < 0.0 {
         -1.0
@@ -40,7 +41,7 @@ pub fn sign(v: f32) -> f32 {
 }
 
 /// `g * mask` with the mask as 1.0 or 0.0 (so NaN·0 = NaN and −g·0 = −0.0, as NumPy multiplies).
-#[inline]
+#[inline(always)]
 pub fn masked(g: f32, keep: bool) -> f32 {
     g * if keep { 1.0 } else { 0.0 }
 }
@@ -57,9 +58,7 @@ pub fn map(x: &[f32], out: &mut [f32], threads: usize, f: impl Fn(f32) -> f32 + 
     check("out", out.len(), x.len())?;
     let items: Vec<_> = x.chunks(CHUNK).zip(out.chunks_mut(CHUNK)).collect();
     threads::run_claimed(threads, items, |(xs, os)| {
-        for (o, &v) in os.iter_mut().zip(xs) {
-            *o = f(v);
-        }
+        map_slice(xs, os, &f);
         true
     })?;
     Ok(())
@@ -81,12 +80,26 @@ pub fn zip_map(
         .zip(out.chunks_mut(CHUNK))
         .collect();
     threads::run_claimed(threads, items, |((xs, ys), os)| {
-        for ((o, &u), &v) in os.iter_mut().zip(xs).zip(ys) {
-            *o = f(u, v);
-        }
+        zip_map_slice(xs, ys, os, &f);
         true
     })?;
     Ok(())
+}
+
+widest! {
+    fn map_slice(x: &[f32], out: &mut [f32], f: &impl Fn(f32) -> f32) {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = f(v);
+        }
+    }
+}
+
+widest! {
+    fn zip_map_slice(a: &[f32], b: &[f32], out: &mut [f32], f: &impl Fn(f32, f32) -> f32) {
+        for ((o, &u), &v) in out.iter_mut().zip(a).zip(b) {
+            *o = f(u, v);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,10 +7,12 @@
 //! * `conv`: conv2d forward and both backward products, per image on NCHW arrays;
 //! * `direct`: the stride-1 microkernels `conv` uses from the zero-padded image itself (no im2col);
 //! * `elementwise`: ReLU and Hardtanh and their gradients, bit for bit as NumPy computes them;
-//! * `norm`: batch normalisation forward and backward (statistics in f64, channels over threads).
+//! * `norm`: batch normalisation forward and backward (statistics in f64, channels over threads);
+//! * `vector`: plain loops compiled for the widest vectors the CPU has.
 
 pub mod conv;
 pub mod direct;
 pub mod elementwise;
 pub mod matmul;
 pub mod norm;
+mod vector;

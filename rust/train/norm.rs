@@ -11,6 +11,7 @@
 //!
 //! Channels are split over threads; a channel is the N slices of H·W floats at (n, c).
 
+use super::vector::widest;
 use crate::threads;
 
 /// The sizes of a batch-norm call: `n` images, `c` channels of `hw` values each.
@@ -58,6 +59,7 @@ fn check(what: &str, got: usize, want: usize) -> Result<(), String> {
 
 /// (Σa, Σa·b) over pairs of equal-length slices, in f64, kept as 8 running sums each (one per lane,
 /// added at the end) so that the loop vectorises instead of waiting on one chain of additions.
+#[inline(always)]
 fn lane_sums<'a>(pairs: impl Iterator<Item = (&'a [f32], &'a [f32])>) -> (f64, f64) {
     let (mut s, mut p) = ([0.0f64; 8], [0.0f64; 8]);
     for (a, b) in pairs {
@@ -101,19 +103,15 @@ pub fn forward(
     let mut stats = vec![(0.0f32, 0.0f32, 0.0f32); d.c];
     let items: Vec<_> = xs.into_iter().zip(ys).zip(stats.iter_mut()).enumerate().collect();
     let m = d.count() as f64;
-    threads::run_claimed(threads, items, |(ch, ((xc, yc), st))| {
-        let (sum, sq) = lane_sums(xc.iter().map(|s| (*s, *s)));
+    threads::run_claimed(threads, items, |(ch, ((xc, mut yc), st))| {
+        let (sum, sq) = channel_sums(&xc);
         let mean = sum / m;
         // clamp the rounding's tiny negatives to 0, but keep a NaN (from NaN or ±inf data) as NumPy does
         let var = sq / m - mean * mean;
         let var = if var < 0.0 { 0.0 } else { var };
         let inv_std = (1.0 / (var + eps).sqrt()) as f32;
-        let (mu, g, b) = (mean as f32, gamma[ch], beta[ch]);
-        for (xi, yi) in xc.iter().zip(yc) {
-            for (&v, yv) in xi.iter().zip(yi.iter_mut()) {
-                *yv = normalised(v, mu, inv_std) * g + b;
-            }
-        }
+        let mu = mean as f32;
+        normalise(&xc, &mut yc, mu, inv_std, gamma[ch], beta[ch]);
         *st = (mu, var as f32, inv_std);
         true
     })?;
@@ -152,10 +150,7 @@ pub fn affine(
     threads::run_claimed(threads, items, |(t, (xs, ys))| {
         for (k, (xi, yi)) in xs.chunks(hw).zip(ys.chunks_mut(hw)).enumerate() {
             let ch = (t * per_task + k) % d.c;
-            let (m, sc, b) = (mean[ch], scale[ch], beta[ch]);
-            for (o, &v) in yi.iter_mut().zip(xi) {
-                *o = (v - m) * sc + b;
-            }
+            shift_scale(xi, yi, mean[ch], scale[ch], beta[ch]);
         }
         true
     })?;
@@ -163,7 +158,7 @@ pub fn affine(
 }
 
 /// x̂ of one value, the same float32 operations in the forward and the backward.
-#[inline]
+#[inline(always)]
 fn normalised(v: f32, mean: f32, inv_std: f32) -> f32 {
     (v - mean) * inv_std
 }
@@ -214,23 +209,10 @@ pub fn backward(
         || vec![0.0f32; hw],
         |xhat, (ch, (((gc, xc), out), st))| {
             let (mu, s) = (mean[ch], inv_std[ch]);
-            let (mut g_sum, mut gh_sum) = (0.0f64, 0.0f64);
-            for (gi, xi) in gc.iter().zip(&xc) {
-                for (h, &v) in xhat.iter_mut().zip(xi.iter()) {
-                    *h = normalised(v, mu, s);
-                }
-                let (a, b) = lane_sums(std::iter::once((*gi, &xhat[..gi.len()])));
-                g_sum += a;
-                gh_sum += b;
-            }
-            if let Some(out) = out {
+            let (g_sum, gh_sum) = gradient_sums(&gc, &xc, xhat, mu, s);
+            if let Some(mut out) = out {
                 let (g_mean, gh_mean) = ((g_sum / m) as f32, (gh_sum / m) as f32);
-                let scale = gamma[ch] * s;
-                for ((gi, xi), oi) in gc.iter().zip(&xc).zip(out) {
-                    for ((&gv, &v), o) in gi.iter().zip(xi.iter()).zip(oi.iter_mut()) {
-                        *o = (gv - g_mean - normalised(v, mu, s) * gh_mean) * scale;
-                    }
-                }
+                input_gradient(&gc, &xc, &mut out, [mu, s, g_mean, gh_mean, gamma[ch] * s]);
             }
             *st = (g_sum as f32, gh_sum as f32);
             true
@@ -240,6 +222,62 @@ pub fn backward(
         sums.iter().map(|s| s.0).collect(),
         sums.iter().map(|s| s.1).collect(),
     ))
+}
+
+widest! {
+    /// Σx and Σx² over a channel's slices, in f64 ([`lane_sums`]).
+    fn channel_sums(xc: &[&[f32]]) -> (f64, f64) {
+        lane_sums(xc.iter().map(|s| (*s, *s)))
+    }
+}
+
+widest! {
+    /// y = x̂·γ + β over a channel's slices.
+    fn normalise(xc: &[&[f32]], yc: &mut [&mut [f32]], mu: f32, inv_std: f32, gamma: f32, beta: f32) {
+        for (xi, yi) in xc.iter().zip(yc.iter_mut()) {
+            for (&v, yv) in xi.iter().zip(yi.iter_mut()) {
+                *yv = normalised(v, mu, inv_std) * gamma + beta;
+            }
+        }
+    }
+}
+
+widest! {
+    /// y = (x − mean)·scale + beta over one slice.
+    fn shift_scale(x: &[f32], y: &mut [f32], mean: f32, scale: f32, beta: f32) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = (v - mean) * scale + beta;
+        }
+    }
+}
+
+widest! {
+    /// Σg and Σg·x̂ over a channel's slices (f64), x̂ recomputed slice by slice into `xhat`.
+    fn gradient_sums(gc: &[&[f32]], xc: &[&[f32]], xhat: &mut [f32], mu: f32, inv_std: f32) -> (f64, f64) {
+        let (mut g_sum, mut gh_sum) = (0.0f64, 0.0f64);
+        for (gi, xi) in gc.iter().zip(xc) {
+            for (h, &v) in xhat.iter_mut().zip(xi.iter()) {
+                *h = normalised(v, mu, inv_std);
+            }
+            let (a, b) = lane_sums(std::iter::once((*gi, &xhat[..gi.len()])));
+            g_sum += a;
+            gh_sum += b;
+        }
+        (g_sum, gh_sum)
+    }
+}
+
+widest! {
+    /// dx = (g − mean(g) − x̂·mean(g·x̂))·γ/σ over a channel's slices; `k` = [μ, 1/σ, mean(g),
+    /// mean(g·x̂), γ/σ].
+    fn input_gradient(gc: &[&[f32]], xc: &[&[f32]], out: &mut [&mut [f32]], k: [f32; 5]) {
+        let [mu, inv_std, g_mean, gh_mean, scale] = k;
+        for ((gi, xi), oi) in gc.iter().zip(xc).zip(out.iter_mut()) {
+            for ((&gv, &v), o) in gi.iter().zip(xi.iter()).zip(oi.iter_mut()) {
+                *o = (gv - g_mean - normalised(v, mu, inv_std) * gh_mean) * scale;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
