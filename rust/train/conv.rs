@@ -564,6 +564,8 @@ mod tests {
             (1, 2, 6, 19, 3, 2, 3, 1, 0),
             (2, 3, 7, 16, 5, 5, 5, 1, 2),
             (1, 2, 3, 18, 3, 1, 1, 1, 0),
+            // 7 input channels: the AVX-512 weight gradient's groups of four, two and one
+            (2, 7, 5, 12, 9, 3, 3, 1, 1),
         ] {
             out.push(
                 Shape::new(

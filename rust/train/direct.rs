@@ -16,10 +16,10 @@
 //!   taps j of one (c, i) and runs down the whole grid of every image of a group ([`Group`]).
 //!
 //! Each has a portable routine and an AVX2 + FMA one (`x86`), picked as `isa.rs` describes; the
-//! AVX-512 path has its own forward (three 16-float vectors per channel row: twelve accumulators, the
-//! FMA units' latency covered) and runs the AVX2 weight gradient. All add in the same order (c, i, j
-//! for the forward, one fused multiply-add each; q for the weight gradient, per 8-float lane, lanes
-//! added last), so every path gives the same bits.
+//! AVX-512 path has its own: the forward with three 16-float vectors per channel row (twelve
+//! accumulators, the FMA units' latency covered), the weight gradient four input channels at once. All
+//! add in the same order (c, i, j for the forward, one fused multiply-add each; q for the weight
+//! gradient, per 8-float lane, lanes added last), so every path gives the same bits.
 
 use crate::isa::{Isa, PerIsa};
 
@@ -110,8 +110,8 @@ pub fn pack_weights(w: &[f32], o: usize, taps: usize) -> Vec<f32> {
 
 /// See [`Family::forward`].
 pub type ForwardFn = unsafe fn(&Plan, &[f32], &[f32], &mut [f32]);
-/// Input channels per weight-gradient call (the AVX-512 routine runs two at once).
-pub const CP: usize = 2;
+/// Input channels per weight-gradient call (the AVX-512 routine runs four at once).
+pub const CP: usize = 4;
 /// A weight-gradient block: taps (jj < TJ) of output channels (ob < OB) for input channels k < CP.
 pub type TapBlock = [[[f32; TJ]; OB]; CP];
 /// See [`Family::weight_taps`].
@@ -447,13 +447,11 @@ mod x86 {
         }
     }
 
-    /// Two input channels at once, two output channels per 16-float vector (ob = 2p in the low
-    /// half, 2p + 1 in the high half), so each half holds the AVX2 routine's 8 lanes and adds them in
-    /// its order: twelve accumulators (OB/2 pairs × 2 channels × TJ taps). One channel falls back to
-    /// the AVX2 routine.
+    /// Up to [`CP`] input channels: four at once when there are four, else two, the last one alone
+    /// by the AVX2 routine.
     ///
     /// # Safety
-    /// See [`Family::weight_taps`]: every load lies in the group's `xp` and `gp`.
+    /// See [`Family::weight_taps`].
     #[target_feature(enable = "avx512f")]
     unsafe fn weight_taps_avx512(
         plan: &Plan,
@@ -464,14 +462,42 @@ mod x86 {
         j0: usize,
         acc: &mut TapBlock,
     ) {
-        if count < 2 {
-            // SAFETY: the caller's contract; AVX-512F CPUs run AVX2 and FMA.
-            return unsafe { each_channel_avx2(plan, group, c0, count, i, j0, acc) };
+        let mut k = 0;
+        // SAFETY (all three): c0 + k + channels <= c0 + count <= plan.c; the rest is the caller's
+        // contract, and AVX-512F CPUs run AVX2 and FMA.
+        if count == 4 {
+            unsafe { channels_avx512::<4>(plan, group, c0, i, j0, acc) };
+            k = 4;
         }
+        if count - k >= 2 {
+            unsafe { channels_avx512::<2>(plan, group, c0 + k, i, j0, &mut acc[k..]) };
+            k += 2;
+        }
+        if count > k {
+            unsafe { weight_taps_avx2(plan, group, c0 + k, i, j0, &mut acc[k]) };
+        }
+    }
+
+    /// `CH` input channels at once, two output channels per 16-float vector (ob = 2p in the low
+    /// half, 2p + 1 in the high half), so each half holds the AVX2 routine's 8 lanes and adds them in
+    /// its order: OB/2 pairs × CH channels × TJ taps accumulators (24 for CH = 4).
+    ///
+    /// # Safety
+    /// See [`Family::weight_taps`] with channels c0..c0 + CH < plan.c and `acc.len() >= CH`: every
+    /// load lies in the group's `xp` and `gp`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn channels_avx512<const CH: usize>(
+        plan: &Plan,
+        group: &Group,
+        c0: usize,
+        i: usize,
+        j0: usize,
+        acc: &mut [[[f32; TJ]; OB]],
+    ) {
         const PAIRS: usize = OB / 2;
-        let mut lanes = [[[_mm512_setzero_ps(); TJ]; 2]; PAIRS];
+        let mut lanes = [[[_mm512_setzero_ps(); TJ]; CH]; PAIRS];
         for n in 0..group.images {
-            // SAFETY: as weight_taps_avx2's, for channels c0 and c0 + 1 < plan.c.
+            // SAFETY: as weight_taps_avx2's, for channels c0..c0 + CH < plan.c.
             let (x, g) = unsafe {
                 (
                     group
@@ -482,7 +508,7 @@ mod x86 {
                 )
             };
             for q in (0..plan.grid).step_by(GQ) {
-                // SAFETY: q + 8 <= grid; rows ob < OB of g; x + plane is channel c0 + 1's row.
+                // SAFETY: q + 8 <= grid; rows ob < OB of g; x + k·plane is channel c0 + k's row.
                 unsafe {
                     let gv: [__m512; PAIRS] = std::array::from_fn(|p| {
                         let lo = _mm512_castps256_ps512(_mm256_loadu_ps(g.add(2 * p * plan.grid + q)));
@@ -492,7 +518,7 @@ mod x86 {
                             _mm256_castps_pd(hi),
                         ))
                     });
-                    for k in 0..2 {
+                    for k in 0..CH {
                         for jj in 0..TJ {
                             let xs = _mm256_loadu_ps(x.add(k * plan.plane + q + jj));
                             let xv = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(xs)));
