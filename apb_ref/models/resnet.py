@@ -63,16 +63,16 @@ class BasicBlock(nn.Module):
         return y if scale is None else y * scale(x)
 
     def forward(self, x):
-        out = self.act1(self.bn1(self._conv(self.conv1, self.scale1, self.shift1(x))))
-        out = self.bn2(self._conv(self.conv2, self.scale2, self.shift2(out)))
-        return self.act2(out + shortcut_option_a(x, self.cout, self.stride))
+        out = nn.batch_norm_act(self.bn1, self._conv(self.conv1, self.scale1, self.shift1(x)), self.act1)
+        out = self._conv(self.conv2, self.scale2, self.shift2(out))
+        return nn.batch_norm_act(self.bn2, out, self.act2, shortcut_option_a(x, self.cout, self.stride))
 
 
 class BiRealBlock(BasicBlock):
     def forward(self, x):
-        out = self.bn1(self._conv(self.conv1, self.scale1, self.shift1(x)))
-        out = self.act1(out + shortcut_option_a(x, self.cout, self.stride))
-        return self.act2(self.bn2(self._conv(self.conv2, self.scale2, self.shift2(out))) + out)
+        out = self._conv(self.conv1, self.scale1, self.shift1(x))
+        out = nn.batch_norm_act(self.bn1, out, self.act1, shortcut_option_a(x, self.cout, self.stride))
+        return nn.batch_norm_act(self.bn2, self._conv(self.conv2, self.scale2, self.shift2(out)), self.act2, out)
 
 
 BLOCKS = {"basic": BasicBlock, "bireal": BiRealBlock}
@@ -100,6 +100,6 @@ class ResNet20(nn.Module):
         self.linear = layers.linear(widths[-1], num_classes, compress=False)
 
     def forward(self, x):
-        x = self.act(self.bn1(self.conv1(x)))
+        x = nn.batch_norm_act(self.bn1, self.conv1(x), self.act)
         x = self.blocks(x)
         return self.linear(F.global_avg_pool2d(x))

@@ -330,6 +330,17 @@ def activation(name: str) -> Lambda:
     return ACTIVATIONS[name]()
 
 
+def batch_norm_act(bn: BatchNorm, x, act: Module, residual=None):
+    """act(bn(x) + residual) (residual optional): one fused op (`F.batch_norm_act`) where that is
+    faster (training on the Rust backend, act a plain ReLU or Hardtanh), else the modules in turn."""
+    kind = act.name if isinstance(act, Lambda) and act.name in ("relu", "hardtanh") else None
+    if kind and bn.training and bn.weight is not None and F.fuses_batch_norm(x):
+        return F.batch_norm_act(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps,
+                                residual, kind)
+    y = bn(x)
+    return act(y if residual is None else y + residual)
+
+
 class Dropout(Module):
     def __init__(self, p: float = 0.5, rng: np.random.Generator | None = None):
         super().__init__()

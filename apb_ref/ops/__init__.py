@@ -22,8 +22,8 @@ from .conv import (  # noqa: F401
     AvgPool2d, Conv2dIm2col, Conv2dRowShift, MaxPool2d, avg_pool2d, conv2d, global_avg_pool2d, max_pool2d,
 )
 from .norm_loss import (  # noqa: F401
-    BatchNormEval, BatchNormTrain, CrossEntropy, Distillation, LogSoftmax, batch_norm, cross_entropy, distillation,
-    log_softmax,
+    BatchNormAct, BatchNormEval, BatchNormTrain, CrossEntropy, Distillation, LogSoftmax, batch_norm, batch_norm_act,
+    cross_entropy, distillation, fuses_batch_norm, log_softmax,
 )
 
 

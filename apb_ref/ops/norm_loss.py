@@ -1,13 +1,15 @@
 """Fused ops whose gradients are much cheaper (and more stable) than composing primitives:
-batch normalisation, log-softmax, cross-entropy and the distillation loss."""
+batch normalisation (alone, or followed by a residual add and an activation), log-softmax,
+cross-entropy and the distillation loss."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from ..autograd import Function, Tensor
+from ..autograd import Context, Function, Tensor
 from . import accel
+from .basic import Hardtanh, ReLU
 
 
 def _stat_axes(ndim: int) -> tuple[int, ...]:
@@ -21,6 +23,15 @@ def _channel_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
     return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def _update_running(running_mean, running_var, mu, var, momentum: float, count: int) -> None:
+    """Move the running statistics (if any) towards the batch's, in place."""
+    if running_mean is not None:
+        running_mean *= 1 - momentum
+        running_mean += momentum * mu
+        running_var *= 1 - momentum
+        running_var += momentum * var * (count / max(count - 1, 1))  # unbiased, as PyTorch
 
 
 class BatchNormTrain(Function):
@@ -42,11 +53,7 @@ class BatchNormTrain(Function):
             y = xhat * _per_channel(gamma, x.ndim)
             y += _per_channel(beta, x.ndim)
             ctx.save_for_backward(xhat, inv_std, gamma)
-        if running_mean is not None:
-            running_mean *= 1 - momentum
-            running_mean += momentum * mu
-            running_var *= 1 - momentum
-            running_var += momentum * var * (count / max(count - 1, 1))  # unbiased, as PyTorch
+        _update_running(running_mean, running_var, mu, var, momentum, count)
         return y
 
     @staticmethod
@@ -55,7 +62,7 @@ class BatchNormTrain(Function):
         if x_mu:  # the forward ran in the fast kernels
             fast = accel.kernel("batch_norm_backward", g)
             if fast is not None:
-                gx, g_sum, gx_sum = fast(g, x_mu[0], gamma, x_mu[1], inv_std, ctx.needs_grad[0])
+                gx, g_sum, gx_sum, _ = fast(g, x_mu[0], gamma, x_mu[1], inv_std, ctx.needs_grad[0])
                 return gx, gx_sum, g_sum
             xhat = (x_mu[0] - _per_channel(x_mu[1], g.ndim)) * _per_channel(inv_std, g.ndim)  # switched off since the forward
         axes, nd = _stat_axes(g.ndim), g.ndim
@@ -69,6 +76,80 @@ class BatchNormTrain(Function):
             gx -= xhat * _per_channel(gx_sum / count, nd)
             gx *= _per_channel(gamma * inv_std, nd)
         return gx, gx_sum.astype(g.dtype), g_sum.astype(g.dtype)
+
+
+ACTS = {"relu": (ReLU, ()), "hardtanh": (Hardtanh, None)}  # None: the (lo, hi) arguments
+
+
+class BatchNormAct(Function):
+    """act(batch_norm(x) + residual) as one op, residual optional, act ReLU or Hardtanh(lo, hi).
+
+    A ResNet block ends this way. As three ops it makes three passes over the map; on the Rust
+    backend one kernel does all three in one (and the backward one pass less), bit for bit the three
+    ops' results there. Elsewhere it runs `BatchNormTrain`'s and the activation's own forward and
+    backward one after the other, each with its own context.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, residual, running_mean, running_var, momentum, eps, act, lo, hi):
+        count = x.size // x.shape[1]
+        act_fn, act_args = ACTS[act]
+        act_args = (lo, hi) if act_args is None else act_args
+        ctx.act, ctx.lo, ctx.hi, ctx.residual = act, lo, hi, residual is not None
+        fast = accel.kernel("batch_norm_forward", x, gamma, beta, *(() if residual is None else (residual,)))
+        if fast is not None:
+            y, mu, var, inv_std = fast(x, gamma, beta, eps, residual=residual, act=act, lo=lo, hi=hi)
+            ctx.save_for_backward(x, mu, inv_std, gamma, y)
+            _update_running(running_mean, running_var, mu, var, momentum, count)
+            return y
+        ctx.bn, ctx.act_ctx = Context(ctx.needs_grad[:3]), Context((True,))
+        y = BatchNormTrain.forward(ctx.bn, x, gamma, beta, running_mean, running_var, momentum, eps)
+        return act_fn.forward(ctx.act_ctx, y if residual is None else y + residual, *act_args)
+
+    @staticmethod
+    def backward(ctx, g):
+        act_fn = ACTS[ctx.act][0]
+        if hasattr(ctx, "bn"):  # the forward ran op by op
+            g = act_fn.backward(ctx.act_ctx, g)
+            return (*BatchNormTrain.backward(ctx.bn, g), g if ctx.residual else None)
+        x, mu, inv_std, gamma, y = ctx.saved
+        fast = accel.kernel("batch_norm_backward", g)
+        if fast is not None:
+            gx, g_sum, gx_sum, g_act = fast(g, x, gamma, mu, inv_std, ctx.needs_grad[0], y=y, act=ctx.act,
+                                            lo=ctx.lo, hi=ctx.hi)
+            return gx, gx_sum, g_sum, g_act if ctx.residual else None
+        # the Rust backend was switched off since the forward: the activation's and BatchNormTrain's
+        # backward from what the fused forward kept
+        act_ctx, bn = Context((True,)), Context(ctx.needs_grad[:3])
+        act_ctx.save_for_backward(y)
+        act_ctx.lo, act_ctx.hi = ctx.lo, ctx.hi
+        bn.save_for_backward(None, inv_std, gamma, x, mu)
+        g = act_fn.backward(act_ctx, g)
+        return (*BatchNormTrain.backward(bn, g), g if ctx.residual else None)
+
+
+def batch_norm_act(x, weight, bias, running_mean, running_var, momentum: float = 0.1, eps: float = 1e-5,
+                   residual=None, act: str = "relu", lo: float = -1.0, hi: float = 1.0) -> Tensor:
+    """act(batch_norm(x) + residual) in training mode (batch statistics) as one op (`BatchNormAct`)."""
+    if act not in ACTS:
+        raise ValueError(f"batch_norm_act: act must be one of {', '.join(ACTS)}, got {act!r}")
+    if x.ndim not in (2, 4) or x.size // max(x.shape[1], 1) < 2:
+        raise ValueError(f"batch_norm_act: x must be (N, C) or (N, C, H, W) with more than one value per "
+                         f"channel, got shape {x.shape}")
+    if residual is not None and tuple(residual.shape) != tuple(x.shape):
+        raise ValueError(f"batch_norm_act: residual must have x's shape {tuple(x.shape)}, got {tuple(residual.shape)}")
+    c = x.shape[1]
+    for name, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        if v is not None and tuple(v.shape) != (c,):
+            raise ValueError(f"batch_norm_act: {name} must have shape ({c},), got {tuple(v.shape)}")
+    if act == "hardtanh" and not lo < hi:
+        raise ValueError(f"batch_norm_act: need lo < hi, got {lo} and {hi}")
+    return BatchNormAct.apply(x, weight, bias, residual, running_mean, running_var, momentum, eps, act, lo, hi)
+
+
+def fuses_batch_norm(x) -> bool:
+    """Whether `batch_norm_act` on x would run one fused kernel (else the separate ops are as fast)."""
+    return accel.kernel("batch_norm_forward", x.data if isinstance(x, Tensor) else np.asarray(x)) is not None
 
 
 class BatchNormEval(Function):

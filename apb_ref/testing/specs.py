@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import ops as F
 from ..autograd import Function
-from ..ops import (AvgPool2d, BatchNormEval, BatchNormTrain, Conv2dIm2col, Conv2dRowShift, CrossEntropy, Distillation,
+from ..ops import (AvgPool2d, BatchNormAct, BatchNormEval, BatchNormTrain, Conv2dIm2col, Conv2dRowShift, CrossEntropy, Distillation,
                    LogSoftmax, MaxPool2d)
 from ..ops.spec import OpSpec, random_array
 from ..quant import METHODS, activations
@@ -204,6 +204,23 @@ def _register_core_ops() -> None:
         return call
     register(OpSpec("batch_norm_train", bn_inputs, bn_call(True), (BatchNormTrain,), lambda x, g, b: _bn_reference(x, g, b, True)))
     register(OpSpec("batch_norm_eval", bn_inputs, bn_call(False), (BatchNormEval,), lambda x, g, b: _bn_reference(x, g, b, False)))
+
+    def bn_act_inputs(d):
+        arrays, _ = bn_inputs(d)
+        act = d(st.sampled_from(["relu", "hardtanh"]))
+        if d(st.booleans()):
+            arrays.append(random_array(d, arrays[0].shape))
+        return arrays, {"act": act}
+
+    def bn_act_call(x, gamma, beta, residual=None, act="relu"):
+        c = x.shape[1]
+        return F.batch_norm_act(x, gamma, beta, np.full(c, 0.1), np.full(c, 1.5), residual=residual, act=act,
+                                lo=-0.5, hi=0.75)
+
+    def bn_act_reference(x, gamma, beta, residual=None, act="relu"):
+        y = _bn_reference(x, gamma, beta, True) + (0 if residual is None else residual)
+        return np.maximum(y, 0) if act == "relu" else np.clip(y, -0.5, 0.75)
+    register(OpSpec("batch_norm_act", bn_act_inputs, bn_act_call, (BatchNormAct,), bn_act_reference))
 
     def log_softmax_ref(x):
         e = np.exp(x - x.max(axis=-1, keepdims=True))

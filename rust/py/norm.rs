@@ -2,11 +2,16 @@
 //! (N, C) or (N, C, H, W) arrays (`crate::train::norm`).
 
 use numpy::ndarray::IxDyn;
-use numpy::{PyArray1, PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{
+    PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use super::args::{as_array, as_slice, describe, filled, has_dtype, resolve_threads, slice_of, value_error};
+use super::args::{
+    as_array, as_slice, describe, empty, filled, has_dtype, resolve_threads, slice_of, value_error,
+};
+use crate::train::elementwise::Act;
 use crate::train::norm::{self, Dims};
 
 /// A C-contiguous float32 (N, C) or (N, C, H, W) array with no empty axis, and its sizes.
@@ -49,20 +54,71 @@ fn vector<'py>(
     slice_of::<f32>(func, name, arr)
 }
 
+/// The fused activation named by `act` ("identity", "relu", "hardtanh" with lo < hi as float32).
+fn activation(func: &str, act: &str, lo: f64, hi: f64) -> PyResult<Act> {
+    match act {
+        "identity" => Ok(Act::Identity),
+        "relu" => Ok(Act::Relu),
+        "hardtanh" => {
+            let (l, h) = (lo as f32, hi as f32);
+            if l.partial_cmp(&h) != Some(std::cmp::Ordering::Less) {
+                return Err(value_error(format!(
+                    "{func}: need lo < hi (as float32), got {lo} and {hi}"
+                )));
+            }
+            Ok(Act::Clip { lo: l, hi: h })
+        }
+        _ => Err(value_error(format!(
+            "{func}: act must be 'identity', 'relu' or 'hardtanh', got {act:?}"
+        ))),
+    }
+}
+
+/// An optional float32 array of `like`'s shape (None stays None), borrowed read-only.
+fn same_shape<'py>(
+    func: &str,
+    name: &str,
+    v: Option<&Bound<'py, PyAny>>,
+    like: &Bound<'py, PyUntypedArray>,
+) -> PyResult<Option<PyReadonlyArrayDyn<'py, f32>>> {
+    let Some(v) = v.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let (arr, _) = batch(func, name, v)?;
+    if arr.shape() != like.shape() {
+        return Err(value_error(format!(
+            "{func}: {name} must have shape {:?}, {}",
+            like.shape(),
+            describe(&arr)
+        )));
+    }
+    slice_of::<f32>(func, name, &arr).map(Some)
+}
+
 /// Batch normalisation with batch statistics: (y, mean, var, inv_std) for x float32 (N, C[, H, W]),
-/// γ and β float32 (C,), eps ≥ 0; var is biased, inv_std = 1/sqrt(var + eps).
+/// γ and β float32 (C,), eps ≥ 0; var is biased, inv_std = 1/sqrt(var + eps). Fused after it, in the
+/// same pass: y = act(y + residual) (`residual` of x's shape or None, `act` "identity", "relu" or
+/// "hardtanh" clipping to [lo, hi]), bit for bit the separate ops.
 #[pyfunction]
-#[pyo3(signature = (x, gamma, beta, eps, threads=None))]
+#[pyo3(signature = (x, gamma, beta, eps, residual=None, act="identity", lo=-1.0, hi=1.0, threads=None))]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn batch_norm_forward<'py>(
     py: Python<'py>,
     x: &Bound<'py, PyAny>,
     gamma: &Bound<'py, PyAny>,
     beta: &Bound<'py, PyAny>,
     eps: f64,
+    residual: Option<&Bound<'py, PyAny>>,
+    act: &str,
+    lo: f64,
+    hi: f64,
     threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     const F: &str = "batch_norm_forward";
     let (xa, d) = batch(F, "x", x)?;
+    let act = activation(F, act, lo, hi)?;
+    let rr = same_shape(F, "residual", residual, &xa)?;
+    let rs = rr.as_ref().map(|r| as_slice(F, "residual", r)).transpose()?;
     if !(eps.is_finite() && eps >= 0.0) {
         return Err(value_error(format!(
             "{F}: eps must be a finite number >= 0, got {eps}"
@@ -78,7 +134,8 @@ pub(crate) fn batch_norm_forward<'py>(
     );
     let mut stats = norm::Stats::default();
     let y = filled::<f32, IxDyn>(py, F, xa.shape(), |ys| {
-        stats = norm::forward(d, xs, gs, bs, eps, ys, threads).map_err(|e| format!("{F}: {e}"))?;
+        let then = norm::Epilogue { residual: rs, act };
+        stats = norm::forward(d, xs, gs, bs, eps, then, ys, threads).map_err(|e| format!("{F}: {e}"))?;
         Ok(())
     })?;
     let [mean, var, inv_std] =
@@ -87,9 +144,12 @@ pub(crate) fn batch_norm_forward<'py>(
 }
 
 /// The gradients of batch normalisation from g, the forward's input x and its mean and inv_std: (dx
-/// or None when `input_grad` is False, Σg = dβ, Σg·x̂ = dγ), the sums float32 (C,).
+/// or None when `input_grad` is False, Σg = dβ, Σg·x̂ = dγ, g_act), the sums float32 (C,). With `y`
+/// (the fused forward's output) g first goes back through the fused activation `act`; that gradient
+/// is g_act (also the residual's gradient), else g_act is None.
 #[pyfunction]
-#[pyo3(signature = (g, x, gamma, mean, inv_std, input_grad=true, threads=None))]
+#[pyo3(signature = (g, x, gamma, mean, inv_std, input_grad=true, y=None, act="identity", lo=-1.0, hi=1.0,
+                    threads=None))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn batch_norm_backward<'py>(
     py: Python<'py>,
@@ -99,9 +159,14 @@ pub(crate) fn batch_norm_backward<'py>(
     mean: &Bound<'py, PyAny>,
     inv_std: &Bound<'py, PyAny>,
     input_grad: bool,
+    y: Option<&Bound<'py, PyAny>>,
+    act: &str,
+    lo: f64,
+    hi: f64,
     threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     const F: &str = "batch_norm_backward";
+    let act = activation(F, act, lo, hi)?;
     let (ga, d) = batch(F, "g", g)?;
     let (xa, _) = batch(F, "x", x)?;
     if xa.shape() != ga.shape() {
@@ -124,9 +189,27 @@ pub(crate) fn batch_norm_backward<'py>(
         as_slice(F, "mean", &mr)?,
         as_slice(F, "inv_std", &isr)?,
     );
+    let yr = same_shape(F, "y", y, &ga)?;
+    let ys = yr.as_ref().map(|r| as_slice(F, "y", r)).transpose()?;
+    let g_act = match ys {
+        Some(_) => Some(empty::<f32, IxDyn>(py, F, ga.shape())?),
+        None => None,
+    };
+    let mut g_act_rw = g_act.as_ref().map(|a| a.readwrite());
+    let mut g_act_slice = match g_act_rw.as_mut() {
+        Some(rw) => Some(
+            rw.as_slice_mut()
+                .map_err(|e| value_error(format!("{F}: g_act: {e}")))?,
+        ),
+        None => None,
+    };
     let mut sums = (vec![], vec![]);
     let mut run = |out: Option<&mut [f32]>| -> Result<(), String> {
-        sums = norm::backward(d, gs, xs, gm, ms, is, out, threads).map_err(|e| format!("{F}: {e}"))?;
+        let through = ys
+            .zip(g_act_slice.take())
+            .map(|(y, g_act)| norm::ActGrad { act, y, g_act });
+        sums =
+            norm::backward(d, gs, xs, gm, ms, is, through, out, threads).map_err(|e| format!("{F}: {e}"))?;
         Ok(())
     };
     let first = if input_grad {
@@ -136,12 +219,14 @@ pub(crate) fn batch_norm_backward<'py>(
         py.None().into_bound(py)
     };
     let (g_sum, gx_sum) = sums;
+    drop(g_act_rw);
     PyTuple::new(
         py,
         [
             first,
             PyArray1::from_vec(py, g_sum).into_any(),
             PyArray1::from_vec(py, gx_sum).into_any(),
+            g_act.map_or_else(|| py.None().into_bound(py), |a| a.into_any()),
         ],
     )
 }

@@ -46,6 +46,39 @@ pub fn masked(g: f32, keep: bool) -> f32 {
     g * if keep { 1.0 } else { 0.0 }
 }
 
+/// The activation a fused batch-norm call applies to its output (`norm::forward`), and whose
+/// gradient it applies to the incoming one (`norm::backward`): the same operations as `relu`,
+/// `clip` and their NumPy twins.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Act {
+    Identity,
+    Relu,
+    Clip { lo: f32, hi: f32 },
+}
+
+impl Act {
+    /// The activation of v.
+    #[inline(always)]
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Act::Identity => v,
+            Act::Relu => relu(v),
+            Act::Clip { lo, hi } => clip(v, lo, hi),
+        }
+    }
+
+    /// g times the activation's derivative, read off its output y (`relu_backward`,
+    /// `hardtanh_backward`; the identity's g · 1 keeps g's bits).
+    #[inline(always)]
+    pub fn gradient(self, g: f32, y: f32) -> f32 {
+        match self {
+            Act::Identity => masked(g, true),
+            Act::Relu => masked(g, y > 0.0),
+            Act::Clip { lo, hi } => masked(g, y > lo && y < hi),
+        }
+    }
+}
+
 fn check(what: &str, got: usize, want: usize) -> Result<(), String> {
     if got != want {
         return Err(format!("{what} has {got} elements, expected {want}"));

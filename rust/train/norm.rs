@@ -11,6 +11,7 @@
 //!
 //! Channels are split over threads; a channel is the N slices of H·W floats at (n, c).
 
+use super::elementwise::Act;
 use super::vector::widest;
 use crate::threads;
 
@@ -41,8 +42,11 @@ pub struct Stats {
     pub inv_std: Vec<f32>,
 }
 
+/// Per channel, its N slices (of an NCHW array).
+type PerChannel<T> = Vec<Vec<T>>;
+
 /// The N slices of each channel of an NCHW array, grouped by channel.
-fn by_channel<T>(chunks: impl Iterator<Item = T>, c: usize, n: usize) -> Vec<Vec<T>> {
+fn by_channel<T>(chunks: impl Iterator<Item = T>, c: usize, n: usize) -> PerChannel<T> {
     let mut out: Vec<Vec<T>> = (0..c).map(|_| Vec::with_capacity(n)).collect();
     for (i, chunk) in chunks.enumerate() {
         out[i % c].push(chunk);
@@ -80,19 +84,41 @@ fn lane_sums<'a>(pairs: impl Iterator<Item = (&'a [f32], &'a [f32])>) -> (f64, f
     (s.iter().sum(), p.iter().sum())
 }
 
+/// What a fused forward does after the normalisation: y = act(γ·x̂ + β + residual), the operations
+/// of the three NumPy ops in their order, in the same pass.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    pub residual: Option<&'a [f32]>,
+    pub act: Act,
+}
+
+impl Epilogue<'_> {
+    /// Batch normalisation alone.
+    pub const NONE: Epilogue<'static> = Epilogue {
+        residual: None,
+        act: Act::Identity,
+    };
+}
+
 /// y = γ·x̂ + β, x̂ = (x − μ)·inv_std with the batch statistics, which it returns (x̂ is not kept:
-/// the backward recomputes it from x, one write of the whole map less).
+/// the backward recomputes it from x, one write of the whole map less); then `then`'s residual and
+/// activation.
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     d: Dims,
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
     eps: f64,
+    then: Epilogue,
     y: &mut [f32],
     threads: usize,
 ) -> Result<Stats, String> {
     check("x", x.len(), d.len())?;
     check("y", y.len(), d.len())?;
+    if let Some(r) = then.residual {
+        check("residual", r.len(), d.len())?;
+    }
     check("gamma", gamma.len(), d.c)?;
     check("beta", beta.len(), d.c)?;
     if d.len() == 0 {
@@ -100,10 +126,20 @@ pub fn forward(
     }
     let xs = by_channel(x.chunks(d.hw), d.c, d.n);
     let ys = by_channel(y.chunks_mut(d.hw), d.c, d.n);
+    let rs = match then.residual {
+        Some(r) => by_channel(r.chunks(d.hw), d.c, d.n),
+        None => (0..d.c).map(|_| vec![]).collect(),
+    };
     let mut stats = vec![(0.0f32, 0.0f32, 0.0f32); d.c];
-    let items: Vec<_> = xs.into_iter().zip(ys).zip(stats.iter_mut()).enumerate().collect();
+    let items: Vec<_> = xs
+        .into_iter()
+        .zip(rs)
+        .zip(ys)
+        .zip(stats.iter_mut())
+        .enumerate()
+        .collect();
     let m = d.count() as f64;
-    threads::run_claimed(threads, items, |(ch, ((xc, mut yc), st))| {
+    threads::run_claimed(threads, items, |(ch, (((xc, rc), mut yc), st))| {
         let (sum, sq) = channel_sums(&xc);
         let mean = sum / m;
         // clamp the rounding's tiny negatives to 0, but keep a NaN (from NaN or ±inf data) as NumPy does
@@ -111,7 +147,7 @@ pub fn forward(
         let var = if var < 0.0 { 0.0 } else { var };
         let inv_std = (1.0 / (var + eps).sqrt()) as f32;
         let mu = mean as f32;
-        normalise(&xc, &mut yc, mu, inv_std, gamma[ch], beta[ch]);
+        normalise(&xc, &rc, &mut yc, [mu, inv_std, gamma[ch], beta[ch]], then.act);
         *st = (mu, var as f32, inv_std);
         true
     })?;
@@ -163,8 +199,17 @@ fn normalised(v: f32, mean: f32, inv_std: f32) -> f32 {
     (v - mean) * inv_std
 }
 
+/// The activation of a fused forward, seen from its backward: its output `y`, and where the
+/// gradient behind it (g through the activation, which is also the residual's gradient) goes.
+pub struct ActGrad<'a> {
+    pub act: Act,
+    pub y: &'a [f32],
+    pub g_act: &'a mut [f32],
+}
+
 /// Σg and Σg·x̂ per channel (the gradients of β and γ), and dx into `gx` when given; x̂ recomputed
-/// from x and the forward's mean and inv_std.
+/// from x and the forward's mean and inv_std. With `through`, g is first taken back through the
+/// fused activation (into `through.g_act`, in the pass that sums it).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     d: Dims,
@@ -173,6 +218,7 @@ pub fn backward(
     gamma: &[f32],
     mean: &[f32],
     inv_std: &[f32],
+    through: Option<ActGrad>,
     gx: Option<&mut [f32]>,
     threads: usize,
 ) -> Result<(Vec<f32>, Vec<f32>), String> {
@@ -184,6 +230,19 @@ pub fn backward(
     let hw = d.hw.max(1);
     let gs = by_channel(g.chunks(hw), d.c, d.n);
     let xs = by_channel(x.chunks(hw), d.c, d.n);
+    let (act, ys, g_acts): (Act, PerChannel<&[f32]>, PerChannel<&mut [f32]>) = match through {
+        Some(t) => {
+            check("y", t.y.len(), d.len())?;
+            check("g_act", t.g_act.len(), d.len())?;
+            let ys = by_channel(t.y.chunks(hw), d.c, d.n);
+            (t.act, ys, by_channel(t.g_act.chunks_mut(hw), d.c, d.n))
+        }
+        None => (
+            Act::Identity,
+            (0..d.c).map(|_| vec![]).collect(),
+            (0..d.c).map(|_| vec![]).collect(),
+        ),
+    };
     let outs: Vec<Option<Vec<&mut [f32]>>> = match gx {
         Some(gx) => {
             check("gx", gx.len(), d.len())?;
@@ -198,6 +257,7 @@ pub fn backward(
     let items: Vec<_> = gs
         .into_iter()
         .zip(xs)
+        .zip(ys.into_iter().zip(g_acts))
         .zip(outs)
         .zip(sums.iter_mut())
         .enumerate()
@@ -207,8 +267,17 @@ pub fn backward(
         threads,
         items,
         || vec![0.0f32; hw],
-        |xhat, (ch, (((gc, xc), out), st))| {
+        |xhat, (ch, ((((gc, xc), (yc, mut gac)), out), st))| {
             let (mu, s) = (mean[ch], inv_std[ch]);
+            // g behind the activation: written (and summed) in the first pass, read by the second
+            if !gac.is_empty() {
+                through_act(&gc, &yc, &mut gac, act);
+            }
+            let gc: Vec<&[f32]> = if gac.is_empty() {
+                gc
+            } else {
+                gac.iter().map(|s| &s[..]).collect()
+            };
             let (g_sum, gh_sum) = gradient_sums(&gc, &xc, xhat, mu, s);
             if let Some(mut out) = out {
                 let (g_mean, gh_mean) = ((g_sum / m) as f32, (gh_sum / m) as f32);
@@ -232,11 +301,21 @@ widest! {
 }
 
 widest! {
-    /// y = x̂·γ + β over a channel's slices.
-    fn normalise(xc: &[&[f32]], yc: &mut [&mut [f32]], mu: f32, inv_std: f32, gamma: f32, beta: f32) {
-        for (xi, yi) in xc.iter().zip(yc.iter_mut()) {
-            for (&v, yv) in xi.iter().zip(yi.iter_mut()) {
-                *yv = normalised(v, mu, inv_std) * gamma + beta;
+    /// y = act(x̂·γ + β [+ r]) over a channel's slices (`rc` empty: no residual); `k` = [μ, 1/σ, γ, β].
+    fn normalise(xc: &[&[f32]], rc: &[&[f32]], yc: &mut [&mut [f32]], k: [f32; 4], act: Act) {
+        let [mu, inv_std, gamma, beta] = k;
+        for (n, (xi, yi)) in xc.iter().zip(yc.iter_mut()).enumerate() {
+            match rc.get(n) {
+                Some(ri) => {
+                    for ((&v, &r), yv) in xi.iter().zip(ri.iter()).zip(yi.iter_mut()) {
+                        *yv = act.apply(normalised(v, mu, inv_std) * gamma + beta + r);
+                    }
+                }
+                None => {
+                    for (&v, yv) in xi.iter().zip(yi.iter_mut()) {
+                        *yv = act.apply(normalised(v, mu, inv_std) * gamma + beta);
+                    }
+                }
             }
         }
     }
@@ -247,6 +326,17 @@ widest! {
     fn shift_scale(x: &[f32], y: &mut [f32], mean: f32, scale: f32, beta: f32) {
         for (o, &v) in y.iter_mut().zip(x) {
             *o = (v - mean) * scale + beta;
+        }
+    }
+}
+
+widest! {
+    /// g taken back through the activation, read off its output y, over a channel's slices.
+    fn through_act(gc: &[&[f32]], yc: &[&[f32]], out: &mut [&mut [f32]], act: Act) {
+        for ((gi, yi), oi) in gc.iter().zip(yc).zip(out.iter_mut()) {
+            for ((&g, &y), o) in gi.iter().zip(yi.iter()).zip(oi.iter_mut()) {
+                *o = act.gradient(g, y);
+            }
         }
     }
 }
@@ -292,7 +382,7 @@ mod tests {
         let x: Vec<f32> = (0..d.len()).map(|i| rng.f() * 3.0 + (i % 4) as f32).collect();
         let (gamma, beta) = (vec![1.0, 2.0, 0.5, -1.0], vec![0.0, 1.0, -2.0, 0.25]);
         let mut y = vec![0.0; d.len()];
-        let stats = forward(d, &x, &gamma, &beta, 1e-5, &mut y, 2).unwrap();
+        let stats = forward(d, &x, &gamma, &beta, 1e-5, Epilogue::NONE, &mut y, 2).unwrap();
         let xhat: Vec<f32> = (0..d.len())
             .map(|i| {
                 normalised(
@@ -318,13 +408,86 @@ mod tests {
         // dx is orthogonal to 1 and to x̂ per channel (the normalisation removes both directions)
         let g: Vec<f32> = (0..d.len()).map(|_| rng.f()).collect();
         let mut gx = vec![0.0; d.len()];
-        backward(d, &g, &x, &gamma, &stats.mean, &stats.inv_std, Some(&mut gx), 2).unwrap();
+        backward(
+            d,
+            &g,
+            &x,
+            &gamma,
+            &stats.mean,
+            &stats.inv_std,
+            None,
+            Some(&mut gx),
+            2,
+        )
+        .unwrap();
         for ch in 0..d.c {
             let idx = (0..d.n).flat_map(|n| (0..d.hw).map(move |k| (n * d.c + ch) * d.hw + k));
             let (s, sh) = idx.fold((0.0f64, 0.0f64), |(s, sh), i| {
                 (s + gx[i] as f64, sh + (gx[i] * xhat[i]) as f64)
             });
             assert!(s.abs() < 1e-5 && sh.abs() < 1e-5, "{ch}: {s} {sh}");
+        }
+    }
+
+    #[test]
+    fn the_fused_activation_and_residual_give_the_separate_steps_bits() {
+        let mut rng = Rng(4);
+        let d = Dims { n: 3, c: 2, hw: 7 };
+        let x: Vec<f32> = (0..d.len()).map(|_| rng.f() * 2.0).collect();
+        let r: Vec<f32> = (0..d.len()).map(|_| rng.f()).collect();
+        let g: Vec<f32> = (0..d.len()).map(|_| rng.f()).collect();
+        let (gamma, beta) = (vec![0.7, -1.3], vec![0.1, 0.2]);
+        for act in [Act::Identity, Act::Relu, Act::Clip { lo: -0.5, hi: 0.75 }] {
+            for residual in [None, Some(&r[..])] {
+                let mut y = vec![0.0; d.len()];
+                let stats = forward(d, &x, &gamma, &beta, 1e-5, Epilogue::NONE, &mut y, 1).unwrap();
+                for (k, v) in y.iter_mut().enumerate() {
+                    *v = act.apply(*v + residual.map_or(0.0, |r| r[k]));
+                }
+                let mut fused = vec![0.0; d.len()];
+                let then = Epilogue { residual, act };
+                forward(d, &x, &gamma, &beta, 1e-5, then, &mut fused, 2).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                // (+0.0 added for no residual keeps every value's bits but −0.0's: compare values then)
+                assert!(
+                    y.iter().zip(&fused).all(|(a, b)| a == b),
+                    "{act:?} {}",
+                    residual.is_some()
+                );
+                let g_act: Vec<f32> = g.iter().zip(&fused).map(|(&g, &y)| act.gradient(g, y)).collect();
+                let mut want = vec![0.0; d.len()];
+                let sums = backward(
+                    d,
+                    &g_act,
+                    &x,
+                    &gamma,
+                    &stats.mean,
+                    &stats.inv_std,
+                    None,
+                    Some(&mut want),
+                    1,
+                );
+                let (mut got, mut got_act) = (vec![0.0; d.len()], vec![0.0; d.len()]);
+                let through = Some(ActGrad {
+                    act,
+                    y: &fused,
+                    g_act: &mut got_act,
+                });
+                let fused_sums = backward(
+                    d,
+                    &g,
+                    &x,
+                    &gamma,
+                    &stats.mean,
+                    &stats.inv_std,
+                    through,
+                    Some(&mut got),
+                    2,
+                );
+                assert_eq!(bits(&got), bits(&want), "{act:?}");
+                assert_eq!(bits(&got_act), bits(&g_act), "{act:?}");
+                assert_eq!(sums.unwrap(), fused_sums.unwrap(), "{act:?}");
+            }
         }
     }
 }

@@ -209,6 +209,38 @@ def test_batch_norm_kernels_name_bad_arguments(raw_rust, call, message):  # noqa
         call(raw_rust, x, v)
 
 
+@needs_rust
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 4), st.sampled_from([(1, 1), (3, 5), (8, 8)]),
+       st.sampled_from(["relu", "hardtanh"]), st.booleans(), st.integers(0, 2**32 - 1))
+def test_fused_batch_norm_act_gives_the_separate_ops_bits(n, c, spatial, act, residual, seed):
+    """act(batch_norm(x) + r) in one Rust kernel equals batch norm, add and activation run one by one
+    on the Rust backend, forward and every gradient, bit for bit."""
+    rng = np.random.default_rng(seed)
+    shape = (n, c, *spatial)
+    if n * spatial[0] * spatial[1] < 2:
+        return
+    x, g = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    r = rng.standard_normal(shape).astype(np.float32) if residual else None
+    gamma, beta = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    results = []
+    for fused in (True, False):
+        with use_backend("rust"):
+            ts = [Tensor(a.copy(), requires_grad=True) for a in (x, gamma, beta, *(() if r is None else (r,)))]
+            running = np.zeros(c, np.float32), np.ones(c, np.float32)
+            rt = ts[3] if r is not None else None
+            if fused:
+                y = F.batch_norm_act(ts[0], ts[1], ts[2], *running, residual=rt, act=act, lo=-0.5, hi=0.75)
+            else:
+                y = F.batch_norm(ts[0], ts[1], ts[2], *running, True)
+                y = y if rt is None else y + rt
+                y = F.relu(y) if act == "relu" else F.hardtanh(y, -0.5, 0.75)
+            y.backward(g)
+        results.append([y.data, *running, *(t.grad for t in ts)])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
 # --- activations -----------------------------------------------------------------------------------
 
 @needs_rust
