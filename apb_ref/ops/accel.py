@@ -16,6 +16,11 @@ inv_std) and `batch_norm_backward(g, x, gamma, mean, inv_std, input_grad)` -> (d
 (see `BatchNormTrain`); `batch_norm_eval(x, mean, scale, beta)` (see `BatchNormEval`); `relu_forward(x)`, `relu_backward(g, y)`, `hardtanh_forward(x, lo, hi)`,
 `hardtanh_backward(g, y, lo, hi)` (see `ReLU`, `Hardtanh`) and `sign_forward(x)` (the 1-bit activations' sign, `SignSTE`), bit for bit
 the NumPy results.
+
+The optimizer steps (`apb_ref.nn.optim`) ask too: `sgd_step(p, g, buf, first, lr=, momentum=, dampening=,
+weight_decay=, nesterov=)` and `adam_step(p, m, v, g, beta1=, one_minus_beta1=, beta2=, one_minus_beta2=,
+bias2_sqrt=, eps=, step_size=, l2=, decay=)` update p and the state in place, bit for bit as `SGD.step` and
+`Adam.step`; the optimizer takes them only when the arrays written are C-contiguous and writeable.
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@
 //! * `elementwise.rs`: `relu_forward`, `relu_backward`, `hardtanh_forward`, `hardtanh_backward`,
 //!   `sign_forward`;
 //! * `norm.rs`: `batch_norm_forward`, `batch_norm_backward`, `batch_norm_eval` (float32);
+//! * `optim.rs`: `sgd_step`, `adam_step` (float32, in place);
 //! * `train.rs`: `conv2d_forward`, `conv2d_backward_input`, `conv2d_backward_weight` (float32, training);
 //! * here: `version`, `isa_available`, `isa_selected`, `threads_selected`.
 //!
@@ -26,6 +27,7 @@ pub(crate) mod bits;
 pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod norm;
+pub(crate) mod optim;
 pub(crate) mod sparse;
 pub(crate) mod train;
 

@@ -8,6 +8,7 @@
 //! * `direct`: the stride-1 microkernels `conv` uses from the zero-padded image itself (no im2col);
 //! * `elementwise`: ReLU and Hardtanh and their gradients, bit for bit as NumPy computes them;
 //! * `norm`: batch normalisation forward and backward (statistics in f64, channels over threads);
+//! * `optim`: SGD and Adam/AdamW steps in place, bit for bit as the NumPy steps;
 //! * `vector`: plain loops compiled for the widest vectors the CPU has.
 
 pub mod conv;
@@ -15,4 +16,5 @@ pub mod direct;
 pub mod elementwise;
 pub mod matmul;
 pub mod norm;
+pub mod optim;
 mod vector;

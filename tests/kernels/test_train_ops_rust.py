@@ -1,0 +1,173 @@
+"""The Rust twins of the remaining training ops against their NumPy code, in float32.
+
+Where the NumPy code is elementwise (the optimizer steps, the quantizers' forwards, the gradients
+that only mask or scatter) the twin repeats its float32 operations in its order, so the results are
+compared bit for bit (any NaN payload counts as the same NaN). Where it sums, both backends are held
+to the rounding bound of a sum of L float32 terms, γ_L·Σ|terms| with γ_L = L·u/(1 − L·u) and
+u = 2⁻²⁴ (Higham, Accuracy and Stability of Numerical Algorithms, §3.1), against the exact float64
+result, whatever order each sums in.
+"""
+import contextlib
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from apb_ref.kernels import backend, use_backend
+from apb_ref.nn import optim
+from kernel_helpers import needs_rust, raw_rust  # noqa: F401
+from strategies import float32_values
+
+U = 2.0 ** -24
+
+
+def gamma_of(length):
+    return length * U / (1 - length * U)
+
+
+def same_bits(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+    return bool(((a.view(np.uint32) == b.view(np.uint32)) | (np.isnan(a) & np.isnan(b))).all())
+
+
+@contextlib.contextmanager
+def counting_twins():
+    """Counts the calls of each Rust training twin while it is open (so a test knows the fast path ran)."""
+    counts, saved = {}, dict(backend._TRAINING)
+
+    def counting(name, fn):
+        def call(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return fn(*args, **kwargs)
+        return call
+
+    backend._TRAINING.update({name: counting(name, fn) for name, fn in saved.items()})
+    try:
+        yield counts
+    finally:
+        backend._TRAINING.update(saved)
+
+
+# --- optimizer steps --------------------------------------------------------------------------------
+
+class Param:
+    def __init__(self, data, name=None):
+        self.data, self.grad, self.name = data, None, name
+
+
+def run_steps(make, datas, grads, backend_name):
+    """`len(grads)` steps of the optimizer `make(params)` from `datas`; the final data and state."""
+    params = [Param(d.copy()) for d in datas]
+    opt = make(params)
+    with use_backend(backend_name), np.errstate(all="ignore"):
+        for step_grads in grads:
+            for p, g in zip(params, step_grads):
+                p.grad = g
+            opt.step()
+    return [p.data for p in params], opt.state
+
+
+OPTIMIZERS = {
+    "sgd": lambda ps: optim.SGD(ps, lr=0.1),
+    "sgd-wd": lambda ps: optim.SGD(ps, lr=0.05, weight_decay=5e-4),
+    "sgd-momentum": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-3),
+    "sgd-dampening": lambda ps: optim.SGD(ps, lr=0.3, momentum=0.7, dampening=0.3),
+    "sgd-nesterov": lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+    "adam": lambda ps: optim.Adam(ps, lr=1e-3),
+    "adam-l2": lambda ps: optim.Adam(ps, lr=3e-3, betas=(0.8, 0.99), weight_decay=0.1),
+    "adamw": lambda ps: optim.AdamW(ps, lr=1e-2, weight_decay=0.05),
+    "adamw-no-decay": lambda ps: optim.AdamW(ps, lr=1e-2, weight_decay=0.0, eps=1e-6),
+}
+
+
+@needs_rust
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@settings(max_examples=15, deadline=None)
+@given(shapes=st.lists(hnp.array_shapes(min_dims=0, max_dims=3, max_side=7), min_size=1, max_size=3),
+       steps=st.integers(1, 4), seed=st.integers(0, 2**32 - 1), edges=st.booleans())
+def test_optimizer_steps_equal_numpy_bit_for_bit(name, shapes, steps, seed, edges):
+    """Several steps of each optimizer, the parameters and the whole state compared bit for bit; with
+    `edges`, gradients and weights hold NaN, ±inf, ±0 and subnormals."""
+    rng = np.random.default_rng(seed)
+    datas = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[(rng.standard_normal(s) * 10.0 ** rng.integers(-4, 3)).astype(np.float32) for s in shapes]
+             for _ in range(steps)]
+    if edges:
+        specials = np.float32([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 3e38])
+        for a in datas + [g for gs in grads for g in gs]:
+            a.reshape(-1)[::3] = rng.choice(specials, size=a.reshape(-1)[::3].shape)
+    with counting_twins() as calls:
+        want = run_steps(OPTIMIZERS[name], datas, grads, "numpy")
+        assert not calls  # the NumPy backend never asks for a twin
+        got = run_steps(OPTIMIZERS[name], datas, grads, "rust")
+    assert sum(calls.values()) == steps * len(shapes)
+    for a, b in zip(want[0], got[0]):
+        assert same_bits(a, b), name
+    assert want[1].keys() == got[1].keys()
+    for key, state in want[1].items():
+        assert state.keys() == got[1][key].keys()
+        for k, v in state.items():
+            assert same_bits(v, got[1][key][k]) if isinstance(v, np.ndarray) else v == got[1][key][k], (name, k)
+
+
+@needs_rust
+def test_optimizer_twins_update_the_arrays_in_place_and_step_aside_otherwise():
+    """The twin writes p.data and the state arrays themselves; a non-contiguous parameter, a float64
+    one or a NumPy float64 learning rate leaves the step to NumPy (which still updates in place)."""
+    rng = np.random.default_rng(0)
+    for make in (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), lambda ps: optim.AdamW(ps, lr=0.01)):
+        base = rng.standard_normal((4, 6)).astype(np.float32)
+        cases = {"contiguous": (base.copy(), True), "strided": (base.copy()[:, ::2], False),
+                 "float64": (base.astype(np.float64), False)}
+        for label, (data, fast) in cases.items():
+            p = Param(data)
+            opt = make([p])
+            before = p.data.copy()
+            with counting_twins() as calls, use_backend("rust"):
+                for _ in range(2):
+                    p.grad = np.ones_like(p.data)
+                    opt.step()
+            assert p.data is data and not np.array_equal(data, before), label
+            assert bool(calls) == fast, label
+        p = Param(base.copy())
+        opt = make([p])
+        opt.param_groups[0]["lr"] = np.float64(0.1)
+        with counting_twins() as calls, use_backend("rust"):
+            p.grad = np.ones_like(p.data)
+            opt.step()
+        assert not calls
+
+
+@needs_rust
+@pytest.mark.parametrize("call, message", [
+    (lambda r, a: r.sgd_step(a[:, ::2], np.ones((3, 2), np.float32), None, False, lr=0.1, momentum=0.0),
+     "sgd_step: p must be a C-contiguous float32 array"),
+    (lambda r, a: r.sgd_step(a, a[:1].copy(), None, False, lr=0.1, momentum=0.0),
+     "sgd_step: g must be a C-contiguous float32 array of shape [3, 4]"),
+    (lambda r, a: r.sgd_step(a, a.copy(), a.astype(np.float64), True, lr=0.1, momentum=0.9),
+     "sgd_step: buf must be a C-contiguous float32 array of shape [3, 4]"),
+    (lambda r, a: r.sgd_step(a, a, None, False, lr=0.1, momentum=0.0), "sgd_step: g"),
+    (lambda r, a: r.sgd_step(a, a.copy(), None, False, lr=float("nan"), momentum=0.0), "lr must be a number"),
+    (lambda r, a: r.adam_step(a, a.copy(), np.zeros(12, np.float32), a.copy(), beta1=0.9, one_minus_beta1=0.1,
+                              beta2=0.9, one_minus_beta2=0.1, bias2_sqrt=1.0, eps=1e-8, step_size=1.0),
+     "adam_step: v must be a C-contiguous float32 array of shape [3, 4]"),
+    (lambda r, a: r.adam_step(a, a.copy(), a.copy(), a.copy(), beta1=0.9, one_minus_beta1=0.1, beta2=0.9,
+                              one_minus_beta2=0.1, bias2_sqrt=1.0, eps=1e-8, step_size=1.0, l2=0.1, decay=0.9),
+     "adam_step: give l2 or decay, not both"),
+])
+def test_optimizer_kernels_name_bad_arguments(raw_rust, call, message):  # noqa: F811
+    a = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call(raw_rust, a)
+
+
+@needs_rust
+def test_a_read_only_parameter_is_refused_not_copied(raw_rust):  # noqa: F811
+    p = np.zeros(5, np.float32)
+    p.flags.writeable = False
+    with pytest.raises(ValueError, match=re.escape("sgd_step: p must be writeable")):
+        raw_rust.sgd_step(p, np.ones(5, np.float32), None, False, lr=0.1, momentum=0.0)
