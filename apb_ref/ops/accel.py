@@ -15,7 +15,10 @@ stride, padding)` (see `Conv2dIm2col`); `batch_norm_forward(x, gamma, beta, eps)
 inv_std) and `batch_norm_backward(g, x, gamma, mean, inv_std, input_grad)` -> (dx or None, Σg, Σg·x̂)
 (see `BatchNormTrain`); `batch_norm_eval(x, mean, scale, beta)` (see `BatchNormEval`); `relu_forward(x)`, `relu_backward(g, y)`, `hardtanh_forward(x, lo, hi)`,
 `hardtanh_backward(g, y, lo, hi)` (see `ReLU`, `Hardtanh`) and `sign_forward(x)` (the 1-bit activations' sign, `SignSTE`), bit for bit
-the NumPy results.
+the NumPy results. The quantizers: `dorefa_forward(x, levels)` and `dorefa_backward(g, x)` (see
+`DoReFaQuantize`), bit for bit; `apb_forward(w, alpha, delta, margin, frozen_mask)` -> (q, mask), bit for
+bit, and `apb_backward(g, w, mask, alpha)` -> (Σgs, Σgs·(α − |w|)), the sums behind the α and δ
+gradients in f64 (see `APBQuantize`).
 
 The optimizer steps (`apb_ref.nn.optim`) ask too: `sgd_step(p, g, buf, first, lr=, momentum=, dampening=,
 weight_decay=, nesterov=)` and `adam_step(p, m, v, g, beta1=, one_minus_beta1=, beta2=, one_minus_beta2=,

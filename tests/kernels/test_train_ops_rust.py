@@ -8,6 +8,7 @@ u = 2⁻²⁴ (Higham, Accuracy and Stability of Numerical Algorithms, §3.1), a
 result, whatever order each sums in.
 """
 import contextlib
+import math
 import re
 
 import numpy as np
@@ -16,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from apb_ref.autograd import Tensor
 from apb_ref.kernels import backend, use_backend
 from apb_ref.nn import optim
 from kernel_helpers import needs_rust, raw_rust  # noqa: F401
@@ -171,3 +173,119 @@ def test_a_read_only_parameter_is_refused_not_copied(raw_rust):  # noqa: F811
     p.flags.writeable = False
     with pytest.raises(ValueError, match=re.escape("sgd_step: p must be writeable")):
         raw_rust.sgd_step(p, np.ones(5, np.float32), None, False, lr=0.1, momentum=0.0)
+
+
+# --- DoReFa activation quantizer ----------------------------------------------------------------------
+
+def dorefa_values():
+    """float32 values with [0, 1] drawn often, exact halves between levels, NaN and the edges."""
+    halves = st.sampled_from([np.nan, 0.5, 1 / 6, 0.5 / 3, 2.5 / 3, 1.5 / 15, 1.0000001, -1e-45])
+    return st.one_of(float32_values(), st.floats(0, 1, width=32), halves)
+
+
+def dorefa_results(x, g, levels, backend_name):
+    from apb_ref.quant.activations import dorefa_quantize
+    with use_backend(backend_name):
+        xt = Tensor(x.copy(), requires_grad=True)
+        y = dorefa_quantize(xt, bits=levels)
+        y.backward(g)
+    return y.data, xt.grad
+
+
+@needs_rust
+@settings(max_examples=60, deadline=None)
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=9), elements=dorefa_values()),
+       st.sampled_from([1, 2, 3, 4, 8, 24]), st.integers(0, 2**32 - 1))
+def test_dorefa_equals_numpy_bit_for_bit(x, bits, seed):
+    g = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
+    g.flat[::3] = np.float32([np.nan, np.inf, -0.0])[np.arange(g.size)[::3] % 3]  # NaN·0 stays NaN
+    with counting_twins() as calls:
+        want = dorefa_results(x, g, bits, "numpy")
+        got = dorefa_results(x, g, bits, "rust")
+    assert calls == {"dorefa_forward": 1, "dorefa_backward": 1}
+    for a, b in zip(want, got):
+        assert same_bits(a, b)
+
+
+@needs_rust
+def test_dorefa_kernels_name_bad_arguments(raw_rust):  # noqa: F811
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=re.escape("dorefa_forward: levels must be an integer >= 2")):
+        raw_rust.dorefa_forward(x, 1)
+    with pytest.raises(ValueError, match=re.escape("dorefa_forward: levels must be at most 16777217")):
+        raw_rust.dorefa_forward(x, 2**24 + 2)
+    with pytest.raises(ValueError, match=re.escape("dorefa_backward: x must have shape [2, 3]")):
+        raw_rust.dorefa_backward(x, x[:1].copy())
+    with pytest.raises(ValueError, match=re.escape("dorefa_forward: x must be a C-contiguous float32 array")):
+        raw_rust.dorefa_forward(x.T, 4)
+
+
+# --- APB weight quantizer ---------------------------------------------------------------------------
+
+def apb_results(w, g, alpha, delta, margin, frozen, reduction, backend_name):
+    from apb_ref.quant.apb import apb_quantize
+    with use_backend(backend_name), np.errstate(all="ignore"):
+        wt = Tensor(w.copy(), requires_grad=True)
+        at, dt = Tensor(alpha.copy(), requires_grad=True), Tensor(delta.copy(), requires_grad=True)
+        q = apb_quantize(wt, at, dt, margin, frozen, reduction)
+        q.backward(g)
+    return q.data, wt.grad, at.grad, dt.grad
+
+
+@needs_rust
+@settings(max_examples=60, deadline=None)
+@given(hnp.array_shapes(min_dims=1, max_dims=4, max_side=9), st.floats(0.05, 1.0), st.floats(0.05, 1.0),
+       st.sampled_from([1.0, 0.5, 1.0000001, 1.3]), st.booleans(), st.sampled_from(["mean", "sum"]),
+       st.booleans(), st.integers(0, 2**32 - 1))
+def test_apb_forward_is_bit_exact_and_its_sums_within_float32_rounding(shape, alpha, delta, margin, frozen, reduction,
+                                                                      edges, seed):
+    """q, the mask and the weight gradient (g itself) bit for bit. The α and δ gradients are
+    r·S_α and r·S_δ/δ with S the sums of N float32 terms t (gs and gs·(α − |w|), formed in float32
+    the same way by both backends): NumPy sums them in float32, the twin in f64 and rounds once,
+    so each is within γ_N·Σ|t| of the exact S, and the float32 steps r·S (and /δ), with r itself rounded
+    to float32, add at most 3u (4u) relative: |got − r·S| ≤ |r|·(γ_N·Σ|t| + 4u·(|S| + γ_N·Σ|t|)) (/δ)."""
+    rng = np.random.default_rng(seed)
+    alpha, delta = np.asarray(alpha, np.float32), np.asarray(delta, np.float32)
+    w = (rng.standard_normal(shape) * alpha * 1.5).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    # weights on the band's edges (|w| = α ± m·δ as float32), and their negatives
+    edge = np.float32(alpha) + np.float32(margin) * delta * np.float32([1, -1])
+    w.flat[::4] = np.resize(np.concatenate([edge, -edge]), w.flat[::4].shape)
+    if edges:
+        specials = np.float32([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45])
+        w.flat[1::5] = rng.choice(specials, size=w.flat[1::5].shape)
+        g.flat[2::7] = rng.choice(specials, size=g.flat[2::7].shape)
+    mask = rng.random(shape) < 0.5 if frozen else None
+    with counting_twins() as calls:
+        want = apb_results(w, g, alpha, delta, margin, mask, reduction, "numpy")
+        got = apb_results(w, g, alpha, delta, margin, mask, reduction, "rust")
+    assert calls == {"apb_forward": 1, "apb_backward": 1}
+    assert same_bits(want[0], got[0]) and same_bits(want[1], got[1])
+    used = mask if frozen else np.abs(np.abs(w) - alpha) < np.float32(margin) * delta
+    with np.errstate(all="ignore"):
+        gs = np.where(used, g * np.where(w < 0, np.float32(-1), np.float32(1)), np.float32(0))
+        terms = (gs, gs * (alpha - np.abs(w)))
+    r = 1.0 / w.size if reduction == "mean" else 1.0
+    n = w.size
+    for i, (term, divisor) in enumerate(zip(terms, (1.0, float(delta)))):
+        t = term.astype(np.float64).ravel()
+        if not np.isfinite(t).all():  # a NaN or an infinity: both NaN or the same infinity
+            assert same_bits(want[2 + i], got[2 + i]), i
+            continue
+        exact = math.fsum(t)
+        total = np.abs(t).sum()
+        bound = abs(r) * (gamma_of(n) * total + 4 * U * (abs(exact) + gamma_of(n) * total)) / divisor
+        for name, res in (("numpy", want[2 + i]), ("rust", got[2 + i])):
+            assert res.dtype == np.float32 and res.shape == ()
+            assert abs(float(res) - r * exact / divisor) <= bound, (name, i, float(res), r * exact / divisor, bound)
+
+
+@needs_rust
+def test_apb_kernels_name_bad_arguments(raw_rust):  # noqa: F811
+    w = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=re.escape("apb_forward: frozen_mask must be a C-contiguous bool array of shape [2, 3]")):
+        raw_rust.apb_forward(w, 0.5, 0.5, 1.0, np.zeros((2, 3), np.int8))
+    with pytest.raises(ValueError, match=re.escape("apb_backward: w must have shape [2, 3]")):
+        raw_rust.apb_backward(w, w[:1].copy(), np.zeros((2, 3), bool), 0.5)
+    with pytest.raises(ValueError, match=re.escape("apb_backward: mask must be a C-contiguous bool array")):
+        raw_rust.apb_backward(w, w, np.zeros((3, 2), bool), 0.5)
