@@ -18,7 +18,10 @@ inv_std) and `batch_norm_backward(g, x, gamma, mean, inv_std, input_grad)` -> (d
 the NumPy results. The quantizers: `dorefa_forward(x, levels)` and `dorefa_backward(g, x)` (see
 `DoReFaQuantize`), bit for bit; `apb_forward(w, alpha, delta, margin, frozen_mask)` -> (q, mask), bit for
 bit, and `apb_backward(g, w, mask, alpha)` -> (Σgs, Σgs·(α − |w|)), the sums behind the α and δ
-gradients in f64 (see `APBQuantize`).
+gradients in f64 (see `APBQuantize`). Pooling: `max_pool_forward(x, k, stride, padding)` -> (y, winner),
+`max_pool_backward(g, winner, h, w, k, stride, padding)`, `avg_pool_backward(g, h, w, k, stride, padding)`,
+bit for bit, and `avg_pool_forward(x, k, stride, padding)`, within float32 rounding of the window sums
+(see `MaxPool2d`, `AvgPool2d`).
 
 The optimizer steps (`apb_ref.nn.optim`) ask too: `sgd_step(p, g, buf, first, lr=, momentum=, dampening=,
 weight_decay=, nesterov=)` and `adam_step(p, m, v, g, beta1=, one_minus_beta1=, beta2=, one_minus_beta2=,

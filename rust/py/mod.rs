@@ -15,6 +15,7 @@
 //!   `sign_forward`;
 //! * `norm.rs`: `batch_norm_forward`, `batch_norm_backward`, `batch_norm_eval` (float32);
 //! * `optim.rs`: `sgd_step`, `adam_step` (float32, in place);
+//! * `pool.rs`: `max_pool_forward`, `max_pool_backward`, `avg_pool_forward`, `avg_pool_backward` (float32);
 //! * `quant.rs`: `dorefa_forward`, `dorefa_backward`, `apb_forward`, `apb_backward` (float32);
 //! * `train.rs`: `conv2d_forward`, `conv2d_backward_input`, `conv2d_backward_weight` (float32, training);
 //! * here: `version`, `isa_available`, `isa_selected`, `threads_selected`.
@@ -29,6 +30,7 @@ pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod norm;
 pub(crate) mod optim;
+pub(crate) mod pool;
 pub(crate) mod quant;
 pub(crate) mod sparse;
 pub(crate) mod train;

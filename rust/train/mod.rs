@@ -9,6 +9,7 @@
 //! * `elementwise`: ReLU and Hardtanh and their gradients, bit for bit as NumPy computes them;
 //! * `norm`: batch normalisation forward and backward (statistics in f64, channels over threads);
 //! * `optim`: SGD and Adam/AdamW steps in place, bit for bit as the NumPy steps;
+//! * `pool`: max and average pooling, forward and backward, per plane;
 //! * `quant`: DoReFa's activation quantizer and APB's weight quantizer, forward and backward;
 //! * `vector`: plain loops compiled for the widest vectors the CPU has.
 
@@ -18,5 +19,6 @@ pub mod elementwise;
 pub mod matmul;
 pub mod norm;
 pub mod optim;
+pub mod pool;
 pub mod quant;
 mod vector;

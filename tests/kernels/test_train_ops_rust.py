@@ -289,3 +289,93 @@ def test_apb_kernels_name_bad_arguments(raw_rust):  # noqa: F811
         raw_rust.apb_backward(w, w[:1].copy(), np.zeros((2, 3), bool), 0.5)
     with pytest.raises(ValueError, match=re.escape("apb_backward: mask must be a C-contiguous bool array")):
         raw_rust.apb_backward(w, w, np.zeros((3, 2), bool), 0.5)
+
+
+# --- pooling ----------------------------------------------------------------------------------------
+
+@st.composite
+def pool_geometries(draw):
+    """(n, c, h, w, k, stride, padding) as `_check_pool` accepts them (padding ≤ k//2, the window fits)."""
+    k = draw(st.integers(1, 4))
+    stride, padding = draw(st.integers(1, 3)), draw(st.integers(0, k // 2))
+    h, w = (draw(st.integers(max(1, k - 2 * padding), 9)) for _ in range(2))
+    return draw(st.integers(1, 3)), draw(st.integers(1, 3)), h, w, k, stride, padding
+
+
+def pool_results(pool, x, g, k, stride, padding, backend_name):
+    from apb_ref import ops as F
+    with use_backend(backend_name), np.errstate(all="ignore"):
+        xt = Tensor(x.copy(), requires_grad=True)
+        y = getattr(F, pool)(xt, k, stride, padding)
+        y.backward(g)
+    return y.data, xt.grad
+
+
+@needs_rust
+@settings(max_examples=60, deadline=None)
+@given(pool_geometries(), st.booleans(), st.integers(0, 2**32 - 1))
+def test_max_pool_equals_numpy_bit_for_bit(geometry, specials, seed):
+    """Ties (the first maximum wins), NaN (the first NaN wins), ±0, −inf windows and a NaN or
+    infinite gradient (which NumPy's g·(winner == idx) spreads over its window as NaN)."""
+    n, c, h, w, k, stride, padding = geometry
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, (n, c, h, w)).astype(np.float32)  # small integers: many ties
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    g = rng.standard_normal((n, c, ho, wo)).astype(np.float32)
+    if specials:
+        edge = np.float32([np.nan, -0.0, 0.0, -np.inf, np.inf])
+        x.flat[::5] = rng.choice(edge, size=x.flat[::5].shape)
+        g.flat[::7] = rng.choice(edge, size=g.flat[::7].shape)
+    with counting_twins() as calls:
+        want = pool_results("max_pool2d", x, g, k, stride, padding, "numpy")
+        got = pool_results("max_pool2d", x, g, k, stride, padding, "rust")
+    assert calls == {"max_pool_forward": 1, "max_pool_backward": 1}
+    assert same_bits(want[0], got[0]) and same_bits(want[1], got[1])
+
+
+@needs_rust
+@settings(max_examples=60, deadline=None)
+@given(pool_geometries(), st.integers(0, 2**32 - 1))
+def test_avg_pool_gradient_is_bit_exact_and_its_forward_within_float32_rounding(geometry, seed):
+    """The gradient (g/k² added window position by window position) bit for bit. The forward is a sum
+    S of k² terms (the zero padding counted) divided by k²: each backend's float32 sum is within
+    γ_{k²}·Σ|x| of S and the division rounds once more, so |y − S/k²| ≤ (γ_{k²}·A + u·(|S| + γ_{k²}·A))/k²
+    with A the window's Σ|x|."""
+    n, c, h, w, k, stride, padding = geometry
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, c, h, w)) * 10.0 ** rng.integers(-3, 4)).astype(np.float32)
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    g = rng.standard_normal((n, c, ho, wo)).astype(np.float32)
+    g.flat[::7] = -0.0
+    with counting_twins() as calls:
+        want = pool_results("avg_pool2d", x, g, k, stride, padding, "numpy")
+        got = pool_results("avg_pool2d", x, g, k, stride, padding, "rust")
+    assert calls == {"avg_pool_forward": 1, "avg_pool_backward": 1}
+    assert same_bits(want[1], got[1])
+    exact_sum = pool_results("avg_pool2d", x.astype(np.float64), g, k, stride, padding, "numpy")[0] * k * k
+    abs_sum = pool_results("avg_pool2d", np.abs(x).astype(np.float64), g, k, stride, padding, "numpy")[0] * k * k
+    gk = gamma_of(k * k)
+    bound = (gk * abs_sum + U * (np.abs(exact_sum) + gk * abs_sum)) / (k * k)
+    for name, y in (("numpy", want[0]), ("rust", got[0])):
+        assert y.dtype == np.float32 and y.shape == exact_sum.shape
+        err = np.abs(y.astype(np.float64) - exact_sum / (k * k))
+        assert (err <= bound).all(), (name, np.max(err - bound))
+
+
+@needs_rust
+@pytest.mark.parametrize("call, message", [
+    (lambda r, x: r.max_pool_forward(x.astype(np.float64), 2, 2, 0), "max_pool_forward: x must be a C-contiguous float32 4-D array"),
+    (lambda r, x: r.max_pool_forward(x, 0, 2, 0), "max_pool_forward: k must be an integer >= 1"),
+    (lambda r, x: r.avg_pool_forward(x, 7, 1, 0), "avg_pool_forward: a 7x7 kernel does not fit a 4x4 input"),
+    (lambda r, x: r.avg_pool_forward(np.zeros((0, 3, 4, 4), np.float32), 2, 2, 0), "no empty axis"),
+    (lambda r, x: r.avg_pool_backward(np.zeros((2, 3, 3, 2), np.float32), 4, 4, 2, 2, 0),
+     "avg_pool_backward: g is 3x2 per channel, but the window makes 2x2 of a 4x4 input"),
+    (lambda r, x: r.max_pool_backward(np.zeros((2, 3, 2, 2), np.float32), np.zeros((2, 3, 2, 2), np.int32), 4, 4, 2, 2, 0),
+     "max_pool_backward: winner must be a C-contiguous int64 4-D array"),
+    (lambda r, x: r.max_pool_backward(np.zeros((2, 3, 2, 2), np.float32), np.zeros((2, 3, 2, 1), np.int64), 4, 4, 2, 2, 0),
+     "max_pool_backward: winner must have g's shape"),
+])
+def test_pool_kernels_name_bad_arguments(raw_rust, call, message):  # noqa: F811
+    x = np.zeros((2, 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call(raw_rust, x)
