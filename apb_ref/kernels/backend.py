@@ -195,7 +195,8 @@ _TRAINING = {name: _rust_call(name) for name in (
     "batch_norm_forward", "batch_norm_backward", "batch_norm_eval",
     "relu_forward", "relu_backward", "hardtanh_forward", "hardtanh_backward", "sign_forward",
     "dorefa_forward", "dorefa_backward", "apb_forward", "apb_backward",
-    "max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward")}
+    "max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward",
+    "cross_entropy_forward", "cross_entropy_backward")}
 # the optimizer steps write the parameter and its state in place: (p, g, buf) and (p, m, v, g)
 _TRAINING.update(sgd_step=_rust_in_place("sgd_step", (0, 2)), adam_step=_rust_in_place("adam_step", (0, 1, 2)))
 

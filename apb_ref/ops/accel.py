@@ -21,7 +21,9 @@ bit, and `apb_backward(g, w, mask, alpha)` -> (Σgs, Σgs·(α − |w|)), the su
 gradients in f64 (see `APBQuantize`). Pooling: `max_pool_forward(x, k, stride, padding)` -> (y, winner),
 `max_pool_backward(g, winner, h, w, k, stride, padding)`, `avg_pool_backward(g, h, w, k, stride, padding)`,
 bit for bit, and `avg_pool_forward(x, k, stride, padding)`, within float32 rounding of the window sums
-(see `MaxPool2d`, `AvgPool2d`).
+(see `MaxPool2d`, `AvgPool2d`). Cross-entropy: `cross_entropy_forward(logits, target, off, on)` -> (Σt·logp,
+logp) and `cross_entropy_backward(g, logp, target, off, on)` (see `CrossEntropy`), within a few ulps of
+NumPy's (libm's exp and log, not NumPy's SIMD ones; the row sums in f64).
 
 The optimizer steps (`apb_ref.nn.optim`) ask too: `sgd_step(p, g, buf, first, lr=, momentum=, dampening=,
 weight_decay=, nesterov=)` and `adam_step(p, m, v, g, beta1=, one_minus_beta1=, beta2=, one_minus_beta2=,

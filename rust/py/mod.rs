@@ -13,6 +13,7 @@
 //! * `bconv.rs`: `bconv_1bit`, a whole binary conv layer on packed bits;
 //! * `elementwise.rs`: `relu_forward`, `relu_backward`, `hardtanh_forward`, `hardtanh_backward`,
 //!   `sign_forward`;
+//! * `loss.rs`: `cross_entropy_forward`, `cross_entropy_backward` (float32);
 //! * `norm.rs`: `batch_norm_forward`, `batch_norm_backward`, `batch_norm_eval` (float32);
 //! * `optim.rs`: `sgd_step`, `adam_step` (float32, in place);
 //! * `pool.rs`: `max_pool_forward`, `max_pool_backward`, `avg_pool_forward`, `avg_pool_backward` (float32);
@@ -28,6 +29,7 @@ pub(crate) mod bgemm;
 pub(crate) mod bits;
 pub(crate) mod conv;
 pub(crate) mod elementwise;
+pub(crate) mod loss;
 pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod pool;

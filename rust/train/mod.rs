@@ -3,6 +3,7 @@
 //! Each one has a NumPy twin in `apb_ref/ops/` that is its oracle: the same `Function` runs either,
 //! so the NumPy code stays the readable reference.
 //!
+//! * `loss`: cross-entropy with label smoothing, forward and backward;
 //! * `matmul`: the one call into the `gemm` crate (strided views, no threads of its own);
 //! * `conv`: conv2d forward and both backward products, per image on NCHW arrays;
 //! * `direct`: the stride-1 microkernels `conv` uses from the zero-padded image itself (no im2col);
@@ -16,6 +17,7 @@
 pub mod conv;
 pub mod direct;
 pub mod elementwise;
+pub mod loss;
 pub mod matmul;
 pub mod norm;
 pub mod optim;

@@ -379,3 +379,103 @@ def test_pool_kernels_name_bad_arguments(raw_rust, call, message):  # noqa: F811
     x = np.zeros((2, 3, 4, 4), np.float32)
     with pytest.raises(ValueError, match=re.escape(message)):
         call(raw_rust, x)
+
+
+# --- cross-entropy ----------------------------------------------------------------------------------
+
+ULPS = 4  # exp and log: libm's and NumPy's SIMD float32 routines are each within a few ulps (≤ 2u·|v| per ulp)
+
+
+def logp_bound(shifted, k):
+    """|logp − exact| for logp = s − log Σ_j exp(s_j), s = x − max(x) (the same float32 in both backends):
+    each exp within ULPS ulps (relative 2·ULPS·u), the row sum (every term positive, the largest 1)
+    within γ_K relative, so log Σ within 2·ULPS·u + γ_K absolute (as 1.01×, for the log of 1 + δ), the
+    log itself within ULPS ulps of |log Σ|, and the subtraction one rounding of |logp|."""
+    s = shifted.astype(np.float64)
+    lse = np.log(np.exp(s).sum(axis=1, keepdims=True))
+    exact = s - lse
+    return exact, 1.01 * (2 * ULPS * U + gamma_of(k)) + 2 * ULPS * U * np.abs(lse) + U * np.abs(exact)
+
+
+def ce_forward(x, y, smoothing, backend_name):
+    from apb_ref import ops as F
+    with use_backend(backend_name), np.errstate(all="ignore"):
+        xt = Tensor(x.copy(), requires_grad=True)
+        loss = F.cross_entropy(xt, y, label_smoothing=smoothing)
+        loss.backward()
+    return loss, xt.grad
+
+
+@needs_rust
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 12), st.sampled_from([0.0, 0.1, 1 / 3, 0.05]), st.floats(0.1, 30),
+       st.integers(0, 2**32 - 1))
+def test_cross_entropy_is_within_a_few_ulps_of_exact(n, k, smoothing, scale, seed):
+    """logp within `logp_bound`; the loss −Σ t·logp / N within Σ t·bound(logp) plus γ_{NK+1}·Σ|t·logp|
+    (the products and the sum) over N, and 2u of |loss| (the rounding to float32 and the division);
+    the gradient g·(exp(logp) − t)/N, from the same logp in both backends, within
+    |g|/N·((2·ULPS + 1)·u·exp(logp) + 4u·|exp(logp) − t|), plus the subnormal spacing for each rounding
+    of a result that underflows (exp, the product, the division)."""
+    from types import SimpleNamespace
+
+    from apb_ref.ops.norm_loss import CrossEntropy
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, k)) * scale).astype(np.float32)
+    y = rng.integers(0, k, n)
+    shifted = x - x.max(axis=1, keepdims=True)
+    exact_logp, bound = logp_bound(shifted, k)
+    t = np.full((n, k), smoothing / k, np.float32)
+    t[np.arange(n), y] += 1.0 - smoothing
+    t64 = t.astype(np.float64)
+    exact_loss = -(t64 * exact_logp).sum() / n
+    loss_bound = (1.01 * ((t64 * bound).sum() + gamma_of(n * k + 1) * np.abs(t64 * exact_logp).sum()) / n
+                  + 2 * U * abs(exact_loss))
+    with counting_twins() as calls:
+        results = {b: ce_forward(x, y, smoothing, b) for b in ("numpy", "rust")}
+    assert calls == {"cross_entropy_forward": 1, "cross_entropy_backward": 1}
+    for name, (loss, gx) in results.items():
+        assert loss.data.dtype == np.float32 and loss.data.shape == ()
+        assert abs(float(loss.data) - exact_loss) <= loss_bound, name
+        assert gx.dtype == np.float32 and gx.shape == x.shape
+    # the backward alone, from one logp (each backend's forward's own is checked above)
+    logp = (shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))).astype(np.float32)
+    assert (np.abs(logp - exact_logp) <= bound).all()
+    g = np.asarray(rng.standard_normal(), np.float32)
+    e = np.exp(logp.astype(np.float64))
+    exact_gx = float(g) * (e - t64) / n
+    tiny = 2.0 ** -149  # the float32 subnormal spacing: the absolute error of a result that underflows
+    gx_bound = abs(float(g)) / n * ((2 * ULPS + 1) * U * e + 4 * U * np.abs(e - t64) + ULPS * tiny) + 2 * tiny
+    for name, ctx in (("numpy", SimpleNamespace(saved=(logp, t))),
+                      ("rust", SimpleNamespace(saved=(logp, None), target=y.astype(np.int64), smoothing=smoothing))):
+        with use_backend(name):
+            gx, none = CrossEntropy.backward(ctx, g)
+        assert none is None and gx.dtype == np.float32
+        assert (np.abs(gx - exact_gx) <= gx_bound).all(), name
+
+
+@needs_rust
+def test_cross_entropy_twin_keeps_numpys_nan_and_infinity():
+    """A NaN logit makes its row's logp and the loss NaN on both backends; a −inf logit a zero
+    probability (its logp −inf, so with smoothing the loss is +inf, and without it NaN, 0·−inf)."""
+    x = np.float32([[0.0, 1.0, 2.0], [0.5, np.nan, 0.0], [1.0, -np.inf, 0.0]])
+    for smoothing, check in ((0.0, np.isnan), (0.1, np.isnan)):
+        out = [ce_forward(x, np.array([0, 1, 2]), smoothing, b) for b in ("numpy", "rust")]
+        assert all(check(float(loss.data)) for loss, _ in out)
+        assert np.array_equal(np.isnan(out[0][1]), np.isnan(out[1][1]))
+    x = x[[0, 2]]
+    for smoothing, want in ((0.1, np.inf), (0.0, np.nan)):
+        out = [float(ce_forward(x, np.array([0, 2]), smoothing, b)[0].data) for b in ("numpy", "rust")]
+        assert np.array_equal(out, [want, want], equal_nan=True), (smoothing, out)
+
+
+@needs_rust
+def test_cross_entropy_kernels_name_bad_arguments(raw_rust):  # noqa: F811
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError, match=re.escape("cross_entropy_forward: target must be a C-contiguous int64 1-D array")):
+        raw_rust.cross_entropy_forward(x, np.zeros(2, np.int32), 0.0, 1.0)
+    with pytest.raises(ValueError, match=re.escape("cross_entropy_forward: target must have 2 labels")):
+        raw_rust.cross_entropy_forward(x, np.zeros(3, np.int64), 0.0, 1.0)
+    with pytest.raises(ValueError, match=re.escape("cross_entropy_forward: target[1] = 3 is not a class in [0, 3)")):
+        raw_rust.cross_entropy_forward(x, np.int64([0, 3]), 0.0, 1.0)
+    with pytest.raises(ValueError, match=re.escape("cross_entropy_backward: logp must be a C-contiguous float32 2-D array")):
+        raw_rust.cross_entropy_backward(1.0, x[0], np.zeros(2, np.int64), 0.0, 1.0)
