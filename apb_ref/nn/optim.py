@@ -159,9 +159,10 @@ class Optimizer:
 
 def _in_place(g: np.ndarray, *written: np.ndarray | None) -> bool:
     """Whether an in-place twin may update `written` (None: absent): C-contiguous, aligned and
-    writeable (so the update lands in them, not in a copy), and none overlaps the gradient."""
-    return all(a.flags.c_contiguous and a.flags.aligned and a.flags.writeable and not np.may_share_memory(a, g)
-               for a in written if a is not None)
+    writeable (so the update lands in them, not in a copy), and none overlaps the gradient or another."""
+    arrays = [a for a in written if a is not None]
+    return (all(a.flags.c_contiguous and a.flags.aligned and a.flags.writeable for a in arrays)
+            and not any(np.may_share_memory(a, b) for i, a in enumerate(arrays) for b in [g, *arrays[i + 1:]]))
 
 
 def _weak(*values: Any) -> bool:

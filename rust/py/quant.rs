@@ -6,9 +6,8 @@ use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethod
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use super::args::value_error;
 use super::args::{
-    as_array, as_slice, count_arg, describe, empty, filled, has_dtype, resolve_threads, slice_of,
+    as_array, as_slice, count_arg, describe, empty, filled, has_dtype, resolve_threads, slice_of, value_error,
 };
 use super::elementwise::{elementwise, float32};
 use crate::train::elementwise as ew;
@@ -122,10 +121,10 @@ pub(crate) fn apb_forward<'py>(
         quant::apb_forward(ws, &band, fs, qs, mask_out, threads).map_err(|e| format!("{F}: {e}"))
     })?;
     drop(bytes_rw);
-    let mask = match (frozen, bytes) {
-        (Some(m), _) => m.clone(),
-        (None, Some(b)) => b.call_method1("view", ("bool",))?,
-        (None, None) => return Err(value_error(format!("{F}: no mask"))),
+    let mask = match (bytes, frozen) {
+        (Some(b), _) => b.call_method1("view", ("bool",))?,
+        (None, Some(m)) => m.clone(),
+        (None, None) => py.None().into_bound(py), // not reached: the bytes are made when nothing is frozen
     };
     PyTuple::new(py, [q.into_any(), mask])
 }

@@ -479,3 +479,21 @@ def test_cross_entropy_kernels_name_bad_arguments(raw_rust):  # noqa: F811
         raw_rust.cross_entropy_forward(x, np.int64([0, 3]), 0.0, 1.0)
     with pytest.raises(ValueError, match=re.escape("cross_entropy_backward: logp must be a C-contiguous float32 2-D array")):
         raw_rust.cross_entropy_backward(1.0, x[0], np.zeros(2, np.int64), 0.0, 1.0)
+
+
+@needs_rust
+def test_optimizer_twins_step_aside_for_overlapping_arrays():
+    """A gradient that is the parameter's own memory (or a state array overlapping another) leaves the
+    step to NumPy instead of failing in the twin's borrow check."""
+    for make in (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), lambda ps: optim.Adam(ps, lr=0.01)):
+        p = Param(np.linspace(-1, 1, 12, dtype=np.float32))
+        q = Param(p.data.copy())
+        opts = make([p]), make([q])
+        with counting_twins() as calls:
+            for _ in range(2):
+                p.grad, q.grad = p.data, q.data.copy()
+                with use_backend("rust"):
+                    opts[0].step()
+                with use_backend("numpy"):
+                    opts[1].step()
+        assert not calls and same_bits(p.data, q.data)
