@@ -8,7 +8,7 @@
 //! * `conv`: im2col on packed bits and the sparse residual of a convolution from its input map;
 //! * `bconv`: a whole binary conv layer on a packed map (gather, popcount GEMM, epilogue, packed signs
 //!   of the result) in one pass over the output positions;
-//! * `train`: float32 kernels of a training step (conv2d forward and backward, batch norm, activations);
+//! * `train`: float32 kernels of a training step (conv2d forward and backward, batch norm, activations, pooling, cross-entropy, quantizers, optimizer steps);
 //! * `isa`: instruction-set detection and selection, and the one dispatch idiom every kernel uses;
 //! * `threads`: thread counts and the task runner;
 //! * `py`: the PyO3 bindings (argument checks, errors as `ValueError`, the GIL released while a kernel
@@ -80,5 +80,17 @@ fn _kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::elementwise::hardtanh_forward, m)?)?;
     m.add_function(wrap_pyfunction!(py::elementwise::hardtanh_backward, m)?)?;
     m.add_function(wrap_pyfunction!(py::elementwise::sign_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(py::optim::sgd_step, m)?)?;
+    m.add_function(wrap_pyfunction!(py::optim::adam_step, m)?)?;
+    m.add_function(wrap_pyfunction!(py::quant::dorefa_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(py::quant::dorefa_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(py::quant::apb_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(py::quant::apb_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(py::pool::max_pool_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(py::pool::max_pool_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(py::pool::avg_pool_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(py::pool::avg_pool_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(py::loss::cross_entropy_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(py::loss::cross_entropy_backward, m)?)?;
     Ok(())
 }

@@ -104,6 +104,17 @@ def _rust_call(name: str):
     return call
 
 
+def _rust_in_place(name: str, written: tuple[int, ...]):
+    """Like `_rust_call`, but the positional arrays at `written` are passed as they are: the kernel
+    updates them in place, so a contiguous copy would lose the update (the caller passes C-contiguous
+    writeable ones; the binding names any other)."""
+    def call(*args, **options):
+        args = [a if i in written else _contiguous(a) for i, a in enumerate(args)]
+        return getattr(_rust, name)(*args, **options)
+    call.__name__ = f"_{name}_rust"
+    return call
+
+
 def _pack_bits_rust(x, *, layout="rows", **options):
     x = np.asarray(x)
     if x.dtype not in (np.float32, np.int8):
@@ -182,7 +193,12 @@ KERNEL_NAMES = tuple(_KERNELS)
 _TRAINING = {name: _rust_call(name) for name in (
     "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
     "batch_norm_forward", "batch_norm_backward", "batch_norm_eval",
-    "relu_forward", "relu_backward", "hardtanh_forward", "hardtanh_backward", "sign_forward")}
+    "relu_forward", "relu_backward", "hardtanh_forward", "hardtanh_backward", "sign_forward",
+    "dorefa_forward", "dorefa_backward", "apb_forward", "apb_backward",
+    "max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward",
+    "cross_entropy_forward", "cross_entropy_backward")}
+# the optimizer steps write the parameter and its state in place: (p, g, buf) and (p, m, v, g)
+_TRAINING.update(sgd_step=_rust_in_place("sgd_step", (0, 2)), adam_step=_rust_in_place("adam_step", (0, 1, 2)))
 
 
 def _training_kernel(name: str):

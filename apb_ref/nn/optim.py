@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from ..ops import accel
+
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW",
     "LRScheduler", "ConstantLR", "CosineLR", "StepLR", "WarmupLR",
@@ -155,6 +157,20 @@ class Optimizer:
         self.state = new_state
 
 
+def _in_place(g: np.ndarray, *written: np.ndarray | None) -> bool:
+    """Whether an in-place twin may update `written` (None: absent): C-contiguous, aligned and
+    writeable (so the update lands in them, not in a copy), and none overlaps the gradient or another."""
+    arrays = [a for a in written if a is not None]
+    return (all(a.flags.c_contiguous and a.flags.aligned and a.flags.writeable for a in arrays)
+            and not any(np.may_share_memory(a, b) for i, a in enumerate(arrays) for b in [g, *arrays[i + 1:]]))
+
+
+def _weak(*values: Any) -> bool:
+    """Whether every hyper-parameter is a Python float, which NumPy 2 rounds to float32 before computing
+    in float32 (a NumPy float64 scalar would make it compute in float64; the twins follow the former)."""
+    return all(type(x) is float for x in values)
+
+
 # --------------------------------------------------------------------------------------------
 # SGD
 # --------------------------------------------------------------------------------------------
@@ -193,6 +209,8 @@ class SGD(Optimizer):
             lr, mu, tau = group["lr"], group["momentum"], group["dampening"]
             wd, nesterov = group["weight_decay"], group["nesterov"]
             for pi, p, d in self._grads(gi):
+                if self._fast_step(gi, pi, p, d, lr, mu, tau, wd, nesterov):
+                    continue
                 if wd != 0:
                     d = d + wd * p.data  # a new array: p.grad is never modified
                 if mu != 0:
@@ -205,6 +223,23 @@ class SGD(Optimizer):
                         buf += d if tau == 0 else (1 - tau) * d
                     d = d + mu * buf if nesterov else buf
                 np.subtract(p.data, lr * d, out=p.data)
+
+    def _fast_step(self, gi, pi, p, g, lr, mu, tau, wd, nesterov) -> bool:
+        """The step above by the training backend's in-place twin (`sgd_step`, bit for bit the same)
+        when it has one for these arrays; False (nothing done) otherwise."""
+        state = self.state.setdefault((gi, pi), {}) if mu != 0 else None
+        buf = None if state is None else state.get("momentum_buffer")
+        fast = accel.kernel("sgd_step", p.data, g, *(() if buf is None else (buf,)))
+        if fast is None or not _in_place(g, p.data, buf) or not _weak(lr, mu, tau, wd):
+            return False
+        first = state is not None and buf is None
+        if first:
+            buf = np.empty_like(p.data)  # C-contiguous as p.data is; the twin fills it with d
+        fast(p.data, g, buf, first, lr=lr, momentum=mu, dampening=None if tau == 0 else 1 - tau,
+             weight_decay=None if wd == 0 else wd, nesterov=nesterov)
+        if first:
+            state["momentum_buffer"] = buf
+        return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,6 +282,8 @@ class Adam(Optimizer):
                 state = self.state.setdefault((gi, pi), {})
                 if not state:
                     state.update(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
+                if self._fast_step(p, g, state, lr, beta1, beta2, eps, wd):
+                    continue
                 if wd != 0:
                     if self._decoupled:
                         p.data *= 1 - lr * wd
@@ -261,6 +298,22 @@ class Adam(Optimizer):
                 step_size = lr / (1 - beta1 ** t)
                 denom = np.sqrt(v) / math.sqrt(1 - beta2 ** t) + eps
                 p.data -= step_size * (m / denom)
+
+    def _fast_step(self, p, g, state, lr, beta1, beta2, eps, wd) -> bool:
+        """The step above by the training backend's in-place twin (`adam_step`, bit for bit the same)
+        when it has one for these arrays; False (nothing done) otherwise."""
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        fast = accel.kernel("adam_step", p.data, m, v, g)
+        t = state["step"] + 1
+        step_size = lr / (1 - beta1 ** t)  # a NumPy float64 (from a NumPy integer t): NumPy's own code runs
+        if fast is None or not _in_place(g, p.data, m, v) or not _weak(lr, beta1, beta2, eps, wd, step_size):
+            return False
+        state["step"] = t
+        decoupled = wd != 0 and self._decoupled
+        fast(p.data, m, v, g, beta1=beta1, one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2,
+             bias2_sqrt=math.sqrt(1 - beta2 ** t), eps=eps, step_size=step_size,
+             l2=wd if wd != 0 and not decoupled else None, decay=1 - lr * wd if decoupled else None)
+        return True
 
 
 class AdamW(Adam):

@@ -16,7 +16,20 @@ lo, hi)` -> (y, mean, var, inv_std) and `batch_norm_backward(g, x, gamma, mean, 
 y=None, act="identity", lo, hi)` -> (dx or None, Σg, Σg·x̂, g through the activation or None) (see
 `BatchNormTrain` and `BatchNormAct`, which fuses the residual add and the activation); `batch_norm_eval(x, mean, scale, beta)` (see `BatchNormEval`); `relu_forward(x)`, `relu_backward(g, y)`, `hardtanh_forward(x, lo, hi)`,
 `hardtanh_backward(g, y, lo, hi)` (see `ReLU`, `Hardtanh`) and `sign_forward(x)` (the 1-bit activations' sign, `SignSTE`), bit for bit
-the NumPy results.
+the NumPy results. The quantizers: `dorefa_forward(x, levels)` and `dorefa_backward(g, x)` (see
+`DoReFaQuantize`), bit for bit; `apb_forward(w, alpha, delta, margin, frozen_mask)` -> (q, mask), bit for
+bit, and `apb_backward(g, w, mask, alpha)` -> (Σgs, Σgs·(α − |w|)), the sums behind the α and δ
+gradients in f64 (see `APBQuantize`). Pooling: `max_pool_forward(x, k, stride, padding)` -> (y, winner),
+`max_pool_backward(g, winner, h, w, k, stride, padding)`, `avg_pool_backward(g, h, w, k, stride, padding)`,
+bit for bit, and `avg_pool_forward(x, k, stride, padding)`, within float32 rounding of the window sums
+(see `MaxPool2d`, `AvgPool2d`). Cross-entropy: `cross_entropy_forward(logits, target, off, on)` -> (Σt·logp,
+logp) and `cross_entropy_backward(g, logp, target, off, on)` (see `CrossEntropy`), within a few ulps of
+NumPy's (libm's exp and log, not NumPy's SIMD ones; the row sums in f64).
+
+The optimizer steps (`apb_ref.nn.optim`) ask too: `sgd_step(p, g, buf, first, lr=, momentum=, dampening=,
+weight_decay=, nesterov=)` and `adam_step(p, m, v, g, beta1=, one_minus_beta1=, beta2=, one_minus_beta2=,
+bias2_sqrt=, eps=, step_size=, l2=, decay=)` update p and the state in place, bit for bit as `SGD.step` and
+`Adam.step`; the optimizer takes them only when the arrays written are C-contiguous and writeable.
 """
 from __future__ import annotations
 

@@ -179,6 +179,11 @@ def _windows(xp: np.ndarray, k: int, stride: int) -> np.ndarray:
 class MaxPool2d(Function):
     @staticmethod
     def forward(ctx, x, k, stride, padding):
+        fast = accel.kernel("max_pool_forward", x)
+        if fast is not None:
+            y, winner = fast(x, k, stride, padding)
+            ctx.save_for_backward(winner, x.shape, k, stride, padding)
+            return y
         windows = _windows(pad_hw(x, padding, value=-np.inf), k, stride)
         winner = windows.argmax(axis=-1)
         ctx.save_for_backward(winner, x.shape, k, stride, padding)
@@ -187,6 +192,9 @@ class MaxPool2d(Function):
     @staticmethod
     def backward(ctx, g):
         winner, (n, c, h, w), k, stride, padding = ctx.saved
+        fast = accel.kernel("max_pool_backward", g)
+        if fast is not None and winner.dtype == np.int64:
+            return fast(g, winner, h, w, k, stride, padding)
         ho, wo = g.shape[2:]
         dxp = np.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=g.dtype)
         for idx in range(k * k):  # overlapping windows add up
@@ -201,11 +209,17 @@ class AvgPool2d(Function):
     @staticmethod
     def forward(ctx, x, k, stride, padding):
         ctx.save_for_backward(x.shape, k, stride, padding)
+        fast = accel.kernel("avg_pool_forward", x)
+        if fast is not None:
+            return fast(x, k, stride, padding)
         return _windows(pad_hw(x, padding), k, stride).mean(axis=-1, dtype=x.dtype)
 
     @staticmethod
     def backward(ctx, g):
         (n, c, h, w), k, stride, padding = ctx.saved
+        fast = accel.kernel("avg_pool_backward", g)
+        if fast is not None:
+            return fast(g, h, w, k, stride, padding)
         ho, wo = g.shape[2:]
         share = g / np.asarray(k * k, dtype=g.dtype)
         dxp = np.zeros((n, c, h + 2 * padding, w + 2 * padding), dtype=g.dtype)

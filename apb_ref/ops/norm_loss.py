@@ -220,6 +220,14 @@ class CrossEntropy(Function):
     @staticmethod
     def forward(ctx, logits, target, smoothing):
         n, k = logits.shape
+        fast = accel.kernel("cross_entropy_forward", logits)
+        # a Python number ε (NumPy rounds ε/K and 1 − ε to float32; NumPy floats would add in float64)
+        if fast is not None and type(smoothing) in (int, float):
+            ctx.target = np.asarray(target, dtype=np.int64)
+            ctx.smoothing = smoothing
+            total, logp = fast(logits, ctx.target, smoothing / k, 1.0 - smoothing)
+            ctx.save_for_backward(logp, None)  # t is formed again in backward
+            return np.asarray(-np.float32(total) / n, dtype=logits.dtype)
         shifted = logits - logits.max(axis=1, keepdims=True)
         logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         t = np.full((n, k), smoothing / k, dtype=logits.dtype)
@@ -230,6 +238,13 @@ class CrossEntropy(Function):
     @staticmethod
     def backward(ctx, g):
         logp, t = ctx.saved
+        if t is None:
+            (n, k), smoothing = logp.shape, ctx.smoothing
+            fast = accel.kernel("cross_entropy_backward", logp)
+            if fast is not None and getattr(g, "dtype", None) == np.float32 and np.ndim(g) == 0:
+                return fast(float(g), logp, ctx.target, smoothing / k, 1.0 - smoothing), None
+            t = np.full((n, k), smoothing / k, dtype=logp.dtype)
+            t[np.arange(n), ctx.target] += 1.0 - smoothing
         return g * (np.exp(logp) - t) / logp.shape[0], None
 
 

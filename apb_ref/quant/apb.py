@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import nn
 from ..autograd import Function, Tensor
+from ..ops import accel
 from ..ops.lowering import sign_pm1
 from ..ops.spec import OpSpec, draw_float, draw_from, draw_int, random_array
 from .base import MethodOptions, WeightCount, WeightQuantizer, option
@@ -35,17 +36,41 @@ def band_mask(w: np.ndarray, alpha, delta, margin) -> np.ndarray:
     return np.abs(np.abs(w) - alpha) < margin * delta
 
 
+def _fast_apb(name: str, w, alpha, delta, *arrays):
+    """The training backend's twin when w, α, δ (0-d) and `arrays` are float32 arrays, else None."""
+    fast = accel.kernel(name, w, alpha, delta, *arrays)
+    return fast if fast is not None and alpha.shape == delta.shape == () else None
+
+
 class APBQuantize(Function):
     @staticmethod
     def forward(ctx, w, alpha, delta, margin, frozen_mask, reduction):
+        r = 1.0 / w.size if reduction == "mean" else 1.0
+        fast = _fast_apb("apb_forward", w, alpha, delta)
+        # a Python float margin (NumPy rounds it to float32; a NumPy float64 would compare in float64)
+        if fast is not None and type(margin) is float and (frozen_mask is None or frozen_mask.dtype == bool):
+            q, mask = fast(w, float(alpha), float(delta), margin, frozen_mask)
+            ctx.save_for_backward(w, None, mask, alpha, delta, r)  # the signs wait for backward
+            return q
         mask = band_mask(w, alpha, delta, margin) if frozen_mask is None else frozen_mask
         s = sign_pm1(w)
-        ctx.save_for_backward(w, s, mask, alpha, delta, 1.0 / w.size if reduction == "mean" else 1.0)
+        ctx.save_for_backward(w, s, mask, alpha, delta, r)
         return np.where(mask, alpha * s, w).astype(w.dtype)
 
     @staticmethod
     def backward(ctx, g):
         w, s, mask, alpha, delta, r = ctx.saved
+        if not (ctx.needs_grad[1] or ctx.needs_grad[2]):
+            return g, None, None
+        fast = _fast_apb("apb_backward", w, alpha, delta, g)
+        if fast is not None and isinstance(mask, np.ndarray) and mask.dtype == bool:
+            # the two sums (in f64), then NumPy's float32 scalar steps: r·Σ, r·Σ/δ
+            sum_gs, sum_gs_dist = fast(g, w, mask, float(alpha))
+            g_alpha = np.asarray(r * np.float32(sum_gs), dtype=w.dtype) if ctx.needs_grad[1] else None
+            g_delta = np.asarray(r * np.float32(sum_gs_dist) / delta, dtype=w.dtype) if ctx.needs_grad[2] else None
+            return g, g_alpha, g_delta
+        if s is None:
+            s = sign_pm1(w)
         gs = np.where(mask, g * s, 0)
         g_alpha = np.asarray(r * gs.sum(), dtype=w.dtype) if ctx.needs_grad[1] else None
         g_delta = np.asarray(r * (gs * (alpha - np.abs(w))).sum() / delta, dtype=w.dtype) if ctx.needs_grad[2] else None

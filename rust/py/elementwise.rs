@@ -8,7 +8,7 @@ use super::args::{as_array, as_slice, describe, filled, has_dtype, resolve_threa
 use crate::train::elementwise::{self as ew, clip, masked, relu, sign};
 
 /// A C-contiguous float32 array of any shape, borrowed read-only.
-fn float32<'py>(
+pub(super) fn float32<'py>(
     func: &str,
     name: &str,
     x: &Bound<'py, PyAny>,
@@ -24,7 +24,7 @@ fn float32<'py>(
 
 /// A new array of `like`'s shape, each element `f` of the inputs' elements, computed with the GIL
 /// released.
-fn elementwise<'py>(
+pub(super) fn elementwise<'py>(
     py: Python<'py>,
     func: &str,
     inputs: &[(&str, &Bound<'py, PyAny>)],

@@ -13,7 +13,11 @@
 //! * `bconv.rs`: `bconv_1bit`, a whole binary conv layer on packed bits;
 //! * `elementwise.rs`: `relu_forward`, `relu_backward`, `hardtanh_forward`, `hardtanh_backward`,
 //!   `sign_forward`;
+//! * `loss.rs`: `cross_entropy_forward`, `cross_entropy_backward` (float32);
 //! * `norm.rs`: `batch_norm_forward`, `batch_norm_backward`, `batch_norm_eval` (float32);
+//! * `optim.rs`: `sgd_step`, `adam_step` (float32, in place);
+//! * `pool.rs`: `max_pool_forward`, `max_pool_backward`, `avg_pool_forward`, `avg_pool_backward` (float32);
+//! * `quant.rs`: `dorefa_forward`, `dorefa_backward`, `apb_forward`, `apb_backward` (float32);
 //! * `train.rs`: `conv2d_forward`, `conv2d_backward_input`, `conv2d_backward_weight` (float32, training);
 //! * here: `version`, `isa_available`, `isa_selected`, `threads_selected`.
 //!
@@ -25,7 +29,11 @@ pub(crate) mod bgemm;
 pub(crate) mod bits;
 pub(crate) mod conv;
 pub(crate) mod elementwise;
+pub(crate) mod loss;
 pub(crate) mod norm;
+pub(crate) mod optim;
+pub(crate) mod pool;
+pub(crate) mod quant;
 pub(crate) mod sparse;
 pub(crate) mod train;
 
