@@ -269,16 +269,13 @@ pub fn backward(
         || vec![0.0f32; hw],
         |xhat, (ch, ((((gc, xc), (yc, mut gac)), out), st))| {
             let (mu, s) = (mean[ch], inv_std[ch]);
-            // g behind the activation: written (and summed) in the first pass, read by the second
-            if !gac.is_empty() {
-                through_act(&gc, &yc, &mut gac, act);
-            }
+            // g behind the activation (if fused): written, slice by slice, by the pass that sums it
+            let (g_sum, gh_sum) = gradient_sums(&gc, &xc, (&yc, &mut gac, act), xhat, mu, s);
             let gc: Vec<&[f32]> = if gac.is_empty() {
                 gc
             } else {
                 gac.iter().map(|s| &s[..]).collect()
             };
-            let (g_sum, gh_sum) = gradient_sums(&gc, &xc, xhat, mu, s);
             if let Some(mut out) = out {
                 let (g_mean, gh_mean) = ((g_sum / m) as f32, (gh_sum / m) as f32);
                 input_gradient(&gc, &xc, &mut out, [mu, s, g_mean, gh_mean, gamma[ch] * s]);
@@ -331,25 +328,33 @@ widest! {
 }
 
 widest! {
-    /// g taken back through the activation, read off its output y, over a channel's slices.
-    fn through_act(gc: &[&[f32]], yc: &[&[f32]], out: &mut [&mut [f32]], act: Act) {
-        for ((gi, yi), oi) in gc.iter().zip(yc).zip(out.iter_mut()) {
-            for ((&g, &y), o) in gi.iter().zip(yi.iter()).zip(oi.iter_mut()) {
-                *o = act.gradient(g, y);
-            }
-        }
-    }
-}
-
-widest! {
-    /// Σg and Σg·x̂ over a channel's slices (f64), x̂ recomputed slice by slice into `xhat`.
-    fn gradient_sums(gc: &[&[f32]], xc: &[&[f32]], xhat: &mut [f32], mu: f32, inv_std: f32) -> (f64, f64) {
+    /// Σg and Σg·x̂ over a channel's slices (f64), x̂ recomputed slice by slice into `xhat`. With a
+    /// fused activation (`through` = its outputs, where g behind it goes, the activation; empty slices
+    /// when none), each slice of g is first taken back through it, and that is what is summed.
+    fn gradient_sums(
+        gc: &[&[f32]],
+        xc: &[&[f32]],
+        through: (&[&[f32]], &mut [&mut [f32]], Act),
+        xhat: &mut [f32],
+        mu: f32,
+        inv_std: f32,
+    ) -> (f64, f64) {
+        let (yc, g_act, act) = through;
         let (mut g_sum, mut gh_sum) = (0.0f64, 0.0f64);
-        for (gi, xi) in gc.iter().zip(xc) {
+        for (n, (&gi, xi)) in gc.iter().zip(xc).enumerate() {
             for (h, &v) in xhat.iter_mut().zip(xi.iter()) {
                 *h = normalised(v, mu, inv_std);
             }
-            let (a, b) = lane_sums(std::iter::once((*gi, &xhat[..gi.len()])));
+            let gi: &[f32] = match (yc.get(n), g_act.get_mut(n)) {
+                (Some(yi), Some(oi)) => {
+                    for ((&g, &y), o) in gi.iter().zip(yi.iter()).zip(oi.iter_mut()) {
+                        *o = act.gradient(g, y);
+                    }
+                    oi
+                }
+                _ => gi,
+            };
+            let (a, b) = lane_sums(std::iter::once((gi, &xhat[..gi.len()])));
             g_sum += a;
             gh_sum += b;
         }
