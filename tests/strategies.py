@@ -38,9 +38,9 @@ def pm_one_pairs(ks=PACK_KS, max_rows=6):
     return dims.flatmap(lambda d: st.tuples(pm_one_matrices(d[0], d[2]), pm_one_matrices(d[1], d[2])))
 
 
-def conv_geometries(max_images=11):
+def conv_geometries(max_images=19):
     """(n, c, h, w, o, k, stride, padding) of a conv whose k×k kernel fits the padded input; the
-    image counts straddle the Rust weight gradient's group of 8 images, the widths its direct path's
+    image counts straddle the Rust weight gradient's group of 16 images, the widths its direct path's
     threshold (stride 1, output 8 wide)."""
     def fits(g):
         n, c, h, w, o, k, stride, padding = g
