@@ -61,11 +61,13 @@ def measure(fn, repeats: int, min_time: float = MIN_SECONDS, max_repeats: int = 
 
 
 def measure_interleaved(fns: dict, repeats: int, min_time: float = MIN_SECONDS, rounds: int = 5,
-                        max_repeats: int = MAX_REPEATS):
+                        max_repeats: int = MAX_REPEATS, settle: float = 0.0):
     """Time several callables in turns, so that the slow spells of a shared host hit them alike.
 
     One warm-up each; then `rounds` rounds in which every callable, in an order that rotates from round
     to round, runs a block of ceil(n / rounds) timed calls, n being what `measure` would run for it.
+    `settle` seconds of sleep before each block let the previous engine's worker threads stop spinning
+    (OpenMP's and OpenBLAS's busy-wait after their work, on the cores the next block needs).
     Returns ({name: stats}, {name: warm-up result}); each stats dict also holds "round_medians", the
     median of each round's block, from which `speedup` takes its same-round ratios."""
     if rounds < 1 or repeats < 1:
@@ -78,6 +80,7 @@ def measure_interleaved(fns: dict, repeats: int, min_time: float = MIN_SECONDS, 
     block = {name: math.ceil(_repeats_for(warm[name], repeats, min_time, max_repeats) / rounds) for name in names}
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
+            time.sleep(settle)
             ts = [_timed(fns[name])[0] for _ in range(block[name])]
             times[name] += ts
             per_round[name].append(statistics.median(ts))

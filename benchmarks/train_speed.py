@@ -2,16 +2,17 @@
 PyTorch on the CPU when it imports (optional, never required); batch 128, 32×32×3.
 
     python benchmarks/train_speed.py [--backend numpy rust] [--method fp|apb] [--steps 10]
-                                     [--batch-size 128] [--no-torch] [--json PATH]
+                                     [--batch-size 128] [--no-torch] [--settle 0.5] [--json PATH]
 
 A training step is forward + cross-entropy + backward + SGD update (momentum, weight decay), in
 train mode with batch statistics; inference is eval mode without a graph. `--method apb` trains APB
 at 1.6 bits/weight with 1-bit activations (its quantizers are extra work PyTorch's float model does
 not do: its column stays the float model). Synthetic data: speed does not depend on the pixel
 values. The engines take turns (`apb_ref.bench.measure_interleaved`, --steps timed steps each over 5
-rounds) and report medians; "vs PyTorch" and "vs NumPy" are medians of same-round ratios. Threads:
-APB_NUM_THREADS (else every core) for the Rust kernels and PyTorch, OPENBLAS_NUM_THREADS for NumPy's
-BLAS; set both to the same count. Prints the CPU and the Rust kernels' instruction set.
+rounds, each block after --settle seconds of sleep, so that one engine's spinning worker threads do
+not take the next one's cores) and report medians; "vs PyTorch" and "vs NumPy" are medians of
+same-round ratios. Threads: APB_NUM_THREADS (else every core) for the Rust kernels and PyTorch,
+OPENBLAS_NUM_THREADS for NumPy's BLAS; set both to the same count. Prints the CPU and the Rust kernels' instruction set.
 """
 from __future__ import annotations
 
@@ -90,6 +91,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--no-torch", action="store_true", help="leave out PyTorch even if it imports")
+    parser.add_argument("--settle", type=float, default=0.5,
+                        help="seconds of sleep before each engine's block, so that the previous engine's "
+                             "spinning worker threads (OpenMP, OpenBLAS) are idle (default 0.5)")
     parser.add_argument("--json", help="where to write the results (default: benchmarks/results/train_speed.json)")
     args = parser.parse_args()
     if args.steps < 1 or args.batch_size < 1:
@@ -110,7 +114,8 @@ def main() -> None:
     if not args.no_torch and torch_float.available() and args.model == "resnet20":
         torch_train, torch_infer, torch_threads = torch_steps(x, y)
         steps.update({"torch train": torch_train, "torch inference": torch_infer})
-    timed, _ = measure_interleaved(steps, repeats=args.steps, min_time=0.0, rounds=min(5, args.steps))
+    timed, _ = measure_interleaved(steps, repeats=args.steps, min_time=0.0, rounds=min(5, args.steps),
+                                   settle=args.settle)
     rows, record = [], {}
     for what in ("train", "inference"):
         for engine in (*backends, "torch"):
