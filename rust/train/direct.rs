@@ -129,6 +129,16 @@ pub struct Group<'a> {
     pub g_block: usize,
 }
 
+impl Group<'_> {
+    /// Where image n's row i of channel c starts in `xp`, at column j0, and its g block in `gp`.
+    fn offsets(&self, plan: &Plan, n: usize, c: usize, i: usize, j0: usize) -> (usize, usize) {
+        (
+            n * plan.padded_len() + c * plan.plane + i * plan.wp + j0,
+            n * self.g_image + self.g_block,
+        )
+    }
+}
+
 /// One ISA's microkernels.
 #[derive(Clone, Copy)]
 pub struct Family {
@@ -227,8 +237,7 @@ fn weight_taps_portable(
     // per-lane partial sums, added last, as the vector routine does
     let mut lanes = [[[0.0f32; GQ]; TJ]; OB];
     for k in 0..group.images {
-        let base = k * plan.padded_len() + c * plan.plane + i * plan.wp + j0;
-        let g_base = k * group.g_image + group.g_block;
+        let (base, g_base) = group.offsets(plan, k, c, i, j0);
         for q in (0..plan.grid).step_by(GQ) {
             for ob in 0..OB {
                 let g = &group.gp[g_base + ob * plan.grid + q..][..GQ];
@@ -414,15 +423,8 @@ mod x86 {
         for k in 0..group.images {
             // SAFETY: image k's padded copy starts at k·padded_len; base + TJ − 1 + grid − 1 stays
             // inside it (Plan::padded_len's margin), and its g rows inside gp (the caller's bound).
-            let (x, g) = unsafe {
-                (
-                    group
-                        .xp
-                        .as_ptr()
-                        .add(k * plan.padded_len() + c * plan.plane + i * plan.wp + j0),
-                    group.gp.as_ptr().add(k * group.g_image + group.g_block),
-                )
-            };
+            let (xo, go) = group.offsets(plan, k, c, i, j0);
+            let (x, g) = unsafe { (group.xp.as_ptr().add(xo), group.gp.as_ptr().add(go)) };
             for q in (0..plan.grid).step_by(GQ) {
                 // SAFETY: q + 8 <= grid, ob·grid + grid <= OB·grid; x as above.
                 unsafe {
@@ -498,15 +500,8 @@ mod x86 {
         let mut lanes = [[[_mm512_setzero_ps(); TJ]; CH]; PAIRS];
         for n in 0..group.images {
             // SAFETY: as weight_taps_avx2's, for channels c0..c0 + CH < plan.c.
-            let (x, g) = unsafe {
-                (
-                    group
-                        .xp
-                        .as_ptr()
-                        .add(n * plan.padded_len() + c0 * plan.plane + i * plan.wp + j0),
-                    group.gp.as_ptr().add(n * group.g_image + group.g_block),
-                )
-            };
+            let (xo, go) = group.offsets(plan, n, c0, i, j0);
+            let (x, g) = unsafe { (group.xp.as_ptr().add(xo), group.gp.as_ptr().add(go)) };
             for q in (0..plan.grid).step_by(GQ) {
                 // SAFETY: q + 8 <= grid; rows ob < OB of g; x + k·plane is channel c0 + k's row.
                 unsafe {
