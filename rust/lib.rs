@@ -72,6 +72,7 @@ fn _kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::train::conv2d_forward, m)?)?;
     m.add_function(wrap_pyfunction!(py::train::conv2d_backward_input, m)?)?;
     m.add_function(wrap_pyfunction!(py::train::conv2d_backward_weight, m)?)?;
+    m.add_function(wrap_pyfunction!(py::train::conv2d_backward, m)?)?;
     m.add_function(wrap_pyfunction!(py::norm::batch_norm_forward, m)?)?;
     m.add_function(wrap_pyfunction!(py::norm::batch_norm_backward, m)?)?;
     m.add_function(wrap_pyfunction!(py::norm::batch_norm_eval, m)?)?;

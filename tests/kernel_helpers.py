@@ -1,9 +1,11 @@
 """Shared bits of the kernel tests: whether the Rust extension is required/present, the `raw_rust`
-fixture, random packed operands, and an independent unpacking of packed bits.
+fixture, a counter of the Rust training twins' calls, random packed operands, and an independent
+unpacking of packed bits.
 
 Tests import them as `from kernel_helpers import ...` (pytest puts tests/ on sys.path). A test module
 that uses the fixture imports it by name: `from kernel_helpers import raw_rust  # noqa: F401`.
 """
+import contextlib
 import importlib
 import os
 
@@ -20,6 +22,24 @@ NO_RUST_REASON = (
 # Without the extension the Rust cases skip, unless CI demands it: then they run and fail loudly.
 needs_rust = pytest.mark.skipif(not HAVE_RUST and not RUST_REQUIRED, reason=NO_RUST_REASON)
 BACKENDS = ["numpy", pytest.param("rust", marks=needs_rust)]
+
+
+@contextlib.contextmanager
+def counting_twins():
+    """Counts the calls of each Rust training twin while it is open (so a test knows the fast path ran)."""
+    counts, saved = {}, dict(backend._TRAINING)
+
+    def counting(name, fn):
+        def call(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return fn(*args, **kwargs)
+        return call
+
+    backend._TRAINING.update({name: counting(name, fn) for name, fn in saved.items()})
+    try:
+        yield counts
+    finally:
+        backend._TRAINING.update(saved)
 
 
 def import_raw_rust():

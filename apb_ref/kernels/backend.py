@@ -191,7 +191,7 @@ KERNEL_NAMES = tuple(_KERNELS)
 
 # --- training kernels: the ops' fast twins (`apb_ref/ops/accel.py`), Rust only ----------------------
 _TRAINING = {name: _rust_call(name) for name in (
-    "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight",
+    "conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward",
     "batch_norm_forward", "batch_norm_backward", "batch_norm_eval",
     "relu_forward", "relu_backward", "hardtanh_forward", "hardtanh_backward", "sign_forward",
     "dorefa_forward", "dorefa_backward", "apb_forward", "apb_backward",

@@ -334,7 +334,8 @@ def batch_norm_act(bn: BatchNorm, x, act: Module, residual=None):
     """act(bn(x) + residual) (residual optional): one fused op (`F.batch_norm_act`) where that is
     faster (training on the Rust backend, act a plain ReLU or Hardtanh), else the modules in turn."""
     kind = act.name if isinstance(act, Lambda) and act.name in ("relu", "hardtanh") else None
-    if kind and bn.training and bn.weight is not None and F.fuses_batch_norm(x):
+    same = isinstance(bn, BatchNorm) and x.ndim == bn.expected_ndim and (residual is None or residual.shape == x.shape)
+    if kind and same and bn.training and bn.weight is not None and F.fuses_batch_norm(x):
         return F.batch_norm_act(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.momentum, bn.eps,
                                 residual, kind)
     y = bn(x)

@@ -217,7 +217,7 @@ class SGD(Optimizer):
                     state = self.state.setdefault((gi, pi), {})
                     buf = state.get("momentum_buffer")
                     if buf is None:
-                        buf = state["momentum_buffer"] = np.array(d, copy=True)  # an array even for 0-d
+                        buf = state["momentum_buffer"] = np.array(d, copy=True, order="C")  # an array even for 0-d
                     else:
                         buf *= mu
                         buf += d if tau == 0 else (1 - tau) * d

@@ -11,7 +11,8 @@ they always check the NumPy code, and the Rust kernels are tested against it in 
 
 Twins a provider may return: `conv2d_forward(x, w, stride, padding)`,
 `conv2d_backward_input(g, w, h, w_width, stride, padding)`, `conv2d_backward_weight(x, g, kh, kw,
-stride, padding)` (see `Conv2dIm2col`); `batch_norm_forward(x, gamma, beta, eps, residual=None, act="identity",
+stride, padding)` and `conv2d_backward(x, g, w, stride, padding)` -> (gx, gw), the two at once, bit for
+bit the same (see `Conv2dIm2col`); `batch_norm_forward(x, gamma, beta, eps, residual=None, act="identity",
 lo, hi)` -> (y, mean, var, inv_std) and `batch_norm_backward(g, x, gamma, mean, inv_std, input_grad,
 y=None, act="identity", lo, hi)` -> (dx or None, Σg, Σg·x̂, g through the activation or None) (see
 `BatchNormTrain` and `BatchNormAct`, which fuses the residual add and the activation); `batch_norm_eval(x, mean, scale, beta)` (see `BatchNormEval`); `relu_forward(x)`, `relu_backward(g, y)`, `hardtanh_forward(x, lo, hi)`,

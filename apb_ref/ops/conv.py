@@ -56,6 +56,10 @@ class Conv2dIm2col(Function):
         o, _, kh, kw = w.shape
         ho, wo = g.shape[2:]
         if x:  # the forward ran in the fast kernels: so do both products
+            both = accel.kernel("conv2d_backward", g) if ctx.needs_grad[0] and ctx.needs_grad[1] else None
+            if both is not None:  # one pass over g for the two
+                gx, gw = both(x[0], g, w, stride, padding)
+                return gx, gw
             weight_grad, input_grad = (accel.kernel(f"conv2d_backward_{of}", g) for of in ("weight", "input"))
             if weight_grad is not None and input_grad is not None:
                 gw = weight_grad(x[0], g, kh, kw, stride, padding) if ctx.needs_grad[1] else None

@@ -142,8 +142,10 @@ def batch_norm_act(x, weight, bias, running_mean, running_var, momentum: float =
     for name, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
         if v is not None and tuple(v.shape) != (c,):
             raise ValueError(f"batch_norm_act: {name} must have shape ({c},), got {tuple(v.shape)}")
-    if act == "hardtanh" and not lo < hi:
-        raise ValueError(f"batch_norm_act: need lo < hi, got {lo} and {hi}")
+    if act == "hardtanh" and not np.float32(lo) < np.float32(hi):  # the kernels clip in float32
+        raise ValueError(f"batch_norm_act: need lo < hi (as float32), got {lo} and {hi}")
+    weight = weight if weight is not None else np.ones(c, x.dtype)  # as batch_norm: no affine
+    bias = bias if bias is not None else np.zeros(c, x.dtype)
     return BatchNormAct.apply(x, weight, bias, residual, running_mean, running_var, momentum, eps, act, lo, hi)
 
 

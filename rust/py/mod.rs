@@ -18,7 +18,8 @@
 //! * `optim.rs`: `sgd_step`, `adam_step` (float32, in place);
 //! * `pool.rs`: `max_pool_forward`, `max_pool_backward`, `avg_pool_forward`, `avg_pool_backward` (float32);
 //! * `quant.rs`: `dorefa_forward`, `dorefa_backward`, `apb_forward`, `apb_backward` (float32);
-//! * `train.rs`: `conv2d_forward`, `conv2d_backward_input`, `conv2d_backward_weight` (float32, training);
+//! * `train.rs`: `conv2d_forward`, `conv2d_backward_input`, `conv2d_backward_weight`, `conv2d_backward`
+//!   (float32, training);
 //! * here: `version`, `isa_available`, `isa_selected`, `threads_selected`.
 //!
 //! `lib.rs` registers them all in the `#[pymodule]`.

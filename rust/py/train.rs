@@ -1,11 +1,13 @@
-//! `conv2d_forward`, `conv2d_backward_input`, `conv2d_backward_weight`: the float32 conv of a
-//! training step on NCHW arrays (`crate::train::conv`).
+//! `conv2d_forward`, `conv2d_backward_input`, `conv2d_backward_weight`, `conv2d_backward` (both
+//! gradients at once): the float32 conv of a training step on NCHW arrays (`crate::train::conv`).
 
-use numpy::{PyArray4, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{PyArray4, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
 use super::args::{
-    as_slice, count_arg, filled, resolve_isa, resolve_threads, slice_of, typed, value_error, window_args,
+    as_slice, count_arg, empty, filled, resolve_isa, resolve_threads, slice_of, typed, value_error,
+    window_args,
 };
 use crate::conv::Window;
 use crate::train::conv::{self, Shape};
@@ -159,4 +161,61 @@ pub(crate) fn conv2d_backward_weight<'py>(
     filled(py, F, &[o, c, win.kh, win.kw], |out| {
         conv::backward_weight(&s, xs, gs, out, isa, threads).map_err(|e| format!("{F}: {e}"))
     })
+}
+
+/// Both gradients of conv2d at once, (gx, gw) as `conv2d_backward_input` and `conv2d_backward_weight`
+/// give them, bit for bit: x float32 (N, C, H, W), g float32 (N, O, Ho, Wo), w float32 (O, C, kh, kw).
+/// Where the direct path allows, each image of g is padded once for both products.
+#[pyfunction]
+#[pyo3(signature = (x, g, w, stride=None, padding=None, threads=None, isa=None))]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d_backward<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    g: &Bound<'py, PyAny>,
+    w: &Bound<'py, PyAny>,
+    stride: Option<&Bound<'py, PyAny>>,
+    padding: Option<&Bound<'py, PyAny>>,
+    threads: Option<&Bound<'py, PyAny>>,
+    isa: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    const F: &str = "conv2d_backward";
+    let (xa, [n, c, h, wd]) = array4(F, "x", x)?;
+    let (ga, [gn, o, gh, gwd]) = array4(F, "g", g)?;
+    let (wa, [wo, wc, kh, kw]) = array4(F, "w", w)?;
+    channels_match(F, "x's and g's batch sizes", gn, n)?;
+    channels_match(F, "x's channels and w's input channels", c, wc)?;
+    channels_match(F, "g's channels and w's output channels", o, wo)?;
+    let win = weight_window(F, kh, kw, stride, padding)?;
+    let s = shape_of(F, n, c, h, wd, o, win)?;
+    if (s.ho, s.wo) != (gh, gwd) {
+        return Err(value_error(format!(
+            "{F}: g is {gh}x{gwd} per channel, but x and the window give a {}x{} output",
+            s.ho, s.wo
+        )));
+    }
+    let threads = resolve_threads(F, threads)?;
+    let isa = resolve_isa(F, isa)?;
+    let (xr, gr, wr) = (
+        slice_of::<f32>(F, "x", &xa)?,
+        slice_of::<f32>(F, "g", &ga)?,
+        slice_of::<f32>(F, "w", &wa)?,
+    );
+    let (xs, gs, ws) = (
+        as_slice(F, "x", &xr)?,
+        as_slice(F, "g", &gr)?,
+        as_slice(F, "w", &wr)?,
+    );
+    let gw = empty::<f32, numpy::ndarray::Ix4>(py, F, &[o, c, kh, kw])?;
+    {
+        let mut gw_rw = gw.readwrite();
+        let gw_s = gw_rw
+            .as_slice_mut()
+            .map_err(|e| value_error(format!("{F}: gw: {e}")))?;
+        let gx = filled::<f32, numpy::ndarray::Ix4>(py, F, &[n, c, h, wd], |gx_s| {
+            conv::backward(&s, xs, gs, ws, gx_s, gw_s, isa, threads).map_err(|e| format!("{F}: {e}"))
+        })?;
+        drop(gw_rw);
+        PyTuple::new(py, [gx.into_any(), gw.clone().into_any()])
+    }
 }

@@ -16,7 +16,7 @@
 //! weight gradient sums images in fixed groups of [`GROUP`] and then the groups in order, so its bits
 //! do not depend on the thread count. The NumPy twin is `Conv2dIm2col` in `apb_ref/ops/conv.py`.
 
-use super::direct::{self, Family, Plan, OB};
+use super::direct::{self, Family, Plan, OB, QB};
 use super::matmul::{matmul, View};
 use crate::conv::Window;
 use crate::isa::Isa;
@@ -283,6 +283,104 @@ pub fn backward_weight(
     })
 }
 
+/// gx and gw together, bit for bit [`backward_input`] and [`backward_weight`]. On the direct path with
+/// "same" padding (kh − 1 − padding = padding) each image of g is padded once for both: the
+/// turned-around conv's zero-padded copy of g, read from padding·Wp + padding on, is the weight
+/// gradient's g grid (rows Wp apart, zero at the junk columns, which land on the padding), so only the
+/// distance between two channels' rows differs (`Group::g_row`).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    s: &Shape,
+    x: &[f32],
+    g: &[f32],
+    w: &[f32],
+    gx: &mut [f32],
+    gw: &mut [f32],
+    isa: Isa,
+    threads: usize,
+) -> Result<(), String> {
+    check_lens(&[
+        ("x", x.len(), s.n * s.image_in()),
+        ("g", g.len(), s.n * s.image_out()),
+        ("w", w.len(), s.o * s.k()),
+        ("gx", gx.len(), s.n * s.image_in()),
+        ("gw", gw.len(), s.o * s.k()),
+    ])?;
+    match shared_g(s) {
+        Some(t) if s.n > 0 && !gw.is_empty() => {
+            gw.fill(0.0);
+            backward_both_direct(s, &t, (x, g, w), gx, gw, family(isa)?, threads)
+        }
+        _ => {
+            backward_input(s, g, w, gx, isa, threads)?;
+            backward_weight(s, x, g, gw, isa, threads)
+        }
+    }
+}
+
+/// The turned-around conv of `s` when its padded copy of g can serve the weight gradient too: the
+/// same padding, so the same row width and plane; whole blocks of OB output channels (the weight
+/// kernels read OB rows a block); and more padding below a channel's last row and above the next one's
+/// first than the QB positions by which the grid may run past the rows (they must read zeros).
+fn shared_g(s: &Shape) -> Option<Shape> {
+    let t = turned_around(s)?;
+    let (px, pg) = (plan_of(s), plan_of(&t));
+    let p = s.win.padding;
+    (t.win.padding == p && px.wp == pg.wp && px.plane == pg.plane && s.o % OB == 0 && 2 * p * pg.wp > QB)
+        .then_some(t)
+}
+
+/// [`backward`] on the direct path: per group of images, g padded once (the input gradient's forward
+/// reads it, then the weight gradient) and x padded for the weight gradient.
+fn backward_both_direct(
+    s: &Shape,
+    t: &Shape,
+    (x, g, w): (&[f32], &[f32], &[f32]),
+    gx: &mut [f32],
+    gw: &mut [f32],
+    fam: Family,
+    threads: usize,
+) -> Result<(), String> {
+    let (px, pg) = (plan_of(s), plan_of(t));
+    let turned = direct::pack_weights(&turn_weights(s, w), t.o, t.k());
+    let (xl, gl, xi, oi) = (px.padded_len(), pg.padded_len(), s.image_in(), s.image_out());
+    let shift = s.win.padding * pg.wp + s.win.padding;
+    let scratch = || {
+        (
+            vec![0.0f32; GROUP * xl],
+            vec![0.0f32; GROUP * gl],
+            vec![0.0f32; t.o.div_ceil(OB) * OB * pg.grid],
+        )
+    };
+    per_group_out(
+        s,
+        gw,
+        (gx, xi),
+        threads,
+        scratch,
+        |(xp, gp, out), images, gxs, sum| {
+            let count = images.len();
+            for (k, n) in images.enumerate() {
+                let gk = &mut gp[k * gl..][..gl];
+                direct::pad_image(&pg, &g[n * oi..][..oi], gk);
+                forward_image(t, &pg, gk, &turned, out, &mut gxs[k * xi..][..xi], fam);
+                direct::pad_image(&px, &x[n * xi..][..xi], &mut xp[k * xl..][..xl]);
+            }
+            let (xp, gp) = (&*xp, &*gp);
+            let group = |b: usize| direct::Group {
+                xp,
+                gp,
+                images: count,
+                g_image: gl,
+                g_block: b * OB * pg.plane + shift,
+                g_row: pg.plane,
+            };
+            weight_blocks(s, &px, group, sum, fam);
+            Ok(())
+        },
+    )
+}
+
 /// Run `f(scratch, input image, output image)` for every image on `threads` threads, each with its
 /// own scratch from `scratch`; the first error wins.
 fn per_image<S>(
@@ -311,12 +409,35 @@ fn per_group<S>(
     scratch: impl Fn() -> S + Sync,
     f: impl Fn(&mut S, std::ops::Range<usize>, &mut [f32]) -> Result<(), String> + Sync,
 ) -> Result<(), String> {
+    per_group_out(s, gw, (&mut [], 0), threads, scratch, |sc, images, _, sum| {
+        f(sc, images, sum)
+    })
+}
+
+/// [`per_group`] that also hands each group its images' part of `out` (`out_len` floats an image).
+fn per_group_out<S>(
+    s: &Shape,
+    gw: &mut [f32],
+    (out, out_len): (&mut [f32], usize),
+    threads: usize,
+    scratch: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, std::ops::Range<usize>, &mut [f32], &mut [f32]) -> Result<(), String> + Sync,
+) -> Result<(), String> {
     let len = gw.len();
-    let mut partial = vec![0.0f32; s.n.div_ceil(GROUP) * len];
-    let items: Vec<_> = partial.chunks_mut(len).enumerate().collect();
+    let groups = s.n.div_ceil(GROUP);
+    let mut partial = vec![0.0f32; groups * len];
+    let outs: Vec<&mut [f32]> = if out_len == 0 {
+        (0..groups).map(|_| <&mut [f32]>::default()).collect()
+    } else {
+        out.chunks_mut(GROUP * out_len).collect()
+    };
+    let items: Vec<_> = partial.chunks_mut(len).zip(outs).enumerate().collect();
     let error = Mutex::new(None);
-    threads::run_claimed_with(threads, items, scratch, |sc, (group, sum)| {
-        record(&error, f(sc, group * GROUP..((group + 1) * GROUP).min(s.n), sum))
+    threads::run_claimed_with(threads, items, scratch, |sc, (group, (sum, out))| {
+        record(
+            &error,
+            f(sc, group * GROUP..((group + 1) * GROUP).min(s.n), out, sum),
+        )
     })?;
     take(error)?;
     for sum in partial.chunks(len) {
@@ -408,22 +529,36 @@ fn forward_direct(
         scratch,
         |(xp, out), xi, yi| {
             direct::pad_image(&plan, xi, xp);
-            for b in 0..blocks {
-                let rows = &mut out[b * OB * plan.grid..][..OB * plan.grid];
-                let wb = &packed[b * taps * OB..][..taps * OB];
-                // SAFETY: `fam` came from `direct::family`; xp is padded_len long, wb holds taps·OB
-                // floats and rows OB·grid.
-                unsafe { (fam.forward)(&plan, xp, wb, rows) };
-            }
-            for o in 0..s.o {
-                for r in 0..s.ho {
-                    yi[(o * s.ho + r) * s.wo..][..s.wo]
-                        .copy_from_slice(&out[o * plan.grid + r * plan.wp..][..s.wo]);
-                }
-            }
+            forward_image(s, &plan, xp, &packed, out, yi, fam);
             Ok(())
         },
     )
+}
+
+/// One image of the direct forward from its padded copy `xp`: every block of OB channels over the
+/// whole grid into `out` (scratch of blocks·OB·grid floats), then the valid positions into `yi`.
+fn forward_image(
+    s: &Shape,
+    plan: &Plan,
+    xp: &[f32],
+    packed: &[f32],
+    out: &mut [f32],
+    yi: &mut [f32],
+    fam: Family,
+) {
+    let taps = s.k();
+    for b in 0..s.o.div_ceil(OB) {
+        let rows = &mut out[b * OB * plan.grid..][..OB * plan.grid];
+        let wb = &packed[b * taps * OB..][..taps * OB];
+        // SAFETY: `fam` came from `direct::family`; xp is padded_len long, wb holds taps·OB floats
+        // and rows OB·grid.
+        unsafe { (fam.forward)(plan, xp, wb, rows) };
+    }
+    for o in 0..s.o {
+        for r in 0..s.ho {
+            yi[(o * s.ho + r) * s.wo..][..s.wo].copy_from_slice(&out[o * plan.grid + r * plan.wp..][..s.wo]);
+        }
+    }
 }
 
 /// The direct weight gradient: per group of images, each image padded and its g placed on the grid
@@ -438,7 +573,6 @@ fn backward_weight_direct(
     threads: usize,
 ) -> Result<(), String> {
     let plan = plan_of(s);
-    let (kh, kw) = (s.win.kh, s.win.kw);
     let blocks = s.o.div_ceil(OB);
     let g_image = blocks * OB * plan.grid;
     let scratch = || {
@@ -467,36 +601,50 @@ fn backward_weight_direct(
                 }
             }
         }
-        for b in 0..blocks {
-            let group = direct::Group {
-                xp,
-                gp,
-                images: count,
-                g_image,
-                g_block: b * OB * plan.grid,
-            };
-            for c0 in (0..s.c).step_by(direct::CP) {
-                let channels = direct::CP.min(s.c - c0);
-                for i in 0..kh {
-                    for j0 in (0..kw).step_by(direct::TJ) {
-                        let mut acc = [[[0.0f32; direct::TJ]; OB]; direct::CP];
-                        // SAFETY: `fam` came from `direct::family`; xp holds `count` padded images,
-                        // gp `count` images of `blocks` blocks of OB grid rows; c0 + channels <= C,
-                        // i < kh, j0 < kw.
-                        unsafe { (fam.weight_taps)(&plan, &group, c0, channels, i, j0, &mut acc) };
-                        for (k, block) in acc.iter().enumerate().take(channels) {
-                            for (ob, row) in block.iter().enumerate().filter(|(ob, _)| b * OB + ob < s.o) {
-                                for (jj, &v) in row.iter().enumerate().filter(|(jj, _)| j0 + jj < kw) {
-                                    sum[(((b * OB + ob) * s.c + c0 + k) * kh + i) * kw + j0 + jj] += v;
-                                }
+        let group = |b: usize| direct::Group {
+            xp,
+            gp,
+            images: count,
+            g_image,
+            g_block: b * OB * plan.grid,
+            g_row: plan.grid,
+        };
+        weight_blocks(s, &plan, group, sum, fam);
+        Ok(())
+    })
+}
+
+/// Every (block b of OB output channels, input channels c0.., row i, TJ taps j0..) of the direct
+/// weight gradient over a group of images (`group(b)`: the operands of block b), added into `sum`.
+fn weight_blocks<'a>(
+    s: &Shape,
+    plan: &Plan,
+    group: impl Fn(usize) -> direct::Group<'a>,
+    sum: &mut [f32],
+    fam: Family,
+) {
+    let (kh, kw) = (s.win.kh, s.win.kw);
+    for b in 0..s.o.div_ceil(OB) {
+        let group = group(b);
+        for c0 in (0..s.c).step_by(direct::CP) {
+            let channels = direct::CP.min(s.c - c0);
+            for i in 0..kh {
+                for j0 in (0..kw).step_by(direct::TJ) {
+                    let mut acc = [[[0.0f32; direct::TJ]; OB]; direct::CP];
+                    // SAFETY: `fam` came from `direct::family`; the group holds its padded images
+                    // and their g rows (the callers size them); c0 + channels <= C, i < kh, j0 < kw.
+                    unsafe { (fam.weight_taps)(plan, &group, c0, channels, i, j0, &mut acc) };
+                    for (k, block) in acc.iter().enumerate().take(channels) {
+                        for (ob, row) in block.iter().enumerate().filter(|(ob, _)| b * OB + ob < s.o) {
+                            for (jj, &v) in row.iter().enumerate().filter(|(jj, _)| j0 + jj < kw) {
+                                sum[(((b * OB + ob) * s.c + c0 + k) * kh + i) * kw + j0 + jj] += v;
                             }
                         }
                     }
                 }
             }
         }
-        Ok(())
-    })
+    }
 }
 
 /// Keep the first error of a task (a task reports success as its return value).
@@ -645,6 +793,41 @@ mod tests {
             let portable = run(Isa::Scalar);
             for isa in crate::isa::available() {
                 assert!(run(isa) == portable, "{isa} differs from scalar on {s:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn both_gradients_at_once_give_each_ones_bits() {
+        let mut rng = Rng(12);
+        let mut cases = shapes();
+        // shapes that share the padded g: "same" padding, whole blocks of OB output channels
+        for (n, c, h, w, o) in [(GROUP + 3, 3, 5, 9, 4), (2, 5, 8, 16, 8), (1, 2, 3, 20, 12)] {
+            let win = Window {
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                padding: 1,
+            };
+            let s = Shape::new(n, c, h, w, o, win).unwrap();
+            assert!(shared_g(&s).is_some(), "{s:?}");
+            cases.push(s);
+        }
+        for s in cases {
+            let x: Vec<f32> = (0..s.n * s.image_in()).map(|_| rng.f()).collect();
+            let w: Vec<f32> = (0..s.o * s.k()).map(|_| rng.f()).collect();
+            let g: Vec<f32> = (0..s.n * s.image_out()).map(|_| rng.f()).collect();
+            for isa in crate::isa::available() {
+                for threads in [1, 2] {
+                    let (mut gx, mut gw) = (vec![f32::NAN; x.len()], vec![f32::NAN; w.len()]);
+                    backward(&s, &x, &g, &w, &mut gx, &mut gw, isa, threads).unwrap();
+                    let (mut gx1, mut gw1) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+                    backward_input(&s, &g, &w, &mut gx1, isa, threads).unwrap();
+                    backward_weight(&s, &x, &g, &mut gw1, isa, threads).unwrap();
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&gx), bits(&gx1), "{isa} {threads} {s:?}");
+                    assert_eq!(bits(&gw), bits(&gw1), "{isa} {threads} {s:?}");
+                }
             }
         }
     }

@@ -118,7 +118,8 @@ pub type TapBlock = [[[f32; TJ]; OB]; CP];
 pub type WeightTapsFn = unsafe fn(&Plan, &Group, usize, usize, usize, usize, &mut TapBlock);
 
 /// The operands of the weight gradient for a group of images: image k's padded copy at
-/// `xp[k·padded_len ..]`, and rows ob < OB of its g on the grid at `gp[k·g_image + g_block + ob·grid ..]`.
+/// `xp[k·padded_len ..]`, and rows ob < OB of its g on the grid at `gp[k·g_image + g_block + ob·g_row ..]`
+/// (each row read `grid` floats long, zero at the junk positions).
 /// The microkernel runs down every image's grid before adding its lanes, so that short grids (8×8
 /// maps) still amortise the final sums.
 pub struct Group<'a> {
@@ -127,6 +128,9 @@ pub struct Group<'a> {
     pub images: usize,
     pub g_image: usize,
     pub g_block: usize,
+    /// floats between two output channels' g rows (`grid` when g was placed on the grid; a padded
+    /// plane when the rows are read from g's zero-padded copy, see `conv::backward`)
+    pub g_row: usize,
 }
 
 impl Group<'_> {
@@ -149,13 +153,14 @@ pub struct Family {
     /// The CPU runs the family's ISA; `xp.len() == plan.padded_len()`, `wpk.len() >= plan.c·kh·kw·OB`,
     /// `out.len() >= OB·plan.grid`.
     pub forward: ForwardFn,
-    /// `weight_taps(plan, group, c0, count, i, j0, acc)`: for the `count` (1 or [`CP`]) input
+    /// `weight_taps(plan, group, c0, count, i, j0, acc)`: for the `count` (1 to [`CP`]) input
     /// channels c = c0 + k, acc[k][ob][jj] += Σ_n Σ_{q < grid} g_n[ob, q] · xp_n[c·plane + i·Wp + j0 +
     /// jj + q] over the group's images n ([`Group`]).
     ///
     /// # Safety
     /// The CPU runs the family's ISA; `xp.len() >= images·padded_len`, `gp.len() >= (images − 1)·g_image
-    /// + g_block + OB·grid`, `c0 + count <= plan.c`, `1 <= count <= CP`, `i < plan.kh`, `j0 < plan.kw`.
+    /// + g_block + (OB − 1)·g_row + grid`, `c0 + count <= plan.c`, `1 <= count <= CP`, `i < plan.kh`,
+    /// `j0 < plan.kw`.
     pub weight_taps: WeightTapsFn,
 }
 
@@ -164,12 +169,18 @@ const PORTABLE: Family = Family {
     weight_taps: each_channel_portable,
 };
 
-/// The microkernels of `isa`, or None if this build or CPU lacks it. The AVX2 routines also need FMA;
-/// without it the avx2 path runs the portable ones.
+/// The microkernels of `isa`, or None if this build or CPU lacks it. The AVX2 and AVX-512 routines also
+/// need FMA (the AVX-512 weight gradient falls back to the AVX2 one); without it they run the portable ones.
 pub fn family(isa: Isa) -> Option<Family> {
     #[cfg(target_arch = "x86_64")]
     let avx2 = if std::arch::is_x86_feature_detected!("fma") {
         x86::AVX2
+    } else {
+        PORTABLE
+    };
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = if std::arch::is_x86_feature_detected!("fma") {
+        x86::AVX512
     } else {
         PORTABLE
     };
@@ -178,7 +189,7 @@ pub fn family(isa: Isa) -> Option<Family> {
         #[cfg(target_arch = "x86_64")]
         avx2,
         #[cfg(target_arch = "x86_64")]
-        avx512: x86::AVX512,
+        avx512,
     }
     .pick(isa)
 }
@@ -240,7 +251,7 @@ fn weight_taps_portable(
         let (base, g_base) = group.offsets(plan, k, c, i, j0);
         for q in (0..plan.grid).step_by(GQ) {
             for ob in 0..OB {
-                let g = &group.gp[g_base + ob * plan.grid + q..][..GQ];
+                let g = &group.gp[g_base + ob * group.g_row + q..][..GQ];
                 for jj in 0..TJ {
                     let x = &group.xp[base + jj + q..][..GQ];
                     for v in 0..GQ {
@@ -333,6 +344,7 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     unsafe fn forward_avx512(plan: &Plan, xp: &[f32], wpk: &[f32], out: &mut [f32]) {
         // grid is a multiple of QB = 16: blocks of 48 positions, then one of 32 or 16
+        debug_assert!(plan.grid % QB == 0, "the grid is whole blocks of QB");
         let mut q0 = 0;
         // SAFETY (all three): q0 + V·16 <= grid; the rest is the caller's contract.
         while q0 + 48 <= plan.grid {
@@ -426,7 +438,7 @@ mod x86 {
             let (xo, go) = group.offsets(plan, k, c, i, j0);
             let (x, g) = unsafe { (group.xp.as_ptr().add(xo), group.gp.as_ptr().add(go)) };
             for q in (0..plan.grid).step_by(GQ) {
-                // SAFETY: q + 8 <= grid, ob·grid + grid <= OB·grid; x as above.
+                // SAFETY: q + 8 <= grid, ob·g_row + grid is inside gp (the caller's bound); x as above.
                 unsafe {
                     let xv = [
                         _mm256_loadu_ps(x.add(q)),
@@ -434,7 +446,7 @@ mod x86 {
                         _mm256_loadu_ps(x.add(q + 2)),
                     ];
                     for ob in 0..OB {
-                        let gv = _mm256_loadu_ps(g.add(ob * plan.grid + q));
+                        let gv = _mm256_loadu_ps(g.add(ob * group.g_row + q));
                         for jj in 0..TJ {
                             lanes[ob][jj] = _mm256_fmadd_ps(gv, xv[jj], lanes[ob][jj]);
                         }
@@ -485,7 +497,7 @@ mod x86 {
     /// its order: OB/2 pairs × CH channels × TJ taps accumulators (24 for CH = 4).
     ///
     /// # Safety
-    /// See [`Family::weight_taps`] with channels c0..c0 + CH < plan.c and `acc.len() >= CH`: every
+    /// See [`Family::weight_taps`] with channels c0..c0 + CH <= plan.c and `acc.len() >= CH`: every
     /// load lies in the group's `xp` and `gp`.
     #[target_feature(enable = "avx512f")]
     unsafe fn channels_avx512<const CH: usize>(
@@ -499,15 +511,15 @@ mod x86 {
         const PAIRS: usize = OB / 2;
         let mut lanes = [[[_mm512_setzero_ps(); TJ]; CH]; PAIRS];
         for n in 0..group.images {
-            // SAFETY: as weight_taps_avx2's, for channels c0..c0 + CH < plan.c.
+            // SAFETY: as weight_taps_avx2's, for channels c0..c0 + CH <= plan.c.
             let (xo, go) = group.offsets(plan, n, c0, i, j0);
             let (x, g) = unsafe { (group.xp.as_ptr().add(xo), group.gp.as_ptr().add(go)) };
             for q in (0..plan.grid).step_by(GQ) {
                 // SAFETY: q + 8 <= grid; rows ob < OB of g; x + k·plane is channel c0 + k's row.
                 unsafe {
                     let gv: [__m512; PAIRS] = std::array::from_fn(|p| {
-                        let lo = _mm512_castps256_ps512(_mm256_loadu_ps(g.add(2 * p * plan.grid + q)));
-                        let hi = _mm256_loadu_ps(g.add((2 * p + 1) * plan.grid + q));
+                        let lo = _mm512_castps256_ps512(_mm256_loadu_ps(g.add(2 * p * group.g_row + q)));
+                        let hi = _mm256_loadu_ps(g.add((2 * p + 1) * group.g_row + q));
                         _mm512_castpd_ps(_mm512_insertf64x4::<1>(
                             _mm512_castps_pd(lo),
                             _mm256_castps_pd(hi),

@@ -42,6 +42,11 @@ impl Pool {
             stride,
             padding,
         };
+        if padding > k / 2 || k.checked_mul(k).is_none() {
+            return Err(format!(
+                "need padding <= kernel/2 (and kernel² to fit), got kernel {k} and padding {padding}"
+            ));
+        }
         let (ho, wo) = win.output(h, w)?;
         Ok(Pool {
             planes,

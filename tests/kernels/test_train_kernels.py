@@ -18,7 +18,7 @@ from apb_ref import ops as F
 from apb_ref.autograd import Tensor
 from apb_ref.kernels import use_backend
 from apb_ref.quant.activations import sign_ste
-from kernel_helpers import needs_rust, raw_rust  # noqa: F401
+from kernel_helpers import counting_twins, needs_rust, raw_rust  # noqa: F401
 from strategies import conv_geometries, float32_values
 
 U = 2.0 ** -24
@@ -66,19 +66,23 @@ def test_rust_conv_products_are_within_float32_rounding(geometry, seed):
 
 
 @needs_rust
-@pytest.mark.parametrize("stride, width", [(1, 18), (1, 9), (1, 7), (2, 18)])  # direct twice, im2col + GEMM twice
-def test_every_isa_gives_the_same_bits(raw_rust, stride, width):  # noqa: F811
+@pytest.mark.parametrize("stride, width, out", [(1, 18, 6), (1, 18, 8), (1, 9, 6), (1, 7, 6), (2, 18, 6)])
+def test_every_isa_gives_the_same_bits(raw_rust, stride, width, out):  # noqa: F811
+    """Direct path (8 output channels: both gradients from one padded g), im2col + GEMM; every ISA gives
+    the scalar path's bits, and conv2d_backward gives the two separate gradients' bits."""
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((3, 5, 6, width)).astype(np.float32)
-    w = rng.standard_normal((6, 5, 3, 3)).astype(np.float32)
+    x = rng.standard_normal((19, 5, 6, width)).astype(np.float32)
+    w = rng.standard_normal((out, 5, 3, 3)).astype(np.float32)
     results = {}
     for isa in raw_rust.isa_available():
         y = raw_rust.conv2d_forward(x, w, stride, 1, isa=isa)
         g = np.ascontiguousarray(y[::-1])
         results[isa] = (y, raw_rust.conv2d_backward_input(g, w, 6, width, stride, 1, isa=isa),
-                        raw_rust.conv2d_backward_weight(x, g, 3, 3, stride, 1, isa=isa))
-    for isa, got in results.items():
-        assert all(np.array_equal(a, b) for a, b in zip(got, results["scalar"])), isa
+                        raw_rust.conv2d_backward_weight(x, g, 3, 3, stride, 1, isa=isa),
+                        *raw_rust.conv2d_backward(x, g, w, stride, 1, isa=isa))
+    for isa, (y, gx, gw, gx2, gw2) in results.items():
+        assert np.array_equal(gx, gx2) and np.array_equal(gw, gw2), isa
+        assert all(np.array_equal(a, b) for a, b in zip((y, gx, gw), results["scalar"])), isa
 
 
 @needs_rust
@@ -225,7 +229,7 @@ def test_fused_batch_norm_act_gives_the_separate_ops_bits(n, c, spatial, act, re
     gamma, beta = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
     results = []
     for fused in (True, False):
-        with use_backend("rust"):
+        with counting_twins() as calls, use_backend("rust"):
             ts = [Tensor(a.copy(), requires_grad=True) for a in (x, gamma, beta, *(() if r is None else (r,)))]
             running = np.zeros(c, np.float32), np.ones(c, np.float32)
             rt = ts[3] if r is not None else None
@@ -236,6 +240,9 @@ def test_fused_batch_norm_act_gives_the_separate_ops_bits(n, c, spatial, act, re
                 y = y if rt is None else y + rt
                 y = F.relu(y) if act == "relu" else F.hardtanh(y, -0.5, 0.75)
             y.backward(g)
+        separate = sum(calls.get(f"{a}_{d}", 0) for a in ("relu", "hardtanh") for d in ("forward", "backward"))
+        assert calls.get("batch_norm_forward") == calls.get("batch_norm_backward") == 1
+        assert separate == (0 if fused else 2)  # the fused kernel ran the activation itself
         results.append([y.data, *running, *(t.grad for t in ts)])
     for a, b in zip(*results):
         np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))

@@ -7,7 +7,6 @@ to the rounding bound of a sum of L float32 terms, γ_L·Σ|terms| with γ_L = L
 u = 2⁻²⁴ (Higham, Accuracy and Stability of Numerical Algorithms, §3.1), against the exact float64
 result, whatever order each sums in.
 """
-import contextlib
 import math
 import re
 
@@ -20,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 from apb_ref.autograd import Tensor
 from apb_ref.kernels import backend, use_backend
 from apb_ref.nn import optim
-from kernel_helpers import needs_rust, raw_rust  # noqa: F401
+from kernel_helpers import counting_twins, needs_rust, raw_rust  # noqa: F401
 from strategies import float32_values
 
 U = 2.0 ** -24
@@ -34,24 +33,6 @@ def same_bits(a, b):
     a, b = np.asarray(a), np.asarray(b)
     assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
     return bool(((a.view(np.uint32) == b.view(np.uint32)) | (np.isnan(a) & np.isnan(b))).all())
-
-
-@contextlib.contextmanager
-def counting_twins():
-    """Counts the calls of each Rust training twin while it is open (so a test knows the fast path ran)."""
-    counts, saved = {}, dict(backend._TRAINING)
-
-    def counting(name, fn):
-        def call(*args, **kwargs):
-            counts[name] = counts.get(name, 0) + 1
-            return fn(*args, **kwargs)
-        return call
-
-    backend._TRAINING.update({name: counting(name, fn) for name, fn in saved.items()})
-    try:
-        yield counts
-    finally:
-        backend._TRAINING.update(saved)
 
 
 # --- optimizer steps --------------------------------------------------------------------------------
