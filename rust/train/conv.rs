@@ -326,7 +326,11 @@ fn shared_g(s: &Shape) -> Option<Shape> {
     let t = turned_around(s)?;
     let (px, pg) = (plan_of(s), plan_of(&t));
     let p = s.win.padding;
-    (t.win.padding == p && px.wp == pg.wp && px.plane == pg.plane && s.o % OB == 0 && 2 * p * pg.wp > QB)
+    (t.win.padding == p
+        && px.wp == pg.wp
+        && px.plane == pg.plane
+        && s.o.is_multiple_of(OB)
+        && 2 * p * pg.wp > QB)
         .then_some(t)
 }
 

@@ -344,7 +344,7 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     unsafe fn forward_avx512(plan: &Plan, xp: &[f32], wpk: &[f32], out: &mut [f32]) {
         // grid is a multiple of QB = 16: blocks of 48 positions, then one of 32 or 16
-        debug_assert!(plan.grid % QB == 0, "the grid is whole blocks of QB");
+        debug_assert!(plan.grid.is_multiple_of(QB), "the grid is whole blocks of QB");
         let mut q0 = 0;
         // SAFETY (all three): q0 + V·16 <= grid; the rest is the caller's contract.
         while q0 + 48 <= plan.grid {
