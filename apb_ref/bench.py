@@ -72,6 +72,8 @@ def measure_interleaved(fns: dict, repeats: int, min_time: float = MIN_SECONDS, 
     median of each round's block, from which `speedup` takes its same-round ratios."""
     if rounds < 1 or repeats < 1:
         raise ValueError(f"measure_interleaved: rounds and repeats must be >= 1, got {rounds} and {repeats}")
+    if not settle >= 0:
+        raise ValueError(f"measure_interleaved: settle must be >= 0 seconds, got {settle}")
     names = list(fns)
     warm, results, times, per_round = {}, {}, {}, {}
     for name in names:

@@ -98,6 +98,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 1 or args.batch_size < 1:
         parser.error("--steps and --batch-size must be >= 1")
+    if not args.settle >= 0:
+        parser.error("--settle must be >= 0 seconds")
     backends = args.backend or kernels.available_backends()
     missing = [b for b in backends if b not in kernels.available_backends()]
     if missing:

@@ -28,6 +28,10 @@ def test_interleaved_refuses_zero_rounds_or_repeats():
         measure_interleaved({"a": lambda: None}, repeats=1, rounds=0)
     with pytest.raises(ValueError, match="rounds and repeats"):
         measure_interleaved({"a": lambda: None}, repeats=0, rounds=1)
+    with pytest.raises(ValueError, match="settle must be >= 0"):
+        measure_interleaved({"a": lambda: None}, repeats=1, rounds=1, settle=-1.0)
+    with pytest.raises(ValueError, match="settle must be >= 0"):
+        measure_interleaved({"a": lambda: None}, repeats=1, rounds=1, settle=float("nan"))
 
 
 def test_speedup_takes_the_median_of_same_round_ratios():

@@ -94,21 +94,12 @@ def _contiguous(x):
     return np.require(x, requirements=["C", "A"]) if isinstance(x, np.ndarray) else x
 
 
-def _rust_call(name: str):
+def _rust_call(name: str, written: tuple[int, ...] = ()):
+    """The Rust kernel `name` with its arrays made contiguous, except those it writes in place: the
+    option add_to and the positional arrays at `written` (a copy would lose the result; the binding
+    names a bad one instead)."""
     def call(*args, **options):
-        # array options (scale, shift) too; not add_to, which is written in place: a copy would lose
-        # the result (the binding names a bad one instead)
         options = {key: v if key == "add_to" else _contiguous(v) for key, v in options.items()}
-        return getattr(_rust, name)(*map(_contiguous, args), **options)
-    call.__name__ = f"_{name}_rust"
-    return call
-
-
-def _rust_in_place(name: str, written: tuple[int, ...]):
-    """Like `_rust_call`, but the positional arrays at `written` are passed as they are: the kernel
-    updates them in place, so a contiguous copy would lose the update (the caller passes C-contiguous
-    writeable ones; the binding names any other)."""
-    def call(*args, **options):
         args = [a if i in written else _contiguous(a) for i, a in enumerate(args)]
         return getattr(_rust, name)(*args, **options)
     call.__name__ = f"_{name}_rust"
@@ -198,7 +189,7 @@ _TRAINING = {name: _rust_call(name) for name in (
     "max_pool_forward", "max_pool_backward", "avg_pool_forward", "avg_pool_backward",
     "cross_entropy_forward", "cross_entropy_backward")}
 # the optimizer steps write the parameter and its state in place: (p, g, buf) and (p, m, v, g)
-_TRAINING.update(sgd_step=_rust_in_place("sgd_step", (0, 2)), adam_step=_rust_in_place("adam_step", (0, 1, 2)))
+_TRAINING.update(sgd_step=_rust_call("sgd_step", (0, 2)), adam_step=_rust_call("adam_step", (0, 1, 2)))
 
 
 def _training_kernel(name: str):

@@ -150,7 +150,7 @@ def batch_norm_act(x, weight, bias, running_mean, running_var, momentum: float =
 
 
 def fuses_batch_norm(x) -> bool:
-    """Whether `batch_norm_act` on x would run one fused kernel (else the separate ops are as fast)."""
+    """Whether `batch_norm_act` on x would run one fused kernel (elsewhere the separate ops do the same work)."""
     return accel.kernel("batch_norm_forward", x.data if isinstance(x, Tensor) else np.asarray(x)) is not None
 
 

@@ -58,7 +58,8 @@ pub(super) fn elementwise<'py>(
     })
 }
 
-fn range(func: &str, lo: f64, hi: f64) -> PyResult<(f32, f32)> {
+/// Hardtanh's bounds as float32, lo < hi after the rounding (also the fused batch norm's, `norm.rs`).
+pub(super) fn clip_range(func: &str, lo: f64, hi: f64) -> PyResult<(f32, f32)> {
     let (l, h) = (lo as f32, hi as f32);
     if l.partial_cmp(&h) != Some(std::cmp::Ordering::Less) {
         return Err(value_error(format!(
@@ -105,7 +106,7 @@ pub(crate) fn hardtanh_forward<'py>(
     hi: f64,
     threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    let (lo, hi) = range("hardtanh_forward", lo, hi)?;
+    let (lo, hi) = clip_range("hardtanh_forward", lo, hi)?;
     elementwise(py, "hardtanh_forward", &[("x", x)], threads, move |s, o, t| {
         ew::map(s[0], o, t, move |v| clip(v, lo, hi))
     })
@@ -122,7 +123,7 @@ pub(crate) fn hardtanh_backward<'py>(
     hi: f64,
     threads: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyArrayDyn<f32>>> {
-    let (lo, hi) = range("hardtanh_backward", lo, hi)?;
+    let (lo, hi) = clip_range("hardtanh_backward", lo, hi)?;
     elementwise(
         py,
         "hardtanh_backward",

@@ -11,6 +11,7 @@ use pyo3::types::PyTuple;
 use super::args::{
     as_array, as_slice, describe, empty, filled, has_dtype, resolve_threads, slice_of, value_error,
 };
+use super::elementwise::clip_range;
 use crate::train::elementwise::Act;
 use crate::train::norm::{self, Dims};
 
@@ -60,13 +61,8 @@ fn activation(func: &str, act: &str, lo: f64, hi: f64) -> PyResult<Act> {
         "identity" => Ok(Act::Identity),
         "relu" => Ok(Act::Relu),
         "hardtanh" => {
-            let (l, h) = (lo as f32, hi as f32);
-            if l.partial_cmp(&h) != Some(std::cmp::Ordering::Less) {
-                return Err(value_error(format!(
-                    "{func}: need lo < hi (as float32), got {lo} and {hi}"
-                )));
-            }
-            Ok(Act::Clip { lo: l, hi: h })
+            let (lo, hi) = clip_range(func, lo, hi)?;
+            Ok(Act::Clip { lo, hi })
         }
         _ => Err(value_error(format!(
             "{func}: act must be 'identity', 'relu' or 'hardtanh', got {act:?}"
