@@ -105,6 +105,9 @@ def test_rust_weight_gradient_is_the_same_on_one_and_two_threads(raw_rust):  # n
     (lambda r, x, w: r.conv2d_forward(x, w, threads=0), "threads must be an integer in [1,"),
     (lambda r, x, w: r.conv2d_backward_input(np.zeros((2, 4, 5, 5), np.float32), w, 6, 6, 1, 1), "g is 5x5 per channel"),
     (lambda r, x, w: r.conv2d_backward_weight(x, np.zeros((3, 4, 6, 6), np.float32), 3, 3, 1, 1), "batch sizes: 3 != 2"),
+    (lambda r, x, w: r.conv2d_backward(x, np.zeros((2, 5, 6, 6), np.float32), w, 1, 1),
+     "g's channels and w's output channels: 5 != 4"),
+    (lambda r, x, w: r.conv2d_backward(x, np.zeros((2, 4, 5, 6), np.float32), w, 1, 1), "g is 5x6 per channel"),
     (lambda r, x, w: r.conv2d_forward(np.zeros((0, 3, 6, 6), np.float32), w), "no empty axis"),
 ])
 def test_rust_conv_kernels_name_bad_arguments(raw_rust, call, message):  # noqa: F811
