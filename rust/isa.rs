@@ -4,7 +4,8 @@
 //! `bits/mod.rs`):
 //!
 //! * `avx512`: AVX-512F + AVX-512 VPOPCNTDQ (`vpopcntq` on 8 words at once), and AVX-512BW (byte
-//!   masks, used by the packers; every CPU with VPOPCNTDQ except Knights Mill has it);
+//!   masks, used by the packers; every CPU with VPOPCNTDQ except Knights Mill has it), and
+//!   AVX-512 BITALG (`vpopcntw`, the 16-bit lanes of `crate::net`; the same CPUs);
 //! * `avx2`: AVX2, popcount by a `vpshufb` lookup on nibble words, bytes summed with `vpsadbw`;
 //! * `scalar`: portable Rust (`u64::count_ones`), always available, on every architecture.
 //!
@@ -42,7 +43,7 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2 (nibble-lookup popcount).
     Avx2,
-    /// x86-64 AVX-512F + VPOPCNTDQ + BW.
+    /// x86-64 AVX-512F + VPOPCNTDQ + BW + BITALG.
     Avx512,
 }
 
@@ -76,6 +77,7 @@ impl Isa {
                 std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512vpopcntdq")
                     && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512bitalg") // 16-bit popcounts (crate::net)
             }
             #[cfg(not(target_arch = "x86_64"))]
             Isa::Avx2 | Isa::Avx512 => false,

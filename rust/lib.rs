@@ -44,6 +44,7 @@ pub mod bgemm;
 pub mod bits;
 pub mod conv;
 pub mod isa;
+pub mod net;
 mod py;
 pub mod spmm;
 #[cfg(test)]
@@ -59,6 +60,7 @@ fn _kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::conv::im2col_bits, m)?)?;
     m.add_function(wrap_pyfunction!(py::sparse::csr_conv2d, m)?)?;
     m.add_function(wrap_pyfunction!(py::bconv::bconv_1bit, m)?)?;
+    m.add_class::<py::net::BinaryNet>()?;
     m.add_function(wrap_pyfunction!(py::isa_available, m)?)?;
     m.add_function(wrap_pyfunction!(py::isa_selected, m)?)?;
     m.add_function(wrap_pyfunction!(py::threads_selected, m)?)?;

@@ -17,6 +17,7 @@ from .backend import (  # noqa: F401
     KERNEL_NAMES,
     available_backends,
     bconv_1bit,
+    binary_net,
     bgemm_1x1,
     bgemm_1x2,
     bgemm_2x2,

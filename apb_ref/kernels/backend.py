@@ -198,3 +198,14 @@ def _training_kernel(name: str):
 
 
 accel.set_provider(_training_kernel)
+
+
+# --- a chain of binary convs prepared once (`apb_ref/packed/fused.py`), Rust only -------------------
+def binary_net(input_shape, padding, convs, steps, output):
+    """The Rust `BinaryNet` (its docstring has the arguments) while the backend is "rust", else None:
+    its NumPy twin is the chain of `bconv_1bit` calls it replaces."""
+    if _rust is None or get_backend() != "rust":
+        return None
+    convs = [(*(_contiguous(a) for a in c[:8]), None if c[8] is None else tuple(map(_contiguous, c[8])))
+             for c in convs]
+    return _rust.BinaryNet(tuple(input_shape), padding, convs, list(steps), output)

@@ -63,17 +63,45 @@ class FusedBlocks(nn.Module):
     def __init__(self, blocks: nn.Sequential):
         super().__init__()
         self.unfused = blocks
+        self._nets = {}  # (c, h, w) -> the blocks prepared as one BinaryNet, or None
 
     def forward(self, x):
         if kernels.get_backend() != "rust":
             return self.unfused(x)
         n, c, h, w = x.shape
+        net = self._nets[(c, h, w)] if (c, h, w) in self._nets else self._nets.setdefault((c, h, w), self.prepare(c, h, w))
+        if net is not None:
+            return Tensor(net.run(np.ascontiguousarray(x.data, dtype=np.float32)))
         x = np.ascontiguousarray(x.data.transpose(0, 2, 3, 1))  # NHWC
         bits = kernels.pack_bits(x.reshape(-1, c)).reshape(n, h, w, -1)
         last = len(self.unfused) - 1
         for i, block in enumerate(self.unfused):
             x, bits = self._block(block, x, bits, final=i == last)
         return Tensor(x.transpose(0, 3, 1, 2))
+
+    def prepare(self, c: int, h: int, w: int):
+        """The blocks as one Rust `BinaryNet` for (c, h, w) maps: the same `bconv_1bit` operands, wired
+        as `_block` wires them. None when a layer is outside what it runs (every conv must pad alike
+        and have at most 64 input and output channels)."""
+        convs = [conv for block in self.unfused for conv in (block.conv1, block.conv2)]
+        if len({conv.padding for conv in convs}) != 1 or any(max(cv.channels, cv.out_features) > 64 for cv in convs):
+            return None
+        plan = _Plan()
+        fx, bx, size = 0, 0, (h, w)  # the input's float and bit buffers
+        last = len(self.unfused) - 1
+        for i, block in enumerate(self.unfused):
+            fs = fx if block.stride == 1 and block.conv1.channels == block.cout else \
+                plan.shortcut(fx, block.stride, block.cout)
+            conv1, mid = plan.conv(block.conv1, size)
+            conv2, size = plan.conv(block.conv2, mid)
+            final = i == last
+            if isinstance(block, BiRealBlock):
+                fm, bm = plan.step(conv1, bx, fs, floats=True, signs=True)
+                fx, bx = plan.step(conv2, bm, fm, floats=True, signs=not final)
+            else:
+                _, bh = plan.step(conv1, bx, None, floats=False, signs=True)
+                fx, bx = plan.step(conv2, bh, fs, floats=True, signs=not final)
+        return kernels.binary_net((c, h, w), convs[0].padding, plan.convs, plan.steps, fx)
 
     @staticmethod
     def _block(block, x, bits, final):
@@ -85,6 +113,39 @@ class FusedBlocks(nn.Module):
         # and hardtanh keeps every sign
         hidden_bits = _bconv(block.conv1, bits, out="bits")
         return _bconv(block.conv2, hidden_bits, residual=shortcut, out="float" if final else "both")
+
+
+class _Plan:
+    """A `BinaryNet`'s convs and steps. Each step writes the lowest-numbered buffers it does not read
+    (0 is the input): what a step reads was written by the step before it or is the block's input."""
+
+    def __init__(self):
+        self.convs, self.steps = [], []
+
+    @staticmethod
+    def _free(*reads) -> int:
+        return min(set(range(1, len(reads) + 2)) - set(reads))
+
+    def conv(self, conv: PackedConv2d, size: tuple[int, int]) -> tuple[int, tuple[int, int]]:
+        """The conv's index and its output size on an input of `size`."""
+        ops = conv.fused_operands(*size)
+        self.convs.append((ops["weights"], conv.channels, conv.kh, conv.kw, conv.stride, ops["scale"], ops["shift"],
+                           ops["correction"], ops["csr"]))
+        out = tuple((s + 2 * conv.padding - k) // conv.stride + 1 for s, k in zip(size, (conv.kh, conv.kw)))
+        return len(self.convs) - 1, out
+
+    def shortcut(self, src: int, stride: int, channels: int) -> int:
+        dst = self._free(src)
+        self.steps.append(("shortcut", src, dst, stride, channels))
+        return dst
+
+    def step(self, conv: int, bits: int, residual: int | None, *, floats: bool, signs: bool):
+        """Conv `conv` on bit buffer `bits` (+ float buffer `residual`): the float and bit buffers it
+        writes (None for an output it does not make)."""
+        f = self._free(*([] if residual is None else [residual])) if floats else None
+        b = self._free(bits) if signs else None
+        self.steps.append(("conv", conv, bits, residual, f, b))
+        return f, b
 
 
 def _bconv(conv: PackedConv2d, bits: np.ndarray, residual=None, out="both"):

@@ -15,7 +15,7 @@ use crate::bits::words_for;
 const F: &str = "bconv_1bit";
 
 /// A float32 array argument of exactly `shape` (`what` names its axes), borrowed read-only.
-fn shaped<'py>(
+pub(super) fn shaped<'py>(
     name: &str,
     x: &Bound<'py, PyAny>,
     shape: &[usize],
@@ -37,13 +37,14 @@ fn optional<'a, 'py>(x: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, 
 }
 
 /// The CSR tuple (indptr, indices, data), each array checked for dtype, ndim and contiguity.
-struct CsrArrays<'py> {
-    indptr: numpy::PyReadonlyArrayDyn<'py, i64>,
-    indices: numpy::PyReadonlyArrayDyn<'py, i32>,
-    data: numpy::PyReadonlyArrayDyn<'py, f32>,
+pub(super) struct CsrArrays<'py> {
+    pub indptr: numpy::PyReadonlyArrayDyn<'py, i64>,
+    pub indices: numpy::PyReadonlyArrayDyn<'py, i32>,
+    pub data: numpy::PyReadonlyArrayDyn<'py, f32>,
 }
 
-fn csr_arrays<'py>(csr: &Bound<'py, PyAny>) -> PyResult<CsrArrays<'py>> {
+/// The CSR tuple of function `func`'s argument `csr`.
+pub(super) fn csr_arrays<'py>(func: &str, csr: &Bound<'py, PyAny>) -> PyResult<CsrArrays<'py>> {
     let parts = match csr.cast::<PyTuple>() {
         Ok(t) if t.len() == 3 => t,
         other => {
@@ -52,25 +53,30 @@ fn csr_arrays<'py>(csr: &Bound<'py, PyAny>) -> PyResult<CsrArrays<'py>> {
                 Err(_) => format!("an object of type {}", csr.get_type().name()?),
             };
             return Err(value_error(format!(
-                "{F}: csr must be None or a tuple (indptr, indices, data), got {got}"
+                "{func}: csr must be None or a tuple (indptr, indices, data), got {got}"
             )));
         }
     };
     Ok(CsrArrays {
-        indptr: csr_part(parts, 0, "csr: indptr", "int64")?,
-        indices: csr_part(parts, 1, "csr: indices", "int32")?,
-        data: csr_part(parts, 2, "csr: data", "float32")?,
+        indptr: csr_part(func, parts, 0, "csr: indptr", "int64")?,
+        indices: csr_part(func, parts, 1, "csr: indices", "int32")?,
+        data: csr_part(func, parts, 2, "csr: data", "float32")?,
     })
 }
 
 /// Item `i` of the CSR tuple as a C-contiguous 1-D array of `T`, borrowed read-only.
 fn csr_part<'py, T: numpy::Element>(
+    func: &str,
     parts: &Bound<'py, PyTuple>,
     i: usize,
     name: &str,
     dtype: &str,
 ) -> PyResult<numpy::PyReadonlyArrayDyn<'py, T>> {
-    slice_of(F, name, &typed::<T>(F, name, &parts.get_item(i)?, dtype, 1)?)
+    slice_of(
+        func,
+        name,
+        &typed::<T>(func, name, &parts.get_item(i)?, dtype, 1)?,
+    )
 }
 
 /// A new `(rows, cols)` output, or None when this `out` mode does not make it.
@@ -172,7 +178,7 @@ pub(crate) fn bconv_1bit<'py>(
     let residual = optional(residual)
         .map(|x| shaped("residual", x, &[n, ho, wo, o], "(N, Ho, Wo, O)"))
         .transpose()?;
-    let csr = optional(csr).map(csr_arrays).transpose()?;
+    let csr = optional(csr).map(|c| csr_arrays(F, c)).transpose()?;
 
     let bits_ro = slice_of::<u64>(F, "bits", &bits_a)?;
     let weights_ro = slice_of::<u64>(F, "weights", &weights_a)?;

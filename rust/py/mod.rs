@@ -11,6 +11,7 @@
 //! * `sparse.rs`: `csr_matmul`, `csr_conv2d`;
 //! * `conv.rs`: `im2col_bits`;
 //! * `bconv.rs`: `bconv_1bit`, a whole binary conv layer on packed bits;
+//! * `net.rs`: the `BinaryNet` class, a chain of binary convs prepared once;
 //! * `elementwise.rs`: `relu_forward`, `relu_backward`, `hardtanh_forward`, `hardtanh_backward`,
 //!   `sign_forward`;
 //! * `loss.rs`: `cross_entropy_forward`, `cross_entropy_backward` (float32);
@@ -31,6 +32,7 @@ pub(crate) mod bits;
 pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod loss;
+pub(crate) mod net;
 pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod pool;

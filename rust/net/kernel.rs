@@ -1,0 +1,279 @@
+//! One binary conv of one image, positions in the vector lanes: for each chunk of [`CHUNK`] output
+//! positions and each output channel, Σ over taps of popcount(x ^ w), then the epilogue, all in
+//! registers.
+//!
+//! A tap's channels fit one lane (C ≤ 64): u16 lanes for C ≤ 16, u32 for ≤ 32, u64 for ≤ 64, so a
+//! 512-bit vector holds 32, 16 or 8 positions and no popcount is spent on padding bits. The input
+//! windows are plain loads from the padded map (no bit gathering); each weight word is broadcast.
+//! Float maps are planar (channel, position), so the correction, the sparse sums, the residual and
+//! the float output are contiguous per channel; the output's signs are OR-ed into one word per
+//! position, channels last, which is what the next conv reads.
+//!
+//! The float operations per value are `bconv_1bit`'s (crate::bconv), in its order, so the two give
+//! the same bits. The body is compiled once per ISA ([`conv`] picks); integer popcounts are exact and
+//! the float steps are the same scalar operations, so every ISA gives the same bits too.
+
+use super::{Conv, ConvIo};
+use crate::isa::Isa;
+
+/// Output positions per inner step: one 512-bit vector of u16 lanes.
+pub(crate) const CHUNK: usize = 32;
+/// Most taps (kh·kw) a conv may have here (3×3): the chunk's windows live on the stack, cleared
+/// per call.
+pub(crate) const MAX_TAPS: usize = 9;
+
+/// A lane: one position's tap word (C bits, C ≤ the lane's width).
+pub(crate) trait Lane: Copy + Default {
+    fn from_word(w: u64) -> Self;
+    /// popcount(self ^ w), in the lane's type (≤ 64 fits every lane).
+    fn mismatches(self, w: Self) -> Self;
+    fn add(self, other: Self) -> Self;
+    fn count(self) -> i32;
+    /// Bit `ch` of the word, 0 or 1.
+    fn bit(self, ch: u32) -> u32;
+}
+
+macro_rules! lane {
+    ($t:ty) => {
+        impl Lane for $t {
+            #[inline(always)]
+            fn from_word(w: u64) -> Self {
+                w as $t // the word's high bits are 0 (C ≤ the lane width)
+            }
+            #[inline(always)]
+            fn mismatches(self, w: Self) -> Self {
+                (self ^ w).count_ones() as $t
+            }
+            #[inline(always)]
+            fn add(self, other: Self) -> Self {
+                self.wrapping_add(other) // sums stay ≤ kh·kw·64, far below every lane's range
+            }
+            #[inline(always)]
+            fn count(self) -> i32 {
+                self as i32
+            }
+            #[inline(always)]
+            fn bit(self, ch: u32) -> u32 {
+                ((self >> ch) & 1) as u32
+            }
+        }
+    };
+}
+lane!(u16);
+lane!(u32);
+lane!(u64);
+
+/// Define `$name(isa, args..)`: `$body(args..)` compiled for `isa` (AVX-512 with VPOPCNTDQ and
+/// BITALG, AVX2, or the baseline). `isa` must have passed `is_available()`.
+macro_rules! per_isa {
+    ($name:ident $(<$t:ident: $bound:path>)? ($($arg:ident: $ty:ty),*) $(-> $ret:ty)? = $body:ident) => {
+        pub(crate) fn $name $(<$t: $bound>)? (isa: Isa, $($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx512bitalg")]
+                fn avx512 $(<$t: $bound>)? ($($arg: $ty),*) $(-> $ret)? {
+                    $body $(::<$t>)? ($($arg),*)
+                }
+                #[target_feature(enable = "avx2,popcnt")]
+                fn avx2 $(<$t: $bound>)? ($($arg: $ty),*) $(-> $ret)? {
+                    $body $(::<$t>)? ($($arg),*)
+                }
+                // SAFETY: `isa` passed `is_available()` (Avx512 includes VPOPCNTDQ and BITALG; AVX2
+                // CPUs have POPCNT).
+                match isa {
+                    Isa::Avx512 => return unsafe { avx512 $(::<$t>)? ($($arg),*) },
+                    Isa::Avx2 => return unsafe { avx2 $(::<$t>)? ($($arg),*) },
+                    Isa::Scalar => {}
+                }
+            }
+            $body $(::<$t>)? ($($arg),*)
+        }
+    };
+}
+
+/// Run `conv` on one image with the widest lanes its channels allow. Returns whether some y with a
+/// packed output was NaN (its sign is undefined).
+pub(crate) fn conv(isa: Isa, c: &Conv, io: ConvIo) -> bool {
+    match c.c {
+        0..=16 => conv_lanes::<u16>(isa, c, io),
+        17..=32 => conv_lanes::<u32>(isa, c, io),
+        _ => conv_lanes::<u64>(isa, c, io),
+    }
+}
+
+per_isa!(conv_lanes<T: Lane>(c: &Conv, io: ConvIo) -> bool = body);
+per_isa!(pack_input(x: &[f32], shape: (usize, usize, usize), bits: &mut [u64], pad: usize) = pack_map);
+
+/// The signs of a planar float image `x` `(c, h, w)` (bit 1 where x < 0) into the interior of the
+/// padded bit map `bits`, one word per pixel.
+#[inline(always)]
+fn pack_map(x: &[f32], (c, h, w): (usize, usize, usize), bits: &mut [u64], pad: usize) {
+    let wp = w + 2 * pad;
+    for y in 0..h {
+        let words = &mut bits[(y + pad) * wp + pad..][..w];
+        words.fill(0);
+        for ch in 0..c {
+            for (word, &v) in words.iter_mut().zip(&x[(ch * h + y) * w..][..w]) {
+                *word |= ((v < 0.0) as u64) << ch;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
+    let ConvIo {
+        input,
+        residual,
+        mut float,
+        mut bits,
+        pad,
+    } = io;
+    let (o, taps, pitch, positions) = (c.o, c.kh * c.kw, c.pitch, c.ho * c.wo);
+    let wp = c.w + 2 * pad;
+    let (wpo, k) = (c.wo + 2 * pad, c.k as i32);
+    let mut windows = [[T::default(); CHUNK]; MAX_TAPS];
+    // per tap and lane, the bits of +1.0 where the tap is inside the map and of +0.0 on the padding:
+    // x = ±1 or 0 for the sparse term is these bits with the sign bit from the window
+    let mut ones = [[0u32; CHUNK]; MAX_TAPS];
+    let mut nan = false;
+    for p0 in (0..positions).step_by(CHUNK) {
+        let valid = CHUNK.min(positions - p0);
+        gather::<T>(c, input, wp, p0, valid, &mut windows);
+        if c.sparse.is_some() {
+            inside(c, pad, p0, valid, &mut ones);
+        }
+        // the signs as two 32-bit halves (channels 0..32 and 32..64): half as many vectors as u64
+        let mut words = [[0u32; CHUNK]; 2];
+        // y summed over the channels: NaN exactly when some y is (clipped values are finite)
+        let mut total = [0f32; CHUNK];
+        for oc in 0..o {
+            let mut acc = [T::default(); CHUNK];
+            for (x, &w) in windows[..taps].iter().zip(&c.weights[oc * taps..(oc + 1) * taps]) {
+                let w = T::from_word(w);
+                for l in 0..CHUNK {
+                    acc[l] = acc[l].add(x[l].mismatches(w));
+                }
+            }
+            let at = oc * pitch + p0; // this channel's chunk in the planar maps
+            let (scale, shift) = (c.scale[oc], c.shift[oc]);
+            let mut y = [0f32; CHUNK];
+            for l in 0..CHUNK {
+                y[l] = ((k - 2 * acc[l].count()) as f32) * scale + shift;
+            }
+            if let Some(corr) = &c.correction {
+                for (v, &r) in y.iter_mut().zip(&corr[at..at + CHUNK]) {
+                    *v -= r;
+                }
+            }
+            if let Some(sp) = &c.sparse {
+                let mut sums = [0f32; CHUNK];
+                for &(t, ch, v) in sp.row(oc) {
+                    let (x, ones) = (&windows[t], &ones[t]);
+                    for l in 0..CHUNK {
+                        sums[l] += v * f32::from_bits(ones[l] | (x[l].bit(ch) << 31));
+                    }
+                }
+                for (v, &r) in y.iter_mut().zip(&sums) {
+                    *v += r;
+                }
+            }
+            if let Some(res) = residual {
+                for (v, &r) in y.iter_mut().zip(&res[at..at + CHUNK]) {
+                    *v += r;
+                }
+            }
+            for v in y.iter_mut() {
+                *v = v.clamp(-1.0, 1.0); // NaN stays NaN
+            }
+            if let Some(f) = float.as_deref_mut() {
+                f[at..at + CHUNK].copy_from_slice(&y);
+            }
+            if bits.is_some() {
+                let (half, bit) = (&mut words[oc / 32], 1u32 << (oc % 32));
+                for l in 0..CHUNK {
+                    half[l] |= if y[l] < 0.0 { bit } else { 0 }; // pack_bits' rule: bit 1 where y < 0
+                    total[l] += y[l];
+                }
+            }
+        }
+        if let Some(b) = bits.as_deref_mut() {
+            nan |= total[..valid].iter().any(|v| v.is_nan());
+            let mut packed = [0u64; CHUNK];
+            for l in 0..CHUNK {
+                packed[l] = words[0][l] as u64 | (words[1][l] as u64) << 32;
+            }
+            let mut l = 0;
+            while l < valid {
+                let (oy, ox) = ((p0 + l) / c.wo, (p0 + l) % c.wo);
+                let len = (c.wo - ox).min(valid - l);
+                let at = (oy + pad) * wpo + ox + pad;
+                b[at..at + len].copy_from_slice(&packed[l..l + len]);
+                l += len;
+            }
+        }
+    }
+    nan
+}
+
+/// The windows of positions `p0..p0 + valid` (flat in the image), tap by tap: `windows[t][l]` is the
+/// padded map's word under tap t of position p0 + l; lanes past `valid` are 0.
+#[inline(always)]
+fn gather<T: Lane>(c: &Conv, input: &[u64], wp: usize, p0: usize, valid: usize, windows: &mut [[T; CHUNK]]) {
+    let s = c.stride;
+    let mut l = 0;
+    while l < valid {
+        let (oy, ox) = ((p0 + l) / c.wo, (p0 + l) % c.wo);
+        let len = (c.wo - ox).min(valid - l); // the rest of this output row
+        for (t, x) in windows[..c.kh * c.kw].iter_mut().enumerate() {
+            let (i, j) = (t / c.kw, t % c.kw);
+            let row = &input[(oy * s + i) * wp + ox * s + j..];
+            let lanes = &mut x[l..l + len];
+            if s == 1 {
+                for (v, &w) in lanes.iter_mut().zip(row) {
+                    *v = T::from_word(w);
+                }
+            } else {
+                for (q, v) in lanes.iter_mut().enumerate() {
+                    *v = T::from_word(row[q * s]);
+                }
+            }
+        }
+        l += len;
+    }
+    if valid < CHUNK {
+        for x in windows[..c.kh * c.kw].iter_mut() {
+            x[valid..].fill(T::default());
+        }
+    }
+}
+
+/// `ones[t][l]`: the bits of +1.0 if tap t of position p0 + l lies inside the map, of +0.0 if on
+/// the padding or past the last position (row by row, as [`gather`]).
+#[inline(always)]
+fn inside(c: &Conv, pad: usize, p0: usize, valid: usize, ones: &mut [[u32; CHUNK]]) {
+    let one = 1.0f32.to_bits();
+    let taps = c.kh * c.kw;
+    let mut l = 0;
+    while l < valid {
+        let (oy, ox) = ((p0 + l) / c.wo, (p0 + l) % c.wo);
+        let len = (c.wo - ox).min(valid - l);
+        for (t, lanes) in ones[..taps].iter_mut().enumerate() {
+            let (i, j) = (t / c.kw, t % c.kw);
+            let y = oy * c.stride + i; // in the padded map
+            let row_inside = y >= pad && y < c.h + pad;
+            for (q, v) in lanes[l..l + len].iter_mut().enumerate() {
+                let x = (ox + q) * c.stride + j;
+                *v = if row_inside && x >= pad && x < c.w + pad {
+                    one
+                } else {
+                    0
+                };
+            }
+        }
+        l += len;
+    }
+    for lanes in ones[..taps].iter_mut() {
+        lanes[valid..].fill(0);
+    }
+}

@@ -1,0 +1,192 @@
+"""BinaryNet: a chain of binary convs prepared once and run in one call (rust/net/).
+
+Its oracle is its unfused composition: the same steps interpreted here in Python, one Rust
+`bconv_1bit` call per conv (channels last, the kernel the per-conv path runs) and `shortcut_nhwc`
+per shortcut. The two must agree bit for bit — the sparse sums too, as both add each position's
+non-zeros in CSR order — on awkward nets (channels around 16/32/64, odd maps, stride 2, every
+option), for every ISA path this CPU has, 1 and 2 threads, and batches of 1 and more.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kernel_helpers import random_csr, random_packed, rust_isas
+from kernel_helpers import raw_rust  # noqa: F401  (a fixture)
+
+from apb_ref.packed.fused import shortcut_nhwc
+
+ISAS = rust_isas()
+
+
+@st.composite
+def nets(draw):
+    """(input (c, h, w), convs, steps, output, n, seed): ResNet-like blocks (basic or Bi-Real wiring)
+    of 3×3 convs padded by 1, channels and strides drawn, each conv with or without a correction and
+    a sparse part."""
+    c = draw(st.sampled_from([1, 3, 16, 17, 32, 33, 64]))
+    h, w = draw(st.integers(1, 11)), draw(st.integers(1, 11))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    convs, steps = [], []
+    fx, bx, cin, size = 0, 0, c, (h, w)
+
+    def conv(cin, cout, stride, size):
+        k = 9 * cin
+        out = tuple((s + 2 - 3) // stride + 1 for s in size)
+        scale = (rng.standard_normal(cout) * 2 / np.sqrt(k)).astype(np.float32)
+        shift = rng.standard_normal(cout).astype(np.float32)
+        correction = rng.standard_normal((*out, cout)).astype(np.float32) if rng.random() < 0.7 else None
+        csr = random_csr(rng, cout, k, draw(st.sampled_from([0.0, 0.02, 0.2])))[1] if rng.random() < 0.7 else None
+        convs.append((random_packed(rng, cout, k), cin, 3, 3, stride, scale, shift, correction, csr))
+        return len(convs) - 1, out
+
+    blocks = draw(st.integers(1, 3))
+    for i in range(blocks):
+        cout = draw(st.sampled_from(sorted({cin, min(64, 2 * cin), 64})))
+        stride = draw(st.sampled_from([1, 2]))
+        fs = fx
+        if stride != 1 or cout != cin:
+            fs = 2 if fx == 1 else 1
+            steps.append(("shortcut", fx, fs, stride, cout))
+        c1, mid = conv(cin, cout, stride, size)
+        c2, size = conv(cout, cout, 1, mid)
+        final = i == blocks - 1
+        free = lambda *used: min({1, 2, 3} - set(used))  # noqa: E731
+        if draw(st.booleans()):  # Bi-Real: a residual around each conv
+            fm, bm = free(fs), free(bx)
+            steps.append(("conv", c1, bx, fs, fm, bm))
+            fx, bx = free(fm), None if final else free(bm)
+            steps.append(("conv", c2, bm, fm, fx, bx))
+        else:  # basic: the first conv's signs only, the shortcut added after the second
+            bh = free(bx)
+            steps.append(("conv", c1, bx, None, None, bh))
+            fx, bx = free(fs), None if final else free(bh)
+            steps.append(("conv", c2, bh, fs, fx, bx))
+        cin = cout
+    return (c, h, w), convs, steps, fx, draw(st.sampled_from([1, 2, 5])), draw(st.integers(0, 2**32 - 1))
+
+
+def unfused(raw, x, convs, steps, output):
+    """The steps one Rust `bconv_1bit` call (scalar path) or shortcut at a time, channels last."""
+    n, c, h, w = x.shape
+    floats = {0: np.ascontiguousarray(x.transpose(0, 2, 3, 1))}
+    bits = {0: raw.pack_bits(floats[0].reshape(-1, c)).reshape(n, h, w, -1)}
+    for step in steps:
+        if step[0] == "shortcut":
+            _, src, dst, stride, channels = step
+            floats[dst] = np.ascontiguousarray(shortcut_nhwc(floats[src], channels, stride))
+            continue
+        _, layer, src, residual, f, b = step
+        weights, cin, kh, kw, stride, scale, shift, correction, csr = convs[layer]
+        out = "both" if f is not None and b is not None else "float" if f is not None else "bits"
+        y = raw.bconv_1bit(weights, bits[src], cin, kh, kw, stride, 1, scale=scale, shift=shift,
+                           correction=correction, csr=csr,
+                           residual=None if residual is None else floats[residual], clip=True, out=out,
+                           isa="scalar", threads=1)
+        y = y if out == "both" else (y, None) if out == "float" else (None, y)
+        if f is not None:
+            floats[f] = y[0]
+        if b is not None:
+            bits[b] = y[1]
+    return floats[output].transpose(0, 3, 1, 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(nets())
+def test_a_binary_net_is_its_unfused_composition_bit_for_bit(raw_rust, case):
+    shape, convs, steps, output, n, seed = case
+    x = np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
+    x[:, :, 0, 0] = 0.0  # a zero input: bit 0 (+1), as pack_bits
+    want = unfused(raw_rust, x, convs, steps, output)
+    net = raw_rust.BinaryNet(shape, 1, convs, steps, output)
+    assert net.shapes == (shape, want.shape[1:])
+    for isa in ISAS:
+        for threads in (1, 2):
+            got = net.run(x, isa=isa, threads=threads)
+            assert np.array_equal(got, want), (isa, threads)
+
+
+def test_buffers_kept_between_calls_do_not_leak_into_results(raw_rust):
+    """A call after calls on other images (and batch sizes) gives what a fresh net gives."""
+    rng = np.random.default_rng(3)
+    k = 9 * 16
+    convs = [(random_packed(rng, 16, k), 16, 3, 3, 1, np.full(16, 0.1, np.float32), np.zeros(16, np.float32),
+              None, random_csr(rng, 16, k, 0.1)[1])]
+    steps = [("conv", 0, 0, 0, 1, 1)]
+    net = raw_rust.BinaryNet((16, 6, 5), 1, convs, steps, 1)
+    x = rng.standard_normal((4, 16, 6, 5)).astype(np.float32)
+    first = net.run(x, threads=2)
+    net.run(rng.standard_normal((7, 16, 6, 5)).astype(np.float32), threads=2)
+    assert np.array_equal(net.run(x, threads=1), first)
+    assert np.array_equal(raw_rust.BinaryNet((16, 6, 5), 1, convs, steps, 1).run(x[1:2]), first[1:2])
+
+
+def _one_conv(rng, c=4, o=4, correction=None, csr=None):
+    return (random_packed(rng, o, 9 * c), c, 3, 3, 1, np.ones(o, np.float32), np.zeros(o, np.float32),
+            correction, csr)
+
+
+@pytest.mark.parametrize("steps, output, message", [
+    ([("conv", 0, 2, None, 1, None)], 1, "bits buffer 2 is read before it is written"),
+    ([("conv", 1, 0, None, 1, None)], 1, "no conv 1"),
+    ([("conv", 0, 0, None, 0, None)], 0, "buffer 0 is the input"),
+    ([("conv", 0, 0, 0, 0, None)], 0, "may not be the residual"),
+    ([("conv", 0, 0, None, None, None)], 1, "must write a float or a bit buffer"),
+    ([("conv", 0, 0, None, 1, None)], 2, "output buffer 2 is never written"),
+    ([("shortcut", 0, 1, 0, 4)], 1, "stride >= 1"),
+    ([("shortcut", 0, 1, 1, 2)], 1, "channels in [4, 4096]"),
+    ([("pool", 0)], 1, "must be a tuple starting with 'conv' or 'shortcut'"),
+    ([("conv", 0, 0, None, 1)], 1, "must be a tuple of 6 items"),
+])
+def test_bad_steps_are_refused_with_what_is_wrong(raw_rust, steps, output, message):
+    convs = [_one_conv(np.random.default_rng(0))]
+    with pytest.raises(ValueError, match="BinaryNet: .*" + message.replace("[", r"\[").replace("]", r"\]")):
+        raw_rust.BinaryNet((4, 5, 5), 1, convs, steps, output)
+
+
+def test_bad_convs_are_refused_with_what_is_wrong(raw_rust):
+    rng = np.random.default_rng(0)
+    make = lambda convs, c=4: raw_rust.BinaryNet((c, 5, 5), 1, convs, [("conv", 0, 0, None, 1, None)], 1)  # noqa: E731
+    with pytest.raises(ValueError, match="reads c = 4 channels, its input buffer has 3"):
+        make([_one_conv(rng)], c=3)
+    with pytest.raises(ValueError, match="correction must hold Ho·Wo·O = 100 finite values"):
+        make([_one_conv(rng, correction=np.zeros((5, 5, 3), np.float32))])
+    with pytest.raises(ValueError, match="correction must hold"):
+        make([_one_conv(rng, correction=np.full((5, 5, 4), np.nan, np.float32))])
+    bad = list(_one_conv(rng))
+    bad[5] = np.array([1, np.inf, 1, 1], np.float32)
+    with pytest.raises(ValueError, match="scale and shift must be finite"):
+        make([tuple(bad)])
+    bad = list(_one_conv(rng))
+    bad[0] = np.zeros((4, 2), np.uint64)
+    with pytest.raises(ValueError, match=r"weights must hold O·ceil\(k/64\) = 4 words, got 8"):
+        make([tuple(bad)])
+    with pytest.raises(ValueError, match="csr: "):
+        make([_one_conv(rng, csr=(np.array([0, 1, 1, 1, 1]), np.array([36], np.int32), np.ones(1, np.float32)))])
+    with pytest.raises(ValueError, match="need 1 <= c <= 64"):
+        raw_rust.BinaryNet((65, 5, 5), 1, [], [], 0)
+
+
+def test_run_refuses_bad_images(raw_rust):
+    net = raw_rust.BinaryNet((4, 5, 5), 1, [_one_conv(np.random.default_rng(0))], [("conv", 0, 0, None, 1, None)], 1)
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 4, 5, 5\)"):
+        net.run(np.zeros((1, 4, 5, 6), np.float32))
+    with pytest.raises(ValueError, match="float32"):
+        net.run(np.zeros((1, 4, 5, 5)))
+    x = np.zeros((2, 4, 5, 5), np.float32)
+    x[1, 2, 3, 4] = np.nan
+    with pytest.raises(ValueError, match="x is NaN at flat index 169"):
+        net.run(x)
+    assert net.run(np.zeros((0, 4, 5, 5), np.float32)).shape == (0, 4, 5, 5)
+
+
+def test_a_nan_y_whose_sign_a_conv_would_read_is_an_error(raw_rust):
+    """−inf from the popcount term plus +inf from the sparse term: y is NaN, its sign undefined."""
+    weights = np.array([[2**18 - 1]], np.uint64)  # every weight −1: with x = +1, acc = −18
+    csr = (np.array([0, 2]), np.array([8, 9], np.int32), np.full(2, 3e38, np.float32))  # the centre tap
+    conv = (weights, 2, 3, 3, 1, np.array([3e38], np.float32), np.zeros(1, np.float32), None, csr)
+    x = np.ones((1, 2, 4, 4), np.float32)
+    floats_only = raw_rust.BinaryNet((2, 4, 4), 1, [conv], [("conv", 0, 0, None, 1, None)], 1)
+    assert np.isnan(floats_only.run(x)).all()
+    with_signs = raw_rust.BinaryNet((2, 4, 4), 1, [conv], [("conv", 0, 0, None, 1, 1)], 1)
+    with pytest.raises(ValueError, match="image 0: step 0 made a NaN y whose sign is undefined"):
+        with_signs.run(x)
