@@ -13,6 +13,8 @@
 //! the same bits. The body is compiled once per ISA ([`conv`] picks); integer popcounts are exact and
 //! the float steps are the same scalar operations, so every ISA gives the same bits too.
 
+use std::ops::Range;
+
 use super::{Conv, ConvIo};
 use crate::isa::Isa;
 
@@ -102,21 +104,42 @@ pub(crate) fn conv(isa: Isa, c: &Conv, io: ConvIo) -> bool {
 }
 
 per_isa!(conv_lanes<T: Lane>(c: &Conv, io: ConvIo) -> bool = body);
-per_isa!(pack_input(x: &[f32], shape: (usize, usize, usize), bits: &mut [u64], pad: usize) = pack_map);
+per_isa!(load_input(x: &[f32], shape: (usize, usize, usize), chunks: Range<usize>, out: Input, pad: usize) = load);
 
-/// The signs of a planar float image `x` `(c, h, w)` (bit 1 where x < 0) into the interior of the
-/// padded bit map `bits`, one word per pixel.
+/// Where [`load`] writes a chunk range of the input: its part of the blocked float map, and the
+/// padded bit map's words from padded index `bits_base` on.
+pub(crate) struct Input<'a> {
+    pub float: &'a mut [f32],
+    pub bits: &'a mut [u64],
+    pub bits_base: usize,
+}
+
+/// Positions `chunks` of a planar float image `x` `(c, h, w)`: its values into the blocked float
+/// map, its signs (bit 1 where x < 0) into the padded bit map, one word per pixel.
 #[inline(always)]
-fn pack_map(x: &[f32], (c, h, w): (usize, usize, usize), bits: &mut [u64], pad: usize) {
+fn load(x: &[f32], (c, h, w): (usize, usize, usize), chunks: Range<usize>, out: Input, pad: usize) {
+    let (first, end) = (chunks.start * CHUNK, (chunks.end * CHUNK).min(h * w));
+    for (q, lanes) in out.float.chunks_exact_mut(CHUNK).enumerate() {
+        let (ch, chunk) = (q % c, chunks.start + q / c);
+        for (l, v) in lanes.iter_mut().enumerate() {
+            let p = chunk * CHUNK + l;
+            *v = if p < end { x[ch * h * w + p] } else { 0.0 };
+        }
+    }
     let wp = w + 2 * pad;
-    for y in 0..h {
-        let words = &mut bits[(y + pad) * wp + pad..][..w];
+    let mut p = first;
+    while p < end {
+        let (y, x0) = (p / w, p % w);
+        let len = (w - x0).min(end - p);
+        let at = (y + pad) * wp + x0 + pad - out.bits_base;
+        let words = &mut out.bits[at..at + len];
         words.fill(0);
         for ch in 0..c {
-            for (word, &v) in words.iter_mut().zip(&x[(ch * h + y) * w..][..w]) {
+            for (word, &v) in words.iter_mut().zip(&x[ch * h * w + p..][..len]) {
                 *word |= ((v < 0.0) as u64) << ch;
             }
         }
+        p += len;
     }
 }
 
@@ -127,9 +150,11 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
         residual,
         mut float,
         mut bits,
+        bits_base,
+        chunks,
         pad,
     } = io;
-    let (o, taps, pitch, positions) = (c.o, c.kh * c.kw, c.pitch, c.ho * c.wo);
+    let (o, taps, positions) = (c.o, c.kh * c.kw, c.ho * c.wo);
     let wp = c.w + 2 * pad;
     let (wpo, k) = (c.wo + 2 * pad, c.k as i32);
     let mut windows = [[T::default(); CHUNK]; MAX_TAPS];
@@ -137,7 +162,8 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
     // x = ±1 or 0 for the sparse term is these bits with the sign bit from the window
     let mut ones = [[0u32; CHUNK]; MAX_TAPS];
     let mut nan = false;
-    for p0 in (0..positions).step_by(CHUNK) {
+    for chunk in chunks.clone() {
+        let p0 = chunk * CHUNK;
         let valid = CHUNK.min(positions - p0);
         gather::<T>(c, input, wp, p0, valid, &mut windows);
         if c.sparse.is_some() {
@@ -155,7 +181,9 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
                     acc[l] = acc[l].add(x[l].mismatches(w));
                 }
             }
-            let at = oc * pitch + p0; // this channel's chunk in the planar maps
+            // this channel's lanes in the blocked float maps, and in this call's part of the output
+            let at = (chunk * o + oc) * CHUNK;
+            let mine = ((chunk - chunks.start) * o + oc) * CHUNK;
             let (scale, shift) = (c.scale[oc], c.shift[oc]);
             let mut y = [0f32; CHUNK];
             for l in 0..CHUNK {
@@ -187,7 +215,7 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
                 *v = v.clamp(-1.0, 1.0); // NaN stays NaN
             }
             if let Some(f) = float.as_deref_mut() {
-                f[at..at + CHUNK].copy_from_slice(&y);
+                f[mine..mine + CHUNK].copy_from_slice(&y);
             }
             if bits.is_some() {
                 let (half, bit) = (&mut words[oc / 32], 1u32 << (oc % 32));
@@ -207,7 +235,7 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
             while l < valid {
                 let (oy, ox) = ((p0 + l) / c.wo, (p0 + l) % c.wo);
                 let len = (c.wo - ox).min(valid - l);
-                let at = (oy + pad) * wpo + ox + pad;
+                let at = (oy + pad) * wpo + ox + pad - bits_base;
                 b[at..at + len].copy_from_slice(&packed[l..l + len]);
                 l += len;
             }

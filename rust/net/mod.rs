@@ -2,9 +2,9 @@
 //! image by image in one call, so no float map crosses to Python between layers and nothing is
 //! re-laid out or allocated per layer.
 //!
-//! A net is a list of steps over numbered buffers. Float buffers are planar, `(channels, pitch)`
-//! with `pitch` = Ho·Wo rounded up to the kernel's chunk; bit buffers hold one u64 word per pixel
-//! (the channels' signs, C ≤ 64) with a zero border of `pad` pixels, the padding every conv reads.
+//! A net is a list of steps over numbered buffers. Float buffers are blocked by the kernel's chunk of
+//! positions ([`blocked`]); bit buffers hold one u64 word per pixel (the channels' signs, C ≤ 64)
+//! with a zero border of `pad` pixels, the padding every conv reads.
 //! Buffer 0 of each kind is the input: the call's float image and its signs. The steps:
 //! * `Conv`: the binary conv `layer` on a bit buffer, plus its epilogue (folded BatchNorm, padding
 //!   correction, sparse term, residual, hardtanh), writing a float buffer, a bit buffer or both;
@@ -12,19 +12,19 @@
 //!   sides) from one float buffer to another.
 //!
 //! Each conv computes exactly what `bconv_1bit` (crate::bconv) computes for it, bit for bit
-//! ([`kernel`] says how). Images are shared out to the threads; each thread keeps its buffers, and
-//! the net keeps them between calls.
+//! ([`kernel`] says how). [`run`] shares the work out to the threads: whole images when there are
+//! enough of them, else each step's chunks of positions.
 
 pub(crate) mod kernel;
+mod run;
 mod sparse;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::bconv::Csr;
 use crate::bits::words_for;
 use crate::conv::Window;
-use crate::isa::Isa;
 use kernel::{CHUNK, MAX_TAPS};
 use sparse::Sparse;
 
@@ -74,22 +74,26 @@ pub(crate) struct Conv {
     pub w: usize,
     pub ho: usize,
     pub wo: usize,
-    pub pitch: usize,
     /// `(o, kh·kw)` words: each tap's c weight bits.
     pub weights: Vec<u64>,
     pub scale: Vec<f32>,
     pub shift: Vec<f32>,
-    /// `(o, pitch)`, planar.
+    /// Blocked like the float maps.
     pub correction: Option<Vec<f32>>,
     pub sparse: Option<Sparse>,
 }
 
-/// What one conv of one image reads and writes (planar floats, padded bit maps).
+/// What one conv of one image reads and writes for the chunks of positions `chunks`: the input's
+/// padded bit map and the residual's blocked float map whole, the outputs' parts for these chunks
+/// (the float map's from chunk `chunks.start` on, the padded bit map's from padded index
+/// `bits_base` on).
 pub(crate) struct ConvIo<'a> {
     pub input: &'a [u64],
     pub residual: Option<&'a [f32]>,
     pub float: Option<&'a mut [f32]>,
     pub bits: Option<&'a mut [u64]>,
+    pub bits_base: usize,
+    pub chunks: std::ops::Range<usize>,
     pub pad: usize,
 }
 
@@ -100,10 +104,11 @@ fn pitch(h: usize, w: usize) -> usize {
     (h * w).div_ceil(CHUNK) * CHUNK
 }
 
-/// The buffers one thread works in.
-struct Buffers {
-    floats: Vec<Vec<f32>>,
-    bits: Vec<Vec<u64>>,
+/// Where value (position p, channel ch) of a `channels`-channel float map lies: maps are blocked,
+/// [`CHUNK`] positions of channel 0, then of channel 1, …, then the next chunk of positions.
+#[inline(always)]
+fn blocked(p: usize, ch: usize, channels: usize) -> usize {
+    ((p / CHUNK) * channels + ch) * CHUNK + p % CHUNK
 }
 
 pub struct BinaryNet {
@@ -116,9 +121,11 @@ pub struct BinaryNet {
     /// Per step, the shape of a shortcut's source.
     sources: Vec<Shape>,
     float_sizes: Vec<usize>,
+    /// Per bit-map slot (the steps' bit buffers are slots: one per buffer number and shape, so
+    /// each slot's border stays 0 and is never written), its size.
     bits_sizes: Vec<usize>,
-    /// Buffers of earlier calls, one set per thread that ran.
-    spare: Mutex<Vec<Buffers>>,
+    /// Buffers of earlier calls.
+    spare: Mutex<Vec<run::Buffers>>,
 }
 
 impl BinaryNet {
@@ -140,7 +147,7 @@ impl BinaryNet {
         // Shapes flow through the steps: a buffer is read only after a step (or the input) wrote it.
         let (mut floats, mut bits): (Vec<Option<Shape>>, Vec<Option<Shape>>) =
             (vec![Some(input)], vec![Some(input)]);
-        let (mut float_sizes, mut bits_sizes) = (vec![0usize], vec![0usize]);
+        let (mut float_sizes, mut id_sizes) = (vec![0usize], vec![0usize]); // by buffer number
         let mut prepared: Vec<Option<Conv>> = convs.iter().map(|_| None).collect();
         let mut sources = vec![(0, 0, 0); steps.len()];
         let read = |bufs: &[Option<Shape>], id: usize, what: &str, at: usize| -> Result<Shape, String> {
@@ -180,7 +187,7 @@ impl BinaryNet {
                 .ok_or("a bit map's size overflows".to_string())
         };
         float_sizes[0] = fsize(input)?;
-        bits_sizes[0] = bsize(input)?;
+        id_sizes[0] = bsize(input)?;
         for (at, step) in steps.iter().enumerate() {
             match *step {
                 Step::Conv {
@@ -224,7 +231,7 @@ impl BinaryNet {
                             .map_err(|e| format!("step {at}: {e}"))?;
                     }
                     if let Some(b) = out_bits {
-                        write(&mut bits, &mut bits_sizes, b, out, bsize(out)?)
+                        write(&mut bits, &mut id_sizes, b, out, bsize(out)?)
                             .map_err(|e| format!("step {at}: {e}"))?;
                     }
                     if let Some(p) = &prepared[layer] {
@@ -258,18 +265,38 @@ impl BinaryNet {
         }
         let out_shape = read(&floats, output, "float", steps.len())
             .map_err(|_| format!("output buffer {output} is never written"))?;
-        let convs = prepared
+        let convs: Vec<Conv> = prepared
             .into_iter()
             .enumerate()
             .map(|(i, c)| c.ok_or_else(|| format!("conv {i} is used by no step")))
             .collect::<Result<_, _>>()?;
+        // bit buffers -> slots, one per (buffer, shape)
+        let mut slots: HashMap<(usize, Shape), usize> = HashMap::from([((0, input), 0)]);
+        let mut slot_of = vec![0usize; bits.len()];
+        let mut bits_sizes = vec![bsize(input)?];
+        let mut laid = steps.to_vec();
+        for step in laid.iter_mut() {
+            if let Step::Conv { layer, input, bits: Some(out), .. } = step {
+                *input = slot_of[*input];
+                let c = &convs[*layer];
+                let next = slots.len();
+                let slot = *slots.entry((*out, (c.o, c.ho, c.wo))).or_insert(next);
+                if slot == next {
+                    bits_sizes.push(bsize((c.o, c.ho, c.wo))?);
+                }
+                slot_of[*out] = slot;
+                *out = slot;
+            } else if let Step::Conv { input, .. } = step {
+                *input = slot_of[*input];
+            }
+        }
         Ok(BinaryNet {
             pad,
             input,
             output,
             out_shape,
             convs,
-            steps: steps.to_vec(),
+            steps: laid,
             sources,
             float_sizes,
             bits_sizes,
@@ -285,164 +312,6 @@ impl BinaryNet {
         self.out_shape
     }
 
-    /// Run `n` images `x` `(n, c, h, w)` into `out` `(n, c', h', w')` with the kernels of `isa` on up
-    /// to `threads` threads (images are the unit of work). Errors on a NaN input or a NaN y whose
-    /// sign a later conv would read.
-    pub fn run(&self, x: &[f32], n: usize, out: &mut [f32], isa: Isa, threads: usize) -> Result<(), String> {
-        let (c, h, w) = self.input;
-        let (oc, oh, ow) = self.out_shape;
-        let (per_in, per_out) = (c * h * w, oc * oh * ow);
-        if Some(x.len()) != n.checked_mul(per_in) || Some(out.len()) != n.checked_mul(per_out) {
-            return Err(format!(
-                "x must hold n·{c}·{h}·{w} and out n·{oc}·{oh}·{ow} values for n = {n}"
-            ));
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        if let Some(i) = x.iter().position(|v| v.is_nan()) {
-            return Err(format!("x is NaN at flat index {i}; its sign is undefined"));
-        }
-        let items: Vec<(usize, &mut [f32])> = out.chunks_mut(per_out).enumerate().collect();
-        let first_nan = AtomicUsize::new(usize::MAX);
-        let lease = || Lease {
-            buffers: self
-                .spare
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .pop()
-                .unwrap_or_else(|| self.buffers()),
-            home: &self.spare,
-        };
-        crate::threads::run_claimed_with(threads, items, lease, |b, (i, out)| {
-            if let Some(step) = self.image(isa, &mut b.buffers, &x[i * per_in..(i + 1) * per_in], out) {
-                first_nan.fetch_min(i * self.steps.len() + step, Ordering::Relaxed);
-            }
-            true
-        })?;
-        match first_nan.into_inner() {
-            usize::MAX => Ok(()),
-            at => Err(format!(
-                "image {}: step {} made a NaN y whose sign is undefined (scale, shift, correction and csr data must be finite)",
-                at / self.steps.len(),
-                at % self.steps.len()
-            )),
-        }
-    }
-
-    fn buffers(&self) -> Buffers {
-        Buffers {
-            floats: self.float_sizes.iter().map(|&s| vec![0.0; s]).collect(),
-            bits: self.bits_sizes.iter().map(|&s| vec![0; s]).collect(),
-        }
-    }
-
-    /// One image through every step; the step that made a NaN y, if one did.
-    fn image(&self, isa: Isa, b: &mut Buffers, x: &[f32], out: &mut [f32]) -> Option<usize> {
-        let (c, h, w) = self.input;
-        let (p, pad) = (h * w, self.pad);
-        for ch in 0..c {
-            b.floats[0][ch * pitch(h, w)..][..p].copy_from_slice(&x[ch * p..(ch + 1) * p]);
-        }
-        kernel::pack_input(isa, x, self.input, &mut b.bits[0], pad);
-        for (at, step) in self.steps.iter().enumerate() {
-            match *step {
-                Step::Conv {
-                    layer,
-                    input,
-                    residual,
-                    float,
-                    bits,
-                } => {
-                    let conv = &self.convs[layer];
-                    let mut fout = float.map(|f| std::mem::take(&mut b.floats[f]));
-                    let mut bout = bits.map(|i| std::mem::take(&mut b.bits[i]));
-                    if let Some(bo) = bout.as_mut() {
-                        clear_border(bo, conv.ho, conv.wo, pad);
-                    }
-                    let io = ConvIo {
-                        input: &b.bits[input],
-                        residual: residual.map(|r| &b.floats[r][..]),
-                        float: fout.as_deref_mut(),
-                        bits: bout.as_deref_mut(),
-                        pad,
-                    };
-                    let nan = kernel::conv(isa, conv, io);
-                    if let (Some(f), Some(v)) = (float, fout) {
-                        b.floats[f] = v;
-                    }
-                    if let (Some(i), Some(v)) = (bits, bout) {
-                        b.bits[i] = v;
-                    }
-                    if nan {
-                        return Some(at);
-                    }
-                }
-                Step::Shortcut {
-                    src,
-                    dst,
-                    stride,
-                    channels,
-                } => {
-                    let from = self.sources[at];
-                    let (ho, wo) = (from.1.div_ceil(stride), from.2.div_ceil(stride));
-                    let mut d = std::mem::take(&mut b.floats[dst]);
-                    shortcut(&b.floats[src], from, &mut d, (channels, ho, wo), stride);
-                    b.floats[dst] = d;
-                }
-            }
-        }
-        let (oc, oh, ow) = self.out_shape;
-        let src = &b.floats[self.output];
-        for ch in 0..oc {
-            out[ch * oh * ow..(ch + 1) * oh * ow].copy_from_slice(&src[ch * pitch(oh, ow)..][..oh * ow]);
-        }
-        None
-    }
-}
-
-/// A thread's buffers, handed back to the net when the thread is done.
-struct Lease<'a> {
-    buffers: Buffers,
-    home: &'a Mutex<Vec<Buffers>>,
-}
-
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        let empty = Buffers {
-            floats: Vec::new(),
-            bits: Vec::new(),
-        };
-        let b = std::mem::replace(&mut self.buffers, empty);
-        self.home.lock().unwrap_or_else(|e| e.into_inner()).push(b);
-    }
-}
-
-/// Zero the `pad`-pixel border of a padded `(ho + 2·pad, wo + 2·pad)` bit map.
-fn clear_border(bits: &mut [u64], ho: usize, wo: usize, pad: usize) {
-    let wp = wo + 2 * pad;
-    bits[..pad * wp].fill(0);
-    bits[(ho + pad) * wp..(ho + 2 * pad) * wp].fill(0);
-    for y in pad..ho + pad {
-        bits[y * wp..y * wp + pad].fill(0);
-        bits[(y + 1) * wp - pad..(y + 1) * wp].fill(0);
-    }
-}
-
-/// ResNet's option-A shortcut on planar maps: every `stride`-th pixel, the new channels zero on
-/// both sides (half before, the rest after), positions past ho·wo zero.
-fn shortcut(src: &[f32], (c, h, w): Shape, dst: &mut [f32], (oc, ho, wo): Shape, stride: usize) {
-    let (sp, dp) = (pitch(h, w), pitch(ho, wo));
-    let before = (oc - c) / 2;
-    dst[..oc * dp].fill(0.0);
-    for ch in 0..c {
-        let (s, d) = (&src[ch * sp..], &mut dst[(ch + before) * dp..]);
-        for y in 0..ho {
-            for x in 0..wo {
-                d[y * wo + x] = s[y * stride * w + x * stride];
-            }
-        }
-    }
 }
 
 /// The conv of `spec` on inputs of `shape`, checked and laid out for the kernel.
@@ -505,13 +374,13 @@ fn prepare(spec: &ConvSpec, (c, h, w): Shape, pad: usize) -> Result<Conv, String
     let correction = match spec.correction {
         None => None,
         Some(cl) if cl.len() == ho * wo * o && cl.iter().all(|v| v.is_finite()) => {
-            let mut planar = vec![0.0; o * p];
+            let mut laid = vec![0.0; o * p];
             for (q, px) in cl.chunks_exact(o).enumerate() {
                 for (oc, &v) in px.iter().enumerate() {
-                    planar[oc * p + q] = v;
+                    laid[blocked(q, oc, o)] = v;
                 }
             }
-            Some(planar)
+            Some(laid)
         }
         Some(_) => {
             return Err(format!(
@@ -532,7 +401,6 @@ fn prepare(spec: &ConvSpec, (c, h, w): Shape, pad: usize) -> Result<Conv, String
         w,
         ho,
         wo,
-        pitch: p,
         weights: tapped,
         scale: spec.scale.to_vec(),
         shift: spec.shift.to_vec(),

@@ -1,0 +1,330 @@
+//! Running a [`BinaryNet`]: images, steps and the threads.
+//!
+//! With at least as many images as threads, each thread takes whole images, in its own buffers.
+//! With fewer (a batch of 1 on 2 threads, say), the threads work on one image at a time: each step's
+//! chunks of output positions are split between them, and they wait for each other between steps.
+//! Either way a step's part is the same call: the kernel on a range of chunks, writing only that
+//! range of its outputs. Buffers outlive the call (the net keeps them), so a call allocates nothing
+//! once the net has run.
+
+use std::hint::spin_loop;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::kernel::{self, Input, CHUNK};
+use super::{blocked, BinaryNet, ConvIo, Shape, Step};
+use crate::isa::Isa;
+
+/// One set of buffers: the float maps by number, the bit maps by slot.
+pub(crate) struct Buffers {
+    floats: Vec<Vec<f32>>,
+    bits: Vec<Vec<u64>>,
+}
+
+/// Raw views of a [`Buffers`] that the threads of one image share. Within a step, the threads
+/// write disjoint ranges of the step's outputs and read only buffers the step does not write
+/// (`BinaryNet::new` refuses a step whose output is its input or residual); the barrier between
+/// steps orders one step's writes before the next step's reads.
+struct Views {
+    floats: Vec<(*mut f32, usize)>,
+    bits: Vec<(*mut u64, usize)>,
+}
+
+// SAFETY: the pointers are into buffers that outlive every thread using them (see `run`), used by
+// the rules above.
+unsafe impl Send for Views {}
+unsafe impl Sync for Views {}
+
+impl Views {
+    fn of(b: &mut Buffers) -> Views {
+        Views {
+            floats: b.floats.iter_mut().map(|v| (v.as_mut_ptr(), v.len())).collect(),
+            bits: b.bits.iter_mut().map(|v| (v.as_mut_ptr(), v.len())).collect(),
+        }
+    }
+
+    /// SAFETY: no thread writes float buffer `id` while the slice lives.
+    unsafe fn float(&self, id: usize) -> &[f32] {
+        let (p, n) = self.floats[id];
+        unsafe { std::slice::from_raw_parts(p, n) }
+    }
+
+    /// SAFETY: no other thread touches `range` of float buffer `id` while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn float_mut(&self, id: usize, range: Range<usize>) -> &mut [f32] {
+        let (p, n) = self.floats[id];
+        assert!(range.start <= range.end && range.end <= n);
+        unsafe { std::slice::from_raw_parts_mut(p.add(range.start), range.len()) }
+    }
+
+    /// SAFETY: no thread writes bit slot `id` while the slice lives.
+    unsafe fn bits(&self, id: usize) -> &[u64] {
+        let (p, n) = self.bits[id];
+        unsafe { std::slice::from_raw_parts(p, n) }
+    }
+
+    /// SAFETY: no other thread touches `range` of bit slot `id` while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn bits_mut(&self, id: usize, range: Range<usize>) -> &mut [u64] {
+        let (p, n) = self.bits[id];
+        assert!(range.start <= range.end && range.end <= n);
+        unsafe { std::slice::from_raw_parts_mut(p.add(range.start), range.len()) }
+    }
+}
+
+/// Threads waiting for each other between steps, spinning: a step of a batch-1 ResNet-20 takes
+/// microseconds, shorter than a sleeping thread takes to wake.
+struct Barrier {
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    threads: usize,
+}
+
+impl Barrier {
+    fn wait(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == generation {
+            spins += 1;
+            if spins < 1 << 14 {
+                spin_loop();
+            } else {
+                std::thread::yield_now(); // the other thread lost its core: let it run
+            }
+        }
+    }
+}
+
+/// Part `t` of `n` of `0..chunks` (contiguous, sizes differing by at most one).
+fn part(chunks: usize, t: usize, n: usize) -> Range<usize> {
+    (chunks * t / n)..(chunks * (t + 1) / n)
+}
+
+impl BinaryNet {
+    /// Run `n` images `x` `(n, c, h, w)` into `out` `(n, c', h', w')` with the kernels of `isa` on
+    /// `threads` threads. Errors on a NaN input or a NaN y whose sign a later conv would read.
+    pub fn run(&self, x: &[f32], n: usize, out: &mut [f32], isa: Isa, threads: usize) -> Result<(), String> {
+        let (c, h, w) = self.input;
+        let (oc, oh, ow) = self.out_shape;
+        let (per_in, per_out) = (c * h * w, oc * oh * ow);
+        if Some(x.len()) != n.checked_mul(per_in) || Some(out.len()) != n.checked_mul(per_out) {
+            return Err(format!(
+                "x must hold n·{c}·{h}·{w} and out n·{oc}·{oh}·{ow} values for n = {n}"
+            ));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(i) = x.iter().position(|v| v.is_nan()) {
+            return Err(format!("x is NaN at flat index {i}; its sign is undefined"));
+        }
+        let first_nan = AtomicUsize::new(usize::MAX);
+        let nan_at = |image: usize, step: usize| {
+            first_nan.fetch_min(image * self.steps.len() + step, Ordering::Relaxed);
+        };
+        let lease = || Lease {
+            buffers: self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_else(|| self.buffers()),
+            home: &self.spare,
+        };
+        if n >= threads || threads == 1 {
+            let items: Vec<(usize, &mut [f32])> = out.chunks_mut(per_out).enumerate().collect();
+            crate::threads::run_claimed_with(threads, items, lease, |b, (i, out)| {
+                let views = Views::of(&mut b.buffers);
+                let x = &x[i * per_in..(i + 1) * per_in];
+                for at in 0..self.steps.len() + 2 {
+                    // SAFETY: one thread, one step at a time
+                    if unsafe { self.step_part(isa, &views, at, x, out.as_mut_ptr(), 0, 1) } {
+                        nan_at(i, at - 1);
+                    }
+                }
+                true
+            })?;
+        } else {
+            let mut held = lease();
+            let views = Views::of(&mut held.buffers);
+            let barrier = Barrier { arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0), threads };
+            let out_ptr = OutPtr(out.as_mut_ptr());
+            let work = |t: usize| {
+                for i in 0..n {
+                    let x = &x[i * per_in..(i + 1) * per_in];
+                    for at in 0..self.steps.len() + 2 {
+                        // SAFETY: each thread takes its own part of the step's outputs; the barrier
+                        // separates steps (and images, whose output parts are disjoint too)
+                        if unsafe { self.step_part(isa, &views, at, x, out_ptr.at(i * per_out), t, threads) } {
+                            nan_at(i, at - 1);
+                        }
+                        barrier.wait();
+                    }
+                }
+            };
+            crate::threads::pool(threads - 1)?.in_place_scope(|s| {
+                for t in 1..threads {
+                    let work = &work;
+                    s.spawn(move |_| work(t));
+                }
+                work(0);
+            });
+        }
+        match first_nan.into_inner() {
+            usize::MAX => Ok(()),
+            at => Err(format!(
+                "image {}: step {} made a NaN y whose sign is undefined (scale, shift, correction and csr data must be finite)",
+                at / self.steps.len(),
+                at % self.steps.len()
+            )),
+        }
+    }
+
+    fn buffers(&self) -> Buffers {
+        Buffers {
+            floats: self.float_sizes.iter().map(|&s| vec![0.0; s]).collect(),
+            bits: self.bits_sizes.iter().map(|&s| vec![0; s]).collect(),
+        }
+    }
+
+    /// Part `t` of `n` of stage `at` of one image: 0 loads the image `x`, 1 + s runs step s, and
+    /// the last writes the result to the image's output at `out`. Returns whether a conv made a NaN
+    /// y with a packed output.
+    ///
+    /// SAFETY: the other parts of this stage run on other threads or not at all, and the stages
+    /// before it have finished; `out` points to this image's `(c', h', w')` output.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn step_part(&self, isa: Isa, v: &Views, at: usize, x: &[f32], out: *mut f32, t: usize, n: usize) -> bool {
+        let pad = self.pad;
+        if at == 0 {
+            let (c, h, w) = self.input;
+            let chunks = part((h * w).div_ceil(CHUNK), t, n);
+            let (float, bits) = unsafe {
+                (v.float_mut(0, chunks.start * c * CHUNK..chunks.end * c * CHUNK), bits_part(v, 0, (h, w), pad, &chunks))
+            };
+            kernel::load_input(isa, x, self.input, chunks, Input { float, bits: bits.0, bits_base: bits.1 }, pad);
+            return false;
+        }
+        if at == self.steps.len() + 1 {
+            let (oc, oh, ow) = self.out_shape;
+            let p = oh * ow;
+            let src = unsafe { v.float(self.output) };
+            for q in part(p, t, n) {
+                for ch in 0..oc {
+                    // SAFETY: this part's positions of the image's output
+                    unsafe { *out.add(ch * p + q) = src[blocked(q, ch, oc)] };
+                }
+            }
+            return false;
+        }
+        match self.steps[at - 1] {
+            Step::Conv { layer, input, residual, float, bits } => {
+                let conv = &self.convs[layer];
+                let chunks = part((conv.ho * conv.wo).div_ceil(CHUNK), t, n);
+                if chunks.is_empty() {
+                    return false;
+                }
+                let o = conv.o;
+                // SAFETY: `new` refused outputs that are the step's input or residual; the ranges are
+                // this part's
+                let io = unsafe {
+                    let (bits, bits_base) = match bits {
+                        Some(b) => {
+                            let (s, base) = bits_part(v, b, (conv.ho, conv.wo), pad, &chunks);
+                            (Some(s), base)
+                        }
+                        None => (None, 0),
+                    };
+                    ConvIo {
+                        input: v.bits(input),
+                        residual: residual.map(|r| v.float(r)),
+                        float: float.map(|f| v.float_mut(f, chunks.start * o * CHUNK..chunks.end * o * CHUNK)),
+                        bits,
+                        bits_base,
+                        chunks,
+                        pad,
+                    }
+                };
+                kernel::conv(isa, conv, io)
+            }
+            Step::Shortcut { src, dst, stride, channels } => {
+                let (c, h, w) = self.sources[at - 1];
+                let (ho, wo) = (h.div_ceil(stride), w.div_ceil(stride));
+                let chunks = part((ho * wo).div_ceil(CHUNK), t, n);
+                // SAFETY: `new` refused a shortcut onto its source; the range is this part's
+                let (s, d) = unsafe {
+                    (v.float(src), v.float_mut(dst, chunks.start * channels * CHUNK..chunks.end * channels * CHUNK))
+                };
+                shortcut(s, (c, h, w), d, (channels, ho, wo), stride, chunks);
+                false
+            }
+        }
+    }
+}
+
+/// The part of bit slot `id` (a padded `(h, w)` map) that positions `chunks` write, and the padded
+/// index it starts at.
+///
+/// SAFETY: as [`Views::bits_mut`].
+unsafe fn bits_part<'a>(
+    v: &'a Views,
+    id: usize,
+    (h, w): (usize, usize),
+    pad: usize,
+    chunks: &Range<usize>,
+) -> (&'a mut [u64], usize) {
+    let wp = w + 2 * pad;
+    let index = |p: usize| (p / w + pad) * wp + p % w + pad;
+    let (first, end) = (chunks.start * CHUNK, (chunks.end * CHUNK).min(h * w));
+    if first >= end {
+        return (unsafe { v.bits_mut(id, 0..0) }, 0);
+    }
+    let range = index(first)..index(end - 1) + 1;
+    let base = range.start;
+    (unsafe { v.bits_mut(id, range) }, base)
+}
+
+/// ResNet's option-A shortcut on blocked maps, for the output positions `chunks` (`dst` is their
+/// part): every `stride`-th pixel, the new channels zero on both sides (half before, the rest
+/// after), positions past ho·wo zero.
+fn shortcut(src: &[f32], (c, _, w): Shape, dst: &mut [f32], (oc, ho, wo): Shape, stride: usize, chunks: Range<usize>) {
+    let before = (oc - c) / 2;
+    let base = chunks.start * oc * CHUNK;
+    dst.fill(0.0);
+    for p in chunks.start * CHUNK..(chunks.end * CHUNK).min(ho * wo) {
+        let (y, x) = (p / wo, p % wo);
+        let from = y * stride * w + x * stride;
+        for ch in 0..c {
+            dst[blocked(p, ch + before, oc) - base] = src[blocked(from, ch, c)];
+        }
+    }
+}
+
+/// An image's output, written by several threads in disjoint parts.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: each thread writes its own positions (`step_part`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// A thread's buffers, handed back to the net when the thread is done.
+struct Lease<'a> {
+    buffers: Buffers,
+    home: &'a Mutex<Vec<Buffers>>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let empty = Buffers { floats: Vec::new(), bits: Vec::new() };
+        let b = std::mem::replace(&mut self.buffers, empty);
+        self.home.lock().unwrap_or_else(|e| e.into_inner()).push(b);
+    }
+}
