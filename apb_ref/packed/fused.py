@@ -17,14 +17,16 @@ rounding (the sums run in another order), so the packed network still equals the
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import kernels
 from .. import nn
 from .. import ops as F
 from ..autograd import Tensor
-from ..models.resnet import BasicBlock, BiRealBlock
-from .layers import FOLDED, PackedConv2d
+from ..models.resnet import BasicBlock, BiRealBlock, ResNet20
+from .layers import FOLDED, Affine, FloatLayer, PackedConv2d
 
 
 def _fusable_conv(conv) -> bool:
@@ -42,10 +44,44 @@ def fusable(block) -> bool:
 
 
 def fuse_blocks(model: nn.Module) -> None:
-    """Replace a ResNet-20's `blocks` by `FusedBlocks` when every block qualifies (see the module docs)."""
+    """Replace a ResNet-20's `blocks` by `FusedBlocks` when every block qualifies (see the module
+    docs), and run the whole model as one `BinaryNet` when its ends qualify too (`whole_forward`)."""
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, nn.Sequential) and len(blocks) and all(fusable(b) for b in blocks):
         model.blocks = FusedBlocks(blocks)
+        if _ends_fusable(model):
+            model.forward = functools.partial(whole_forward, model)  # this instance's forward
+
+
+def _ends_fusable(model) -> bool:
+    """A ResNet20's stem (float 'same' conv, folded BatchNorm, hardtanh) and head (average pooling,
+    float linear layer) in the form `BinaryNet` runs."""
+    conv, linear = model.conv1, model.linear
+    return (type(model) is ResNet20 and isinstance(conv, FloatLayer) and conv.conv and conv.stride == 1
+            and conv.bias is None and getattr(conv.act, "bits", None) == 32
+            and conv.weight.shape[2] == conv.weight.shape[3] == 2 * conv.padding + 1
+            and conv.weight.shape[1] * conv.weight.shape[2] * conv.weight.shape[3] <= 27
+            and conv.weight.shape[0] == model.blocks.unfused[0].conv1.channels
+            and isinstance(model.bn1, Affine) and getattr(model.act, "fn", None) is F.hardtanh
+            and isinstance(linear, FloatLayer) and not linear.conv and getattr(linear.act, "bits", None) == 32)
+
+
+def whole_forward(model, x):
+    """A fused ResNet20's forward: on the Rust backend the stem, the blocks and the head in one
+    `BinaryNet` call (the stem sums as the Rust training conv does, so the blocks see the same
+    signs; pooling and the classifier round in their own order); else the model's own forward."""
+    blocks = model.blocks
+    if kernels.get_backend() == "rust" and isinstance(blocks, FusedBlocks):
+        n, c, h, w = x.shape
+        key = ("whole", c, h, w)
+        if key not in blocks._nets:
+            stem = (model.conv1.weight, model.conv1.padding, model.bn1.scale, model.bn1.shift)
+            head = (model.linear.weight, model.linear.bias)
+            blocks._nets[key] = blocks.prepare(model.conv1.weight.shape[0], h, w, stem, head)
+        if blocks._nets[key] is not None:
+            logits = blocks._nets[key].run(np.ascontiguousarray(x.data, dtype=np.float32))
+            return Tensor(logits.reshape(n, -1))
+    return type(model).forward(model, x)
 
 
 def shortcut_nhwc(x: np.ndarray, out_channels: int, stride: int) -> np.ndarray:
@@ -79,10 +115,11 @@ class FusedBlocks(nn.Module):
             x, bits = self._block(block, x, bits, final=i == last)
         return Tensor(x.transpose(0, 3, 1, 2))
 
-    def prepare(self, c: int, h: int, w: int):
+    def prepare(self, c: int, h: int, w: int, stem=None, head=None):
         """The blocks as one Rust `BinaryNet` for (c, h, w) maps: the same `bconv_1bit` operands, wired
-        as `_block` wires them. None when a layer is outside what it runs (every conv must pad alike
-        and have at most 64 input and output channels)."""
+        as `_block` wires them; with `stem` and `head` (`BinaryNet`'s arguments), the whole network.
+        None when a layer is outside what it runs (every conv must pad alike and have at most 64
+        input and output channels)."""
         convs = [conv for block in self.unfused for conv in (block.conv1, block.conv2)]
         if len({conv.padding for conv in convs}) != 1 or any(max(cv.channels, cv.out_features) > 64 for cv in convs):
             return None
@@ -101,7 +138,7 @@ class FusedBlocks(nn.Module):
             else:
                 _, bh = plan.step(conv1, bx, None, floats=False, signs=True)
                 fx, bx = plan.step(conv2, bh, fs, floats=True, signs=not final)
-        return kernels.binary_net((c, h, w), convs[0].padding, plan.convs, plan.steps, fx)
+        return kernels.binary_net((c, h, w), convs[0].padding, plan.convs, plan.steps, fx, stem, head)
 
     @staticmethod
     def _block(block, x, bits, final):

@@ -15,6 +15,7 @@
 
 use std::ops::Range;
 
+use super::ends::{Stem, MAX_STEM_TAPS};
 use super::{Conv, ConvIo};
 use crate::isa::Isa;
 
@@ -72,20 +73,22 @@ macro_rules! per_isa {
         pub(crate) fn $name $(<$t: $bound>)? (isa: Isa, $($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx512bitalg")]
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx512bitalg,fma")]
                 fn avx512 $(<$t: $bound>)? ($($arg: $ty),*) $(-> $ret)? {
                     $body $(::<$t>)? ($($arg),*)
                 }
-                #[target_feature(enable = "avx2,popcnt")]
+                #[target_feature(enable = "avx2,fma,popcnt")]
                 fn avx2 $(<$t: $bound>)? ($($arg: $ty),*) $(-> $ret)? {
                     $body $(::<$t>)? ($($arg),*)
                 }
-                // SAFETY: `isa` passed `is_available()` (Avx512 includes VPOPCNTDQ and BITALG; AVX2
-                // CPUs have POPCNT).
+                // SAFETY: `isa` passed `is_available()` (Avx512 includes VPOPCNTDQ and BITALG, and
+                // its CPUs have FMA); AVX2 CPUs have POPCNT, FMA is checked.
                 match isa {
                     Isa::Avx512 => return unsafe { avx512 $(::<$t>)? ($($arg),*) },
-                    Isa::Avx2 => return unsafe { avx2 $(::<$t>)? ($($arg),*) },
-                    Isa::Scalar => {}
+                    Isa::Avx2 if std::arch::is_x86_feature_detected!("fma") => {
+                        return unsafe { avx2 $(::<$t>)? ($($arg),*) }
+                    }
+                    _ => {}
                 }
             }
             $body $(::<$t>)? ($($arg),*)
@@ -156,7 +159,7 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
     } = io;
     let (o, taps, positions) = (c.o, c.kh * c.kw, c.ho * c.wo);
     let wp = c.w + 2 * pad;
-    let (wpo, k) = (c.wo + 2 * pad, c.k as i32);
+    let k = c.k as i32;
     let mut windows = [[T::default(); CHUNK]; MAX_TAPS];
     // per tap and lane, the bits of +1.0 where the tap is inside the map and of +0.0 on the padding:
     // x = ±1 or 0 for the sparse term is these bits with the sign bit from the window
@@ -227,21 +230,85 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
         }
         if let Some(b) = bits.as_deref_mut() {
             nan |= total[..valid].iter().any(|v| v.is_nan());
-            let mut packed = [0u64; CHUNK];
-            for l in 0..CHUNK {
-                packed[l] = words[0][l] as u64 | (words[1][l] as u64) << 32;
-            }
-            let mut l = 0;
-            while l < valid {
-                let (oy, ox) = ((p0 + l) / c.wo, (p0 + l) % c.wo);
-                let len = (c.wo - ox).min(valid - l);
-                let at = (oy + pad) * wpo + ox + pad - bits_base;
-                b[at..at + len].copy_from_slice(&packed[l..l + len]);
-                l += len;
-            }
+            store_signs(&words, p0, valid, (c.wo, pad), b, bits_base);
         }
     }
     nan
+}
+
+/// A chunk's signs (two 32-bit halves per position) into the padded bit map of an output `wo`
+/// wide, whose part `b` starts at padded index `base`.
+#[inline(always)]
+fn store_signs(
+    words: &[[u32; CHUNK]; 2],
+    p0: usize,
+    valid: usize,
+    (wo, pad): (usize, usize),
+    b: &mut [u64],
+    base: usize,
+) {
+    let mut packed = [0u64; CHUNK];
+    for l in 0..CHUNK {
+        packed[l] = words[0][l] as u64 | (words[1][l] as u64) << 32;
+    }
+    let mut l = 0;
+    while l < valid {
+        let (oy, ox) = ((p0 + l) / wo, (p0 + l) % wo);
+        let len = (wo - ox).min(valid - l);
+        let at = (oy + pad) * (wo + 2 * pad) + ox + pad - base;
+        b[at..at + len].copy_from_slice(&packed[l..l + len]);
+        l += len;
+    }
+}
+
+per_isa!(stem(s: &Stem, xp: &[f32], chunks: Range<usize>, out: Input, pad: usize) = stem_body);
+
+/// The stem ([`Stem`]) on positions `chunks` of a padded image `xp`: for each position and output
+/// channel Σ over (c, i, j) of one fused multiply-add each, from 0 and in that order (the order of
+/// the training conv's direct path, so the same bits as the Python model on the Rust backend), then
+/// ·scale + shift, hardtanh; into the blocked float map and the padded bit map, as [`load`].
+#[inline(always)]
+fn stem_body(s: &Stem, xp: &[f32], chunks: Range<usize>, out: Input, pad: usize) {
+    let (hp, wp) = s.padded();
+    let (taps, positions, o) = (s.kh * s.kw, s.h * s.w, s.o);
+    let ct = s.c * taps;
+    let mut x = [[0f32; CHUNK]; MAX_STEM_TAPS];
+    for chunk in chunks.clone() {
+        let p0 = chunk * CHUNK;
+        let valid = CHUNK.min(positions - p0);
+        let mut l = 0;
+        while l < valid {
+            let (oy, ox) = ((p0 + l) / s.w, (p0 + l) % s.w);
+            let len = (s.w - ox).min(valid - l);
+            for (r, lanes) in x[..ct].iter_mut().enumerate() {
+                let (ch, i, j) = (r / taps, (r % taps) / s.kw, r % s.kw);
+                lanes[l..l + len].copy_from_slice(&xp[(ch * hp + oy + i) * wp + ox + j..][..len]);
+            }
+            l += len;
+        }
+        for lanes in x[..ct].iter_mut() {
+            lanes[valid..].fill(0.0);
+        }
+        let mut words = [[0u32; CHUNK]; 2];
+        for oc in 0..o {
+            let mut acc = [0f32; CHUNK];
+            for (lanes, &w) in x[..ct].iter().zip(&s.weights[oc * ct..(oc + 1) * ct]) {
+                for l in 0..CHUNK {
+                    acc[l] = w.mul_add(lanes[l], acc[l]);
+                }
+            }
+            let mine = ((chunk - chunks.start) * o + oc) * CHUNK;
+            let y = &mut out.float[mine..mine + CHUNK];
+            for l in 0..CHUNK {
+                y[l] = (acc[l] * s.scale[oc] + s.shift[oc]).clamp(-1.0, 1.0);
+            }
+            let (half, bit) = (&mut words[oc / 32], 1u32 << (oc % 32));
+            for l in 0..CHUNK {
+                half[l] |= if y[l] < 0.0 { bit } else { 0 };
+            }
+        }
+        store_signs(&words, p0, valid, (s.w, pad), out.bits, out.bits_base);
+    }
 }
 
 /// The windows of positions `p0..p0 + valid` (flat in the image), tap by tap: `windows[t][l]` is the

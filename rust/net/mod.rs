@@ -15,6 +15,7 @@
 //! ([`kernel`] says how). [`run`] shares the work out to the threads: whole images when there are
 //! enough of them, else each step's chunks of positions.
 
+mod ends;
 pub(crate) mod kernel;
 mod run;
 mod sparse;
@@ -25,6 +26,8 @@ use std::sync::Mutex;
 use crate::bconv::Csr;
 use crate::bits::words_for;
 use crate::conv::Window;
+use ends::{Head, Stem};
+pub use ends::{HeadSpec, StemSpec};
 use kernel::{CHUNK, MAX_TAPS};
 use sparse::Sparse;
 
@@ -113,7 +116,10 @@ fn blocked(p: usize, ch: usize, channels: usize) -> usize {
 
 pub struct BinaryNet {
     pad: usize,
+    /// The blocks' input (buffer 0), and the stem that makes it from the call's images, if any.
     input: Shape,
+    stem: Option<Stem>,
+    head: Option<Head>,
     output: usize,
     out_shape: Shape,
     convs: Vec<Conv>,
@@ -276,7 +282,13 @@ impl BinaryNet {
         let mut bits_sizes = vec![bsize(input)?];
         let mut laid = steps.to_vec();
         for step in laid.iter_mut() {
-            if let Step::Conv { layer, input, bits: Some(out), .. } = step {
+            if let Step::Conv {
+                layer,
+                input,
+                bits: Some(out),
+                ..
+            } = step
+            {
                 *input = slot_of[*input];
                 let c = &convs[*layer];
                 let next = slots.len();
@@ -293,6 +305,8 @@ impl BinaryNet {
         Ok(BinaryNet {
             pad,
             input,
+            stem: None,
+            head: None,
             output,
             out_shape,
             convs,
@@ -304,14 +318,34 @@ impl BinaryNet {
         })
     }
 
+    /// Start the net with a stem: the call's images are then `(spec.c, h, w)`, and the stem makes
+    /// the blocks' input from them.
+    pub fn with_stem(mut self, spec: &StemSpec) -> Result<Self, String> {
+        self.stem = Some(Stem::new(spec, self.input)?);
+        Ok(self)
+    }
+
+    /// End the net with a head: the result of an image is then its `classes` logits.
+    pub fn with_head(mut self, spec: &HeadSpec) -> Result<Self, String> {
+        self.head = Some(Head::new(spec, self.out_shape.0)?);
+        Ok(self)
+    }
+
+    /// The shape of an image the call takes.
     pub fn input_shape(&self) -> Shape {
-        self.input
+        match &self.stem {
+            Some(s) => (s.c, s.h, s.w),
+            None => self.input,
+        }
     }
 
+    /// The shape of an image's result: the output buffer's, or (classes, 1, 1) with a head.
     pub fn output_shape(&self) -> Shape {
-        self.out_shape
+        match &self.head {
+            Some(h) => (h.classes, 1, 1),
+            None => self.out_shape,
+        }
     }
-
 }
 
 /// The conv of `spec` on inputs of `shape`, checked and laid out for the kernel.

@@ -20,6 +20,8 @@ use crate::isa::Isa;
 pub(crate) struct Buffers {
     floats: Vec<Vec<f32>>,
     bits: Vec<Vec<u64>>,
+    /// The image with the stem's zero border.
+    padded: Vec<f32>,
 }
 
 /// Raw views of a [`Buffers`] that the threads of one image share. Within a step, the threads
@@ -29,6 +31,7 @@ pub(crate) struct Buffers {
 struct Views {
     floats: Vec<(*mut f32, usize)>,
     bits: Vec<(*mut u64, usize)>,
+    padded: (*mut f32, usize),
 }
 
 // SAFETY: the pointers are into buffers that outlive every thread using them (see `run`), used by
@@ -41,6 +44,7 @@ impl Views {
         Views {
             floats: b.floats.iter_mut().map(|v| (v.as_mut_ptr(), v.len())).collect(),
             bits: b.bits.iter_mut().map(|v| (v.as_mut_ptr(), v.len())).collect(),
+            padded: (b.padded.as_mut_ptr(), b.padded.len()),
         }
     }
 
@@ -110,8 +114,8 @@ impl BinaryNet {
     /// Run `n` images `x` `(n, c, h, w)` into `out` `(n, c', h', w')` with the kernels of `isa` on
     /// `threads` threads. Errors on a NaN input or a NaN y whose sign a later conv would read.
     pub fn run(&self, x: &[f32], n: usize, out: &mut [f32], isa: Isa, threads: usize) -> Result<(), String> {
-        let (c, h, w) = self.input;
-        let (oc, oh, ow) = self.out_shape;
+        let (c, h, w) = self.input_shape();
+        let (oc, oh, ow) = self.output_shape();
         let (per_in, per_out) = (c * h * w, oc * oh * ow);
         if Some(x.len()) != n.checked_mul(per_in) || Some(out.len()) != n.checked_mul(per_out) {
             return Err(format!(
@@ -121,15 +125,22 @@ impl BinaryNet {
         if n == 0 {
             return Ok(());
         }
-        if let Some(i) = x.iter().position(|v| v.is_nan()) {
-            return Err(format!("x is NaN at flat index {i}; its sign is undefined"));
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(format!("x is {} at flat index {i}; images must be finite", x[i]));
         }
         let first_nan = AtomicUsize::new(usize::MAX);
-        let nan_at = |image: usize, step: usize| {
-            first_nan.fetch_min(image * self.steps.len() + step, Ordering::Relaxed);
+        // stages 0 and 1 prepare the image, 2 + s runs step s (`step_part`)
+        let nan_at = |image: usize, stage: usize| {
+            first_nan.fetch_min(image * self.steps.len() + stage - 2, Ordering::Relaxed);
         };
+        let stages = self.steps.len() + 3;
         let lease = || Lease {
-            buffers: self.spare.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_else(|| self.buffers()),
+            buffers: self
+                .spare
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .unwrap_or_else(|| self.buffers()),
             home: &self.spare,
         };
         if n >= threads || threads == 1 {
@@ -137,10 +148,10 @@ impl BinaryNet {
             crate::threads::run_claimed_with(threads, items, lease, |b, (i, out)| {
                 let views = Views::of(&mut b.buffers);
                 let x = &x[i * per_in..(i + 1) * per_in];
-                for at in 0..self.steps.len() + 2 {
-                    // SAFETY: one thread, one step at a time
+                for at in 0..stages {
+                    // SAFETY: one thread, one stage at a time
                     if unsafe { self.step_part(isa, &views, at, x, out.as_mut_ptr(), 0, 1) } {
-                        nan_at(i, at - 1);
+                        nan_at(i, at);
                     }
                 }
                 true
@@ -148,16 +159,21 @@ impl BinaryNet {
         } else {
             let mut held = lease();
             let views = Views::of(&mut held.buffers);
-            let barrier = Barrier { arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0), threads };
+            let barrier = Barrier {
+                arrived: AtomicUsize::new(0),
+                generation: AtomicUsize::new(0),
+                threads,
+            };
             let out_ptr = OutPtr(out.as_mut_ptr());
             let work = |t: usize| {
                 for i in 0..n {
                     let x = &x[i * per_in..(i + 1) * per_in];
-                    for at in 0..self.steps.len() + 2 {
-                        // SAFETY: each thread takes its own part of the step's outputs; the barrier
-                        // separates steps (and images, whose output parts are disjoint too)
-                        if unsafe { self.step_part(isa, &views, at, x, out_ptr.at(i * per_out), t, threads) } {
-                            nan_at(i, at - 1);
+                    for at in 0..stages {
+                        // SAFETY: each thread takes its own part of the stage's outputs; the barrier
+                        // separates stages (and images, whose output parts are disjoint too)
+                        if unsafe { self.step_part(isa, &views, at, x, out_ptr.at(i * per_out), t, threads) }
+                        {
+                            nan_at(i, at);
                         }
                         barrier.wait();
                     }
@@ -185,31 +201,77 @@ impl BinaryNet {
         Buffers {
             floats: self.float_sizes.iter().map(|&s| vec![0.0; s]).collect(),
             bits: self.bits_sizes.iter().map(|&s| vec![0; s]).collect(),
+            padded: self
+                .stem
+                .as_ref()
+                .map_or_else(Vec::new, |s| vec![0.0; s.c * s.padded().0 * s.padded().1]),
         }
     }
 
-    /// Part `t` of `n` of stage `at` of one image: 0 loads the image `x`, 1 + s runs step s, and
-    /// the last writes the result to the image's output at `out`. Returns whether a conv made a NaN
-    /// y with a packed output.
+    /// Part `t` of `n` of stage `at` of one image: 0 pads the image `x` for the stem (if any), 1
+    /// makes the blocks' input (the stem, or `x` itself), 2 + s runs step s, and the last writes the
+    /// result (the head's logits, or the output map) to the image's output at `out`. Returns whether
+    /// a conv made a NaN y with a packed output.
     ///
     /// SAFETY: the other parts of this stage run on other threads or not at all, and the stages
-    /// before it have finished; `out` points to this image's `(c', h', w')` output.
+    /// before it have finished; `out` points to this image's output.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn step_part(&self, isa: Isa, v: &Views, at: usize, x: &[f32], out: *mut f32, t: usize, n: usize) -> bool {
+    unsafe fn step_part(
+        &self,
+        isa: Isa,
+        v: &Views,
+        at: usize,
+        x: &[f32],
+        out: *mut f32,
+        t: usize,
+        n: usize,
+    ) -> bool {
         let pad = self.pad;
         if at == 0 {
+            if let (Some(stem), 0) = (&self.stem, t) {
+                // SAFETY: only part 0 writes the padded image, read in the next stage
+                stem.pad(x, unsafe {
+                    std::slice::from_raw_parts_mut(v.padded.0, v.padded.1)
+                });
+            }
+            return false;
+        }
+        if at == 1 {
             let (c, h, w) = self.input;
             let chunks = part((h * w).div_ceil(CHUNK), t, n);
             let (float, bits) = unsafe {
-                (v.float_mut(0, chunks.start * c * CHUNK..chunks.end * c * CHUNK), bits_part(v, 0, (h, w), pad, &chunks))
+                (
+                    v.float_mut(0, chunks.start * c * CHUNK..chunks.end * c * CHUNK),
+                    bits_part(v, 0, (h, w), pad, &chunks),
+                )
             };
-            kernel::load_input(isa, x, self.input, chunks, Input { float, bits: bits.0, bits_base: bits.1 }, pad);
+            let into = Input {
+                float,
+                bits: bits.0,
+                bits_base: bits.1,
+            };
+            match &self.stem {
+                Some(stem) => {
+                    // SAFETY: written by stage 0
+                    let xp = unsafe { std::slice::from_raw_parts(v.padded.0, v.padded.1) };
+                    kernel::stem(isa, stem, xp, chunks, into, pad)
+                }
+                None => kernel::load_input(isa, x, self.input, chunks, into, pad),
+            }
             return false;
         }
-        if at == self.steps.len() + 1 {
+        if at == self.steps.len() + 2 {
             let (oc, oh, ow) = self.out_shape;
             let p = oh * ow;
             let src = unsafe { v.float(self.output) };
+            if let Some(head) = &self.head {
+                if t == 0 {
+                    // SAFETY: the image's `classes` logits
+                    let logits = unsafe { std::slice::from_raw_parts_mut(out, head.classes) };
+                    head.logits(oc, p, |q, ch| src[blocked(q, ch, oc)], logits);
+                }
+                return false;
+            }
             for q in part(p, t, n) {
                 for ch in 0..oc {
                     // SAFETY: this part's positions of the image's output
@@ -218,8 +280,14 @@ impl BinaryNet {
             }
             return false;
         }
-        match self.steps[at - 1] {
-            Step::Conv { layer, input, residual, float, bits } => {
+        match self.steps[at - 2] {
+            Step::Conv {
+                layer,
+                input,
+                residual,
+                float,
+                bits,
+            } => {
                 let conv = &self.convs[layer];
                 let chunks = part((conv.ho * conv.wo).div_ceil(CHUNK), t, n);
                 if chunks.is_empty() {
@@ -239,7 +307,8 @@ impl BinaryNet {
                     ConvIo {
                         input: v.bits(input),
                         residual: residual.map(|r| v.float(r)),
-                        float: float.map(|f| v.float_mut(f, chunks.start * o * CHUNK..chunks.end * o * CHUNK)),
+                        float: float
+                            .map(|f| v.float_mut(f, chunks.start * o * CHUNK..chunks.end * o * CHUNK)),
                         bits,
                         bits_base,
                         chunks,
@@ -248,13 +317,24 @@ impl BinaryNet {
                 };
                 kernel::conv(isa, conv, io)
             }
-            Step::Shortcut { src, dst, stride, channels } => {
-                let (c, h, w) = self.sources[at - 1];
+            Step::Shortcut {
+                src,
+                dst,
+                stride,
+                channels,
+            } => {
+                let (c, h, w) = self.sources[at - 2];
                 let (ho, wo) = (h.div_ceil(stride), w.div_ceil(stride));
                 let chunks = part((ho * wo).div_ceil(CHUNK), t, n);
                 // SAFETY: `new` refused a shortcut onto its source; the range is this part's
                 let (s, d) = unsafe {
-                    (v.float(src), v.float_mut(dst, chunks.start * channels * CHUNK..chunks.end * channels * CHUNK))
+                    (
+                        v.float(src),
+                        v.float_mut(
+                            dst,
+                            chunks.start * channels * CHUNK..chunks.end * channels * CHUNK,
+                        ),
+                    )
                 };
                 shortcut(s, (c, h, w), d, (channels, ho, wo), stride, chunks);
                 false
@@ -267,6 +347,7 @@ impl BinaryNet {
 /// index it starts at.
 ///
 /// SAFETY: as [`Views::bits_mut`].
+#[allow(clippy::mut_from_ref)]
 unsafe fn bits_part<'a>(
     v: &'a Views,
     id: usize,
@@ -288,7 +369,14 @@ unsafe fn bits_part<'a>(
 /// ResNet's option-A shortcut on blocked maps, for the output positions `chunks` (`dst` is their
 /// part): every `stride`-th pixel, the new channels zero on both sides (half before, the rest
 /// after), positions past ho·wo zero.
-fn shortcut(src: &[f32], (c, _, w): Shape, dst: &mut [f32], (oc, ho, wo): Shape, stride: usize, chunks: Range<usize>) {
+fn shortcut(
+    src: &[f32],
+    (c, _, w): Shape,
+    dst: &mut [f32],
+    (oc, ho, wo): Shape,
+    stride: usize,
+    chunks: Range<usize>,
+) {
     let before = (oc - c) / 2;
     let base = chunks.start * oc * CHUNK;
     dst.fill(0.0);
@@ -323,7 +411,11 @@ struct Lease<'a> {
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        let empty = Buffers { floats: Vec::new(), bits: Vec::new() };
+        let empty = Buffers {
+            floats: Vec::new(),
+            bits: Vec::new(),
+            padded: Vec::new(),
+        };
         let b = std::mem::replace(&mut self.buffers, empty);
         self.home.lock().unwrap_or_else(|e| e.into_inner()).push(b);
     }

@@ -9,7 +9,7 @@ use super::args::{
 };
 use super::bconv::{csr_arrays, CsrArrays};
 use crate::bconv::Csr;
-use crate::net::{self, ConvSpec, Step};
+use crate::net::{self, ConvSpec, HeadSpec, StemSpec, Step};
 
 const F: &str = "BinaryNet";
 
@@ -20,7 +20,11 @@ const F: &str = "BinaryNet";
 /// scale float32 (O,), shift float32 (O,), correction float32 (Ho, Wo, O) or None, csr (indptr,
 /// indices, data) or None), as `bconv_1bit` takes them; `steps` a list of ("conv", layer, input
 /// bits, residual float or None, float out or None, bits out or None) and ("shortcut", src, dst,
-/// stride, channels); `output` the float buffer returned. Buffer 0 of each kind is the input.
+/// stride, channels); `output` the float buffer returned. Buffer 0 of each kind is the blocks' input.
+/// With `stem` = (weights float32 (C, c, kh, kw), padding, scale (C,), shift (C,)), the images are
+/// (c, h, w) and the stem (conv, ·scale + shift, hardtanh) makes the blocks' input from them; with
+/// `head` = (weights float32 (classes, C'), bias (classes,) or None), `run` returns logits (global
+/// average pooling of the output buffer, then the linear layer).
 #[pyclass(frozen, module = "apb_ref._kernels")]
 pub(crate) struct BinaryNet {
     net: net::BinaryNet,
@@ -131,12 +135,16 @@ fn step(i: usize, x: &Bound<'_, PyAny>) -> PyResult<Step> {
 #[pymethods]
 impl BinaryNet {
     #[new]
+    #[pyo3(signature = (input, padding, convs, steps, output, *, stem=None, head=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         input: &Bound<'_, PyAny>,
         padding: usize,
         convs: &Bound<'_, PyList>,
         steps: &Bound<'_, PyList>,
         output: usize,
+        stem: Option<&Bound<'_, PyAny>>,
+        head: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let input = tuple(input, 3, "input")?;
         let shape = (
@@ -182,12 +190,51 @@ impl BinaryNet {
             .enumerate()
             .map(|(i, s)| step(i, &s))
             .collect::<PyResult<Vec<_>>>()?;
-        let net = net::BinaryNet::new(shape, padding, &specs, &steps, output)
-            .map_err(|e| value_error(format!("{F}: {e}")))?;
+        let fail = |e: String| value_error(format!("{F}: {e}"));
+        let mut net = net::BinaryNet::new(shape, padding, &specs, &steps, output).map_err(fail)?;
+        if let Some(stem) = stem.filter(|s| !s.is_none()) {
+            let t = tuple(stem, 4, "stem")?;
+            let w = typed::<f32>(F, "stem: weights", &t.get_item(0)?, "float32", 4)?;
+            let &[_, c, kh, kw] = w.shape() else {
+                return Err(fail("stem: weights must be 4-D".into()));
+            };
+            let (w, scale, shift) = (
+                slice_of::<f32>(F, "stem: weights", &w)?,
+                floats(&t.get_item(2)?, "stem: scale")?,
+                floats(&t.get_item(3)?, "stem: shift")?,
+            );
+            let spec = StemSpec {
+                weights: as_slice(F, "stem: weights", &w)?,
+                c,
+                kh,
+                kw,
+                padding: int(t, 1, "stem: padding")?,
+                scale: as_slice(F, "stem: scale", &scale)?,
+                shift: as_slice(F, "stem: shift", &shift)?,
+            };
+            net = net.with_stem(&spec).map_err(fail)?;
+        }
+        if let Some(head) = head.filter(|h| !h.is_none()) {
+            let t = tuple(head, 2, "head")?;
+            let w = typed::<f32>(F, "head: weights", &t.get_item(0)?, "float32", 2)?;
+            let classes = w.shape()[0];
+            let w = slice_of::<f32>(F, "head: weights", &w)?;
+            let bias = t.get_item(1)?;
+            let bias = (!bias.is_none())
+                .then(|| floats(&bias, "head: bias"))
+                .transpose()?;
+            let spec = HeadSpec {
+                weights: as_slice(F, "head: weights", &w)?,
+                classes,
+                bias: bias.as_ref().map(|b| as_slice(F, "head: bias", b)).transpose()?,
+            };
+            net = net.with_head(&spec).map_err(fail)?;
+        }
         Ok(BinaryNet { net })
     }
 
-    /// The input shape (c, h, w) and the output shape (c', h', w') of one image.
+    /// The shapes of one image and of its result: (c, h, w) and (c', h', w') ((classes, 1, 1) with a
+    /// head).
     #[getter]
     fn shapes(&self) -> ((usize, usize, usize), (usize, usize, usize)) {
         (self.net.input_shape(), self.net.output_shape())
