@@ -4,7 +4,7 @@
     python benchmarks/packed_inference.py [--images 1024] [--repeats 3] [--methods apb uniform ...]
                                           [--backends rust numpy] [--sbnn-p 0.5 0.05]
                                           [--blocks basic bireal react act-scale] [--checkpoints runs/study/*/last.ckpt]
-                                          [--batch-size 256] [--unfused] [--no-torch]
+                                          [--batch-size 256] [--unfused] [--no-torch] [--no-tflite]
 
 The packed models are freshly initialised ResNet-20s brought to the memory of the study's cells
 (BENCHMARKS.md): APB with its masks projected to 1.6 bits/weight (1.2766 % full-precision weights),
@@ -21,7 +21,8 @@ over --repeats passes over --images images in batches of --batch-size (256). On 
 between layers); --unfused adds each such model again with its blocks run conv by conv, labelled
 "unfused". When PyTorch imports (optional, never required), its float ResNet-20 (eval mode,
 `torch.inference_mode`, as many threads as the kernels: APB_NUM_THREADS, else every core) takes turns
-too, and "vs PyTorch" is each model's same-round ratio to it. Set OPENBLAS_NUM_THREADS to the same
+too, and "vs PyTorch" is each model's same-round ratio to it; likewise TFLite with XNNPack ("vs TFLite",
+when tensorflow imports: `tflite_float.py`). Set OPENBLAS_NUM_THREADS to the same
 count for the NumPy float model. The models take turns (one pass each per
 round, `apb_ref.bench.measure_interleaved`); "vs float" and "vs APB" (APB 1.6 bits/weight, the same
 activations and kernels) are medians of same-round ratios, so a slow spell of a shared host slows
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+import tflite_float
 import torch_float
 from common import machine, print_table, write_json
 
@@ -114,6 +116,8 @@ def main() -> None:
     parser.add_argument("--unfused", action="store_true",
                         help="also time each model with fused 1-bit blocks with its blocks run conv by conv")
     parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch float model even if torch imports")
+    parser.add_argument("--no-tflite", action="store_true",
+                        help="leave out the TFLite (XNNPack) float model even if tensorflow imports")
     parser.add_argument("--json", help="where to write the results (default: benchmarks/results/packed_inference.json)")
     args = parser.parse_args()
     if args.images < 1 or args.repeats < 1 or args.batch_size < 1:
@@ -139,6 +143,8 @@ def main() -> None:
     runs = {"float": passes(float_forward)}
     if not args.no_torch and torch_float.available():
         runs["torch"] = passes(torch_float.inference(in_channels=1))
+    if not args.no_tflite and tflite_float.available():
+        runs["tflite"] = passes(tflite_float.inference(in_channels=1))
     bits = {}
     models = [(m, {}) for m in args.methods if m != "sbnn"]
     if "sbnn" in args.methods:
@@ -164,21 +170,32 @@ def main() -> None:
     # one warm-up each, then --repeats rounds of one pass per model
     timed, _ = measure_interleaved(runs, repeats=args.repeats, min_time=0.0, rounds=args.repeats)
     base = len(x) / timed["float"]["median_s"]
-    torch = timed.get("torch")
+    torch, tflite = timed.get("torch"), timed.get("tflite")
 
     def vs_torch(stats):
         return "-" if torch is None else f"{speedup(torch, stats):.2f}x"
 
+    def vs_tflite(stats):
+        return "-" if tflite is None else f"{speedup(tflite, stats):.2f}x"
+
     rows = [["float ResNet-20 (NumPy autograd)", "32.000", "32", "-", f"{base:.0f}", "1.00x", "-", "-",
-             vs_torch(timed["float"])]]
+             vs_torch(timed["float"]), vs_tflite(timed["float"])]]
     records = [{"model": "float", "act_bits": 32, "backend": "numpy", "images_per_second": base}]
     if torch is not None:
         rows.append(["float ResNet-20 (PyTorch)", "32.000", "32", "torch", f"{len(x) / torch['median_s']:.0f}",
-                     f"{speedup(timed['float'], torch):.2f}x", "-", "-", "1.00x"])
+                     f"{speedup(timed['float'], torch):.2f}x", "-", "-", "1.00x", vs_tflite(torch)])
         records.append({"model": "torch-float", "act_bits": 32, "backend": "torch",
                         "images_per_second": len(x) / torch["median_s"], "vs_float": speedup(timed["float"], torch)})
+    if tflite is not None:
+        rows.append(["float ResNet-20 (TFLite, XNNPack)", "32.000", "32", "tflite",
+                     f"{len(x) / tflite['median_s']:.0f}", f"{speedup(timed['float'], tflite):.2f}x", "-", "-",
+                     vs_torch(tflite), "1.00x"])
+        records.append({"model": "tflite-float", "act_bits": 32, "backend": "tflite",
+                        "images_per_second": len(x) / tflite["median_s"],
+                        "vs_float": speedup(timed["float"], tflite),
+                        "vs_torch": None if torch is None else speedup(torch, tflite)})
     for key, stats in timed.items():
-        if key in ("float", "torch"):
+        if key in ("float", "torch", "tflite"):
             continue
         method, act_bits, name = key
         speed, ratio = len(x) / stats["median_s"], speedup(timed["float"], stats)
@@ -188,14 +205,15 @@ def main() -> None:
         vs_bnn = speedup(bnn, stats) if bnn is not None else None
         rows.append([f"packed {method}", f"{bits[method]:.3f}", str(act_bits), name, f"{speed:.0f}", f"{ratio:.2f}x",
                      f"{vs_apb:.2f}x" if vs_apb is not None else "-", f"{vs_bnn:.2f}x" if vs_bnn is not None else "-",
-                     vs_torch(stats)])
+                     vs_torch(stats), vs_tflite(stats)])
         records.append({"model": f"packed-{method}", "method": method.split()[0],
                         "block": next((w for w in method.split()[1:] if w in BLOCKS), "basic"),
                         "unfused": method.endswith(" unfused"),
                         "file_bits_per_weight": bits[method],
                         "act_bits": act_bits, "backend": name, "images_per_second": speed, "vs_float": ratio,
                         "vs_apb": vs_apb, "vs_bnn": vs_bnn,
-                        "vs_torch": None if torch is None else speedup(torch, stats)})
+                        "vs_torch": None if torch is None else speedup(torch, stats),
+                        "vs_tflite": None if tflite is None else speedup(tflite, stats)})
     # the APB paper's speed claim: APB with 1-bit activations against a 2-bit model (2-bit weights and
     # activations), same kernels, same rounds
     headline = {name: speedup(timed[("uniform", 2, name)], timed[("apb", 1, name)]) for name in args.backends
@@ -205,7 +223,7 @@ def main() -> None:
     print(f"ResNet-20, 1x32x32, {args.images} images in batches of {batch}, median of {args.repeats}; "
           f"{m['cpu']} ({m['cores']} cores), {threads} threads, Rust ISA {backend.rust_isa() or '-'}")
     print_table(["model", "file bits/weight", "activation bits", "kernels", "images/s", "vs float", "vs APB", "vs BNN",
-                 "vs PyTorch"], rows)
+                 "vs PyTorch", "vs TFLite"], rows)
     for name, ratio in headline.items():
         print(f"APB {BITS_PER_WEIGHT} bits/weight, 1-bit activations, against 2-bit uniform weights with 2-bit "
               f"activations ({name} kernels, same rounds): {ratio:.2f}x")

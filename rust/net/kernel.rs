@@ -32,8 +32,8 @@ pub(crate) trait Lane: Copy + Default {
     fn mismatches(self, w: Self) -> Self;
     fn add(self, other: Self) -> Self;
     fn count(self) -> i32;
-    /// Bit `ch` of the word, 0 or 1.
-    fn bit(self, ch: u32) -> u32;
+    /// The word's low and high 32 bits (the high ones 0 for lanes of 32 bits or fewer).
+    fn halves(self) -> [u32; 2];
 }
 
 macro_rules! lane {
@@ -56,8 +56,8 @@ macro_rules! lane {
                 self as i32
             }
             #[inline(always)]
-            fn bit(self, ch: u32) -> u32 {
-                ((self >> ch) & 1) as u32
+            fn halves(self) -> [u32; 2] {
+                [self as u32, ((self as u64) >> 32) as u32]
             }
         }
     };
@@ -161,16 +161,23 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
     let wp = c.w + 2 * pad;
     let k = c.k as i32;
     let mut windows = [[T::default(); CHUNK]; MAX_TAPS];
-    // per tap and lane, the bits of +1.0 where the tap is inside the map and of +0.0 on the padding:
-    // x = ±1 or 0 for the sparse term is these bits with the sign bit from the window
-    let mut ones = [[0u32; CHUNK]; MAX_TAPS];
+    // per tap and lane, what the sparse term keeps of v·x's bits: all where the tap is inside the map,
+    // the sign bit on the padding (x = 0 there, and v·0 = ±0 with v's sign)
+    let mut keep = [[0u32; CHUNK]; MAX_TAPS];
+    // the windows as 32-bit halves (channels 0..32, 32..64), for the sparse term
+    let mut halves = [[[0u32; CHUNK]; 2]; MAX_TAPS];
     let mut nan = false;
     for chunk in chunks.clone() {
         let p0 = chunk * CHUNK;
         let valid = CHUNK.min(positions - p0);
         gather::<T>(c, input, wp, p0, valid, &mut windows);
         if c.sparse.is_some() {
-            inside(c, pad, p0, valid, &mut ones);
+            inside(c, pad, p0, valid, &mut keep);
+            for (x, h) in windows[..taps].iter().zip(halves.iter_mut()) {
+                for l in 0..CHUNK {
+                    [h[0][l], h[1][l]] = x[l].halves();
+                }
+            }
         }
         // the signs as two 32-bit halves (channels 0..32 and 32..64): half as many vectors as u64
         let mut words = [[0u32; CHUNK]; 2];
@@ -200,9 +207,12 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
             if let Some(sp) = &c.sparse {
                 let mut sums = [0f32; CHUNK];
                 for &(t, ch, v) in sp.row(oc) {
-                    let (x, ones) = (&windows[t], &ones[t]);
+                    // v·x exactly, without the multiply: v with its sign flipped where x = −1
+                    // (bit ch of the window), ±0 with v's sign on the padding
+                    let (x, keep, v, up) =
+                        (&halves[t][ch as usize / 32], &keep[t], v.to_bits(), 31 - ch % 32);
                     for l in 0..CHUNK {
-                        sums[l] += v * f32::from_bits(ones[l] | (x[l].bit(ch) << 31));
+                        sums[l] += f32::from_bits((((x[l] << up) & 0x8000_0000) ^ v) & keep[l]);
                     }
                 }
                 for (v, &r) in y.iter_mut().zip(&sums) {
@@ -343,32 +353,32 @@ fn gather<T: Lane>(c: &Conv, input: &[u64], wp: usize, p0: usize, valid: usize, 
     }
 }
 
-/// `ones[t][l]`: the bits of +1.0 if tap t of position p0 + l lies inside the map, of +0.0 if on
-/// the padding or past the last position (row by row, as [`gather`]).
+/// `keep[t][l]`: all bits if tap t of position p0 + l lies inside the map, the sign bit only if on the
+/// padding or past the last position (row by row, as [`gather`]).
 #[inline(always)]
-fn inside(c: &Conv, pad: usize, p0: usize, valid: usize, ones: &mut [[u32; CHUNK]]) {
-    let one = 1.0f32.to_bits();
+fn inside(c: &Conv, pad: usize, p0: usize, valid: usize, keep: &mut [[u32; CHUNK]]) {
+    let (all, sign) = (u32::MAX, 0x8000_0000u32);
     let taps = c.kh * c.kw;
     let mut l = 0;
     while l < valid {
         let (oy, ox) = ((p0 + l) / c.wo, (p0 + l) % c.wo);
         let len = (c.wo - ox).min(valid - l);
-        for (t, lanes) in ones[..taps].iter_mut().enumerate() {
+        for (t, lanes) in keep[..taps].iter_mut().enumerate() {
             let (i, j) = (t / c.kw, t % c.kw);
             let y = oy * c.stride + i; // in the padded map
             let row_inside = y >= pad && y < c.h + pad;
             for (q, v) in lanes[l..l + len].iter_mut().enumerate() {
                 let x = (ox + q) * c.stride + j;
                 *v = if row_inside && x >= pad && x < c.w + pad {
-                    one
+                    all
                 } else {
-                    0
+                    sign
                 };
             }
         }
         l += len;
     }
-    for lanes in ones[..taps].iter_mut() {
-        lanes[valid..].fill(0);
+    for lanes in keep[..taps].iter_mut() {
+        lanes[valid..].fill(sign);
     }
 }
