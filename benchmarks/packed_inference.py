@@ -5,6 +5,7 @@
                                           [--backends rust numpy] [--sbnn-p 0.5 0.05]
                                           [--blocks basic bireal react act-scale] [--checkpoints runs/study/*/last.ckpt]
                                           [--batch-size 256] [--unfused] [--no-torch] [--no-tflite]
+                                          [--settle 0.3]
 
 The packed models are freshly initialised ResNet-20s brought to the memory of the study's cells
 (BENCHMARKS.md): APB with its masks projected to 1.6 bits/weight (1.2766 % full-precision weights),
@@ -26,7 +27,8 @@ when tensorflow imports: `tflite_float.py`). Set OPENBLAS_NUM_THREADS to the sam
 count for the NumPy float model. The models take turns (one pass each per
 round, `apb_ref.bench.measure_interleaved`); "vs float" and "vs APB" (APB 1.6 bits/weight, the same
 activations and kernels) are medians of same-round ratios, so a slow spell of a shared host slows
-every model alike. The Rust kernels are the default (the NumPy oracles run ResNet-20 at ~15 img/s).
+every model alike; each pass starts after --settle seconds of sleep, so that no engine's idle threads
+still spin while the next one runs. The Rust kernels are the default (the NumPy oracles run ResNet-20 at ~15 img/s).
 """
 from __future__ import annotations
 
@@ -118,10 +120,15 @@ def main() -> None:
     parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch float model even if torch imports")
     parser.add_argument("--no-tflite", action="store_true",
                         help="leave out the TFLite (XNNPack) float model even if tensorflow imports")
+    parser.add_argument("--settle", type=float, default=0.3,
+                        help="seconds of sleep before each model's pass, so that the previous engine's worker "
+                             "threads (PyTorch's OpenMP, XNNPack's pool) stop spinning first (default: 0.3)")
     parser.add_argument("--json", help="where to write the results (default: benchmarks/results/packed_inference.json)")
     args = parser.parse_args()
     if args.images < 1 or args.repeats < 1 or args.batch_size < 1:
         parser.error("--images, --repeats and --batch-size must be >= 1")
+    if not args.settle >= 0:
+        parser.error("--settle must be >= 0 seconds")
     batch = args.batch_size
     reuse_freed_memory()
     x = np.random.default_rng(0).standard_normal((args.images, 1, 32, 32)).astype(np.float32)
@@ -168,7 +175,7 @@ def main() -> None:
         label, act_bits, net, bits[label] = trained(path)
         add(label, act_bits, net)
     # one warm-up each, then --repeats rounds of one pass per model
-    timed, _ = measure_interleaved(runs, repeats=args.repeats, min_time=0.0, rounds=args.repeats)
+    timed, _ = measure_interleaved(runs, repeats=args.repeats, min_time=0.0, rounds=args.repeats, settle=args.settle)
     base = len(x) / timed["float"]["median_s"]
     torch, tflite = timed.get("torch"), timed.get("tflite")
 

@@ -5,9 +5,10 @@
 //! A tap's channels fit one lane (C ≤ 64): u16 lanes for C ≤ 16, u32 for ≤ 32, u64 for ≤ 64, so a
 //! 512-bit vector holds 32, 16 or 8 positions and no popcount is spent on padding bits. The input
 //! windows are plain loads from the padded map (no bit gathering); each weight word is broadcast.
-//! Float maps are planar (channel, position), so the correction, the sparse sums, the residual and
-//! the float output are contiguous per channel; the output's signs are OR-ed into one word per
-//! position, channels last, which is what the next conv reads.
+//! Float maps are blocked (a chunk's positions of one channel together), so the correction, the
+//! residual and the float output of a channel's chunk are one contiguous run; the output's signs
+//! are OR-ed into one word per position, channels last, which is what the next conv reads. APB's
+//! sparse term is read from the same windows, one non-zero at a time.
 //!
 //! The float operations per value are `bconv_1bit`'s (crate::bconv), in its order, so the two give
 //! the same bits. The body is compiled once per ISA ([`conv`] picks); integer popcounts are exact and
@@ -16,11 +17,14 @@
 use std::ops::Range;
 
 use super::ends::{Stem, MAX_STEM_TAPS};
+use super::sparse::Tap;
 use super::{Conv, ConvIo};
 use crate::isa::Isa;
 
-/// Output positions per inner step: one 512-bit vector of u16 lanes.
-pub(crate) const CHUNK: usize = 32;
+/// Output positions per inner step: two 512-bit vectors of u16 lanes, four of floats. (32 ran
+/// ResNet-20 ~20 % slower on Zen 5: the sparse term's sums, added non-zero after non-zero in CSR
+/// order, are a chain of dependent adds, which 64 lanes cover twice as well; 128 was slower again.)
+pub(crate) const CHUNK: usize = 64;
 /// Most taps (kh·kw) a conv may have here (3×3): the chunk's windows live on the stack, cleared
 /// per call.
 pub(crate) const MAX_TAPS: usize = 9;
@@ -165,7 +169,7 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
     // the sign bit on the padding (x = 0 there, and v·0 = ±0 with v's sign)
     let mut keep = [[0u32; CHUNK]; MAX_TAPS];
     // the windows as 32-bit halves (channels 0..32, 32..64), for the sparse term
-    let mut halves = [[[0u32; CHUNK]; 2]; MAX_TAPS];
+    let mut halves = [[0u32; CHUNK]; 2 * MAX_TAPS];
     let mut nan = false;
     for chunk in chunks.clone() {
         let p0 = chunk * CHUNK;
@@ -173,7 +177,7 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
         gather::<T>(c, input, wp, p0, valid, &mut windows);
         if c.sparse.is_some() {
             inside(c, pad, p0, valid, &mut keep);
-            for (x, h) in windows[..taps].iter().zip(halves.iter_mut()) {
+            for (x, h) in windows[..taps].iter().zip(halves.chunks_exact_mut(2)) {
                 for l in 0..CHUNK {
                     [h[0][l], h[1][l]] = x[l].halves();
                 }
@@ -206,11 +210,10 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
             }
             if let Some(sp) = &c.sparse {
                 let mut sums = [0f32; CHUNK];
-                for &(t, ch, v) in sp.row(oc) {
+                for &Tap { tap, half, up, v } in sp.row(oc) {
                     // v·x exactly, without the multiply: v with its sign flipped where x = −1
-                    // (bit ch of the window), ±0 with v's sign on the padding
-                    let (x, keep, v, up) =
-                        (&halves[t][ch as usize / 32], &keep[t], v.to_bits(), 31 - ch % 32);
+                    // (the channel's bit of the window), ±0 with v's sign on the padding
+                    let (x, keep) = (&halves[half], &keep[tap]);
                     for l in 0..CHUNK {
                         sums[l] += f32::from_bits((((x[l] << up) & 0x8000_0000) ^ v) & keep[l]);
                     }

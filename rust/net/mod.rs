@@ -18,7 +18,7 @@
 mod ends;
 pub(crate) mod kernel;
 mod run;
-mod sparse;
+pub(crate) mod sparse;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

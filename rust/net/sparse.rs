@@ -4,10 +4,21 @@
 
 use crate::bconv::Csr;
 
-/// S as (tap, input channel, value) per non-zero, row by row in CSR order.
+/// S per non-zero, row by row in CSR order.
 pub(crate) struct Sparse {
     starts: Vec<usize>,
-    taps: Vec<(usize, u32, f32)>,
+    taps: Vec<Tap>,
+}
+
+/// A non-zero of S, as the kernel reads it: its tap, the 32-bit half of the window word that holds
+/// its input channel (2·tap + channel / 32), the shift that brings the channel's bit to the sign
+/// bit, and the value's bits.
+#[derive(Clone, Copy)]
+pub(crate) struct Tap {
+    pub tap: usize,
+    pub half: usize,
+    pub up: u32,
+    pub v: u32,
 }
 
 impl Sparse {
@@ -25,11 +36,15 @@ impl Sparse {
             return Err("csr data must be finite".into());
         }
         // validate(): indptr runs from 0 to nnz without decreasing, every column is in [0, k)
-        let taps = csr
-            .indices
-            .iter()
-            .zip(csr.data)
-            .map(|(&col, &v)| (col as usize / c, (col as usize % c) as u32, v));
+        let taps = csr.indices.iter().zip(csr.data).map(|(&col, &v)| {
+            let (tap, ch) = (col as usize / c, col as usize % c);
+            Tap {
+                tap,
+                half: 2 * tap + ch / 32,
+                up: 31 - (ch % 32) as u32,
+                v: v.to_bits(),
+            }
+        });
         Ok(Sparse {
             starts: csr.indptr.iter().map(|&s| s as usize).collect(),
             taps: taps.collect(),
@@ -38,7 +53,7 @@ impl Sparse {
 
     /// The non-zeros of output channel `o`.
     #[inline(always)]
-    pub(crate) fn row(&self, o: usize) -> &[(usize, u32, f32)] {
+    pub(crate) fn row(&self, o: usize) -> &[Tap] {
         &self.taps[self.starts[o]..self.starts[o + 1]]
     }
 }
