@@ -190,3 +190,52 @@ def test_a_nan_y_whose_sign_a_conv_would_read_is_an_error(raw_rust):
     with_signs = raw_rust.BinaryNet((2, 4, 4), 1, [conv], [("conv", 0, 0, None, 1, 1)], 1)
     with pytest.raises(ValueError, match="image 0: step 0 made a NaN y whose sign is undefined"):
         with_signs.run(x)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from([1, 3]), st.sampled_from([8, 11, 16]), st.sampled_from([1, 4]), st.integers(0, 2**32 - 1))
+def test_a_stem_and_a_head_are_the_float_ends_around_the_blocks(raw_rust, c0, size, n, seed):
+    """The stem's output is the training conv's (direct path: maps at least 8 wide) · scale + shift,
+    clipped, bit for bit; the head's logits are the average-pooled last map times the classifier, to
+    float32 rounding; every ISA gives the same bits."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((16, c0, 3, 3)) / np.sqrt(9 * c0)).astype(np.float32)
+    scale, shift = rng.uniform(0.5, 2, 16).astype(np.float32), rng.normal(0, 0.3, 16).astype(np.float32)
+    k = 9 * 16
+    convs = [(random_packed(rng, 16, k), 16, 3, 3, 1, (rng.standard_normal(16) / 12).astype(np.float32),
+              rng.normal(0, 0.3, 16).astype(np.float32), None, random_csr(rng, 16, k, 0.05)[1])]
+    steps = [("conv", 0, 0, 0, 1, None)]
+    head_w, bias = rng.standard_normal((10, 16)).astype(np.float32), rng.standard_normal(10).astype(np.float32)
+    x = rng.standard_normal((n, c0, size, size)).astype(np.float32)
+
+    stem_out = raw_rust.conv2d_forward(x, w, 1, 1, isa="scalar") * scale[:, None, None]
+    stem_out = np.clip(stem_out + shift[:, None, None], -1, 1).astype(np.float32)
+    blocks = raw_rust.BinaryNet((16, size, size), 1, convs, steps, 1)
+    last = blocks.run(stem_out, threads=1).astype(np.float64)
+    want = last.mean(axis=(2, 3)) @ head_w.T.astype(np.float64) + bias
+
+    net = raw_rust.BinaryNet((16, size, size), 1, convs, steps, 1, stem=(w, 1, scale, shift))
+    assert net.shapes == ((c0, size, size), (16, size, size))
+    assert np.array_equal(net.run(x, threads=1), blocks.run(stem_out, threads=1))
+    whole = raw_rust.BinaryNet((16, size, size), 1, convs, steps, 1, stem=(w, 1, scale, shift), head=(head_w, bias))
+    got = [whole.run(x, isa=isa, threads=t) for isa in ISAS for t in (1, 2)]
+    assert got[0].shape == (n, 10, 1, 1)
+    assert all(np.array_equal(g, got[0]) for g in got)
+    np.testing.assert_allclose(got[0][:, :, 0, 0], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_bad_stems_and_heads_are_refused(raw_rust):
+    rng = np.random.default_rng(0)
+    make = lambda **ends: raw_rust.BinaryNet((4, 5, 5), 1, [_one_conv(rng)], [("conv", 0, 0, None, 1, None)], 1,  # noqa: E731
+                                             **ends)
+    ones = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="stem: need .*kh = kw = 2·padding \\+ 1"):
+        make(stem=(np.ones((4, 1, 3, 3), np.float32), 0, ones, ones))
+    with pytest.raises(ValueError, match="stem: weights must hold O·c·kh·kw"):
+        make(stem=(np.ones((3, 1, 3, 3), np.float32), 1, ones, ones))
+    with pytest.raises(ValueError, match="stem: weights, scale and shift must be finite"):
+        make(stem=(np.full((4, 1, 3, 3), np.inf, np.float32), 1, ones, ones))
+    with pytest.raises(ValueError, match="head: weights must hold classes·c = 10·4"):
+        make(head=(np.ones((10, 5), np.float32), None))
+    with pytest.raises(ValueError, match="must be a tuple of 2 items"):
+        make(head=(np.ones((10, 4), np.float32),))
