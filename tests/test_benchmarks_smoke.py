@@ -68,12 +68,13 @@ def test_packed_inference_times_fused_blocks_against_unfused(tmp_path):
     backends = backend.available_backends()
     proc = subprocess.run([sys.executable, str(SCRIPT.parent / "packed_inference.py"), "--images", "3", "--repeats",
                            "1", "--batch-size", "2", "--methods", "apb", "--act-bits", "1", "2", "--blocks", "bireal",
-                           "--unfused", "--backends", *backends, "--json", str(out), "--no-torch"],
+                           "--unfused", "--backends", *backends, "--json", str(out), "--no-torch", "--no-tflite",
+                           "--settle", "0"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     d = json.loads(out.read_text())
     assert d["batch_size"] == 2
-    got = {(r["model"], r["act_bits"], r["backend"], r["block"], r["unfused"]) for r in d["results"] if r["model"] != "float"}
+    got = {(r["model"], r["act_bits"], r["backend"], r["block"], r["unfused"]) for r in d["results"] if r["model"].startswith("packed-")}
     # every backend's model fuses its 1-bit blocks (the NumPy backend then runs them unfused); 2-bit ones never fuse
     want = {("packed-apb bireal", a, b, "bireal", False) for a in (1, 2) for b in backends}
     assert got == want | {("packed-apb bireal unfused", 1, b, "bireal", True) for b in backends}
@@ -90,7 +91,7 @@ def test_packed_inference_benchmark_runs(tmp_path):
                  "--out", str(run), "--quiet"]) == 0
     proc = subprocess.run([sys.executable, str(script), "--images", "4", "--repeats", "1", "--json", str(out),
                            "--backends", *backends, "--sbnn-p", "0.5", "0.05", "--checkpoints", str(run / "last.ckpt"),
-                           "--no-torch"],
+                           "--no-torch", "--no-tflite", "--settle", "0"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     d = json.loads(out.read_text())
@@ -98,11 +99,11 @@ def test_packed_inference_benchmark_runs(tmp_path):
     models = ("apb", "bnn", "uniform", "prune", "prune_uniform", "sbnn p=0.5", "sbnn p=0.05")
     want = {("float", 32, "numpy")} | {(f"packed-{m}", a, b) for m in models for a in (1, 2, 32) for b in backends}
     assert got == want | {("packed-tiny-sbnn (trained)", 1, b) for b in backends}
-    bits = {r["model"]: r["file_bits_per_weight"] for r in d["results"] if r["model"] != "float"}
+    bits = {r["model"]: r["file_bits_per_weight"] for r in d["results"] if r["model"].startswith("packed-")}
     assert 1.0 <= bits["packed-bnn"] < 1.2 and 2.0 <= bits["packed-uniform"] < 2.2
     assert all(1.5 < bits[f"packed-{m}"] < 1.8 for m in ("apb", "prune", "prune_uniform"))  # 1.6 + padding, scales
     assert 0.9 < bits["packed-sbnn p=0.5"] < 1.1 and bits["packed-sbnn p=0.05"] < 0.35  # H(0.05) = 0.29
-    assert all(r["vs_apb"] > 0 and r["vs_bnn"] > 0 for r in d["results"] if r["model"] != "float")
+    assert all(r["vs_apb"] > 0 and r["vs_bnn"] > 0 for r in d["results"] if r["model"].startswith("packed-"))
     assert d["apb_a1_vs_uniform_a2"].keys() == set(backends) and "against 2-bit uniform" in proc.stdout
     assert all(r["images_per_second"] > 0 for r in d["results"])
     assert "images/s" in proc.stdout

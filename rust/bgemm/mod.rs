@@ -69,6 +69,7 @@ macro_rules! microkernels {
 }
 
 mod panel;
+pub mod peak;
 mod scalar;
 
 #[cfg(target_arch = "x86_64")]

@@ -261,3 +261,18 @@ pub(crate) fn bgemm_2x2<'py>(
     let (a, b) = ([("a_hi", a_hi), ("a_lo", a_lo)], [("b_hi", b_hi), ("b_lo", b_lo)]);
     run_bgemm(py, Kind::B2x2, &a, &b, k, options)
 }
+
+/// Binary MACs per second of the xor-popcount-add loop on registers (`crate::bgemm::peak`) on
+/// `threads` threads of `steps` steps each, or None without AVX-512 VPOPCNTDQ: the bound the
+/// benchmarks state `bgemm_1x1`'s AVX-512 figures against.
+#[pyfunction]
+#[pyo3(signature = (threads=None, steps=None))]
+pub(crate) fn xor_popcount_peak(
+    py: Python<'_>,
+    threads: Option<&Bound<'_, PyAny>>,
+    steps: Option<usize>,
+) -> PyResult<Option<f64>> {
+    let threads = super::args::resolve_threads("xor_popcount_peak", threads)?;
+    let steps = steps.unwrap_or(1 << 22).clamp(1, 1 << 32);
+    Ok(py.detach(|| crate::bgemm::peak::xor_popcount_peak(threads, steps)))
+}
