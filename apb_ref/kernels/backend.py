@@ -201,12 +201,12 @@ accel.set_provider(_training_kernel)
 
 
 # --- a chain of binary convs prepared once (`apb_ref/packed/fused.py`), Rust only -------------------
-def binary_net(input_shape, padding, convs, steps, output, stem=None, head=None):
+def binary_net(input_shape, padding, convs, steps, output, act_bits=1, stem=None, head=None):
     """The Rust `BinaryNet` (its docstring has the arguments) while the backend is "rust", else None:
     its NumPy twin is the chain of `bconv_1bit` calls (and float modules) it replaces."""
     if _rust is None or get_backend() != "rust":
         return None
     contiguous = lambda parts: None if parts is None else tuple(map(_contiguous, parts))  # noqa: E731
     convs = [(*(_contiguous(a) for a in c[:8]), contiguous(c[8])) for c in convs]
-    return _rust.BinaryNet(tuple(input_shape), padding, convs, list(steps), output, stem=contiguous(stem),
-                           head=contiguous(head))
+    return _rust.BinaryNet(tuple(input_shape), padding, convs, list(steps), output, act_bits=act_bits,
+                           stem=contiguous(stem), head=contiguous(head))

@@ -1,5 +1,6 @@
-"""Bits between layers: ResNet-20's blocks run channels last on the Rust backend, one `bconv_1bit`
-call per binary conv.
+"""Bits between layers: on the Rust backend ResNet-20's binary blocks run as one `BinaryNet` call
+(`rust/net/`: every conv fused, the maps between them packed), with the stem and the head too when
+they qualify (`whole_forward`); 1-bit blocks outside its bounds run one `bconv_1bit` call per conv.
 
 Unfused (`PackedConv2d`, and always on the NumPy backend, which stays the readable reference), each
 1-bit conv packs its float NCHW input, lowers the packed map (im2col_bits), multiplies (bgemm_1x1),
@@ -10,9 +11,10 @@ finishes y = folded BatchNorm − padding correction + S·x + residual, clipped 
 float map the next shortcut needs and the packed signs the next conv reads. A map is packed once,
 when it enters the blocks.
 
-A block qualifies when both convs are 1-bit, single-plane packed convs (APB, BNN) with their
-BatchNorms folded, hardtanh activations and no ReAct shifts or activation scales; the model's blocks
-are fused only if every block qualifies. The float results equal the unfused ones up to float
+A block qualifies when both convs are single-plane packed convs (APB, BNN) with their BatchNorms
+folded, no ReAct shifts or activation scales, and either 1-bit activations after hardtanh or 2-bit
+(DoReFa) activations after ReLU; the model's blocks are fused only if every block qualifies, with the
+same activation bits. The float results equal the unfused ones up to float
 rounding (the sums run in another order), so the packed network still equals the float model.
 """
 from __future__ import annotations
@@ -29,16 +31,23 @@ from ..models.resnet import BasicBlock, BiRealBlock, ResNet20
 from .layers import FOLDED, Affine, FloatLayer, PackedConv2d
 
 
-def _fusable_conv(conv) -> bool:
-    return isinstance(conv, PackedConv2d) and conv.act_bits == 1 and len(conv.planes) == 1
+# activation bits -> the activation the blocks' maps go through
+ACTIVATIONS = {1: F.hardtanh, 2: F.relu}
 
 
-def fusable(block) -> bool:
-    """Whether `block` computes exactly what `FusedBlocks` runs for it."""
-    return (type(block) in (BasicBlock, BiRealBlock)
-            and all(_fusable_conv(conv) for conv in (block.conv1, block.conv2))
+def _act_bits(block) -> int | None:
+    """The activation bits of a block's convs, if both are single-plane packed convs alike."""
+    bits = {conv.act_bits if isinstance(conv, PackedConv2d) and len(conv.planes) == 1 else None
+            for conv in (block.conv1, block.conv2)}
+    return bits.pop() if len(bits) == 1 else None
+
+
+def fusable(block, act_bits: int = 1) -> bool:
+    """Whether `block` computes exactly what `FusedBlocks` runs for it with `act_bits` activations."""
+    return (type(block) in (BasicBlock, BiRealBlock) and act_bits in ACTIVATIONS
+            and _act_bits(block) == act_bits
             and all(getattr(bn, "name", None) == FOLDED for bn in (block.bn1, block.bn2))
-            and all(getattr(act, "fn", None) is F.hardtanh for act in (block.act1, block.act2))
+            and all(getattr(act, "fn", None) is ACTIVATIONS[act_bits] for act in (block.act1, block.act2))
             and not any(isinstance(shift, nn.ChannelShift) for shift in (block.shift1, block.shift2))
             and block.scale1 is None and block.scale2 is None)
 
@@ -47,8 +56,11 @@ def fuse_blocks(model: nn.Module) -> None:
     """Replace a ResNet-20's `blocks` by `FusedBlocks` when every block qualifies (see the module
     docs), and run the whole model as one `BinaryNet` when its ends qualify too (`whole_forward`)."""
     blocks = getattr(model, "blocks", None)
-    if isinstance(blocks, nn.Sequential) and len(blocks) and all(fusable(b) for b in blocks):
-        model.blocks = FusedBlocks(blocks)
+    if not isinstance(blocks, nn.Sequential) or not len(blocks):
+        return
+    act_bits = _act_bits(blocks[0])
+    if all(fusable(b, act_bits) for b in blocks):
+        model.blocks = FusedBlocks(blocks, act_bits)
         if _ends_fusable(model):
             model.forward = functools.partial(whole_forward, model)  # this instance's forward
 
@@ -62,7 +74,7 @@ def _ends_fusable(model) -> bool:
             and conv.weight.shape[2] == conv.weight.shape[3] == 2 * conv.padding + 1
             and conv.weight.shape[1] * conv.weight.shape[2] * conv.weight.shape[3] <= 27
             and conv.weight.shape[0] == model.blocks.unfused[0].conv1.channels
-            and isinstance(model.bn1, Affine) and getattr(model.act, "fn", None) is F.hardtanh
+            and isinstance(model.bn1, Affine) and getattr(model.act, "fn", None) is ACTIVATIONS[model.blocks.act_bits]
             and isinstance(linear, FloatLayer) and not linear.conv and getattr(linear.act, "bits", None) == 32)
 
 
@@ -96,9 +108,9 @@ def shortcut_nhwc(x: np.ndarray, out_channels: int, stride: int) -> np.ndarray:
 class FusedBlocks(nn.Module):
     """The blocks as channels-last `bconv_1bit` calls on the Rust backend; the original modules on NumPy."""
 
-    def __init__(self, blocks: nn.Sequential):
+    def __init__(self, blocks: nn.Sequential, act_bits: int = 1):
         super().__init__()
-        self.unfused = blocks
+        self.unfused, self.act_bits = blocks, act_bits
         self._nets = {}  # (c, h, w) -> the blocks prepared as one BinaryNet, or None
 
     def forward(self, x):
@@ -108,6 +120,8 @@ class FusedBlocks(nn.Module):
         net = self._nets[(c, h, w)] if (c, h, w) in self._nets else self._nets.setdefault((c, h, w), self.prepare(c, h, w))
         if net is not None:
             return Tensor(net.run(np.ascontiguousarray(x.data, dtype=np.float32)))
+        if self.act_bits != 1:  # the per-conv fused path is 1-bit only
+            return self.unfused(x)
         x = np.ascontiguousarray(x.data.transpose(0, 2, 3, 1))  # NHWC
         bits = kernels.pack_bits(x.reshape(-1, c)).reshape(n, h, w, -1)
         last = len(self.unfused) - 1
@@ -138,7 +152,7 @@ class FusedBlocks(nn.Module):
             else:
                 _, bh = plan.step(conv1, bx, None, floats=False, signs=True)
                 fx, bx = plan.step(conv2, bh, fs, floats=True, signs=not final)
-        return kernels.binary_net((c, h, w), convs[0].padding, plan.convs, plan.steps, fx, stem, head)
+        return kernels.binary_net((c, h, w), convs[0].padding, plan.convs, plan.steps, fx, self.act_bits, stem, head)
 
     @staticmethod
     def _block(block, x, bits, final):

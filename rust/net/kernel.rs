@@ -111,42 +111,59 @@ pub(crate) fn conv(isa: Isa, c: &Conv, io: ConvIo) -> bool {
 }
 
 per_isa!(conv_lanes<T: Lane>(c: &Conv, io: ConvIo) -> bool = body);
-per_isa!(load_input(x: &[f32], shape: (usize, usize, usize), chunks: Range<usize>, out: Input, pad: usize) = load);
+per_isa!(load_input(x: &[f32], shape: (usize, usize, usize), chunks: Range<usize>, out: Input, act: Act) = load);
 
-/// Where [`load`] writes a chunk range of the input: its part of the blocked float map, and the
-/// padded bit map's words from padded index `bits_base` on.
+/// Where [`load`] and [`stem`] write a chunk range of the blocks' input: its part of the blocked
+/// float map, and the padded bit map's planes from padded index `bits_base` on (`bits_lo`: the 2-bit
+/// maps' second plane).
 pub(crate) struct Input<'a> {
     pub float: &'a mut [f32],
     pub bits: &'a mut [u64],
+    pub bits_lo: Option<&'a mut [u64]>,
     pub bits_base: usize,
+    pub pad: usize,
 }
 
-/// Positions `chunks` of a planar float image `x` `(c, h, w)`: its values into the blocked float
-/// map, its signs (bit 1 where x < 0) into the padded bit map, one word per pixel.
+/// Positions `chunks` of a planar float image `x` `(c, h, w)` (the blocks' input, activated): its
+/// values into the blocked float map, its planes (`act`) into the padded bit map.
 #[inline(always)]
-fn load(x: &[f32], (c, h, w): (usize, usize, usize), chunks: Range<usize>, out: Input, pad: usize) {
-    let (first, end) = (chunks.start * CHUNK, (chunks.end * CHUNK).min(h * w));
-    for (q, lanes) in out.float.chunks_exact_mut(CHUNK).enumerate() {
-        let (ch, chunk) = (q % c, chunks.start + q / c);
-        for (l, v) in lanes.iter_mut().enumerate() {
-            let p = chunk * CHUNK + l;
-            *v = if p < end { x[ch * h * w + p] } else { 0.0 };
-        }
-    }
-    let wp = w + 2 * pad;
-    let mut p = first;
-    while p < end {
-        let (y, x0) = (p / w, p % w);
-        let len = (w - x0).min(end - p);
-        let at = (y + pad) * wp + x0 + pad - out.bits_base;
-        let words = &mut out.bits[at..at + len];
-        words.fill(0);
+fn load(x: &[f32], (c, h, w): (usize, usize, usize), chunks: Range<usize>, mut out: Input, act: Act) {
+    for chunk in chunks.clone() {
+        let p0 = chunk * CHUNK;
+        let valid = CHUNK.min(h * w - p0);
+        let mut words = [[[0u32; CHUNK]; 2]; 2];
         for ch in 0..c {
-            for (word, &v) in words.iter_mut().zip(&x[ch * h * w + p..][..len]) {
-                *word |= ((v < 0.0) as u64) << ch;
-            }
+            let mut v = [0f32; CHUNK];
+            v[..valid].copy_from_slice(&x[ch * h * w + p0..][..valid]);
+            out.float[((chunk - chunks.start) * c + ch) * CHUNK..][..CHUNK].copy_from_slice(&v);
+            add_bits(act, &v, ch, &mut words);
         }
-        p += len;
+        store_planes(
+            &words,
+            p0,
+            valid,
+            (w, out.pad),
+            &mut *out.bits,
+            out.bits_lo.as_deref_mut(),
+            out.bits_base,
+        );
+    }
+}
+
+/// A chunk's planes into the padded bit map's planes.
+#[inline(always)]
+fn store_planes(
+    words: &[[[u32; CHUNK]; 2]; 2],
+    p0: usize,
+    valid: usize,
+    geometry: (usize, usize),
+    bits: &mut [u64],
+    bits_lo: Option<&mut [u64]>,
+    base: usize,
+) {
+    store_signs(&words[0], p0, valid, geometry, bits, base);
+    if let Some(lo) = bits_lo {
+        store_signs(&words[1], p0, valid, geometry, lo, base);
     }
 }
 
@@ -157,6 +174,7 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
         residual,
         mut float,
         mut bits,
+        mut bits_lo,
         bits_base,
         chunks,
         pad,
@@ -164,7 +182,11 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
     let (o, taps, positions) = (c.o, c.kh * c.kw, c.ho * c.wo);
     let wp = c.w + 2 * pad;
     let k = c.k as i32;
+    let two = c.act == Act::Dorefa2;
     let mut windows = [[T::default(); CHUNK]; MAX_TAPS];
+    // 2-bit maps: the lo plane's windows (v = 2·hi + lo, each ±1)
+    let mut windows_lo = [[T::default(); CHUNK]; MAX_TAPS];
+    let mut halves_lo = [[0u32; CHUNK]; 2 * MAX_TAPS];
     // per tap and lane, what the sparse term keeps of v·x's bits: all where the tap is inside the map,
     // the sign bit on the padding (x = 0 there, and v·0 = ±0 with v's sign)
     let mut keep = [[0u32; CHUNK]; MAX_TAPS];
@@ -175,6 +197,9 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
         let p0 = chunk * CHUNK;
         let valid = CHUNK.min(positions - p0);
         gather::<T>(c, input, wp, p0, valid, &mut windows);
+        if two {
+            gather::<T>(c, &input[(c.h + 2 * pad) * wp..], wp, p0, valid, &mut windows_lo);
+        }
         if c.sparse.is_some() {
             inside(c, pad, p0, valid, &mut keep);
             for (x, h) in windows[..taps].iter().zip(halves.chunks_exact_mut(2)) {
@@ -182,17 +207,44 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
                     [h[0][l], h[1][l]] = x[l].halves();
                 }
             }
+            if two {
+                for (x, h) in windows_lo[..taps].iter().zip(halves_lo.chunks_exact_mut(2)) {
+                    for l in 0..CHUNK {
+                        [h[0][l], h[1][l]] = x[l].halves();
+                    }
+                }
+            }
         }
-        // the signs as two 32-bit halves (channels 0..32 and 32..64): half as many vectors as u64
-        let mut words = [[0u32; CHUNK]; 2];
+        // the output's planes, each as two 32-bit halves (channels 0..32 and 32..64): half as many
+        // vectors as u64
+        let mut words = [[[0u32; CHUNK]; 2]; 2];
         // y summed over the channels: NaN exactly when some y is (clipped values are finite)
         let mut total = [0f32; CHUNK];
         for oc in 0..o {
             let mut acc = [T::default(); CHUNK];
-            for (x, &w) in windows[..taps].iter().zip(&c.weights[oc * taps..(oc + 1) * taps]) {
+            let weights = &c.weights[oc * taps..(oc + 1) * taps];
+            for (x, &w) in windows[..taps].iter().zip(weights) {
                 let w = T::from_word(w);
                 for l in 0..CHUNK {
                     acc[l] = acc[l].add(x[l].mismatches(w));
+                }
+            }
+            // Σ w·v: 1-bit, K − 2·M; 2-bit, 2·(K − 2·M_hi) + (K − 2·M_lo)
+            let mut dot = [0i32; CHUNK];
+            if two {
+                let mut lo = [T::default(); CHUNK];
+                for (x, &w) in windows_lo[..taps].iter().zip(weights) {
+                    let w = T::from_word(w);
+                    for l in 0..CHUNK {
+                        lo[l] = lo[l].add(x[l].mismatches(w));
+                    }
+                }
+                for l in 0..CHUNK {
+                    dot[l] = 3 * k - 4 * acc[l].count() - 2 * lo[l].count();
+                }
+            } else {
+                for l in 0..CHUNK {
+                    dot[l] = k - 2 * acc[l].count();
                 }
             }
             // this channel's lanes in the blocked float maps, and in this call's part of the output
@@ -201,7 +253,7 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
             let (scale, shift) = (c.scale[oc], c.shift[oc]);
             let mut y = [0f32; CHUNK];
             for l in 0..CHUNK {
-                y[l] = ((k - 2 * acc[l].count()) as f32) * scale + shift;
+                y[l] = (dot[l] as f32) * scale + shift;
             }
             if let Some(corr) = &c.correction {
                 for (v, &r) in y.iter_mut().zip(&corr[at..at + CHUNK]) {
@@ -211,11 +263,30 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
             if let Some(sp) = &c.sparse {
                 let mut sums = [0f32; CHUNK];
                 for &Tap { tap, half, up, v } in sp.row(oc) {
-                    // v·x exactly, without the multiply: v with its sign flipped where x = −1
-                    // (the channel's bit of the window), ±0 with v's sign on the padding
                     let (x, keep) = (&halves[half], &keep[tap]);
-                    for l in 0..CHUNK {
-                        sums[l] += f32::from_bits((((x[l] << up) & 0x8000_0000) ^ v) & keep[l]);
+                    if two {
+                        // x = j/3 of the 2-bit level j = 3 − 2·hi − lo (hi, lo: the planes' bits),
+                        // 0 on the padding; v·x as the float model multiplies
+                        let (x_lo, vf) = (&halves_lo[half], f32::from_bits(v));
+                        for l in 0..CHUNK {
+                            let (hi, lo) = (
+                                (x[l] << up) & 0x8000_0000 != 0,
+                                (x_lo[l] << up) & 0x8000_0000 != 0,
+                            );
+                            let xv = match (hi, lo) {
+                                (false, false) => 1.0,
+                                (false, true) => LEVELS[2],
+                                (true, false) => LEVELS[1],
+                                (true, true) => 0.0,
+                            };
+                            sums[l] += f32::from_bits((vf * xv).to_bits() & keep[l]);
+                        }
+                    } else {
+                        // v·x exactly, without the multiply: v with its sign flipped where x = −1
+                        // (the channel's bit of the window), ±0 with v's sign on the padding
+                        for l in 0..CHUNK {
+                            sums[l] += f32::from_bits((((x[l] << up) & 0x8000_0000) ^ v) & keep[l]);
+                        }
                     }
                 }
                 for (v, &r) in y.iter_mut().zip(&sums) {
@@ -227,26 +298,81 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
                     *v += r;
                 }
             }
-            for v in y.iter_mut() {
-                *v = v.clamp(-1.0, 1.0); // NaN stays NaN
-            }
+            activate(c.act, &mut y);
             if let Some(f) = float.as_deref_mut() {
                 f[mine..mine + CHUNK].copy_from_slice(&y);
             }
             if bits.is_some() {
-                let (half, bit) = (&mut words[oc / 32], 1u32 << (oc % 32));
+                add_bits(c.act, &y, oc, &mut words);
                 for l in 0..CHUNK {
-                    half[l] |= if y[l] < 0.0 { bit } else { 0 }; // pack_bits' rule: bit 1 where y < 0
                     total[l] += y[l];
                 }
             }
         }
         if let Some(b) = bits.as_deref_mut() {
             nan |= total[..valid].iter().any(|v| v.is_nan());
-            store_signs(&words, p0, valid, (c.wo, pad), b, bits_base);
+            store_planes(
+                &words,
+                p0,
+                valid,
+                (c.wo, pad),
+                b,
+                bits_lo.as_deref_mut(),
+                bits_base,
+            );
         }
     }
     nan
+}
+
+/// The activation of every map of a net, and how a map is packed: hardtanh and its signs (1-bit
+/// nets), or ReLU and the two planes of its DoReFa 2-bit level j = round(clip(y, 0, 1)·3), v = 2j − 3
+/// = 2·hi + lo (hi, lo = ±1; bit 1 = −1, as `pack_2bit`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Act {
+    Sign,
+    Dorefa2,
+}
+
+/// The 2-bit levels j/3 as the float model has them (float32 j / 3).
+const LEVELS: [f32; 4] = [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0];
+
+/// The net's activation on a chunk of y.
+#[inline(always)]
+fn activate(act: Act, y: &mut [f32; CHUNK]) {
+    for v in y.iter_mut() {
+        *v = match act {
+            Act::Sign => v.clamp(-1.0, 1.0), // NaN stays NaN
+            Act::Dorefa2 => {
+                if *v < 0.0 {
+                    0.0
+                } else {
+                    *v // as np.maximum(v, 0): NaN and −0.0 stay
+                }
+            }
+        };
+    }
+}
+
+/// Channel `oc`'s bits of a chunk of (activated) y, OR-ed into its planes' words.
+#[inline(always)]
+fn add_bits(act: Act, y: &[f32; CHUNK], oc: usize, words: &mut [[[u32; CHUNK]; 2]; 2]) {
+    let (half, bit) = (oc / 32, 1u32 << (oc % 32));
+    match act {
+        Act::Sign => {
+            for l in 0..CHUNK {
+                words[0][half][l] |= if y[l] < 0.0 { bit } else { 0 }; // pack_bits' rule: bit 1 where y < 0
+            }
+        }
+        Act::Dorefa2 => {
+            for l in 0..CHUNK {
+                let j = (y[l].clamp(0.0, 1.0) * 3.0).round_ties_even(); // DoReFa's level, as np.round
+                words[0][half][l] |= if j <= 1.0 { bit } else { 0 }; // v < 0
+                words[1][half][l] |= if j == 0.0 || j == 2.0 { bit } else { 0 };
+                // v − 2·hi < 0
+            }
+        }
+    }
 }
 
 /// A chunk's signs (two 32-bit halves per position) into the padded bit map of an output `wo`
@@ -274,14 +400,15 @@ fn store_signs(
     }
 }
 
-per_isa!(stem(s: &Stem, xp: &[f32], chunks: Range<usize>, out: Input, pad: usize) = stem_body);
+per_isa!(stem(s: &Stem, xp: &[f32], chunks: Range<usize>, out: Input, act: Act) = stem_body);
 
 /// The stem ([`Stem`]) on positions `chunks` of a padded image `xp`: for each position and output
 /// channel Σ over (c, i, j) of one fused multiply-add each, from 0 and in that order (the order of
 /// the training conv's direct path, so the same bits as the Python model on the Rust backend), then
-/// ·scale + shift, hardtanh; into the blocked float map and the padded bit map, as [`load`].
+/// ·scale + shift and the net's activation; into the blocked float map and the bit planes, as
+/// [`load`].
 #[inline(always)]
-fn stem_body(s: &Stem, xp: &[f32], chunks: Range<usize>, out: Input, pad: usize) {
+fn stem_body(s: &Stem, xp: &[f32], chunks: Range<usize>, mut out: Input, act: Act) {
     let (hp, wp) = s.padded();
     let (taps, positions, o) = (s.kh * s.kw, s.h * s.w, s.o);
     let ct = s.c * taps;
@@ -302,7 +429,7 @@ fn stem_body(s: &Stem, xp: &[f32], chunks: Range<usize>, out: Input, pad: usize)
         for lanes in x[..ct].iter_mut() {
             lanes[valid..].fill(0.0);
         }
-        let mut words = [[0u32; CHUNK]; 2];
+        let mut words = [[[0u32; CHUNK]; 2]; 2];
         for oc in 0..o {
             let mut acc = [0f32; CHUNK];
             for (lanes, &w) in x[..ct].iter().zip(&s.weights[oc * ct..(oc + 1) * ct]) {
@@ -310,17 +437,24 @@ fn stem_body(s: &Stem, xp: &[f32], chunks: Range<usize>, out: Input, pad: usize)
                     acc[l] = w.mul_add(lanes[l], acc[l]);
                 }
             }
+            let mut y = [0f32; CHUNK];
+            for l in 0..CHUNK {
+                y[l] = acc[l] * s.scale[oc] + s.shift[oc];
+            }
+            activate(act, &mut y);
             let mine = ((chunk - chunks.start) * o + oc) * CHUNK;
-            let y = &mut out.float[mine..mine + CHUNK];
-            for l in 0..CHUNK {
-                y[l] = (acc[l] * s.scale[oc] + s.shift[oc]).clamp(-1.0, 1.0);
-            }
-            let (half, bit) = (&mut words[oc / 32], 1u32 << (oc % 32));
-            for l in 0..CHUNK {
-                half[l] |= if y[l] < 0.0 { bit } else { 0 };
-            }
+            out.float[mine..mine + CHUNK].copy_from_slice(&y);
+            add_bits(act, &y, oc, &mut words);
         }
-        store_signs(&words, p0, valid, (s.w, pad), out.bits, out.bits_base);
+        store_planes(
+            &words,
+            p0,
+            valid,
+            (s.w, out.pad),
+            &mut *out.bits,
+            out.bits_lo.as_deref_mut(),
+            out.bits_base,
+        );
     }
 }
 

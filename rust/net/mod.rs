@@ -28,6 +28,7 @@ use crate::bits::words_for;
 use crate::conv::Window;
 use ends::{Head, Stem};
 pub use ends::{HeadSpec, StemSpec};
+pub use kernel::Act;
 use kernel::{CHUNK, MAX_TAPS};
 use sparse::Sparse;
 
@@ -84,6 +85,8 @@ pub(crate) struct Conv {
     /// Blocked like the float maps.
     pub correction: Option<Vec<f32>>,
     pub sparse: Option<Sparse>,
+    /// The net's activation (and so its maps' planes).
+    pub act: Act,
 }
 
 /// What one conv of one image reads and writes for the chunks of positions `chunks`: the input's
@@ -95,6 +98,8 @@ pub(crate) struct ConvIo<'a> {
     pub residual: Option<&'a [f32]>,
     pub float: Option<&'a mut [f32]>,
     pub bits: Option<&'a mut [u64]>,
+    /// The second plane's part, for 2-bit maps.
+    pub bits_lo: Option<&'a mut [u64]>,
     pub bits_base: usize,
     pub chunks: std::ops::Range<usize>,
     pub pad: usize,
@@ -116,6 +121,7 @@ fn blocked(p: usize, ch: usize, channels: usize) -> usize {
 
 pub struct BinaryNet {
     pad: usize,
+    act: Act,
     /// The blocks' input (buffer 0), and the stem that makes it from the call's images, if any.
     input: Shape,
     stem: Option<Stem>,
@@ -135,11 +141,12 @@ pub struct BinaryNet {
 }
 
 impl BinaryNet {
-    /// Check and prepare a net for `input` = (c, h, w) images; every conv pads by `pad`; the result
-    /// is float buffer `output`.
+    /// Check and prepare a net for `input` = (c, h, w) images; every conv pads by `pad`, and every
+    /// map goes through `act`; the result is float buffer `output`.
     pub fn new(
         input: Shape,
         pad: usize,
+        act: Act,
         convs: &[ConvSpec],
         steps: &[Step],
         output: usize,
@@ -187,9 +194,11 @@ impl BinaryNet {
             c.checked_mul(pitch(h, w))
                 .ok_or("a float map's size overflows".to_string())
         };
+        let planes = if act == Act::Dorefa2 { 2 } else { 1 };
         let bsize = |(_, h, w): Shape| {
             (h + 2 * pad)
                 .checked_mul(w + 2 * pad)
+                .and_then(|v| v.checked_mul(planes))
                 .ok_or("a bit map's size overflows".to_string())
         };
         float_sizes[0] = fsize(input)?;
@@ -207,8 +216,8 @@ impl BinaryNet {
                         .get(layer)
                         .ok_or_else(|| format!("step {at}: no conv {layer} (there are {})", convs.len()))?;
                     let shape = read(&bits, input, "bits", at)?;
-                    let conv =
-                        prepare(spec, shape, pad).map_err(|e| format!("step {at} (conv {layer}): {e}"))?;
+                    let conv = prepare(spec, shape, pad, act)
+                        .map_err(|e| format!("step {at} (conv {layer}): {e}"))?;
                     let out = (conv.o, conv.ho, conv.wo);
                     if let Some(r) = residual {
                         let got = read(&floats, r, "float", at)?;
@@ -304,6 +313,7 @@ impl BinaryNet {
         }
         Ok(BinaryNet {
             pad,
+            act,
             input,
             stem: None,
             head: None,
@@ -349,7 +359,7 @@ impl BinaryNet {
 }
 
 /// The conv of `spec` on inputs of `shape`, checked and laid out for the kernel.
-fn prepare(spec: &ConvSpec, (c, h, w): Shape, pad: usize) -> Result<Conv, String> {
+fn prepare(spec: &ConvSpec, (c, h, w): Shape, pad: usize, act: Act) -> Result<Conv, String> {
     let ConvSpec {
         weights,
         o,
@@ -440,5 +450,6 @@ fn prepare(spec: &ConvSpec, (c, h, w): Shape, pad: usize) -> Result<Conv, String
         shift: spec.shift.to_vec(),
         correction,
         sparse,
+        act,
     })
 }

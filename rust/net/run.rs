@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::kernel::{self, Input, CHUNK};
-use super::{blocked, BinaryNet, ConvIo, Shape, Step};
+use super::{blocked, Act, BinaryNet, ConvIo, Shape, Step};
 use crate::isa::Isa;
 
 /// One set of buffers: the float maps by number, the bit maps by slot.
@@ -239,24 +239,26 @@ impl BinaryNet {
         if at == 1 {
             let (c, h, w) = self.input;
             let chunks = part((h * w).div_ceil(CHUNK), t, n);
-            let (float, bits) = unsafe {
+            let (float, (bits, bits_lo, bits_base)) = unsafe {
                 (
                     v.float_mut(0, chunks.start * c * CHUNK..chunks.end * c * CHUNK),
-                    bits_part(v, 0, (h, w), pad, &chunks),
+                    self.bits_part(v, 0, (h, w), &chunks),
                 )
             };
             let into = Input {
                 float,
-                bits: bits.0,
-                bits_base: bits.1,
+                bits,
+                bits_lo,
+                bits_base,
+                pad,
             };
             match &self.stem {
                 Some(stem) => {
                     // SAFETY: written by stage 0
                     let xp = unsafe { std::slice::from_raw_parts(v.padded.0, v.padded.1) };
-                    kernel::stem(isa, stem, xp, chunks, into, pad)
+                    kernel::stem(isa, stem, xp, chunks, into, self.act)
                 }
-                None => kernel::load_input(isa, x, self.input, chunks, into, pad),
+                None => kernel::load_input(isa, x, self.input, chunks, into, self.act),
             }
             return false;
         }
@@ -297,12 +299,12 @@ impl BinaryNet {
                 // SAFETY: `new` refused outputs that are the step's input or residual; the ranges are
                 // this part's
                 let io = unsafe {
-                    let (bits, bits_base) = match bits {
+                    let (bits, bits_lo, bits_base) = match bits {
                         Some(b) => {
-                            let (s, base) = bits_part(v, b, (conv.ho, conv.wo), pad, &chunks);
-                            (Some(s), base)
+                            let (s, lo, base) = self.bits_part(v, b, (conv.ho, conv.wo), &chunks);
+                            (Some(s), lo, base)
                         }
-                        None => (None, 0),
+                        None => (None, None, 0),
                     };
                     ConvIo {
                         input: v.bits(input),
@@ -310,6 +312,7 @@ impl BinaryNet {
                         float: float
                             .map(|f| v.float_mut(f, chunks.start * o * CHUNK..chunks.end * o * CHUNK)),
                         bits,
+                        bits_lo,
                         bits_base,
                         chunks,
                         pad,
@@ -343,27 +346,32 @@ impl BinaryNet {
     }
 }
 
-/// The part of bit slot `id` (a padded `(h, w)` map) that positions `chunks` write, and the padded
-/// index it starts at.
-///
-/// SAFETY: as [`Views::bits_mut`].
-#[allow(clippy::mut_from_ref)]
-unsafe fn bits_part<'a>(
-    v: &'a Views,
-    id: usize,
-    (h, w): (usize, usize),
-    pad: usize,
-    chunks: &Range<usize>,
-) -> (&'a mut [u64], usize) {
-    let wp = w + 2 * pad;
-    let index = |p: usize| (p / w + pad) * wp + p % w + pad;
-    let (first, end) = (chunks.start * CHUNK, (chunks.end * CHUNK).min(h * w));
-    if first >= end {
-        return (unsafe { v.bits_mut(id, 0..0) }, 0);
+impl BinaryNet {
+    /// The parts of bit slot `id` (a padded `(h, w)` map, one or two planes) that positions `chunks`
+    /// write, and the padded index they start at.
+    ///
+    /// SAFETY: as [`Views::bits_mut`].
+    #[allow(clippy::mut_from_ref, clippy::type_complexity)]
+    unsafe fn bits_part<'a>(
+        &self,
+        v: &'a Views,
+        id: usize,
+        (h, w): (usize, usize),
+        chunks: &Range<usize>,
+    ) -> (&'a mut [u64], Option<&'a mut [u64]>, usize) {
+        let (pad, wp) = (self.pad, w + 2 * self.pad);
+        let plane = (h + 2 * pad) * wp;
+        let index = |p: usize| (p / w + pad) * wp + p % w + pad;
+        let (first, end) = (chunks.start * CHUNK, (chunks.end * CHUNK).min(h * w));
+        let range = if first < end {
+            index(first)..index(end - 1) + 1
+        } else {
+            0..0
+        };
+        let lo = (self.act == Act::Dorefa2)
+            .then(|| unsafe { v.bits_mut(id, range.start + plane..range.end + plane) });
+        (unsafe { v.bits_mut(id, range.clone()) }, lo, range.start)
     }
-    let range = index(first)..index(end - 1) + 1;
-    let base = range.start;
-    (unsafe { v.bits_mut(id, range) }, base)
 }
 
 /// ResNet's option-A shortcut on blocked maps, for the output positions `chunks` (`dst` is their

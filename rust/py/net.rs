@@ -9,14 +9,15 @@ use super::args::{
 };
 use super::bconv::{csr_arrays, CsrArrays};
 use crate::bconv::Csr;
-use crate::net::{self, ConvSpec, HeadSpec, StemSpec, Step};
+use crate::net::{self, Act, ConvSpec, HeadSpec, StemSpec, Step};
 
 const F: &str = "BinaryNet";
 
 /// A chain of binary convs with bits between layers, prepared once for (c, h, w) inputs.
 ///
 /// `BinaryNet(input, padding, convs, steps, output)`: `input` = (c, h, w); every conv pads by
-/// `padding`; `convs` is a list of tuples (weights uint64 (O, ceil(kh·kw·c/64)), c, kh, kw, stride,
+/// `padding`; with `act_bits` = 1 every map is clipped (hardtanh) and packed as its signs, with 2
+/// it goes through ReLU and is packed as the two planes of its DoReFa 2-bit level; `convs` is a list of tuples (weights uint64 (O, ceil(kh·kw·c/64)), c, kh, kw, stride,
 /// scale float32 (O,), shift float32 (O,), correction float32 (Ho, Wo, O) or None, csr (indptr,
 /// indices, data) or None), as `bconv_1bit` takes them; `steps` a list of ("conv", layer, input
 /// bits, residual float or None, float out or None, bits out or None) and ("shortcut", src, dst,
@@ -135,7 +136,7 @@ fn step(i: usize, x: &Bound<'_, PyAny>) -> PyResult<Step> {
 #[pymethods]
 impl BinaryNet {
     #[new]
-    #[pyo3(signature = (input, padding, convs, steps, output, *, stem=None, head=None))]
+    #[pyo3(signature = (input, padding, convs, steps, output, *, act_bits=1, stem=None, head=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         input: &Bound<'_, PyAny>,
@@ -143,6 +144,7 @@ impl BinaryNet {
         convs: &Bound<'_, PyList>,
         steps: &Bound<'_, PyList>,
         output: usize,
+        act_bits: usize,
         stem: Option<&Bound<'_, PyAny>>,
         head: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
@@ -191,7 +193,12 @@ impl BinaryNet {
             .map(|(i, s)| step(i, &s))
             .collect::<PyResult<Vec<_>>>()?;
         let fail = |e: String| value_error(format!("{F}: {e}"));
-        let mut net = net::BinaryNet::new(shape, padding, &specs, &steps, output).map_err(fail)?;
+        let act = match act_bits {
+            1 => Act::Sign,
+            2 => Act::Dorefa2,
+            _ => return Err(fail(format!("act_bits must be 1 or 2, got {act_bits}"))),
+        };
+        let mut net = net::BinaryNet::new(shape, padding, act, &specs, &steps, output).map_err(fail)?;
         if let Some(stem) = stem.filter(|s| !s.is_none()) {
             let t = tuple(stem, 4, "stem")?;
             let w = typed::<f32>(F, "stem: weights", &t.get_item(0)?, "float32", 4)?;

@@ -239,3 +239,61 @@ def test_bad_stems_and_heads_are_refused(raw_rust):
         make(head=(np.ones((10, 5), np.float32), None))
     with pytest.raises(ValueError, match="must be a tuple of 2 items"):
         make(head=(np.ones((10, 4), np.float32),))
+
+
+def _two_bit_conv(x, conv, residual):
+    """One conv of a 2-bit net in NumPy, channels last, float32 in BinaryNet's order: the input's
+    DoReFa levels j (v = 2j − 3, +3 on the padding), y = f32(Σ w·v)·scale + shift − correction + S·x
+    (x = j/3, 0 on the padding, non-zeros added in CSR order) + residual, then ReLU."""
+    weights, cin, kh, kw, stride, scale, shift, correction, csr = conv
+    n, h, w, _ = x.shape
+    j = np.round(np.clip(x, 0, 1) * np.float32(3))
+    v = np.pad((2 * j - 3).astype(np.int64), ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=3)
+    xq = np.pad((j / np.float32(3)).astype(np.float32), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    k = kh * kw * cin
+    bits = (weights[:, np.arange(k) // 64] >> (np.arange(k) % 64).astype(np.uint64)) & np.uint64(1)
+    wpm = (1 - 2 * bits.astype(np.int64)).reshape(-1, kh, kw, cin)
+    windows = np.stack([v[:, i:i + stride * ho:stride, jj:jj + stride * wo:stride] for i in range(kh) for jj in range(kw)], 3)
+    dot = np.einsum("nyxtc,otc->nyxo", windows, wpm.reshape(len(wpm), kh * kw, cin))
+    y = dot.astype(np.float32) * scale + shift
+    if correction is not None:
+        y = y - correction
+    if csr is not None:
+        xwin = np.stack([xq[:, i:i + stride * ho:stride, jj:jj + stride * wo:stride] for i in range(kh) for jj in range(kw)], 3)
+        indptr, indices, data = csr
+        sums = np.zeros(y.shape, np.float32)
+        for o in range(len(indptr) - 1):
+            for q in range(indptr[o], indptr[o + 1]):
+                sums[..., o] += data[q] * xwin[..., indices[q] // cin, indices[q] % cin]
+        y = y + sums
+    if residual is not None:
+        y = y + residual
+    return np.where(y < 0, np.float32(0), y)
+
+
+@settings(max_examples=40, deadline=None)
+@given(nets())
+def test_a_2bit_binary_net_is_its_numpy_composition_bit_for_bit(raw_rust, case):
+    """2-bit maps (ReLU, DoReFa levels in two planes): the same floats as the NumPy steps, every ISA,
+    1 and 2 threads."""
+    shape, convs, steps, output, n, seed = case
+    x = np.random.default_rng(seed).uniform(-0.3, 1.3, (n, *shape)).astype(np.float32)
+    floats = {0: np.ascontiguousarray(x.transpose(0, 2, 3, 1))}
+    maps = {0: floats[0]}  # what each bit buffer packs: its float map (ReLU'd, except the input)
+    for step in steps:
+        if step[0] == "shortcut":
+            _, src, dst, stride, channels = step
+            floats[dst] = np.ascontiguousarray(shortcut_nhwc(floats[src], channels, stride))
+            continue
+        _, layer, src, residual, f, b = step
+        y = _two_bit_conv(maps[src], convs[layer], None if residual is None else floats[residual])
+        if f is not None:
+            floats[f] = y
+        if b is not None:
+            maps[b] = y
+    want = floats[output].transpose(0, 3, 1, 2)
+    net = raw_rust.BinaryNet(shape, 1, convs, steps, output, act_bits=2)
+    for isa in ISAS:
+        for threads in (1, 2):
+            assert np.array_equal(net.run(x, isa=isa, threads=threads), want), (isa, threads)

@@ -1,6 +1,8 @@
-"""Bits between layers (packed/fused.py): ResNet-20's 1-bit blocks as channels-last bconv_1bit calls on
-the Rust backend give the float model's logits; blocks that compute anything else are left unfused,
-and the NumPy backend always runs the unfused modules."""
+"""Bits between layers (packed/fused.py): ResNet-20's 1- and 2-bit blocks, with the stem and head, as
+one BinaryNet call on the Rust backend give the float model's logits; blocks that compute anything
+else are left unfused, and the NumPy backend always runs the unfused modules."""
+import functools
+
 import numpy as np
 import pytest
 from kernel_helpers import needs_rust
@@ -37,8 +39,9 @@ def _images(n=6, seed=1):
 @needs_rust
 @pytest.mark.parametrize("block", ["basic", "bireal"])
 @pytest.mark.parametrize("method", ["apb", "bnn"])
-def test_fused_blocks_give_the_float_models_logits(block, method):
-    model, packed = _model(block, method)
+@pytest.mark.parametrize("act_bits", [1, 2])
+def test_fused_blocks_give_the_float_models_logits(block, method, act_bits):
+    model, packed = _model(block, method, act_bits)
     if method == "apb":  # the sparse term runs too
         assert sum(len(m.values) for _, m in PackedNetwork(packed).model.named_modules() if getattr(m, "sparse", 0))
     x = _images()
@@ -46,6 +49,7 @@ def test_fused_blocks_give_the_float_models_logits(block, method):
         expected = model(Tensor(x)).data
     net = PackedNetwork(packed)
     assert isinstance(net.model.blocks, FusedBlocks)
+    assert isinstance(net.model.forward, functools.partial)  # the whole network in one call
     with kernels.use_backend("rust"):
         got = net.logits(x)
     with kernels.use_backend("numpy"):
@@ -67,7 +71,6 @@ def test_a_batch_of_one_and_a_batch_of_many_agree():
 
 
 @pytest.mark.parametrize("options, reason", [
-    ({"act_bits": 2}, "2-bit activations"),
     ({"react": True}, "ReAct shifts"),
     ({"act_scale": True}, "activation scale (BatchNorm not folded)"),
     ({"method": "uniform"}, "two weight planes"),
