@@ -503,14 +503,19 @@ fn inside(c: &Conv, pad: usize, p0: usize, valid: usize, keep: &mut [[u32; CHUNK
         for (t, lanes) in keep[..taps].iter_mut().enumerate() {
             let (i, j) = (t / c.kw, t % c.kw);
             let y = oy * c.stride + i; // in the padded map
-            let row_inside = y >= pad && y < c.h + pad;
+                                       // column (ox + q)·stride + j lies in [pad, w + pad) for q in [lo, hi)
+            let (lo, hi) = if y >= pad && y < c.h + pad {
+                let first = pad.saturating_sub(j).div_ceil(c.stride) as i64;
+                (
+                    (first - ox as i64) as i32,
+                    ((c.w + pad - j).div_ceil(c.stride) as i64 - ox as i64) as i32,
+                )
+            } else {
+                (0, 0)
+            };
             for (q, v) in lanes[l..l + len].iter_mut().enumerate() {
-                let x = (ox + q) * c.stride + j;
-                *v = if row_inside && x >= pad && x < c.w + pad {
-                    all
-                } else {
-                    sign
-                };
+                let q = q as i32;
+                *v = if q >= lo && q < hi { all } else { sign };
             }
         }
         l += len;
