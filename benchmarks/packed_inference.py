@@ -18,8 +18,8 @@ and its constant rows, which cost nothing; a trained model may have some). --che
 models as they are, at the activations they were trained with, labelled by their run directory. The baseline is the float
 ResNet-20 (NumPy autograd, eval mode) on the same images in the same run. Each figure is the median
 over --repeats passes over --images images in batches of --batch-size (256). On the Rust kernels a
-1-bit ResNet-20 runs its blocks fused (`apb_ref/packed/fused.py`: one bconv_1bit call per conv, bits
-between layers); --unfused adds each such model again with its blocks run conv by conv, labelled
+1- or 2-bit ResNet-20 of APB or BNN runs as one BinaryNet call (`apb_ref/packed/fused.py`: every conv
+fused, bits between layers); --unfused adds each such model again with its blocks run conv by conv, labelled
 "unfused". When PyTorch imports (optional, never required), its float ResNet-20 (eval mode,
 `torch.inference_mode`, as many threads as the kernels: APB_NUM_THREADS, else every core) takes turns
 too, and "vs PyTorch" is each model's same-round ratio to it; likewise TFLite with XNNPack ("vs TFLite",
@@ -116,7 +116,7 @@ def main() -> None:
                         help="trained checkpoints to time as well, at their own activations")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
     parser.add_argument("--unfused", action="store_true",
-                        help="also time each model with fused 1-bit blocks with its blocks run conv by conv")
+                        help="also time each model with fused blocks with its blocks run conv by conv")
     parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch float model even if torch imports")
     parser.add_argument("--no-tflite", action="store_true",
                         help="leave out the TFLite (XNNPack) float model even if tensorflow imports")

@@ -75,9 +75,9 @@ def test_packed_inference_times_fused_blocks_against_unfused(tmp_path):
     d = json.loads(out.read_text())
     assert d["batch_size"] == 2
     got = {(r["model"], r["act_bits"], r["backend"], r["block"], r["unfused"]) for r in d["results"] if r["model"].startswith("packed-")}
-    # every backend's model fuses its 1-bit blocks (the NumPy backend then runs them unfused); 2-bit ones never fuse
+    # every backend's model fuses its 1- and 2-bit blocks (the NumPy backend then runs them unfused)
     want = {("packed-apb bireal", a, b, "bireal", False) for a in (1, 2) for b in backends}
-    assert got == want | {("packed-apb bireal unfused", 1, b, "bireal", True) for b in backends}
+    assert got == want | {("packed-apb bireal unfused", a, b, "bireal", True) for a in (1, 2) for b in backends}
 
 
 @pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")

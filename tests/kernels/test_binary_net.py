@@ -65,29 +65,37 @@ def nets(draw):
     return (c, h, w), convs, steps, fx, draw(st.sampled_from([1, 2, 5])), draw(st.integers(0, 2**32 - 1))
 
 
-def unfused(raw, x, convs, steps, output):
-    """The steps one Rust `bconv_1bit` call (scalar path) or shortcut at a time, channels last."""
-    n, c, h, w = x.shape
+def interpret(x, steps, output, pack, conv):
+    """The steps in Python, channels last: float and bit buffers by number, buffer 0 the images and
+    `pack` of them; `conv(layer, bits, residual, out)` gives a conv step's (float, bits)."""
     floats = {0: np.ascontiguousarray(x.transpose(0, 2, 3, 1))}
-    bits = {0: raw.pack_bits(floats[0].reshape(-1, c)).reshape(n, h, w, -1)}
+    bits = {0: pack(floats[0])}
     for step in steps:
         if step[0] == "shortcut":
             _, src, dst, stride, channels = step
             floats[dst] = np.ascontiguousarray(shortcut_nhwc(floats[src], channels, stride))
             continue
         _, layer, src, residual, f, b = step
-        weights, cin, kh, kw, stride, scale, shift, correction, csr = convs[layer]
         out = "both" if f is not None and b is not None else "float" if f is not None else "bits"
-        y = raw.bconv_1bit(weights, bits[src], cin, kh, kw, stride, 1, scale=scale, shift=shift,
-                           correction=correction, csr=csr,
-                           residual=None if residual is None else floats[residual], clip=True, out=out,
-                           isa="scalar", threads=1)
-        y = y if out == "both" else (y, None) if out == "float" else (None, y)
+        y_float, y_bits = conv(layer, bits[src], None if residual is None else floats[residual], out)
         if f is not None:
-            floats[f] = y[0]
+            floats[f] = y_float
         if b is not None:
-            bits[b] = y[1]
+            bits[b] = y_bits
     return floats[output].transpose(0, 3, 1, 2)
+
+
+def unfused(raw, x, convs, steps, output):
+    """The steps one Rust `bconv_1bit` call (scalar path) or shortcut at a time."""
+    def pack(nhwc):
+        return raw.pack_bits(nhwc.reshape(-1, nhwc.shape[3])).reshape(*nhwc.shape[:3], -1)
+
+    def conv(layer, bits, residual, out):
+        weights, cin, kh, kw, stride, scale, shift, correction, csr = convs[layer]
+        y = raw.bconv_1bit(weights, bits, cin, kh, kw, stride, 1, scale=scale, shift=shift, correction=correction,
+                           csr=csr, residual=residual, clip=True, out=out, isa="scalar", threads=1)
+        return y if out == "both" else (y, None) if out == "float" else (None, y)
+    return interpret(x, steps, output, pack, conv)
 
 
 @settings(max_examples=60, deadline=None)
@@ -279,20 +287,11 @@ def test_a_2bit_binary_net_is_its_numpy_composition_bit_for_bit(raw_rust, case):
     1 and 2 threads."""
     shape, convs, steps, output, n, seed = case
     x = np.random.default_rng(seed).uniform(-0.3, 1.3, (n, *shape)).astype(np.float32)
-    floats = {0: np.ascontiguousarray(x.transpose(0, 2, 3, 1))}
-    maps = {0: floats[0]}  # what each bit buffer packs: its float map (ReLU'd, except the input)
-    for step in steps:
-        if step[0] == "shortcut":
-            _, src, dst, stride, channels = step
-            floats[dst] = np.ascontiguousarray(shortcut_nhwc(floats[src], channels, stride))
-            continue
-        _, layer, src, residual, f, b = step
-        y = _two_bit_conv(maps[src], convs[layer], None if residual is None else floats[residual])
-        if f is not None:
-            floats[f] = y
-        if b is not None:
-            maps[b] = y
-    want = floats[output].transpose(0, 3, 1, 2)
+
+    def conv(layer, bits, residual, out):  # a "bit" buffer holds the float map its planes quantize
+        y = _two_bit_conv(bits, convs[layer], residual)
+        return y, y
+    want = interpret(x, steps, output, lambda nhwc: nhwc, conv)
     net = raw_rust.BinaryNet(shape, 1, convs, steps, output, act_bits=2)
     for isa in ISAS:
         for threads in (1, 2):
