@@ -428,3 +428,45 @@ impl Drop for Lease<'_> {
         self.home.lock().unwrap_or_else(|e| e.into_inner()).push(b);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_cover_the_chunks_once_in_order() {
+        for chunks in [0, 1, 2, 3, 16, 17] {
+            for n in 1..=5 {
+                let parts: Vec<Range<usize>> = (0..n).map(|t| part(chunks, t, n)).collect();
+                assert_eq!(parts[0].start, 0);
+                assert_eq!(parts[n - 1].end, chunks);
+                assert!(parts.windows(2).all(|p| p[0].end == p[1].start), "{chunks} {n}");
+                assert!(parts.iter().all(|p| p.len() <= chunks.div_ceil(n)));
+            }
+        }
+    }
+
+    #[test]
+    fn the_barrier_holds_every_thread_until_all_arrive() {
+        let barrier = Barrier {
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            threads: 3,
+        };
+        let before = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for round in 0..100 {
+                        before.fetch_add(1, Ordering::SeqCst);
+                        barrier.wait();
+                        // every thread has counted this round before any leaves the barrier
+                        assert!(before.load(Ordering::SeqCst) >= 3 * (round + 1));
+                        barrier.wait();
+                    }
+                });
+            }
+        });
+        assert_eq!(before.into_inner(), 300);
+    }
+}
