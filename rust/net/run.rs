@@ -143,7 +143,11 @@ impl BinaryNet {
                 .unwrap_or_else(|| self.buffers()),
             home: &self.spare,
         };
-        if n >= threads || threads == 1 {
+        // splitting an image: no more threads than its largest map has chunks (the rest would only
+        // wait at the barriers)
+        let (_, h, w) = self.input;
+        let split = threads.min((h * w).div_ceil(CHUNK));
+        if n >= threads || split <= 1 {
             let items: Vec<(usize, &mut [f32])> = out.chunks_mut(per_out).enumerate().collect();
             crate::threads::run_claimed_with(threads, items, lease, |b, (i, out)| {
                 let views = Views::of(&mut b.buffers);
@@ -157,6 +161,7 @@ impl BinaryNet {
                 true
             })?;
         } else {
+            let threads = split;
             let mut held = lease();
             let views = Views::of(&mut held.buffers);
             let barrier = Barrier {

@@ -296,3 +296,14 @@ def test_a_2bit_binary_net_is_its_numpy_composition_bit_for_bit(raw_rust, case):
     for isa in ISAS:
         for threads in (1, 2):
             assert np.array_equal(net.run(x, isa=isa, threads=threads), want), (isa, threads)
+
+
+def test_more_threads_than_an_image_has_chunks_change_nothing(raw_rust):
+    """A batch of 1 on 8 threads: the split takes as many threads as the map has 64-position chunks."""
+    rng = np.random.default_rng(5)
+    convs = [_one_conv(rng, csr=random_csr(rng, 4, 36, 0.2)[1])]
+    steps = [("conv", 0, 0, None, 1, 1), ("conv", 0, 1, 1, 2, None)]
+    for size in (3, 9, 12):  # 1, 2 and 3 chunks
+        net = raw_rust.BinaryNet((4, size, size), 1, convs, steps, 2)
+        x = rng.standard_normal((1, 4, size, size)).astype(np.float32)
+        assert all(np.array_equal(net.run(x, threads=t), net.run(x, threads=1)) for t in (2, 3, 8))
