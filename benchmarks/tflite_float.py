@@ -54,7 +54,7 @@ def inference(in_channels: int = 1, num_classes: int = 10, size: int = 32):
     import tensorflow as tf
     threads = int(os.environ.get("APB_NUM_THREADS") or os.cpu_count() or 1)
     model = tf.lite.TFLiteConverter.from_keras_model(resnet20(in_channels, num_classes, size)).convert()
-    interpreters = {}
+    interpreters = {}  # batch size -> (interpreter, input index, output index)
 
     def forward(x):
         n = len(x)
@@ -62,9 +62,9 @@ def inference(in_channels: int = 1, num_classes: int = 10, size: int = 32):
             it = tf.lite.Interpreter(model_content=model, num_threads=threads)
             it.resize_tensor_input(it.get_input_details()[0]["index"], [n, size, size, in_channels])
             it.allocate_tensors()
-            interpreters[n] = it
-        it = interpreters[n]
-        it.set_tensor(it.get_input_details()[0]["index"], x.transpose(0, 2, 3, 1).copy())
+            interpreters[n] = (it, it.get_input_details()[0]["index"], it.get_output_details()[0]["index"])
+        it, inp, out = interpreters[n]
+        it.set_tensor(inp, x.transpose(0, 2, 3, 1).copy())
         it.invoke()
-        return it.get_tensor(it.get_output_details()[0]["index"])
+        return it.get_tensor(out)
     return forward

@@ -27,6 +27,7 @@ from .. import kernels
 from .. import nn
 from .. import ops as F
 from ..autograd import Tensor
+from ..ops.lowering import conv_output_size
 from ..models.resnet import BasicBlock, BiRealBlock, ResNet20
 from .layers import FOLDED, Affine, FloatLayer, PackedConv2d
 
@@ -85,14 +86,11 @@ def whole_forward(model, x):
     blocks = model.blocks
     if kernels.get_backend() == "rust" and isinstance(blocks, FusedBlocks):
         n, c, h, w = x.shape
-        key = ("whole", c, h, w)
-        if key not in blocks._nets:
-            stem = (model.conv1.weight, model.conv1.padding, model.bn1.scale, model.bn1.shift)
-            head = (model.linear.weight, model.linear.bias)
-            blocks._nets[key] = blocks.prepare(model.conv1.weight.shape[0], h, w, stem, head)
-        if blocks._nets[key] is not None:
-            logits = blocks._nets[key].run(np.ascontiguousarray(x.data, dtype=np.float32))
-            return Tensor(logits.reshape(n, -1))
+        stem = (model.conv1.weight, model.conv1.padding, model.bn1.scale, model.bn1.shift)
+        head = (model.linear.weight, model.linear.bias)
+        net = blocks.net(("whole", c, h, w), lambda: blocks.prepare(model.conv1.weight.shape[0], h, w, stem, head))
+        if net is not None:
+            return Tensor(net.run(np.ascontiguousarray(x.data, dtype=np.float32)).reshape(n, -1))
     return type(model).forward(model, x)
 
 
@@ -106,7 +104,8 @@ def shortcut_nhwc(x: np.ndarray, out_channels: int, stride: int) -> np.ndarray:
 
 
 class FusedBlocks(nn.Module):
-    """The blocks as channels-last `bconv_1bit` calls on the Rust backend; the original modules on NumPy."""
+    """The blocks as one `BinaryNet` call on the Rust backend (else, 1-bit, one channels-last
+    `bconv_1bit` call per conv); the original modules on NumPy."""
 
     def __init__(self, blocks: nn.Sequential, act_bits: int = 1):
         super().__init__()
@@ -117,7 +116,7 @@ class FusedBlocks(nn.Module):
         if kernels.get_backend() != "rust":
             return self.unfused(x)
         n, c, h, w = x.shape
-        net = self._nets[(c, h, w)] if (c, h, w) in self._nets else self._nets.setdefault((c, h, w), self.prepare(c, h, w))
+        net = self.net((c, h, w), lambda: self.prepare(c, h, w))
         if net is not None:
             return Tensor(net.run(np.ascontiguousarray(x.data, dtype=np.float32)))
         if self.act_bits != 1:  # the per-conv fused path is 1-bit only
@@ -129,13 +128,20 @@ class FusedBlocks(nn.Module):
             x, bits = self._block(block, x, bits, final=i == last)
         return Tensor(x.transpose(0, 3, 1, 2))
 
+    def net(self, key, make):
+        """The `BinaryNet` cached under `key` (an input shape), made by `make()` on first use."""
+        if key not in self._nets:
+            self._nets[key] = make()
+        return self._nets[key]
+
     def prepare(self, c: int, h: int, w: int, stem=None, head=None):
         """The blocks as one Rust `BinaryNet` for (c, h, w) maps: the same `bconv_1bit` operands, wired
         as `_block` wires them; with `stem` and `head` (`BinaryNet`'s arguments), the whole network.
-        None when a layer is outside what it runs (every conv must pad alike and have at most 64
-        input and output channels)."""
+        None when a layer is outside what it runs (every conv must pad alike, have at most 3×3 taps
+        and at most 64 input and output channels)."""
         convs = [conv for block in self.unfused for conv in (block.conv1, block.conv2)]
-        if len({conv.padding for conv in convs}) != 1 or any(max(cv.channels, cv.out_features) > 64 for cv in convs):
+        if (len({conv.padding for conv in convs}) != 1
+                or any(cv.kh * cv.kw > 9 or max(cv.channels, cv.out_features) > 64 for cv in convs)):
             return None
         plan = _Plan()
         fx, bx, size = 0, 0, (h, w)  # the input's float and bit buffers
@@ -182,7 +188,7 @@ class _Plan:
         ops = conv.fused_operands(*size)
         self.convs.append((ops["weights"], conv.channels, conv.kh, conv.kw, conv.stride, ops["scale"], ops["shift"],
                            ops["correction"], ops["csr"]))
-        out = tuple((s + 2 * conv.padding - k) // conv.stride + 1 for s, k in zip(size, (conv.kh, conv.kw)))
+        out = tuple(conv_output_size(s, k, conv.stride, conv.padding) for s, k in zip(size, (conv.kh, conv.kw)))
         return len(self.convs) - 1, out
 
     def shortcut(self, src: int, stride: int, channels: int) -> int:

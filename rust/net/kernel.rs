@@ -10,8 +10,8 @@
 //! are OR-ed into one word per position, channels last, which is what the next conv reads. APB's
 //! sparse term is read from the same windows, one non-zero at a time.
 //!
-//! The float operations per value are `bconv_1bit`'s (crate::bconv), in its order, so the two give
-//! the same bits. The body is compiled once per ISA ([`conv`] picks); integer popcounts are exact and
+//! For 1-bit maps the float operations per value are `bconv_1bit`'s (crate::bconv), in its order, so
+//! the two give the same bits; 2-bit maps take the same steps on the DoReFa levels. The body is compiled once per ISA ([`conv`] picks); integer popcounts are exact and
 //! the float steps are the same scalar operations, so every ISA gives the same bits too.
 
 use std::ops::Range;
@@ -150,6 +150,21 @@ fn load(x: &[f32], (c, h, w): (usize, usize, usize), chunks: Range<usize>, mut o
     }
 }
 
+/// The output rows that positions `p0..p0 + valid` of a map `wo` wide cross: (lane of the first, row,
+/// column of the first, count), in order.
+#[inline(always)]
+fn segments(p0: usize, valid: usize, wo: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    let mut l = 0;
+    std::iter::from_fn(move || {
+        (l < valid).then(|| {
+            let (oy, ox) = ((p0 + l) / wo, (p0 + l) % wo);
+            let len = (wo - ox).min(valid - l);
+            l += len;
+            (l - len, oy, ox, len)
+        })
+    })
+}
+
 /// A chunk's planes into the padded bit map's planes.
 #[inline(always)]
 fn store_planes(
@@ -202,43 +217,24 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
         }
         if c.sparse.is_some() {
             inside(c, pad, p0, valid, &mut keep);
-            for (x, h) in windows[..taps].iter().zip(halves.chunks_exact_mut(2)) {
-                for l in 0..CHUNK {
-                    [h[0][l], h[1][l]] = x[l].halves();
-                }
-            }
+            split_halves(&windows[..taps], &mut halves);
             if two {
-                for (x, h) in windows_lo[..taps].iter().zip(halves_lo.chunks_exact_mut(2)) {
-                    for l in 0..CHUNK {
-                        [h[0][l], h[1][l]] = x[l].halves();
-                    }
-                }
+                split_halves(&windows_lo[..taps], &mut halves_lo);
             }
         }
         // the output's planes, each as two 32-bit halves (channels 0..32 and 32..64): half as many
         // vectors as u64
         let mut words = [[[0u32; CHUNK]; 2]; 2];
-        // y summed over the channels: NaN exactly when some y is (clipped values are finite)
+        // activated y summed over the channels: NaN exactly when some y is (hardtanh's values are
+        // finite, ReLU's ≥ 0, so no inf − inf)
         let mut total = [0f32; CHUNK];
         for oc in 0..o {
-            let mut acc = [T::default(); CHUNK];
             let weights = &c.weights[oc * taps..(oc + 1) * taps];
-            for (x, &w) in windows[..taps].iter().zip(weights) {
-                let w = T::from_word(w);
-                for l in 0..CHUNK {
-                    acc[l] = acc[l].add(x[l].mismatches(w));
-                }
-            }
+            let acc = mismatches(&windows[..taps], weights);
             // Σ w·v: 1-bit, K − 2·M; 2-bit, 2·(K − 2·M_hi) + (K − 2·M_lo)
             let mut dot = [0i32; CHUNK];
             if two {
-                let mut lo = [T::default(); CHUNK];
-                for (x, &w) in windows_lo[..taps].iter().zip(weights) {
-                    let w = T::from_word(w);
-                    for l in 0..CHUNK {
-                        lo[l] = lo[l].add(x[l].mismatches(w));
-                    }
-                }
+                let lo = mismatches(&windows_lo[..taps], weights);
                 for l in 0..CHUNK {
                     dot[l] = 3 * k - 4 * acc[l].count() - 2 * lo[l].count();
                 }
@@ -325,6 +321,30 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
     nan
 }
 
+/// Per lane, Σ over taps of popcount(window ^ weight): the mismatched bits of a chunk's windows
+/// against one output channel's tap words.
+#[inline(always)]
+fn mismatches<T: Lane>(windows: &[[T; CHUNK]], weights: &[u64]) -> [T; CHUNK] {
+    let mut acc = [T::default(); CHUNK];
+    for (x, &w) in windows.iter().zip(weights) {
+        let w = T::from_word(w);
+        for l in 0..CHUNK {
+            acc[l] = acc[l].add(x[l].mismatches(w));
+        }
+    }
+    acc
+}
+
+/// Each tap's window words as 32-bit halves (channels 0..32, 32..64): `halves[2·t + half]`.
+#[inline(always)]
+fn split_halves<T: Lane>(windows: &[[T; CHUNK]], halves: &mut [[u32; CHUNK]]) {
+    for (x, h) in windows.iter().zip(halves.chunks_exact_mut(2)) {
+        for l in 0..CHUNK {
+            [h[0][l], h[1][l]] = x[l].halves();
+        }
+    }
+}
+
 /// The activation of every map of a net, and how a map is packed: hardtanh and its signs (1-bit
 /// nets), or ReLU and the two planes of its DoReFa 2-bit level j = round(clip(y, 0, 1)·3), v = 2j − 3
 /// = 2·hi + lo (hi, lo = ±1; bit 1 = −1, as `pack_2bit`).
@@ -390,13 +410,9 @@ fn store_signs(
     for l in 0..CHUNK {
         packed[l] = words[0][l] as u64 | (words[1][l] as u64) << 32;
     }
-    let mut l = 0;
-    while l < valid {
-        let (oy, ox) = ((p0 + l) / wo, (p0 + l) % wo);
-        let len = (wo - ox).min(valid - l);
+    for (l, oy, ox, len) in segments(p0, valid, wo) {
         let at = (oy + pad) * (wo + 2 * pad) + ox + pad - base;
         b[at..at + len].copy_from_slice(&packed[l..l + len]);
-        l += len;
     }
 }
 
@@ -416,15 +432,11 @@ fn stem_body(s: &Stem, xp: &[f32], chunks: Range<usize>, mut out: Input, act: Ac
     for chunk in chunks.clone() {
         let p0 = chunk * CHUNK;
         let valid = CHUNK.min(positions - p0);
-        let mut l = 0;
-        while l < valid {
-            let (oy, ox) = ((p0 + l) / s.w, (p0 + l) % s.w);
-            let len = (s.w - ox).min(valid - l);
+        for (l, oy, ox, len) in segments(p0, valid, s.w) {
             for (r, lanes) in x[..ct].iter_mut().enumerate() {
                 let (ch, i, j) = (r / taps, (r % taps) / s.kw, r % s.kw);
                 lanes[l..l + len].copy_from_slice(&xp[(ch * hp + oy + i) * wp + ox + j..][..len]);
             }
-            l += len;
         }
         for lanes in x[..ct].iter_mut() {
             lanes[valid..].fill(0.0);
@@ -463,10 +475,7 @@ fn stem_body(s: &Stem, xp: &[f32], chunks: Range<usize>, mut out: Input, act: Ac
 #[inline(always)]
 fn gather<T: Lane>(c: &Conv, input: &[u64], wp: usize, p0: usize, valid: usize, windows: &mut [[T; CHUNK]]) {
     let s = c.stride;
-    let mut l = 0;
-    while l < valid {
-        let (oy, ox) = ((p0 + l) / c.wo, (p0 + l) % c.wo);
-        let len = (c.wo - ox).min(valid - l); // the rest of this output row
+    for (l, oy, ox, len) in segments(p0, valid, c.wo) {
         for (t, x) in windows[..c.kh * c.kw].iter_mut().enumerate() {
             let (i, j) = (t / c.kw, t % c.kw);
             let row = &input[(oy * s + i) * wp + ox * s + j..];
@@ -481,7 +490,6 @@ fn gather<T: Lane>(c: &Conv, input: &[u64], wp: usize, p0: usize, valid: usize, 
                 }
             }
         }
-        l += len;
     }
     if valid < CHUNK {
         for x in windows[..c.kh * c.kw].iter_mut() {
@@ -496,10 +504,7 @@ fn gather<T: Lane>(c: &Conv, input: &[u64], wp: usize, p0: usize, valid: usize, 
 fn inside(c: &Conv, pad: usize, p0: usize, valid: usize, keep: &mut [[u32; CHUNK]]) {
     let (all, sign) = (u32::MAX, 0x8000_0000u32);
     let taps = c.kh * c.kw;
-    let mut l = 0;
-    while l < valid {
-        let (oy, ox) = ((p0 + l) / c.wo, (p0 + l) % c.wo);
-        let len = (c.wo - ox).min(valid - l);
+    for (l, oy, ox, len) in segments(p0, valid, c.wo) {
         for (t, lanes) in keep[..taps].iter_mut().enumerate() {
             let (i, j) = (t / c.kw, t % c.kw);
             let y = oy * c.stride + i; // in the padded map
@@ -518,7 +523,6 @@ fn inside(c: &Conv, pad: usize, p0: usize, valid: usize, keep: &mut [[u32; CHUNK
                 *v = if q >= lo && q < hi { all } else { sign };
             }
         }
-        l += len;
     }
     for lanes in keep[..taps].iter_mut() {
         lanes[valid..].fill(sign);

@@ -1,18 +1,18 @@
-//! `BinaryNet`: a chain of 1-bit convs (ResNet blocks with bits between layers) prepared once and run
-//! image by image in one call, so no float map crosses to Python between layers and nothing is
-//! re-laid out or allocated per layer.
+//! `BinaryNet`: a chain of binary convs (ResNet blocks with 1- or 2-bit maps between layers, [`Act`])
+//! prepared once and run image by image in one call, so no float map crosses to Python between
+//! layers and nothing is re-laid out or allocated per layer.
 //!
 //! A net is a list of steps over numbered buffers. Float buffers are blocked by the kernel's chunk of
-//! positions ([`blocked`]); bit buffers hold one u64 word per pixel (the channels' signs, C ≤ 64)
-//! with a zero border of `pad` pixels, the padding every conv reads.
+//! positions ([`blocked`]); bit buffers hold one u64 word per pixel (the channels' signs, C ≤ 64;
+//! two planes for 2-bit maps) with a zero border of `pad` pixels, the padding every conv reads.
 //! Buffer 0 of each kind is the input: the call's float image and its signs. The steps:
 //! * `Conv`: the binary conv `layer` on a bit buffer, plus its epilogue (folded BatchNorm, padding
-//!   correction, sparse term, residual, hardtanh), writing a float buffer, a bit buffer or both;
+//!   correction, sparse term, residual, activation), writing a float buffer, a bit buffer or both;
 //! * `Shortcut`: ResNet's option-A shortcut (every stride-th pixel, new channels zero on both
 //!   sides) from one float buffer to another.
 //!
-//! Each conv computes exactly what `bconv_1bit` (crate::bconv) computes for it, bit for bit
-//! ([`kernel`] says how). [`run`] shares the work out to the threads: whole images when there are
+//! A 1-bit conv computes exactly what `bconv_1bit` (crate::bconv) computes for it, bit for bit
+//! ([`kernel`] says how); a 2-bit one the same steps on the DoReFa levels. [`run`] shares the work out to the threads: whole images when there are
 //! enough of them, else each step's chunks of positions.
 
 mod ends;
@@ -112,6 +112,18 @@ fn pitch(h: usize, w: usize) -> usize {
     (h * w).div_ceil(CHUNK) * CHUNK
 }
 
+/// Most bytes of one thread's buffers: a bound checked before anything is allocated, so a net of
+/// absurd sizes is an error rather than an aborted process.
+const MAX_BUFFER_BYTES: usize = 1 << 33;
+
+/// `sizes[id]` raised to at least `size`.
+fn grow(sizes: &mut Vec<usize>, id: usize, size: usize) {
+    if sizes.len() <= id {
+        sizes.resize(id + 1, 0);
+    }
+    sizes[id] = sizes[id].max(size);
+}
+
 /// Where value (position p, channel ch) of a `channels`-channel float map lies: maps are blocked,
 /// [`CHUNK`] positions of channel 0, then of channel 1, …, then the next chunk of positions.
 #[inline(always)]
@@ -160,7 +172,7 @@ impl BinaryNet {
         // Shapes flow through the steps: a buffer is read only after a step (or the input) wrote it.
         let (mut floats, mut bits): (Vec<Option<Shape>>, Vec<Option<Shape>>) =
             (vec![Some(input)], vec![Some(input)]);
-        let (mut float_sizes, mut id_sizes) = (vec![0usize], vec![0usize]); // by buffer number
+        let mut float_sizes = vec![0usize]; // by buffer number
         let mut prepared: Vec<Option<Conv>> = convs.iter().map(|_| None).collect();
         let mut sources = vec![(0, 0, 0); steps.len()];
         let read = |bufs: &[Option<Shape>], id: usize, what: &str, at: usize| -> Result<Shape, String> {
@@ -169,13 +181,8 @@ impl BinaryNet {
                 .flatten()
                 .ok_or_else(|| format!("step {at}: {what} buffer {id} is read before it is written"))
         };
-        fn write(
-            bufs: &mut Vec<Option<Shape>>,
-            sizes: &mut Vec<usize>,
-            id: usize,
-            shape: Shape,
-            size: usize,
-        ) -> Result<(), String> {
+        /// Record that buffer `id` now holds `shape`.
+        fn write(bufs: &mut Vec<Option<Shape>>, id: usize, shape: Shape) -> Result<(), String> {
             if id == 0 {
                 return Err("buffer 0 is the input and may not be written".into());
             }
@@ -184,25 +191,30 @@ impl BinaryNet {
             }
             if bufs.len() <= id {
                 bufs.resize(id + 1, None);
-                sizes.resize(id + 1, 0);
             }
             bufs[id] = Some(shape);
-            sizes[id] = sizes[id].max(size);
             Ok(())
         }
+        let too_big = || format!("a map's buffer would exceed {MAX_BUFFER_BYTES} bytes");
         let fsize = |(c, h, w): Shape| {
-            c.checked_mul(pitch(h, w))
-                .ok_or("a float map's size overflows".to_string())
+            h.checked_mul(w)
+                .map(|p| p.div_ceil(CHUNK) * CHUNK)
+                .and_then(|p| p.checked_mul(c))
+                .filter(|&v| v <= MAX_BUFFER_BYTES / 4)
+                .ok_or_else(too_big)
         };
         let planes = if act == Act::Dorefa2 { 2 } else { 1 };
         let bsize = |(_, h, w): Shape| {
-            (h + 2 * pad)
-                .checked_mul(w + 2 * pad)
+            let padded = |v: usize| pad.checked_mul(2).and_then(|p| p.checked_add(v));
+            padded(h)
+                .zip(padded(w))
+                .and_then(|(hp, wp)| hp.checked_mul(wp))
                 .and_then(|v| v.checked_mul(planes))
-                .ok_or("a bit map's size overflows".to_string())
+                .filter(|&v| v <= MAX_BUFFER_BYTES / 8)
+                .ok_or_else(too_big)
         };
         float_sizes[0] = fsize(input)?;
-        id_sizes[0] = bsize(input)?;
+        bsize(input)?;
         for (at, step) in steps.iter().enumerate() {
             match *step {
                 Step::Conv {
@@ -242,12 +254,11 @@ impl BinaryNet {
                         return Err(format!("step {at}: the bit output may not be the input buffer"));
                     }
                     if let Some(f) = float {
-                        write(&mut floats, &mut float_sizes, f, out, fsize(out)?)
-                            .map_err(|e| format!("step {at}: {e}"))?;
+                        write(&mut floats, f, out).map_err(|e| format!("step {at}: {e}"))?;
+                        grow(&mut float_sizes, f, fsize(out)?);
                     }
                     if let Some(b) = out_bits {
-                        write(&mut bits, &mut id_sizes, b, out, bsize(out)?)
-                            .map_err(|e| format!("step {at}: {e}"))?;
+                        write(&mut bits, b, out).map_err(|e| format!("step {at}: {e}"))?;
                     }
                     if let Some(p) = &prepared[layer] {
                         if (p.c, p.h, p.w) != shape {
@@ -273,8 +284,8 @@ impl BinaryNet {
                         return Err(format!("step {at}: a shortcut may not write its source"));
                     }
                     let out = (channels, h.div_ceil(stride), w.div_ceil(stride));
-                    write(&mut floats, &mut float_sizes, dst, out, fsize(out)?)
-                        .map_err(|e| format!("step {at}: {e}"))?;
+                    write(&mut floats, dst, out).map_err(|e| format!("step {at}: {e}"))?;
+                    grow(&mut float_sizes, dst, fsize(out)?);
                 }
             }
         }
@@ -310,6 +321,12 @@ impl BinaryNet {
             } else if let Step::Conv { input, .. } = step {
                 *input = slot_of[*input];
             }
+        }
+        let total = float_sizes.iter().sum::<usize>() * 4 + bits_sizes.iter().sum::<usize>() * 8;
+        if total > MAX_BUFFER_BYTES {
+            return Err(format!(
+                "the net's buffers would take {total} bytes per thread; at most {MAX_BUFFER_BYTES}"
+            ));
         }
         Ok(BinaryNet {
             pad,

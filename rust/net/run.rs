@@ -112,7 +112,7 @@ fn part(chunks: usize, t: usize, n: usize) -> Range<usize> {
 
 impl BinaryNet {
     /// Run `n` images `x` `(n, c, h, w)` into `out` `(n, c', h', w')` with the kernels of `isa` on
-    /// `threads` threads. Errors on a NaN input or a NaN y whose sign a later conv would read.
+    /// `threads` threads. Errors on a non-finite input or a NaN y whose sign a later conv would read.
     pub fn run(&self, x: &[f32], n: usize, out: &mut [f32], isa: Isa, threads: usize) -> Result<(), String> {
         let (c, h, w) = self.input_shape();
         let (oc, oh, ow) = self.output_shape();
@@ -149,12 +149,17 @@ impl BinaryNet {
         let split = threads.min((h * w).div_ceil(CHUNK));
         if n >= threads || split <= 1 {
             let items: Vec<(usize, &mut [f32])> = out.chunks_mut(per_out).enumerate().collect();
-            crate::threads::run_claimed_with(threads, items, lease, |b, (i, out)| {
-                let views = Views::of(&mut b.buffers);
+            // each worker's views of its buffers, made once (the buffers' memory does not move)
+            let worker = || {
+                let mut held = lease();
+                let views = Views::of(&mut held.buffers);
+                (held, views)
+            };
+            crate::threads::run_claimed_with(threads, items, worker, |(_, views), (i, out)| {
                 let x = &x[i * per_in..(i + 1) * per_in];
                 for at in 0..stages {
                     // SAFETY: one thread, one stage at a time
-                    if unsafe { self.step_part(isa, &views, at, x, out.as_mut_ptr(), 0, 1) } {
+                    if unsafe { self.step_part(isa, views, at, x, out.as_mut_ptr(), 0, 1) } {
                         nan_at(i, at);
                     }
                 }
@@ -349,9 +354,7 @@ impl BinaryNet {
             }
         }
     }
-}
 
-impl BinaryNet {
     /// The parts of bit slot `id` (a padded `(h, w)` map, one or two planes) that positions `chunks`
     /// write, and the padded index they start at.
     ///

@@ -1,4 +1,4 @@
-//! `BinaryNet`: a chain of 1-bit convs prepared once (`crate::net`), run by `run(x)`.
+//! `BinaryNet`: a chain of binary convs prepared once (`crate::net`), run by `run(x)`.
 
 use numpy::{PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -15,7 +15,8 @@ const F: &str = "BinaryNet";
 
 /// A chain of binary convs with bits between layers, prepared once for (c, h, w) inputs.
 ///
-/// `BinaryNet(input, padding, convs, steps, output)`: `input` = (c, h, w); every conv pads by
+/// `BinaryNet(input, padding, convs, steps, output, *, act_bits=1, stem=None, head=None)`: `input` =
+/// (c, h, w); every conv pads by
 /// `padding`; with `act_bits` = 1 every map is clipped (hardtanh) and packed as its signs, with 2
 /// it goes through ReLU and is packed as the two planes of its DoReFa 2-bit level; `convs` is a list of tuples (weights uint64 (O, ceil(kh·kw·c/64)), c, kh, kw, stride,
 /// scale float32 (O,), shift float32 (O,), correction float32 (Ho, Wo, O) or None, csr (indptr,
@@ -23,7 +24,7 @@ const F: &str = "BinaryNet";
 /// bits, residual float or None, float out or None, bits out or None) and ("shortcut", src, dst,
 /// stride, channels); `output` the float buffer returned. Buffer 0 of each kind is the blocks' input.
 /// With `stem` = (weights float32 (C, c, kh, kw), padding, scale (C,), shift (C,)), the images are
-/// (c, h, w) and the stem (conv, ·scale + shift, hardtanh) makes the blocks' input from them; with
+/// (c, h, w) and the stem (conv, ·scale + shift, the activation) makes the blocks' input from them; with
 /// `head` = (weights float32 (classes, C'), bias (classes,) or None), `run` returns logits (global
 /// average pooling of the output buffer, then the linear layer).
 #[pyclass(frozen, module = "apb_ref._kernels")]
@@ -52,15 +53,14 @@ fn opt_int(t: &Bound<'_, PyTuple>, i: usize, what: &str) -> PyResult<Option<usiz
     int(t, i, what).map(Some)
 }
 
-fn floats<'py>(x: &Bound<'py, PyAny>, name: &str) -> PyResult<numpy::PyReadonlyArrayDyn<'py, f32>> {
-    let arr = typed::<f32>(
-        F,
-        name,
-        x,
-        "float32",
-        x.getattr("ndim").and_then(|d| d.extract()).unwrap_or(1),
-    )?;
-    slice_of(F, name, &arr)
+/// A C-contiguous float32 `ndim`-D array argument, borrowed read-only (its length is checked by
+/// `crate::net`).
+fn floats<'py>(
+    x: &Bound<'py, PyAny>,
+    name: &str,
+    ndim: usize,
+) -> PyResult<numpy::PyReadonlyArrayDyn<'py, f32>> {
+    slice_of(F, name, &typed::<f32>(F, name, x, "float32", ndim)?)
 }
 
 /// A conv tuple's arrays, borrowed while the net is built.
@@ -85,7 +85,7 @@ fn conv_arrays<'py>(i: usize, x: &Bound<'py, PyAny>) -> PyResult<ConvArrays<'py>
     }
     let correction = t.get_item(7)?;
     let correction = (!correction.is_none())
-        .then(|| floats(&correction, &format!("{what}: correction")))
+        .then(|| floats(&correction, &format!("{what}: correction"), 3))
         .transpose()?;
     let csr = t.get_item(8)?;
     let csr = (!csr.is_none()).then(|| csr_arrays(F, &csr)).transpose()?;
@@ -93,8 +93,8 @@ fn conv_arrays<'py>(i: usize, x: &Bound<'py, PyAny>) -> PyResult<ConvArrays<'py>
         weights: slice_of(F, &format!("{what}: weights"), &w)?,
         o,
         ints,
-        scale: floats(&t.get_item(5)?, &format!("{what}: scale"))?,
-        shift: floats(&t.get_item(6)?, &format!("{what}: shift"))?,
+        scale: floats(&t.get_item(5)?, &format!("{what}: scale"), 1)?,
+        shift: floats(&t.get_item(6)?, &format!("{what}: shift"), 1)?,
         correction,
         csr,
     })
@@ -207,8 +207,8 @@ impl BinaryNet {
             };
             let (w, scale, shift) = (
                 slice_of::<f32>(F, "stem: weights", &w)?,
-                floats(&t.get_item(2)?, "stem: scale")?,
-                floats(&t.get_item(3)?, "stem: shift")?,
+                floats(&t.get_item(2)?, "stem: scale", 1)?,
+                floats(&t.get_item(3)?, "stem: shift", 1)?,
             );
             let spec = StemSpec {
                 weights: as_slice(F, "stem: weights", &w)?,
@@ -228,7 +228,7 @@ impl BinaryNet {
             let w = slice_of::<f32>(F, "head: weights", &w)?;
             let bias = t.get_item(1)?;
             let bias = (!bias.is_none())
-                .then(|| floats(&bias, "head: bias"))
+                .then(|| floats(&bias, "head: bias", 1))
                 .transpose()?;
             let spec = HeadSpec {
                 weights: as_slice(F, "head: weights", &w)?,

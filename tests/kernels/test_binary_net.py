@@ -307,3 +307,18 @@ def test_more_threads_than_an_image_has_chunks_change_nothing(raw_rust):
         net = raw_rust.BinaryNet((4, size, size), 1, convs, steps, 2)
         x = rng.standard_normal((1, 4, size, size)).astype(np.float32)
         assert all(np.array_equal(net.run(x, threads=t), net.run(x, threads=1)) for t in (2, 3, 8))
+
+
+def test_nets_too_big_to_hold_are_refused_before_anything_is_allocated(raw_rust):
+    conv = _one_conv(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="a map's buffer would exceed"):
+        raw_rust.BinaryNet((4, 2**20, 2**20), 1, [conv], [("conv", 0, 0, None, 1, None)], 1)
+    with pytest.raises(ValueError, match="a map's buffer would exceed"):
+        raw_rust.BinaryNet((4, 2**40, 2**40), 2**60, [conv], [("conv", 0, 0, None, 1, None)], 1)
+
+
+def test_arrays_of_the_wrong_rank_are_refused(raw_rust):
+    conv = list(_one_conv(np.random.default_rng(0)))
+    conv[5] = conv[5].reshape(4, 1)
+    with pytest.raises(ValueError, match="convs\\[0\\]: scale must be a C-contiguous float32 1-D array"):
+        raw_rust.BinaryNet((4, 5, 5), 1, [tuple(conv)], [("conv", 0, 0, None, 1, None)], 1)

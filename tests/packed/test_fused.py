@@ -103,3 +103,13 @@ def test_the_channels_last_shortcut_is_option_a(cin, cout, stride):
     want = shortcut_option_a(Tensor(x), cout, stride).data.transpose(0, 2, 3, 1)
     got = shortcut_nhwc(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), cout, stride)
     assert np.array_equal(got, want)
+
+
+@needs_rust
+def test_blocks_with_larger_kernels_fall_back_to_the_per_conv_path():
+    _, packed = _model()
+    net = PackedNetwork(packed)
+    assert net.model.blocks.prepare(16, 16, 16) is not None
+    conv = net.model.blocks.unfused[0].conv1
+    conv.kh = conv.kw = 5  # outside BinaryNet's 3×3 windows (the operands are not rebuilt: prepare stops first)
+    assert net.model.blocks.prepare(16, 16, 16) is None
