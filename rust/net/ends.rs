@@ -2,6 +2,8 @@
 //! stem (a stride-1 float conv, its folded BatchNorm and hardtanh, whose output is the blocks'
 //! input) and the head (global average pooling and a linear classifier).
 
+use super::kernel::CHUNK;
+
 /// The stem as given: float weights `(o, c, kh, kw)`, the folded BatchNorm.
 pub struct StemSpec<'a> {
     pub weights: &'a [f32],
@@ -128,17 +130,27 @@ impl Head {
         })
     }
 
-    /// The logits of one image's last map (`c` channels of `positions`, read by `value(p, ch)`).
-    pub(crate) fn logits(
-        &self,
-        c: usize,
-        positions: usize,
-        value: impl Fn(usize, usize) -> f32,
-        out: &mut [f32],
-    ) {
+    /// The logits of one image's last map `src`, `c` channels of `positions`, blocked
+    /// ([`super::blocked`]). Each channel's mean sums its positions lane by lane over the chunks,
+    /// then the lanes pairwise (vector adds, not one chain of scalar ones).
+    pub(crate) fn logits(&self, src: &[f32], c: usize, positions: usize, out: &mut [f32]) {
         let mut mean = [0f32; 64];
         for (ch, m) in mean[..c].iter_mut().enumerate() {
-            *m = (0..positions).map(|p| value(p, ch)).sum::<f32>() / positions as f32;
+            let mut lanes = [0f32; CHUNK];
+            for (chunk, p0) in (0..positions).step_by(CHUNK).enumerate() {
+                let run = &src[(chunk * c + ch) * CHUNK..][..CHUNK.min(positions - p0)];
+                for (a, &v) in lanes.iter_mut().zip(run) {
+                    *a += v;
+                }
+            }
+            let mut n = CHUNK;
+            while n > 1 {
+                n /= 2;
+                for l in 0..n {
+                    lanes[l] += lanes[l + n];
+                }
+            }
+            *m = lanes[0] / positions as f32;
         }
         for (k, logit) in out.iter_mut().enumerate() {
             let row = &self.weights[k * c..(k + 1) * c];

@@ -17,7 +17,7 @@
 use std::ops::Range;
 
 use super::ends::{Stem, MAX_STEM_TAPS};
-use super::sparse::Tap;
+use super::sparse;
 use super::{Conv, ConvIo};
 use crate::isa::Isa;
 
@@ -103,14 +103,16 @@ macro_rules! per_isa {
 /// Run `conv` on one image with the widest lanes its channels allow. Returns whether some y with a
 /// packed output was NaN (its sign is undefined).
 pub(crate) fn conv(isa: Isa, c: &Conv, io: ConvIo) -> bool {
+    // the sparse term's AVX-512 form (masked adds) is only called where AVX-512 is checked
+    let wide = isa == Isa::Avx512;
     match c.c {
-        0..=16 => conv_lanes::<u16>(isa, c, io),
-        17..=32 => conv_lanes::<u32>(isa, c, io),
-        _ => conv_lanes::<u64>(isa, c, io),
+        0..=16 => conv_lanes::<u16>(isa, c, io, wide),
+        17..=32 => conv_lanes::<u32>(isa, c, io, wide),
+        _ => conv_lanes::<u64>(isa, c, io, wide),
     }
 }
 
-per_isa!(conv_lanes<T: Lane>(c: &Conv, io: ConvIo) -> bool = body);
+per_isa!(conv_lanes<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool = body);
 per_isa!(load_input(x: &[f32], shape: (usize, usize, usize), chunks: Range<usize>, out: Input, act: Act) = load);
 
 /// Where [`load`] and [`stem`] write a chunk range of the blocks' input: its part of the blocked
@@ -153,7 +155,11 @@ fn load(x: &[f32], (c, h, w): (usize, usize, usize), chunks: Range<usize>, mut o
 /// The output rows that positions `p0..p0 + valid` of a map `wo` wide cross: (lane of the first, row,
 /// column of the first, count), in order.
 #[inline(always)]
-fn segments(p0: usize, valid: usize, wo: usize) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+pub(crate) fn segments(
+    p0: usize,
+    valid: usize,
+    wo: usize,
+) -> impl Iterator<Item = (usize, usize, usize, usize)> {
     let mut l = 0;
     std::iter::from_fn(move || {
         (l < valid).then(|| {
@@ -183,7 +189,7 @@ fn store_planes(
 }
 
 #[inline(always)]
-fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
+fn body<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool {
     let ConvIo {
         input,
         residual,
@@ -202,8 +208,8 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
     // 2-bit maps: the lo plane's windows (v = 2·hi + lo, each ±1)
     let mut windows_lo = [[T::default(); CHUNK]; MAX_TAPS];
     let mut halves_lo = [[0u32; CHUNK]; 2 * MAX_TAPS];
-    // per tap and lane, what the sparse term keeps of v·x's bits: all where the tap is inside the map,
-    // the sign bit on the padding (x = 0 there, and v·0 = ±0 with v's sign)
+    // per tap and lane, what the sparse term keeps of v·x's bits: all where the tap is inside the
+    // map, none on the padding (the portable sums; the AVX-512 ones read the masks)
     let mut keep = [[0u32; CHUNK]; MAX_TAPS];
     // the windows as 32-bit halves (channels 0..32, 32..64), for the sparse term
     let mut halves = [[0u32; CHUNK]; 2 * MAX_TAPS];
@@ -216,7 +222,9 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
             gather::<T>(c, &input[(c.h + 2 * pad) * wp..], wp, p0, valid, &mut windows_lo);
         }
         if c.sparse.is_some() {
-            inside(c, pad, p0, valid, &mut keep);
+            if two || !wide {
+                sparse::expand(&c.inside[chunk * taps..(chunk + 1) * taps], &mut keep);
+            }
             split_halves(&windows[..taps], &mut halves);
             if two {
                 split_halves(&windows_lo[..taps], &mut halves_lo);
@@ -257,34 +265,12 @@ fn body<T: Lane>(c: &Conv, io: ConvIo) -> bool {
                 }
             }
             if let Some(sp) = &c.sparse {
-                let mut sums = [0f32; CHUNK];
-                for &Tap { tap, half, up, v } in sp.row(oc) {
-                    let (x, keep) = (&halves[half], &keep[tap]);
-                    if two {
-                        // x = j/3 of the 2-bit level j = 3 − 2·hi − lo (hi, lo: the planes' bits),
-                        // 0 on the padding; v·x as the float model multiplies
-                        let (x_lo, vf) = (&halves_lo[half], f32::from_bits(v));
-                        for l in 0..CHUNK {
-                            let (hi, lo) = (
-                                (x[l] << up) & 0x8000_0000 != 0,
-                                (x_lo[l] << up) & 0x8000_0000 != 0,
-                            );
-                            let xv = match (hi, lo) {
-                                (false, false) => 1.0,
-                                (false, true) => LEVELS[2],
-                                (true, false) => LEVELS[1],
-                                (true, true) => 0.0,
-                            };
-                            sums[l] += f32::from_bits((vf * xv).to_bits() & keep[l]);
-                        }
-                    } else {
-                        // v·x exactly, without the multiply: v with its sign flipped where x = −1
-                        // (the channel's bit of the window), ±0 with v's sign on the padding
-                        for l in 0..CHUNK {
-                            sums[l] += f32::from_bits((((x[l] << up) & 0x8000_0000) ^ v) & keep[l]);
-                        }
-                    }
-                }
+                let (row, masks) = (sp.row(oc), &c.inside[chunk * taps..(chunk + 1) * taps]);
+                let sums = if two {
+                    sparse::sums_2bit(row, &halves, &halves_lo, &keep)
+                } else {
+                    sparse::sums_1bit(wide, row, &halves, masks, &keep)
+                };
                 for (v, &r) in y.iter_mut().zip(&sums) {
                     *v += r;
                 }
@@ -355,7 +341,7 @@ pub enum Act {
 }
 
 /// The 2-bit levels j/3 as the float model has them (float32 j / 3).
-const LEVELS: [f32; 4] = [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0];
+pub(crate) const LEVELS: [f32; 4] = [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0];
 
 /// The net's activation on a chunk of y.
 #[inline(always)]
@@ -495,36 +481,5 @@ fn gather<T: Lane>(c: &Conv, input: &[u64], wp: usize, p0: usize, valid: usize, 
         for x in windows[..c.kh * c.kw].iter_mut() {
             x[valid..].fill(T::default());
         }
-    }
-}
-
-/// `keep[t][l]`: all bits if tap t of position p0 + l lies inside the map, the sign bit only if on the
-/// padding or past the last position (row by row, as [`gather`]).
-#[inline(always)]
-fn inside(c: &Conv, pad: usize, p0: usize, valid: usize, keep: &mut [[u32; CHUNK]]) {
-    let (all, sign) = (u32::MAX, 0x8000_0000u32);
-    let taps = c.kh * c.kw;
-    for (l, oy, ox, len) in segments(p0, valid, c.wo) {
-        for (t, lanes) in keep[..taps].iter_mut().enumerate() {
-            let (i, j) = (t / c.kw, t % c.kw);
-            let y = oy * c.stride + i; // in the padded map
-                                       // column (ox + q)·stride + j lies in [pad, w + pad) for q in [lo, hi)
-            let (lo, hi) = if y >= pad && y < c.h + pad {
-                let first = pad.saturating_sub(j).div_ceil(c.stride) as i64;
-                (
-                    (first - ox as i64) as i32,
-                    ((c.w + pad - j).div_ceil(c.stride) as i64 - ox as i64) as i32,
-                )
-            } else {
-                (0, 0)
-            };
-            for (q, v) in lanes[l..l + len].iter_mut().enumerate() {
-                let q = q as i32;
-                *v = if q >= lo && q < hi { all } else { sign };
-            }
-        }
-    }
-    for lanes in keep[..taps].iter_mut() {
-        lanes[valid..].fill(sign);
     }
 }

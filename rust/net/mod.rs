@@ -85,6 +85,9 @@ pub(crate) struct Conv {
     /// Blocked like the float maps.
     pub correction: Option<Vec<f32>>,
     pub sparse: Option<Sparse>,
+    /// With `sparse`: per chunk of positions and tap, the lanes inside the map
+    /// ([`sparse::inside_masks`]).
+    pub inside: Vec<u64>,
     /// The net's activation (and so its maps' planes).
     pub act: Act,
 }
@@ -451,7 +454,7 @@ fn prepare(spec: &ConvSpec, (c, h, w): Shape, pad: usize, act: Act) -> Result<Co
         }
     };
     let sparse = spec.csr.map(|s| Sparse::new(s, o, k, c)).transpose()?;
-    Ok(Conv {
+    let mut conv = Conv {
         c,
         o,
         kh,
@@ -467,6 +470,11 @@ fn prepare(spec: &ConvSpec, (c, h, w): Shape, pad: usize, act: Act) -> Result<Co
         shift: spec.shift.to_vec(),
         correction,
         sparse,
+        inside: Vec::new(),
         act,
-    })
+    };
+    if conv.sparse.is_some() {
+        conv.inside = sparse::inside_masks(&conv, pad);
+    }
+    Ok(conv)
 }

@@ -280,7 +280,7 @@ impl BinaryNet {
                 if t == 0 {
                     // SAFETY: the image's `classes` logits
                     let logits = unsafe { std::slice::from_raw_parts_mut(out, head.classes) };
-                    head.logits(oc, p, |q, ch| src[blocked(q, ch, oc)], logits);
+                    head.logits(src, oc, p, logits);
                 }
                 return false;
             }
@@ -394,13 +394,31 @@ fn shortcut(
     chunks: Range<usize>,
 ) {
     let before = (oc - c) / 2;
-    let base = chunks.start * oc * CHUNK;
     dst.fill(0.0);
-    for p in chunks.start * CHUNK..(chunks.end * CHUNK).min(ho * wo) {
-        let (y, x) = (p / wo, p % wo);
-        let from = y * stride * w + x * stride;
-        for ch in 0..c {
-            dst[blocked(p, ch + before, oc) - base] = src[blocked(from, ch, c)];
+    for chunk in chunks.clone() {
+        let p0 = chunk * CHUNK;
+        if p0 >= ho * wo {
+            break;
+        }
+        // a row segment's pixels, channel by channel: contiguous in dst, every stride-th in src
+        for (l, oy, ox, len) in kernel::segments(p0, CHUNK.min(ho * wo - p0), wo) {
+            let from = oy * stride * w + ox * stride;
+            let last = from + (len - 1) * stride;
+            for ch in 0..c {
+                let at = ((chunk - chunks.start) * oc + ch + before) * CHUNK + l;
+                let seg = &mut dst[at..at + len];
+                if from / CHUNK == last / CHUNK {
+                    // the source pixels lie in one chunk: a strided run of one slice
+                    let run = &src[blocked(from, ch, c)..=blocked(last, ch, c)];
+                    for (d, &v) in seg.iter_mut().zip(run.iter().step_by(stride)) {
+                        *d = v;
+                    }
+                } else {
+                    for (q, d) in seg.iter_mut().enumerate() {
+                        *d = src[blocked(from + q * stride, ch, c)];
+                    }
+                }
+            }
         }
     }
 }
