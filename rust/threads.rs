@@ -1,19 +1,23 @@
-//! Thread count resolution and one cached rayon pool of helpers per distinct count.
+//! Thread count resolution and one cached team of helper threads per distinct count.
 //!
 //! A call runs on `threads` threads, from (in order) its `threads` argument, the environment variable
 //! `APB_NUM_THREADS`, else every core (`std::thread::available_parallelism`). Kernels hand their tasks
-//! to [`run_claimed`]: the calling thread works on them itself, joined by `threads − 1` helpers from
-//! a local `rayon::ThreadPool` of exactly that size, built on first use and kept, so the count is
-//! honoured exactly (the global pool would ignore it) and repeated calls pay no start-up cost.
+//! to [`run_claimed`]: the calling thread works on them itself, joined by the `threads − 1` helpers of
+//! a [`Team`] of exactly that size, started on first use and kept, so the count is honoured exactly
+//! and repeated calls pay no start-up cost.
 //!
-//! The pool has `threads − 1` threads, not `threads`: with the calling thread that makes exactly
-//! `threads` threads working, and no extra pool thread left idle.
+//! After a job a helper stays awake for [`LINGER`], spinning, before it sleeps: waking a sleeping
+//! thread takes 10–20 µs in a VM, as long as a whole small GEMM, and calls come back to back (a
+//! network's layers, a training step's kernels), so the next call usually finds its helpers running.
+//! An idle process sleeps after [`LINGER`].
 
+use std::cell::{Cell, UnsafeCell};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-
-use rayon::{ThreadPool, ThreadPoolBuilder};
+use std::thread::Thread;
+use std::time::{Duration, Instant};
 
 /// Name of the environment variable that sets the thread count when the call does not.
 pub(crate) const ENV_VAR: &str = "APB_NUM_THREADS";
@@ -56,31 +60,172 @@ pub fn resolve(requested: Option<i64>, arg_name: &str) -> Result<usize, String> 
     }
 }
 
-/// The pool with exactly `n` threads (built once, then shared): the helpers of a call on `n + 1`.
-pub(crate) fn pool(n: usize) -> Result<Arc<ThreadPool>, String> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<ThreadPool>>>> = OnceLock::new();
-    let pools = POOLS.get_or_init(|| Mutex::new(HashMap::new()));
-    // A panic while holding the lock cannot leave the map inconsistent (insert is the only write),
-    // so a poisoned lock is still usable.
-    let mut map = pools.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = map.get(&n) {
-        return Ok(Arc::clone(p));
-    }
-    let built = ThreadPoolBuilder::new()
-        .num_threads(n)
-        .thread_name(move |i| format!("apb-kernels-{n}-{i}"))
-        .build()
-        .map_err(|e| format!("could not start a pool of {n} threads: {e}"))?;
-    let p = Arc::new(built);
-    map.insert(n, Arc::clone(&p));
-    Ok(p)
+/// How long a helper keeps spinning for the next job before it sleeps.
+pub(crate) const LINGER: Duration = Duration::from_micros(300);
+
+/// A job for a team: called with 0 on the calling thread and 1..=n on the n helpers.
+type Job<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// `n` helper threads that run one job at a time with a calling thread.
+pub(crate) struct Team {
+    n: usize,
+    /// Bumped once per job; a helper runs the job of each new value.
+    epoch: AtomicUsize,
+    /// The current job, its lifetime erased: valid while [`Team::run`] waits for the helpers.
+    job: UnsafeCell<Option<Job<'static>>>,
+    /// Helpers done with the current job.
+    done: AtomicUsize,
+    panicked: AtomicBool,
+    /// Per helper: asleep (or about to be), so a new job must wake it.
+    parked: Vec<AtomicBool>,
+    threads: OnceLock<Vec<Thread>>,
+    /// One job at a time.
+    busy: Mutex<()>,
 }
 
-/// Run `f` on every item with `n` threads: the calling thread and `n - 1` helpers (the pool of
+// SAFETY: `job` is written only by the thread holding `busy`, before the epoch bump that publishes it
+// (SeqCst), and read by helpers only after they see that bump, until they report done; the writer
+// waits for every done before it returns (and before the next write).
+unsafe impl Sync for Team {}
+
+thread_local! {
+    /// Whether this thread is running a team's job (a nested call then runs on this thread alone).
+    static IN_JOB: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Team {
+    /// Run `job(0)` here and `job(1..=n)` on the helpers; return when all are done.
+    pub(crate) fn run(&self, job: Job) -> Result<(), String> {
+        let _one = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY (lifetime erasure): the helpers call the job only between the epoch bump below and
+        // their `done` increment, and this function waits for all `done` before it returns.
+        let erased: Job<'static> = unsafe { std::mem::transmute::<Job, Job<'static>>(job) };
+        // SAFETY: only the `busy` holder writes `job`, and no helper reads it until the bump below.
+        unsafe { *self.job.get() = Some(erased) };
+        self.done.store(0, Ordering::SeqCst);
+        self.panicked.store(false, Ordering::SeqCst);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let threads = self.threads.get().map_or(&[][..], Vec::as_slice);
+        for (parked, thread) in self.parked.iter().zip(threads) {
+            if parked.load(Ordering::SeqCst) {
+                thread.unpark();
+            }
+        }
+        let mine = catch_unwind(AssertUnwindSafe(|| in_job(|| job(0))));
+        let mut spins = 0u32;
+        while self.done.load(Ordering::Acquire) < self.n {
+            spins = spins.saturating_add(1);
+            if spins < 1 << 16 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now(); // a helper was descheduled: let it run
+            }
+        }
+        // SAFETY: every helper is done with the job; drop the erased reference before returning.
+        unsafe { *self.job.get() = None };
+        if mine.is_err() || self.panicked.load(Ordering::SeqCst) {
+            return Err("internal error: a worker thread panicked".into());
+        }
+        Ok(())
+    }
+
+    /// Helper `h`'s loop: wait for a new epoch (spinning for [`LINGER`], then asleep), run the job.
+    fn serve(&self, h: usize) {
+        let mut seen = 0;
+        loop {
+            let idle = Instant::now();
+            while self.epoch.load(Ordering::SeqCst) == seen {
+                if idle.elapsed() < LINGER {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                self.parked[h].store(true, Ordering::SeqCst);
+                // A job published after the store above sees `parked` and unparks this thread; one
+                // published before it is seen here. Either way no wake-up is lost.
+                if self.epoch.load(Ordering::SeqCst) == seen {
+                    std::thread::park();
+                }
+                self.parked[h].store(false, Ordering::SeqCst);
+            }
+            seen = self.epoch.load(Ordering::SeqCst);
+            // SAFETY: the epoch bump published the job, and the caller keeps it alive until this
+            // helper's `done` increment below.
+            let job = unsafe { *self.job.get() };
+            if let Some(job) = job {
+                if catch_unwind(AssertUnwindSafe(|| in_job(|| job(h + 1)))).is_err() {
+                    self.panicked.store(true, Ordering::SeqCst);
+                }
+            }
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// Run `f` marked as inside a team's job.
+fn in_job<R>(f: impl FnOnce() -> R) -> R {
+    IN_JOB.with(|flag| flag.set(true));
+    let r = f();
+    IN_JOB.with(|flag| flag.set(false));
+    r
+}
+
+/// The team with exactly `n` helpers (started once, then shared): the helpers of a call on `n + 1`.
+pub(crate) fn team(n: usize) -> Result<Arc<Team>, String> {
+    static TEAMS: OnceLock<Mutex<HashMap<usize, Arc<Team>>>> = OnceLock::new();
+    let teams = TEAMS.get_or_init(|| Mutex::new(HashMap::new()));
+    // A panic while holding the lock cannot leave the map inconsistent (insert is the only write),
+    // so a poisoned lock is still usable.
+    let mut map = teams.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(t) = map.get(&n) {
+        return Ok(Arc::clone(t));
+    }
+    let team = Arc::new(Team {
+        n,
+        epoch: AtomicUsize::new(0),
+        job: UnsafeCell::new(None),
+        done: AtomicUsize::new(0),
+        panicked: AtomicBool::new(false),
+        parked: (0..n).map(|_| AtomicBool::new(false)).collect(),
+        threads: OnceLock::new(),
+        busy: Mutex::new(()),
+    });
+    let mut threads = Vec::with_capacity(n);
+    for h in 0..n {
+        let t = Arc::clone(&team);
+        let handle = std::thread::Builder::new()
+            .name(format!("apb-kernels-{n}-{h}"))
+            .spawn(move || t.serve(h))
+            .map_err(|e| format!("could not start a team of {n} threads: {e}"))?;
+        threads.push(handle.thread().clone());
+    }
+    let _ = team.threads.set(threads);
+    map.insert(n, Arc::clone(&team));
+    Ok(team)
+}
+
+/// Run `job(t)` for t in 0..n: 0 on the calling thread, the rest on the team of n − 1 helpers. Inside
+/// another team's job there are no helpers to give: `Err` (its team may be this one, busy).
+pub(crate) fn with_helpers(n: usize, job: Job) -> Result<(), String> {
+    if n <= 1 {
+        job(0);
+        return Ok(());
+    }
+    if nested() {
+        return Err("a parallel job may not start another on several threads".into());
+    }
+    team(n - 1)?.run(job)
+}
+
+/// Whether this thread is running a team's job.
+pub(crate) fn nested() -> bool {
+    IN_JOB.with(Cell::get)
+}
+
+/// Run `f` on every item with `n` threads: the calling thread and `n - 1` helpers (the team of
 /// `n - 1`) take items from one shared queue until it is empty, the caller from the front and the
 /// helpers from the back. Returns whether every call returned true.
 ///
-/// The calling thread starts at once instead of sleeping while pool threads wake up (tens of
+/// The calling thread starts at once instead of sleeping while helpers wake up (tens of
 /// microseconds in a VM, as long as a whole paper-shape GEMM), and a helper that wakes late finds
 /// less (or nothing) left to do, so extra threads never cost much more than their wake-up. Runs
 /// everything on the calling thread when `n <= 1` or there is one item.
@@ -100,23 +245,22 @@ pub(crate) fn run_claimed_with<T: Send, S>(
     init: impl Fn() -> S + Sync,
     f: impl Fn(&mut S, T) -> bool + Sync,
 ) -> Result<bool, String> {
-    if n <= 1 || items.len() <= 1 {
+    if n <= 1 || items.len() <= 1 || nested() {
         let mut state = init();
         return Ok(items.into_iter().fold(true, |ok, it| f(&mut state, it) & ok));
     }
-    let helpers = (n - 1).min(items.len() - 1);
     let queue = Mutex::new(items.into_iter());
     let all_ok = AtomicBool::new(true);
     // The calling thread takes items from the front, helpers from the back: neighbouring items
     // (which may write neighbouring memory) then mostly run on the same thread.
-    let work = |from_front: bool| {
+    let work = |t: usize| {
         let mut state = init();
         loop {
             // Only `next`/`next_back` run under the lock, and they cannot panic, so the lock is never
             // poisoned (and a poisoned one would still hold a consistent iterator).
             let next = {
                 let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                if from_front {
+                if t == 0 {
                     q.next()
                 } else {
                     q.next_back()
@@ -132,13 +276,8 @@ pub(crate) fn run_claimed_with<T: Send, S>(
             }
         }
     };
-    pool(n - 1)?.in_place_scope(|s| {
-        for _ in 0..helpers {
-            s.spawn(|_| work(false));
-        }
-        work(true);
-    });
-    // The scope has joined every helper, so every store is visible here.
+    with_helpers(n, &work)?;
+    // Every helper is done (`Team::run` waited), so every store is visible here.
     Ok(all_ok.load(Ordering::Relaxed))
 }
 
@@ -157,10 +296,54 @@ mod tests {
     }
 
     #[test]
-    fn pools_honour_the_count_and_are_cached() {
-        let p = pool(3).unwrap();
-        assert_eq!(p.current_num_threads(), 3);
-        assert!(Arc::ptr_eq(&p, &pool(3).unwrap()));
+    fn teams_honour_the_count_and_are_cached() {
+        let t = team(3).unwrap();
+        assert_eq!(t.threads.get().unwrap().len(), 3);
+        assert!(Arc::ptr_eq(&t, &team(3).unwrap()));
+        // every thread index runs once per job, on as many distinct threads, job after job, and after
+        // the helpers have gone to sleep
+        for round in 0..3 {
+            let seen: Vec<AtomicUsize> = (0..4).map(|_| AtomicUsize::new(0)).collect();
+            let ids = Mutex::new(std::collections::HashSet::new());
+            with_helpers(4, &|t| {
+                seen[t].fetch_add(1, Ordering::Relaxed);
+                ids.lock().unwrap().insert(std::thread::current().id());
+            })
+            .unwrap();
+            assert!(
+                seen.iter().all(|s| s.load(Ordering::Relaxed) == 1),
+                "round {round}"
+            );
+            assert_eq!(ids.lock().unwrap().len(), 4);
+            if round == 1 {
+                std::thread::sleep(LINGER * 3);
+            }
+        }
+    }
+
+    #[test]
+    fn a_panicking_job_is_an_error_not_a_hang() {
+        let r = with_helpers(3, &|t| {
+            if t == 2 {
+                panic!("boom");
+            }
+        });
+        assert!(r.unwrap_err().contains("panicked"));
+        assert!(with_helpers(3, &|_| ()).is_ok()); // and the team still works
+    }
+
+    #[test]
+    fn nested_calls_run_on_the_calling_thread() {
+        let hits = AtomicUsize::new(0);
+        with_helpers(2, &|_| {
+            let ok = run_claimed(2, (0..5).collect(), |_: usize| {
+                hits.fetch_add(1, Ordering::Relaxed);
+                true
+            });
+            assert_eq!(ok, Ok(true));
+        })
+        .unwrap();
+        assert_eq!(hits.load(Ordering::Relaxed), 10);
     }
 
     #[test]

@@ -189,13 +189,7 @@ impl BinaryNet {
                     }
                 }
             };
-            crate::threads::pool(threads - 1)?.in_place_scope(|s| {
-                for t in 1..threads {
-                    let work = &work;
-                    s.spawn(move |_| work(t));
-                }
-                work(0);
-            });
+            crate::threads::with_helpers(threads, &work)?;
         }
         match first_nan.into_inner() {
             usize::MAX => Ok(()),
