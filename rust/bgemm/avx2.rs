@@ -26,6 +26,7 @@ pub(super) const FAMILY: Family = Family {
     nibbles: true,
     geometry,
     tile,
+    fill: super::panel::fill_panel,
 };
 
 // `(mr, nr_max)`: byte accumulators, B vectors, the table and a temporary fit the 16 ymm registers

@@ -10,6 +10,7 @@
 
 use std::arch::x86_64::*;
 
+use super::panel::{self, panel_len};
 use super::{Family, Kind, Tile};
 use crate::isa::Isa;
 
@@ -23,6 +24,7 @@ pub(super) const FAMILY: Family = Family {
     nibbles: false,
     geometry,
     tile,
+    fill,
 };
 
 // `(mr, nr_max)`: accumulators `mr · nr · classes` stay at 24 of the 32 zmm registers.
@@ -102,4 +104,58 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
         }
     }
     true
+}
+
+/// [`panel::fill_panel`] with one 8-column gather per word: a vector of word `p` of 8 neighbouring
+/// columns, stored where the microkernel loads it. Every word of the panel is written (columns past B
+/// gather nothing and store 0), so the panel is not cleared first. Nibble panels (and a `dst`
+/// shorter than the panel, a caller bug) go to the portable fill.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+unsafe fn fill(planes: &[&[u64]], w: usize, c0: usize, cols: usize, nc: usize, split: bool, dst: &mut [u64]) {
+    let short = dst.len() < panel_len(w, planes.len(), nc);
+    if split || short || !nc.is_multiple_of(LANES) || w == 0 || w > i64::MAX as usize / LANES {
+        return panel::fill_panel(planes, w, c0, cols, nc, split, dst);
+    }
+    // SAFETY: forwarded from the caller.
+    unsafe { gather_panel(planes, w, c0, cols, nc, dst) }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_panel(planes: &[&[u64]], w: usize, c0: usize, cols: usize, nc: usize, dst: &mut [u64]) {
+    let np = planes.len();
+    let stride = np * nc; // words between word p and word p + 1 of one column
+    let wi = w as i64;
+    let offsets = _mm512_setr_epi64(0, wi, 2 * wi, 3 * wi, 4 * wi, 5 * wi, 6 * wi, 7 * wi);
+    for (pi, plane) in planes.iter().enumerate() {
+        // the columns this plane has (columns past its end, a caller bug, stay zero)
+        let have = (plane.len() / w).saturating_sub(c0).min(cols.min(nc));
+        for g in 0..nc / LANES {
+            let valid = have.saturating_sub(g * LANES).min(LANES);
+            let mask = (0xFFu32 >> (LANES - valid)) as __mmask8; // 0 when valid = 0
+            let first = (c0 + g * LANES) * w; // word 0 of the group's first column
+            for p in 0..w {
+                let v = if valid == 0 {
+                    _mm512_setzero_si512()
+                } else {
+                    // SAFETY: lane l < valid reads word p of column c0 + g·8 + l < c0 + have <=
+                    // plane.len() / w, so index first + p + l·w < plane.len(); masked-off lanes read
+                    // nothing.
+                    unsafe {
+                        _mm512_mask_i64gather_epi64::<8>(
+                            _mm512_setzero_si512(),
+                            mask,
+                            offsets,
+                            plane.as_ptr().add(first + p).cast(),
+                        )
+                    }
+                };
+                // SAFETY: p·stride + pi·nc + g·8 + 8 <= (w − 1)·stride + np·nc = panel_len <= dst.len().
+                unsafe {
+                    _mm512_storeu_si512(dst.as_mut_ptr().add(p * stride + pi * nc + g * LANES).cast(), v)
+                };
+            }
+        }
+    }
 }

@@ -19,15 +19,18 @@
 //! of `nc` neighbouring columns contiguous, all planes interleaved) and sweeps it against blocks of
 //! `mr` rows of A, read in place: the microkernel broadcasts word `p` of each A row and XORs it with
 //! the panel vectors, keeping an `mr × nr` (× classes) block of accumulators in registers over the
-//! whole of K, then writes `mr × nc` finished int32 results. The last panel uses a narrower
+//! whole of K, then writes `mr × nc` finished int32 results. A family may fill panels its own way
+//! (AVX-512: one 8-column gather per word). The last panel uses a narrower
 //! microkernel (`nr` rounded up to cover the remaining columns); rows past M repeat a valid row and are
 //! not stored. Panels fit L1 for the paper's shapes (e.g. 48 columns × K = 4608 bits = 27 KiB).
 //!
 //! # Threads
 //!
-//! A task is a chunk of rows of a group of neighbouring panels (about 4 tasks per thread); rows are
-//! split into chunks only when there are too few panels. Each task writes a disjoint rectangle of
-//! `out`; the calling thread starts on the tasks at once and pool threads join as they wake.
+//! A task is a chunk of rows of a group of neighbouring panels (about 8 tasks per thread); rows are
+//! split into chunks only when there are too few panels, and then every panel is packed once, first
+//! (in parallel), rather than by each task that sweeps it. Each task writes a disjoint rectangle of
+//! `out`; the calling thread starts on the tasks at once and the team's helpers join
+//! (`crate::threads`).
 
 /// A family's microkernel table: each product kind's `MR` and the `nr` (vectors per row) it has
 /// instantiations for, always `1 ..= nr_max`. Generates `geometry(kind) -> (MR, nr_max)` and the
@@ -185,6 +188,11 @@ pub(crate) struct Family {
     /// # Safety
     /// The CPU supports `isa`, and the tile's output rectangle is valid as documented on [`Tile`].
     pub tile: unsafe fn(Kind, usize, &Tile) -> bool,
+    /// Fill a B panel: [`panel::fill_panel`]'s contract.
+    ///
+    /// # Safety
+    /// The CPU supports `isa`.
+    pub fill: panel::Fill,
 }
 
 const FAMILIES: PerIsa<Family> = PerIsa {
@@ -368,12 +376,39 @@ fn run(
         })
         .collect();
 
-    // Pack one B panel and sweep it against a chunk of A's row blocks.
-    let panel_task = |scratch: &mut Vec<u64>, panel: usize, chunk: usize| -> bool {
+    // Panel `panel`'s first column, its columns, and the vectors per row of its microkernel.
+    let geometry = |panel: usize| {
         let c0 = panel * nc_max;
         let cols = nc_max.min(n - c0);
-        let nr = cols.div_ceil(fam.lanes);
-        panel::fill_panel(b, w, c0, cols, nr * fam.lanes, fam.nibbles, scratch);
+        (c0, cols, cols.div_ceil(fam.lanes))
+    };
+    let (_, pb) = kind.planes();
+    let panel_words = panel::panel_len(wt, pb, nc_max);
+    // When tasks cut the rows, every panel is swept by several tasks: pack each once, first, in
+    // parallel, instead of once per task.
+    let mut packed = Vec::new();
+    if blocks_per_chunk < row_blocks {
+        packed = vec![0u64; panels * panel_words];
+        let items: Vec<(usize, &mut [u64])> = packed.chunks_mut(panel_words).enumerate().collect();
+        crate::threads::run_claimed(threads, items, |(panel, dst)| {
+            let (c0, cols, nr) = geometry(panel);
+            // SAFETY: `fam` came from `family(isa)`, which checked the CPU.
+            unsafe { (fam.fill)(b, w, c0, cols, nr * fam.lanes, fam.nibbles, dst) };
+            true
+        })?;
+    }
+
+    // Sweep one B panel (packed here, or above) against a chunk of A's row blocks.
+    let panel_task = |scratch: &mut Vec<u64>, panel: usize, chunk: usize| -> bool {
+        let (c0, cols, nr) = geometry(panel);
+        let panel_b: &[u64] = if packed.is_empty() {
+            scratch.resize(panel::panel_len(wt, pb, nr * fam.lanes), 0);
+            // SAFETY: `fam` came from `family(isa)`, which checked the CPU.
+            unsafe { (fam.fill)(b, w, c0, cols, nr * fam.lanes, fam.nibbles, scratch) };
+            scratch
+        } else {
+            &packed[panel * panel_words..(panel + 1) * panel_words]
+        };
         let rb_start = chunk * blocks_per_chunk;
         let rb_end = ((chunk + 1) * blocks_per_chunk).min(row_blocks);
         let mut ok = true;
@@ -381,7 +416,7 @@ fn run(
             let r0 = rb * mr;
             let tile = Tile {
                 a: slots,
-                b: scratch,
+                b: panel_b,
                 w: wt,
                 // SAFETY (pointer arithmetic): r0 < m and c0 < n, so r0·n + c0 < m·n = out.len().
                 out: unsafe { out_ptr.get().add(r0 * n + c0) },
@@ -426,8 +461,8 @@ fn run(
     let tasks: Vec<(usize, usize)> = (0..panels.div_ceil(panels_per_group))
         .flat_map(|g| (0..row_chunks).map(move |c| (g, c)))
         .collect();
-    // The calling thread starts at once and helpers join as they wake (`run_claimed_with`): a
-    // paper-shape product takes well under a millisecond, comparable to waking a pool in a VM.
+    // The calling thread starts at once and the helpers join (`run_claimed_with`): a paper-shape
+    // product takes well under a millisecond, a few times what waking a sleeping thread takes in a VM.
     let all_ok = crate::threads::run_claimed_with(threads, tasks, Vec::new, task)?;
     if all_ok {
         Ok(())
@@ -441,10 +476,10 @@ fn run(
 }
 
 /// How to cut the work into tasks, as `(panels per group, row blocks per chunk)`: one task per
-/// thread would leave threads idle when one is slow or wakes late, so aim at about 4 tasks per
-/// thread, cutting rows only when there are too few panels.
+/// thread would leave threads idle when one is slow or when tasks differ in size (the last panel is
+/// narrower), so aim at about 8 tasks per thread, cutting rows only when there are too few panels.
 fn task_sizes(panels: usize, row_blocks: usize, threads: usize) -> (usize, usize) {
-    let target = 4 * threads;
+    let target = 8 * threads;
     if threads == 1 {
         (panels, row_blocks)
     } else if panels >= target {
@@ -519,6 +554,7 @@ mod tests {
         nibbles: false,
         geometry: avx512::geometry,
         tile: wide_portable::tile,
+        fill: panel::fill_panel,
     };
 
     /// The portable kernel at 8 words per "vector", on the AVX-512 family's table.

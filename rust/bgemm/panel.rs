@@ -31,14 +31,18 @@ pub(super) fn split_nibbles(plane: &[u64]) -> Vec<u64> {
     out
 }
 
+/// A panel filler: [`fill_panel`] or an ISA's own with its contract (`unsafe`: it may need the ISA).
+pub(super) type Fill = unsafe fn(&[&[u64]], usize, usize, usize, usize, bool, &mut [u64]);
+
 /// Words a panel of `nc` columns, `planes` planes and `w` words per column occupies.
 pub(super) fn panel_len(w: usize, planes: usize, nc: usize) -> usize {
     w * planes * nc
 }
 
 /// Copy columns `c0 .. c0 + cols` of `planes` (each row-major `(n, w)`) into `dst`, `nc >= cols`
-/// columns wide, zero-filling columns `cols .. nc`. `dst` is resized to [`panel_len`] (of `2·w`
-/// words if `split`, which stores every word as its two [`nibbles`]).
+/// columns wide, zero-filling columns `cols .. nc`. `dst` holds [`panel_len`] words (of `2·w` if
+/// `split`, which stores every word as its two [`nibbles`]); a shorter one is a caller bug and is
+/// left as it is.
 ///
 /// Columns that fall outside a plane (a caller bug) are filled with zeros rather than read out of bounds.
 pub(super) fn fill_panel(
@@ -48,15 +52,16 @@ pub(super) fn fill_panel(
     cols: usize,
     nc: usize,
     split: bool,
-    dst: &mut Vec<u64>,
+    dst: &mut [u64],
 ) {
     let np = planes.len();
     let stride = np * nc; // words between word p and word p + 1 of one column
-    dst.clear();
-    dst.resize(panel_len(if split { 2 * w } else { w }, np, nc), 0);
-    if w == 0 {
+    let len = panel_len(if split { 2 * w } else { w }, np, nc);
+    if w == 0 || dst.len() < len {
         return;
     }
+    let dst = &mut dst[..len];
+    dst.fill(0);
     let cols = cols.min(nc);
     for (pi, plane) in planes.iter().enumerate() {
         // The columns' words; columns past the plane's end (a caller bug) stay zero.
@@ -93,7 +98,7 @@ mod tests {
         // Two planes of 3 columns, w = 2; panel of columns 1..3 padded to nc = 4.
         let hi: Vec<u64> = (0..6).collect(); // column c, word p = 2c + p
         let lo: Vec<u64> = (100..106).collect();
-        let mut dst = Vec::new();
+        let mut dst = vec![9; 16];
         fill_panel(&[&hi, &lo], 2, 1, 2, 4, false, &mut dst);
         #[rustfmt::skip]
         let want = vec![
@@ -106,7 +111,7 @@ mod tests {
     #[test]
     fn out_of_range_columns_are_zero_not_a_panic() {
         let b = vec![7u64; 4];
-        let mut dst = vec![1; 3];
+        let mut dst = vec![1; 6];
         fill_panel(&[&b], 2, 1, 3, 3, false, &mut dst);
         assert_eq!(dst, vec![7, 0, 0, 7, 0, 0]);
     }
@@ -114,7 +119,7 @@ mod tests {
     #[test]
     fn nibble_split_panels_hold_both_halves_of_each_word() {
         let b: Vec<u64> = vec![0xabcd, u64::MAX, 0x0102_0304_0506_0708, 0]; // 2 columns, w = 2
-        let mut dst = Vec::new();
+        let mut dst = vec![9; 12];
         fill_panel(&[&b], 2, 0, 2, 3, true, &mut dst);
         #[rustfmt::skip]
         let want = vec![

@@ -13,6 +13,7 @@ pub(super) const FAMILY: Family = Family {
     nibbles: false,
     geometry,
     tile,
+    fill: super::panel::fill_panel,
 };
 
 microkernels! { kernel, 1;
