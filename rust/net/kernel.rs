@@ -126,6 +126,17 @@ pub(crate) struct Input<'a> {
     pub pad: usize,
 }
 
+impl Input<'_> {
+    fn bits(&mut self) -> Bits {
+        Bits::of(self.bits, self.bits_base)
+    }
+
+    fn bits_lo(&mut self) -> Option<Bits> {
+        let base = self.bits_base;
+        self.bits_lo.as_deref_mut().map(|b| Bits::of(b, base))
+    }
+}
+
 /// Positions `chunks` of a planar float image `x` `(c, h, w)` (the blocks' input, activated): its
 /// values into the blocked float map, its planes (`act`) into the padded bit map.
 #[inline(always)]
@@ -140,15 +151,7 @@ fn load(x: &[f32], (c, h, w): (usize, usize, usize), chunks: Range<usize>, mut o
             out.float[((chunk - chunks.start) * c + ch) * CHUNK..][..CHUNK].copy_from_slice(&v);
             add_bits(act, &v, ch, &mut words);
         }
-        store_planes(
-            &words,
-            p0,
-            valid,
-            (w, out.pad),
-            &mut *out.bits,
-            out.bits_lo.as_deref_mut(),
-            out.bits_base,
-        );
+        store_planes(&words, p0, valid, (w, out.pad), out.bits(), out.bits_lo(), 0..2);
     }
 }
 
@@ -171,20 +174,66 @@ pub(crate) fn segments(
     })
 }
 
-/// A chunk's planes into the padded bit map's planes.
+/// A padded bit map's words from padded index `base` on (`len` of them), written through a pointer:
+/// when an image's conv is split by output channels, two threads write the two 32-bit halves
+/// (channels 0..32 and 32..64) of the same words.
+#[derive(Clone, Copy)]
+pub(crate) struct Bits {
+    ptr: *mut u64,
+    len: usize,
+    base: usize,
+}
+
+impl Bits {
+    /// A slice's words, from padded index `base` on.
+    pub(crate) fn of(words: &mut [u64], base: usize) -> Bits {
+        Bits {
+            ptr: words.as_mut_ptr(),
+            len: words.len(),
+            base,
+        }
+    }
+
+    /// # Safety
+    /// `ptr .. ptr + len` is valid for writes while the `Bits` is used, and no other thread touches
+    /// the halves written through it.
+    pub(crate) unsafe fn from_raw(ptr: *mut u64, len: usize, base: usize) -> Bits {
+        Bits { ptr, len, base }
+    }
+
+    /// Write the halves `halves` (0: channels 0..32, 1: 32..64) of the word at padded index `at`.
+    #[inline(always)]
+    fn put(&self, at: usize, words: [u32; 2], halves: &Range<usize>) {
+        let i = at - self.base;
+        assert!(i < self.len);
+        // SAFETY: i < len (`from_raw`'s contract); a half is the u32 at its byte offset within the word.
+        unsafe {
+            if halves.len() == 2 {
+                self.ptr.add(i).write(words[0] as u64 | (words[1] as u64) << 32);
+            } else {
+                for h in halves.clone() {
+                    let at = if cfg!(target_endian = "little") { h } else { 1 - h };
+                    self.ptr.add(i).cast::<u32>().add(at).write(words[h]);
+                }
+            }
+        }
+    }
+}
+
+/// A chunk's planes (their halves `halves`) into the padded bit map's planes.
 #[inline(always)]
 fn store_planes(
     words: &[[[u32; CHUNK]; 2]; 2],
     p0: usize,
     valid: usize,
     geometry: (usize, usize),
-    bits: &mut [u64],
-    bits_lo: Option<&mut [u64]>,
-    base: usize,
+    bits: Bits,
+    bits_lo: Option<Bits>,
+    halves: Range<usize>,
 ) {
-    store_signs(&words[0], p0, valid, geometry, bits, base);
+    store_signs(&words[0], p0, valid, geometry, bits, &halves);
     if let Some(lo) = bits_lo {
-        store_signs(&words[1], p0, valid, geometry, lo, base);
+        store_signs(&words[1], p0, valid, geometry, lo, &halves);
     }
 }
 
@@ -194,10 +243,10 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool {
         input,
         residual,
         mut float,
-        mut bits,
-        mut bits_lo,
-        bits_base,
+        bits,
+        bits_lo,
         chunks,
+        channels,
         pad,
     } = io;
     let (o, taps, positions) = (c.o, c.kh * c.kw, c.ho * c.wo);
@@ -236,7 +285,7 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool {
         // activated y summed over the channels: NaN exactly when some y is (hardtanh's values are
         // finite, ReLU's ≥ 0, so no inf − inf)
         let mut total = [0f32; CHUNK];
-        for oc in 0..o {
+        for oc in channels.clone() {
             let weights = &c.weights[oc * taps..(oc + 1) * taps];
             let acc = mismatches(&windows[..taps], weights);
             // Σ w·v: 1-bit, K − 2·M; 2-bit, 2·(K − 2·M_hi) + (K − 2·M_lo)
@@ -253,7 +302,7 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool {
             }
             // this channel's lanes in the blocked float maps, and in this call's part of the output
             let at = (chunk * o + oc) * CHUNK;
-            let mine = ((chunk - chunks.start) * o + oc) * CHUNK;
+            let mine = ((chunk - chunks.start) * o + oc - channels.start) * CHUNK;
             let (scale, shift) = (c.scale[oc], c.shift[oc]);
             let mut y = [0f32; CHUNK];
             for l in 0..CHUNK {
@@ -291,17 +340,10 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool {
                 }
             }
         }
-        if let Some(b) = bits.as_deref_mut() {
+        if let Some(b) = bits {
             nan |= total[..valid].iter().any(|v| v.is_nan());
-            store_planes(
-                &words,
-                p0,
-                valid,
-                (c.wo, pad),
-                b,
-                bits_lo.as_deref_mut(),
-                bits_base,
-            );
+            let halves = channels.start / 32..channels.end.div_ceil(32);
+            store_planes(&words, p0, valid, (c.wo, pad), b, bits_lo, halves);
         }
     }
     nan
@@ -382,23 +424,21 @@ fn add_bits(act: Act, y: &[f32; CHUNK], oc: usize, words: &mut [[[u32; CHUNK]; 2
 }
 
 /// A chunk's signs (two 32-bit halves per position) into the padded bit map of an output `wo`
-/// wide, whose part `b` starts at padded index `base`.
+/// wide.
 #[inline(always)]
 fn store_signs(
     words: &[[u32; CHUNK]; 2],
     p0: usize,
     valid: usize,
     (wo, pad): (usize, usize),
-    b: &mut [u64],
-    base: usize,
+    b: Bits,
+    halves: &Range<usize>,
 ) {
-    let mut packed = [0u64; CHUNK];
-    for l in 0..CHUNK {
-        packed[l] = words[0][l] as u64 | (words[1][l] as u64) << 32;
-    }
     for (l, oy, ox, len) in segments(p0, valid, wo) {
-        let at = (oy + pad) * (wo + 2 * pad) + ox + pad - base;
-        b[at..at + len].copy_from_slice(&packed[l..l + len]);
+        let at = (oy + pad) * (wo + 2 * pad) + ox + pad;
+        for q in 0..len {
+            b.put(at + q, [words[0][l + q], words[1][l + q]], halves);
+        }
     }
 }
 
@@ -444,15 +484,7 @@ fn stem_body(s: &Stem, xp: &[f32], chunks: Range<usize>, mut out: Input, act: Ac
             out.float[mine..mine + CHUNK].copy_from_slice(&y);
             add_bits(act, &y, oc, &mut words);
         }
-        store_planes(
-            &words,
-            p0,
-            valid,
-            (s.w, out.pad),
-            &mut *out.bits,
-            out.bits_lo.as_deref_mut(),
-            out.bits_base,
-        );
+        store_planes(&words, p0, valid, (s.w, out.pad), out.bits(), out.bits_lo(), 0..2);
     }
 }
 

@@ -92,19 +92,20 @@ pub(crate) struct Conv {
     pub act: Act,
 }
 
-/// What one conv of one image reads and writes for the chunks of positions `chunks`: the input's
-/// padded bit map and the residual's blocked float map whole, the outputs' parts for these chunks
-/// (the float map's from chunk `chunks.start` on, the padded bit map's from padded index
-/// `bits_base` on).
+/// What one conv of one image reads and writes for the chunks of positions `chunks` and the output
+/// channels `channels`: the input's padded bit map and the residual's blocked float map whole, the
+/// outputs' parts (the float map's from chunk `chunks.start` and channel `channels.start` on; the
+/// padded bit map's words of these positions, of which the channels' 32-bit halves are written).
+/// A part has all the channels, or a whole number of 32-channel halves of a single chunk.
 pub(crate) struct ConvIo<'a> {
     pub input: &'a [u64],
     pub residual: Option<&'a [f32]>,
     pub float: Option<&'a mut [f32]>,
-    pub bits: Option<&'a mut [u64]>,
+    pub bits: Option<kernel::Bits>,
     /// The second plane's part, for 2-bit maps.
-    pub bits_lo: Option<&'a mut [u64]>,
-    pub bits_base: usize,
+    pub bits_lo: Option<kernel::Bits>,
     pub chunks: std::ops::Range<usize>,
+    pub channels: std::ops::Range<usize>,
     pub pad: usize,
 }
 

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::kernel::{self, Input, CHUNK};
+use super::kernel::{self, Bits, Input, CHUNK};
 use super::{blocked, Act, BinaryNet, ConvIo, Shape, Step};
 use crate::isa::Isa;
 
@@ -74,6 +74,14 @@ impl Views {
         let (p, n) = self.bits[id];
         assert!(range.start <= range.end && range.end <= n);
         unsafe { std::slice::from_raw_parts_mut(p.add(range.start), range.len()) }
+    }
+
+    /// `range` of bit slot `id` as a pointer and a length, for writers that share words.
+    fn bits_raw(&self, id: usize, range: Range<usize>) -> (*mut u64, usize) {
+        let (p, n) = self.bits[id];
+        assert!(range.start <= range.end && range.end <= n);
+        // SAFETY (pointer arithmetic): range.start <= n, within or one past the buffer
+        (unsafe { p.add(range.start) }, range.len())
     }
 }
 
@@ -295,30 +303,39 @@ impl BinaryNet {
                 bits,
             } => {
                 let conv = &self.convs[layer];
-                let chunks = part((conv.ho * conv.wo).div_ceil(CHUNK), t, n);
-                if chunks.is_empty() {
+                let o = conv.o;
+                let (all, halves) = ((conv.ho * conv.wo).div_ceil(CHUNK), o.div_ceil(32));
+                // a map of one chunk splits by 32-channel halves instead (its threads write the two
+                // halves of the same packed words)
+                let (chunks, channels) = if all == 1 && n > 1 && halves > 1 {
+                    let mine = part(halves, t, n);
+                    (0..1, mine.start * 32..(mine.end * 32).min(o))
+                } else {
+                    (part(all, t, n), 0..o)
+                };
+                if chunks.is_empty() || channels.is_empty() {
                     return false;
                 }
-                let o = conv.o;
+                let floats = (chunks.start * o + channels.start) * CHUNK
+                    ..((chunks.end - 1) * o + channels.end) * CHUNK;
                 // SAFETY: `new` refused outputs that are the step's input or residual; the ranges are
-                // this part's
+                // this part's (the packed words' halves too)
                 let io = unsafe {
-                    let (bits, bits_lo, bits_base) = match bits {
+                    let (bits, bits_lo) = match bits {
                         Some(b) => {
-                            let (s, lo, base) = self.bits_part(v, b, (conv.ho, conv.wo), &chunks);
-                            (Some(s), lo, base)
+                            let (s, lo) = self.bits_out(v, b, (conv.ho, conv.wo), &chunks);
+                            (Some(s), lo)
                         }
-                        None => (None, None, 0),
+                        None => (None, None),
                     };
                     ConvIo {
                         input: v.bits(input),
                         residual: residual.map(|r| v.float(r)),
-                        float: float
-                            .map(|f| v.float_mut(f, chunks.start * o * CHUNK..chunks.end * o * CHUNK)),
+                        float: float.map(|f| v.float_mut(f, floats)),
                         bits,
                         bits_lo,
-                        bits_base,
                         chunks,
+                        channels,
                         pad,
                     }
                 };
@@ -349,6 +366,20 @@ impl BinaryNet {
         }
     }
 
+    /// The padded words of a `(h, w)` bit map that positions `chunks` write (empty if none), and
+    /// the words of one plane.
+    fn bits_range(&self, (h, w): (usize, usize), chunks: &Range<usize>) -> (Range<usize>, usize) {
+        let (pad, wp) = (self.pad, w + 2 * self.pad);
+        let index = |p: usize| (p / w + pad) * wp + p % w + pad;
+        let (first, end) = (chunks.start * CHUNK, (chunks.end * CHUNK).min(h * w));
+        let range = if first < end {
+            index(first)..index(end - 1) + 1
+        } else {
+            0..0
+        };
+        (range, (h + 2 * pad) * wp)
+    }
+
     /// The parts of bit slot `id` (a padded `(h, w)` map, one or two planes) that positions `chunks`
     /// write, and the padded index they start at.
     ///
@@ -361,18 +392,32 @@ impl BinaryNet {
         (h, w): (usize, usize),
         chunks: &Range<usize>,
     ) -> (&'a mut [u64], Option<&'a mut [u64]>, usize) {
-        let (pad, wp) = (self.pad, w + 2 * self.pad);
-        let plane = (h + 2 * pad) * wp;
-        let index = |p: usize| (p / w + pad) * wp + p % w + pad;
-        let (first, end) = (chunks.start * CHUNK, (chunks.end * CHUNK).min(h * w));
-        let range = if first < end {
-            index(first)..index(end - 1) + 1
-        } else {
-            0..0
-        };
+        let (range, plane) = self.bits_range((h, w), chunks);
         let lo = (self.act == Act::Dorefa2)
             .then(|| unsafe { v.bits_mut(id, range.start + plane..range.end + plane) });
         (unsafe { v.bits_mut(id, range.clone()) }, lo, range.start)
+    }
+
+    /// [`Self::bits_part`] as [`Bits`] a conv writes through: the threads of a channel split share
+    /// the words, each writing its halves.
+    ///
+    /// SAFETY: no other thread touches the halves this part writes while the `Bits` are used.
+    unsafe fn bits_out(
+        &self,
+        v: &Views,
+        id: usize,
+        (h, w): (usize, usize),
+        chunks: &Range<usize>,
+    ) -> (Bits, Option<Bits>) {
+        let (range, plane) = self.bits_range((h, w), chunks);
+        // both planes' parts are indexed from the part's first padded position
+        let at = |r: Range<usize>| {
+            let (p, len) = v.bits_raw(id, r);
+            // SAFETY: forwarded from the caller; `bits_raw` checked the range
+            unsafe { Bits::from_raw(p, len, range.start) }
+        };
+        let lo = (self.act == Act::Dorefa2).then(|| at(range.start + plane..range.end + plane));
+        (at(range.clone()), lo)
     }
 }
 
