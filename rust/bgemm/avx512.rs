@@ -106,56 +106,101 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
     true
 }
 
-/// [`panel::fill_panel`] with one 8-column gather per word: a vector of word `p` of 8 neighbouring
-/// columns, stored where the microkernel loads it. Every word of the panel is written (columns past B
-/// gather nothing and store 0), so the panel is not cleared first. Nibble panels (and a `dst`
-/// shorter than the panel, a caller bug) go to the portable fill.
+/// [`panel::fill_panel`] by 8 × 8 transposes: 8 words of 8 neighbouring columns (one load per
+/// column) become 8 vectors, word `p` of the 8 columns each, stored where the microkernel loads
+/// them. Every word of the panel is written (columns past B are loaded as 0), so the panel is not
+/// cleared first. Nibble panels (and a `dst` shorter than the panel, a caller bug) go to the
+/// portable fill.
 ///
 /// # Safety
 /// The CPU has AVX-512F.
 unsafe fn fill(planes: &[&[u64]], w: usize, c0: usize, cols: usize, nc: usize, split: bool, dst: &mut [u64]) {
     let short = dst.len() < panel_len(w, planes.len(), nc);
-    if split || short || !nc.is_multiple_of(LANES) || w == 0 || w > i64::MAX as usize / LANES {
+    if split || short || !nc.is_multiple_of(LANES) || w == 0 {
         return panel::fill_panel(planes, w, c0, cols, nc, split, dst);
     }
     // SAFETY: forwarded from the caller.
-    unsafe { gather_panel(planes, w, c0, cols, nc, dst) }
+    unsafe { transpose_panel(planes, w, c0, cols, nc, dst) }
 }
 
 #[target_feature(enable = "avx512f")]
-unsafe fn gather_panel(planes: &[&[u64]], w: usize, c0: usize, cols: usize, nc: usize, dst: &mut [u64]) {
+unsafe fn transpose_panel(planes: &[&[u64]], w: usize, c0: usize, cols: usize, nc: usize, dst: &mut [u64]) {
     let np = planes.len();
     let stride = np * nc; // words between word p and word p + 1 of one column
-    let wi = w as i64;
-    let offsets = _mm512_setr_epi64(0, wi, 2 * wi, 3 * wi, 4 * wi, 5 * wi, 6 * wi, 7 * wi);
     for (pi, plane) in planes.iter().enumerate() {
         // the columns this plane has (columns past its end, a caller bug, stay zero)
         let have = (plane.len() / w).saturating_sub(c0).min(cols.min(nc));
         for g in 0..nc / LANES {
             let valid = have.saturating_sub(g * LANES).min(LANES);
-            let mask = (0xFFu32 >> (LANES - valid)) as __mmask8; // 0 when valid = 0
             let first = (c0 + g * LANES) * w; // word 0 of the group's first column
-            for p in 0..w {
-                let v = if valid == 0 {
-                    _mm512_setzero_si512()
-                } else {
-                    // SAFETY: lane l < valid reads word p of column c0 + g·8 + l < c0 + have <=
-                    // plane.len() / w, so index first + p + l·w < plane.len(); masked-off lanes read
-                    // nothing.
-                    unsafe {
-                        _mm512_mask_i64gather_epi64::<8>(
-                            _mm512_setzero_si512(),
-                            mask,
-                            offsets,
-                            plane.as_ptr().add(first + p).cast(),
-                        )
+            for p0 in (0..w).step_by(LANES) {
+                let words = (w - p0).min(LANES);
+                let mask = (0xFFu32 >> (LANES - words)) as __mmask8;
+                // row j: words p0 .. p0 + 8 of column j of the group (0 past `valid` or w)
+                let rows: [__m512i; LANES] = std::array::from_fn(|j| {
+                    if j < valid {
+                        // SAFETY: column c0 + g·8 + j < c0 + have <= plane.len() / w, and the mask
+                        // keeps the words below w: indices below (c0 + g·8 + j + 1)·w <= plane.len().
+                        unsafe {
+                            _mm512_maskz_loadu_epi64(mask, plane.as_ptr().add(first + j * w + p0).cast())
+                        }
+                    } else {
+                        _mm512_setzero_si512()
                     }
-                };
-                // SAFETY: p·stride + pi·nc + g·8 + 8 <= (w − 1)·stride + np·nc = panel_len <= dst.len().
-                unsafe {
-                    _mm512_storeu_si512(dst.as_mut_ptr().add(p * stride + pi * nc + g * LANES).cast(), v)
-                };
+                });
+                let t = transpose(rows);
+                for (i, v) in t.iter().enumerate().take(words) {
+                    let p = p0 + i;
+                    // SAFETY: p·stride + pi·nc + g·8 + 8 <= (w − 1)·stride + np·nc = panel_len <= dst.len().
+                    unsafe {
+                        _mm512_storeu_si512(dst.as_mut_ptr().add(p * stride + pi * nc + g * LANES).cast(), *v)
+                    };
+                }
             }
         }
     }
+}
+
+/// The 8 × 8 transpose of 64-bit words: `out[i]` holds word i of every row, row j in lane j.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose(r: [__m512i; LANES]) -> [__m512i; LANES] {
+    // pairs: u[2k] = (r[2k][0], r[2k+1][0], r[2k][2], r[2k+1][2], …), u[2k+1] the odd words
+    let u: [__m512i; LANES] = std::array::from_fn(|i| {
+        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    // quads: rows 4k..4k+4 of words (e, e + 4) for the even-pair / odd-pair combinations
+    let lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+    let hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    let quad = |a: __m512i, b: __m512i, idx: __m512i| _mm512_permutex2var_epi64(a, idx, b);
+    // v[4k + 0]: words 0 and 4; v[4k + 1]: 2 and 6; v[4k + 2]: 1 and 5; v[4k + 3]: 3 and 7
+    let v: [__m512i; LANES] = std::array::from_fn(|i| {
+        let k = i / 4;
+        let (even, odd) = (u[4 * k], u[4 * k + 2]); // rows 4k, 4k+1 | 4k+2, 4k+3, even words
+        let (even1, odd1) = (u[4 * k + 1], u[4 * k + 3]); // odd words
+        match i % 4 {
+            0 => quad(even, odd, lo),
+            1 => quad(even, odd, hi),
+            2 => quad(even1, odd1, lo),
+            _ => quad(even1, odd1, hi),
+        }
+    });
+    // halves: rows 0..4 from v[0..4], rows 4..8 from v[4..8]
+    let low = |a: __m512i, b: __m512i| _mm512_shuffle_i64x2::<0x44>(a, b);
+    let high = |a: __m512i, b: __m512i| _mm512_shuffle_i64x2::<0xEE>(a, b);
+    [
+        low(v[0], v[4]),
+        low(v[2], v[6]),
+        low(v[1], v[5]),
+        low(v[3], v[7]),
+        high(v[0], v[4]),
+        high(v[2], v[6]),
+        high(v[1], v[5]),
+        high(v[3], v[7]),
+    ]
 }
