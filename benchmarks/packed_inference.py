@@ -5,7 +5,7 @@
                                           [--backends rust numpy] [--sbnn-p 0.5 0.05]
                                           [--blocks basic bireal react act-scale] [--checkpoints runs/study/*/last.ckpt]
                                           [--batch-size 256] [--unfused] [--no-torch] [--no-tflite]
-                                          [--settle 0.3]
+                                          [--settle 0.3] [--rust-threads 1 2]
 
 The packed models are freshly initialised ResNet-20s brought to the memory of the study's cells
 (BENCHMARKS.md): APB with its masks projected to 1.6 bits/weight (1.2766 % full-precision weights),
@@ -28,7 +28,10 @@ count for the NumPy float model. The models take turns (one pass each per
 round, `apb_ref.bench.measure_interleaved`); "vs float" and "vs APB" (APB 1.6 bits/weight, the same
 activations and kernels) are medians of same-round ratios, so a slow spell of a shared host slows
 every model alike; each pass starts after --settle seconds of sleep, so that no engine's idle threads
-still spin while the next one runs. The Rust kernels are the default (the NumPy oracles run ResNet-20 at ~15 img/s).
+still spin while the next one runs. --rust-threads runs every packed model on each of those Rust thread
+counts in the same rounds (APB_NUM_THREADS set around each pass), so two counts are compared the way the
+models are: "vs 1 thread" is the same-round ratio to the model on one thread (the float engines keep the
+threads they started with). The Rust kernels are the default (the NumPy oracles run ResNet-20 at ~15 img/s).
 """
 from __future__ import annotations
 
@@ -123,21 +126,36 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=0.3,
                         help="seconds of sleep before each model's pass, so that the previous engine's worker "
                              "threads (PyTorch's OpenMP, XNNPack's pool) stop spinning first (default: 0.3)")
+    parser.add_argument("--rust-threads", nargs="+", type=int, default=None, metavar="N",
+                        help="run the packed models on each of these Rust thread counts, in the same rounds "
+                             "(default: APB_NUM_THREADS, else every core)")
     parser.add_argument("--json", help="where to write the results (default: benchmarks/results/packed_inference.json)")
     args = parser.parse_args()
     if args.images < 1 or args.repeats < 1 or args.batch_size < 1:
         parser.error("--images, --repeats and --batch-size must be >= 1")
     if not args.settle >= 0:
         parser.error("--settle must be >= 0 seconds")
+    if args.rust_threads is not None and min(args.rust_threads) < 1:
+        parser.error("--rust-threads must be >= 1")
+    counts = args.rust_threads or [None]
     batch = args.batch_size
     reuse_freed_memory()
     x = np.random.default_rng(0).standard_normal((args.images, 1, 32, 32)).astype(np.float32)
 
-    def passes(forward, backend_name="numpy"):
+    def passes(forward, backend_name="numpy", threads=None):
         def run():
-            with backend.use_backend(backend_name):
-                for i in range(0, len(x), batch):
-                    forward(x[i:i + batch])
+            before = os.environ.get("APB_NUM_THREADS")
+            if threads is not None:
+                os.environ["APB_NUM_THREADS"] = str(threads)  # read by the Rust kernels on every call
+            try:
+                with backend.use_backend(backend_name):
+                    for i in range(0, len(x), batch):
+                        forward(x[i:i + batch])
+            finally:
+                if threads is not None and before is None:
+                    del os.environ["APB_NUM_THREADS"]
+                elif threads is not None:
+                    os.environ["APB_NUM_THREADS"] = before
         return run
 
     float_model = build("resnet20", num_classes=10, in_channels=1)
@@ -160,7 +178,8 @@ def main() -> None:
               for block in args.blocks for label, kwargs in models]
     def add(label, act_bits, net):
         for name in args.backends:
-            runs[(label, act_bits, name)] = passes(net.logits, name)
+            for t in counts:
+                runs[(label, act_bits, name, t)] = passes(net.logits, name, t)
         if args.unfused and isinstance(net.model.blocks, FusedBlocks):
             plain = copy.deepcopy(net)
             plain.model.blocks = plain.model.blocks.unfused
@@ -204,38 +223,45 @@ def main() -> None:
     for key, stats in timed.items():
         if key in ("float", "torch", "tflite"):
             continue
-        method, act_bits, name = key
+        method, act_bits, name, t = key
         speed, ratio = len(x) / stats["median_s"], speedup(timed["float"], stats)
-        apb = timed.get(("apb", act_bits, name))
+        apb = timed.get(("apb", act_bits, name, t))
         vs_apb = speedup(apb, stats) if apb is not None else None
-        bnn = timed.get(("bnn", act_bits, name))
+        bnn = timed.get(("bnn", act_bits, name, t))
         vs_bnn = speedup(bnn, stats) if bnn is not None else None
-        rows.append([f"packed {method}", f"{bits[method]:.3f}", str(act_bits), name, f"{speed:.0f}", f"{ratio:.2f}x",
-                     f"{vs_apb:.2f}x" if vs_apb is not None else "-", f"{vs_bnn:.2f}x" if vs_bnn is not None else "-",
-                     vs_torch(stats), vs_tflite(stats)])
+        one = timed.get((method, act_bits, name, 1)) if len(counts) > 1 else None
+        vs_one = speedup(one, stats) if one is not None else None
+        row = [f"packed {method}" + (f" ({t} threads)" if len(counts) > 1 else ""), f"{bits[method]:.3f}",
+               str(act_bits), name, f"{speed:.0f}", f"{ratio:.2f}x",
+               f"{vs_apb:.2f}x" if vs_apb is not None else "-", f"{vs_bnn:.2f}x" if vs_bnn is not None else "-",
+               vs_torch(stats), vs_tflite(stats)]
+        rows.append(row + ([f"{vs_one:.2f}x" if vs_one is not None else "-"] if len(counts) > 1 else []))
         records.append({"model": f"packed-{method}", "method": method.split()[0],
                         "block": next((w for w in method.split()[1:] if w in BLOCKS), "basic"),
                         "unfused": method.endswith(" unfused"),
                         "file_bits_per_weight": bits[method],
                         "act_bits": act_bits, "backend": name, "images_per_second": speed, "vs_float": ratio,
-                        "vs_apb": vs_apb, "vs_bnn": vs_bnn,
+                        "vs_apb": vs_apb, "vs_bnn": vs_bnn, "rust_threads": t, "vs_one_thread": vs_one,
                         "vs_torch": None if torch is None else speedup(torch, stats),
                         "vs_tflite": None if tflite is None else speedup(tflite, stats)})
     # the APB paper's speed claim: APB with 1-bit activations against a 2-bit model (2-bit weights and
     # activations), same kernels, same rounds
-    headline = {name: speedup(timed[("uniform", 2, name)], timed[("apb", 1, name)]) for name in args.backends
-                if ("uniform", 2, name) in timed and ("apb", 1, name) in timed}
+    t0 = counts[0]
+    headline = {name: speedup(timed[("uniform", 2, name, t0)], timed[("apb", 1, name, t0)]) for name in args.backends
+                if ("uniform", 2, name, t0) in timed and ("apb", 1, name, t0) in timed}
     m = machine()
-    threads = os.environ.get("APB_NUM_THREADS") or f"{m['cores']} (every core)"
+    threads = (" and ".join(map(str, counts)) if args.rust_threads
+               else os.environ.get("APB_NUM_THREADS") or f"{m['cores']} (every core)")
     print(f"ResNet-20, 1x32x32, {args.images} images in batches of {batch}, median of {args.repeats}; "
           f"{m['cpu']} ({m['cores']} cores), {threads} threads, Rust ISA {backend.rust_isa() or '-'}")
-    print_table(["model", "file bits/weight", "activation bits", "kernels", "images/s", "vs float", "vs APB", "vs BNN",
-                 "vs PyTorch", "vs TFLite"], rows)
+    header = ["model", "file bits/weight", "activation bits", "kernels", "images/s", "vs float", "vs APB", "vs BNN",
+              "vs PyTorch", "vs TFLite"] + (["vs 1 thread"] if len(counts) > 1 else [])
+    print_table(header, [r + ["-"] * (len(header) - len(r)) for r in rows])
     for name, ratio in headline.items():
         print(f"APB {BITS_PER_WEIGHT} bits/weight, 1-bit activations, against 2-bit uniform weights with 2-bit "
               f"activations ({name} kernels, same rounds): {ratio:.2f}x")
     write_json("packed_inference", {"images": args.images, "repeats": args.repeats, "batch_size": batch,
-                                    "threads": os.environ.get("APB_NUM_THREADS"),
+                                    "threads": os.environ.get("APB_NUM_THREADS"), "rust_threads": args.rust_threads,
                                     "results": records, "apb_a1_vs_uniform_a2": headline}, args.json)
 
 
