@@ -69,6 +69,8 @@ type Job<'a> = &'a (dyn Fn(usize) + Sync);
 /// `n` helper threads that run one job at a time with a calling thread.
 pub(crate) struct Team {
     n: usize,
+    /// The process that started the helpers: a forked child has none of them and starts its own.
+    pid: u32,
     /// Bumped once per job; a helper runs the job of each new value.
     epoch: AtomicUsize,
     /// The current job, its lifetime erased: valid while [`Team::run`] waits for the helpers.
@@ -176,11 +178,13 @@ pub(crate) fn team(n: usize) -> Result<Arc<Team>, String> {
     // A panic while holding the lock cannot leave the map inconsistent (insert is the only write),
     // so a poisoned lock is still usable.
     let mut map = teams.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(t) = map.get(&n) {
+    let pid = std::process::id();
+    if let Some(t) = map.get(&n).filter(|t| t.pid == pid) {
         return Ok(Arc::clone(t));
     }
     let team = Arc::new(Team {
         n,
+        pid,
         epoch: AtomicUsize::new(0),
         job: UnsafeCell::new(None),
         done: AtomicUsize::new(0),

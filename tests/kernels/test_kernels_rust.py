@@ -464,6 +464,30 @@ def test_env_var_bogus_thread_count_is_a_value_error_naming_it():
         assert line.startswith("ValueError ") and "APB_NUM_THREADS" in line, line
 
 
+@needs_rust
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_starts_its_own_helper_threads():
+    """A child forked after a two-thread call has none of the parent's helper threads: its own two-thread
+    calls start a team of their own (rather than wait for helpers that do not exist) and compute the
+    same products."""
+    out = run_python("""
+        import os, numpy as np
+        import apb_ref._kernels as R
+        rng = np.random.default_rng(0)
+        a = R.pack_bits(rng.standard_normal((70, 300)).astype(np.float32))
+        b = R.pack_bits(rng.standard_normal((500, 300)).astype(np.float32))
+        want = R.bgemm_1x1(a, b, 300, threads=1)
+        assert np.array_equal(R.bgemm_1x1(a, b, 300, threads=2), want)
+        pid = os.fork()
+        if pid == 0:
+            ok = all(np.array_equal(R.bgemm_1x1(a, b, 300, threads=2), want) for _ in range(3))
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    assert out.strip() == "0"
+
+
 def test_isa_available_lists_paths_best_first(raw_rust):
     available = raw_rust.isa_available()
     assert available[-1] == "scalar" and set(available) <= {"avx512", "avx2", "scalar"}
