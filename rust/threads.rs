@@ -165,10 +165,15 @@ impl Team {
 
 /// Run `f` marked as inside a team's job.
 fn in_job<R>(f: impl FnOnce() -> R) -> R {
-    IN_JOB.with(|flag| flag.set(true));
-    let r = f();
-    IN_JOB.with(|flag| flag.set(false));
-    r
+    /// Clears the mark however `f` ends (a panic too: the thread may run other calls after it).
+    struct Unmark(bool);
+    impl Drop for Unmark {
+        fn drop(&mut self) {
+            IN_JOB.with(|flag| flag.set(self.0));
+        }
+    }
+    let _unmark = Unmark(IN_JOB.with(|flag| flag.replace(true)));
+    f()
 }
 
 /// The team with exactly `n` helpers (started once, then shared): the helpers of a call on `n + 1`.
@@ -334,6 +339,11 @@ mod tests {
         });
         assert!(r.unwrap_err().contains("panicked"));
         assert!(with_helpers(3, &|_| ()).is_ok()); // and the team still works
+                                                   // the calling thread's own part panicking: an error too, and the thread is not left marked
+                                                   // as inside a job (its later calls would run alone, or be refused)
+        assert!(with_helpers(3, &|t| assert!(t != 0, "boom")).is_err());
+        assert!(!nested());
+        assert!(with_helpers(3, &|_| ()).is_ok());
     }
 
     #[test]

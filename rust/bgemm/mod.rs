@@ -20,7 +20,7 @@
 //! `mr` rows of A, read in place: the microkernel broadcasts word `p` of each A row and XORs it with
 //! the panel vectors, keeping an `mr × nr` (× classes) block of accumulators in registers over the
 //! whole of K, then writes `mr × nc` finished int32 results. A family may fill panels its own way
-//! (AVX-512: one 8-column gather per word). The last panel uses a narrower
+//! (AVX-512: 8 × 8 transposes of words). The last panel uses a narrower
 //! microkernel (`nr` rounded up to cover the remaining columns); rows past M repeat a valid row and are
 //! not stored. Panels fit L1 for the paper's shapes (e.g. 48 columns × K = 4608 bits = 27 KiB).
 //!

@@ -14,6 +14,7 @@
 //! the two give the same bits; 2-bit maps take the same steps on the DoReFa levels. The body is compiled once per ISA ([`conv`] picks); integer popcounts are exact and
 //! the float steps are the same scalar operations, so every ISA gives the same bits too.
 
+use std::marker::PhantomData;
 use std::ops::Range;
 
 use super::ends::{Stem, MAX_STEM_TAPS};
@@ -127,13 +128,13 @@ pub(crate) struct Input<'a> {
 }
 
 impl Input<'_> {
-    fn bits(&mut self) -> Bits {
-        Bits::of(self.bits, self.bits_base)
-    }
-
-    fn bits_lo(&mut self) -> Option<Bits> {
+    /// The planes' words, to store into.
+    fn planes(&mut self) -> (Bits<'_>, Option<Bits<'_>>) {
         let base = self.bits_base;
-        self.bits_lo.as_deref_mut().map(|b| Bits::of(b, base))
+        (
+            Bits::of(self.bits, base),
+            self.bits_lo.as_deref_mut().map(|b| Bits::of(b, base)),
+        )
     }
 }
 
@@ -151,7 +152,9 @@ fn load(x: &[f32], (c, h, w): (usize, usize, usize), chunks: Range<usize>, mut o
             out.float[((chunk - chunks.start) * c + ch) * CHUNK..][..CHUNK].copy_from_slice(&v);
             add_bits(act, &v, ch, &mut words);
         }
-        store_planes(&words, p0, valid, (w, out.pad), out.bits(), out.bits_lo(), 0..2);
+        let pad = out.pad;
+        let (bits, bits_lo) = out.planes();
+        store_planes(&words, p0, valid, (w, pad), bits, bits_lo, 0..2);
     }
 }
 
@@ -178,27 +181,35 @@ pub(crate) fn segments(
 /// when an image's conv is split by output channels, two threads write the two 32-bit halves
 /// (channels 0..32 and 32..64) of the same words.
 #[derive(Clone, Copy)]
-pub(crate) struct Bits {
+pub(crate) struct Bits<'a> {
     ptr: *mut u64,
     len: usize,
     base: usize,
+    /// The words are borrowed for `'a`, as a `&mut [u64]` would be.
+    words: PhantomData<&'a mut [u64]>,
 }
 
-impl Bits {
+impl<'a> Bits<'a> {
     /// A slice's words, from padded index `base` on.
-    pub(crate) fn of(words: &mut [u64], base: usize) -> Bits {
+    pub(crate) fn of(words: &'a mut [u64], base: usize) -> Bits<'a> {
         Bits {
             ptr: words.as_mut_ptr(),
             len: words.len(),
             base,
+            words: PhantomData,
         }
     }
 
     /// # Safety
-    /// `ptr .. ptr + len` is valid for writes while the `Bits` is used, and no other thread touches
-    /// the halves written through it.
-    pub(crate) unsafe fn from_raw(ptr: *mut u64, len: usize, base: usize) -> Bits {
-        Bits { ptr, len, base }
+    /// `ptr .. ptr + len` is valid for writes for `'a`, and no other thread touches the halves
+    /// written through it meanwhile.
+    pub(crate) unsafe fn from_raw(ptr: *mut u64, len: usize, base: usize) -> Bits<'a> {
+        Bits {
+            ptr,
+            len,
+            base,
+            words: PhantomData,
+        }
     }
 
     /// Write the halves `halves` (0: channels 0..32, 1: 32..64) of the word at padded index `at`.
@@ -227,8 +238,8 @@ fn store_planes(
     p0: usize,
     valid: usize,
     geometry: (usize, usize),
-    bits: Bits,
-    bits_lo: Option<Bits>,
+    bits: Bits<'_>,
+    bits_lo: Option<Bits<'_>>,
     halves: Range<usize>,
 ) {
     store_signs(&words[0], p0, valid, geometry, bits, &halves);
@@ -431,7 +442,7 @@ fn store_signs(
     p0: usize,
     valid: usize,
     (wo, pad): (usize, usize),
-    b: Bits,
+    b: Bits<'_>,
     halves: &Range<usize>,
 ) {
     for (l, oy, ox, len) in segments(p0, valid, wo) {
@@ -484,7 +495,9 @@ fn stem_body(s: &Stem, xp: &[f32], chunks: Range<usize>, mut out: Input, act: Ac
             out.float[mine..mine + CHUNK].copy_from_slice(&y);
             add_bits(act, &y, oc, &mut words);
         }
-        store_planes(&words, p0, valid, (s.w, out.pad), out.bits(), out.bits_lo(), 0..2);
+        let pad = out.pad;
+        let (bits, bits_lo) = out.planes();
+        store_planes(&words, p0, valid, (s.w, pad), bits, bits_lo, 0..2);
     }
 }
 

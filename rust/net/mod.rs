@@ -12,8 +12,9 @@
 //!   sides) from one float buffer to another.
 //!
 //! A 1-bit conv computes exactly what `bconv_1bit` (crate::bconv) computes for it, bit for bit
-//! ([`kernel`] says how); a 2-bit one the same steps on the DoReFa levels. [`run`] shares the work out to the threads: whole images when there are
-//! enough of them, else each step's chunks of positions.
+//! ([`kernel`] says how); a 2-bit one the same steps on the DoReFa levels. [`run`] shares the work
+//! out to the threads: whole images when there are enough of them, else each step's chunks of
+//! positions (or a one-chunk map's output channels).
 
 mod ends;
 pub(crate) mod kernel;
@@ -101,9 +102,9 @@ pub(crate) struct ConvIo<'a> {
     pub input: &'a [u64],
     pub residual: Option<&'a [f32]>,
     pub float: Option<&'a mut [f32]>,
-    pub bits: Option<kernel::Bits>,
+    pub bits: Option<kernel::Bits<'a>>,
     /// The second plane's part, for 2-bit maps.
-    pub bits_lo: Option<kernel::Bits>,
+    pub bits_lo: Option<kernel::Bits<'a>>,
     pub chunks: std::ops::Range<usize>,
     pub channels: std::ops::Range<usize>,
     pub pad: usize,

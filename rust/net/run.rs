@@ -2,14 +2,16 @@
 //!
 //! With at least as many images as threads, each thread takes whole images, in its own buffers.
 //! With fewer (a batch of 1 on 2 threads, say), the threads work on one image at a time: each step's
-//! chunks of output positions are split between them, and they wait for each other between steps.
-//! Either way a step's part is the same call: the kernel on a range of chunks, writing only that
-//! range of its outputs. Buffers outlive the call (the net keeps them), so a call allocates nothing
+//! chunks of output positions are split between them (a conv whose map is a single chunk: its output
+//! channels, by 32-channel halves of the packed words), and they wait for each other between steps.
+//! Either way a step's part is the same call: the kernel on a range of chunks and channels, writing
+//! only that part of its outputs. Buffers outlive the call (the net keeps them), so a call allocates nothing
 //! once the net has run.
 
 use std::hint::spin_loop;
 use std::ops::Range;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::kernel::{self, Bits, Input, CHUNK};
@@ -25,7 +27,8 @@ pub(crate) struct Buffers {
 }
 
 /// Raw views of a [`Buffers`] that the threads of one image share. Within a step, the threads
-/// write disjoint ranges of the step's outputs and read only buffers the step does not write
+/// write disjoint parts of the step's outputs (ranges, or different 32-bit halves of the packed
+/// words of a channel split, written through [`Bits`]) and read only buffers the step does not write
 /// (`BinaryNet::new` refuses a step whose output is its input or residual); the barrier between
 /// steps orders one step's writes before the next step's reads.
 struct Views {
@@ -183,21 +186,33 @@ impl BinaryNet {
                 threads,
             };
             let out_ptr = OutPtr(out.as_mut_ptr());
+            // a thread whose part panics (an internal error) stops working but keeps arriving at the
+            // barriers, so the others finish and the call returns the error instead of hanging
+            let failed = AtomicBool::new(false);
             let work = |t: usize| {
                 for i in 0..n {
                     let x = &x[i * per_in..(i + 1) * per_in];
                     for at in 0..stages {
-                        // SAFETY: each thread takes its own part of the stage's outputs; the barrier
-                        // separates stages (and images, whose output parts are disjoint too)
-                        if unsafe { self.step_part(isa, &views, at, x, out_ptr.at(i * per_out), t, threads) }
-                        {
-                            nan_at(i, at);
+                        if !failed.load(Ordering::Relaxed) {
+                            // SAFETY: each thread takes its own part of the stage's outputs; the
+                            // barrier separates stages (and images, whose output parts are disjoint)
+                            let part = || unsafe {
+                                self.step_part(isa, &views, at, x, out_ptr.at(i * per_out), t, threads)
+                            };
+                            match catch_unwind(AssertUnwindSafe(part)) {
+                                Ok(true) => nan_at(i, at),
+                                Ok(false) => {}
+                                Err(_) => failed.store(true, Ordering::Relaxed),
+                            }
                         }
                         barrier.wait();
                     }
                 }
             };
             crate::threads::with_helpers(threads, &work)?;
+            if failed.into_inner() {
+                return Err("internal error: a thread's part of an image panicked".into());
+            }
         }
         match first_nan.into_inner() {
             usize::MAX => Ok(()),
@@ -402,13 +417,13 @@ impl BinaryNet {
     /// the words, each writing its halves.
     ///
     /// SAFETY: no other thread touches the halves this part writes while the `Bits` are used.
-    unsafe fn bits_out(
+    unsafe fn bits_out<'a>(
         &self,
-        v: &Views,
+        v: &'a Views,
         id: usize,
         (h, w): (usize, usize),
         chunks: &Range<usize>,
-    ) -> (Bits, Option<Bits>) {
+    ) -> (Bits<'a>, Option<Bits<'a>>) {
         let (range, plane) = self.bits_range((h, w), chunks);
         // both planes' parts are indexed from the part's first padded position
         let at = |r: Range<usize>| {

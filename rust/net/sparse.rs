@@ -87,7 +87,7 @@ pub(crate) fn inside_masks(c: &Conv, pad: usize) -> Vec<u64> {
                 }
                 // column (ox + q)·stride + j lies in [pad, w + pad) for q in `inside`
                 let first = pad.saturating_sub(j).div_ceil(c.stride);
-                let end = (c.w + pad - j).div_ceil(c.stride);
+                let end = (c.w + pad).saturating_sub(j).div_ceil(c.stride);
                 let inside: Range<usize> = first.max(ox)..end.min(ox + len);
                 for q in inside {
                     *m |= 1 << (l + q - ox);
@@ -195,4 +195,60 @@ pub(crate) fn sums_2bit(
         }
     }
     sums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::kernel::Act;
+
+    /// A conv of the given geometry with nothing but its shape.
+    fn conv(h: usize, w: usize, kh: usize, kw: usize, stride: usize, pad: usize) -> Conv {
+        let (ho, wo) = ((h + 2 * pad - kh) / stride + 1, (w + 2 * pad - kw) / stride + 1);
+        Conv {
+            c: 1,
+            o: 1,
+            kh,
+            kw,
+            stride,
+            k: kh * kw,
+            h,
+            w,
+            ho,
+            wo,
+            weights: Vec::new(),
+            scale: Vec::new(),
+            shift: Vec::new(),
+            correction: None,
+            sparse: None,
+            inside: Vec::new(),
+            act: Act::Sign,
+        }
+    }
+
+    #[test]
+    fn inside_masks_are_the_taps_inside_the_map() {
+        for (h, w, kh, kw, stride, pad) in [
+            (5, 7, 3, 3, 1, 1),
+            (9, 9, 3, 3, 2, 1),
+            (12, 11, 3, 3, 2, 0),
+            (1, 1, 1, 5, 1, 2), // a kernel wider than map and padding: no column inside for some taps
+            (3, 2, 3, 3, 3, 2),
+        ] {
+            let c = conv(h, w, kh, kw, stride, pad);
+            let masks = inside_masks(&c, pad);
+            let taps = kh * kw;
+            for p in 0..c.ho * c.wo {
+                for t in 0..taps {
+                    let (y, x) = ((p / c.wo) * stride + t / kw, (p % c.wo) * stride + t % kw);
+                    let want = y >= pad && y < h + pad && x >= pad && x < w + pad;
+                    let got = masks[(p / CHUNK) * taps + t] >> (p % CHUNK) & 1 == 1;
+                    assert_eq!(
+                        got, want,
+                        "{h}x{w}, {kh}x{kw}, stride {stride}, pad {pad}: p {p}, tap {t}"
+                    );
+                }
+            }
+        }
+    }
 }
