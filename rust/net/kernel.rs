@@ -117,31 +117,18 @@ per_isa!(conv_lanes<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool = body);
 per_isa!(load_input(x: &[f32], shape: (usize, usize, usize), chunks: Range<usize>, out: Input, act: Act) = load);
 
 /// Where [`load`] and [`stem`] write a chunk range of the blocks' input: its part of the blocked
-/// float map, and the padded bit map's planes from padded index `bits_base` on (`bits_lo`: the 2-bit
-/// maps' second plane).
+/// float map, and the padded bit map's planes (`bits_lo`: the 2-bit maps' second plane).
 pub(crate) struct Input<'a> {
     pub float: &'a mut [f32],
-    pub bits: &'a mut [u64],
-    pub bits_lo: Option<&'a mut [u64]>,
-    pub bits_base: usize,
+    pub bits: Bits<'a>,
+    pub bits_lo: Option<Bits<'a>>,
     pub pad: usize,
-}
-
-impl Input<'_> {
-    /// The planes' words, to store into.
-    fn planes(&mut self) -> (Bits<'_>, Option<Bits<'_>>) {
-        let base = self.bits_base;
-        (
-            Bits::of(self.bits, base),
-            self.bits_lo.as_deref_mut().map(|b| Bits::of(b, base)),
-        )
-    }
 }
 
 /// Positions `chunks` of a planar float image `x` `(c, h, w)` (the blocks' input, activated): its
 /// values into the blocked float map, its planes (`act`) into the padded bit map.
 #[inline(always)]
-fn load(x: &[f32], (c, h, w): (usize, usize, usize), chunks: Range<usize>, mut out: Input, act: Act) {
+fn load(x: &[f32], (c, h, w): (usize, usize, usize), chunks: Range<usize>, out: Input, act: Act) {
     for chunk in chunks.clone() {
         let p0 = chunk * CHUNK;
         let valid = CHUNK.min(h * w - p0);
@@ -152,9 +139,7 @@ fn load(x: &[f32], (c, h, w): (usize, usize, usize), chunks: Range<usize>, mut o
             out.float[((chunk - chunks.start) * c + ch) * CHUNK..][..CHUNK].copy_from_slice(&v);
             add_bits(act, &v, ch, &mut words);
         }
-        let pad = out.pad;
-        let (bits, bits_lo) = out.planes();
-        store_planes(&words, p0, valid, (w, pad), bits, bits_lo, 0..2);
+        store_planes(&words, p0, valid, (w, out.pad), out.bits, out.bits_lo, 0..2);
     }
 }
 
@@ -190,16 +175,6 @@ pub(crate) struct Bits<'a> {
 }
 
 impl<'a> Bits<'a> {
-    /// A slice's words, from padded index `base` on.
-    pub(crate) fn of(words: &'a mut [u64], base: usize) -> Bits<'a> {
-        Bits {
-            ptr: words.as_mut_ptr(),
-            len: words.len(),
-            base,
-            words: PhantomData,
-        }
-    }
-
     /// # Safety
     /// `ptr .. ptr + len` is valid for writes for `'a`, and no other thread touches the halves
     /// written through it meanwhile.
@@ -461,7 +436,7 @@ per_isa!(stem(s: &Stem, xp: &[f32], chunks: Range<usize>, out: Input, act: Act) 
 /// ·scale + shift and the net's activation; into the blocked float map and the bit planes, as
 /// [`load`].
 #[inline(always)]
-fn stem_body(s: &Stem, xp: &[f32], chunks: Range<usize>, mut out: Input, act: Act) {
+fn stem_body(s: &Stem, xp: &[f32], chunks: Range<usize>, out: Input, act: Act) {
     let (hp, wp) = s.padded();
     let (taps, positions, o) = (s.kh * s.kw, s.h * s.w, s.o);
     let ct = s.c * taps;
@@ -495,9 +470,7 @@ fn stem_body(s: &Stem, xp: &[f32], chunks: Range<usize>, mut out: Input, act: Ac
             out.float[mine..mine + CHUNK].copy_from_slice(&y);
             add_bits(act, &y, oc, &mut words);
         }
-        let pad = out.pad;
-        let (bits, bits_lo) = out.planes();
-        store_planes(&words, p0, valid, (s.w, pad), bits, bits_lo, 0..2);
+        store_planes(&words, p0, valid, (s.w, out.pad), out.bits, out.bits_lo, 0..2);
     }
 }
 

@@ -71,14 +71,6 @@ impl Views {
         unsafe { std::slice::from_raw_parts(p, n) }
     }
 
-    /// SAFETY: no other thread touches `range` of bit slot `id` while the slice lives.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn bits_mut(&self, id: usize, range: Range<usize>) -> &mut [u64] {
-        let (p, n) = self.bits[id];
-        assert!(range.start <= range.end && range.end <= n);
-        unsafe { std::slice::from_raw_parts_mut(p.add(range.start), range.len()) }
-    }
-
     /// `range` of bit slot `id` as a pointer and a length, for writers that share words.
     fn bits_raw(&self, id: usize, range: Range<usize>) -> (*mut u64, usize) {
         let (p, n) = self.bits[id];
@@ -266,17 +258,17 @@ impl BinaryNet {
         if at == 1 {
             let (c, h, w) = self.input;
             let chunks = part((h * w).div_ceil(CHUNK), t, n);
-            let (float, (bits, bits_lo, bits_base)) = unsafe {
+            // SAFETY: this part's ranges of the blocks' input
+            let (float, (bits, bits_lo)) = unsafe {
                 (
                     v.float_mut(0, chunks.start * c * CHUNK..chunks.end * c * CHUNK),
-                    self.bits_part(v, 0, (h, w), &chunks),
+                    self.bits_out(v, 0, (h, w), &chunks),
                 )
             };
             let into = Input {
                 float,
                 bits,
                 bits_lo,
-                bits_base,
                 pad,
             };
             match &self.stem {
@@ -396,25 +388,8 @@ impl BinaryNet {
     }
 
     /// The parts of bit slot `id` (a padded `(h, w)` map, one or two planes) that positions `chunks`
-    /// write, and the padded index they start at.
-    ///
-    /// SAFETY: as [`Views::bits_mut`].
-    #[allow(clippy::mut_from_ref, clippy::type_complexity)]
-    unsafe fn bits_part<'a>(
-        &self,
-        v: &'a Views,
-        id: usize,
-        (h, w): (usize, usize),
-        chunks: &Range<usize>,
-    ) -> (&'a mut [u64], Option<&'a mut [u64]>, usize) {
-        let (range, plane) = self.bits_range((h, w), chunks);
-        let lo = (self.act == Act::Dorefa2)
-            .then(|| unsafe { v.bits_mut(id, range.start + plane..range.end + plane) });
-        (unsafe { v.bits_mut(id, range.clone()) }, lo, range.start)
-    }
-
-    /// [`Self::bits_part`] as [`Bits`] a conv writes through: the threads of a channel split share
-    /// the words, each writing its halves.
+    /// write, as [`Bits`] to write through (the threads of a channel split share the words, each
+    /// writing its halves).
     ///
     /// SAFETY: no other thread touches the halves this part writes while the `Bits` are used.
     unsafe fn bits_out<'a>(
