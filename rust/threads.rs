@@ -136,8 +136,11 @@ impl Team {
         let mut seen = 0;
         loop {
             let idle = Instant::now();
+            let mut spins = 0u32;
             while self.epoch.load(Ordering::SeqCst) == seen {
-                if idle.elapsed() < LINGER {
+                // the clock is read every 64 spins: a read costs more than a spin on some VMs
+                spins = spins.wrapping_add(1);
+                if !spins.is_multiple_of(64) || idle.elapsed() < LINGER {
                     std::hint::spin_loop();
                     continue;
                 }
