@@ -109,18 +109,27 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
 /// [`panel::fill_panel`] by 8 × 8 transposes: 8 words of 8 neighbouring columns (one load per
 /// column) become 8 vectors, word `p` of the 8 columns each, stored where the microkernel loads
 /// them. Every word of the panel is written (columns past B are loaded as 0), so the panel is not
-/// cleared first. Nibble panels (and a `dst` shorter than the panel, a caller bug) go to the
-/// portable fill.
+/// cleared first. Nibble panels (and a `dst` shorter than the panel, a caller bug, which it refuses)
+/// go to the portable fill.
 ///
 /// # Safety
 /// The CPU has AVX-512F.
-unsafe fn fill(planes: &[&[u64]], w: usize, c0: usize, cols: usize, nc: usize, split: bool, dst: &mut [u64]) {
+unsafe fn fill(
+    planes: &[&[u64]],
+    w: usize,
+    c0: usize,
+    cols: usize,
+    nc: usize,
+    split: bool,
+    dst: &mut [u64],
+) -> bool {
     let short = dst.len() < panel_len(w, planes.len(), nc);
     if split || short || !nc.is_multiple_of(LANES) || w == 0 {
         return panel::fill_panel(planes, w, c0, cols, nc, split, dst);
     }
     // SAFETY: forwarded from the caller.
-    unsafe { transpose_panel(planes, w, c0, cols, nc, dst) }
+    unsafe { transpose_panel(planes, w, c0, cols, nc, dst) };
+    true
 }
 
 #[target_feature(enable = "avx512f")]

@@ -383,31 +383,34 @@ fn run(
         (c0, cols, cols.div_ceil(fam.lanes))
     };
     let (_, pb) = kind.planes();
-    let panel_words = panel::panel_len(wt, pb, nc_max);
+    // Pack panel `panel` into `dst` (sized here); false if the family refused it (an internal error).
+    let pack = |panel: usize, dst: &mut Vec<u64>| -> bool {
+        let (c0, cols, nr) = geometry(panel);
+        dst.resize(panel::panel_len(wt, pb, nr * fam.lanes), 0);
+        // SAFETY: `fam` came from `family(isa)`, which checked the CPU.
+        unsafe { (fam.fill)(b, w, c0, cols, nr * fam.lanes, fam.nibbles, dst) }
+    };
     // When tasks cut the rows, every panel is swept by several tasks: pack each once, first, in
     // parallel, instead of once per task.
-    let mut packed = Vec::new();
+    let mut packed: Vec<Vec<u64>> = Vec::new();
     if blocks_per_chunk < row_blocks {
-        packed = vec![0u64; panels * panel_words];
-        let items: Vec<(usize, &mut [u64])> = packed.chunks_mut(panel_words).enumerate().collect();
-        crate::threads::run_claimed(threads, items, |(panel, dst)| {
-            let (c0, cols, nr) = geometry(panel);
-            // SAFETY: `fam` came from `family(isa)`, which checked the CPU.
-            unsafe { (fam.fill)(b, w, c0, cols, nr * fam.lanes, fam.nibbles, dst) };
-            true
-        })?;
+        packed.resize_with(panels, Vec::new);
+        let items: Vec<(usize, &mut Vec<u64>)> = packed.iter_mut().enumerate().collect();
+        if !crate::threads::run_claimed(threads, items, |(panel, dst)| pack(panel, dst))? {
+            return Err(format!(
+                "{}: internal error: a B panel was not packed",
+                kind.name()
+            ));
+        }
     }
 
     // Sweep one B panel (packed here, or above) against a chunk of A's row blocks.
     let panel_task = |scratch: &mut Vec<u64>, panel: usize, chunk: usize| -> bool {
         let (c0, cols, nr) = geometry(panel);
-        let panel_b: &[u64] = if packed.is_empty() {
-            scratch.resize(panel::panel_len(wt, pb, nr * fam.lanes), 0);
-            // SAFETY: `fam` came from `family(isa)`, which checked the CPU.
-            unsafe { (fam.fill)(b, w, c0, cols, nr * fam.lanes, fam.nibbles, scratch) };
-            scratch
-        } else {
-            &packed[panel * panel_words..(panel + 1) * panel_words]
+        let panel_b: &[u64] = match packed.get(panel) {
+            Some(p) => p,
+            None if pack(panel, scratch) => scratch,
+            None => return false,
         };
         let rb_start = chunk * blocks_per_chunk;
         let rb_end = ((chunk + 1) * blocks_per_chunk).min(row_blocks);

@@ -32,7 +32,7 @@ pub(super) fn split_nibbles(plane: &[u64]) -> Vec<u64> {
 }
 
 /// A panel filler: [`fill_panel`] or an ISA's own with its contract (`unsafe`: it may need the ISA).
-pub(super) type Fill = unsafe fn(&[&[u64]], usize, usize, usize, usize, bool, &mut [u64]);
+pub(super) type Fill = unsafe fn(&[&[u64]], usize, usize, usize, usize, bool, &mut [u64]) -> bool;
 
 /// Words a panel of `nc` columns, `planes` planes and `w` words per column occupies.
 pub(super) fn panel_len(w: usize, planes: usize, nc: usize) -> usize {
@@ -41,8 +41,8 @@ pub(super) fn panel_len(w: usize, planes: usize, nc: usize) -> usize {
 
 /// Copy columns `c0 .. c0 + cols` of `planes` (each row-major `(n, w)`) into `dst`, `nc >= cols`
 /// columns wide, zero-filling columns `cols .. nc`. `dst` holds [`panel_len`] words (of `2·w` if
-/// `split`, which stores every word as its two [`nibbles`]); a shorter one is a caller bug and is
-/// left as it is.
+/// `split`, which stores every word as its two [`nibbles`]); a shorter one is a caller bug: nothing
+/// is written and the result is false.
 ///
 /// Columns that fall outside a plane (a caller bug) are filled with zeros rather than read out of bounds.
 pub(super) fn fill_panel(
@@ -53,12 +53,15 @@ pub(super) fn fill_panel(
     nc: usize,
     split: bool,
     dst: &mut [u64],
-) {
+) -> bool {
     let np = planes.len();
     let stride = np * nc; // words between word p and word p + 1 of one column
     let len = panel_len(if split { 2 * w } else { w }, np, nc);
-    if w == 0 || dst.len() < len {
-        return;
+    if dst.len() < len {
+        return false;
+    }
+    if w == 0 {
+        return true;
     }
     let dst = &mut dst[..len];
     dst.fill(0);
@@ -87,6 +90,7 @@ pub(super) fn fill_panel(
             }
         }
     }
+    true
 }
 
 #[cfg(test)]
@@ -99,7 +103,7 @@ mod tests {
         let hi: Vec<u64> = (0..6).collect(); // column c, word p = 2c + p
         let lo: Vec<u64> = (100..106).collect();
         let mut dst = vec![9; 16];
-        fill_panel(&[&hi, &lo], 2, 1, 2, 4, false, &mut dst);
+        assert!(fill_panel(&[&hi, &lo], 2, 1, 2, 4, false, &mut dst));
         #[rustfmt::skip]
         let want = vec![
             2, 4, 0, 0, /* lo */ 102, 104, 0, 0, // p = 0
@@ -112,15 +116,19 @@ mod tests {
     fn out_of_range_columns_are_zero_not_a_panic() {
         let b = vec![7u64; 4];
         let mut dst = vec![1; 6];
-        fill_panel(&[&b], 2, 1, 3, 3, false, &mut dst);
+        assert!(fill_panel(&[&b], 2, 1, 3, 3, false, &mut dst));
         assert_eq!(dst, vec![7, 0, 0, 7, 0, 0]);
+        // a panel buffer too short for the panel: refused, untouched
+        let mut short = vec![1; 5];
+        assert!(!fill_panel(&[&b], 2, 1, 3, 3, false, &mut short));
+        assert_eq!(short, vec![1; 5]);
     }
 
     #[test]
     fn nibble_split_panels_hold_both_halves_of_each_word() {
         let b: Vec<u64> = vec![0xabcd, u64::MAX, 0x0102_0304_0506_0708, 0]; // 2 columns, w = 2
         let mut dst = vec![9; 12];
-        fill_panel(&[&b], 2, 0, 2, 3, true, &mut dst);
+        assert!(fill_panel(&[&b], 2, 0, 2, 3, true, &mut dst));
         #[rustfmt::skip]
         let want = vec![
             0x0b0d, 0x0102_0304_0506_0708, 0, // word 0, low nibbles
