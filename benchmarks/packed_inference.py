@@ -178,7 +178,7 @@ def main() -> None:
               for block in args.blocks for label, kwargs in models]
     def add(label, act_bits, net):
         for name in args.backends:
-            for t in counts:
+            for t in (counts if name == "rust" else [None]):  # the NumPy kernels have no threads
                 runs[(label, act_bits, name, t)] = passes(net.logits, name, t)
         if args.unfused and isinstance(net.model.blocks, FusedBlocks):
             plain = copy.deepcopy(net)
@@ -231,7 +231,7 @@ def main() -> None:
         vs_bnn = speedup(bnn, stats) if bnn is not None else None
         one = timed.get((method, act_bits, name, 1)) if len(counts) > 1 else None
         vs_one = speedup(one, stats) if one is not None else None
-        row = [f"packed {method}" + (f" ({t} threads)" if len(counts) > 1 else ""), f"{bits[method]:.3f}",
+        row = [f"packed {method}" + (f" ({t} threads)" if len(counts) > 1 and t else ""), f"{bits[method]:.3f}",
                str(act_bits), name, f"{speed:.0f}", f"{ratio:.2f}x",
                f"{vs_apb:.2f}x" if vs_apb is not None else "-", f"{vs_bnn:.2f}x" if vs_bnn is not None else "-",
                vs_torch(stats), vs_tflite(stats)]
@@ -246,9 +246,10 @@ def main() -> None:
                         "vs_tflite": None if tflite is None else speedup(tflite, stats)})
     # the APB paper's speed claim: APB with 1-bit activations against a 2-bit model (2-bit weights and
     # activations), same kernels, same rounds
-    t0 = counts[0]
-    headline = {name: speedup(timed[("uniform", 2, name, t0)], timed[("apb", 1, name, t0)]) for name in args.backends
-                if ("uniform", 2, name, t0) in timed and ("apb", 1, name, t0) in timed}
+    t0 = {name: counts[0] if name == "rust" else None for name in args.backends}
+    headline = {name: speedup(timed[("uniform", 2, name, t0[name])], timed[("apb", 1, name, t0[name])])
+                for name in args.backends
+                if ("uniform", 2, name, t0[name]) in timed and ("apb", 1, name, t0[name]) in timed}
     m = machine()
     threads = (" and ".join(map(str, counts)) if args.rust_threads
                else os.environ.get("APB_NUM_THREADS") or f"{m['cores']} (every core)")

@@ -81,6 +81,25 @@ def test_packed_inference_times_fused_blocks_against_unfused(tmp_path):
 
 
 @pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")
+def test_packed_inference_times_rust_thread_counts_in_the_same_rounds(tmp_path):
+    if "rust" not in backend.available_backends():
+        pytest.skip("needs the Rust extension")
+    out = tmp_path / "threads.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "packed_inference.py"), "--images", "2", "--repeats",
+                           "1", "--batch-size", "1", "--methods", "apb", "--act-bits", "1", "--backends", "rust",
+                           "numpy", "--rust-threads", "1", "2", "--json", str(out), "--no-torch", "--no-tflite",
+                           "--settle", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = {(r["backend"], r["rust_threads"]): r for r in json.loads(out.read_text())["results"]
+            if r["model"] == "packed-apb"}
+    assert set(rows) == {("rust", 1), ("rust", 2), ("numpy", None)}  # the NumPy kernels once: no threads
+    assert rows[("rust", 1)]["vs_one_thread"] == 1.0 and rows[("rust", 2)]["vs_one_thread"] > 0
+    bad = subprocess.run([sys.executable, str(SCRIPT.parent / "packed_inference.py"), "--rust-threads", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--rust-threads must be >= 1" in bad.stderr
+
+
 def test_packed_inference_benchmark_runs(tmp_path):
     out = tmp_path / "packed.json"
     script = SCRIPT.parent / "packed_inference.py"
