@@ -5,8 +5,9 @@
 //! and for every (row, vector, plane pair) does XOR + VPOPCNTQ + VPADDQ into a 64-bit-lane accumulator:
 //! 3 vector ops per 512 binary MACs, the whole `MR × NR × classes` block of accumulators living in
 //! registers over the whole of K. Each accumulator lane is one output element, so there is no
-//! horizontal reduction: the finished block is `kconst − 2·S`, narrowed to int32 by a masked VPMOVQD
-//! store (the mask trims the columns past N).
+//! horizontal reduction: two accumulators of a row are narrowed into one vector of 16 int32 (VPERMT2D)
+//! that becomes `kconst − 2·S` and is stored whole, or masked past N. The kernel loops over the
+//! tile's row blocks itself: one call per B panel sweep.
 
 use std::arch::x86_64::*;
 
@@ -35,7 +36,7 @@ microkernels! { kernel, 1;
     B2x2 => 4, [1, 2];
 }
 
-/// `MR × 8·NR` outputs, A with `PA` planes, B with `PB` planes, over the whole of K.
+/// `MR × 8·NR` outputs per row block, A with `PA` planes, B with `PB` planes, over the whole of K.
 ///
 /// # Safety
 /// As for [`tile`].
@@ -46,61 +47,72 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
     }
     let w = t.w;
     let zero = _mm512_setzero_si512();
-    let mut acc = [[[zero; NR]; MR]; 3];
-    let mut ap: [[*const u64; MR]; PA] =
-        std::array::from_fn(|pa| std::array::from_fn(|i| t.a[pa][i].as_ptr()));
-    let mut bp = t.b.as_ptr();
-    for _ in 0..w {
-        let mut bv = [[zero; NR]; PB];
-        for (pb, vecs) in bv.iter_mut().enumerate() {
-            for (v, vec) in vecs.iter_mut().enumerate() {
-                // SAFETY: at iteration p, bp = b + p·PB·NR·8 and this reads words
-                // [(pb·NR + v)·8, +8) past it, all < (p + 1)·PB·NR·8 <= w·PB·NR·8 <= b.len() (`fits`).
-                *vec = unsafe { _mm512_loadu_si512(bp.add((pb * NR + v) * LANES).cast()) };
-            }
-        }
-        for i in 0..MR {
-            for pa in 0..PA {
-                // SAFETY: at iteration p, ap[pa][i] = a[pa][i] + p with p < w <= a[pa][i].len().
-                let x = _mm512_set1_epi64(unsafe { *ap[pa][i] } as i64);
-                for pb in 0..PB {
-                    let e = (PA - 1 - pa) + (PB - 1 - pb);
-                    for v in 0..NR {
-                        let d = _mm512_xor_si512(x, bv[pb][v]);
-                        acc[e][i][v] = _mm512_add_epi64(acc[e][i][v], _mm512_popcnt_epi64(d));
-                    }
+    let kc = _mm512_set1_epi32(t.kconst as i32); // kconst <= i32::MAX (the driver's K limit)
+    let even_dwords = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    for (j, slots) in t.blocks.iter().enumerate() {
+        let (out, rows) = t.block_out(j, MR);
+        let mut acc = [[[zero; NR]; MR]; 3];
+        let mut ap: [[*const u64; MR]; PA] =
+            std::array::from_fn(|pa| std::array::from_fn(|i| slots[pa][i].as_ptr()));
+        let mut bp = t.b.as_ptr();
+        for _ in 0..w {
+            let mut bv = [[zero; NR]; PB];
+            for (pb, vecs) in bv.iter_mut().enumerate() {
+                for (v, vec) in vecs.iter_mut().enumerate() {
+                    // SAFETY: at iteration p, bp = b + p·PB·NR·8 and this reads words
+                    // [(pb·NR + v)·8, +8) past it, all < (p + 1)·PB·NR·8 <= w·PB·NR·8 <= b.len() (`fits`).
+                    *vec = unsafe { _mm512_loadu_si512(bp.add((pb * NR + v) * LANES).cast()) };
                 }
-                // SAFETY: stays within (or one past the end of) the row slice: at most w increments.
-                ap[pa][i] = unsafe { ap[pa][i].add(1) };
             }
+            for i in 0..MR {
+                for pa in 0..PA {
+                    // SAFETY: at iteration p, ap[pa][i] = a[pa][i] + p with p < w <= a[pa][i].len().
+                    let x = _mm512_set1_epi64(unsafe { *ap[pa][i] } as i64);
+                    for pb in 0..PB {
+                        let e = (PA - 1 - pa) + (PB - 1 - pb);
+                        for v in 0..NR {
+                            let d = _mm512_xor_si512(x, bv[pb][v]);
+                            acc[e][i][v] = _mm512_add_epi64(acc[e][i][v], _mm512_popcnt_epi64(d));
+                        }
+                    }
+                    // SAFETY: stays within (or one past the end of) the row slice: at most w increments.
+                    ap[pa][i] = unsafe { ap[pa][i].add(1) };
+                }
+            }
+            // SAFETY: at most w increments of PB·NR·8 words: within or one past the end of the panel.
+            bp = unsafe { bp.add(PB * NR * LANES) };
         }
-        // SAFETY: at most w increments of PB·NR·8 words: within or one past the end of the panel.
-        bp = unsafe { bp.add(PB * NR * LANES) };
-    }
-    let kc = _mm512_set1_epi64(t.kconst);
-    for i in 0..MR {
-        if i >= t.rows {
-            break;
-        }
-        for v in 0..NR {
-            let c0 = v * LANES;
-            if c0 >= t.cols {
-                break;
+        // Per row, two accumulators' sums S are narrowed into one vector of 16 int32 (their low
+        // halves, exact modulo 2^32), which then becomes kconst − 2·S in wrapping int32 arithmetic:
+        // exact, as every result fits int32. One full or masked store per 16 columns.
+        for i in 0..MR {
+            if i >= rows {
+                break; // (a constant-trip loop, so the accumulators keep their registers)
             }
-            let mut s = acc[0][i][v];
-            if PA + PB > 2 {
-                s = _mm512_add_epi64(s, _mm512_slli_epi64::<1>(acc[1][i][v]));
+            let sum = |v: usize| {
+                let mut s = acc[0][i][v];
+                if PA + PB > 2 {
+                    s = _mm512_add_epi64(s, _mm512_slli_epi64::<1>(acc[1][i][v]));
+                }
+                if PA + PB > 3 {
+                    s = _mm512_add_epi64(s, _mm512_slli_epi64::<2>(acc[2][i][v]));
+                }
+                s
+            };
+            for v in (0..NR).step_by(2) {
+                let c0 = v * LANES;
+                if c0 >= t.cols {
+                    break;
+                }
+                let high = if v + 1 < NR { sum(v + 1) } else { zero };
+                let s = _mm512_permutex2var_epi32(sum(v), even_dwords, high);
+                let r = _mm512_sub_epi32(kc, _mm512_slli_epi32::<1>(s));
+                let valid = (t.cols - c0).min(2 * LANES);
+                let mask = (0xFFFFu32 >> (2 * LANES - valid)) as __mmask16;
+                // SAFETY: the masked store writes only lanes c0 .. c0 + valid <= cols of row i of
+                // the block's rows, inside the tile's output rectangle (caller's contract).
+                unsafe { _mm512_mask_storeu_epi32(out.add(i * t.ld + c0).cast(), mask, r) };
             }
-            if PA + PB > 3 {
-                s = _mm512_add_epi64(s, _mm512_slli_epi64::<2>(acc[2][i][v]));
-            }
-            let r = _mm512_sub_epi64(kc, _mm512_slli_epi64::<1>(s));
-            let valid = (t.cols - c0).min(LANES);
-            let mask = (0xFFu32 >> (LANES - valid)) as __mmask8;
-            // SAFETY: the masked store writes only lanes c0 .. c0 + valid <= cols of row i < rows,
-            // inside the tile's output rectangle (caller's contract); |r| <= i32::MAX, so the
-            // truncating narrow is exact.
-            unsafe { _mm512_mask_cvtepi64_storeu_epi32(t.out.add(i * t.ld + c0).cast(), mask, r) };
         }
     }
     true
@@ -145,25 +157,27 @@ unsafe fn transpose_panel(planes: &[&[u64]], w: usize, c0: usize, cols: usize, n
             for p0 in (0..w).step_by(LANES) {
                 let words = (w - p0).min(LANES);
                 let mask = (0xFFu32 >> (LANES - words)) as __mmask8;
-                // row j: words p0 .. p0 + 8 of column j of the group (0 past `valid` or w)
+                // row j: words p0 .. p0 + 8 of column j of the group (0 past `valid` or w). Rows
+                // past `valid` load nothing (mask 0) from the plane's start: no branch per row.
                 let rows: [__m512i; LANES] = std::array::from_fn(|j| {
-                    if j < valid {
-                        // SAFETY: column c0 + g·8 + j < c0 + have <= plane.len() / w, and the mask
-                        // keeps the words below w: indices below (c0 + g·8 + j + 1)·w <= plane.len().
-                        unsafe {
-                            _mm512_maskz_loadu_epi64(mask, plane.as_ptr().add(first + j * w + p0).cast())
-                        }
+                    let (at, m) = if j < valid {
+                        (first + j * w + p0, mask)
                     } else {
-                        _mm512_setzero_si512()
-                    }
+                        (0, 0)
+                    };
+                    // SAFETY: for j < valid, column c0 + g·8 + j < c0 + have <= plane.len() / w and the
+                    // mask keeps the words below w: indices below (c0 + g·8 + j + 1)·w <= plane.len();
+                    // otherwise no word is read.
+                    unsafe { _mm512_maskz_loadu_epi64(m, plane.as_ptr().add(at).cast()) }
                 });
                 let t = transpose(rows);
-                for (i, v) in t.iter().enumerate().take(words) {
-                    let p = p0 + i;
-                    // SAFETY: p·stride + pi·nc + g·8 + 8 <= (w − 1)·stride + np·nc = panel_len <= dst.len().
-                    unsafe {
-                        _mm512_storeu_si512(dst.as_mut_ptr().add(p * stride + pi * nc + g * LANES).cast(), *v)
-                    };
+                let at = p0 * stride + pi * nc + g * LANES;
+                for (i, v) in t.iter().enumerate() {
+                    if i < words {
+                        // SAFETY: (p0 + i)·stride + pi·nc + g·8 + 8 <= (w − 1)·stride + np·nc
+                        // = panel_len <= dst.len().
+                        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(at + i * stride).cast(), *v) };
+                    }
                 }
             }
         }

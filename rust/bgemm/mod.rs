@@ -135,17 +135,19 @@ impl Kind {
 /// The A rows of one row block, per plane (`[plane][row]`); unused entries are empty.
 type RowSlots<'a> = [[&'a [u64]; MR_MAX]; 2];
 
-/// One microkernel call: an `mr × nc` block of the output over the whole of K.
+/// One microkernel call: a column of row blocks (`mr` rows each) against one B panel (`nc` columns),
+/// over the whole of K. The microkernel loops over the blocks itself, so a panel's sweep is one call.
 ///
 /// Invariants the driver establishes (a microkernel re-checks the slice lengths and computes nothing,
 /// returning false, if they fail; the output rectangle it must trust):
 /// * `w` is the words per row the microkernel sees (`2·words_for(k)` for a nibble family);
-/// * `a[plane][r]` holds at least `w` words for every plane < PA and r < MR;
+/// * `blocks[j][plane][r]` holds at least `w` words for every block j, plane < PA and r < MR;
 /// * `b` holds at least `w · PB · nr · lanes` words in the `panel.rs` layout;
-/// * `rows ≤ MR`, `cols ≤ nr · lanes`, and `out + r·ld + c` for `r < rows`, `c < cols` are valid,
-///   writable `i32`s that no other thread touches during the call.
+/// * `rows ≤ MR · blocks.len()` (block j stores its rows below `rows − j·MR`), `cols ≤ nr · lanes`,
+///   and `out + r·ld + c` for `r < rows`, `c < cols` are valid, writable `i32`s that no other
+///   thread touches during the call.
 pub(crate) struct Tile<'a> {
-    pub a: &'a RowSlots<'a>,
+    pub blocks: &'a [RowSlots<'a>],
     pub b: &'a [u64],
     pub w: usize,
     pub out: *mut i32,
@@ -160,14 +162,27 @@ impl Tile<'_> {
     /// Whether the slice invariants hold for a microkernel with the given shape.
     #[inline]
     pub(crate) fn fits(&self, mr: usize, nr: usize, pa: usize, pb: usize, lanes: usize) -> bool {
-        let a_ok = self.a[..pa.min(2)]
-            .iter()
-            .all(|rows| rows[..mr.min(MR_MAX)].iter().all(|r| r.len() >= self.w));
+        let (pa, mr) = (pa.min(2), mr.min(MR_MAX));
+        let a_ok = self.blocks.iter().all(|block| {
+            block[..pa]
+                .iter()
+                .all(|rows| rows[..mr].iter().all(|r| r.len() >= self.w))
+        });
         a_ok && pa <= 2
             && mr <= MR_MAX
             && self.b.len() >= panel::panel_len(self.w, pb, nr * lanes)
-            && self.rows <= mr
+            && self.rows <= mr * self.blocks.len()
             && self.cols <= nr * lanes
+    }
+
+    /// Block `j`'s first output row (`mr` rows per block) and how many of its rows exist (0 ..= mr).
+    /// The pointer is only valid to write through for those rows.
+    #[inline]
+    pub(crate) fn block_out(&self, j: usize, mr: usize) -> (*mut i32, usize) {
+        (
+            self.out.wrapping_add(j * mr * self.ld),
+            self.rows.saturating_sub(j * mr).min(mr),
+        )
     }
 }
 
@@ -414,30 +429,27 @@ fn run(
         };
         let rb_start = chunk * blocks_per_chunk;
         let rb_end = ((chunk + 1) * blocks_per_chunk).min(row_blocks);
-        let mut ok = true;
-        for (rb, slots) in row_slots.iter().enumerate().take(rb_end).skip(rb_start) {
-            let r0 = rb * mr;
-            let tile = Tile {
-                a: slots,
-                b: panel_b,
-                w: wt,
-                // SAFETY (pointer arithmetic): r0 < m and c0 < n, so r0·n + c0 < m·n = out.len().
-                out: unsafe { out_ptr.get().add(r0 * n + c0) },
-                ld: n,
-                rows: mr.min(m - r0),
-                cols,
-                kconst,
-            };
-            // SAFETY: `fam` came from `family(isa)`, which checked the CPU. The output rectangle is
-            // rows r0..r0+rows (≤ m) by columns c0..c0+cols (≤ n) of the (m, n) matrix `out` with
-            // leading dimension n: in bounds. Tasks cover distinct (panel, row chunk) pairs and the
-            // row blocks of a chunk are distinct, so no two tiles, in any thread, share an element;
-            // `out` is exclusively borrowed by this call for its whole duration.
-            ok &= unsafe { (fam.tile)(kind, nr, &tile) };
-        }
+        let r0 = rb_start * mr;
+        let tile = Tile {
+            blocks: &row_slots[rb_start..rb_end],
+            b: panel_b,
+            w: wt,
+            // SAFETY (pointer arithmetic): r0 < m and c0 < n, so r0·n + c0 < m·n = out.len().
+            out: unsafe { out_ptr.get().add(r0 * n + c0) },
+            ld: n,
+            rows: (rb_end * mr).min(m) - r0,
+            cols,
+            kconst,
+        };
+        // SAFETY: `fam` came from `family(isa)`, which checked the CPU. The output rectangle is
+        // rows r0..r0+rows (≤ m) by columns c0..c0+cols (≤ n) of the (m, n) matrix `out` with
+        // leading dimension n: in bounds. Tasks cover distinct (panel, row chunk) pairs, so no two
+        // tiles, in any thread, share an element; `out` is exclusively borrowed by this call for its
+        // whole duration.
+        let ok = unsafe { (fam.tile)(kind, nr, &tile) };
         if let (Some(e), true) = (epilogue, ok) {
             // SAFETY: the rows of this chunk (< m) by the panel's columns c0..c0+cols (≤ n): the
-            // rectangle the tiles above just wrote, this task's own (see the tiles' SAFETY).
+            // rectangle the tile above just wrote, this task's own (see the tile's SAFETY).
             unsafe {
                 e.apply(
                     out_ptr.get(),

@@ -23,7 +23,7 @@ microkernels! { kernel, 1;
     B2x2 => 2, [1, 2];
 }
 
-/// `MR × NR` outputs, A with `PA` planes, B with `PB` planes, over the whole of K. (The tests also run
+/// `MR × NR` outputs per row block, A with `PA` planes, B with `PB` planes, over the whole of K. (The tests also run
 /// it as an 8-lane family, `NR` = 8 × the AVX-512 kernels' vectors, on their panel layout.)
 ///
 /// # Safety
@@ -36,36 +36,34 @@ pub(super) unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, c
         return false;
     }
     let w = t.w;
-    let mut acc = [[[0u64; NR]; MR]; 3];
-    // `fits` checked every A row holds >= w words and the panel >= w·PB·NR words.
-    let a: [[&[u64]; MR]; PA] = std::array::from_fn(|pa| std::array::from_fn(|i| &t.a[pa][i][..w]));
-    for (p, bw) in t.b[..w * PB * NR].chunks_exact(PB * NR).enumerate() {
-        for i in 0..MR {
-            for pa in 0..PA {
-                // SAFETY: p < w (there are exactly w chunks) and a[pa][i] has length w.
-                let x = unsafe { *a[pa][i].get_unchecked(p) };
-                for pb in 0..PB {
-                    let e = (PA - 1 - pa) + (PB - 1 - pb);
-                    for v in 0..NR {
-                        acc[e][i][v] += u64::from((x ^ bw[pb * NR + v]).count_ones());
+    for (j, slots) in t.blocks.iter().enumerate() {
+        let (out, rows) = t.block_out(j, MR);
+        let mut acc = [[[0u64; NR]; MR]; 3];
+        // `fits` checked every A row holds >= w words and the panel >= w·PB·NR words.
+        let a: [[&[u64]; MR]; PA] = std::array::from_fn(|pa| std::array::from_fn(|i| &slots[pa][i][..w]));
+        for (p, bw) in t.b[..w * PB * NR].chunks_exact(PB * NR).enumerate() {
+            for i in 0..MR {
+                for pa in 0..PA {
+                    // SAFETY: p < w (there are exactly w chunks) and a[pa][i] has length w.
+                    let x = unsafe { *a[pa][i].get_unchecked(p) };
+                    for pb in 0..PB {
+                        let e = (PA - 1 - pa) + (PB - 1 - pb);
+                        for v in 0..NR {
+                            acc[e][i][v] += u64::from((x ^ bw[pb * NR + v]).count_ones());
+                        }
                     }
                 }
             }
         }
-    }
-    for i in 0..MR {
-        if i >= t.rows {
-            break;
-        }
-        for v in 0..NR {
-            if v >= t.cols {
-                break;
+        for i in 0..rows {
+            for v in 0..NR.min(t.cols) {
+                let s = acc[0][i][v] + (acc[1][i][v] << 1) + (acc[2][i][v] << 2);
+                // |result| <= weight_sum·K <= i32::MAX (checked by the driver), so the cast is exact.
+                let r = t.kconst - 2 * s as i64;
+                // SAFETY: i < the block's rows and v < cols: inside the tile's output rectangle
+                // (caller's contract).
+                unsafe { *out.add(i * t.ld + v) = r as i32 };
             }
-            let s = acc[0][i][v] + (acc[1][i][v] << 1) + (acc[2][i][v] << 2);
-            // |result| <= weight_sum·K <= i32::MAX (checked by the driver), so the cast is exact.
-            let r = t.kconst - 2 * s as i64;
-            // SAFETY: i < rows and v < cols: inside the tile's output rectangle (caller's contract).
-            unsafe { *t.out.add(i * t.ld + v) = r as i32 };
         }
     }
     true
