@@ -15,12 +15,12 @@ pub fn xor_popcount_peak(threads: usize, steps: usize) -> Option<f64> {
         }
         let start = std::time::Instant::now();
         let sums = std::sync::Mutex::new(0u64);
-        let items: Vec<usize> = (0..threads).collect();
-        crate::threads::run_claimed(threads, items, |t| {
+        // One loop per thread, each on its own thread (a shared queue could let the caller run two
+        // loops while a helper is still waking up, and report one thread's rate as two's).
+        crate::threads::with_helpers(threads, &|t| {
             // SAFETY: AVX-512 VPOPCNTDQ checked above
             let s = unsafe { x86::run(steps, t as u64) };
             *sums.lock().unwrap_or_else(|e| e.into_inner()) += s;
-            true
         })
         .ok()?;
         let seconds = start.elapsed().as_secs_f64();
