@@ -26,9 +26,10 @@ ratio, and every ratio and thread speed-up is the median of same-round ratios:
 
 ratio = baseline time / kernel time (median over rounds, see above); binary MAC/s = M·K·N / time for
 every bgemm (for 1x2 and 2x2 too: the MACs of the layer); for bgemm_1x1 on AVX-512 also the fraction
-of the machine's xor-popcount-add bound, measured in the same run on as many threads: the rate of a
-loop doing nothing but the GEMM's inner step (XOR, VPOPCNTQ, VPADDQ on 512 bits) on registers
-(`apb_ref._kernels.xor_popcount_peak`, median of 5). Every Rust result is checked against the NumPy reference once. Writes every number to
+of the machine's xor-popcount-add bound on as many threads: the rate of a loop doing nothing but the
+GEMM's inner step (XOR, VPOPCNTQ, VPADDQ on 512 bits) on registers (`apb_ref._kernels.xor_popcount_peak`),
+which runs per shape in turns with the kernels, the fraction being the median of same-round ratios (the
+header's bound, median of 5 at the start, is for reference). Every Rust result is checked against the NumPy reference once. Writes every number to
 benchmarks/results/kernels.json (or --json PATH).
 """
 from __future__ import annotations
@@ -85,6 +86,20 @@ def peak(threads: int) -> float | None:
     """The xor-popcount-add bound on `threads` threads (binary MACs/s, median of 5), or None."""
     runs = [R.xor_popcount_peak(threads=threads) for _ in range(5)]
     return None if runs[0] is None else float(np.median(runs))
+
+
+# Per shape, the bound also runs in turns with the kernels (a cell of measure_interleaved): the host's
+# clock drifts by 10-20 % within a run, and a bound taken once at the start would misstate the shapes
+# timed in another spell. One call runs BOUND_STEPS steps of 12 independent 512-bit XOR, VPOPCNTQ,
+# VPADDQ triples per thread (rust/bgemm/peak.rs), about a millisecond: the ~2 us of the Python call
+# then lower the bound by well under 1 %.
+BOUND_STEPS = 1 << 19
+BOUND_MACS_PER_STEP = 12 * 512
+
+
+def bound_cell(threads: int):
+    """A callable for measure_interleaved that runs the bound's loop once on `threads` threads."""
+    return lambda: R.xor_popcount_peak(threads=threads, steps=BOUND_STEPS)
 
 
 def clock(override_ghz: float | None) -> tuple[float | None, str]:
@@ -177,9 +192,23 @@ def bench_shape(shape, cfg, rng) -> dict:
                     continue
                 fn = getattr(R, name)
                 group[(name, isa, threads)] = lambda fn=fn, a=args[name], isa=isa, t=threads: fn(*a, isa=isa, threads=t)
+    for threads in cfg["peak"]:
+        group[("bound", threads)] = bound_cell(threads)
     timed, got = measure_interleaved(group, rep, mt, rounds=cfg["rounds"])
     fp32 = out["fp32"] = timed["fp32"]
     base = fp32["median_s"]
+    bound = {}
+    for threads in cfg["peak"]:
+        stats = timed[("bound", threads)]
+        bound[threads] = (threads * BOUND_STEPS * BOUND_MACS_PER_STEP, stats)
+        # the loop's own timing (its warm-up result) and the wall time of its calls must agree, or
+        # the MACs per call above no longer describe the loop
+        inner = got[("bound", threads)]
+        if not 0.8 < inner * stats["median_s"] / bound[threads][0] < 1.25:
+            raise AssertionError(f"the bound's loop ran {inner / 1e12:.2f} TMAC/s by its own clock but "
+                                 f"{bound[threads][0] / stats['median_s'] / 1e12:.2f} by the calls' wall time")
+    out["bound"] = {str(t): {"macs_per_call": b[0], **b[1], "macs_per_s": b[0] / b[1]["median_s"]}
+                    for t, b in bound.items()}
 
     out["bgemm"] = {}
     for name in KERNELS:
@@ -192,10 +221,12 @@ def bench_shape(shape, cfg, rng) -> dict:
                                      f"at shape {shape}")
             t = stats["median_s"]
             row = {"isa": isa, "threads": threads, **stats, "ratio": speedup(fp32, stats), "macs_per_s": macs / t}
-            if name == "bgemm_1x1" and isa == "avx512" and cfg["peak"].get(threads):
-                # the bound is the 512-bit VPOPCNTQ loop's: it says nothing about the AVX2 or scalar paths
-                row["bound_macs_per_s"] = cfg["peak"][threads]
-                row["bound_fraction"] = row["macs_per_s"] / row["bound_macs_per_s"]
+            if name == "bgemm_1x1" and isa == "avx512" and threads in bound:
+                # the bound is the 512-bit VPOPCNTQ loop's: it says nothing about the AVX2 or scalar paths.
+                # Its fraction is the median of same-round ratios, as every ratio here.
+                bound_macs, bound_stats = bound[threads]
+                row["bound_macs_per_s"] = bound_macs / bound_stats["median_s"]
+                row["bound_fraction"] = macs / bound_macs * speedup(bound_stats, stats)
             cell["rust"].append(row)
         out["bgemm"][name] = cell
 
@@ -306,7 +337,7 @@ def report(results: list[dict], cfg: dict) -> dict:
                 if c.get("bound_fraction", 0) > 1]
         if over:
             print(f"  note: {len(over)} cell(s) exceed the measured bound (up to {100 * max(over):.0f}%): the "
-                  "clock moved between the bound's loop and the kernel (the machine is not idle, or boosts)")
+                  "clock moved within a round (the machine is not idle, or boosts)")
         if R:
             ratios = [rust_cell(res, name, best, 1)["ratio"] for res in results]
             i_min = int(np.argmin(ratios))

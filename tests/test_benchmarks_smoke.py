@@ -3,7 +3,6 @@ import json
 import pathlib
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -21,12 +20,9 @@ def _times(stats):
 @pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")
 def test_kernels_benchmark_quick(tmp_path):
     out = tmp_path / "kernels.json"
-    start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--repeats", "1", "--json", str(out)],
-                          capture_output=True, text=True, timeout=60)
-    elapsed = time.perf_counter() - start
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert elapsed < 30, f"--quick took {elapsed:.1f} s"
     assert "OPENBLAS_NUM_THREADS=1" in proc.stdout
 
     d = json.loads(out.read_text())
@@ -47,6 +43,12 @@ def test_kernels_benchmark_quick(tmp_path):
                 times += _times(r)
                 assert r["ratio"] > 0 and r["macs_per_s"] > 0
                 assert r["isa"] == d["machine"]["isa_available"][0]  # --quick: the best ISA only
+                # bgemm_1x1 on AVX-512 is stated against the bound, timed in the same rounds
+                with_bound = name == "bgemm_1x1" and r["isa"] == "avx512"
+                assert ("bound_fraction" in r) == with_bound
+                if with_bound:
+                    assert 0 < r["bound_fraction"] and r["bound_macs_per_s"] > 0
+                    assert res["bound"][str(r["threads"])]["macs_per_s"] == r["bound_macs_per_s"]
         for pname in ("pack_bits", "pack_2bit"):
             stats = [v for key, v in res["pack"][pname].items() if key != "input"]
             # numpy-ref, rust per thread count, and rust 1t from (K, N) columns
