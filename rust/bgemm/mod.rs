@@ -27,10 +27,11 @@
 //! # Threads
 //!
 //! A task is a chunk of rows of a group of neighbouring panels (about 8 tasks per thread); rows are
-//! split into chunks only when there are too few panels, and then every panel is packed once, first
-//! (in parallel), rather than by each task that sweeps it. Each task writes a disjoint rectangle of
+//! split into chunks only when there are too few panels. Each task writes a disjoint rectangle of
 //! `out`; the calling thread starts on the tasks at once and the team's helpers join
-//! (`crate::threads`).
+//! (`crate::threads`). A worker keeps the last panel it packed, and tasks go panel by panel, the
+//! caller from the front and the helpers from the back, so the row chunks of one panel reuse its
+//! packing without a separate packing pass (and the sync after it) in every call.
 
 /// A family's microkernel table: each product kind's `MR` and the `nr` (vectors per row) it has
 /// instantiations for, always `1 ..= nr_max`. Generates `geometry(kind) -> (MR, nr_max)` and the
@@ -405,28 +406,19 @@ fn run(
         // SAFETY: `fam` came from `family(isa)`, which checked the CPU.
         unsafe { (fam.fill)(b, w, c0, cols, nr * fam.lanes, fam.nibbles, dst) }
     };
-    // When tasks cut the rows, every panel is swept by several tasks: pack each once, first, in
-    // parallel, instead of once per task.
-    let mut packed: Vec<Vec<u64>> = Vec::new();
-    if blocks_per_chunk < row_blocks {
-        packed.resize_with(panels, Vec::new);
-        let items: Vec<(usize, &mut Vec<u64>)> = packed.iter_mut().enumerate().collect();
-        if !crate::threads::run_claimed(threads, items, |(panel, dst)| pack(panel, dst))? {
-            return Err(format!(
-                "{}: internal error: a B panel was not packed",
-                kind.name()
-            ));
-        }
-    }
-
-    // Sweep one B panel (packed here, or above) against a chunk of A's row blocks.
-    let panel_task = |scratch: &mut Vec<u64>, panel: usize, chunk: usize| -> bool {
+    // Sweep one B panel against a chunk of A's row blocks. A worker keeps the last panel it packed:
+    // tasks are ordered panel by panel and the calling thread takes them from the front, helpers
+    // from the back, so each packs a panel once, but for the one where they meet.
+    let panel_task = |last: &mut LastPanel, panel: usize, chunk: usize| -> bool {
         let (c0, cols, nr) = geometry(panel);
-        let panel_b: &[u64] = match packed.get(panel) {
-            Some(p) => p,
-            None if pack(panel, scratch) => scratch,
-            None => return false,
-        };
+        if last.panel != Some(panel) {
+            last.panel = None;
+            if !pack(panel, &mut last.words) {
+                return false;
+            }
+            last.panel = Some(panel);
+        }
+        let panel_b: &[u64] = &last.words;
         let rb_start = chunk * blocks_per_chunk;
         let rb_end = ((chunk + 1) * blocks_per_chunk).min(row_blocks);
         let r0 = rb_start * mr;
@@ -464,11 +456,11 @@ fn run(
 
     // One task: a row chunk of a group of neighbouring panels. Tasks are contiguous rectangles, so
     // two threads share output cache lines only along task edges, never panel by panel.
-    let task = |scratch: &mut Vec<u64>, (group, chunk): (usize, usize)| -> bool {
+    let task = |last: &mut LastPanel, (group, chunk): (usize, usize)| -> bool {
         let mut ok = true;
         let panel_end = ((group + 1) * panels_per_group).min(panels);
         for panel in group * panels_per_group..panel_end {
-            ok &= panel_task(scratch, panel, chunk);
+            ok &= panel_task(last, panel, chunk);
         }
         ok
     };
@@ -478,16 +470,23 @@ fn run(
         .collect();
     // The calling thread starts at once and the helpers join (`run_claimed_with`): a paper-shape
     // product takes well under a millisecond, a few times what waking a sleeping thread takes in a VM.
-    let all_ok = crate::threads::run_claimed_with(threads, tasks, Vec::new, task)?;
+    let all_ok = crate::threads::run_claimed_with(threads, tasks, LastPanel::default, task)?;
     if all_ok {
         Ok(())
     } else {
         Err(format!(
-            "{}: internal error: a tile broke the {} microkernels' invariants",
+            "{}: internal error: a B panel was not packed, or a tile broke the {} microkernels' invariants",
             kind.name(),
             fam.isa
         ))
     }
+}
+
+/// A worker's packed B panel and which panel it is (None: none yet, or its packing failed).
+#[derive(Default)]
+struct LastPanel {
+    panel: Option<usize>,
+    words: Vec<u64>,
 }
 
 /// How to cut the work into tasks, as `(panels per group, row blocks per chunk)`: one task per
