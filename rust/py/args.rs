@@ -8,6 +8,7 @@ use numpy::{
 };
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyString, PyTuple};
 
 use crate::bits::words_for;
@@ -33,14 +34,17 @@ pub(super) fn as_array<'a, 'py>(
     x: &'a Bound<'py, PyAny>,
     expected: &str,
 ) -> PyResult<&'a Bound<'py, PyUntypedArray>> {
-    x.cast::<PyUntypedArray>().map_err(|_| {
-        let ty = x
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "?".into());
-        value_error(format!("{expected}, got an object of type {ty}"))
-    })
+    x.cast::<PyUntypedArray>().map_err(|_| not_an_array(x, expected))
+}
+
+/// The ValueError for a non-array `x`: `expected`, and the type it got.
+fn not_an_array(x: &Bound<'_, PyAny>, expected: &str) -> PyErr {
+    let ty = x
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into());
+    value_error(format!("{expected}, got an object of type {ty}"))
 }
 
 /// "got dtype D shape S[, not C-contiguous]" for error messages.
@@ -69,10 +73,12 @@ pub(super) fn typed<'py, T: Element>(
     want: &str,
     ndim: usize,
 ) -> PyResult<Bound<'py, PyUntypedArray>> {
-    let expected = format!("{func}: {name} must be a C-contiguous {want} {ndim}-D array");
-    let arr = as_array(x, &expected)?;
+    let expected = || format!("{func}: {name} must be a C-contiguous {want} {ndim}-D array");
+    let arr = x
+        .cast::<PyUntypedArray>()
+        .map_err(|_| not_an_array(x, &expected()))?;
     if arr.ndim() != ndim || !has_dtype::<T>(arr) || !arr.is_c_contiguous() {
-        return Err(value_error(format!("{expected}, {}", describe(arr))));
+        return Err(value_error(format!("{}, {}", expected(), describe(arr))));
     }
     Ok(arr.clone())
 }
@@ -117,9 +123,10 @@ pub(super) fn empty<'py, T: Element, D: numpy::ndarray::Dimension>(
             py_shape(shape)
         )));
     }
-    let np = py.import("numpy")?;
-    let arr = np
-        .getattr("empty")?
+    // numpy.empty, looked up once per process instead of per call
+    static NUMPY_EMPTY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let arr = NUMPY_EMPTY
+        .import(py, "numpy", "empty")?
         .call1((PyTuple::new(py, shape)?, numpy::dtype::<T>(py)))?;
     arr.cast_into::<PyArray<T, D>>()
         .map_err(|e| value_error(format!("{func}: output: {e}")))
@@ -197,12 +204,13 @@ pub(super) fn opt_str(func: &str, name: &str, v: Option<&Bound<'_, PyAny>>) -> P
 
 pub(super) fn resolve_threads(func: &str, threads: Option<&Bound<'_, PyAny>>) -> PyResult<usize> {
     let n = opt_int(func, "threads", threads)?;
-    threads::resolve(n, &format!("{func}: threads")).map_err(value_error)
+    // the function's name is added only to an error: no formatting on every call
+    threads::resolve(n, "threads").map_err(|e| value_error(format!("{func}: {e}")))
 }
 
 pub(super) fn resolve_isa(func: &str, isa: Option<&Bound<'_, PyAny>>) -> PyResult<isa::Isa> {
     let name = opt_str(func, "isa", isa)?;
-    isa::resolve(name.as_deref(), &format!("{func}: isa")).map_err(value_error)
+    isa::resolve(name.as_deref(), "isa").map_err(|e| value_error(format!("{func}: {e}")))
 }
 
 /// An integer argument of at least `min`; `None` (or absent) means `default`, and is an error when
