@@ -27,6 +27,7 @@ pub(super) const FAMILY: Family = Family {
     geometry,
     tile,
     fill: super::panel::fill_panel,
+    dot: None,
 };
 
 // `(mr, nr_max)`: byte accumulators, B vectors, the table and a temporary fit the 16 ymm registers
@@ -58,11 +59,12 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
     let zero = _mm256_setzero_si256();
     let kc = _mm256_set1_epi64x(t.kconst);
     let low_halves = _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0);
-    for (j, slots) in t.blocks.iter().enumerate() {
+    for j in 0..t.rows.div_ceil(MR) {
         let (out, rows) = t.block_out(j, MR);
         let mut tot = [[[zero; NR]; MR]; 3];
+        // row i of the block: w words at t.row(j, MR, i)·w of each plane (`fits`: rows·w words)
         let mut ap: [[*const u64; MR]; PA] =
-            std::array::from_fn(|pa| std::array::from_fn(|i| slots[pa][i].as_ptr()));
+            std::array::from_fn(|pa| std::array::from_fn(|i| t.a[pa][t.row(j, MR, i) * w..].as_ptr()));
         let mut bp = t.b.as_ptr();
         let mut done = 0;
         while done < w {
@@ -79,7 +81,7 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
                 }
                 for i in 0..MR {
                     for pa in 0..PA {
-                        // SAFETY: at word p, ap[pa][i] = a[pa][i] + p with p < w <= a[pa][i].len().
+                        // SAFETY: at word p, ap[pa][i] points p words into a row of w words.
                         let x = _mm256_set1_epi64x(unsafe { *ap[pa][i] } as i64);
                         for pb in 0..PB {
                             let e = (PA - 1 - pa) + (PB - 1 - pb);

@@ -11,6 +11,7 @@
 
 use std::arch::x86_64::*;
 
+use super::dot::DotTile;
 use super::panel::{self, panel_len};
 use super::{Family, Kind, Tile};
 use crate::isa::Isa;
@@ -26,6 +27,7 @@ pub(super) const FAMILY: Family = Family {
     geometry,
     tile,
     fill,
+    dot: Some(dot),
 };
 
 // `(mr, nr_max)`: accumulators `mr · nr · classes` stay at 24 of the 32 zmm registers.
@@ -49,11 +51,12 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
     let zero = _mm512_setzero_si512();
     let kc = _mm512_set1_epi32(t.kconst as i32); // kconst <= i32::MAX (the driver's K limit)
     let even_dwords = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    for (j, slots) in t.blocks.iter().enumerate() {
+    for j in 0..t.rows.div_ceil(MR) {
         let (out, rows) = t.block_out(j, MR);
         let mut acc = [[[zero; NR]; MR]; 3];
+        // row i of the block: w words at t.row(j, MR, i)·w of each plane (`fits`: rows·w words)
         let mut ap: [[*const u64; MR]; PA] =
-            std::array::from_fn(|pa| std::array::from_fn(|i| slots[pa][i].as_ptr()));
+            std::array::from_fn(|pa| std::array::from_fn(|i| t.a[pa][t.row(j, MR, i) * w..].as_ptr()));
         let mut bp = t.b.as_ptr();
         for _ in 0..w {
             let mut bv = [[zero; NR]; PB];
@@ -66,7 +69,7 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
             }
             for i in 0..MR {
                 for pa in 0..PA {
-                    // SAFETY: at iteration p, ap[pa][i] = a[pa][i] + p with p < w <= a[pa][i].len().
+                    // SAFETY: at iteration p, ap[pa][i] points p words into a row of w words.
                     let x = _mm512_set1_epi64(unsafe { *ap[pa][i] } as i64);
                     for pb in 0..PB {
                         let e = (PA - 1 - pa) + (PB - 1 - pb);
@@ -117,6 +120,93 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
     }
     true
 }
+
+/// [`super::dot::Dot`] on zmm vectors: 8 consecutive words of an A row and of a B column per load
+/// (the last load masked), XOR + VPOPCNTQ + VPADDQ per plane pair into one vector per weight class,
+/// and one horizontal sum per output.
+///
+/// # Safety
+/// The CPU has AVX-512F and VPOPCNTDQ; the tile's output is valid as documented on [`DotTile`].
+unsafe fn dot(kind: Kind, t: &DotTile) -> bool {
+    // SAFETY (all arms): forwarded from the caller.
+    unsafe {
+        match kind {
+            Kind::B1x1 => dot_kernel::<1, 1>(t),
+            Kind::B1x2 => dot_kernel::<1, 2>(t),
+            Kind::B2x1 => dot_kernel::<2, 1>(t),
+            Kind::B2x2 => dot_kernel::<2, 2>(t),
+        }
+    }
+}
+
+/// Rows in groups of [`DOT_ROWS`] per column: the column's vectors are loaded once per group, and
+/// the group's sums are independent chains.
+///
+/// # Safety
+/// As for [`dot`].
+#[target_feature(enable = "avx512f,avx512vpopcntdq")]
+unsafe fn dot_kernel<const PA: usize, const PB: usize>(t: &DotTile) -> bool {
+    if !t.fits(PA, PB) {
+        return false;
+    }
+    let w = t.w;
+    let (full, tail) = (w / LANES, w % LANES);
+    let tail_mask = (0xFFu32 >> (LANES - tail.max(1))) as __mmask8;
+    let zero = _mm512_setzero_si512();
+    for j in t.cols.clone() {
+        for i0 in t.rows.clone().step_by(DOT_ROWS) {
+            // rows past the tile repeat its first (computed, not stored)
+            let row = |r: usize| if i0 + r < t.rows.end { i0 + r } else { i0 };
+            let mut acc = [[zero; 3]; DOT_ROWS];
+            // One step: 8 words (fewer in the masked tail) at word `p0` of every row and the column.
+            let mut step = |p0: usize, mask: __mmask8| {
+                for pb in 0..PB {
+                    // SAFETY: `fits`: plane pb of B holds cols.end·w words, and j < cols.end; the
+                    // mask keeps words p0 .. min(p0 + 8, w): indices below (j + 1)·w.
+                    let bv =
+                        unsafe { _mm512_maskz_loadu_epi64(mask, t.b[pb].as_ptr().add(j * w + p0).cast()) };
+                    for (r, sums) in acc.iter_mut().enumerate() {
+                        for pa in 0..PA {
+                            // SAFETY: as for B, with row(r) < rows.end.
+                            let av = unsafe {
+                                _mm512_maskz_loadu_epi64(mask, t.a[pa].as_ptr().add(row(r) * w + p0).cast())
+                            };
+                            let e = (PA - 1 - pa) + (PB - 1 - pb);
+                            let d = _mm512_popcnt_epi64(_mm512_xor_si512(av, bv));
+                            sums[e] = _mm512_add_epi64(sums[e], d);
+                        }
+                    }
+                }
+            };
+            for s in 0..full {
+                step(s * LANES, 0xFF);
+            }
+            if tail > 0 {
+                step(full * LANES, tail_mask);
+            }
+            for (r, sums) in acc.iter().enumerate() {
+                if i0 + r >= t.rows.end {
+                    break;
+                }
+                let mut s = sums[0];
+                if PA + PB > 2 {
+                    s = _mm512_add_epi64(s, _mm512_slli_epi64::<1>(sums[1]));
+                }
+                if PA + PB > 3 {
+                    s = _mm512_add_epi64(s, _mm512_slli_epi64::<2>(sums[2]));
+                }
+                let v = t.kconst - 2 * _mm512_reduce_add_epi64(s);
+                // SAFETY: row i0 + r in rows, j in cols: inside the tile's output (caller's contract);
+                // |v| <= weight_sum·K <= i32::MAX.
+                unsafe { *t.out.get().add((i0 + r) * t.ld + j) = v as i32 };
+            }
+        }
+    }
+    true
+}
+
+/// Rows per group of [`dot_kernel`].
+const DOT_ROWS: usize = 4;
 
 /// [`panel::fill_panel`] by 8 × 8 transposes: 8 words of 8 neighbouring columns (one load per
 /// column) become 8 vectors, word `p` of the 8 columns each, stored where the microkernel loads

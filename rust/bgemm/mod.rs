@@ -22,7 +22,11 @@
 //! whole of K, then writes `mr × nc` finished int32 results. A family may fill panels its own way
 //! (AVX-512: 8 × 8 transposes of words). The last panel uses a narrower
 //! microkernel (`nr` rounded up to cover the remaining columns); rows past M repeat a valid row and are
-//! not stored. Panels fit L1 for the paper's shapes (e.g. 48 columns × K = 4608 bits = 27 KiB).
+//! not stored. Panels fit L1 for the paper's shapes (e.g. 48 columns × K = 4608 bits = 27 KiB). A
+//! microkernel call takes a whole chunk of rows and loops over its row blocks itself.
+//!
+//! A family may compute the few columns past the last whole vector by dot products along K instead
+//! (`dot.rs`; AVX-512 at N = 25 and K = 4608, where the last vector would carry 1 column in 8).
 //!
 //! # Threads
 //!
@@ -72,6 +76,7 @@ macro_rules! microkernels {
     };
 }
 
+mod dot;
 mod panel;
 pub mod peak;
 mod scalar;
@@ -133,22 +138,18 @@ impl Kind {
     }
 }
 
-/// The A rows of one row block, per plane (`[plane][row]`); unused entries are empty.
-type RowSlots<'a> = [[&'a [u64]; MR_MAX]; 2];
-
-/// One microkernel call: a column of row blocks (`mr` rows each) against one B panel (`nc` columns),
+/// One microkernel call: `rows` rows of A, in blocks of `mr`, against one B panel (`nc` columns),
 /// over the whole of K. The microkernel loops over the blocks itself, so a panel's sweep is one call.
 ///
 /// Invariants the driver establishes (a microkernel re-checks the slice lengths and computes nothing,
 /// returning false, if they fail; the output rectangle it must trust):
 /// * `w` is the words per row the microkernel sees (`2·words_for(k)` for a nibble family);
-/// * `blocks[j][plane][r]` holds at least `w` words for every block j, plane < PA and r < MR;
+/// * `a[plane]` holds the call's rows of A, `w` words each: at least `rows · w` words, plane < PA;
 /// * `b` holds at least `w · PB · nr · lanes` words in the `panel.rs` layout;
-/// * `rows ≤ MR · blocks.len()` (block j stores its rows below `rows − j·MR`), `cols ≤ nr · lanes`,
-///   and `out + r·ld + c` for `r < rows`, `c < cols` are valid, writable `i32`s that no other
-///   thread touches during the call.
+/// * `cols ≤ nr · lanes`, and `out + r·ld + c` for `r < rows`, `c < cols` are valid, writable
+///   `i32`s that no other thread touches during the call.
 pub(crate) struct Tile<'a> {
-    pub blocks: &'a [RowSlots<'a>],
+    pub a: &'a [&'a [u64]],
     pub b: &'a [u64],
     pub w: usize,
     pub out: *mut i32,
@@ -163,21 +164,26 @@ impl Tile<'_> {
     /// Whether the slice invariants hold for a microkernel with the given shape.
     #[inline]
     pub(crate) fn fits(&self, mr: usize, nr: usize, pa: usize, pb: usize, lanes: usize) -> bool {
-        let (pa, mr) = (pa.min(2), mr.min(MR_MAX));
-        let a_ok = self.blocks.iter().all(|block| {
-            block[..pa]
-                .iter()
-                .all(|rows| rows[..mr].iter().all(|r| r.len() >= self.w))
-        });
-        a_ok && pa <= 2
-            && mr <= MR_MAX
+        let words = self.rows.checked_mul(self.w);
+        let a_ok = self.a.len() >= pa && self.a[..pa].iter().all(|p| words.is_some_and(|n| p.len() >= n));
+        a_ok && (1..=MR_MAX).contains(&mr)
             && self.b.len() >= panel::panel_len(self.w, pb, nr * lanes)
-            && self.rows <= mr * self.blocks.len()
             && self.cols <= nr * lanes
     }
 
-    /// Block `j`'s first output row (`mr` rows per block) and how many of its rows exist (0 ..= mr).
-    /// The pointer is only valid to write through for those rows.
+    /// Row `i` of block `j` (blocks of `mr`): the A row it reads; a row past the call repeats the
+    /// block's first (computed, never stored).
+    #[inline]
+    pub(crate) fn row(&self, j: usize, mr: usize, i: usize) -> usize {
+        if j * mr + i < self.rows {
+            j * mr + i
+        } else {
+            j * mr
+        }
+    }
+
+    /// Block `j`'s first output row and how many of its rows are stored (0 ..= mr). The pointer is
+    /// only valid to write through for those rows.
     #[inline]
     pub(crate) fn block_out(&self, j: usize, mr: usize) -> (*mut i32, usize) {
         (
@@ -209,6 +215,9 @@ pub(crate) struct Family {
     /// # Safety
     /// The CPU supports `isa`.
     pub fill: panel::Fill,
+    /// Dot products for the columns past the last whole vector, when [`dot::columns`] finds them
+    /// cheaper that way; None: the last vector covers them.
+    pub dot: Option<dot::Dot>,
 }
 
 const FAMILIES: PerIsa<Family> = PerIsa {
@@ -226,7 +235,7 @@ pub(crate) fn family(isa: Isa) -> Option<Family> {
 
 /// The output matrix, shared by the tasks; each writes only its own rectangle.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut i32);
+pub(crate) struct OutPtr(*mut i32);
 // SAFETY: the pointer is only used to write disjoint rectangles from different tasks (see `run`).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
@@ -358,7 +367,10 @@ fn run(
     let (mr, nr_max) = (fam.geometry)(kind);
     let (mr, nr_max) = (mr.clamp(1, MR_MAX), nr_max.max(1));
     let nc_max = nr_max * fam.lanes;
-    let panels = n.div_ceil(nc_max);
+    // The microkernels' panels cover columns 0..n_lanes, dot products the rest (dot.rs).
+    let dot_cols = fam.dot.map_or(0, |_| dot::columns(n, fam.lanes, w));
+    let n_lanes = n - dot_cols;
+    let panels = n_lanes.div_ceil(nc_max);
     let row_blocks = m.div_ceil(mr);
     let (panels_per_group, blocks_per_chunk) = task_sizes(panels, row_blocks, threads.max(1));
     let kconst = kind.weight_sum() * k as i64;
@@ -370,32 +382,17 @@ fn run(
     } else {
         Vec::new()
     };
+    let a_words = a; // the packed words themselves, for the dot products
     let (a, wt): (Vec<&[u64]>, usize) = if fam.nibbles {
         (split_a.iter().map(Vec::as_slice).collect(), 2 * w)
     } else {
         (a.to_vec(), w)
     };
 
-    // The A rows of every row block, built once and shared by every panel. Rows past M repeat the
-    // block's first row (computed, never stored).
-    let row_slots: Vec<RowSlots> = (0..row_blocks)
-        .map(|rb| {
-            let (r0, rows) = (rb * mr, mr.min(m - rb * mr));
-            let mut slots: RowSlots = [[&[]; MR_MAX]; 2];
-            for (dst, plane) in slots.iter_mut().zip(&a) {
-                for (i, slot) in dst[..mr].iter_mut().enumerate() {
-                    let row = if i < rows { r0 + i } else { r0 };
-                    *slot = plane.get(row * wt..(row + 1) * wt).unwrap_or(&[]);
-                }
-            }
-            slots
-        })
-        .collect();
-
     // Panel `panel`'s first column, its columns, and the vectors per row of its microkernel.
     let geometry = |panel: usize| {
         let c0 = panel * nc_max;
-        let cols = nc_max.min(n - c0);
+        let cols = nc_max.min(n_lanes - c0);
         (c0, cols, cols.div_ceil(fam.lanes))
     };
     let (_, pb) = kind.planes();
@@ -406,11 +403,70 @@ fn run(
         // SAFETY: `fam` came from `family(isa)`, which checked the CPU.
         unsafe { (fam.fill)(b, w, c0, cols, nr * fam.lanes, fam.nibbles, dst) }
     };
-    // Sweep one B panel against a chunk of A's row blocks. A worker keeps the last panel it packed:
-    // tasks are ordered panel by panel and the calling thread takes them from the front, helpers
-    // from the back, so each packs a panel once, but for the one where they meet.
-    let panel_task = |last: &mut LastPanel, panel: usize, chunk: usize| -> bool {
+    // The dot products of the columns past n_lanes for rows `rows` (dot.rs).
+    let dot_rows = |rows: std::ops::Range<usize>| -> bool {
+        let Some(dot) = fam.dot else {
+            return false;
+        };
+        let cols = n_lanes..n;
+        let tile = dot::DotTile {
+            a: a_words,
+            b,
+            w,
+            rows: rows.clone(),
+            cols: cols.clone(),
+            out: out_ptr,
+            ld: n,
+            kconst,
+        };
+        // SAFETY: `fam` came from `family(isa)`, which checked the CPU. Rows `rows` (≤ m) by columns
+        // n_lanes..n (≤ n) of the (m, n) matrix `out`: in bounds; no panel writes these columns,
+        // and the calls for distinct row ranges (distinct tasks) share no element.
+        let ok = unsafe { dot(kind, &tile) };
+        if let (Some(e), true) = (epilogue, ok) {
+            // SAFETY: the rectangle the call above just wrote, this task's own.
+            unsafe { e.apply(out_ptr.get(), n, rows, cols) };
+        }
+        ok
+    };
+
+    // Sweep B panel `panel`, packed in `panel_b`, against rows `rows` of A (whole row blocks but for
+    // the last).
+    let sweep = |panel: usize, panel_b: &[u64], rows: std::ops::Range<usize>| -> bool {
         let (c0, cols, nr) = geometry(panel);
+        let planes: [&[u64]; 2] = std::array::from_fn(|p| {
+            a.get(p)
+                .and_then(|plane| plane.get(rows.start * wt..rows.end * wt))
+                .unwrap_or(&[])
+        });
+        let tile = Tile {
+            a: &planes[..a.len().min(2)],
+            b: panel_b,
+            w: wt,
+            // SAFETY (pointer arithmetic): rows.start < m and c0 < n: the offset is < m·n = out.len().
+            out: unsafe { out_ptr.get().add(rows.start * n + c0) },
+            ld: n,
+            rows: rows.len(),
+            cols,
+            kconst,
+        };
+        // SAFETY: `fam` came from `family(isa)`, which checked the CPU. The output rectangle is
+        // rows `rows` (≤ m) by columns c0..c0+cols (≤ n) of the (m, n) matrix `out` with leading
+        // dimension n: in bounds. Tasks cover distinct (panel, row chunk) pairs, so no two tiles, in
+        // any thread, share an element; `out` is exclusively borrowed by this call for its whole
+        // duration.
+        let ok = unsafe { (fam.tile)(kind, nr, &tile) };
+        if let (Some(e), true) = (epilogue, ok) {
+            // SAFETY: the rectangle the tile above just wrote, this task's own (see its SAFETY).
+            unsafe { e.apply(out_ptr.get(), n, rows, c0..c0 + cols) };
+        }
+        ok
+    };
+
+    // One B panel against a chunk of A's row blocks. A worker keeps the last panel it packed: tasks
+    // are ordered panel by panel and the calling thread takes them from the front, helpers from the
+    // back, so each packs a panel once, but for the one where they meet.
+    let panel_task = |last: &mut LastPanel, panel: usize, chunk: usize| -> bool {
         if last.panel != Some(panel) {
             last.panel = None;
             if !pack(panel, &mut last.words) {
@@ -418,56 +474,39 @@ fn run(
             }
             last.panel = Some(panel);
         }
-        let panel_b: &[u64] = &last.words;
-        let rb_start = chunk * blocks_per_chunk;
-        let rb_end = ((chunk + 1) * blocks_per_chunk).min(row_blocks);
-        let r0 = rb_start * mr;
-        let tile = Tile {
-            blocks: &row_slots[rb_start..rb_end],
-            b: panel_b,
-            w: wt,
-            // SAFETY (pointer arithmetic): r0 < m and c0 < n, so r0·n + c0 < m·n = out.len().
-            out: unsafe { out_ptr.get().add(r0 * n + c0) },
-            ld: n,
-            rows: (rb_end * mr).min(m) - r0,
-            cols,
-            kconst,
-        };
-        // SAFETY: `fam` came from `family(isa)`, which checked the CPU. The output rectangle is
-        // rows r0..r0+rows (≤ m) by columns c0..c0+cols (≤ n) of the (m, n) matrix `out` with
-        // leading dimension n: in bounds. Tasks cover distinct (panel, row chunk) pairs, so no two
-        // tiles, in any thread, share an element; `out` is exclusively borrowed by this call for its
-        // whole duration.
-        let ok = unsafe { (fam.tile)(kind, nr, &tile) };
-        if let (Some(e), true) = (epilogue, ok) {
-            // SAFETY: the rows of this chunk (< m) by the panel's columns c0..c0+cols (≤ n): the
-            // rectangle the tile above just wrote, this task's own (see the tile's SAFETY).
-            unsafe {
-                e.apply(
-                    out_ptr.get(),
-                    n,
-                    rb_start * mr..(rb_end * mr).min(m),
-                    c0..c0 + cols,
-                )
-            };
-        }
-        ok
+        let r0 = chunk * blocks_per_chunk * mr;
+        sweep(panel, &last.words, r0..(r0 + blocks_per_chunk * mr).min(m))
     };
 
-    // One task: a row chunk of a group of neighbouring panels. Tasks are contiguous rectangles, so
-    // two threads share output cache lines only along task edges, never panel by panel.
-    let task = |last: &mut LastPanel, (group, chunk): (usize, usize)| -> bool {
-        let mut ok = true;
-        let panel_end = ((group + 1) * panels_per_group).min(panels);
-        for panel in group * panels_per_group..panel_end {
-            ok &= panel_task(last, panel, chunk);
+    // One task: a row chunk of a group of neighbouring panels, or a row chunk of the dot-product
+    // columns. Tasks are contiguous rectangles, so two threads share output cache lines only along
+    // task edges, never panel by panel.
+    let task = |last: &mut LastPanel, task: Task| -> bool {
+        match task {
+            Task::Panels(group, chunk) => {
+                let mut ok = true;
+                let panel_end = ((group + 1) * panels_per_group).min(panels);
+                for panel in group * panels_per_group..panel_end {
+                    ok &= panel_task(last, panel, chunk);
+                }
+                ok
+            }
+            Task::Dot(rows) => dot_rows(rows),
         }
-        ok
     };
     let row_chunks = row_blocks.div_ceil(blocks_per_chunk);
-    let tasks: Vec<(usize, usize)> = (0..panels.div_ceil(panels_per_group))
-        .flat_map(|g| (0..row_chunks).map(move |c| (g, c)))
+    let mut tasks: Vec<Task> = (0..panels.div_ceil(panels_per_group))
+        .flat_map(|g| (0..row_chunks).map(move |c| Task::Panels(g, c)))
         .collect();
+    if dot_cols > 0 {
+        // a few row chunks, so that either thread can take them (at most ~1/8 of the work)
+        let rows_per_task = m.div_ceil(2 * threads.max(1)).max(16);
+        tasks.extend(
+            (0..m)
+                .step_by(rows_per_task)
+                .map(|r| Task::Dot(r..(r + rows_per_task).min(m))),
+        );
+    }
     // The calling thread starts at once and the helpers join (`run_claimed_with`): a paper-shape
     // product takes well under a millisecond, a few times what waking a sleeping thread takes in a VM.
     let all_ok = crate::threads::run_claimed_with(threads, tasks, LastPanel::default, task)?;
@@ -482,6 +521,14 @@ fn run(
     }
 }
 
+/// A unit of a product's work.
+enum Task {
+    /// (panel group, row chunk) for the microkernels.
+    Panels(usize, usize),
+    /// Rows of the dot-product columns.
+    Dot(std::ops::Range<usize>),
+}
+
 /// A worker's packed B panel and which panel it is (None: none yet, or its packing failed).
 #[derive(Default)]
 struct LastPanel {
@@ -494,8 +541,8 @@ struct LastPanel {
 /// narrower), so aim at about 8 tasks per thread, cutting rows only when there are too few panels.
 fn task_sizes(panels: usize, row_blocks: usize, threads: usize) -> (usize, usize) {
     let target = 8 * threads;
-    if threads == 1 {
-        (panels, row_blocks)
+    if threads == 1 || panels == 0 {
+        (panels.max(1), row_blocks) // (no panels: every column is a dot product's)
     } else if panels >= target {
         (panels.div_ceil(target), row_blocks)
     } else {
@@ -569,6 +616,7 @@ mod tests {
         geometry: avx512::geometry,
         tile: wide_portable::tile,
         fill: panel::fill_panel,
+        dot: Some(dot::portable),
     };
 
     /// The portable kernel at 8 words per "vector", on the AVX-512 family's table.
@@ -679,6 +727,29 @@ mod tests {
                 check_against_reference(isa, kind, 70, 500, 577, 2);
                 check_against_reference(isa, kind, 513, 25, 300, 3); // one panel: rows are split
                 check_against_reference(isa, kind, 3, 9, 64, 4);
+            }
+        }
+    }
+
+    /// N past the last whole vector by a few columns at a long K: those columns go to dot products
+    /// (`dot::columns`), the rest to the panels, alone or (n < lanes) with no panel at all.
+    #[test]
+    fn remainder_columns_by_dot_products() {
+        for (n, k) in [(25, 4608), (1, 700), (3, 4608), (26, 1000), (12, 4608)] {
+            assert!(
+                dot::columns(n, 8, words_for(k)) > 0,
+                "n={n} k={k} must take the dot path"
+            );
+        }
+        for kind in KINDS {
+            for (n, k) in [(25, 4608), (1, 700), (3, 4608), (26, 1000), (12, 4608)] {
+                for (m, threads) in [(1, 1), (37, 1), (37, 2), (70, 3)] {
+                    #[cfg(target_arch = "x86_64")]
+                    check_family_against_reference(WIDE_PORTABLE, kind, m, n, k, threads);
+                    for isa in crate::isa::available() {
+                        check_against_reference(isa, kind, m, n, k, threads);
+                    }
+                }
             }
         }
     }

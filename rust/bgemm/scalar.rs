@@ -14,6 +14,7 @@ pub(super) const FAMILY: Family = Family {
     geometry,
     tile,
     fill: super::panel::fill_panel,
+    dot: None, // one lane: no remainder
 };
 
 microkernels! { kernel, 1;
@@ -23,8 +24,8 @@ microkernels! { kernel, 1;
     B2x2 => 2, [1, 2];
 }
 
-/// `MR × NR` outputs per row block, A with `PA` planes, B with `PB` planes, over the whole of K. (The tests also run
-/// it as an 8-lane family, `NR` = 8 × the AVX-512 kernels' vectors, on their panel layout.)
+/// `MR × NR` outputs per row block, A with `PA` planes, B with `PB` planes, over the whole of K.
+/// (The tests also run it as an 8-lane family, `NR` = 8 × the AVX-512 kernels' vectors, on their panel layout.)
 ///
 /// # Safety
 /// The tile's output rectangle is valid and unshared (see [`Tile`]).
@@ -36,11 +37,12 @@ pub(super) unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, c
         return false;
     }
     let w = t.w;
-    for (j, slots) in t.blocks.iter().enumerate() {
+    for j in 0..t.rows.div_ceil(MR) {
         let (out, rows) = t.block_out(j, MR);
         let mut acc = [[[0u64; NR]; MR]; 3];
         // `fits` checked every A row holds >= w words and the panel >= w·PB·NR words.
-        let a: [[&[u64]; MR]; PA] = std::array::from_fn(|pa| std::array::from_fn(|i| &slots[pa][i][..w]));
+        let a: [[&[u64]; MR]; PA] =
+            std::array::from_fn(|pa| std::array::from_fn(|i| &t.a[pa][t.row(j, MR, i) * w..][..w]));
         for (p, bw) in t.b[..w * PB * NR].chunks_exact(PB * NR).enumerate() {
             for i in 0..MR {
                 for pa in 0..PA {
