@@ -68,7 +68,8 @@ pub(crate) const LINGER: Duration = Duration::from_micros(300);
 type Job<'a> = &'a (dyn Fn(usize) + Sync);
 
 /// The [`Team::state`] word: the job's epoch above bit 32, [`CLOSED`] at bit 32, the number of
-/// helpers that joined it below.
+/// helpers that joined it below. The epoch's 31 bits wrap after 2³¹ jobs; only equality is compared,
+/// and a false match would need a helper stalled across all of them.
 const EPOCH_ONE: u64 = 1 << 33;
 /// Set by the caller of a job that does not need every helper, once its own part is done: helpers
 /// that have not joined by then skip the job.

@@ -5,8 +5,8 @@
 //! row and word, for `r` useful lanes: at N = 25 on AVX-512 (lanes = 8) a quarter of the work is
 //! wasted. Here those `r` columns go another way: a vector holds 8 consecutive words of one A row
 //! (or B column), both read in place (no panel), and each output ends with a horizontal sum. Per row
-//! and column that is `w / lanes` vector triples plus the sum, against `w` triples for the wasted
-//! vector: cheaper when `r·(w / lanes + SUM_COST) < w`, which [`columns`] decides.
+//! and column that is `⌈w / lanes⌉` vector triples plus the sum, against `w` triples for the wasted
+//! vector: cheaper when `r·(⌈w / lanes⌉ + SUM_COST) < w`, which [`columns`] decides.
 
 use super::{Kind, OutPtr};
 

@@ -156,7 +156,8 @@ pub(crate) struct Tile<'a> {
     pub ld: usize,
     pub rows: usize,
     pub cols: usize,
-    /// `weight_sum · K`: `out = kconst − 2·S`.
+    /// `weight_sum · K`: `out = kconst − 2·S`; at most `i32::MAX` (the driver's K limit), which the
+    /// AVX-512 kernel relies on to work in int32.
     pub kconst: i64,
 }
 
@@ -175,6 +176,7 @@ impl Tile<'_> {
     /// block's first (computed, never stored).
     #[inline]
     pub(crate) fn row(&self, j: usize, mr: usize, i: usize) -> usize {
+        debug_assert!(j * mr < self.rows, "block {j} is past the tile's {} rows", self.rows);
         if j * mr + i < self.rows {
             j * mr + i
         } else {
@@ -465,7 +467,8 @@ fn run(
 
     // One B panel against a chunk of A's row blocks. A worker keeps the last panel it packed: tasks
     // are ordered panel by panel and the calling thread takes them from the front, helpers from the
-    // back, so each packs a panel once, but for the one where they meet.
+    // back, so with one helper each packs a panel once, but for the one where they meet (with more,
+    // the helpers share the back panels' chunks and may each pack those).
     let panel_task = |last: &mut LastPanel, panel: usize, chunk: usize| -> bool {
         if last.panel != Some(panel) {
             last.panel = None;
@@ -499,7 +502,7 @@ fn run(
         .flat_map(|g| (0..row_chunks).map(move |c| Task::Panels(g, c)))
         .collect();
     if dot_cols > 0 {
-        // a few row chunks, so that either thread can take them (at most ~1/8 of the work)
+        // a few row chunks of their own, so that every thread can take some
         let rows_per_task = m.div_ceil(2 * threads.max(1)).max(16);
         tasks.extend(
             (0..m)
