@@ -1,6 +1,6 @@
 //! The machine's xor-popcount-add bound, measured: the rate of a loop that does nothing but the
-//! popcount GEMM's inner step (XOR, VPOPCNTQ, VPADDQ on 512 bits) on registers, with no loads or
-//! stores. `benchmarks/kernels.py` states each AVX-512 `bgemm_1x1` figure as a fraction of it, on
+//! popcount GEMM's inner step (XOR, VPOPCNTQ, VPADDQ on 512 bits) on registers, with one load per 12
+//! such steps and no stores. `benchmarks/kernels.py` states each AVX-512 `bgemm_1x1` figure as a fraction of it, on
 //! the same machine and thread count, so the bound follows the CPU (its popcount throughput and its
 //! clock under load) instead of a table of per-model constants.
 
