@@ -300,34 +300,25 @@ pub(crate) fn run_claimed_with<T: Send, S>(
     init: impl Fn() -> S + Sync,
     f: impl Fn(&mut S, T) -> bool + Sync,
 ) -> Result<bool, String> {
-    if n <= 1 || items.len() <= 1 || nested() {
+    let serial = |items: Vec<T>| {
         let mut state = init();
-        return Ok(items.into_iter().fold(true, |ok, it| f(&mut state, it) & ok));
+        items.into_iter().fold(true, |ok, it| f(&mut state, it) & ok)
+    };
+    if n <= 1 || items.len() <= 1 || nested() {
+        return Ok(serial(items));
     }
-    let queue = Mutex::new(items.into_iter());
+    let queue = match Claims::new(items) {
+        Ok(queue) => queue,
+        Err(items) => return Ok(serial(items)), // more than 2^32 items: never in this crate
+    };
     let all_ok = AtomicBool::new(true);
     // The calling thread takes items from the front, helpers from the back: neighbouring items
     // (which may write neighbouring memory) then mostly run on the same thread.
     let work = |t: usize| {
         let mut state = init();
-        loop {
-            // Only `next`/`next_back` run under the lock, and they cannot panic, so the lock is never
-            // poisoned (and a poisoned one would still hold a consistent iterator).
-            let next = {
-                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                if t == 0 {
-                    q.next()
-                } else {
-                    q.next_back()
-                }
-            };
-            match next {
-                Some(item) => {
-                    if !f(&mut state, item) {
-                        all_ok.store(false, Ordering::Relaxed);
-                    }
-                }
-                None => break,
+        while let Some(item) = queue.claim(t == 0) {
+            if !f(&mut state, item) {
+                all_ok.store(false, Ordering::Relaxed);
             }
         }
     };
@@ -336,6 +327,54 @@ pub(crate) fn run_claimed_with<T: Send, S>(
     team(n - 1)?.run(&work, false)?;
     // Every helper that joined is done (`Team::run` waited), so every store is visible here.
     Ok(all_ok.load(Ordering::Relaxed))
+}
+
+/// Items taken from either end by one compare-and-swap on a word holding both ends (a claim is one
+/// atomic read-modify-write, where a lock costs two, and a contended one a system call).
+struct Claims<T> {
+    items: Vec<UnsafeCell<Option<T>>>,
+    /// The next front index (low 32 bits) and one past the next back index (high 32 bits).
+    ends: AtomicU64,
+}
+
+// SAFETY: an item is taken only by the thread whose CAS moved an end past its index, exactly once.
+unsafe impl<T: Send> Sync for Claims<T> {}
+
+impl<T> Claims<T> {
+    /// The items, or all of them back if there are more than the 32-bit ends can count.
+    fn new(items: Vec<T>) -> Result<Self, Vec<T>> {
+        let Ok(back) = u32::try_from(items.len()) else {
+            return Err(items);
+        };
+        Ok(Claims {
+            items: items.into_iter().map(|t| UnsafeCell::new(Some(t))).collect(),
+            ends: AtomicU64::new(u64::from(back) << 32),
+        })
+    }
+
+    /// The next item from the front (or the back), or None when none is left.
+    fn claim(&self, front: bool) -> Option<T> {
+        let mut ends = self.ends.load(Ordering::Acquire);
+        loop {
+            let (f, b) = (ends & u64::from(u32::MAX), ends >> 32);
+            if f >= b {
+                return None;
+            }
+            let (next, index) = if front {
+                (ends + 1, f)
+            } else {
+                (ends - (1 << 32), b - 1)
+            };
+            match self
+                .ends
+                .compare_exchange_weak(ends, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                // SAFETY: this CAS moved an end past `index`, which no other claim can return now.
+                Ok(_) => return unsafe { (*self.items[index as usize].get()).take() },
+                Err(now) => ends = now,
+            }
+        }
+    }
 }
 
 #[cfg(test)]
