@@ -176,7 +176,11 @@ impl Tile<'_> {
     /// block's first (computed, never stored).
     #[inline]
     pub(crate) fn row(&self, j: usize, mr: usize, i: usize) -> usize {
-        debug_assert!(j * mr < self.rows, "block {j} is past the tile's {} rows", self.rows);
+        debug_assert!(
+            j * mr < self.rows,
+            "block {j} is past the tile's {} rows",
+            self.rows
+        );
         if j * mr + i < self.rows {
             j * mr + i
         } else {
