@@ -30,8 +30,8 @@ of the machine's xor-popcount-add bound on as many threads: the rate of a loop d
 GEMM's inner step (XOR, VPOPCNTQ, VPADDQ on 512 bits) on registers (`apb_ref._kernels.xor_popcount_peak`),
 which runs per shape in turns with the kernels, the fraction being the median of same-round ratios (so
 not exactly macs_per_s / bound_macs_per_s, the medians over all calls; the header's bound, median of 5
-at the start, is for reference). Every Rust result is checked against the NumPy reference once. Writes every number to
-benchmarks/results/kernels.json (or --json PATH).
+at the start, is for reference). Every Rust result is checked against the NumPy reference once.
+Writes every number to benchmarks/results/kernels.json (or --json PATH).
 """
 from __future__ import annotations
 
@@ -216,10 +216,9 @@ def bench_shape(shape, cfg, rng) -> dict:
     base = fp32["median_s"]
     bound = {}
     for threads in cfg["peak"]:
-        stats = timed[("bound", threads)]
-        bound[threads] = (threads * BOUND_STEPS * BOUND_MACS_PER_STEP, stats)
-    out["bound"] = {str(t): {"macs_per_call": b[0], **b[1], "macs_per_s": b[0] / b[1]["median_s"]}
-                    for t, b in bound.items()}
+        stats, macs_per_call = timed[("bound", threads)], threads * BOUND_STEPS * BOUND_MACS_PER_STEP
+        bound[threads] = {"macs_per_call": macs_per_call, **stats, "macs_per_s": macs_per_call / stats["median_s"]}
+    out["bound"] = {str(t): b for t, b in bound.items()}
 
     out["bgemm"] = {}
     for name in KERNELS:
@@ -235,9 +234,8 @@ def bench_shape(shape, cfg, rng) -> dict:
             if name == "bgemm_1x1" and isa == "avx512" and threads in bound:
                 # the bound is the 512-bit VPOPCNTQ loop's: it says nothing about the AVX2 or scalar paths.
                 # Its fraction is the median of same-round ratios, as every ratio here.
-                bound_macs, bound_stats = bound[threads]
-                row["bound_macs_per_s"] = bound_macs / bound_stats["median_s"]
-                row["bound_fraction"] = macs / bound_macs * speedup(bound_stats, stats)
+                row["bound_macs_per_s"] = bound[threads]["macs_per_s"]
+                row["bound_fraction"] = macs / bound[threads]["macs_per_call"] * speedup(bound[threads], stats)
             cell["rust"].append(row)
         out["bgemm"][name] = cell
 

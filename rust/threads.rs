@@ -76,6 +76,11 @@ const EPOCH_ONE: u64 = 1 << 33;
 const CLOSED: u64 = 1 << 32;
 const JOINED: u64 = CLOSED - 1;
 
+/// The epoch part of a [`Team::state`] word.
+const fn epoch_of(state: u64) -> u64 {
+    state & !(CLOSED | JOINED)
+}
+
 /// `n` helper threads that run one job at a time with a calling thread.
 pub(crate) struct Team {
     n: usize,
@@ -123,7 +128,7 @@ impl Team {
         unsafe { *self.job.get() = Some(erased) };
         self.done.store(0, Ordering::SeqCst);
         self.panicked.store(false, Ordering::SeqCst);
-        let epoch = (self.state.load(Ordering::SeqCst) & !(CLOSED | JOINED)).wrapping_add(EPOCH_ONE);
+        let epoch = epoch_of(self.state.load(Ordering::SeqCst)).wrapping_add(EPOCH_ONE);
         self.state.store(epoch, Ordering::SeqCst);
         let threads = self.threads.get().map_or(&[][..], Vec::as_slice);
         for (parked, thread) in self.parked.iter().zip(threads) {
@@ -158,7 +163,6 @@ impl Team {
     /// Helper `h`'s loop: wait for a new epoch (spinning for [`LINGER`], then asleep), join its job
     /// unless it is closed, run it.
     fn serve(&self, h: usize) {
-        let epoch_of = |s: u64| s & !(CLOSED | JOINED);
         let mut seen = 0;
         loop {
             let idle = Instant::now();

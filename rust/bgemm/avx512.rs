@@ -92,16 +92,7 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
             if i >= rows {
                 break; // (a constant-trip loop, so the accumulators keep their registers)
             }
-            let sum = |v: usize| {
-                let mut s = acc[0][i][v];
-                if PA + PB > 2 {
-                    s = _mm512_add_epi64(s, _mm512_slli_epi64::<1>(acc[1][i][v]));
-                }
-                if PA + PB > 3 {
-                    s = _mm512_add_epi64(s, _mm512_slli_epi64::<2>(acc[2][i][v]));
-                }
-                s
-            };
+            let sum = |v: usize| weighted([acc[0][i][v], acc[1][i][v], acc[2][i][v]], PA + PB - 1);
             for v in (0..NR).step_by(2) {
                 let c0 = v * LANES;
                 if c0 >= t.cols {
@@ -119,6 +110,21 @@ unsafe fn kernel<const MR: usize, const NR: usize, const PA: usize, const PB: us
         }
     }
     true
+}
+
+/// `S = c[0] + 2·c[1] + 4·c[2]` of a product with `classes` weight classes (1 to 3; the ones past it
+/// are not read): the popcount sums, each class counted at its weight.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn weighted(c: [__m512i; 3], classes: usize) -> __m512i {
+    let mut s = c[0];
+    if classes > 1 {
+        s = _mm512_add_epi64(s, _mm512_slli_epi64::<1>(c[1]));
+    }
+    if classes > 2 {
+        s = _mm512_add_epi64(s, _mm512_slli_epi64::<2>(c[2]));
+    }
+    s
 }
 
 /// [`super::dot::Dot`] on zmm vectors: 8 consecutive words of an A row and of a B column per load
@@ -188,14 +194,7 @@ unsafe fn dot_kernel<const PA: usize, const PB: usize>(t: &DotTile) -> bool {
                 if i0 + r >= t.rows.end {
                     break;
                 }
-                let mut s = sums[0];
-                if PA + PB > 2 {
-                    s = _mm512_add_epi64(s, _mm512_slli_epi64::<1>(sums[1]));
-                }
-                if PA + PB > 3 {
-                    s = _mm512_add_epi64(s, _mm512_slli_epi64::<2>(sums[2]));
-                }
-                let v = t.kconst - 2 * _mm512_reduce_add_epi64(s);
+                let v = t.kconst - 2 * _mm512_reduce_add_epi64(weighted(*sums, PA + PB - 1));
                 // SAFETY: row i0 + r in rows, j in cols: inside the tile's output (caller's contract);
                 // |v| <= weight_sum·K <= i32::MAX.
                 unsafe { *t.out.get().add((i0 + r) * t.ld + j) = v as i32 };

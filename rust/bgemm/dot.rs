@@ -72,18 +72,9 @@ pub(super) unsafe fn portable(kind: Kind, t: &DotTile) -> bool {
     if !t.fits(pa, pb) {
         return false;
     }
-    let w = t.w;
     for i in t.rows.clone() {
         for j in t.cols.clone() {
-            let mut s = 0i64;
-            for (x, plane_a) in t.a[..pa].iter().enumerate() {
-                for (y, plane_b) in t.b[..pb].iter().enumerate() {
-                    let e = (pa - 1 - x) + (pb - 1 - y);
-                    let (ra, rb) = (&plane_a[i * w..(i + 1) * w], &plane_b[j * w..(j + 1) * w]);
-                    let pop: i64 = ra.iter().zip(rb).map(|(u, v)| (u ^ v).count_ones() as i64).sum();
-                    s += pop << e;
-                }
-            }
+            let s = super::reference_sum(&t.a[..pa], &t.b[..pb], t.w, i, j);
             // SAFETY: i in rows, j in cols: inside the tile's output (caller's contract).
             unsafe { *t.out.get().add(i * t.ld + j) = (t.kconst - 2 * s) as i32 };
         }

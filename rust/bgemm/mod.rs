@@ -561,25 +561,31 @@ fn task_sizes(panels: usize, row_blocks: usize, threads: usize) -> (usize, usize
 /// The plain reference: `Σ_classes 2^e (K − 2·popcount)` one output at a time (the tests' oracle).
 #[cfg(test)]
 fn reference(kind: Kind, a: &[&[u64]], b: &[&[u64]], m: usize, n: usize, k: usize) -> Vec<i32> {
-    let w = words_for(k);
-    let (pa, pb) = kind.planes();
+    let (w, kconst) = (words_for(k), kind.weight_sum() * k as i64);
     let mut out = vec![0i32; m * n];
     for i in 0..m {
         for j in 0..n {
-            let mut s = 0i64;
-            for (x, plane_a) in a.iter().enumerate() {
-                for (y, plane_b) in b.iter().enumerate() {
-                    let e = (pa - 1 - x) + (pb - 1 - y);
-                    let ra = &plane_a[i * w..(i + 1) * w];
-                    let rb = &plane_b[j * w..(j + 1) * w];
-                    let pop: i64 = ra.iter().zip(rb).map(|(u, v)| (u ^ v).count_ones() as i64).sum();
-                    s += (k as i64 - 2 * pop) << e;
-                }
-            }
-            out[i * n + j] = s as i32;
+            out[i * n + j] = (kconst - 2 * reference_sum(a, b, w, i, j)) as i32;
         }
     }
     out
+}
+
+/// `S = Σ 2^e·popcount(a_x[i] ^ b_y[j])` over the plane pairs (`e` the pair's weight exponent), one
+/// output's sum the plain way: the reference's, and the portable dot products' (`dot::portable`).
+#[cfg(test)]
+fn reference_sum(a: &[&[u64]], b: &[&[u64]], w: usize, i: usize, j: usize) -> i64 {
+    let (pa, pb) = (a.len(), b.len());
+    let mut s = 0i64;
+    for (x, plane_a) in a.iter().enumerate() {
+        for (y, plane_b) in b.iter().enumerate() {
+            let e = (pa - 1 - x) + (pb - 1 - y);
+            let (ra, rb) = (&plane_a[i * w..(i + 1) * w], &plane_b[j * w..(j + 1) * w]);
+            let pop: i64 = ra.iter().zip(rb).map(|(u, v)| (u ^ v).count_ones() as i64).sum();
+            s += pop << e;
+        }
+    }
+    s
 }
 
 #[cfg(test)]
@@ -742,14 +748,15 @@ mod tests {
     /// (`dot::columns`), the rest to the panels, alone or (n < lanes) with no panel at all.
     #[test]
     fn remainder_columns_by_dot_products() {
-        for (n, k) in [(25, 4608), (1, 700), (3, 4608), (26, 1000), (12, 4608)] {
+        const SHAPES: [(usize, usize); 5] = [(25, 4608), (1, 700), (3, 4608), (26, 1000), (12, 4608)];
+        for (n, k) in SHAPES {
             assert!(
                 dot::columns(n, 8, words_for(k)) > 0,
                 "n={n} k={k} must take the dot path"
             );
         }
         for kind in KINDS {
-            for (n, k) in [(25, 4608), (1, 700), (3, 4608), (26, 1000), (12, 4608)] {
+            for (n, k) in SHAPES {
                 for (m, threads) in [(1, 1), (37, 1), (37, 2), (70, 3)] {
                     #[cfg(target_arch = "x86_64")]
                     check_family_against_reference(WIDE_PORTABLE, kind, m, n, k, threads);

@@ -1,8 +1,8 @@
 //! The machine's xor-popcount-add bound, measured: the rate of a loop that does nothing but the
 //! popcount GEMM's inner step (XOR, VPOPCNTQ, VPADDQ on 512 bits) on registers, with one load per 12
-//! such steps and no stores. `benchmarks/kernels.py` states each AVX-512 `bgemm_1x1` figure as a fraction of it, on
-//! the same machine and thread count, so the bound follows the CPU (its popcount throughput and its
-//! clock under load) instead of a table of per-model constants.
+//! such steps and no stores. `benchmarks/kernels.py` states each AVX-512 `bgemm_1x1` figure as a
+//! fraction of it, on the same machine and thread count, so the bound follows the CPU (its popcount
+//! throughput and its clock under load) instead of a table of per-model constants.
 
 /// Binary MACs per second of the loop on `threads` threads, each running `steps` steps of 12
 /// independent 512-bit triples (enough accumulators to cover VPOPCNTQ's latency); None unless the
