@@ -78,6 +78,9 @@ SHAPES = [(64, 576, 2916), (128, 576, 2916), (128, 1152, 676), (256, 1152, 676),
 QUICK_SHAPES = [(64, 576, 2916), (512, 4608, 25)]
 DENSITIES = (0.01, 0.02, 0.05)
 KERNELS = ("bgemm_1x1", "bgemm_1x2", "bgemm_2x2")
+# bgemm_1x1 as a layer runs it: the weight's panels packed once (bgemm_prepare, not timed), the
+# activation rows as A (bgemm_prepared), the output (N, M) channels-last
+PREPARED = "bgemm_1x1 prepared"
 VALUES_2BIT = np.array([-3, -1, 1, 3], dtype=np.int8)
 
 
@@ -209,6 +212,13 @@ def bench_shape(shape, cfg, rng) -> dict:
                     continue
                 fn = getattr(R, name)
                 group[(name, isa, threads)] = lambda fn=fn, a=args[name], isa=isa, t=threads: fn(*a, isa=isa, threads=t)
+    # bgemm_1x1 the way a layer runs it: the weight's panels packed once (not timed) and the
+    # activation rows as A, so the output is (N, M), channels-last
+    for isa in cfg["isas"] if R else []:
+        weights = R.bgemm_prepare(a, k, "bgemm_1x1", isa=isa)
+        for threads in cfg["threads"]:
+            if not (isa == "scalar" and threads > 1 and not cfg["scalar_threads"]):
+                group[(PREPARED, isa, threads)] = lambda p=weights, t=threads: R.bgemm_prepared(b, p, threads=t)
     for threads in cfg["peak"]:
         group[("bound", threads)] = bound_cell(threads)
     timed, got = measure_interleaved(group, rep, mt, rounds=cfg["rounds"])
@@ -221,8 +231,13 @@ def bench_shape(shape, cfg, rng) -> dict:
     out["bound"] = {str(t): b for t, b in bound.items()}
 
     out["bgemm"] = {}
-    for name in KERNELS:
-        ref_stats, expected = measure(lambda: getattr(reference, name)(*args[name]), rep, mt)
+    for name in (*KERNELS, PREPARED):
+        if name == PREPARED:  # the same product as bgemm_1x1, transposed
+            ref_stats, expected = out["bgemm"]["bgemm_1x1"]["numpy_ref"], one_by_one.T
+        else:
+            ref_stats, expected = measure(lambda: getattr(reference, name)(*args[name]), rep, mt)
+            if name == "bgemm_1x1":
+                one_by_one = expected
         cell = {"numpy_ref": {**ref_stats, "ratio": base / ref_stats["median_s"]}, "rust": []}
         for isa, threads in [key[1:] for key in group if key != "fp32" and key[0] == name]:
             stats = timed[(name, isa, threads)]
@@ -231,7 +246,7 @@ def bench_shape(shape, cfg, rng) -> dict:
                                      f"at shape {shape}")
             t = stats["median_s"]
             row = {"isa": isa, "threads": threads, **stats, "ratio": speedup(fp32, stats), "macs_per_s": macs / t}
-            if name == "bgemm_1x1" and isa == "avx512" and threads in bound:
+            if name in ("bgemm_1x1", PREPARED) and isa == "avx512" and threads in bound:
                 # the bound is the 512-bit VPOPCNTQ loop's: it says nothing about the AVX2 or scalar paths.
                 # Its fraction is the median of same-round ratios, as every ratio here.
                 row["bound_macs_per_s"] = bound[threads]["macs_per_s"]
@@ -315,7 +330,7 @@ def report(results: list[dict], cfg: dict) -> dict:
     best, t_max = cfg["best"], max(cfg["threads"])
 
     print("\n(1) binary GEMMs on packed operands: median ms (ratio = fp32 1-thread ms / ms)")
-    for name in KERNELS:
+    for name in [name for name in (*KERNELS, PREPARED) if name in results[0]["bgemm"]]:
         print(f"\n{name}")
         headers = ["M,K,N", "fp32 1t ms", "numpy-ref"] + [f"{isa} {t}t" for isa, t in cols]
         rows = []
@@ -330,7 +345,7 @@ def report(results: list[dict], cfg: dict) -> dict:
         print_table(headers, rows)
         print(f"{name}: binary GMAC/s (M*K*N / time)" + (", avx512: % of the measured xor-popcount-add bound "
                                                         "on as many threads"
-                                                        if name == "bgemm_1x1" and cfg["peak"] else ""))
+                                                        if name in ("bgemm_1x1", PREPARED) and cfg["peak"] else ""))
         rows = []
         for res in results:
             row = [shape_label(res["shape"]), f"{res['macs'] / res['fp32']['median_s'] / 1e9:.1f}"]
@@ -360,7 +375,7 @@ def report(results: list[dict], cfg: dict) -> dict:
                 s[f"speedup_{t_max}t_over_1t"] = ups
                 print(f"  {t_max}-thread / 1-thread speed-up ({best}): "
                       + ", ".join(f"{shape_label(r['shape'])}: {u:.2f}x" for r, u in zip(results, ups)))
-                if name == "bgemm_1x1" and str(t_max) in results[0].get("bound", {}):
+                if name in ("bgemm_1x1", PREPARED) and str(t_max) in results[0].get("bound", {}):
                     # the host's own scaling, in the same rounds: the bound's loop on t_max threads
                     # does t_max times the MACs of one, so its speed-up is t_max x the time ratio
                     bups = [t_max * speedup(r["bound"]["1"], r["bound"][str(t_max)]) for r in results]

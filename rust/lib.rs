@@ -71,6 +71,9 @@ fn _kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py::bgemm::bgemm_1x2, m)?)?;
     m.add_function(wrap_pyfunction!(py::bgemm::bgemm_2x2, m)?)?;
     m.add_function(wrap_pyfunction!(py::bgemm::xor_popcount_peak, m)?)?;
+    m.add_function(wrap_pyfunction!(py::prepared::bgemm_prepare, m)?)?;
+    m.add_function(wrap_pyfunction!(py::prepared::bgemm_prepared, m)?)?;
+    m.add_class::<py::prepared::PreparedB>()?;
     m.add_function(wrap_pyfunction!(py::sparse::csr_matmul, m)?)?;
     m.add_function(wrap_pyfunction!(py::train::conv2d_forward, m)?)?;
     m.add_function(wrap_pyfunction!(py::train::conv2d_backward_input, m)?)?;

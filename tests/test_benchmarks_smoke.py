@@ -35,7 +35,7 @@ def test_kernels_benchmark_quick(tmp_path):
         m, k, n = res["shape"]
         assert res["macs"] == m * k * n
         times = _times(res["fp32"])
-        for name in ("bgemm_1x1", "bgemm_1x2", "bgemm_2x2"):
+        for name in ("bgemm_1x1", "bgemm_1x2", "bgemm_2x2", "bgemm_1x1 prepared"):
             cell = res["bgemm"][name]
             times += _times(cell["numpy_ref"])
             assert len(cell["rust"]) == (len(d["settings"]["threads"]) if have_rust else 0)
@@ -44,7 +44,7 @@ def test_kernels_benchmark_quick(tmp_path):
                 assert r["ratio"] > 0 and r["macs_per_s"] > 0
                 assert r["isa"] == d["machine"]["isa_available"][0]  # --quick: the best ISA only
                 # bgemm_1x1 on AVX-512 is stated against the bound, timed in the same rounds
-                with_bound = name == "bgemm_1x1" and r["isa"] == "avx512"
+                with_bound = name in ("bgemm_1x1", "bgemm_1x1 prepared") and r["isa"] == "avx512"
                 assert ("bound_fraction" in r) == with_bound
                 if with_bound:
                     assert 0 < r["bound_fraction"] and r["bound_macs_per_s"] > 0
@@ -61,7 +61,7 @@ def test_kernels_benchmark_quick(tmp_path):
             times += [t for r in c["rust"] for t in _times(r)]
         assert all(t > 0 for t in times)
     if have_rust:
-        assert {"bgemm_1x1", "bgemm_1x2", "bgemm_2x2"} <= d["summary"].keys()
+        assert {"bgemm_1x1", "bgemm_1x2", "bgemm_2x2", "bgemm_1x1 prepared"} <= d["summary"].keys()
 
 
 @pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")

@@ -28,6 +28,10 @@
 //! A family may compute the few columns past the last whole vector by dot products along K instead
 //! (`dot.rs`; AVX-512 at N = 25 and K = 4608, where the last vector would carry 1 column in 8).
 //!
+//! B may also come packed beforehand (`prepared.rs`): a layer's weights, packed once, with the
+//! activations as A. Then nothing is packed per call, and each task runs all of its panels over a
+//! few rows at a time, while those rows' A words and output lines are in L1.
+//!
 //! # Threads
 //!
 //! A task is a chunk of rows of a group of neighbouring panels (about 8 tasks per thread); rows are
@@ -79,6 +83,7 @@ macro_rules! microkernels {
 mod dot;
 mod panel;
 pub mod peak;
+mod prepared;
 mod scalar;
 
 #[cfg(target_arch = "x86_64")]
@@ -88,6 +93,7 @@ mod avx512;
 
 use crate::bits::words_for;
 use crate::isa::{Isa, PerIsa};
+pub use prepared::{bgemm_prepared, Prepared};
 
 /// Largest number of A rows a microkernel handles at once.
 const MR_MAX: usize = 8;
@@ -351,16 +357,50 @@ pub fn bgemm(
 ) -> Result<(), String> {
     check(kind, a, b, m, n, k, epilogue, out)?;
     let fam = family(isa).ok_or_else(|| format!("{}: isa {isa} is not available", kind.name()))?;
-    run(fam, kind, a, b, (m, n, k), threads, epilogue, out)
+    run(fam, kind, a, b, None, (m, n, k), threads, epilogue, out)
 }
 
-/// [`bgemm`] on the microkernels of `fam`, its arguments checked.
+/// How a product's N columns are cut: panels of up to `nc_max` columns for the microkernels over
+/// columns `0..n_lanes`, dot products (dot.rs) for the rest.
+#[derive(Clone, Copy)]
+struct Columns {
+    lanes: usize,
+    nc_max: usize,
+    n_lanes: usize,
+    panels: usize,
+}
+
+impl Columns {
+    fn new(fam: Family, kind: Kind, n: usize, w: usize) -> Self {
+        let (_, nr_max) = (fam.geometry)(kind);
+        let nc_max = nr_max.max(1) * fam.lanes;
+        let dot_cols = fam.dot.map_or(0, |_| dot::columns(n, fam.lanes, w));
+        let n_lanes = n - dot_cols;
+        Columns {
+            lanes: fam.lanes,
+            nc_max,
+            n_lanes,
+            panels: n_lanes.div_ceil(nc_max),
+        }
+    }
+
+    /// Panel `panel`'s first column, its columns, and the vectors per row of its microkernel.
+    fn panel(&self, panel: usize) -> (usize, usize, usize) {
+        let c0 = panel * self.nc_max;
+        let cols = self.nc_max.min(self.n_lanes - c0);
+        (c0, cols, cols.div_ceil(self.lanes))
+    }
+}
+
+/// [`bgemm`] on the microkernels of `fam`, its arguments checked; with `prepared`, B's panels come
+/// from it (made by `fam` for `kind` and these `b`, `n`, `k`) instead of being packed here.
 #[allow(clippy::too_many_arguments)]
 fn run(
     fam: Family,
     kind: Kind,
     a: &[&[u64]],
     b: &[&[u64]],
+    prepared: Option<&Prepared>,
     (m, n, k): (usize, usize, usize),
     threads: usize,
     epilogue: Option<Epilogue>,
@@ -370,15 +410,16 @@ fn run(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let (mr, nr_max) = (fam.geometry)(kind);
-    let (mr, nr_max) = (mr.clamp(1, MR_MAX), nr_max.max(1));
-    let nc_max = nr_max * fam.lanes;
-    // The microkernels' panels cover columns 0..n_lanes, dot products the rest (dot.rs).
-    let dot_cols = fam.dot.map_or(0, |_| dot::columns(n, fam.lanes, w));
-    let n_lanes = n - dot_cols;
-    let panels = n_lanes.div_ceil(nc_max);
+    let mr = (fam.geometry)(kind).0.clamp(1, MR_MAX);
+    let columns = Columns::new(fam, kind, n, w);
+    let (n_lanes, panels) = (columns.n_lanes, columns.panels);
+    let dot_cols = n - n_lanes;
     let row_blocks = m.div_ceil(mr);
-    let (panels_per_group, blocks_per_chunk) = task_sizes(panels, row_blocks, threads.max(1));
+    let (panels_per_group, blocks_per_chunk) = if prepared.is_some() {
+        prepared_task_sizes(panels, row_blocks, threads.max(1))
+    } else {
+        task_sizes(panels, row_blocks, threads.max(1))
+    };
     let kconst = kind.weight_sum() * k as i64;
     let out_ptr = OutPtr(out.as_mut_ptr());
     // A nibble family gets A split here, once (O(m·w), against the product's O(m·n·w)), and each B
@@ -395,12 +436,7 @@ fn run(
         (a.to_vec(), w)
     };
 
-    // Panel `panel`'s first column, its columns, and the vectors per row of its microkernel.
-    let geometry = |panel: usize| {
-        let c0 = panel * nc_max;
-        let cols = nc_max.min(n_lanes - c0);
-        (c0, cols, cols.div_ceil(fam.lanes))
-    };
+    let geometry = |panel: usize| columns.panel(panel);
     let (_, pb) = kind.planes();
     // Pack panel `panel` into `dst` (sized here); false if the family refused it (an internal error).
     let pack = |panel: usize, dst: &mut Vec<u64>| -> bool {
@@ -489,8 +525,26 @@ fn run(
     // columns. Tasks are contiguous rectangles, so two threads share output cache lines only along
     // task edges, never panel by panel.
     let task = |last: &mut LastPanel, task: Task| -> bool {
-        match task {
-            Task::Panels(group, chunk) => {
+        match (task, prepared) {
+            // Prepared panels are in cache already: all of the group's panels for a few rows at a
+            // time, so those rows' A words and output lines are used while they are in L1.
+            (Task::Panels(group, chunk), Some(prep)) => {
+                let panel_end = ((group + 1) * panels_per_group).min(panels);
+                let r0 = chunk * blocks_per_chunk * mr;
+                let r1 = (r0 + blocks_per_chunk * mr).min(m);
+                let step = (PREPARED_ROW_BYTES / (8 * wt * a.len().max(1)))
+                    .max(1)
+                    .div_ceil(mr)
+                    * mr;
+                let mut ok = true;
+                for s in (r0..r1).step_by(step) {
+                    for panel in group * panels_per_group..panel_end {
+                        ok &= sweep(panel, prep.panel(panel), s..(s + step).min(r1));
+                    }
+                }
+                ok
+            }
+            (Task::Panels(group, chunk), None) => {
                 let mut ok = true;
                 let panel_end = ((group + 1) * panels_per_group).min(panels);
                 for panel in group * panels_per_group..panel_end {
@@ -498,7 +552,7 @@ fn run(
                 }
                 ok
             }
-            Task::Dot(rows) => dot_rows(rows),
+            (Task::Dot(rows), _) => dot_rows(rows),
         }
     };
     let row_chunks = row_blocks.div_ceil(blocks_per_chunk);
@@ -557,6 +611,21 @@ fn task_sizes(panels: usize, row_blocks: usize, threads: usize) -> (usize, usize
         (1, row_blocks.div_ceil(row_chunks))
     }
 }
+
+/// [`task_sizes`] for prepared panels: no packing to share, so cut rows first (each task then runs
+/// every panel of its rows, see `run`), and panels only when there are too few row blocks.
+fn prepared_task_sizes(panels: usize, row_blocks: usize, threads: usize) -> (usize, usize) {
+    if threads == 1 || panels == 0 {
+        return (panels.max(1), row_blocks);
+    }
+    let target = 8 * threads;
+    let row_chunks = row_blocks.min(target);
+    let groups = target.div_ceil(row_chunks).min(panels);
+    (panels.div_ceil(groups), row_blocks.div_ceil(row_chunks))
+}
+
+/// About how many bytes of A rows a prepared product's task sweeps against all its panels at a time.
+const PREPARED_ROW_BYTES: usize = 8 << 10;
 
 /// The plain reference: `Σ_classes 2^e (K − 2·popcount)` one output at a time (the tests' oracle).
 #[cfg(test)]
@@ -639,7 +708,7 @@ mod tests {
         use super::{Kind, Tile};
 
         microkernels! { kernel, 8;
-            B1x1 => 4, [1, 2, 3, 4, 5, 6];
+            B1x1 => 5, [1, 2, 3, 4];
             B1x2 => 4, [1, 2, 3];
             B2x1 => 4, [1, 2, 3];
             B2x2 => 4, [1, 2];
@@ -686,9 +755,28 @@ mod tests {
         let a: Vec<&[u64]> = a_planes.iter().map(|v| v.as_slice()).collect();
         let b: Vec<&[u64]> = b_planes.iter().map(|v| v.as_slice()).collect();
         let mut out = vec![i32::MIN; m * n];
-        run(fam, kind, &a, &b, (m, n, k), threads, None, &mut out).unwrap();
+        run(fam, kind, &a, &b, None, (m, n, k), threads, None, &mut out).unwrap();
         let want = reference(kind, &a, &b, m, n, k);
         assert_eq!(out, want, "{isa} {kind:?} m={m} n={n} k={k} threads={threads}");
+        // B's panels packed beforehand: the same products.
+        let prepared = Prepared::for_family(fam, kind, &b, n, k).unwrap();
+        out.fill(i32::MIN);
+        run(
+            fam,
+            kind,
+            &a,
+            &b,
+            Some(&prepared),
+            (m, n, k),
+            threads,
+            None,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            out, want,
+            "prepared: {isa} {kind:?} m={m} n={n} k={k} threads={threads}"
+        );
         // With an epilogue every element becomes its f32 image, once: (product · scale) + shift.
         let scale: Vec<f32> = (0..m).map(|r| 0.37 + 0.11 * r as f32).collect();
         let shift: Vec<f32> = (0..m).map(|r| -1.5 + 0.25 * r as f32).collect();
@@ -696,7 +784,18 @@ mod tests {
             scale: &scale,
             shift: &shift,
         };
-        run(fam, kind, &a, &b, (m, n, k), threads, Some(epilogue), &mut out).unwrap();
+        run(
+            fam,
+            kind,
+            &a,
+            &b,
+            None,
+            (m, n, k),
+            threads,
+            Some(epilogue),
+            &mut out,
+        )
+        .unwrap();
         let want_f: Vec<u32> = (0..m * n)
             .map(|i| ((want[i] as f32) * scale[i / n] + shift[i / n]).to_bits())
             .collect();

@@ -11,7 +11,7 @@ use crate::bgemm::{self, Kind};
 use crate::bits::{self, words_for};
 
 /// Validate `k` (an int in [1, max_k]).
-fn parse_k(func: &str, k: &Bound<'_, PyAny>, max_k: usize) -> PyResult<usize> {
+pub(super) fn parse_k(func: &str, k: &Bound<'_, PyAny>, max_k: usize) -> PyResult<usize> {
     let k = opt_int(func, "k", Some(k))?
         .ok_or_else(|| value_error(format!("{func}: k must be an integer, got None")))?;
     if k < 1 || k as u64 > max_k as u64 {
@@ -23,14 +23,14 @@ fn parse_k(func: &str, k: &Bound<'_, PyAny>, max_k: usize) -> PyResult<usize> {
 }
 
 /// One packed operand plane after validation.
-struct Plane<'py> {
-    name: &'static str,
-    arr: Bound<'py, PyUntypedArray>,
-    rows: usize,
-    words: usize,
+pub(super) struct Plane<'py> {
+    pub name: &'static str,
+    pub arr: Bound<'py, PyUntypedArray>,
+    pub rows: usize,
+    pub words: usize,
 }
 
-fn plane<'py>(func: &str, name: &'static str, x: &Bound<'py, PyAny>) -> PyResult<Plane<'py>> {
+pub(super) fn plane<'py>(func: &str, name: &'static str, x: &Bound<'py, PyAny>) -> PyResult<Plane<'py>> {
     let arr = typed::<u64>(func, name, x, "uint64", 2)?;
     let (rows, words) = match arr.shape() {
         [r, w] => (*r, *w),
@@ -45,7 +45,7 @@ fn plane<'py>(func: &str, name: &'static str, x: &Bound<'py, PyAny>) -> PyResult
 }
 
 /// Planes of one operand must agree in shape.
-fn same_shape(func: &str, planes: &[Plane<'_>]) -> PyResult<()> {
+pub(super) fn same_shape(func: &str, planes: &[Plane<'_>]) -> PyResult<()> {
     if let [first, rest @ ..] = planes {
         for p in rest {
             if (p.rows, p.words) != (first.rows, first.words) {

@@ -8,6 +8,7 @@
 //! * `args.rs`: argument plumbing shared by every binding;
 //! * `bits.rs`: `pack_bits`, `pack_mask`, `pack_2bit`;
 //! * `bgemm.rs`: `bgemm_1x1`, `bgemm_1x2`, `bgemm_2x2`;
+//! * `prepared.rs`: `bgemm_prepare` (a B operand packed once, the `PreparedB` class), `bgemm_prepared`;
 //! * `sparse.rs`: `csr_matmul`, `csr_conv2d`;
 //! * `conv.rs`: `im2col_bits`;
 //! * `bconv.rs`: `bconv_1bit`, a whole binary conv layer on packed bits;
@@ -36,6 +37,7 @@ pub(crate) mod net;
 pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod pool;
+pub(crate) mod prepared;
 pub(crate) mod quant;
 pub(crate) mod sparse;
 pub(crate) mod train;

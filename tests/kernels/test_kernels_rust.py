@@ -84,6 +84,39 @@ def test_bgemm_equals_reference(raw_rust, kind, isa, threads, dims):
 @pytest.mark.parametrize("kind", list(KINDS))
 @per_isa
 @per_threads
+@settings(max_examples=30, deadline=None)
+@given(dims=gemm_dims())
+@example(dims=(1, 1, 1, 0))
+@example(dims=(25, 64, 4608, 1))   # the paper's last shape channels-last: 5 row blocks, two 32-column panels
+@example(dims=(70, 49, 577, 2))    # a narrow last panel
+@example(dims=(70, 25, 130, 3))    # dot-product columns on AVX-512 (small K keeps them in panels)
+def test_prepared_b_gives_the_same_products(raw_rust, kind, isa, threads, dims):
+    m, n, k, seed = dims
+    a, b = operands(kind, np.random.default_rng(seed), m, n, k)
+    prepared = raw_rust.bgemm_prepare(tuple(b) if len(b) > 1 else b[0], k, kind, isa=isa)
+    assert (prepared.kind, prepared.n, prepared.k, prepared.isa) == (kind, n, k, isa)
+    assert prepared.nbytes >= sum(p.nbytes for p in b)
+    for _ in range(2):  # prepared once, used again
+        got = raw_rust.bgemm_prepared(tuple(a) if len(a) > 1 else a[0], prepared, threads=threads)
+        assert got.dtype == np.int32 and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, getattr(reference, kind)(*a, *b, k))
+
+
+def test_prepared_b_holds_a_copy(raw_rust):
+    rng = np.random.default_rng(5)
+    a, b = random_packed(rng, 9, 200), random_packed(rng, 13, 200)
+    want = reference.bgemm_1x1(a, b, 200)
+    prepared = raw_rust.bgemm_prepare(b, 200, "bgemm_1x1")
+    b[:] = 0  # the caller's array may change afterwards
+    np.testing.assert_array_equal(raw_rust.bgemm_prepared(a, prepared), want)
+    assert "PreparedB(kind=\"bgemm_1x1\", n=13, k=200" in repr(prepared)
+    with pytest.raises(TypeError, match="PreparedB"):
+        raw_rust.bgemm_prepared(a, b)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@per_isa
+@per_threads
 @settings(max_examples=20, deadline=None)
 @given(dims=gemm_dims(), given_=st.sampled_from(["scale", "shift", "both"]))
 @example(dims=(70, 70, 577, 1), given_="both")
@@ -603,6 +636,21 @@ RAW_BAD_CALLS = [
     (lambda R: R.bgemm_1x2(_p(2, 1), _p(2, 1), _p(3, 1), 3),
      r"bgemm_1x2: b_hi and b_lo must have the same shape, got \(2, 1\) and \(3, 1\)"),
     (lambda R: R.bgemm_2x2(_p(2, 1), _p(2, 2), _p(2, 1), _p(2, 1), 3), r"bgemm_2x2: a_hi and a_lo must have the same shape"),
+    # prepared B
+    (lambda R: R.bgemm_prepare(_p(2, 1), 3, "bgemm_3x3"), r"bgemm_prepare: kind must be one of 'bgemm_1x1', 'bgemm_1x2', 'bgemm_2x2', got 'bgemm_3x3'"),
+    (lambda R: R.bgemm_prepare(_p(2, 1), 3, "bgemm_1x2"), r"bgemm_prepare: bgemm_1x2 takes B as 2 plane\(s\), got 1"),
+    (lambda R: R.bgemm_prepare((_p(2, 1),) * 3, 3, "bgemm_2x2"), r"bgemm_prepare: b must be .*a tuple of 1 or 2 planes.*got 3"),
+    (lambda R: R.bgemm_prepare((_p(2, 1), _p(3, 1)), 3, "bgemm_1x2"), r"bgemm_prepare: b_hi and b_lo must have the same shape"),
+    (lambda R: R.bgemm_prepare(_p(2, 1), 65, "bgemm_1x1"), r"bgemm_prepare: .*W = 1 words per row, but k = 65 needs W"),
+    (lambda R: R.bgemm_prepare(_p(2, 1), 0, "bgemm_1x1"), r"bgemm_prepare: k must be in \[1, 2147483647\]"),
+    (lambda R: R.bgemm_prepare(_p(2, 1, 1 << 3), 3, "bgemm_1x1"), r"bgemm_prepare: b has non-zero padding bits past k = 3"),
+    (lambda R: R.bgemm_prepare(np.zeros((2, 1)), 3, "bgemm_1x1"), r"bgemm_prepare: b must be a C-contiguous uint64"),
+    (lambda R: R.bgemm_prepared(_p(2, 2), R.bgemm_prepare(_p(2, 1), 3, "bgemm_1x1"), 1),
+     r"bgemm_prepared: a has W = 2 words per row, but b was prepared for k = 3 \(W = 1\)"),
+    (lambda R: R.bgemm_prepared(_p(2, 1), R.bgemm_prepare((_p(2, 1),) * 2, 3, "bgemm_2x2")),
+     r"bgemm_prepared: bgemm_2x2 takes A as 2 plane\(s\), got 1"),
+    (lambda R: R.bgemm_prepared(_p(2, 1, 1 << 3), R.bgemm_prepare(_p(2, 1), 3, "bgemm_1x1")),
+     r"bgemm_prepared: a has non-zero padding bits past k = 3"),
     # packing
     (lambda R: R.pack_2bit(np.array([[1, 2, 3]], np.int64)),
      r"pack_2bit: v must hold only -3, -1, 1, 3; got 2 at row 0, column 1"),
