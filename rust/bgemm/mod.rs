@@ -29,8 +29,7 @@
 //! (`dot.rs`; AVX-512 at N = 25 and K = 4608, where the last vector would carry 1 column in 8).
 //!
 //! B may also come packed beforehand (`prepared.rs`): a layer's weights, packed once, with the
-//! activations as A. Then nothing is packed per call, and each task runs all of its panels over a
-//! few rows at a time, while those rows' A words and output lines are in L1.
+//! activations as A. Then nothing is packed per call; the tasks are the same.
 //!
 //! # Threads
 //!
@@ -415,11 +414,7 @@ fn run(
     let (n_lanes, panels) = (columns.n_lanes, columns.panels);
     let dot_cols = n - n_lanes;
     let row_blocks = m.div_ceil(mr);
-    let (panels_per_group, blocks_per_chunk) = if prepared.is_some() {
-        prepared_task_sizes(panels, row_blocks, threads.max(1))
-    } else {
-        task_sizes(panels, row_blocks, threads.max(1))
-    };
+    let (panels_per_group, blocks_per_chunk) = task_sizes(panels, row_blocks, threads.max(1));
     let kconst = kind.weight_sum() * k as i64;
     let out_ptr = OutPtr(out.as_mut_ptr());
     // A nibble family gets A split here, once (O(m·w), against the product's O(m·n·w)), and each B
@@ -510,6 +505,11 @@ fn run(
     // back, so with one helper each packs a panel once, but for the one where they meet (with more,
     // the helpers share the back panels' chunks and may each pack those).
     let panel_task = |last: &mut LastPanel, panel: usize, chunk: usize| -> bool {
+        let r0 = chunk * blocks_per_chunk * mr;
+        let rows = r0..(r0 + blocks_per_chunk * mr).min(m);
+        if let Some(prepared) = prepared {
+            return sweep(panel, prepared.panel(panel), rows);
+        }
         if last.panel != Some(panel) {
             last.panel = None;
             if !pack(panel, &mut last.words) {
@@ -517,34 +517,15 @@ fn run(
             }
             last.panel = Some(panel);
         }
-        let r0 = chunk * blocks_per_chunk * mr;
-        sweep(panel, &last.words, r0..(r0 + blocks_per_chunk * mr).min(m))
+        sweep(panel, &last.words, rows)
     };
 
     // One task: a row chunk of a group of neighbouring panels, or a row chunk of the dot-product
     // columns. Tasks are contiguous rectangles, so two threads share output cache lines only along
     // task edges, never panel by panel.
     let task = |last: &mut LastPanel, task: Task| -> bool {
-        match (task, prepared) {
-            // Prepared panels are in cache already: all of the group's panels for a few rows at a
-            // time, so those rows' A words and output lines are used while they are in L1.
-            (Task::Panels(group, chunk), Some(prep)) => {
-                let panel_end = ((group + 1) * panels_per_group).min(panels);
-                let r0 = chunk * blocks_per_chunk * mr;
-                let r1 = (r0 + blocks_per_chunk * mr).min(m);
-                let step = (PREPARED_ROW_BYTES / (8 * wt * a.len().max(1)))
-                    .max(1)
-                    .div_ceil(mr)
-                    * mr;
-                let mut ok = true;
-                for s in (r0..r1).step_by(step) {
-                    for panel in group * panels_per_group..panel_end {
-                        ok &= sweep(panel, prep.panel(panel), s..(s + step).min(r1));
-                    }
-                }
-                ok
-            }
-            (Task::Panels(group, chunk), None) => {
+        match task {
+            Task::Panels(group, chunk) => {
                 let mut ok = true;
                 let panel_end = ((group + 1) * panels_per_group).min(panels);
                 for panel in group * panels_per_group..panel_end {
@@ -552,7 +533,7 @@ fn run(
                 }
                 ok
             }
-            (Task::Dot(rows), _) => dot_rows(rows),
+            Task::Dot(rows) => dot_rows(rows),
         }
     };
     let row_chunks = row_blocks.div_ceil(blocks_per_chunk);
@@ -611,21 +592,6 @@ fn task_sizes(panels: usize, row_blocks: usize, threads: usize) -> (usize, usize
         (1, row_blocks.div_ceil(row_chunks))
     }
 }
-
-/// [`task_sizes`] for prepared panels: no packing to share, so cut rows first (each task then runs
-/// every panel of its rows, see `run`), and panels only when there are too few row blocks.
-fn prepared_task_sizes(panels: usize, row_blocks: usize, threads: usize) -> (usize, usize) {
-    if threads == 1 || panels == 0 {
-        return (panels.max(1), row_blocks);
-    }
-    let target = 8 * threads;
-    let row_chunks = row_blocks.min(target);
-    let groups = target.div_ceil(row_chunks).min(panels);
-    (panels.div_ceil(groups), row_blocks.div_ceil(row_chunks))
-}
-
-/// About how many bytes of A rows a prepared product's task sweeps against all its panels at a time.
-const PREPARED_ROW_BYTES: usize = 8 << 10;
 
 /// The plain reference: `Σ_classes 2^e (K − 2·popcount)` one output at a time (the tests' oracle).
 #[cfg(test)]
