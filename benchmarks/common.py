@@ -27,6 +27,18 @@ def machine() -> dict:
             "platform": platform.platform()}
 
 
+def steal_seconds() -> list[float] | None:
+    """Per CPU, the seconds the hypervisor has run something else while this vCPU wanted to run
+    ("steal" in /proc/stat), or None where that is not readable. A difference over a run says whether
+    the host, not just this machine, was idle."""
+    try:
+        hz = os.sysconf("SC_CLK_TCK")
+        lines = Path("/proc/stat").read_text().splitlines()
+        return [int(line.split()[8]) / hz for line in lines if line.startswith("cpu") and line[3].isdigit()]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def time_median(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
     """Median wall time of `fn` in seconds over `repeats` runs, after `warmup` untimed runs."""
     for _ in range(warmup):

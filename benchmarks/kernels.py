@@ -54,9 +54,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from common import RESULTS, machine, print_table  # noqa: E402
+from common import RESULTS, machine, print_table, steal_seconds  # noqa: E402
 
-from apb_ref.bench import MAX_REPEATS, measure, measure_interleaved, speedup  # noqa: E402
+from apb_ref.bench import MAX_REPEATS, alternating_speedup, measure, measure_interleaved, speedup  # noqa: E402
 from apb_ref.kernels import reference  # noqa: E402
 from apb_ref.training.runtime import reuse_freed_memory  # noqa: E402
 
@@ -254,6 +254,22 @@ def bench_shape(shape, cfg, rng) -> dict:
             cell["rust"].append(row)
         out["bgemm"][name] = cell
 
+    # Thread speed-ups of bgemm_1x1 (both ways) and of the bound's loop, 1 and t_max threads called
+    # one after the other, call by call: the turns above put ~20 cells between a 1-thread and a
+    # t_max-thread block, long enough for the host's swings to move their ratio.
+    t_max = max(cfg["threads"])
+    if R and t_max > 1 and cfg["best"] in cfg["isas"]:
+        best, batches = cfg["best"], 3 if cfg["quick"] else 15
+        weights = R.bgemm_prepare(a, k, "bgemm_1x1", isa=best)
+        pairs = {"bgemm_1x1": [lambda t=t: R.bgemm_1x1(a, b, k, isa=best, threads=t) for t in (1, t_max)],
+                 PREPARED: [lambda t=t: R.bgemm_prepared(b, weights, threads=t) for t in (1, t_max)]}
+        out["alternating"] = {"threads": t_max, "isa": best}
+        for key, (one, many) in pairs.items():
+            out["alternating"][key] = alternating_speedup(one, many, batches=batches, calls=40)
+        if t_max in cfg["peak"] and 1 in cfg["peak"]:
+            out["alternating"]["bound"] = alternating_speedup(bound_cell(1), bound_cell(t_max), batches=batches,
+                                                              calls=4, work_ratio=t_max)
+
     # Packing the activation operand (the weight is packed once, offline).
     pack = {"pack_bits": {"input": f"float32 ({n}, {k})"}, "pack_2bit": {"input": f"int8 ({n}, {k})"}}
     pack["pack_bits"]["numpy_ref"], _ = measure(lambda: reference.pack_bits(x), rep, mt)
@@ -383,6 +399,18 @@ def report(results: list[dict], cfg: dict) -> dict:
                     print(f"  the bound's loop, {t_max} threads / 1 thread in the same rounds: "
                           + ", ".join(f"{shape_label(r['shape'])}: {u:.2f}x" for r, u in zip(results, bups)))
             summary[name] = s
+
+    if "alternating" in results[0]:
+        alt = [r["alternating"] for r in results]
+        t_max, isa = alt[0]["threads"], alt[0]["isa"]
+        print(f"\n(1b) bgemm_1x1 {isa}, {t_max} threads / 1 thread with the two called one after the other, call by "
+              "call (median over batches of the ratio of medians); the bound's loop the same way")
+        names = ["bgemm_1x1", PREPARED] + (["bound"] if "bound" in alt[0] else [])
+        print_table(["M,K,N"] + [f"{n} {t_max}t/1t" for n in names],
+                    [[shape_label(r["shape"])] + [f"{a[n]['speedup']:.2f}x" for n in names]
+                     for r, a in zip(results, alt)])
+        summary["alternating"] = {n: {shape_label(r["shape"]): a[n]["speedup"] for r, a in zip(results, alt)}
+                                  for n in names}
 
     print("\n(2) packing the activation operand (N, K) vs the GEMM it feeds (median ms; the weight is "
           "packed offline)")
@@ -518,6 +546,7 @@ def main(argv=None) -> int:
         print("scipy is not installed: the scipy column is skipped")
 
     rng = np.random.default_rng(args.seed)
+    steal_start = steal_seconds()
     results = []
     for shape in cfg["shapes"]:
         start = time.perf_counter()
@@ -527,6 +556,11 @@ def main(argv=None) -> int:
 
     wall = time.perf_counter() - wall_start
     info["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    steal_end = steal_seconds()
+    if steal_start and steal_end:
+        info["steal_s_during_run"] = [b - a for a, b in zip(steal_start, steal_end)]
+        print("\nhost steal during the run (time the hypervisor ran something else on a vCPU that wanted to "
+              "run): " + ", ".join(f"cpu{i} {v:.2f} s" for i, v in enumerate(info["steal_s_during_run"])))
     payload = {"command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                "machine": info, "settings": cfg, "results": results, "summary": summary, "wall_seconds": wall}
     path = Path(args.json)

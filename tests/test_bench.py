@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from apb_ref import kernels
-from apb_ref.bench import measure_interleaved, run, speedup, table
+from apb_ref.bench import alternating_speedup, measure_interleaved, run, speedup, table
 
 
 def test_interleaved_runs_every_callable_in_rotating_turns():
@@ -73,3 +73,13 @@ def test_table_says_when_more_threads_ran_slower():
            "speedup_rust_all": 1.25, "rust_threads": 2, "pack_ms": 0.01, "speedup_rust_1t_with_pack": 9.0}
     assert "slower on 2 threads" in table([row])
     assert "slower on" not in table([{**row, "rust_all_ms": 0.06}])
+
+
+def test_alternating_speedup_calls_both_in_turns_and_checks_its_arguments():
+    calls = []
+    out = alternating_speedup(lambda: calls.append("s"), lambda: calls.append("f"), batches=3, calls=4, work_ratio=2.0)
+    assert calls == ["s", "f"] * (1 + 3 * 4)  # a warm-up pair, then strictly alternating
+    assert len(out["batch_speedups"]) == 3 and out["speedup"] == sorted(out["batch_speedups"])[1]
+    assert all(r > 0 for r in out["batch_speedups"])
+    with pytest.raises(ValueError, match="alternating_speedup: batches and calls must be >= 1"):
+        alternating_speedup(lambda: None, lambda: None, batches=0)
