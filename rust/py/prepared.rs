@@ -95,12 +95,30 @@ fn planes<'py>(
     Ok(planes)
 }
 
-/// Borrow the planes' words, checking each row's padding bits past `k` are 0.
-fn words<'py>(
+/// One operand of `kind` (`role` "A" or "B"): `want` planes of `k` bits per row, padding bits 0.
+/// Returns its rows and the planes' words, borrowed; `wrong_w` words the error for another W.
+#[allow(clippy::too_many_arguments)] // the operand's names and what it must match
+fn operand<'py>(
     func: &str,
-    planes: &[Plane<'py>],
+    x: &Bound<'py, PyAny>,
+    (one, two): (&'static str, [&'static str; 2]),
+    role: &str,
+    want: usize,
+    kind: Kind,
     k: usize,
-) -> PyResult<Vec<numpy::PyReadonlyArrayDyn<'py, u64>>> {
+    wrong_w: impl Fn(usize) -> String,
+) -> PyResult<(usize, Vec<numpy::PyReadonlyArrayDyn<'py, u64>>)> {
+    let planes = planes(func, x, one, two)?;
+    if planes.len() != want {
+        return Err(value_error(format!(
+            "{func}: {} takes {role} as {want} plane(s), got {}",
+            kind.name(),
+            planes.len()
+        )));
+    }
+    if planes[0].words != bits::words_for(k) {
+        return Err(value_error(format!("{func}: {}", wrong_w(planes[0].words))));
+    }
     let ro = planes
         .iter()
         .map(|p| slice_of::<u64>(func, p.name, &p.arr))
@@ -114,7 +132,12 @@ fn words<'py>(
             )));
         }
     }
-    Ok(ro)
+    Ok((planes[0].rows, ro))
+}
+
+/// The words of borrowed planes.
+fn slices<'a>(func: &str, ro: &'a [numpy::PyReadonlyArrayDyn<'_, u64>]) -> PyResult<Vec<&'a [u64]>> {
+    ro.iter().map(|r| as_slice(func, "a plane", r)).collect()
 }
 
 /// Pack `b` (a uint64 `(N, ceil(k/64))` array, or the `(b_hi, b_lo)` planes of a 2-bit operand) once
@@ -138,31 +161,13 @@ pub(crate) fn bgemm_prepare<'py>(
             "{F}: kind must be one of {names}, got '{kind}'"
         )));
     };
-    let b_planes = planes(F, b, "b", ["b_hi", "b_lo"])?;
-    let pb = kind.planes().1;
-    if b_planes.len() != pb {
-        return Err(value_error(format!(
-            "{F}: {} takes B as {pb} plane(s), got {}",
-            kind.name(),
-            b_planes.len()
-        )));
-    }
     let k = parse_k(F, k, kind.max_k())?;
     let w = bits::words_for(k);
-    if b_planes[0].words != w {
-        return Err(value_error(format!(
-            "{F}: b has W = {} words per row, but k = {k} needs W = ceil(k/64) = {w}",
-            b_planes[0].words
-        )));
-    }
+    let wrong_w = |got| format!("b has W = {got} words per row, but k = {k} needs W = ceil(k/64) = {w}");
+    let b_names = ("b", ["b_hi", "b_lo"]);
+    let (n, ro) = operand(F, b, b_names, "B", kind.planes().1, kind, k, wrong_w)?;
     let isa = resolve_isa(F, isa)?;
-    let ro = words(F, &b_planes, k)?;
-    let sl = b_planes
-        .iter()
-        .zip(&ro)
-        .map(|(p, r)| as_slice(F, p.name, r))
-        .collect::<PyResult<Vec<_>>>()?;
-    let n = b_planes[0].rows;
+    let sl = slices(F, &ro)?;
     let inner = py
         .detach(|| bgemm::Prepared::new(kind, &sl, n, k, isa))
         .map_err(value_error)?;
@@ -181,30 +186,22 @@ pub(crate) fn bgemm_prepared<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     const F: &str = "bgemm_prepared";
     let prep = &b.get().inner;
-    let a_planes = planes(F, a, "a", ["a_hi", "a_lo"])?;
-    let (pa, k) = (prep.kind().planes().0, prep.k());
-    if a_planes.len() != pa {
-        return Err(value_error(format!(
-            "{F}: {} takes A as {pa} plane(s), got {}",
-            prep.kind().name(),
-            a_planes.len()
-        )));
-    }
+    let (kind, k) = (prep.kind(), prep.k());
     let w = bits::words_for(k);
-    if a_planes[0].words != w {
-        return Err(value_error(format!(
-            "{F}: a has W = {} words per row, but b was prepared for k = {k} (W = {w})",
-            a_planes[0].words
-        )));
-    }
+    let wrong_w = |got| format!("a has W = {got} words per row, but b was prepared for k = {k} (W = {w})");
+    let (m, ro) = operand(
+        F,
+        a,
+        ("a", ["a_hi", "a_lo"]),
+        "A",
+        kind.planes().0,
+        kind,
+        k,
+        wrong_w,
+    )?;
     let threads = resolve_threads(F, threads)?;
-    let ro = words(F, &a_planes, k)?;
-    let sl = a_planes
-        .iter()
-        .zip(&ro)
-        .map(|(p, r)| as_slice(F, p.name, r))
-        .collect::<PyResult<Vec<_>>>()?;
-    let (m, n) = (a_planes[0].rows, prep.n());
+    let sl = slices(F, &ro)?;
+    let n = prep.n();
     let out = filled2(py, F, m, n, |os: &mut [i32]| {
         bgemm::bgemm_prepared(&sl, m, prep, threads, os)
     })?;
