@@ -90,23 +90,26 @@ def measure_interleaved(fns: dict, repeats: int, min_time: float = MIN_SECONDS, 
     return stats, results
 
 
-def alternating_speedup(slow, fast, batches: int = 15, calls: int = 40, work_ratio: float = 1.0) -> dict:
-    """How many times more work per second `fast` does than `slow`, the two called one after the other,
-    call by call, so that both see the same state of a shared host within microseconds (a thread
-    speed-up is a ratio of two timings on one machine, and block-by-block turns leave it open to the
-    host's swings between blocks). `work_ratio` is fast's work per call over slow's (the bound's loop
-    on 2 threads does twice the work of 1). Per batch of `calls` pairs, the ratio of the medians;
-    returns {"speedup": the median over batches, "batch_speedups": [...]}."""
-    if batches < 1 or calls < 1:
-        raise ValueError(f"alternating_speedup: batches and calls must be >= 1, got {batches} and {calls}")
-    slow(), fast()  # warm-up
+def alternating_speedup(slow, fast, batches: int = 15, calls: int = 40, run: int = 4, work_ratio: float = 1.0) -> dict:
+    """How many times more work per second `fast` does than `slow`, the two taking turns of `run` timed
+    calls each, every turn after one untimed call: a thread speed-up is a ratio of two timings on one
+    machine, and turns this short (well under a millisecond for a kernel) see the same state of a
+    shared host, whose swings move block-by-block turns; the untimed call lets the caches settle
+    after the switch (a 2-thread call right after a 1-thread one first moves half the data to the
+    other core). `work_ratio` is fast's work per call over slow's (the bound's loop on 2 threads does
+    twice the work of 1). Per batch of `calls` timed calls each, the ratio of the medians; returns
+    {"speedup": the median over batches, "batch_speedups": [...]}."""
+    if batches < 1 or calls < 1 or run < 1:
+        raise ValueError(f"alternating_speedup: batches, calls and run must be >= 1, got {batches}, {calls} "
+                         f"and {run}")
     ratios = []
     for _ in range(batches):
-        ts, tf = [], []
-        for _ in range(calls):
-            ts.append(_timed(slow)[0])
-            tf.append(_timed(fast)[0])
-        ratios.append(work_ratio * statistics.median(ts) / statistics.median(tf))
+        times = ([], [])
+        for _ in range(math.ceil(calls / run)):
+            for fn, ts in zip((slow, fast), times):
+                fn()
+                ts += [_timed(fn)[0] for _ in range(run)]
+        ratios.append(work_ratio * statistics.median(times[0]) / statistics.median(times[1]))
     return {"speedup": statistics.median(ratios), "batch_speedups": ratios}
 
 

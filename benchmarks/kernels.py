@@ -254,9 +254,9 @@ def bench_shape(shape, cfg, rng) -> dict:
             cell["rust"].append(row)
         out["bgemm"][name] = cell
 
-    # Thread speed-ups of bgemm_1x1 (both ways) and of the bound's loop, 1 and t_max threads called
-    # one after the other, call by call: the turns above put ~20 cells between a 1-thread and a
-    # t_max-thread block, long enough for the host's swings to move their ratio.
+    # Thread speed-ups of bgemm_1x1 (both ways) and of the bound's loop, 1 and t_max threads taking
+    # turns of a few calls (alternating_speedup): the turns above put ~20 cells between a 1-thread and
+    # a t_max-thread block, long enough for the host's swings to move their ratio.
     t_max = max(cfg["threads"])
     if R and t_max > 1 and cfg["best"] in cfg["isas"]:
         best, batches = cfg["best"], 3 if cfg["quick"] else 15
@@ -403,8 +403,8 @@ def report(results: list[dict], cfg: dict) -> dict:
     if "alternating" in results[0]:
         alt = [r["alternating"] for r in results]
         t_max, isa = alt[0]["threads"], alt[0]["isa"]
-        print(f"\n(1b) bgemm_1x1 {isa}, {t_max} threads / 1 thread with the two called one after the other, call by "
-              "call (median over batches of the ratio of medians); the bound's loop the same way")
+        print(f"\n(1b) bgemm_1x1 {isa}, {t_max} threads / 1 thread, the two taking turns of 4 timed calls after an "
+              "untimed one (median over batches of the ratio of medians); the bound's loop the same way")
         names = ["bgemm_1x1", PREPARED] + (["bound"] if "bound" in alt[0] else [])
         print_table(["M,K,N"] + [f"{n} {t_max}t/1t" for n in names],
                     [[shape_label(r["shape"])] + [f"{a[n]['speedup']:.2f}x" for n in names]

@@ -77,9 +77,11 @@ def test_table_says_when_more_threads_ran_slower():
 
 def test_alternating_speedup_calls_both_in_turns_and_checks_its_arguments():
     calls = []
-    out = alternating_speedup(lambda: calls.append("s"), lambda: calls.append("f"), batches=3, calls=4, work_ratio=2.0)
-    assert calls == ["s", "f"] * (1 + 3 * 4)  # a warm-up pair, then strictly alternating
+    out = alternating_speedup(lambda: calls.append("s"), lambda: calls.append("f"), batches=3, calls=4, run=2,
+                              work_ratio=2.0)
+    turn = ["s"] * 3 + ["f"] * 3  # one untimed call, then `run` timed ones, each
+    assert calls == turn * 2 * 3
     assert len(out["batch_speedups"]) == 3 and out["speedup"] == sorted(out["batch_speedups"])[1]
     assert all(r > 0 for r in out["batch_speedups"])
-    with pytest.raises(ValueError, match="alternating_speedup: batches and calls must be >= 1"):
+    with pytest.raises(ValueError, match="alternating_speedup: batches, calls and run must be >= 1"):
         alternating_speedup(lambda: None, lambda: None, batches=0)
