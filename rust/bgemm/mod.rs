@@ -434,11 +434,11 @@ fn run(
     let geometry = |panel: usize| columns.panel(panel);
     let (_, pb) = kind.planes();
     // Pack panel `panel` into `dst` (sized here); false if the family refused it (an internal error).
-    let pack = |panel: usize, dst: &mut Vec<u64>| -> bool {
+    let pack = |panel: usize, dst: &mut panel::Words| -> bool {
         let (c0, cols, nr) = geometry(panel);
-        dst.resize(panel::panel_len(wt, pb, nr * fam.lanes), 0);
+        dst.resize(panel::panel_len(wt, pb, nr * fam.lanes));
         // SAFETY: `fam` came from `family(isa)`, which checked the CPU.
-        unsafe { (fam.fill)(b, w, c0, cols, nr * fam.lanes, fam.nibbles, dst) }
+        unsafe { (fam.fill)(b, w, c0, cols, nr * fam.lanes, fam.nibbles, dst.as_mut_slice()) }
     };
     // The dot products of the columns past n_lanes for rows `rows` (dot.rs).
     let dot_rows = |rows: std::ops::Range<usize>| -> bool {
@@ -517,7 +517,7 @@ fn run(
             }
             last.panel = Some(panel);
         }
-        sweep(panel, &last.words, rows)
+        sweep(panel, last.words.as_slice(), rows)
     };
 
     // One task: a row chunk of a group of neighbouring panels, or a row chunk of the dot-product
@@ -575,7 +575,7 @@ enum Task {
 #[derive(Default)]
 struct LastPanel {
     panel: Option<usize>,
-    words: Vec<u64>,
+    words: panel::Words,
 }
 
 /// How to cut the work into tasks, as `(panels per group, row blocks per chunk)`: one task per

@@ -18,9 +18,9 @@ pub struct Prepared {
     k: usize,
     /// B's planes as given (the dot-product columns read them in place).
     planes: Vec<Vec<u64>>,
-    /// Panel `i` is `words[starts[i]..starts[i + 1]]`.
-    words: Vec<u64>,
-    starts: Vec<usize>,
+    /// Panel `i` is `words[spans[i]]`, every one starting on a cache line.
+    words: panel::Words,
+    spans: Vec<std::ops::Range<usize>>,
 }
 
 impl Prepared {
@@ -48,17 +48,23 @@ impl Prepared {
         let w = words_for(k);
         let columns = Columns::new(fam, kind, n, w);
         let wt = if fam.nibbles { 2 * w } else { w };
-        let mut words = Vec::new();
-        let mut starts = vec![0];
+        let mut spans = Vec::with_capacity(columns.panels);
         for p in 0..columns.panels {
+            let (_, _, nr) = columns.panel(p);
+            let start = spans
+                .last()
+                .map_or(0, |s: &std::ops::Range<usize>| s.end.next_multiple_of(8));
+            spans.push(start..start + panel::panel_len(wt, b.len(), nr * fam.lanes));
+        }
+        let mut words = panel::Words::default();
+        words.resize(spans.last().map_or(0, |s| s.end));
+        for (p, span) in spans.iter().enumerate() {
             let (c0, cols, nr) = columns.panel(p);
-            let start = words.len();
-            words.resize(start + panel::panel_len(wt, b.len(), nr * fam.lanes), 0);
+            let dst = &mut words.as_mut_slice()[span.clone()];
             // SAFETY: `fam` came from `family(isa)`, which checked the CPU.
-            if !unsafe { (fam.fill)(b, w, c0, cols, nr * fam.lanes, fam.nibbles, &mut words[start..]) } {
+            if !unsafe { (fam.fill)(b, w, c0, cols, nr * fam.lanes, fam.nibbles, dst) } {
                 return Err(format!("{name}: internal error: panel {p} was not packed"));
             }
-            starts.push(words.len());
         }
         Ok(Prepared {
             kind,
@@ -67,7 +73,7 @@ impl Prepared {
             k,
             planes: b.iter().map(|p| p.to_vec()).collect(),
             words,
-            starts,
+            spans,
         })
     }
 
@@ -90,15 +96,14 @@ impl Prepared {
 
     /// Bytes held: the panels and the planes as given.
     pub fn bytes(&self) -> usize {
-        8 * (self.words.len() + self.planes.iter().map(Vec::len).sum::<usize>())
+        8 * (self.words.as_slice().len() + self.planes.iter().map(Vec::len).sum::<usize>())
     }
 
     /// Panel `i`'s words (empty past the last).
     pub(super) fn panel(&self, i: usize) -> &[u64] {
-        match (self.starts.get(i), self.starts.get(i + 1)) {
-            (Some(&s), Some(&e)) => &self.words[s..e],
-            _ => &[],
-        }
+        self.spans
+            .get(i)
+            .map_or(&[], |span| &self.words.as_slice()[span.clone()])
     }
 }
 
