@@ -63,33 +63,33 @@ def gemm_dims():
     return st.tuples(st.integers(1, 70), st.integers(1, 70), k, SEEDS)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-@per_isa
-@per_threads
-@settings(max_examples=30, deadline=None)
-@given(dims=gemm_dims())
-@example(dims=(1, 1, 1, 0))
-@example(dims=(70, 70, 577, 1))
-@example(dims=(4, 48, 64, 2))     # exactly one AVX-512 panel of 48 columns and one 4-row block
-@example(dims=(5, 49, 65, 3))     # one past both
-@example(dims=(9, 17, 63, 4))
-@example(dims=(1, 70, 3000, 5))
-@example(dims=(70, 1, 2999, 6))
+def every_kind_isa_and_thread_count(*examples):
+    """The bgemm property tests' cases: each kind, ISA and thread count, 30 random (M, N, K, seed) of
+    gemm_dims and the `examples`."""
+    def wrap(test):
+        for dims in reversed(examples):
+            test = example(dims=dims)(test)
+        test = settings(max_examples=30, deadline=None)(given(dims=gemm_dims())(test))
+        return pytest.mark.parametrize("kind", list(KINDS))(per_isa(per_threads(test)))
+    return wrap
+
+
+@every_kind_isa_and_thread_count(
+    (1, 1, 1, 0), (70, 70, 577, 1),
+    (4, 48, 64, 2),   # whole vectors, one word of K
+    (5, 49, 65, 3),   # one past each
+    (9, 17, 63, 4), (1, 70, 3000, 5), (70, 1, 2999, 6))
 def test_bgemm_equals_reference(raw_rust, kind, isa, threads, dims):
     m, n, k, seed = dims
     a, b = operands(kind, np.random.default_rng(seed), m, n, k)
     check_bgemm(raw_rust, kind, a, b, k, isa, threads)
 
 
-@pytest.mark.parametrize("kind", list(KINDS))
-@per_isa
-@per_threads
-@settings(max_examples=30, deadline=None)
-@given(dims=gemm_dims())
-@example(dims=(1, 1, 1, 0))
-@example(dims=(25, 64, 4608, 1))   # the paper's last shape channels-last: 5 row blocks, two 32-column panels
-@example(dims=(70, 49, 577, 2))    # a narrow last panel
-@example(dims=(70, 25, 130, 3))    # dot-product columns on AVX-512 (small K keeps them in panels)
+@every_kind_isa_and_thread_count(
+    (1, 1, 1, 0),
+    (25, 64, 4608, 1),   # the paper's last shape channels-last: 5 row blocks, two 32-column panels
+    (70, 49, 577, 2),    # a narrow last panel
+    (70, 25, 130, 3))    # 25 columns: dot products on AVX-512 only at large K, so panels here
 def test_prepared_b_gives_the_same_products(raw_rust, kind, isa, threads, dims):
     m, n, k, seed = dims
     a, b = operands(kind, np.random.default_rng(seed), m, n, k)
