@@ -864,6 +864,24 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_prepared_operand_is_an_error() {
+        let b = vec![0u64; 4];
+        let prepare = |kind, b: &[&[u64]], n, k| Prepared::new(kind, b, n, k, Isa::Scalar).map(|_| ());
+        assert!(prepare(Kind::B1x1, &[&b], 4, 64).is_ok());
+        assert!(prepare(Kind::B1x1, &[&b], 4, 0).is_err());
+        assert!(prepare(Kind::B1x1, &[&b], 4, 65).is_err()); // 2 words per row: 8 needed
+        assert!(prepare(Kind::B1x2, &[&b], 4, 64).is_err()); // one B plane of two
+                                                             // a huge n is refused before anything of its size is allocated
+        assert!(prepare(Kind::B1x1, &[&b], usize::MAX / 2, 64).is_err());
+        let prepared = Prepared::new(Kind::B1x1, &[&b], 4, 64, Isa::Scalar).unwrap();
+        let mut out = vec![0i32; 8];
+        assert!(bgemm_prepared(&[&b[..3]], 2, &prepared, 1, &mut out).is_err()); // a too short
+        assert!(bgemm_prepared(&[&b[..2]], 2, &prepared, 1, &mut out[..7]).is_err()); // out too short
+        assert!(bgemm_prepared(&[&b[..2]], 2, &prepared, 1, &mut out).is_ok());
+        assert_eq!(out, vec![64; 8]);
+    }
+
+    #[test]
     fn bad_arguments_are_errors() {
         let a = vec![0u64; 4];
         let mut out = vec![0i32; 4];

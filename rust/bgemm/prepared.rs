@@ -27,11 +27,9 @@ impl Prepared {
     /// Pack the PB planes of `b` (`n × words_for(k)` words each) for `kind` products on `isa`.
     pub fn new(kind: Kind, b: &[&[u64]], n: usize, k: usize, isa: Isa) -> Result<Self, String> {
         let name = kind.name();
-        let pa = kind.planes().0;
-        // the operand checks of a product with one row of A (zeros), so the messages are bgemm's
-        let w = if k >= 1 { words_for(k) } else { 0 };
-        let zeros = vec![0u64; w];
-        check(kind, &vec![&zeros[..]; pa], b, 1, n, k, None, &vec![0; n])?;
+        // the operand checks of a product with no rows of A, so the messages are bgemm's (and
+        // nothing is allocated before B's lengths are known to match n and k)
+        check(kind, &vec![&[][..]; kind.planes().0], b, 0, n, k, None, &[])?;
         let fam = family(isa).ok_or_else(|| format!("{name}: isa {isa} is not available"))?;
         Self::for_family(fam, kind, b, n, k)
     }
@@ -61,7 +59,7 @@ impl Prepared {
         for (p, span) in spans.iter().enumerate() {
             let (c0, cols, nr) = columns.panel(p);
             let dst = &mut words.as_mut_slice()[span.clone()];
-            // SAFETY: `fam` came from `family(isa)`, which checked the CPU.
+            // SAFETY: `fam` runs on this CPU (`family(isa)` checked it; or a test's portable family).
             if !unsafe { (fam.fill)(b, w, c0, cols, nr * fam.lanes, fam.nibbles, dst) } {
                 return Err(format!("{name}: internal error: panel {p} was not packed"));
             }
