@@ -18,6 +18,8 @@ ratio, and every ratio and thread speed-up is the median of same-round ratios:
 * NumPy float32 matmul, one thread (the baseline of every ratio);
 * the NumPy reference kernels (apb_ref.kernels.reference) bgemm_1x1 / 1x2 / 2x2 and csr_matmul;
 * the Rust kernels (apb_ref._kernels) for every ISA it can run here and each thread count;
+* bgemm_1x1 as a layer runs it ("bgemm_1x1 prepared"): the weight packed into panels once by
+  bgemm_prepare (not timed), bgemm_prepared(activation, ·) giving the (N, M) output channels-last;
 * packing the float32 activation (N, K) with pack_bits and the 2-bit activation with pack_2bit (the
   weight is packed once, offline, so it is not timed), and the same from im2col's (K, N) columns
   (`layout="columns"`, what packed inference uses);
@@ -31,6 +33,9 @@ GEMM's inner step (XOR, VPOPCNTQ, VPADDQ on 512 bits) on registers (`apb_ref._ke
 which runs per shape in turns with the kernels, the fraction being the median of same-round ratios (so
 not exactly macs_per_s / bound_macs_per_s, the medians over all calls; the header's bound, median of 5
 at the start, is for reference). Every Rust result is checked against the NumPy reference once.
+Thread speed-ups of bgemm_1x1 (both ways) and of the bound's loop are also measured with 1 and max
+threads taking turns of 4 calls (apb_ref.bench.alternating_speedup), which a host's swings between the
+turns above would blur; and the run reports the time the hypervisor stole from each vCPU.
 Writes every number to benchmarks/results/kernels.json (or --json PATH).
 """
 from __future__ import annotations
