@@ -219,8 +219,8 @@ def bench_shape(shape, cfg, rng) -> dict:
                 group[(name, isa, threads)] = lambda fn=fn, a=args[name], isa=isa, t=threads: fn(*a, isa=isa, threads=t)
     # bgemm_1x1 the way a layer runs it: the weight's panels packed once (not timed) and the
     # activation rows as A, so the output is (N, M), channels-last
-    for isa in cfg["isas"] if R else []:
-        weights = R.bgemm_prepare(a, k, "bgemm_1x1", isa=isa)
+    prepared = {isa: R.bgemm_prepare(a, k, "bgemm_1x1", isa=isa) for isa in (cfg["isas"] if R else [])}
+    for isa, weights in prepared.items():
         for threads in cfg["threads"]:
             if not (isa == "scalar" and threads > 1 and not cfg["scalar_threads"]):
                 group[(PREPARED, isa, threads)] = lambda p=weights, t=threads: R.bgemm_prepared(b, p, threads=t)
@@ -265,7 +265,7 @@ def bench_shape(shape, cfg, rng) -> dict:
     t_max = max(cfg["threads"])
     if R and t_max > 1 and cfg["best"] in cfg["isas"]:
         best, batches = cfg["best"], 3 if cfg["quick"] else 15
-        weights = R.bgemm_prepare(a, k, "bgemm_1x1", isa=best)
+        weights = prepared[best]
         pairs = {"bgemm_1x1": [lambda t=t: R.bgemm_1x1(a, b, k, isa=best, threads=t) for t in (1, t_max)],
                  PREPARED: [lambda t=t: R.bgemm_prepared(b, weights, threads=t) for t in (1, t_max)]}
         out["alternating"] = {"threads": t_max, "isa": best}

@@ -431,11 +431,10 @@ fn run(
         (a.to_vec(), w)
     };
 
-    let geometry = |panel: usize| columns.panel(panel);
     let (_, pb) = kind.planes();
     // Pack panel `panel` into `dst` (sized here); false if the family refused it (an internal error).
     let pack = |panel: usize, dst: &mut panel::Words| -> bool {
-        let (c0, cols, nr) = geometry(panel);
+        let (c0, cols, nr) = columns.panel(panel);
         dst.resize(panel::panel_len(wt, pb, nr * fam.lanes));
         // SAFETY: `fam` came from `family(isa)`, which checked the CPU.
         unsafe { (fam.fill)(b, w, c0, cols, nr * fam.lanes, fam.nibbles, dst.as_mut_slice()) }
@@ -470,7 +469,7 @@ fn run(
     // Sweep B panel `panel`, packed in `panel_b`, against rows `rows` of A (whole row blocks but for
     // the last).
     let sweep = |panel: usize, panel_b: &[u64], rows: std::ops::Range<usize>| -> bool {
-        let (c0, cols, nr) = geometry(panel);
+        let (c0, cols, nr) = columns.panel(panel);
         let planes: [&[u64]; 2] = std::array::from_fn(|p| {
             a.get(p)
                 .and_then(|plane| plane.get(rows.start * wt..rows.end * wt))
@@ -870,8 +869,9 @@ mod tests {
         assert!(prepare(Kind::B1x1, &[&b], 4, 64).is_ok());
         assert!(prepare(Kind::B1x1, &[&b], 4, 0).is_err());
         assert!(prepare(Kind::B1x1, &[&b], 4, 65).is_err()); // 2 words per row: 8 needed
-        assert!(prepare(Kind::B1x2, &[&b], 4, 64).is_err()); // one B plane of two
-                                                             // a huge n is refused before anything of its size is allocated
+                                                             // one B plane of two
+        assert!(prepare(Kind::B1x2, &[&b], 4, 64).is_err());
+        // a huge n is refused before anything of its size is allocated
         assert!(prepare(Kind::B1x1, &[&b], usize::MAX / 2, 64).is_err());
         let prepared = Prepared::new(Kind::B1x1, &[&b], 4, 64, Isa::Scalar).unwrap();
         let mut out = vec![0i32; 8];

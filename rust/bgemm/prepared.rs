@@ -114,13 +114,15 @@ pub fn bgemm_prepared(
     threads: usize,
     out: &mut [i32],
 ) -> Result<(), String> {
-    let planes: Vec<&[u64]> = b.planes.iter().map(Vec::as_slice).collect();
-    check(b.kind, a, &planes, m, b.n, b.k, None, out)?;
+    // B's planes as slices, without an allocation per call (a kind has at most two)
+    let held: [&[u64]; 2] = std::array::from_fn(|p| b.planes.get(p).map_or(&[][..], Vec::as_slice));
+    let planes = &held[..b.planes.len().min(2)];
+    check(b.kind, a, planes, m, b.n, b.k, None, out)?;
     run(
         b.fam,
         b.kind,
         a,
-        &planes,
+        planes,
         Some(b),
         (m, b.n, b.k),
         threads,

@@ -44,6 +44,17 @@ pub(super) fn plane<'py>(func: &str, name: &'static str, x: &Bound<'py, PyAny>) 
     })
 }
 
+/// A packed plane's padding bits past `k` must be 0.
+pub(super) fn zero_padding(func: &str, name: &str, words: &[u64], k: usize) -> PyResult<()> {
+    match bits::first_bad_padding(words, k) {
+        None => Ok(()),
+        Some(row) => Err(value_error(format!(
+            "{func}: {name} has non-zero padding bits past k = {k} (first in row {row}); \
+             padding must be 0 (pack with pack_bits/pack_2bit)"
+        ))),
+    }
+}
+
 /// Planes of one operand must agree in shape.
 pub(super) fn same_shape(func: &str, planes: &[Plane<'_>]) -> PyResult<()> {
     if let [first, rest @ ..] = planes {
@@ -126,13 +137,7 @@ fn run_bgemm<'py>(
         b_sl.push(as_slice(func, p.name, ro)?);
     }
     for (p, s) in a_planes.iter().chain(&b_planes).zip(a_sl.iter().chain(&b_sl)) {
-        if let Some(row) = bits::first_bad_padding(s, k) {
-            return Err(value_error(format!(
-                "{func}: {} has non-zero padding bits past k = {k} (first in row {row}); \
-                 padding must be 0 (pack with pack_bits/pack_2bit)",
-                p.name
-            )));
-        }
+        zero_padding(func, p.name, s, k)?;
     }
 
     // bgemm's errors already name the kernel

@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
 use super::args::{as_slice, filled2, resolve_isa, resolve_threads, slice_of, value_error};
-use super::bgemm::{parse_k, plane, same_shape, Plane};
+use super::bgemm::{parse_k, plane, same_shape, zero_padding, Plane};
 use crate::bgemm::{self, Kind};
 use crate::bits;
 
@@ -124,13 +124,7 @@ fn operand<'py>(
         .map(|p| slice_of::<u64>(func, p.name, &p.arr))
         .collect::<PyResult<Vec<_>>>()?;
     for (p, r) in planes.iter().zip(&ro) {
-        if let Some(row) = bits::first_bad_padding(as_slice(func, p.name, r)?, k) {
-            return Err(value_error(format!(
-                "{func}: {} has non-zero padding bits past k = {k} (first in row {row}); \
-                 padding must be 0 (pack with pack_bits/pack_2bit)",
-                p.name
-            )));
-        }
+        zero_padding(func, p.name, as_slice(func, p.name, r)?, k)?;
     }
     Ok((planes[0].rows, ro))
 }
