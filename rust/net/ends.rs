@@ -78,15 +78,12 @@ impl Stem {
         (self.h + 2 * self.padding, self.w + 2 * self.padding)
     }
 
-    /// The image `x` `(c, h, w)` with a zero border, into `xp` `(c, hp, wp)`.
-    pub(crate) fn pad(&self, x: &[f32], xp: &mut [f32]) {
-        let (hp, wp) = self.padded();
+    /// Row `y` of channel `ch` of the image `x` `(c, h, w)` with a zero border: `row`, `wp` values.
+    pub(crate) fn pad_row(&self, x: &[f32], ch: usize, y: usize, row: &mut [f32]) {
         let (p, h, w) = (self.padding, self.h, self.w);
-        xp.fill(0.0);
-        for ch in 0..self.c {
-            for y in 0..h {
-                xp[(ch * hp + y + p) * wp + p..][..w].copy_from_slice(&x[(ch * h + y) * w..][..w]);
-            }
+        row.fill(0.0);
+        if (p..p + h).contains(&y) {
+            row[p..p + w].copy_from_slice(&x[(ch * h + y - p) * w..][..w]);
         }
     }
 }

@@ -247,11 +247,18 @@ impl BinaryNet {
     ) -> bool {
         let pad = self.pad;
         if at == 0 {
-            if let (Some(stem), 0) = (&self.stem, t) {
-                // SAFETY: only part 0 writes the padded image, read in the next stage
-                stem.pad(x, unsafe {
-                    std::slice::from_raw_parts_mut(v.padded.0, v.padded.1)
-                });
+            if let Some(stem) = &self.stem {
+                // each part pads its share of the rows (of every channel), which its stem part reads
+                let (hp, wp) = stem.padded();
+                for ch in 0..stem.c {
+                    for y in part(hp, t, n) {
+                        let at = (ch * hp + y) * wp;
+                        assert!(at + wp <= v.padded.1);
+                        // SAFETY: in bounds (above); the parts' rows are disjoint, read in the next stage
+                        let row = unsafe { std::slice::from_raw_parts_mut(v.padded.0.add(at), wp) };
+                        stem.pad_row(x, ch, y, row);
+                    }
+                }
             }
             return false;
         }
@@ -352,22 +359,25 @@ impl BinaryNet {
                 src,
                 dst,
                 stride,
-                channels,
+                channels: oc,
             } => {
                 let (c, h, w) = self.sources[at - 2];
                 let (ho, wo) = (h.div_ceil(stride), w.div_ceil(stride));
-                let chunks = part((ho * wo).div_ceil(CHUNK), t, n);
-                // SAFETY: `new` refused a shortcut onto its source; the range is this part's
-                let (s, d) = unsafe {
-                    (
-                        v.float(src),
-                        v.float_mut(
-                            dst,
-                            chunks.start * channels * CHUNK..chunks.end * channels * CHUNK,
-                        ),
-                    )
+                let all = (ho * wo).div_ceil(CHUNK);
+                // a map of one chunk splits by output channels, as a conv's does
+                let (chunks, channels) = if all == 1 && n > 1 {
+                    (0..1, part(oc, t, n))
+                } else {
+                    (part(all, t, n), 0..oc)
                 };
-                shortcut(s, (c, h, w), d, (channels, ho, wo), stride, chunks);
+                if chunks.is_empty() || channels.is_empty() {
+                    return false;
+                }
+                let floats = (chunks.start * oc + channels.start) * CHUNK
+                    ..((chunks.end - 1) * oc + channels.end) * CHUNK;
+                // SAFETY: `new` refused a shortcut onto its source; the range is this part's
+                let (s, d) = unsafe { (v.float(src), v.float_mut(dst, floats)) };
+                shortcut(s, (c, h, w), d, (oc, ho, wo), stride, chunks, channels);
                 false
             }
         }
@@ -411,9 +421,9 @@ impl BinaryNet {
     }
 }
 
-/// ResNet's option-A shortcut on blocked maps, for the output positions `chunks` (`dst` is their
-/// part): every `stride`-th pixel, the new channels zero on both sides (half before, the rest
-/// after), positions past ho·wo zero.
+/// ResNet's option-A shortcut on blocked maps, for the output positions `chunks` and output
+/// channels `channels` (`dst` is their part: one chunk, or every channel): every `stride`-th pixel,
+/// the new channels zero on both sides (half before, the rest after), positions past ho·wo zero.
 fn shortcut(
     src: &[f32],
     (c, _, w): Shape,
@@ -421,9 +431,11 @@ fn shortcut(
     (oc, ho, wo): Shape,
     stride: usize,
     chunks: Range<usize>,
+    channels: Range<usize>,
 ) {
     let before = (oc - c) / 2;
     dst.fill(0.0);
+    let copied = channels.start.max(before)..channels.end.min(before + c);
     for chunk in chunks.clone() {
         let p0 = chunk * CHUNK;
         if p0 >= ho * wo {
@@ -433,8 +445,9 @@ fn shortcut(
         for (l, oy, ox, len) in kernel::segments(p0, CHUNK.min(ho * wo - p0), wo) {
             let from = oy * stride * w + ox * stride;
             let last = from + (len - 1) * stride;
-            for ch in 0..c {
-                let at = ((chunk - chunks.start) * oc + ch + before) * CHUNK + l;
+            for och in copied.clone() {
+                let ch = och - before;
+                let at = ((chunk - chunks.start) * oc + och - channels.start) * CHUNK + l;
                 let seg = &mut dst[at..at + len];
                 if from / CHUNK == last / CHUNK {
                     // the source pixels lie in one chunk: a strided run of one slice

@@ -322,3 +322,22 @@ def test_arrays_of_the_wrong_rank_are_refused(raw_rust):
     conv[5] = conv[5].reshape(4, 1)
     with pytest.raises(ValueError, match="convs\\[0\\]: scale must be a C-contiguous float32 1-D array"):
         raw_rust.BinaryNet((4, 5, 5), 1, [tuple(conv)], [("conv", 0, 0, None, 1, None)], 1)
+
+
+def test_a_shortcut_onto_one_chunk_splits_by_channels(raw_rust):
+    """A batch of 1 on several threads: a shortcut whose output map is one 64-position chunk is split
+    by output channels (as a conv is), and each thread's channels still come out as shortcut_nhwc's."""
+    rng = np.random.default_rng(6)
+    convs = [_one_conv(rng, csr=random_csr(rng, 4, 36, 0.2)[1])]
+    before = raw_rust.BinaryNet((4, 12, 12), 1, convs, [("conv", 0, 0, None, 1, 1)], 1)
+    x = rng.standard_normal((1, 4, 12, 12)).astype(np.float32)
+    want = shortcut_nhwc(before.run(x, threads=1).transpose(0, 2, 3, 1), 11, 2).transpose(0, 3, 1, 2)
+    for channels, out in ((11, want), (4, None)):  # new channels on both sides, or none
+        steps = [("conv", 0, 0, None, 1, 1), ("shortcut", 1, 2, 2, channels)]
+        net = raw_rust.BinaryNet((4, 12, 12), 1, convs, steps, 2)
+        got = [net.run(x, threads=t) for t in (1, 2, 3, 8)]
+        assert got[0].shape == (1, channels, 6, 6)
+        assert all(np.array_equal(g, got[0]) for g in got)
+        if out is not None:
+            assert np.array_equal(got[0], out)
+
