@@ -295,7 +295,7 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool {
                 y[l] = (dot[l] as f32) * scale + shift;
             }
             if let Some(corr) = &c.correction {
-                for (v, &r) in y.iter_mut().zip(&corr[at..at + CHUNK]) {
+                for (v, &r) in y.iter_mut().zip(corr.run(chunk, oc)) {
                     *v -= r;
                 }
             }
