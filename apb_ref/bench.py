@@ -90,27 +90,40 @@ def measure_interleaved(fns: dict, repeats: int, min_time: float = MIN_SECONDS, 
     return stats, results
 
 
-def alternating_speedup(slow, fast, batches: int = 15, calls: int = 40, run: int = 4, work_ratio: float = 1.0) -> dict:
-    """How many times more work per second `fast` does than `slow`, the two taking turns of `run` timed
-    calls each, every turn after one untimed call: a thread speed-up is a ratio of two timings on one
-    machine, and turns this short (well under a millisecond for a kernel) see the same state of a
+def alternating_speedups(pairs: dict, batches: int = 15, turns: int = 10) -> dict:
+    """How many times more work per second each pair's `fast` does than its `slow`: `pairs` maps a name
+    to (slow, fast, run, work_ratio), and every turn runs each pair's slow then fast calls, `run` timed
+    calls each after one untimed one, pair after pair. A thread speed-up is a ratio of two timings on
+    one machine, and turns this short (well under a millisecond for a kernel) see the same state of a
     shared host, whose swings move block-by-block turns; the untimed call lets the caches settle
     after the switch (a 2-thread call right after a 1-thread one first moves half the data to the
-    other core). `work_ratio` is fast's work per call over slow's (the bound's loop on 2 threads does
-    twice the work of 1). Per batch of `calls` timed calls each, the ratio of the medians; returns
-    {"speedup": the median over batches, "batch_speedups": [...]}."""
-    if batches < 1 or calls < 1 or run < 1:
-        raise ValueError(f"alternating_speedup: batches, calls and run must be >= 1, got {batches}, {calls} "
-                         f"and {run}")
-    ratios = []
+    other core). All pairs see the same moments of the host, so one can be a control: the bound's
+    loop, whose speed-up says whether the host gave the threads whole cores (`speedup_where`).
+    `work_ratio` is fast's work per call over slow's (the bound's loop on 2 threads does twice the
+    work of 1). Per batch of `turns` turns, work_ratio × the ratio of the medians; returns
+    {name: {"speedup": the median over batches, "batch_speedups": [...]}}."""
+    if batches < 1 or turns < 1 or not pairs or any(run < 1 for _, _, run, _ in pairs.values()):
+        raise ValueError(f"alternating_speedups: batches, turns and every run must be >= 1 and pairs not empty, "
+                         f"got {batches}, {turns} and {[p[2] for p in pairs.values()]}")
+    ratios = {name: [] for name in pairs}
     for _ in range(batches):
-        times = ([], [])
-        for _ in range(math.ceil(calls / run)):
-            for fn, ts in zip((slow, fast), times):
-                fn()
-                ts += [_timed(fn)[0] for _ in range(run)]
-        ratios.append(work_ratio * statistics.median(times[0]) / statistics.median(times[1]))
-    return {"speedup": statistics.median(ratios), "batch_speedups": ratios}
+        times = {name: ([], []) for name in pairs}
+        for _ in range(turns):
+            for name, (slow, fast, run, _) in pairs.items():
+                for fn, ts in zip((slow, fast), times[name]):
+                    fn()
+                    ts += [_timed(fn)[0] for _ in range(run)]
+        for name, (_, _, _, work_ratio) in pairs.items():
+            slow_t, fast_t = times[name]
+            ratios[name].append(work_ratio * statistics.median(slow_t) / statistics.median(fast_t))
+    return {name: {"speedup": statistics.median(r), "batch_speedups": r} for name, r in ratios.items()}
+
+
+def speedup_where(measured: dict, name: str, control: str, at_least: float) -> dict:
+    """`name`'s speed-up (an `alternating_speedups` result) over the batches in which `control`'s reached
+    `at_least`: {"speedup": their median, or None if there are none, "batches": how many}."""
+    kept = [r for r, c in zip(measured[name]["batch_speedups"], measured[control]["batch_speedups"]) if c >= at_least]
+    return {"speedup": statistics.median(kept) if kept else None, "batches": len(kept)}
 
 
 def speedup(slow: dict, fast: dict) -> float:

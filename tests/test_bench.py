@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from apb_ref import kernels
-from apb_ref.bench import alternating_speedup, measure_interleaved, run, speedup, table
+from apb_ref.bench import alternating_speedups, measure_interleaved, run, speedup, speedup_where, table
 
 
 def test_interleaved_runs_every_callable_in_rotating_turns():
@@ -75,13 +75,25 @@ def test_table_says_when_more_threads_ran_slower():
     assert "slower on" not in table([{**row, "rust_all_ms": 0.06}])
 
 
-def test_alternating_speedup_calls_both_in_turns_and_checks_its_arguments():
-    calls = []
-    out = alternating_speedup(lambda: calls.append("s"), lambda: calls.append("f"), batches=3, calls=4, run=2,
-                              work_ratio=2.0)
-    turn = ["s"] * 3 + ["f"] * 3  # one untimed call, then `run` timed ones, each
-    assert calls == turn * 2 * 3
+def test_alternating_speedups_give_the_median_of_the_batches():
+    out = alternating_speedups({"x": (lambda: None, lambda: None, 2, 2.0)}, batches=3, turns=2)["x"]
     assert len(out["batch_speedups"]) == 3 and out["speedup"] == sorted(out["batch_speedups"])[1]
-    assert all(r > 0 for r in out["batch_speedups"])
-    with pytest.raises(ValueError, match="alternating_speedup: batches, calls and run must be >= 1"):
-        alternating_speedup(lambda: None, lambda: None, batches=0)
+    assert all(0 < r < float("inf") for r in out["batch_speedups"])
+
+
+def test_alternating_speedups_take_turns_pair_after_pair_and_a_control_filters_batches():
+    calls = []
+    pairs = {name: (lambda n=name: calls.append(n + "1"), lambda n=name: calls.append(n + "2"), run, 1.0)
+             for name, run in (("a", 1), ("b", 2))}
+    out = alternating_speedups(pairs, batches=2, turns=3)
+    turn = ["a1"] * 2 + ["a2"] * 2 + ["b1"] * 3 + ["b2"] * 3  # each: one untimed call, then `run` timed ones
+    assert calls == turn * 3 * 2
+    assert set(out) == {"a", "b"} and all(len(v["batch_speedups"]) == 2 for v in out.values())
+    measured = {"kernel": {"batch_speedups": [1.5, 1.9, 1.8, 1.2]}, "bound": {"batch_speedups": [1.97, 1.95, 1.2, 1.99]}}
+    assert speedup_where(measured, "kernel", "bound", 1.9) == {"speedup": 1.5, "batches": 3}
+    assert speedup_where(measured, "kernel", "bound", 2.5) == {"speedup": None, "batches": 0}
+    with pytest.raises(ValueError, match="alternating_speedups: batches, turns and every run must be >= 1"):
+        alternating_speedups({"a": (lambda: None, lambda: None, 0, 1.0)})
+    with pytest.raises(ValueError, match="pairs not empty"):
+        alternating_speedups({})
+

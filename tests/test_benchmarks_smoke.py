@@ -60,6 +60,13 @@ def test_kernels_benchmark_quick(tmp_path):
             times += _times(c["numpy_ref"]) + (_times(c["scipy"]) if "scipy" in c else [])
             times += [t for r in c["rust"] for t in _times(r)]
         assert all(t > 0 for t in times)
+        alt = res.get("alternating")
+        if alt is not None:  # a Rust build on more than one core: thread speed-ups in shared turns
+            names = ["bgemm_1x1", "bgemm_1x1 prepared"] + (["bound"] if "clean" in alt else [])
+            assert all(len(alt[n]["batch_speedups"]) == 3 and alt[n]["speedup"] > 0 for n in names)
+            for n in names[:2] if "clean" in alt else []:
+                kept = alt["clean"][n]
+                assert kept["batches"] == sum(b >= alt["clean"]["bound_at_least"] for b in alt["bound"]["batch_speedups"])
     if have_rust:
         assert {"bgemm_1x1", "bgemm_1x2", "bgemm_2x2", "bgemm_1x1 prepared"} <= d["summary"].keys()
 

@@ -5,7 +5,7 @@ use numpy::{PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 use super::args::{
-    as_slice, filled2, opt_int, py_shape, resolve_isa, resolve_threads, slice_of, typed, value_error,
+    as_slice, filled2_on_lines, opt_int, py_shape, resolve_isa, resolve_threads, slice_of, typed, value_error,
 };
 use crate::bgemm::{self, Kind};
 use crate::bits::{self, words_for};
@@ -142,10 +142,9 @@ fn run_bgemm<'py>(
 
     // bgemm's errors already name the kernel
     if scale.is_none() && shift.is_none() {
-        let out = filled2(py, func, m, n, |os: &mut [i32]| {
+        return filled2_on_lines(py, func, m, n, |os: &mut [i32]| {
             bgemm::bgemm(kind, &a_sl, &b_sl, m, n, k, isa, threads, None, os)
-        })?;
-        return Ok(out.into_any());
+        });
     }
     let (ones, zeros) = (vec![1.0f32; m], vec![0.0f32; m]);
     let epilogue = bgemm::Epilogue {
@@ -156,13 +155,12 @@ fn run_bgemm<'py>(
             .as_ref()
             .map_or(Ok(&zeros[..]), |r| as_slice(func, "shift", r))?,
     };
-    let out = filled2(py, func, m, n, |os: &mut [f32]| {
+    filled2_on_lines(py, func, m, n, |os: &mut [f32]| {
         // SAFETY: f32 and i32 have the same size and alignment and every bit pattern is a valid i32;
         // bgemm writes each element as an i32 product and the epilogue rewrites it as f32 bits.
         let ints = unsafe { std::slice::from_raw_parts_mut(os.as_mut_ptr().cast::<i32>(), os.len()) };
         bgemm::bgemm(kind, &a_sl, &b_sl, m, n, k, isa, threads, Some(epilogue), ints)
-    })?;
-    Ok(out.into_any())
+    })
 }
 
 /// An optional float32 vector of `m` values (one per row of a), borrowed read-only, or None.

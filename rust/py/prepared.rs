@@ -4,7 +4,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
-use super::args::{as_slice, filled2, resolve_isa, resolve_threads, slice_of, value_error};
+use super::args::{as_slice, filled2_on_lines, resolve_isa, resolve_threads, slice_of, value_error};
 use super::bgemm::{parse_k, plane, same_shape, zero_padding, Plane};
 use crate::bgemm::{self, Kind};
 use crate::bits;
@@ -196,8 +196,7 @@ pub(crate) fn bgemm_prepared<'py>(
     let threads = resolve_threads(F, threads)?;
     let sl = slices(F, &ro)?;
     let n = prep.n();
-    let out = filled2(py, F, m, n, |os: &mut [i32]| {
+    filled2_on_lines(py, F, m, n, |os: &mut [i32]| {
         bgemm::bgemm_prepared(&sl, m, prep, threads, os)
-    })?;
-    Ok(out.into_any())
+    })
 }

@@ -114,6 +114,25 @@ def test_prepared_b_holds_a_copy(raw_rust):
         raw_rust.bgemm_prepared(a, b)
 
 
+def test_bgemm_outputs_start_on_a_cache_line(raw_rust):
+    """Every bgemm result starts on a 64-byte line (so threads writing neighbouring panels share no
+    line), whatever numpy.empty returned: plain C-contiguous arrays of their shape, which the caller
+    owns and may write."""
+    rng = np.random.default_rng(8)
+    for m, n, k in ((1, 1, 1), (3, 5, 70), (9, 40, 200), (0, 4, 64), (4, 0, 64)):
+        a, b = random_packed(rng, m, k), random_packed(rng, n, k)
+        want = reference.bgemm_1x1(a, b, k)
+        keep = [np.empty(s, np.uint8) for s in (1, 17, 33)]  # move numpy's next address around
+        results = [raw_rust.bgemm_1x1(a, b, k), raw_rust.bgemm_1x1(a, b, k, scale=np.ones(m, np.float32)),
+                   raw_rust.bgemm_prepared(a, raw_rust.bgemm_prepare(b, k, "bgemm_1x1"))]
+        del keep
+        for got in results:
+            assert got.shape == (m, n) and got.flags.c_contiguous and got.flags.writeable
+            assert got.size == 0 or got.ctypes.data % 64 == 0
+            np.testing.assert_array_equal(got, want)
+            got[...] = 0  # the caller's to write
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 @per_isa
 @per_threads
