@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +48,7 @@ import torch_float
 from common import machine, print_table, write_json
 
 from apb_ref.autograd import Tensor, no_grad
-from apb_ref.bench import measure_interleaved, speedup
+from apb_ref.bench import alternating_speedups, measure_interleaved, speedup, speedup_where
 from apb_ref.packed import PackedNetwork, export_model, layer_bytes
 from apb_ref.packed.fused import FusedBlocks
 from apb_ref.kernels import backend
@@ -102,6 +103,50 @@ def trained(path: str) -> tuple[str, int, PackedNetwork, float]:
     return f"{Path(path).parent.name} (trained)", act_bits, net, stored
 
 
+# A batch of turns counts as clean when the bound's loop scaled by at least this fraction of the thread
+# count in it (1.9x on 2 threads): the host then gave every thread a whole core.
+CLEAN = 0.95
+BOUND_STEPS = 1 << 18  # the bound's loop: about a millisecond per call
+
+
+def thread_turns(forwards: dict, counts: list[int], xb: np.ndarray, batches: int) -> dict:
+    """Each packed model's speed-up from 1 to max(counts) Rust threads on one batch `xb`, all models (and
+    the bound's loop, when this CPU has it) in the same turns (`alternating_speedups`); per model also
+    the speed-up over the batches in which the bound scaled (`speedup_where`)."""
+    import apb_ref._kernels as R  # forwards are Rust models, so the extension is built
+    t_max, before = max(counts), os.environ.get("APB_NUM_THREADS")
+
+    def at(forward, threads):
+        def call():
+            os.environ["APB_NUM_THREADS"] = str(threads)  # read by the Rust kernels on every call
+            forward(xb)
+        return call
+
+    pairs = {}
+    try:
+        with backend.use_backend("rust"):
+            for key, forward in forwards.items():
+                one = at(forward, 1)
+                one()
+                start = time.perf_counter()
+                one()
+                run = max(1, round(0.005 / (time.perf_counter() - start)))  # ~5 ms of timed calls a turn
+                pairs[key] = (one, at(forward, t_max), run, 1.0)
+            if R.xor_popcount_peak(threads=1, steps=1) is not None:
+                pairs["bound"] = (lambda: R.xor_popcount_peak(threads=1, steps=BOUND_STEPS),
+                                  lambda: R.xor_popcount_peak(threads=t_max, steps=BOUND_STEPS), 1, float(t_max))
+            got = alternating_speedups(pairs, batches=batches, turns=5)
+    finally:
+        if before is None:
+            os.environ.pop("APB_NUM_THREADS", None)
+        else:
+            os.environ["APB_NUM_THREADS"] = before
+    if "bound" in got:
+        for key in forwards:
+            got[key]["where_the_bound_scaled"] = speedup_where(got, key, "bound", CLEAN * t_max)
+    return got
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1024)
@@ -129,6 +174,9 @@ def main() -> None:
     parser.add_argument("--rust-threads", nargs="+", type=int, default=None, metavar="N",
                         help="run the packed models on each of these Rust thread counts, in the same rounds "
                              "(default: APB_NUM_THREADS, else every core)")
+    parser.add_argument("--turn-batches", type=int, default=9,
+                        help="with two or more --rust-threads: batches of turns in which the packed models' thread "
+                             "speed-up is also measured, one --batch-size call at a time (default: 9)")
     parser.add_argument("--json", help="where to write the results (default: benchmarks/results/packed_inference.json)")
     args = parser.parse_args()
     if args.images < 1 or args.repeats < 1 or args.batch_size < 1:
@@ -137,6 +185,8 @@ def main() -> None:
         parser.error("--settle must be >= 0 seconds")
     if args.rust_threads is not None and min(args.rust_threads) < 1:
         parser.error("--rust-threads must be >= 1")
+    if args.turn_batches < 1:
+        parser.error("--turn-batches must be >= 1")
     counts = args.rust_threads or [None]
     batch = args.batch_size
     reuse_freed_memory()
@@ -176,7 +226,11 @@ def main() -> None:
         models += [(f"sbnn p={p:g}", {"sbnn_p": p}) for p in args.sbnn_p]
     models = [(label if block == "basic" else f"{label} {block}", {**kwargs, "block": block})
               for block in args.blocks for label, kwargs in models]
+    forwards = {}  # (label, act_bits) -> the packed model's forward on the Rust kernels
+
     def add(label, act_bits, net):
+        if "rust" in args.backends:
+            forwards[(label, act_bits)] = net.logits
         for name in args.backends:
             for t in (counts if name == "rust" else [None]):  # the NumPy kernels have no threads
                 runs[(label, act_bits, name, t)] = passes(net.logits, name, t)
@@ -195,6 +249,7 @@ def main() -> None:
         add(label, act_bits, net)
     # one warm-up each, then --repeats rounds of one pass per model
     timed, _ = measure_interleaved(runs, repeats=args.repeats, min_time=0.0, rounds=args.repeats, settle=args.settle)
+    turns = thread_turns(forwards, counts, x[:batch], args.turn_batches) if len(counts) > 1 else {}
     base = len(x) / timed["float"]["median_s"]
     torch, tflite = timed.get("torch"), timed.get("tflite")
 
@@ -242,6 +297,7 @@ def main() -> None:
                         "file_bits_per_weight": bits[method],
                         "act_bits": act_bits, "backend": name, "images_per_second": speed, "vs_float": ratio,
                         "vs_apb": vs_apb, "vs_bnn": vs_bnn, "rust_threads": t, "vs_one_thread": vs_one,
+                        "vs_one_thread_in_turns": turns.get((method, act_bits)) if t == max(counts) else None,
                         "vs_torch": None if torch is None else speedup(torch, stats),
                         "vs_tflite": None if tflite is None else speedup(tflite, stats)})
     # the APB paper's speed claim: APB with 1-bit activations against a 2-bit model (2-bit weights and
@@ -258,12 +314,32 @@ def main() -> None:
     header = ["model", "file bits/weight", "activation bits", "kernels", "images/s", "vs float", "vs APB", "vs BNN",
               "vs PyTorch", "vs TFLite"] + (["vs 1 thread"] if len(counts) > 1 else [])
     print_table(header, [r + ["-"] * (len(header) - len(r)) for r in rows])
+    if turns:
+        print(f"\n{max(counts)} threads / 1 thread, one batch of {batch} at a time, the models taking turns (each "
+              f"turn: every model on 1 then on {max(counts)} threads, an untimed call before the timed ones), "
+              "median over batches of turns" + ("; the bound's loop (XOR, VPOPCNTQ, ADD on registers) in the same "
+              "turns says whether the host gave each thread a whole core" if "bound" in turns else ""))
+        bar = CLEAN * max(counts)
+        rows2 = []
+        for key, got in turns.items():
+            if key == "bound":
+                continue
+            row = [f"packed {key[0]}", str(key[1]), f"{got['speedup']:.2f}x"]
+            if "bound" in turns:
+                where = got["where_the_bound_scaled"]
+                row += [f"{turns['bound']['speedup']:.2f}x",
+                        "-" if where["speedup"] is None else f"{where['speedup']:.2f}x ({where['batches']})"]
+            rows2.append(row)
+        print_table(["model", "activation bits", f"{max(counts)}t/1t"]
+                    + (["bound's loop", f"{max(counts)}t/1t where the bound >= {bar:.2f}x (batches)"]
+                       if "bound" in turns else []), rows2)
     for name, ratio in headline.items():
         print(f"APB {BITS_PER_WEIGHT} bits/weight, 1-bit activations, against 2-bit uniform weights with 2-bit "
               f"activations ({name} kernels, same rounds): {ratio:.2f}x")
     write_json("packed_inference", {"images": args.images, "repeats": args.repeats, "batch_size": batch,
                                     "threads": os.environ.get("APB_NUM_THREADS"), "rust_threads": args.rust_threads,
-                                    "results": records, "apb_a1_vs_uniform_a2": headline}, args.json)
+                                    "results": records, "apb_a1_vs_uniform_a2": headline,
+                                    "bound_in_turns": turns.get("bound")}, args.json)
 
 
 if __name__ == "__main__":

@@ -96,17 +96,26 @@ def test_packed_inference_times_rust_thread_counts_in_the_same_rounds(tmp_path):
     out = tmp_path / "threads.json"
     proc = subprocess.run([sys.executable, str(SCRIPT.parent / "packed_inference.py"), "--images", "2", "--repeats",
                            "1", "--batch-size", "1", "--methods", "apb", "--act-bits", "1", "--backends", "rust",
-                           "numpy", "--rust-threads", "1", "2", "--json", str(out), "--no-torch", "--no-tflite",
-                           "--settle", "0"],
+                           "numpy", "--rust-threads", "1", "2", "--turn-batches", "2", "--json", str(out), "--no-torch",
+                           "--no-tflite", "--settle", "0"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = {(r["backend"], r["rust_threads"]): r for r in json.loads(out.read_text())["results"]
-            if r["model"] == "packed-apb"}
+    d = json.loads(out.read_text())
+    rows = {(r["backend"], r["rust_threads"]): r for r in d["results"] if r["model"] == "packed-apb"}
     assert set(rows) == {("rust", 1), ("rust", 2), ("numpy", None)}  # the NumPy kernels once: no threads
     assert rows[("rust", 1)]["vs_one_thread"] == 1.0 and rows[("rust", 2)]["vs_one_thread"] > 0
-    bad = subprocess.run([sys.executable, str(SCRIPT.parent / "packed_inference.py"), "--rust-threads", "0"],
-                         capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "--rust-threads must be >= 1" in bad.stderr
+    # the speed-up in turns of single batches, with the bound's loop as the control where the CPU has it
+    turns = rows[("rust", 2)]["vs_one_thread_in_turns"]
+    assert rows[("rust", 1)]["vs_one_thread_in_turns"] is None and len(turns["batch_speedups"]) == 2
+    assert turns["speedup"] > 0 and "2t/1t" in proc.stdout
+    if d["bound_in_turns"] is not None:
+        where = turns["where_the_bound_scaled"]
+        assert where["batches"] == sum(b >= 1.9 for b in d["bound_in_turns"]["batch_speedups"])
+    for flag, message in (("--rust-threads", "--rust-threads must be >= 1"),
+                          ("--turn-batches", "--turn-batches must be >= 1")):
+        bad = subprocess.run([sys.executable, str(SCRIPT.parent / "packed_inference.py"), flag, "0"],
+                             capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and message in bad.stderr
 
 
 def test_packed_inference_benchmark_runs(tmp_path):
