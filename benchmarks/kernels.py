@@ -26,9 +26,10 @@ ratio, and every ratio and thread speed-up is the median of same-round ratios:
 * scipy.sparse CSR @ dense (single-threaded C++) against the NumPy reference and Rust csr_matmul for an
   (M, K) matrix at 1 %, 2 % and 5 % density times a dense (K, N) float32.
 
-ratio = baseline time / kernel time (median over rounds, see above); binary MAC/s = M·K·N / time for
-every bgemm (for 1x2 and 2x2 too: the MACs of the layer); for bgemm_1x1 on AVX-512 also the fraction
-of the machine's xor-popcount-add bound on as many threads: the rate of a loop doing nothing but the
+ratio = baseline time / kernel time (median over rounds, see above); MAC/s = M·K·N / time for every
+bgemm (for 1x2 and 2x2 too: the MACs of the layer); for every bgemm on AVX-512 also the fraction of the
+machine's xor-popcount-add bound on as many threads, counting the binary products a MAC takes (1x1: 1,
+1x2: 2 plane pairs, 2x2: 4), of the bound: the rate of a loop doing nothing but the
 GEMM's inner step (XOR, VPOPCNTQ, VPADDQ on 512 bits) on registers (`apb_ref._kernels.xor_popcount_peak`),
 which runs per shape in turns with the kernels, the fraction being the median of same-round ratios (so
 not exactly macs_per_s / bound_macs_per_s, the medians over all calls; the header's bound, median of 5
@@ -86,6 +87,8 @@ SHAPES = [(64, 576, 2916), (128, 576, 2916), (128, 1152, 676), (256, 1152, 676),
 QUICK_SHAPES = [(64, 576, 2916), (512, 4608, 25)]
 DENSITIES = (0.01, 0.02, 0.05)
 KERNELS = ("bgemm_1x1", "bgemm_1x2", "bgemm_2x2")
+# Binary products (XOR, popcount, add) per MAC of the layer: one per pair of bit planes.
+PLANE_PAIRS = {"bgemm_1x1": 1, "bgemm_1x2": 2, "bgemm_2x2": 4, "bgemm_1x1 prepared": 1}
 # bgemm_1x1 as a layer runs it: the weight's panels packed once (bgemm_prepare, not timed), the
 # activation rows as A (bgemm_prepared), the output (N, M) channels-last
 PREPARED = "bgemm_1x1 prepared"
@@ -257,11 +260,13 @@ def bench_shape(shape, cfg, rng) -> dict:
                                      f"at shape {shape}")
             t = stats["median_s"]
             row = {"isa": isa, "threads": threads, **stats, "ratio": speedup(fp32, stats), "macs_per_s": macs / t}
-            if name in ("bgemm_1x1", PREPARED) and isa == "avx512" and threads in bound:
+            if isa == "avx512" and threads in bound:
                 # the bound is the 512-bit VPOPCNTQ loop's: it says nothing about the AVX2 or scalar paths.
-                # Its fraction is the median of same-round ratios, as every ratio here.
+                # Its fraction is the median of same-round ratios, as every ratio here; a 2-bit operand
+                # has two planes, so 1x2 does 2 binary products per MAC and 2x2 does 4.
                 row["bound_macs_per_s"] = bound[threads]["macs_per_s"]
-                row["bound_fraction"] = macs / bound[threads]["macs_per_call"] * speedup(bound[threads], stats)
+                row["bound_fraction"] = (PLANE_PAIRS[name] * macs / bound[threads]["macs_per_call"]
+                                         * speedup(bound[threads], stats))
             cell["rust"].append(row)
         out["bgemm"][name] = cell
 
@@ -374,9 +379,9 @@ def report(results: list[dict], cfg: dict) -> dict:
                 row.append(f"{ms(c['median_s'])} ({ratio(c['ratio'])})" if c else "-")
             rows.append(row)
         print_table(headers, rows)
-        print(f"{name}: binary GMAC/s (M*K*N / time)" + (", avx512: % of the measured xor-popcount-add bound "
-                                                        "on as many threads"
-                                                        if name in ("bgemm_1x1", PREPARED) and cfg["peak"] else ""))
+        print(f"{name}: GMAC/s (M*K*N / time)" + (
+            f", avx512: % of the measured xor-popcount-add bound on as many threads (of {PLANE_PAIRS[name]} binary "
+            "products per MAC)" if cfg["peak"] else ""))
         rows = []
         for res in results:
             row = [shape_label(res["shape"]), f"{res['macs'] / res['fp32']['median_s'] / 1e9:.1f}"]
