@@ -86,9 +86,12 @@ def whole_forward(model, x):
     blocks = model.blocks
     if kernels.get_backend() == "rust" and isinstance(blocks, FusedBlocks):
         n, c, h, w = x.shape
-        stem = (model.conv1.weight, model.conv1.padding, model.bn1.scale, model.bn1.shift)
-        head = (model.linear.weight, model.linear.bias)
-        net = blocks.net(("whole", c, h, w), lambda: blocks.prepare(model.conv1.weight.shape[0], h, w, stem, head))
+
+        def prepare():
+            stem = (model.conv1.weight, model.conv1.padding, model.bn1.scale, model.bn1.shift)
+            head = (model.linear.weight, model.linear.bias)
+            return blocks.prepare(model.conv1.weight.shape[0], h, w, stem, head)
+        net = blocks.net(("whole", c, h, w), prepare)
         if net is not None:
             return Tensor(net.run(np.ascontiguousarray(x.data, dtype=np.float32)).reshape(n, -1))
     return type(model).forward(model, x)

@@ -101,7 +101,7 @@ class PackedNetwork:
                 outs.append(self.model(Tensor(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32))).data)
                 bar.update(len(outs[-1]))
         bar.close()
-        return np.concatenate(outs)
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256, progress: str | None = None) -> dict[str, float]:
         """Accuracy and images/s on images in [0, 1] (normalized here with the stored statistics)."""

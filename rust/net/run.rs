@@ -197,7 +197,9 @@ impl BinaryNet {
                                 Err(_) => failed.store(true, Ordering::Relaxed),
                             }
                         }
-                        barrier.wait();
+                        if !self.runs_with_next(at) {
+                            barrier.wait();
+                        }
                     }
                 }
             };
@@ -213,6 +215,19 @@ impl BinaryNet {
                 at / self.steps.len(),
                 at % self.steps.len()
             )),
+        }
+    }
+
+    /// Whether stage `at` may run in one go with the next, with no barrier between them: a shortcut
+    /// followed by a conv that neither reads nor writes its float buffers (a basic block's first conv
+    /// reads only bits), so each thread goes straight on to its part of the conv.
+    fn runs_with_next(&self, at: usize) -> bool {
+        let s = at.wrapping_sub(2);
+        match (self.steps.get(s), self.steps.get(s + 1)) {
+            (Some(Step::Shortcut { src, dst, .. }), Some(Step::Conv { residual, float, .. })) => {
+                ![Some(*src), Some(*dst)].contains(float) && *residual != Some(*dst)
+            }
+            _ => false,
         }
     }
 
