@@ -108,6 +108,30 @@ impl Barrier {
     }
 }
 
+/// Part `t` of `n` of a step's output of `positions` positions and `o` channels: its chunks of
+/// positions, or, when the map is a single chunk, its channels in groups of `unit`; with the range of
+/// the blocked float map it writes. None when the part is empty.
+fn output_part(
+    positions: usize,
+    o: usize,
+    unit: usize,
+    t: usize,
+    n: usize,
+) -> Option<(Range<usize>, Range<usize>, Range<usize>)> {
+    let (all, units) = (positions.div_ceil(CHUNK), o.div_ceil(unit));
+    let (chunks, channels) = if all == 1 && n > 1 && units > 1 {
+        let mine = part(units, t, n);
+        (0..1, mine.start * unit..(mine.end * unit).min(o))
+    } else {
+        (part(all, t, n), 0..o)
+    };
+    if chunks.is_empty() || channels.is_empty() {
+        return None;
+    }
+    let floats = (chunks.start * o + channels.start) * CHUNK..((chunks.end - 1) * o + channels.end) * CHUNK;
+    Some((chunks, channels, floats))
+}
+
 /// Part `t` of `n` of `0..chunks` (contiguous, sizes differing by at most one).
 fn part(chunks: usize, t: usize, n: usize) -> Range<usize> {
     (chunks * t / n)..(chunks * (t + 1) / n)
@@ -332,21 +356,12 @@ impl BinaryNet {
                 bits,
             } => {
                 let conv = &self.convs[layer];
-                let o = conv.o;
-                let (all, halves) = ((conv.ho * conv.wo).div_ceil(CHUNK), o.div_ceil(32));
-                // a map of one chunk splits by 32-channel halves instead (its threads write the two
-                // halves of the same packed words)
-                let (chunks, channels) = if all == 1 && n > 1 && halves > 1 {
-                    let mine = part(halves, t, n);
-                    (0..1, mine.start * 32..(mine.end * 32).min(o))
-                } else {
-                    (part(all, t, n), 0..o)
-                };
-                if chunks.is_empty() || channels.is_empty() {
+                // a map of one chunk splits by 32-channel halves (its threads write the two halves
+                // of the same packed words)
+                let Some((chunks, channels, floats)) = output_part(conv.ho * conv.wo, conv.o, 32, t, n)
+                else {
                     return false;
-                }
-                let floats = (chunks.start * o + channels.start) * CHUNK
-                    ..((chunks.end - 1) * o + channels.end) * CHUNK;
+                };
                 // SAFETY: `new` refused outputs that are the step's input or residual; the ranges are
                 // this part's (the packed words' halves too)
                 let io = unsafe {
@@ -378,18 +393,9 @@ impl BinaryNet {
             } => {
                 let (c, h, w) = self.sources[at - 2];
                 let (ho, wo) = (h.div_ceil(stride), w.div_ceil(stride));
-                let all = (ho * wo).div_ceil(CHUNK);
-                // a map of one chunk splits by output channels, as a conv's does
-                let (chunks, channels) = if all == 1 && n > 1 {
-                    (0..1, part(oc, t, n))
-                } else {
-                    (part(all, t, n), 0..oc)
-                };
-                if chunks.is_empty() || channels.is_empty() {
+                let Some((chunks, channels, floats)) = output_part(ho * wo, oc, 1, t, n) else {
                     return false;
-                }
-                let floats = (chunks.start * oc + channels.start) * CHUNK
-                    ..((chunks.end - 1) * oc + channels.end) * CHUNK;
+                };
                 // SAFETY: `new` refused a shortcut onto its source; the range is this part's
                 let (s, d) = unsafe { (v.float(src), v.float_mut(dst, floats)) };
                 shortcut(s, (c, h, w), d, (oc, ho, wo), stride, chunks, channels);

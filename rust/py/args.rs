@@ -192,17 +192,14 @@ pub(super) fn filled2_on_lines<'py, T: Element + Send>(
             py_shape(&[rows, cols])
         ))
     })?;
-    let flat = empty::<T, numpy::Ix1>(py, func, &[len.saturating_add(LINE / size)])?;
     // numpy's data are aligned to T, so the offset to the next line is a whole number of T
-    let skip = (LINE - flat.data() as usize % LINE) % LINE / size;
-    {
-        let mut rw = flat.readwrite();
-        let os = rw
-            .as_slice_mut()
-            .map_err(|e| value_error(format!("{func}: output: {e}")))?;
-        let mine = &mut os[skip..skip + len];
-        py.detach(|| compute(mine)).map_err(value_error)?;
-    }
+    let skip = |data: *const T| (LINE - data as usize % LINE) % LINE / size;
+    // (the elements before and after the view are left as numpy.empty made them)
+    let flat = filled::<T, numpy::Ix1>(py, func, &[len.saturating_add(LINE / size)], |os| {
+        let from = skip(os.as_ptr());
+        compute(&mut os[from..from + len])
+    })?;
+    let skip = skip(flat.data());
     let lines = pyo3::types::PySlice::new(py, skip as isize, (skip + len) as isize, 1);
     flat.get_item(lines)?.call_method1("reshape", ((rows, cols),))
 }
