@@ -152,17 +152,40 @@ impl Correction {
     }
 }
 
+/// The buffers a net's steps name, laid out as slots: one per (buffer, shape of the map it holds).
+struct Slots {
+    of: HashMap<(usize, Shape), usize>,
+    /// Per buffer, the slot holding its latest map (what a step reading it reads).
+    now: Vec<usize>,
+    /// Per slot, its length.
+    sizes: Vec<usize>,
+}
+
+impl Slots {
+    /// `buffers` buffers, 0 the input of shape `input` and length `size` in slot 0.
+    fn new(buffers: usize, input: Shape, size: usize) -> Slots {
+        Slots {
+            of: HashMap::from([((0, input), 0)]),
+            now: vec![0; buffers],
+            sizes: vec![size],
+        }
+    }
+
+    /// The slot of buffer `id` written with a map of `shape` (length `size`), made on first use.
+    fn write(&mut self, id: usize, shape: Shape, size: usize) -> usize {
+        let next = self.sizes.len();
+        let slot = *self.of.entry((id, shape)).or_insert(next);
+        if slot == next {
+            self.sizes.push(size);
+        }
+        self.now[id] = slot;
+        slot
+    }
+}
+
 /// Most bytes of one thread's buffers: a bound checked before anything is allocated, so a net of
 /// absurd sizes is an error rather than an aborted process.
 const MAX_BUFFER_BYTES: usize = 1 << 33;
-
-/// `sizes[id]` raised to at least `size`.
-fn grow(sizes: &mut Vec<usize>, id: usize, size: usize) {
-    if sizes.len() <= id {
-        sizes.resize(id + 1, 0);
-    }
-    sizes[id] = sizes[id].max(size);
-}
 
 /// Where value (position p, channel ch) of a `channels`-channel float map lies: maps are blocked,
 /// [`CHUNK`] positions of channel 0, then of channel 1, …, then the next chunk of positions.
@@ -212,7 +235,6 @@ impl BinaryNet {
         // Shapes flow through the steps: a buffer is read only after a step (or the input) wrote it.
         let (mut floats, mut bits): (Vec<Option<Shape>>, Vec<Option<Shape>>) =
             (vec![Some(input)], vec![Some(input)]);
-        let mut float_sizes = vec![0usize]; // by buffer number
         let mut prepared: Vec<Option<Conv>> = convs.iter().map(|_| None).collect();
         let mut sources = vec![(0, 0, 0); steps.len()];
         let read = |bufs: &[Option<Shape>], id: usize, what: &str, at: usize| -> Result<Shape, String> {
@@ -253,7 +275,7 @@ impl BinaryNet {
                 .filter(|&v| v <= MAX_BUFFER_BYTES / 8)
                 .ok_or_else(too_big)
         };
-        float_sizes[0] = fsize(input)?;
+        fsize(input)?;
         bsize(input)?;
         for (at, step) in steps.iter().enumerate() {
             match *step {
@@ -295,7 +317,7 @@ impl BinaryNet {
                     }
                     if let Some(f) = float {
                         write(&mut floats, f, out).map_err(|e| format!("step {at}: {e}"))?;
-                        grow(&mut float_sizes, f, fsize(out)?);
+                        fsize(out)?;
                     }
                     if let Some(b) = out_bits {
                         write(&mut bits, b, out).map_err(|e| format!("step {at}: {e}"))?;
@@ -325,7 +347,7 @@ impl BinaryNet {
                     }
                     let out = (channels, h.div_ceil(stride), w.div_ceil(stride));
                     write(&mut floats, dst, out).map_err(|e| format!("step {at}: {e}"))?;
-                    grow(&mut float_sizes, dst, fsize(out)?);
+                    fsize(out)?;
                 }
             }
         }
@@ -336,32 +358,50 @@ impl BinaryNet {
             .enumerate()
             .map(|(i, c)| c.ok_or_else(|| format!("conv {i} is used by no step")))
             .collect::<Result<_, _>>()?;
-        // bit buffers -> slots, one per (buffer, shape)
-        let mut slots: HashMap<(usize, Shape), usize> = HashMap::from([((0, input), 0)]);
-        let mut slot_of = vec![0usize; bits.len()];
-        let mut bits_sizes = vec![bsize(input)?];
+        // buffers -> slots, one per (buffer, shape): a buffer that holds maps of several shapes (a
+        // 32×32 one, later a 16×16 one) gets a slot for each, so that the threads splitting an image
+        // write the same part of a slot at every image (a part of one shape's layout is another's
+        // other part: the lines would move between the cores' caches at every image)
+        let mut bit_slots = Slots::new(bits.len(), input, bsize(input)?);
+        let mut float_slots = Slots::new(floats.len(), input, fsize(input)?);
         let mut laid = steps.to_vec();
-        for step in laid.iter_mut() {
-            if let Step::Conv {
-                layer,
-                input,
-                bits: Some(out),
-                ..
-            } = step
-            {
-                *input = slot_of[*input];
-                let c = &convs[*layer];
-                let next = slots.len();
-                let slot = *slots.entry((*out, (c.o, c.ho, c.wo))).or_insert(next);
-                if slot == next {
-                    bits_sizes.push(bsize((c.o, c.ho, c.wo))?);
+        for (at, step) in laid.iter_mut().enumerate() {
+            match step {
+                Step::Conv {
+                    layer,
+                    input,
+                    residual,
+                    float,
+                    bits: out,
+                } => {
+                    *input = bit_slots.now[*input];
+                    let c = &convs[*layer];
+                    let shape = (c.o, c.ho, c.wo);
+                    if let Some(r) = residual {
+                        *r = float_slots.now[*r];
+                    }
+                    if let Some(f) = float {
+                        *f = float_slots.write(*f, shape, fsize(shape)?);
+                    }
+                    if let Some(b) = out {
+                        *b = bit_slots.write(*b, shape, bsize(shape)?);
+                    }
                 }
-                slot_of[*out] = slot;
-                *out = slot;
-            } else if let Step::Conv { input, .. } = step {
-                *input = slot_of[*input];
+                Step::Shortcut {
+                    src,
+                    dst,
+                    stride,
+                    channels,
+                } => {
+                    let (_, h, w) = sources[at];
+                    let shape = (*channels, h.div_ceil(*stride), w.div_ceil(*stride));
+                    *src = float_slots.now[*src];
+                    *dst = float_slots.write(*dst, shape, fsize(shape)?);
+                }
             }
         }
+        let output = float_slots.now[output];
+        let (float_sizes, bits_sizes) = (float_slots.sizes, bit_slots.sizes);
         let total = float_sizes.iter().sum::<usize>() * 4 + bits_sizes.iter().sum::<usize>() * 8;
         if total > MAX_BUFFER_BYTES {
             return Err(format!(
