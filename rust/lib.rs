@@ -44,6 +44,7 @@ pub mod bgemm;
 pub mod bits;
 pub mod conv;
 pub mod isa;
+mod lines;
 pub mod net;
 mod py;
 pub mod spmm;

@@ -93,6 +93,10 @@ pub(super) fn fill_panel(
     true
 }
 
+/// Panel storage that starts on a cache line, so that a microkernel's vector loads (whole multiples
+/// of 8 words from the start) never straddle two lines.
+pub(super) type Words = crate::lines::OnLines<u64>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,38 +150,5 @@ mod tests {
             assert_eq!(lo.count_ones() + hi.count_ones(), v.count_ones());
             assert_eq!((lo | hi) & !LOW_NIBBLES, 0);
         }
-    }
-}
-
-/// One cache line of words.
-#[derive(Clone, Copy, Default)]
-#[repr(C, align(64))]
-struct Line([u64; 8]);
-
-/// Panel storage that starts on a cache line, so that a microkernel's vector loads (whole multiples
-/// of 8 words from the start) never straddle two lines, as they could from a `Vec<u64>` (16-byte
-/// aligned by the allocator).
-#[derive(Default)]
-pub(super) struct Words {
-    lines: Vec<Line>,
-    len: usize,
-}
-
-impl Words {
-    /// Resize to `len` words (new words 0).
-    pub(super) fn resize(&mut self, len: usize) {
-        self.lines.resize(len.div_ceil(8), Line::default());
-        self.len = len;
-    }
-
-    pub(super) fn as_slice(&self) -> &[u64] {
-        // SAFETY: `Line` is `repr(C)` over [u64; 8] (64 bytes, no padding), so `lines` holds
-        // 8·lines.len() >= len initialised, contiguous u64s.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast(), self.len) }
-    }
-
-    pub(super) fn as_mut_slice(&mut self) -> &mut [u64] {
-        // SAFETY: as in `as_slice`, borrowed uniquely through `&mut self`.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast(), self.len) }
     }
 }

@@ -17,13 +17,17 @@ use std::sync::Mutex;
 use super::kernel::{self, Bits, Input, CHUNK};
 use super::{blocked, Act, BinaryNet, ConvIo, Shape, Step};
 use crate::isa::Isa;
+use crate::lines::OnLines;
 
-/// One set of buffers: the float maps by number, the bit maps by slot.
+/// One set of buffers: the float maps by slot, the bit maps by slot. Each starts on a cache line:
+/// the threads splitting an image write neighbouring parts of them, whose boundaries are then lines'
+/// boundaries as the code lays them out (from wherever the allocator put a `Vec`, the speed-up of two
+/// threads at batch 1 varied between 1.63 and 1.77x; on lines it was 1.74x in every process).
 pub(crate) struct Buffers {
-    floats: Vec<Vec<f32>>,
-    bits: Vec<Vec<u64>>,
+    floats: Vec<OnLines<f32>>,
+    bits: Vec<OnLines<u64>>,
     /// The image with the stem's zero border.
-    padded: Vec<f32>,
+    padded: OnLines<f32>,
 }
 
 /// Raw views of a [`Buffers`] that the threads of one image share. Within a step, the threads
@@ -45,9 +49,17 @@ unsafe impl Sync for Views {}
 impl Views {
     fn of(b: &mut Buffers) -> Views {
         Views {
-            floats: b.floats.iter_mut().map(|v| (v.as_mut_ptr(), v.len())).collect(),
-            bits: b.bits.iter_mut().map(|v| (v.as_mut_ptr(), v.len())).collect(),
-            padded: (b.padded.as_mut_ptr(), b.padded.len()),
+            floats: b
+                .floats
+                .iter_mut()
+                .map(|v| (v.as_mut_slice().as_mut_ptr(), v.len()))
+                .collect(),
+            bits: b
+                .bits
+                .iter_mut()
+                .map(|v| (v.as_mut_slice().as_mut_ptr(), v.len()))
+                .collect(),
+            padded: (b.padded.as_mut_slice().as_mut_ptr(), b.padded.len()),
         }
     }
 
@@ -257,12 +269,11 @@ impl BinaryNet {
 
     fn buffers(&self) -> Buffers {
         Buffers {
-            floats: self.float_sizes.iter().map(|&s| vec![0.0; s]).collect(),
-            bits: self.bits_sizes.iter().map(|&s| vec![0; s]).collect(),
-            padded: self
-                .stem
-                .as_ref()
-                .map_or_else(Vec::new, |s| vec![0.0; s.c * s.padded().0 * s.padded().1]),
+            floats: self.float_sizes.iter().map(|&s| OnLines::zeros(s)).collect(),
+            bits: self.bits_sizes.iter().map(|&s| OnLines::zeros(s)).collect(),
+            padded: self.stem.as_ref().map_or_else(OnLines::default, |s| {
+                OnLines::zeros(s.c * s.padded().0 * s.padded().1)
+            }),
         }
     }
 
@@ -511,7 +522,7 @@ impl Drop for Lease<'_> {
         let empty = Buffers {
             floats: Vec::new(),
             bits: Vec::new(),
-            padded: Vec::new(),
+            padded: OnLines::default(),
         };
         let b = std::mem::replace(&mut self.buffers, empty);
         self.home.lock().unwrap_or_else(|e| e.into_inner()).push(b);
