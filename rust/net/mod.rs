@@ -152,34 +152,57 @@ impl Correction {
     }
 }
 
-/// The buffers a net's steps name, laid out as slots: one per (buffer, shape of the map it holds).
+/// The buffers a net's steps name, as the maps flow through the steps, laid out as slots: one per
+/// (buffer, shape of the map it holds).
 struct Slots {
     of: HashMap<(usize, Shape), usize>,
-    /// Per buffer, the slot holding its latest map (what a step reading it reads).
-    now: Vec<usize>,
-    /// Per slot, its length.
+    /// Per buffer, the slot holding its latest map (what a step reading it reads), once written.
+    now: Vec<Option<usize>>,
+    /// Per slot, its maps' shape and its length.
+    shapes: Vec<Shape>,
     sizes: Vec<usize>,
 }
 
 impl Slots {
-    /// `buffers` buffers, 0 the input of shape `input` and length `size` in slot 0.
-    fn new(buffers: usize, input: Shape, size: usize) -> Slots {
+    /// Buffer 0 the input, of shape `input` and length `size`, in slot 0.
+    fn new(input: Shape, size: usize) -> Slots {
         Slots {
             of: HashMap::from([((0, input), 0)]),
-            now: vec![0; buffers],
+            now: vec![Some(0)],
+            shapes: vec![input],
             sizes: vec![size],
         }
     }
 
-    /// The slot of buffer `id` written with a map of `shape` (length `size`), made on first use.
-    fn write(&mut self, id: usize, shape: Shape, size: usize) -> usize {
+    /// The slot and shape of buffer `id`'s latest map (`what` buffer, read by step `at`).
+    fn read(&self, id: usize, what: &str, at: usize) -> Result<(usize, Shape), String> {
+        self.now
+            .get(id)
+            .copied()
+            .flatten()
+            .map(|slot| (slot, self.shapes[slot]))
+            .ok_or_else(|| format!("step {at}: {what} buffer {id} is read before it is written"))
+    }
+
+    /// Buffer `id` now holds a map of `shape`: its slot, made (of length `size`) on first use.
+    fn write(&mut self, id: usize, shape: Shape, size: usize) -> Result<usize, String> {
+        if id == 0 {
+            return Err("buffer 0 is the input and may not be written".into());
+        }
+        if id > 1024 {
+            return Err(format!("buffer {id}: at most 1024 buffers"));
+        }
+        if self.now.len() <= id {
+            self.now.resize(id + 1, None);
+        }
         let next = self.sizes.len();
         let slot = *self.of.entry((id, shape)).or_insert(next);
         if slot == next {
+            self.shapes.push(shape);
             self.sizes.push(size);
         }
-        self.now[id] = slot;
-        slot
+        self.now[id] = Some(slot);
+        Ok(slot)
     }
 }
 
@@ -232,31 +255,8 @@ impl BinaryNet {
                 "input (c, h, w) = ({c0}, {h0}, {w0}): need 1 <= c <= 64 and h, w >= 1"
             ));
         }
-        // Shapes flow through the steps: a buffer is read only after a step (or the input) wrote it.
-        let (mut floats, mut bits): (Vec<Option<Shape>>, Vec<Option<Shape>>) =
-            (vec![Some(input)], vec![Some(input)]);
         let mut prepared: Vec<Option<Conv>> = convs.iter().map(|_| None).collect();
         let mut sources = vec![(0, 0, 0); steps.len()];
-        let read = |bufs: &[Option<Shape>], id: usize, what: &str, at: usize| -> Result<Shape, String> {
-            bufs.get(id)
-                .copied()
-                .flatten()
-                .ok_or_else(|| format!("step {at}: {what} buffer {id} is read before it is written"))
-        };
-        /// Record that buffer `id` now holds `shape`.
-        fn write(bufs: &mut Vec<Option<Shape>>, id: usize, shape: Shape) -> Result<(), String> {
-            if id == 0 {
-                return Err("buffer 0 is the input and may not be written".into());
-            }
-            if id > 1024 {
-                return Err(format!("buffer {id}: at most 1024 buffers"));
-            }
-            if bufs.len() <= id {
-                bufs.resize(id + 1, None);
-            }
-            bufs[id] = Some(shape);
-            Ok(())
-        }
         let too_big = || format!("a map's buffer would exceed {MAX_BUFFER_BYTES} bytes");
         let fsize = |(c, h, w): Shape| {
             h.checked_mul(w)
@@ -275,9 +275,16 @@ impl BinaryNet {
                 .filter(|&v| v <= MAX_BUFFER_BYTES / 8)
                 .ok_or_else(too_big)
         };
-        fsize(input)?;
-        bsize(input)?;
+        // Shapes flow through the steps: a buffer is read only after a step (or the input) wrote it.
+        // Each (buffer, shape) gets a slot of its own: a buffer that holds a 32×32 map, later a
+        // 16×16 one, has two, so that the threads splitting an image write the same part of a slot
+        // at every image (a part of one shape's layout is another's other part: the lines would
+        // move between the cores' caches at every image). The laid-out steps name slots.
+        let mut floats = Slots::new(input, fsize(input)?);
+        let mut bits = Slots::new(input, bsize(input)?);
+        let mut laid = Vec::with_capacity(steps.len());
         for (at, step) in steps.iter().enumerate() {
+            let in_step = |e: String| format!("step {at}: {e}");
             match *step {
                 Step::Conv {
                     layer,
@@ -289,18 +296,22 @@ impl BinaryNet {
                     let spec = convs
                         .get(layer)
                         .ok_or_else(|| format!("step {at}: no conv {layer} (there are {})", convs.len()))?;
-                    let shape = read(&bits, input, "bits", at)?;
+                    let (input_slot, shape) = bits.read(input, "bits", at)?;
                     let conv = prepare(spec, shape, pad, act)
                         .map_err(|e| format!("step {at} (conv {layer}): {e}"))?;
                     let out = (conv.o, conv.ho, conv.wo);
-                    if let Some(r) = residual {
-                        let got = read(&floats, r, "float", at)?;
-                        if got != out {
-                            return Err(format!(
-                                "step {at}: residual buffer {r} holds {got:?}, the conv makes {out:?}"
-                            ));
+                    let residual_slot = match residual {
+                        Some(r) => {
+                            let (slot, got) = floats.read(r, "float", at)?;
+                            if got != out {
+                                return Err(format!(
+                                    "step {at}: residual buffer {r} holds {got:?}, the conv makes {out:?}"
+                                ));
+                            }
+                            Some(slot)
                         }
-                    }
+                        None => None,
+                    };
                     if float.is_none() && out_bits.is_none() {
                         return Err(format!("step {at}: a conv must write a float or a bit buffer"));
                     }
@@ -315,19 +326,27 @@ impl BinaryNet {
                     if out_bits == Some(input) {
                         return Err(format!("step {at}: the bit output may not be the input buffer"));
                     }
-                    if let Some(f) = float {
-                        write(&mut floats, f, out).map_err(|e| format!("step {at}: {e}"))?;
-                        fsize(out)?;
-                    }
-                    if let Some(b) = out_bits {
-                        write(&mut bits, b, out).map_err(|e| format!("step {at}: {e}"))?;
-                    }
+                    let float = match float {
+                        Some(f) => Some(floats.write(f, out, fsize(out)?).map_err(in_step)?),
+                        None => None,
+                    };
+                    let out_bits = match out_bits {
+                        Some(b) => Some(bits.write(b, out, bsize(out)?).map_err(in_step)?),
+                        None => None,
+                    };
                     if let Some(p) = &prepared[layer] {
                         if (p.c, p.h, p.w) != shape {
                             return Err(format!("step {at}: conv {layer} is used on inputs of two shapes"));
                         }
                     }
                     prepared[layer] = Some(conv);
+                    laid.push(Step::Conv {
+                        layer,
+                        input: input_slot,
+                        residual: residual_slot,
+                        float,
+                        bits: out_bits,
+                    });
                 }
                 Step::Shortcut {
                     src,
@@ -335,7 +354,7 @@ impl BinaryNet {
                     stride,
                     channels,
                 } => {
-                    let (c, h, w) = read(&floats, src, "float", at)?;
+                    let (src_slot, (c, h, w)) = floats.read(src, "float", at)?;
                     sources[at] = (c, h, w);
                     if stride == 0 || channels < c || channels > 4096 {
                         return Err(format!(
@@ -346,62 +365,24 @@ impl BinaryNet {
                         return Err(format!("step {at}: a shortcut may not write its source"));
                     }
                     let out = (channels, h.div_ceil(stride), w.div_ceil(stride));
-                    write(&mut floats, dst, out).map_err(|e| format!("step {at}: {e}"))?;
-                    fsize(out)?;
+                    laid.push(Step::Shortcut {
+                        src: src_slot,
+                        dst: floats.write(dst, out, fsize(out)?).map_err(in_step)?,
+                        stride,
+                        channels,
+                    });
                 }
             }
         }
-        let out_shape = read(&floats, output, "float", steps.len())
+        let (output, out_shape) = floats
+            .read(output, "float", steps.len())
             .map_err(|_| format!("output buffer {output} is never written"))?;
         let convs: Vec<Conv> = prepared
             .into_iter()
             .enumerate()
             .map(|(i, c)| c.ok_or_else(|| format!("conv {i} is used by no step")))
             .collect::<Result<_, _>>()?;
-        // buffers -> slots, one per (buffer, shape): a buffer that holds maps of several shapes (a
-        // 32×32 one, later a 16×16 one) gets a slot for each, so that the threads splitting an image
-        // write the same part of a slot at every image (a part of one shape's layout is another's
-        // other part: the lines would move between the cores' caches at every image)
-        let mut bit_slots = Slots::new(bits.len(), input, bsize(input)?);
-        let mut float_slots = Slots::new(floats.len(), input, fsize(input)?);
-        let mut laid = steps.to_vec();
-        for (at, step) in laid.iter_mut().enumerate() {
-            match step {
-                Step::Conv {
-                    layer,
-                    input,
-                    residual,
-                    float,
-                    bits: out,
-                } => {
-                    *input = bit_slots.now[*input];
-                    let c = &convs[*layer];
-                    let shape = (c.o, c.ho, c.wo);
-                    if let Some(r) = residual {
-                        *r = float_slots.now[*r];
-                    }
-                    if let Some(f) = float {
-                        *f = float_slots.write(*f, shape, fsize(shape)?);
-                    }
-                    if let Some(b) = out {
-                        *b = bit_slots.write(*b, shape, bsize(shape)?);
-                    }
-                }
-                Step::Shortcut {
-                    src,
-                    dst,
-                    stride,
-                    channels,
-                } => {
-                    let (_, h, w) = sources[at];
-                    let shape = (*channels, h.div_ceil(*stride), w.div_ceil(*stride));
-                    *src = float_slots.now[*src];
-                    *dst = float_slots.write(*dst, shape, fsize(shape)?);
-                }
-            }
-        }
-        let output = float_slots.now[output];
-        let (float_sizes, bits_sizes) = (float_slots.sizes, bit_slots.sizes);
+        let (float_sizes, bits_sizes) = (floats.sizes, bits.sizes);
         let total = float_sizes.iter().sum::<usize>() * 4 + bits_sizes.iter().sum::<usize>() * 8;
         if total > MAX_BUFFER_BYTES {
             return Err(format!(
