@@ -39,6 +39,19 @@ def steal_seconds() -> list[float] | None:
         return None
 
 
+# The bound's loop as the control of a thread speed-up measured in turns: a batch of turns counts as
+# clean when the loop scaled by at least this fraction of the thread count in it (1.9x on 2 threads),
+# i.e. the host gave every thread a whole core.
+CLEAN = 0.95
+
+
+def bound_pair(peak: Callable, threads: int, steps: int) -> tuple:
+    """The bound's loop (`peak`: apb_ref._kernels.xor_popcount_peak) on 1 and on `threads` threads as an
+    `apb_ref.bench.alternating_speedups` pair: one timed call a turn, `threads` times the work on
+    `threads` threads."""
+    return (lambda: peak(threads=1, steps=steps), lambda: peak(threads=threads, steps=steps), 1, float(threads))
+
+
 def time_median(fn: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
     """Median wall time of `fn` in seconds over `repeats` runs, after `warmup` untimed runs."""
     for _ in range(warmup):

@@ -62,7 +62,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from common import RESULTS, machine, print_table, steal_seconds  # noqa: E402
+from common import CLEAN, RESULTS, bound_pair, machine, print_table, steal_seconds  # noqa: E402
 
 from apb_ref.bench import (MAX_REPEATS, alternating_speedups, measure, measure_interleaved, speedup,  # noqa: E402
                            speedup_where)
@@ -92,9 +92,6 @@ PLANE_PAIRS = {"bgemm_1x1": 1, "bgemm_1x2": 2, "bgemm_2x2": 4, "bgemm_1x1 prepar
 # bgemm_1x1 as a layer runs it: the weight's panels packed once (bgemm_prepare, not timed), the
 # activation rows as A (bgemm_prepared), the output (N, M) channels-last
 PREPARED = "bgemm_1x1 prepared"
-# A batch of thread turns counts as clean when the bound's loop scaled by at least this fraction of the
-# thread count in it (1.9x on 2 threads): the host then gave every thread a whole core.
-CLEAN = 0.95
 VALUES_2BIT = np.array([-3, -1, 1, 3], dtype=np.int8)
 
 
@@ -282,7 +279,7 @@ def bench_shape(shape, cfg, rng) -> dict:
         pairs = {"bgemm_1x1": [lambda t=t: R.bgemm_1x1(a, b, k, isa=best, threads=t) for t in (1, t_max)] + [4, 1.0],
                  PREPARED: [lambda t=t: R.bgemm_prepared(b, weights, threads=t) for t in (1, t_max)] + [4, 1.0]}
         if t_max in cfg["peak"] and 1 in cfg["peak"]:
-            pairs["bound"] = [bound_cell(1), bound_cell(t_max), 1, float(t_max)]
+            pairs["bound"] = bound_pair(R.xor_popcount_peak, t_max, BOUND_STEPS)
         measured = alternating_speedups({n: tuple(p) for n, p in pairs.items()}, batches=batches, turns=10)
         out["alternating"] = {"threads": t_max, "isa": best, **measured}
         if "bound" in measured:

@@ -36,6 +36,7 @@ threads they started with). The Rust kernels are the default (the NumPy oracles 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import time
@@ -45,7 +46,7 @@ import numpy as np
 
 import tflite_float
 import torch_float
-from common import machine, print_table, write_json
+from common import CLEAN, bound_pair, machine, print_table, write_json
 
 from apb_ref.autograd import Tensor, no_grad
 from apb_ref.bench import alternating_speedups, measure_interleaved, speedup, speedup_where
@@ -103,10 +104,23 @@ def trained(path: str) -> tuple[str, int, PackedNetwork, float]:
     return f"{Path(path).parent.name} (trained)", act_bits, net, stored
 
 
-# A batch of turns counts as clean when the bound's loop scaled by at least this fraction of the thread
-# count in it (1.9x on 2 threads): the host then gave every thread a whole core.
-CLEAN = 0.95
 BOUND_STEPS = 1 << 18  # the bound's loop: about a millisecond per call
+
+
+@contextlib.contextmanager
+def rust_threads(threads: int | None):
+    """APB_NUM_THREADS (read by the Rust kernels on every call) set to `threads` (None: left as it is)
+    inside, and as it was after."""
+    before = os.environ.get("APB_NUM_THREADS")
+    if threads is not None:
+        os.environ["APB_NUM_THREADS"] = str(threads)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("APB_NUM_THREADS", None)
+        else:
+            os.environ["APB_NUM_THREADS"] = before
 
 
 def thread_turns(forwards: dict, counts: list[int], xb: np.ndarray, batches: int) -> dict:
@@ -114,33 +128,26 @@ def thread_turns(forwards: dict, counts: list[int], xb: np.ndarray, batches: int
     the bound's loop, when this CPU has it) in the same turns (`alternating_speedups`); per model also
     the speed-up over the batches in which the bound scaled (`speedup_where`)."""
     import apb_ref._kernels as R  # forwards are Rust models, so the extension is built
-    t_max, before = max(counts), os.environ.get("APB_NUM_THREADS")
+    t_max = max(counts)
 
     def at(forward, threads):
         def call():
-            os.environ["APB_NUM_THREADS"] = str(threads)  # read by the Rust kernels on every call
+            os.environ["APB_NUM_THREADS"] = str(threads)  # restored by rust_threads below
             forward(xb)
         return call
 
     pairs = {}
-    try:
-        with backend.use_backend("rust"):
-            for key, forward in forwards.items():
-                one = at(forward, 1)
-                one()
-                start = time.perf_counter()
-                one()
-                run = max(1, round(0.005 / (time.perf_counter() - start)))  # ~5 ms of timed calls a turn
-                pairs[key] = (one, at(forward, t_max), run, 1.0)
-            if R.xor_popcount_peak(threads=1, steps=1) is not None:
-                pairs["bound"] = (lambda: R.xor_popcount_peak(threads=1, steps=BOUND_STEPS),
-                                  lambda: R.xor_popcount_peak(threads=t_max, steps=BOUND_STEPS), 1, float(t_max))
-            got = alternating_speedups(pairs, batches=batches, turns=5)
-    finally:
-        if before is None:
-            os.environ.pop("APB_NUM_THREADS", None)
-        else:
-            os.environ["APB_NUM_THREADS"] = before
+    with rust_threads(None), backend.use_backend("rust"):
+        for key, forward in forwards.items():
+            one = at(forward, 1)
+            one()
+            start = time.perf_counter()
+            one()
+            run = max(1, round(0.005 / (time.perf_counter() - start)))  # ~5 ms of timed calls a turn
+            pairs[key] = (one, at(forward, t_max), run, 1.0)
+        if R.xor_popcount_peak(threads=1, steps=1) is not None:
+            pairs["bound"] = bound_pair(R.xor_popcount_peak, t_max, BOUND_STEPS)
+        got = alternating_speedups(pairs, batches=batches, turns=5)
     if "bound" in got:
         for key in forwards:
             got[key]["where_the_bound_scaled"] = speedup_where(got, key, "bound", CLEAN * t_max)
@@ -194,18 +201,9 @@ def main() -> None:
 
     def passes(forward, backend_name="numpy", threads=None):
         def run():
-            before = os.environ.get("APB_NUM_THREADS")
-            if threads is not None:
-                os.environ["APB_NUM_THREADS"] = str(threads)  # read by the Rust kernels on every call
-            try:
-                with backend.use_backend(backend_name):
-                    for i in range(0, len(x), batch):
-                        forward(x[i:i + batch])
-            finally:
-                if threads is not None and before is None:
-                    del os.environ["APB_NUM_THREADS"]
-                elif threads is not None:
-                    os.environ["APB_NUM_THREADS"] = before
+            with rust_threads(threads), backend.use_backend(backend_name):
+                for i in range(0, len(x), batch):
+                    forward(x[i:i + batch])
         return run
 
     float_model = build("resnet20", num_classes=10, in_channels=1)

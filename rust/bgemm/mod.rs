@@ -868,8 +868,9 @@ mod tests {
         let prepare = |kind, b: &[&[u64]], n, k| Prepared::new(kind, b, n, k, Isa::Scalar).map(|_| ());
         assert!(prepare(Kind::B1x1, &[&b], 4, 64).is_ok());
         assert!(prepare(Kind::B1x1, &[&b], 4, 0).is_err());
-        assert!(prepare(Kind::B1x1, &[&b], 4, 65).is_err()); // 2 words per row: 8 needed
-                                                             // one B plane of two
+        // k = 65 needs 2 words per row: 8 for n = 4
+        assert!(prepare(Kind::B1x1, &[&b], 4, 65).is_err());
+        // one B plane of two
         assert!(prepare(Kind::B1x2, &[&b], 4, 64).is_err());
         // a huge n is refused before anything of its size is allocated
         assert!(prepare(Kind::B1x1, &[&b], usize::MAX / 2, 64).is_err());

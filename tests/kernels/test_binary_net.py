@@ -340,4 +340,3 @@ def test_a_shortcut_onto_one_chunk_splits_by_channels(raw_rust):
         assert all(np.array_equal(g, got[0]) for g in got)
         if out is not None:
             assert np.array_equal(got[0], out)
-
