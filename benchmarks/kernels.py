@@ -276,16 +276,17 @@ def bench_shape(shape, cfg, rng) -> dict:
     if R and t_max > 1 and cfg["best"] in cfg["isas"]:
         best, batches = cfg["best"], 3 if cfg["quick"] else 15
         weights = prepared[best]
-        pairs = {"bgemm_1x1": [lambda t=t: R.bgemm_1x1(a, b, k, isa=best, threads=t) for t in (1, t_max)] + [4, 1.0],
-                 PREPARED: [lambda t=t: R.bgemm_prepared(b, weights, threads=t) for t in (1, t_max)] + [4, 1.0]}
+        calls = {"bgemm_1x1": lambda t: R.bgemm_1x1(a, b, k, isa=best, threads=t),
+                 PREPARED: lambda t: R.bgemm_prepared(b, weights, threads=t)}
+        pairs = {n: (lambda f=f: f(1), lambda f=f: f(t_max), 4, 1.0) for n, f in calls.items()}
         if t_max in cfg["peak"] and 1 in cfg["peak"]:
             pairs["bound"] = bound_pair(R.xor_popcount_peak, t_max, BOUND_STEPS)
-        measured = alternating_speedups({n: tuple(p) for n, p in pairs.items()}, batches=batches, turns=10)
+        measured = alternating_speedups(pairs, batches=batches, turns=10)
         out["alternating"] = {"threads": t_max, "isa": best, **measured}
         if "bound" in measured:
             out["alternating"]["clean"] = {
                 "bound_at_least": CLEAN * t_max,
-                **{n: speedup_where(measured, n, "bound", CLEAN * t_max) for n in ("bgemm_1x1", PREPARED)}}
+                **{n: speedup_where(measured, n, "bound", CLEAN * t_max) for n in calls}}
 
     # Packing the activation operand (the weight is packed once, offline).
     pack = {"pack_bits": {"input": f"float32 ({n}, {k})"}, "pack_2bit": {"input": f"int8 ({n}, {k})"}}
@@ -427,16 +428,16 @@ def report(results: list[dict], cfg: dict) -> dict:
         rows = [[shape_label(r["shape"])] + [f"{a[n]['speedup']:.2f}x" for n in names] for r, a in zip(results, alt)]
         if "clean" in alt[0]:
             bar = alt[0]["clean"]["bound_at_least"]
-            headers += [f"{n} {t_max}t/1t where the bound >= {bar:.2f}x (batches)" for n in ("bgemm_1x1", PREPARED)]
+            headers += [f"{n} {t_max}t/1t where the bound >= {bar:.2f}x (batches)" for n in names[:2]]
             for row, a in zip(rows, alt):
                 row += ["-" if c["speedup"] is None else f"{c['speedup']:.2f}x ({c['batches']})"
-                        for c in (a["clean"][n] for n in ("bgemm_1x1", PREPARED))]
+                        for c in (a["clean"][n] for n in names[:2])]
         print_table(headers, rows)
         summary["alternating"] = {n: {shape_label(r["shape"]): a[n]["speedup"] for r, a in zip(results, alt)}
                                   for n in names}
         if "clean" in alt[0]:
             summary["alternating_where_the_bound_scaled"] = {
-                n: {shape_label(r["shape"]): a["clean"][n] for r, a in zip(results, alt)} for n in ("bgemm_1x1", PREPARED)}
+                n: {shape_label(r["shape"]): a["clean"][n] for r, a in zip(results, alt)} for n in names[:2]}
 
     print("\n(2) packing the activation operand (N, K) vs the GEMM it feeds (median ms; the weight is "
           "packed offline)")
