@@ -187,20 +187,28 @@ impl<'a> Bits<'a> {
         }
     }
 
-    /// Write the halves `halves` (0: channels 0..32, 1: 32..64) of the word at padded index `at`.
+    /// Write the halves `halves` (0: channels 0..32, 1: 32..64) of the words from padded index `at`
+    /// on, one per element of `lo` (channels 0..32) and `hi` (32..64).
     #[inline(always)]
-    fn put(&self, at: usize, words: [u32; 2], halves: &Range<usize>) {
-        let i = at - self.base;
-        assert!(i < self.len);
-        // SAFETY: i < len (`from_raw`'s contract); a half is the u32 at its byte offset within the word.
-        unsafe {
-            if halves.len() == 2 {
-                self.ptr.add(i).write(words[0] as u64 | (words[1] as u64) << 32);
-            } else {
-                for h in halves.clone() {
-                    let at = if cfg!(target_endian = "little") { h } else { 1 - h };
-                    self.ptr.add(i).cast::<u32>().add(at).write(words[h]);
-                }
+    fn put(&self, at: usize, lo: &[u32], hi: &[u32], halves: &Range<usize>) {
+        let (i, n) = (at - self.base, lo.len());
+        assert!(i <= self.len && n <= self.len - i && hi.len() == n);
+        if halves.len() == 2 {
+            // SAFETY: in bounds (above, and `from_raw`'s contract); whole words, this part's alone
+            let words = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i), n) };
+            for (w, (&l, &h)) in words.iter_mut().zip(lo.iter().zip(hi)) {
+                *w = l as u64 | (h as u64) << 32;
+            }
+            return;
+        }
+        for h in halves.clone() {
+            let (half, at) = (
+                [lo, hi][h],
+                if cfg!(target_endian = "little") { h } else { 1 - h },
+            );
+            for (q, &v) in half.iter().enumerate() {
+                // SAFETY: in bounds (above); a half is the u32 at its byte offset within the word
+                unsafe { self.ptr.add(i + q).cast::<u32>().add(at).write(v) };
             }
         }
     }
@@ -327,7 +335,8 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool {
             }
         }
         if let Some(b) = bits {
-            nan |= total[..valid].iter().any(|v| v.is_nan());
+            // every lane tested (a loop without an early exit is vectorised), those past `valid` masked
+            nan |= (0..CHUNK).fold(false, |any, l| any | (l < valid && total[l].is_nan()));
             let halves = channels.start / 32..channels.end.div_ceil(32);
             store_planes(&words, p0, valid, (c.wo, pad), b, bits_lo, halves);
         }
@@ -422,9 +431,7 @@ fn store_signs(
 ) {
     for (l, oy, ox, len) in segments(p0, valid, wo) {
         let at = (oy + pad) * (wo + 2 * pad) + ox + pad;
-        for q in 0..len {
-            b.put(at + q, [words[0][l + q], words[1][l + q]], halves);
-        }
+        b.put(at, &words[0][l..l + len], &words[1][l..l + len], halves);
     }
 }
 
