@@ -281,8 +281,8 @@ pub(crate) fn nested() -> bool {
 }
 
 /// Run `f` on every item with `n` threads: the calling thread and `n - 1` helpers (the team of
-/// `n - 1`) take items from one shared queue until it is empty, the caller from the front and the
-/// helpers from the back. Returns whether every call returned true.
+/// `n - 1`) each take the items of their own contiguous share in order, then what is left of the
+/// others' from their backs ([`Claims`]). Returns whether every call returned true.
 ///
 /// The calling thread starts at once instead of sleeping while helpers wake up (tens of
 /// microseconds in a VM, as long as a whole paper-shape GEMM), and a helper that wakes late finds
@@ -311,54 +311,49 @@ pub(crate) fn run_claimed_with<T: Send, S>(
     if n <= 1 || items.len() <= 1 || nested() {
         return Ok(serial(items));
     }
-    let queue = match Claims::new(items) {
+    let queue = match Claims::new(items, n) {
         Ok(queue) => queue,
         Err(items) => return Ok(serial(items)), // more than 2^32 items: never in this crate
     };
     let all_ok = AtomicBool::new(true);
-    // The calling thread takes items from the front, helpers from the back: neighbouring items
-    // (which may write neighbouring memory) then mostly run on the same thread.
     let work = |t: usize| {
         let mut state = init();
-        while let Some(item) = queue.claim(t == 0) {
+        while let Some(item) = queue.claim(t) {
             if !f(&mut state, item) {
                 all_ok.store(false, Ordering::Relaxed);
             }
         }
     };
-    // Claims: a helper that joins late finds the queue empty, so one that is still waking up when
-    // the caller has emptied it is not waited for (`run` with `all` false).
+    // Claims: a helper that joins late finds its share taken by the others, so one that is still
+    // waking up when the caller has emptied every share is not waited for (`run` with `all` false).
     team(n - 1)?.run(&work, false)?;
     // Every helper that joined is done (`Team::run` waited), so every store is visible here.
     Ok(all_ok.load(Ordering::Relaxed))
 }
 
-/// Items taken from either end by one compare-and-swap on a word holding both ends (a claim is one
-/// atomic read-modify-write, where a lock costs two, and a contended one a system call).
+/// Items shared out as one contiguous range per thread: a thread takes its own from the front, and
+/// when they are gone, the others' from their backs. Neighbouring items (which may write
+/// neighbouring memory) then mostly run on the same thread, and a claim is one compare-and-swap on a
+/// word that, until the ranges run dry, only its owner touches: no cache line moves between cores
+/// per item (with one word for all threads, two threads claiming in turn moved it on every claim).
 struct Claims<T> {
     items: Vec<UnsafeCell<Option<T>>>,
-    /// The next front index (low 32 bits) and one past the next back index (high 32 bits).
-    ends: AtomicU64,
+    ranges: Vec<Ends>,
 }
 
-// SAFETY: an item is taken only by the thread whose CAS moved an end past its index, exactly once.
-unsafe impl<T: Send> Sync for Claims<T> {}
+/// A range of items: its next front index (low 32 bits) and one past its next back index (high 32
+/// bits), alone on its cache lines (128 bytes: the pair of lines the prefetcher fetches together).
+#[repr(align(128))]
+struct Ends(AtomicU64);
 
-impl<T> Claims<T> {
-    /// The items, or all of them back if there are more than the 32-bit ends can count.
-    fn new(items: Vec<T>) -> Result<Self, Vec<T>> {
-        let Ok(back) = u32::try_from(items.len()) else {
-            return Err(items);
-        };
-        Ok(Claims {
-            items: items.into_iter().map(|t| UnsafeCell::new(Some(t))).collect(),
-            ends: AtomicU64::new(u64::from(back) << 32),
-        })
+impl Ends {
+    fn new(front: u64, back: u64) -> Ends {
+        Ends(AtomicU64::new(back << 32 | front))
     }
 
-    /// The next item from the front (or the back), or None when none is left.
-    fn claim(&self, front: bool) -> Option<T> {
-        let mut ends = self.ends.load(Ordering::Acquire);
+    /// The index taken from the front (or the back), or None when the range is empty.
+    fn take(&self, front: bool) -> Option<usize> {
+        let mut ends = self.0.load(Ordering::Acquire);
         loop {
             let (f, b) = (ends & u64::from(u32::MAX), ends >> 32);
             if f >= b {
@@ -370,14 +365,44 @@ impl<T> Claims<T> {
                 (ends - (1 << 32), b - 1)
             };
             match self
-                .ends
+                .0
                 .compare_exchange_weak(ends, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                // SAFETY: this CAS moved an end past `index`, which no other claim can return now.
-                Ok(_) => return unsafe { (*self.items[index as usize].get()).take() },
+                Ok(_) => return Some(index as usize),
                 Err(now) => ends = now,
             }
         }
+    }
+}
+
+// SAFETY: an item is taken only by the thread whose CAS moved an end of its range past its index,
+// exactly once (the ranges are disjoint).
+unsafe impl<T: Send> Sync for Claims<T> {}
+
+impl<T> Claims<T> {
+    /// The items in `threads` ranges, or all of them back if there are more than the 32-bit ends can
+    /// count.
+    fn new(items: Vec<T>, threads: usize) -> Result<Self, Vec<T>> {
+        let Ok(len) = u32::try_from(items.len()) else {
+            return Err(items);
+        };
+        let (len, threads) = (u64::from(len), threads.max(1) as u64);
+        let ranges = (0..threads)
+            .map(|t| Ends::new(len * t / threads, len * (t + 1) / threads))
+            .collect();
+        Ok(Claims {
+            items: items.into_iter().map(|t| UnsafeCell::new(Some(t))).collect(),
+            ranges,
+        })
+    }
+
+    /// Thread `t`'s next item: from the front of its own range, else from the back of the nearest
+    /// other range that has one; None when all are empty (ranges only shrink, so none will refill).
+    fn claim(&self, t: usize) -> Option<T> {
+        let n = self.ranges.len();
+        let index = (0..n).find_map(|k| self.ranges[(t + k) % n].take(k == 0))?;
+        // SAFETY: the CAS in `take` moved an end past `index`, which no other claim can return now.
+        unsafe { (*self.items[index].get()).take() }
     }
 }
 
@@ -479,6 +504,16 @@ mod tests {
                 std::thread::sleep(LINGER * 2);
             }
         }
+    }
+
+    #[test]
+    fn a_thread_takes_its_share_in_order_then_the_others_from_their_backs() {
+        let claims = Claims::new((0..10).collect::<Vec<usize>>(), 3).unwrap();
+        // shares: 0..3, 3..6, 6..10
+        assert_eq!(claims.claim(1), Some(3));
+        let alone: Vec<usize> = std::iter::from_fn(|| claims.claim(1)).collect();
+        assert_eq!(alone, [4, 5, 9, 8, 7, 6, 2, 1, 0]);
+        assert_eq!(claims.claim(0), None);
     }
 
     #[test]

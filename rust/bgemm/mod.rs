@@ -36,9 +36,9 @@
 //! A task is a chunk of rows of a group of neighbouring panels (about 8 tasks per thread); rows are
 //! split into chunks only when there are too few panels. Each task writes a disjoint rectangle of
 //! `out`; the calling thread starts on the tasks at once and the team's helpers join
-//! (`crate::threads`). A worker keeps the last panel it packed, and tasks go panel by panel, the
-//! caller from the front and the helpers from the back, so the row chunks of one panel reuse its
-//! packing without a separate packing pass (and the sync after it) in every call.
+//! (`crate::threads`). A worker keeps the last panel it packed, and tasks go panel by panel, each
+//! thread through its own contiguous share, so the row chunks of one panel reuse its packing without
+//! a separate packing pass (and the sync after it) in every call.
 
 /// A family's microkernel table: each product kind's `MR` and the `nr` (vectors per row) it has
 /// instantiations for, always `1 ..= nr_max`. Generates `geometry(kind) -> (MR, nr_max)` and the
@@ -500,9 +500,8 @@ fn run(
     };
 
     // One B panel against a chunk of A's row blocks. A worker keeps the last panel it packed: tasks
-    // are ordered panel by panel and the calling thread takes them from the front, helpers from the
-    // back, so with one helper each packs a panel once, but for the one where they meet (with more,
-    // the helpers share the back panels' chunks and may each pack those).
+    // are ordered panel by panel and each thread takes its own contiguous share in order, so each
+    // packs a panel once, but for one its share starts within and those whose chunks it steals.
     let panel_task = |last: &mut LastPanel, panel: usize, chunk: usize| -> bool {
         let r0 = chunk * blocks_per_chunk * mr;
         let rows = r0..(r0 + blocks_per_chunk * mr).min(m);
