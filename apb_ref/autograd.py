@@ -13,8 +13,7 @@ graph in reverse topological order.  Saved arrays are released after the walk, a
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -25,15 +24,18 @@ def is_grad_enabled() -> bool:
     return _grad_enabled
 
 
-@contextlib.contextmanager
-def no_grad() -> Iterator[None]:
-    """Inside this block operations build no graph (evaluation, optimizer updates)."""
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
-    try:
-        yield
-    finally:
-        _grad_enabled = previous
+class no_grad:  # noqa: N801 (used as a function: `with no_grad():`)
+    """Inside this block operations build no graph (evaluation, optimizer updates). A class rather than
+    a generator context manager: entering and leaving cost a quarter as much, which a batch-1 forward
+    pays on every call."""
+
+    def __enter__(self) -> None:
+        global _grad_enabled
+        self.previous, _grad_enabled = _grad_enabled, False
+
+    def __exit__(self, *exc: object) -> None:
+        global _grad_enabled
+        _grad_enabled = self.previous
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

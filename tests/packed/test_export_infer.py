@@ -89,6 +89,20 @@ def test_packed_inference_equals_the_float_forward(act_bits, backend, method, op
     assert np.array_equal(got.argmax(1), expected.argmax(1))
 
 
+@pytest.mark.parametrize("backend", _backends())
+def test_logits_are_the_same_in_one_batch_in_several_and_with_a_bar(backend):
+    """The one-batch path (no progress bar) and the batched one give the same logits, in float32."""
+    model, args = _random_apb_model(1)
+    x = np.random.default_rng(2).standard_normal((5, 3, 16, 16))  # float64: converted on the way in
+    with kernels.use_backend(backend):
+        network = PackedNetwork(parse_packed(export_model(model, args).to_bytes()))
+        whole = network.logits(x)
+        rows = [network.logits(x, batch_size=2), network.logits(x, batch_size=5, progress="eval")]
+    assert whole.dtype == np.float32 and whole.shape == (5, 10)
+    for got in rows:
+        np.testing.assert_allclose(got, whole, rtol=0, atol=LOGIT_RTOL * np.abs(whole).max())
+
+
 @pytest.mark.parametrize("name, in_channels, image_size, folds", [("resnet20", 3, 16, 18), ("digits_cnn", 1, 8, 2)])
 @pytest.mark.parametrize("act_bits", [1, 2, 32])
 def test_batchnorms_after_packed_convs_fold_into_them(act_bits, name, in_channels, image_size, folds):
