@@ -2,6 +2,8 @@
 //! stem (a stride-1 float conv, its folded BatchNorm and hardtanh, whose output is the blocks'
 //! input) and the head (global average pooling and a linear classifier).
 
+use std::ops::Range;
+
 use super::kernel::CHUNK;
 
 /// The stem as given: float weights `(o, c, kh, kw)`, the folded BatchNorm.
@@ -127,12 +129,18 @@ impl Head {
         })
     }
 
-    /// The logits of one image's last map `src`, `c` channels of `positions`, blocked
-    /// ([`super::blocked`]). Each channel's mean sums its positions lane by lane over the chunks,
-    /// then the lanes pairwise (vector adds, not one chain of scalar ones).
-    pub(crate) fn logits(&self, src: &[f32], c: usize, positions: usize, out: &mut [f32]) {
-        let mut mean = [0f32; 64];
-        for (ch, m) in mean[..c].iter_mut().enumerate() {
+    /// The means of channels `channels` of one image's last map `src`, `c` channels of `positions`,
+    /// blocked ([`super::blocked`]), into `means` (theirs alone). Each sums its positions lane by
+    /// lane over the chunks, then the lanes pairwise (vector adds, not one chain of scalar ones).
+    pub(crate) fn pool(
+        &self,
+        src: &[f32],
+        c: usize,
+        positions: usize,
+        channels: Range<usize>,
+        means: &mut [f32],
+    ) {
+        for (ch, m) in channels.zip(means) {
             let mut lanes = [0f32; CHUNK];
             for (chunk, p0) in (0..positions).step_by(CHUNK).enumerate() {
                 let run = &src[(chunk * c + ch) * CHUNK..][..CHUNK.min(positions - p0)];
@@ -149,9 +157,14 @@ impl Head {
             }
             *m = lanes[0] / positions as f32;
         }
+    }
+
+    /// The logits of an image from its `c` channel means.
+    pub(crate) fn logits(&self, means: &[f32], out: &mut [f32]) {
+        let c = means.len();
         for (k, logit) in out.iter_mut().enumerate() {
             let row = &self.weights[k * c..(k + 1) * c];
-            *logit = row.iter().zip(&mean).map(|(w, m)| w * m).sum::<f32>() + self.bias[k];
+            *logit = row.iter().zip(means).map(|(w, m)| w * m).sum::<f32>() + self.bias[k];
         }
     }
 }

@@ -28,6 +28,8 @@ pub(crate) struct Buffers {
     bits: Vec<OnLines<u64>>,
     /// The image with the stem's zero border.
     padded: OnLines<f32>,
+    /// The head's channel means.
+    means: OnLines<f32>,
 }
 
 /// Raw views of a [`Buffers`] that the threads of one image share. Within a step, the threads
@@ -39,6 +41,7 @@ struct Views {
     floats: Vec<(*mut f32, usize)>,
     bits: Vec<(*mut u64, usize)>,
     padded: (*mut f32, usize),
+    means: (*mut f32, usize),
 }
 
 // SAFETY: the pointers are into buffers that outlive every thread using them (see `run`), used by
@@ -60,6 +63,7 @@ impl Views {
                 .map(|v| (v.as_mut_slice().as_mut_ptr(), v.len()))
                 .collect(),
             padded: (b.padded.as_mut_slice().as_mut_ptr(), b.padded.len()),
+            means: (b.means.as_mut_slice().as_mut_ptr(), b.means.len()),
         }
     }
 
@@ -81,6 +85,14 @@ impl Views {
     unsafe fn bits(&self, id: usize) -> &[u64] {
         let (p, n) = self.bits[id];
         unsafe { std::slice::from_raw_parts(p, n) }
+    }
+
+    /// SAFETY: no other thread touches `range` of the means while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn means_mut(&self, range: Range<usize>) -> &mut [f32] {
+        let (p, n) = self.means;
+        assert!(range.start <= range.end && range.end <= n);
+        unsafe { std::slice::from_raw_parts_mut(p.add(range.start), range.len()) }
     }
 
     /// `range` of bit slot `id` as a pointer and a length, for writers that share words.
@@ -168,11 +180,11 @@ impl BinaryNet {
             return Err(format!("x is {} at flat index {i}; images must be finite", x[i]));
         }
         let first_nan = AtomicUsize::new(usize::MAX);
-        // stages 0 and 1 prepare the image, 2 + s runs step s (`step_part`)
+        // stages 0 and 1 prepare the image, 2 + s runs step s, then the result (`step_part`)
         let nan_at = |image: usize, stage: usize| {
             first_nan.fetch_min(image * self.steps.len() + stage - 2, Ordering::Relaxed);
         };
-        let stages = self.steps.len() + 3;
+        let stages = self.steps.len() + 3 + usize::from(self.head.is_some());
         let lease = || Lease {
             buffers: self
                 .spare
@@ -274,13 +286,14 @@ impl BinaryNet {
             padded: self.stem.as_ref().map_or_else(OnLines::default, |s| {
                 OnLines::zeros(s.c * s.padded().0 * s.padded().1)
             }),
+            means: OnLines::zeros(if self.head.is_some() { self.out_shape.0 } else { 0 }),
         }
     }
 
     /// Part `t` of `n` of stage `at` of one image: 0 pads the image `x` for the stem (if any), 1
-    /// makes the blocks' input (the stem, or `x` itself), 2 + s runs step s, and the last writes the
-    /// result (the head's logits, or the output map) to the image's output at `out`. Returns whether
-    /// a conv made a NaN y with a packed output.
+    /// makes the blocks' input (the stem, or `x` itself), 2 + s runs step s, and the rest write the
+    /// result to the image's output at `out`: the output map, or with a head its channel means and
+    /// then its logits. Returns whether a conv made a NaN y with a packed output.
     ///
     /// SAFETY: the other parts of this stage run on other threads or not at all, and the stages
     /// before it have finished; `out` points to this image's output.
@@ -343,11 +356,13 @@ impl BinaryNet {
             let p = oh * ow;
             let src = unsafe { v.float(self.output) };
             if let Some(head) = &self.head {
-                if t == 0 {
-                    // SAFETY: the image's `classes` logits
-                    let logits = unsafe { std::slice::from_raw_parts_mut(out, head.classes) };
-                    head.logits(src, oc, p, logits);
-                }
+                // each part pools its 32-channel groups: a one-chunk map's last conv split its
+                // channels so, and left them in this thread's cache
+                let groups = part(oc.div_ceil(32), t, n);
+                let channels = groups.start * 32..(groups.end * 32).min(oc);
+                // SAFETY: this part's channels of the means
+                let means = unsafe { v.means_mut(channels.clone()) };
+                head.pool(src, oc, p, channels, means);
                 return false;
             }
             for q in part(p, t, n) {
@@ -355,6 +370,20 @@ impl BinaryNet {
                     // SAFETY: this part's positions of the image's output
                     unsafe { *out.add(ch * p + q) = src[blocked(q, ch, oc)] };
                 }
+            }
+            return false;
+        }
+        if at == self.steps.len() + 3 {
+            // the head's classifier, on the means of every channel (written by the stage before)
+            if let (Some(head), 0) = (&self.head, t) {
+                // SAFETY: the image's `classes` logits; no part writes the means in this stage
+                let (logits, means) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(out, head.classes),
+                        std::slice::from_raw_parts(v.means.0, v.means.1),
+                    )
+                };
+                head.logits(means, logits);
             }
             return false;
         }
@@ -523,6 +552,7 @@ impl Drop for Lease<'_> {
             floats: Vec::new(),
             bits: Vec::new(),
             padded: OnLines::default(),
+            means: OnLines::default(),
         };
         let b = std::mem::replace(&mut self.buffers, empty);
         self.home.lock().unwrap_or_else(|e| e.into_inner()).push(b);

@@ -201,19 +201,21 @@ def test_a_nan_y_whose_sign_a_conv_would_read_is_an_error(raw_rust):
 
 
 @settings(max_examples=20, deadline=None)
-@given(st.sampled_from([1, 3]), st.sampled_from([8, 11, 16]), st.sampled_from([1, 4]), st.integers(0, 2**32 - 1))
-def test_a_stem_and_a_head_are_the_float_ends_around_the_blocks(raw_rust, c0, size, n, seed):
+@given(st.sampled_from([1, 3]), st.sampled_from([8, 11, 16]), st.sampled_from([1, 4]), st.sampled_from([16, 40]),
+       st.integers(0, 2**32 - 1))
+def test_a_stem_and_a_head_are_the_float_ends_around_the_blocks(raw_rust, c0, size, n, o, seed):
     """The stem's output is the training conv's (direct path: maps at least 8 wide) · scale + shift,
-    clipped, bit for bit; the head's logits are the average-pooled last map times the classifier, to
-    float32 rounding; every ISA gives the same bits."""
+    clipped, bit for bit; the head's logits are the average-pooled last map (of `o` channels, pooled
+    in 32-channel groups by the threads of one image) times the classifier, to float32 rounding; every
+    ISA and thread count gives the same bits."""
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((16, c0, 3, 3)) / np.sqrt(9 * c0)).astype(np.float32)
     scale, shift = rng.uniform(0.5, 2, 16).astype(np.float32), rng.normal(0, 0.3, 16).astype(np.float32)
     k = 9 * 16
-    convs = [(random_packed(rng, 16, k), 16, 3, 3, 1, (rng.standard_normal(16) / 12).astype(np.float32),
-              rng.normal(0, 0.3, 16).astype(np.float32), None, random_csr(rng, 16, k, 0.05)[1])]
-    steps = [("conv", 0, 0, 0, 1, None)]
-    head_w, bias = rng.standard_normal((10, 16)).astype(np.float32), rng.standard_normal(10).astype(np.float32)
+    convs = [(random_packed(rng, o, k), 16, 3, 3, 1, (rng.standard_normal(o) / 12).astype(np.float32),
+              rng.normal(0, 0.3, o).astype(np.float32), None, random_csr(rng, o, k, 0.05)[1])]
+    steps = [("conv", 0, 0, None, 1, None)] if o != 16 else [("conv", 0, 0, 0, 1, None)]  # a residual needs o = 16
+    head_w, bias = rng.standard_normal((10, o)).astype(np.float32), rng.standard_normal(10).astype(np.float32)
     x = rng.standard_normal((n, c0, size, size)).astype(np.float32)
 
     stem_out = raw_rust.conv2d_forward(x, w, 1, 1, isa="scalar") * scale[:, None, None]
@@ -223,7 +225,7 @@ def test_a_stem_and_a_head_are_the_float_ends_around_the_blocks(raw_rust, c0, si
     want = last.mean(axis=(2, 3)) @ head_w.T.astype(np.float64) + bias
 
     net = raw_rust.BinaryNet((16, size, size), 1, convs, steps, 1, stem=(w, 1, scale, shift))
-    assert net.shapes == ((c0, size, size), (16, size, size))
+    assert net.shapes == ((c0, size, size), (o, size, size))
     assert np.array_equal(net.run(x, threads=1), blocks.run(stem_out, threads=1))
     whole = raw_rust.BinaryNet((16, size, size), 1, convs, steps, 1, stem=(w, 1, scale, shift), head=(head_w, bias))
     got = [whole.run(x, isa=isa, threads=t) for isa in ISAS for t in (1, 2)]
