@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::kernel::{self, Bits, Input, CHUNK};
-use super::{blocked, Act, BinaryNet, ConvIo, Shape, Step};
+use super::{blocked, Act, BinaryNet, Conv, ConvIo, Shape, Step};
 use crate::isa::Isa;
 use crate::lines::OnLines;
 
@@ -104,29 +104,42 @@ impl Views {
     }
 }
 
-/// Threads waiting for each other between steps, spinning: a step of a batch-1 ResNet-20 takes
-/// microseconds, shorter than a sleeping thread takes to wake.
-struct Barrier {
-    arrived: AtomicUsize,
-    generation: AtomicUsize,
-    threads: usize,
+/// How far each thread of an image has got, counted on a cache line of its own (128 bytes: the
+/// pair of lines the prefetcher fetches together). Stage g of a call (image by image) is 2g + 1
+/// when a thread has written the part of its output the other thread's next stage reads (its
+/// boundary chunk: [`BinaryNet::reads_only_the_edge`]), 2g + 2 when it has done its whole part.
+/// A thread waits by spinning: a stage of a batch-1 ResNet-20 takes microseconds, shorter than a
+/// sleeping thread takes to wake.
+struct Progress {
+    counts: Vec<Count>,
 }
 
-impl Barrier {
-    fn wait(&self) {
-        let generation = self.generation.load(Ordering::Acquire);
-        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
-            self.arrived.store(0, Ordering::Relaxed);
-            self.generation.fetch_add(1, Ordering::Release);
-            return;
+#[repr(align(128))]
+struct Count(AtomicUsize);
+
+impl Progress {
+    fn new(threads: usize) -> Progress {
+        Progress {
+            counts: (0..threads).map(|_| Count(AtomicUsize::new(0))).collect(),
         }
-        let mut spins = 0u32;
-        while self.generation.load(Ordering::Acquire) == generation {
-            spins += 1;
-            if spins < 1 << 14 {
-                spin_loop();
-            } else {
-                std::thread::yield_now(); // the other thread lost its core: let it run
+    }
+
+    /// Thread `t` has got to `mark`.
+    fn mark(&self, t: usize, mark: usize) {
+        self.counts[t].0.store(mark, Ordering::Release);
+    }
+
+    /// Wait until every other thread has got to `mark`.
+    fn wait(&self, t: usize, mark: usize) {
+        for (u, other) in self.counts.iter().enumerate() {
+            let mut spins = 0u32;
+            while u != t && other.0.load(Ordering::Acquire) < mark {
+                spins += 1;
+                if spins < 1 << 14 {
+                    spin_loop();
+                } else {
+                    std::thread::yield_now(); // the other thread lost its core: let it run
+                }
             }
         }
     }
@@ -210,7 +223,7 @@ impl BinaryNet {
                 let x = &x[i * per_in..(i + 1) * per_in];
                 for at in 0..stages {
                     // SAFETY: one thread, one stage at a time
-                    if unsafe { self.step_part(isa, views, at, x, out.as_mut_ptr(), 0, 1) } {
+                    if unsafe { self.step_part(isa, views, at, x, out.as_mut_ptr(), 0, 1, None) } {
                         nan_at(i, at);
                     }
                 }
@@ -220,24 +233,32 @@ impl BinaryNet {
             let threads = split;
             let mut held = lease();
             let views = Views::of(&mut held.buffers);
-            let barrier = Barrier {
-                arrived: AtomicUsize::new(0),
-                generation: AtomicUsize::new(0),
-                threads,
-            };
+            let progress = Progress::new(threads);
             let out_ptr = OutPtr(out.as_mut_ptr());
-            // a thread whose part panics (an internal error) stops working but keeps arriving at the
-            // barriers, so the others finish and the call returns the error instead of hanging
+            // a thread whose part panics (an internal error) stops working but keeps marking its
+            // progress, so the others finish and the call returns the error instead of hanging
             let failed = AtomicBool::new(false);
             let work = |t: usize| {
                 for i in 0..n {
                     let x = &x[i * per_in..(i + 1) * per_in];
                     for at in 0..stages {
+                        let g = i * stages + at;
+                        // what this stage needs of the others: the edge of their previous stage, or
+                        // all of it (nothing after a shortcut that runs with this stage)
+                        if g > 0 && !(at > 0 && self.runs_with_next(at - 1)) {
+                            let edge = threads == 2 && self.reads_only_the_edge(at);
+                            progress.wait(t, if edge { 2 * g - 1 } else { 2 * g });
+                        }
+                        // the chunks the others' next stage reads first, when it reads only those
+                        let edge_first = threads == 2 && at + 1 < stages && self.reads_only_the_edge(at + 1);
+                        let edge_done = || progress.mark(t, 2 * g + 1);
                         if !failed.load(Ordering::Relaxed) {
-                            // SAFETY: each thread takes its own part of the stage's outputs; the
-                            // barrier separates stages (and images, whose output parts are disjoint)
+                            // SAFETY: each thread writes its own part of the stage's outputs and reads
+                            // what `progress` says the others have written (`reads_only_the_edge`)
                             let part = || unsafe {
-                                self.step_part(isa, &views, at, x, out_ptr.at(i * per_out), t, threads)
+                                let edge: Option<&dyn Fn()> =
+                                    if edge_first { Some(&edge_done) } else { None };
+                                self.step_part(isa, &views, at, x, out_ptr.at(i * per_out), t, threads, edge)
                             };
                             match catch_unwind(AssertUnwindSafe(part)) {
                                 Ok(true) => nan_at(i, at),
@@ -245,9 +266,7 @@ impl BinaryNet {
                                 Err(_) => failed.store(true, Ordering::Relaxed),
                             }
                         }
-                        if !self.runs_with_next(at) {
-                            barrier.wait();
-                        }
+                        progress.mark(t, 2 * g + 2);
                     }
                 }
             };
@@ -279,6 +298,39 @@ impl BinaryNet {
         }
     }
 
+    /// Whether stage `at`, with two threads splitting an image, reads of the other thread's work
+    /// in the stage before only that thread's edge chunk (`Part::Edge`), so it may start once the
+    /// edge is written: both are stride-1 convs on one multi-chunk map of whole-row chunks, this
+    /// one reading the other's packed signs, and each reaching at most one chunk across (its
+    /// padding, the rows a window reaches past its own, is at most a chunk's rows). Then neither
+    /// reads the other's inside chunks, nor writes where the other still reads: every write is to
+    /// a thread's own positions, and a thread's inside chunks read only its own.
+    fn reads_only_the_edge(&self, at: usize) -> bool {
+        let (Some(Step::Conv { layer: b, input, .. }), Some(Step::Conv { layer: a, bits, .. })) = (
+            self.steps.get(at.wrapping_sub(2)),
+            self.steps.get(at.wrapping_sub(3)),
+        ) else {
+            return false;
+        };
+        let (a, b) = (&self.convs[*a], &self.convs[*b]);
+        let local = |c: &Conv| {
+            c.stride == 1
+                && c.kh == 2 * self.pad + 1
+                && c.kw == 2 * self.pad + 1
+                && (c.h, c.w) == (c.ho, c.wo)
+                && c.w > 0
+                && CHUNK.is_multiple_of(c.w)
+                && self.pad <= CHUNK / c.w
+        };
+        let positions = b.h * b.w;
+        *bits == Some(*input)
+            && local(a)
+            && local(b)
+            && (a.h, a.w) == (b.h, b.w)
+            && positions.is_multiple_of(CHUNK)
+            && positions >= 2 * CHUNK
+    }
+
     fn buffers(&self) -> Buffers {
         Buffers {
             floats: self.float_sizes.iter().map(|&s| OnLines::zeros(s)).collect(),
@@ -307,7 +359,17 @@ impl BinaryNet {
         out: *mut f32,
         t: usize,
         n: usize,
+        edge: Option<&dyn Fn()>,
     ) -> bool {
+        if let (Some(done), false) = (
+            edge,
+            matches!(self.steps.get(at.wrapping_sub(2)), Some(Step::Conv { .. })),
+        ) {
+            // only a conv runs its edge chunk first (`reads_only_the_edge`); the rest mark it when done
+            let nan = unsafe { self.step_part(isa, v, at, x, out, t, n, None) };
+            done();
+            return nan;
+        }
         let pad = self.pad;
         if at == 0 {
             if let Some(stem) = &self.stem {
@@ -402,6 +464,12 @@ impl BinaryNet {
                 else {
                     return false;
                 };
+                // of two threads splitting the positions, thread 0's edge chunk is its last, thread 1's
+                // its first (a one-chunk map's channel split has none: it marks when done)
+                let split = channels.len() == conv.o;
+                let edge_first = edge
+                    .filter(|_| split)
+                    .map(|done| kernel::Edge { last: t == 0, done });
                 // SAFETY: `new` refused outputs that are the step's input or residual; the ranges are
                 // this part's (the packed words' halves too)
                 let io = unsafe {
@@ -421,9 +489,14 @@ impl BinaryNet {
                         chunks,
                         channels,
                         pad,
+                        edge_first,
                     }
                 };
-                kernel::conv(isa, conv, io)
+                let nan = kernel::conv(isa, conv, io);
+                if let (Some(done), false) = (edge, split) {
+                    done();
+                }
+                nan
             }
             Step::Shortcut {
                 src,
@@ -577,22 +650,19 @@ mod tests {
     }
 
     #[test]
-    fn the_barrier_holds_every_thread_until_all_arrive() {
-        let barrier = Barrier {
-            arrived: AtomicUsize::new(0),
-            generation: AtomicUsize::new(0),
-            threads: 3,
-        };
+    fn waiting_on_progress_holds_a_thread_until_the_others_get_there() {
+        let progress = Progress::new(3);
         let before = AtomicUsize::new(0);
         std::thread::scope(|s| {
-            for _ in 0..3 {
-                s.spawn(|| {
-                    for round in 0..100 {
+            for t in 0..3 {
+                let (progress, before) = (&progress, &before);
+                s.spawn(move || {
+                    for round in 1..=100 {
                         before.fetch_add(1, Ordering::SeqCst);
-                        barrier.wait();
-                        // every thread has counted this round before any leaves the barrier
-                        assert!(before.load(Ordering::SeqCst) >= 3 * (round + 1));
-                        barrier.wait();
+                        progress.mark(t, round);
+                        progress.wait(t, round);
+                        // every thread has counted this round before any gets past its wait
+                        assert!(before.load(Ordering::SeqCst) >= 3 * round);
                     }
                 });
             }

@@ -311,6 +311,29 @@ def test_more_threads_than_an_image_has_chunks_change_nothing(raw_rust):
         assert all(np.array_equal(net.run(x, threads=t), net.run(x, threads=1)) for t in (2, 3, 8))
 
 
+@pytest.mark.parametrize("h, w", [(16, 16), (32, 32), (8, 24), (4, 64)])
+def test_two_threads_on_one_image_start_a_conv_on_the_other_threads_edge(raw_rust, h, w):
+    """A batch of 1 on 2 threads: a stride-1 conv that reads the previous conv's signs starts once the
+    other thread has written its edge chunk, and runs that chunk before its own inside ones. A chain
+    of such convs through two alternating buffers (basic and Bi-Real wiring, corrections, sparse
+    terms, 1- and 2-bit maps) gives 1 thread's bits, call after call."""
+    rng = np.random.default_rng(h * w)
+    c = 8
+    csr = lambda: random_csr(rng, c, 9 * c, 0.1)[1]  # noqa: E731
+    convs = [(random_packed(rng, c, 9 * c), c, 3, 3, 1, rng.uniform(0.05, 0.2, c).astype(np.float32),
+              rng.normal(0, 0.3, c).astype(np.float32), rng.normal(0, 0.2, (h, w, c)).astype(np.float32), csr())
+             for _ in range(4)]
+    steps = [("conv", 0, 0, None, None, 1), ("conv", 1, 1, 0, 1, 2),     # basic block
+             ("conv", 2, 2, 1, 2, 1), ("conv", 3, 1, 2, 3, 2),           # Bi-Real: a residual around each
+             ("conv", 0, 2, None, None, 1), ("conv", 1, 1, 3, 1, None)]
+    x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    for act_bits in (1, 2):
+        net = raw_rust.BinaryNet((c, h, w), 1, convs, steps, 1, act_bits=act_bits)
+        want = net.run(x, threads=1)
+        for isa in ISAS:
+            assert all(np.array_equal(net.run(x, isa=isa, threads=2), want) for _ in range(30)), (act_bits, isa)
+
+
 def test_nets_too_big_to_hold_are_refused_before_anything_is_allocated(raw_rust):
     conv = _one_conv(np.random.default_rng(0))
     with pytest.raises(ValueError, match="a map's buffer would exceed"):
