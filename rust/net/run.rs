@@ -3,7 +3,8 @@
 //! With at least as many images as threads, each thread takes whole images, in its own buffers.
 //! With fewer (a batch of 1 on 2 threads, say), the threads work on one image at a time: each step's
 //! chunks of output positions are split between them (a conv whose map is a single chunk: its output
-//! channels, by 32-channel halves of the packed words), and they wait for each other between steps.
+//! channels, by 32-channel halves of the packed words), and a thread starts a step once the others
+//! have written what it reads of theirs ([`Progress`]: all of the step before, or its edge).
 //! Either way a step's part is the same call: the kernel on a range of chunks and channels, writing
 //! only that part of its outputs. Buffers outlive the call (the net keeps them), so a call allocates nothing
 //! once the net has run.
@@ -35,8 +36,9 @@ pub(crate) struct Buffers {
 /// Raw views of a [`Buffers`] that the threads of one image share. Within a step, the threads
 /// write disjoint parts of the step's outputs (ranges, or different 32-bit halves of the packed
 /// words of a channel split, written through [`Bits`]) and read only buffers the step does not write
-/// (`BinaryNet::new` refuses a step whose output is its input or residual); the barrier between
-/// steps orders one step's writes before the next step's reads.
+/// (`BinaryNet::new` refuses a step whose output is its input or residual); waiting on [`Progress`]
+/// orders the writes a step reads before its reads (`BinaryNet::reads_only_the_edge` says why the edge
+/// is enough where it is).
 struct Views {
     floats: Vec<(*mut f32, usize)>,
     bits: Vec<(*mut u64, usize)>,
@@ -208,7 +210,7 @@ impl BinaryNet {
             home: &self.spare,
         };
         // splitting an image: no more threads than its largest map has chunks (the rest would only
-        // wait at the barriers)
+        // wait for the others)
         let (_, h, w) = self.input;
         let split = threads.min((h * w).div_ceil(CHUNK));
         if n >= threads || split <= 1 {
@@ -285,7 +287,7 @@ impl BinaryNet {
         }
     }
 
-    /// Whether stage `at` may run in one go with the next, with no barrier between them: a shortcut
+    /// Whether stage `at` may run in one go with the next, with no wait between them: a shortcut
     /// followed by a conv that neither reads nor writes its float buffers (a basic block's first conv
     /// reads only bits), so each thread goes straight on to its part of the conv.
     fn runs_with_next(&self, at: usize) -> bool {
