@@ -301,7 +301,7 @@ impl BinaryNet {
     }
 
     /// Whether stage `at`, with two threads splitting an image, reads of the other thread's work
-    /// in the stage before only that thread's edge chunk (`Part::Edge`), so it may start once the
+    /// in the stage before only that thread's edge chunk ([`kernel::Edge`]), so it may start once the
     /// edge is written: both are stride-1 convs on one multi-chunk map of whole-row chunks, this
     /// one reading the other's packed signs, and each reaching at most one chunk across (its
     /// padding, the rows a window reaches past its own, is at most a chunk's rows). Then neither
