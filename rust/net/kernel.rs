@@ -352,7 +352,13 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool {
         if let Some(b) = bits {
             // every lane tested (a loop without an early exit is vectorised), those past `valid` masked
             nan |= (0..CHUNK).fold(false, |any, l| any | (l < valid && total[l].is_nan()));
-            let halves = channels.start / 32..channels.end.div_ceil(32);
+            // a part with every channel owns its words: both halves written (the high one 0 when
+            // o <= 32), whole words at a time
+            let halves = if channels.len() == o {
+                0..2
+            } else {
+                channels.start / 32..channels.end.div_ceil(32)
+            };
             store_planes(&words, p0, valid, (c.wo, pad), b, bits_lo, halves);
         }
         if let (0, Some(e)) = (nth, &edge_first) {
