@@ -162,13 +162,6 @@ pub(crate) fn segments(
     })
 }
 
-/// A conv part's edge: its chunk next to another thread's, which that thread's next conv reads. The
-/// part runs it first (its last chunk when `last`, else its first) and then calls `done`.
-pub(crate) struct Edge<'a> {
-    pub last: bool,
-    pub done: &'a dyn Fn(),
-}
-
 /// A padded bit map's words from padded index `base` on (`len` of them), written through a pointer:
 /// when an image's conv is split by output channels, two threads write the two 32-bit halves
 /// (channels 0..32 and 32..64) of the same words.
@@ -249,7 +242,6 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool {
         chunks,
         channels,
         pad,
-        edge_first,
     } = io;
     let (o, taps, positions) = (c.o, c.kh * c.kw, c.ho * c.wo);
     let wp = c.w + 2 * pad;
@@ -265,14 +257,7 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool {
     // the windows as 32-bit halves (channels 0..32, 32..64), for the sparse term
     let mut halves = [[0u32; CHUNK]; 2 * MAX_TAPS];
     let mut nan = false;
-    let last_first = edge_first.as_ref().is_some_and(|e| e.last);
-    for nth in 0..chunks.len() {
-        // the edge chunk, then the others in order
-        let chunk = match (last_first, nth) {
-            (true, 0) => chunks.end - 1,
-            (true, _) => chunks.start + nth - 1,
-            _ => chunks.start + nth,
-        };
+    for chunk in chunks.clone() {
         let p0 = chunk * CHUNK;
         let valid = CHUNK.min(positions - p0);
         gather::<T>(c, input, wp, p0, valid, &mut windows);
@@ -360,9 +345,6 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool {
                 channels.start / 32..channels.end.div_ceil(32)
             };
             store_planes(&words, p0, valid, (c.wo, pad), b, bits_lo, halves);
-        }
-        if let (0, Some(e)) = (nth, &edge_first) {
-            (e.done)();
         }
     }
     nan

@@ -107,8 +107,6 @@ pub(crate) struct ConvIo<'a> {
     pub chunks: std::ops::Range<usize>,
     pub channels: std::ops::Range<usize>,
     pub pad: usize,
-    /// Run the chunk next to another thread's first, and say when it is written.
-    pub edge_first: Option<kernel::Edge<'a>>,
 }
 
 /// A map's shape: channels, height, width.

@@ -3,8 +3,7 @@
 //! With at least as many images as threads, each thread takes whole images, in its own buffers.
 //! With fewer (a batch of 1 on 2 threads, say), the threads work on one image at a time: each step's
 //! chunks of output positions are split between them (a conv whose map is a single chunk: its output
-//! channels, by 32-channel halves of the packed words), and a thread starts a step once the others
-//! have written what it reads of theirs ([`Progress`]: all of the step before, or its edge).
+//! channels, by 32-channel halves of the packed words), and they wait for each other between steps.
 //! Either way a step's part is the same call: the kernel on a range of chunks and channels, writing
 //! only that part of its outputs. Buffers outlive the call (the net keeps them), so a call allocates nothing
 //! once the net has run.
@@ -16,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::kernel::{self, Bits, Input, CHUNK};
-use super::{blocked, Act, BinaryNet, Conv, ConvIo, Shape, Step};
+use super::{blocked, Act, BinaryNet, ConvIo, Shape, Step};
 use crate::isa::Isa;
 use crate::lines::OnLines;
 
@@ -36,9 +35,8 @@ pub(crate) struct Buffers {
 /// Raw views of a [`Buffers`] that the threads of one image share. Within a step, the threads
 /// write disjoint parts of the step's outputs (ranges, or different 32-bit halves of the packed
 /// words of a channel split, written through [`Bits`]) and read only buffers the step does not write
-/// (`BinaryNet::new` refuses a step whose output is its input or residual); waiting on [`Progress`]
-/// orders the writes a step reads before its reads (`BinaryNet::reads_only_the_edge` says why the edge
-/// is enough where it is).
+/// (`BinaryNet::new` refuses a step whose output is its input or residual); the barrier between
+/// steps orders one step's writes before the next step's reads.
 struct Views {
     floats: Vec<(*mut f32, usize)>,
     bits: Vec<(*mut u64, usize)>,
@@ -106,42 +104,29 @@ impl Views {
     }
 }
 
-/// How far each thread of an image has got, counted on a cache line of its own (128 bytes: the
-/// pair of lines the prefetcher fetches together). Stage g of a call (image by image) is 2g + 1
-/// when a thread has written the part of its output the other thread's next stage reads (its
-/// boundary chunk: [`BinaryNet::reads_only_the_edge`]), 2g + 2 when it has done its whole part.
-/// A thread waits by spinning: a stage of a batch-1 ResNet-20 takes microseconds, shorter than a
-/// sleeping thread takes to wake.
-struct Progress {
-    counts: Vec<Count>,
+/// Threads waiting for each other between steps, spinning: a step of a batch-1 ResNet-20 takes
+/// microseconds, shorter than a sleeping thread takes to wake.
+struct Barrier {
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    threads: usize,
 }
 
-#[repr(align(128))]
-struct Count(AtomicUsize);
-
-impl Progress {
-    fn new(threads: usize) -> Progress {
-        Progress {
-            counts: (0..threads).map(|_| Count(AtomicUsize::new(0))).collect(),
+impl Barrier {
+    fn wait(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return;
         }
-    }
-
-    /// Thread `t` has got to `mark`.
-    fn mark(&self, t: usize, mark: usize) {
-        self.counts[t].0.store(mark, Ordering::Release);
-    }
-
-    /// Wait until every other thread has got to `mark`.
-    fn wait(&self, t: usize, mark: usize) {
-        for (u, other) in self.counts.iter().enumerate() {
-            let mut spins = 0u32;
-            while u != t && other.0.load(Ordering::Acquire) < mark {
-                spins += 1;
-                if spins < 1 << 14 {
-                    spin_loop();
-                } else {
-                    std::thread::yield_now(); // the other thread lost its core: let it run
-                }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == generation {
+            spins += 1;
+            if spins < 1 << 14 {
+                spin_loop();
+            } else {
+                std::thread::yield_now(); // the other thread lost its core: let it run
             }
         }
     }
@@ -210,7 +195,7 @@ impl BinaryNet {
             home: &self.spare,
         };
         // splitting an image: no more threads than its largest map has chunks (the rest would only
-        // wait for the others)
+        // wait at the barriers)
         let (_, h, w) = self.input;
         let split = threads.min((h * w).div_ceil(CHUNK));
         if n >= threads || split <= 1 {
@@ -225,7 +210,7 @@ impl BinaryNet {
                 let x = &x[i * per_in..(i + 1) * per_in];
                 for at in 0..stages {
                     // SAFETY: one thread, one stage at a time
-                    if unsafe { self.step_part(isa, views, at, x, out.as_mut_ptr(), 0, 1, None) } {
+                    if unsafe { self.step_part(isa, views, at, x, out.as_mut_ptr(), 0, 1) } {
                         nan_at(i, at);
                     }
                 }
@@ -235,32 +220,24 @@ impl BinaryNet {
             let threads = split;
             let mut held = lease();
             let views = Views::of(&mut held.buffers);
-            let progress = Progress::new(threads);
+            let barrier = Barrier {
+                arrived: AtomicUsize::new(0),
+                generation: AtomicUsize::new(0),
+                threads,
+            };
             let out_ptr = OutPtr(out.as_mut_ptr());
-            // a thread whose part panics (an internal error) stops working but keeps marking its
-            // progress, so the others finish and the call returns the error instead of hanging
+            // a thread whose part panics (an internal error) stops working but keeps arriving at the
+            // barriers, so the others finish and the call returns the error instead of hanging
             let failed = AtomicBool::new(false);
             let work = |t: usize| {
                 for i in 0..n {
                     let x = &x[i * per_in..(i + 1) * per_in];
                     for at in 0..stages {
-                        let g = i * stages + at;
-                        // what this stage needs of the others: the edge of their previous stage, or
-                        // all of it (nothing after a shortcut that runs with this stage)
-                        if g > 0 && !(at > 0 && self.runs_with_next(at - 1)) {
-                            let edge = threads == 2 && self.reads_only_the_edge(at);
-                            progress.wait(t, if edge { 2 * g - 1 } else { 2 * g });
-                        }
-                        // the chunks the others' next stage reads first, when it reads only those
-                        let edge_first = threads == 2 && at + 1 < stages && self.reads_only_the_edge(at + 1);
-                        let edge_done = || progress.mark(t, 2 * g + 1);
                         if !failed.load(Ordering::Relaxed) {
-                            // SAFETY: each thread writes its own part of the stage's outputs and reads
-                            // what `progress` says the others have written (`reads_only_the_edge`)
+                            // SAFETY: each thread takes its own part of the stage's outputs; the
+                            // barrier separates stages (and images, whose output parts are disjoint)
                             let part = || unsafe {
-                                let edge: Option<&dyn Fn()> =
-                                    if edge_first { Some(&edge_done) } else { None };
-                                self.step_part(isa, &views, at, x, out_ptr.at(i * per_out), t, threads, edge)
+                                self.step_part(isa, &views, at, x, out_ptr.at(i * per_out), t, threads)
                             };
                             match catch_unwind(AssertUnwindSafe(part)) {
                                 Ok(true) => nan_at(i, at),
@@ -268,7 +245,9 @@ impl BinaryNet {
                                 Err(_) => failed.store(true, Ordering::Relaxed),
                             }
                         }
-                        progress.mark(t, 2 * g + 2);
+                        if !self.runs_with_next(at) {
+                            barrier.wait();
+                        }
                     }
                 }
             };
@@ -287,7 +266,7 @@ impl BinaryNet {
         }
     }
 
-    /// Whether stage `at` may run in one go with the next, with no wait between them: a shortcut
+    /// Whether stage `at` may run in one go with the next, with no barrier between them: a shortcut
     /// followed by a conv that neither reads nor writes its float buffers (a basic block's first conv
     /// reads only bits), so each thread goes straight on to its part of the conv.
     fn runs_with_next(&self, at: usize) -> bool {
@@ -298,39 +277,6 @@ impl BinaryNet {
             }
             _ => false,
         }
-    }
-
-    /// Whether stage `at`, with two threads splitting an image, reads of the other thread's work
-    /// in the stage before only that thread's edge chunk ([`kernel::Edge`]), so it may start once the
-    /// edge is written: both are stride-1 convs on one multi-chunk map of whole-row chunks, this
-    /// one reading the other's packed signs, and each reaching at most one chunk across (its
-    /// padding, the rows a window reaches past its own, is at most a chunk's rows). Then neither
-    /// reads the other's inside chunks, nor writes where the other still reads: every write is to
-    /// a thread's own positions, and a thread's inside chunks read only its own.
-    fn reads_only_the_edge(&self, at: usize) -> bool {
-        let (Some(Step::Conv { layer: b, input, .. }), Some(Step::Conv { layer: a, bits, .. })) = (
-            self.steps.get(at.wrapping_sub(2)),
-            self.steps.get(at.wrapping_sub(3)),
-        ) else {
-            return false;
-        };
-        let (a, b) = (&self.convs[*a], &self.convs[*b]);
-        let local = |c: &Conv| {
-            c.stride == 1
-                && c.kh == 2 * self.pad + 1
-                && c.kw == 2 * self.pad + 1
-                && (c.h, c.w) == (c.ho, c.wo)
-                && c.w > 0
-                && CHUNK.is_multiple_of(c.w)
-                && self.pad <= CHUNK / c.w
-        };
-        let positions = b.h * b.w;
-        *bits == Some(*input)
-            && local(a)
-            && local(b)
-            && (a.h, a.w) == (b.h, b.w)
-            && positions.is_multiple_of(CHUNK)
-            && positions >= 2 * CHUNK
     }
 
     fn buffers(&self) -> Buffers {
@@ -361,17 +307,7 @@ impl BinaryNet {
         out: *mut f32,
         t: usize,
         n: usize,
-        edge: Option<&dyn Fn()>,
     ) -> bool {
-        if let (Some(done), false) = (
-            edge,
-            matches!(self.steps.get(at.wrapping_sub(2)), Some(Step::Conv { .. })),
-        ) {
-            // only a conv runs its edge chunk first (`reads_only_the_edge`); the rest mark it when done
-            let nan = unsafe { self.step_part(isa, v, at, x, out, t, n, None) };
-            done();
-            return nan;
-        }
         let pad = self.pad;
         if at == 0 {
             if let Some(stem) = &self.stem {
@@ -466,12 +402,6 @@ impl BinaryNet {
                 else {
                     return false;
                 };
-                // of two threads splitting the positions, thread 0's edge chunk is its last, thread 1's
-                // its first (a one-chunk map's channel split has none: it marks when done)
-                let split = channels.len() == conv.o;
-                let edge_first = edge
-                    .filter(|_| split)
-                    .map(|done| kernel::Edge { last: t == 0, done });
                 // SAFETY: `new` refused outputs that are the step's input or residual; the ranges are
                 // this part's (the packed words' halves too)
                 let io = unsafe {
@@ -491,14 +421,9 @@ impl BinaryNet {
                         chunks,
                         channels,
                         pad,
-                        edge_first,
                     }
                 };
-                let nan = kernel::conv(isa, conv, io);
-                if let (Some(done), false) = (edge, split) {
-                    done();
-                }
-                nan
+                kernel::conv(isa, conv, io)
             }
             Step::Shortcut {
                 src,
@@ -652,19 +577,22 @@ mod tests {
     }
 
     #[test]
-    fn waiting_on_progress_holds_a_thread_until_the_others_get_there() {
-        let progress = Progress::new(3);
+    fn the_barrier_holds_every_thread_until_all_arrive() {
+        let barrier = Barrier {
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            threads: 3,
+        };
         let before = AtomicUsize::new(0);
         std::thread::scope(|s| {
-            for t in 0..3 {
-                let (progress, before) = (&progress, &before);
-                s.spawn(move || {
-                    for round in 1..=100 {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for round in 0..100 {
                         before.fetch_add(1, Ordering::SeqCst);
-                        progress.mark(t, round);
-                        progress.wait(t, round);
-                        // every thread has counted this round before any gets past its wait
-                        assert!(before.load(Ordering::SeqCst) >= 3 * round);
+                        barrier.wait();
+                        // every thread has counted this round before any leaves the barrier
+                        assert!(before.load(Ordering::SeqCst) >= 3 * (round + 1));
+                        barrier.wait();
                     }
                 });
             }

@@ -312,11 +312,10 @@ def test_more_threads_than_an_image_has_chunks_change_nothing(raw_rust):
 
 
 @pytest.mark.parametrize("h, w", [(16, 16), (32, 32), (8, 24), (4, 64)])
-def test_two_threads_on_one_image_start_a_conv_on_the_other_threads_edge(raw_rust, h, w):
-    """A batch of 1 on 2 threads: a stride-1 conv that reads the previous conv's signs starts once the
-    other thread has written its edge chunk, and runs that chunk before its own inside ones. A chain
-    of such convs through two alternating buffers (basic and Bi-Real wiring, corrections, sparse
-    terms, 1- and 2-bit maps) gives 1 thread's bits, call after call."""
+def test_two_threads_on_one_image_give_one_threads_bits_through_a_chain_of_convs(raw_rust, h, w):
+    """A batch of 1 on 2 threads, each step's chunks split between them: a chain of convs through two
+    alternating buffers (basic and Bi-Real wiring, corrections, sparse terms, 1- and 2-bit maps) on
+    maps of several chunks gives 1 thread's bits, call after call."""
     rng = np.random.default_rng(h * w)
     c = 8
     csr = lambda: random_csr(rng, c, 9 * c, 0.1)[1]  # noqa: E731
