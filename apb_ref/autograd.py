@@ -13,6 +13,7 @@ graph in reverse topological order.  Saved arrays are released after the walk, a
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,18 +25,22 @@ def is_grad_enabled() -> bool:
     return _grad_enabled
 
 
-class no_grad:  # noqa: N801 (used as a function: `with no_grad():`)
-    """Inside this block operations build no graph (evaluation, optimizer updates). A class rather than
-    a generator context manager: entering and leaving cost a quarter as much, which a batch-1 forward
-    pays on every call."""
+class no_grad(contextlib.ContextDecorator):  # noqa: N801 (used as a function: `with no_grad():`)
+    """Inside this block (or decorated function) operations build no graph (evaluation, optimizer
+    updates). A class rather than a generator context manager: entering and leaving cost a quarter as
+    much, which a batch-1 forward pays on every call. One instance may be entered again while inside."""
+
+    def __init__(self) -> None:
+        self._previous: list[bool] = []
 
     def __enter__(self) -> None:
         global _grad_enabled
-        self.previous, _grad_enabled = _grad_enabled, False
+        self._previous.append(_grad_enabled)
+        _grad_enabled = False
 
     def __exit__(self, *exc: object) -> None:
         global _grad_enabled
-        _grad_enabled = self.previous
+        _grad_enabled = self._previous.pop()
 
 
 def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -396,8 +396,9 @@ impl<T> Claims<T> {
         })
     }
 
-    /// Thread `t`'s next item: from the front of its own range, else from the back of the nearest
-    /// other range that has one; None when all are empty (ranges only shrink, so none will refill).
+    /// Thread `t`'s next item: from the front of its own range, else from the back of the first of
+    /// the next ranges in turn (t + 1, t + 2, … around) that has one; None when all are empty (ranges
+    /// only shrink, so none will refill).
     fn claim(&self, t: usize) -> Option<T> {
         let n = self.ranges.len();
         let index = (0..n).find_map(|k| self.ranges[(t + k) % n].take(k == 0))?;

@@ -500,8 +500,9 @@ fn run(
     };
 
     // One B panel against a chunk of A's row blocks. A worker keeps the last panel it packed: tasks
-    // are ordered panel by panel and each thread takes its own contiguous share in order, so each
-    // packs a panel once, but for one its share starts within and those whose chunks it steals.
+    // are ordered panel by panel and each thread takes its own contiguous share in order, so it packs
+    // each panel of its share once; a panel split across two shares, or stolen from, is packed by
+    // each thread that works on it.
     let panel_task = |last: &mut LastPanel, panel: usize, chunk: usize| -> bool {
         let r0 = chunk * blocks_per_chunk * mr;
         let rows = r0..(r0 + blocks_per_chunk * mr).min(m);

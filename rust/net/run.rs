@@ -270,8 +270,9 @@ impl BinaryNet {
     /// followed by a conv that neither reads nor writes its float buffers (a basic block's first conv
     /// reads only bits), so each thread goes straight on to its part of the conv.
     fn runs_with_next(&self, at: usize) -> bool {
+        // stages 0 and 1 are no steps: `wrapping_*` keeps them out of range (no overflow in debug builds)
         let s = at.wrapping_sub(2);
-        match (self.steps.get(s), self.steps.get(s + 1)) {
+        match (self.steps.get(s), self.steps.get(s.wrapping_add(1))) {
             (Some(Step::Shortcut { src, dst, .. }), Some(Step::Conv { residual, float, .. })) => {
                 ![Some(*src), Some(*dst)].contains(float) && *residual != Some(*dst)
             }

@@ -105,6 +105,25 @@ def test_no_grad_builds_no_graph():
     assert not y.requires_grad
 
 
+def test_no_grad_nests_decorates_and_restores_after_an_error():
+    w = Tensor(np.ones(3), requires_grad=True)
+    outer = no_grad()
+    with outer:
+        with outer:  # the same instance again, inside
+            pass
+        assert not (w * 2.0).requires_grad
+    assert (w * 2.0).requires_grad
+
+    @no_grad()
+    def doubled(t):
+        return t * 2.0
+    assert not doubled(w).requires_grad and (w * 2.0).requires_grad
+    with pytest.raises(ValueError):
+        with no_grad():
+            raise ValueError
+    assert (w * 2.0).requires_grad
+
+
 def test_gradients_accumulate_across_backward_calls():
     w = Tensor(np.array([1.0, 2.0]), requires_grad=True)
     (w * w).sum().backward()
