@@ -14,6 +14,7 @@
 
 use std::cell::{Cell, UnsafeCell};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -331,6 +332,11 @@ pub(crate) fn run_claimed_with<T: Send, S>(
     Ok(all_ok.load(Ordering::Relaxed))
 }
 
+/// Share `t` of `n` of `0..items`: contiguous, in order, sizes differing by at most one.
+pub(crate) fn share(items: usize, t: usize, n: usize) -> Range<usize> {
+    (items * t / n)..(items * (t + 1) / n)
+}
+
 /// Items shared out as one contiguous range per thread: a thread takes its own from the front, and
 /// when they are gone, the others' from their backs. Neighbouring items (which may write
 /// neighbouring memory) then mostly run on the same thread, and a claim is one compare-and-swap on a
@@ -386,9 +392,10 @@ impl<T> Claims<T> {
         let Ok(len) = u32::try_from(items.len()) else {
             return Err(items);
         };
-        let (len, threads) = (u64::from(len), threads.max(1) as u64);
+        let threads = threads.max(1);
         let ranges = (0..threads)
-            .map(|t| Ends::new(len * t / threads, len * (t + 1) / threads))
+            .map(|t| share(len as usize, t, threads))
+            .map(|r| Ends::new(r.start as u64, r.end as u64))
             .collect();
         Ok(Claims {
             items: items.into_iter().map(|t| UnsafeCell::new(Some(t))).collect(),
@@ -503,6 +510,19 @@ mod tests {
             );
             if round % 50 == 7 {
                 std::thread::sleep(LINGER * 2);
+            }
+        }
+    }
+
+    #[test]
+    fn shares_cover_the_items_once_in_order() {
+        for chunks in [0, 1, 2, 3, 16, 17] {
+            for n in 1..=5 {
+                let parts: Vec<Range<usize>> = (0..n).map(|t| share(chunks, t, n)).collect();
+                assert_eq!(parts[0].start, 0);
+                assert_eq!(parts[n - 1].end, chunks);
+                assert!(parts.windows(2).all(|p| p[0].end == p[1].start), "{chunks} {n}");
+                assert!(parts.iter().all(|p| p.len() <= chunks.div_ceil(n)));
             }
         }
     }

@@ -99,6 +99,8 @@ pub struct HeadSpec<'a> {
 
 pub(crate) struct Head {
     pub classes: usize,
+    /// The float slot of an image's channel means (set by the net that ends with this head).
+    pub means: usize,
     weights: Vec<f32>,
     bias: Vec<f32>,
 }
@@ -124,6 +126,7 @@ impl Head {
         let bias = bias.map_or_else(|| vec![0.0; classes], <[f32]>::to_vec);
         Ok(Head {
             classes,
+            means: 0,
             weights: weights.to_vec(),
             bias,
         })

@@ -415,7 +415,11 @@ impl BinaryNet {
 
     /// End the net with a head: the result of an image is then its `classes` logits.
     pub fn with_head(mut self, spec: &HeadSpec) -> Result<Self, String> {
-        self.head = Some(Head::new(spec, self.out_shape.0)?);
+        let mut head = Head::new(spec, self.out_shape.0)?;
+        // the channel means, which the threads of an image pool in parts, in a float slot of their own
+        head.means = self.float_sizes.len();
+        self.float_sizes.push(self.out_shape.0);
+        self.head = Some(head);
         Ok(self)
     }
 

@@ -18,6 +18,7 @@ use super::kernel::{self, Bits, Input, CHUNK};
 use super::{blocked, Act, BinaryNet, ConvIo, Shape, Step};
 use crate::isa::Isa;
 use crate::lines::OnLines;
+use crate::threads::share as part;
 
 /// One set of buffers: the float maps by slot, the bit maps by slot. Each starts on a cache line:
 /// the threads splitting an image write neighbouring parts of them, whose boundaries are then lines'
@@ -28,8 +29,6 @@ pub(crate) struct Buffers {
     bits: Vec<OnLines<u64>>,
     /// The image with the stem's zero border.
     padded: OnLines<f32>,
-    /// The head's channel means.
-    means: OnLines<f32>,
 }
 
 /// Raw views of a [`Buffers`] that the threads of one image share. Within a step, the threads
@@ -41,7 +40,6 @@ struct Views {
     floats: Vec<(*mut f32, usize)>,
     bits: Vec<(*mut u64, usize)>,
     padded: (*mut f32, usize),
-    means: (*mut f32, usize),
 }
 
 // SAFETY: the pointers are into buffers that outlive every thread using them (see `run`), used by
@@ -63,7 +61,6 @@ impl Views {
                 .map(|v| (v.as_mut_slice().as_mut_ptr(), v.len()))
                 .collect(),
             padded: (b.padded.as_mut_slice().as_mut_ptr(), b.padded.len()),
-            means: (b.means.as_mut_slice().as_mut_ptr(), b.means.len()),
         }
     }
 
@@ -85,14 +82,6 @@ impl Views {
     unsafe fn bits(&self, id: usize) -> &[u64] {
         let (p, n) = self.bits[id];
         unsafe { std::slice::from_raw_parts(p, n) }
-    }
-
-    /// SAFETY: no other thread touches `range` of the means while the slice lives.
-    #[allow(clippy::mut_from_ref)]
-    unsafe fn means_mut(&self, range: Range<usize>) -> &mut [f32] {
-        let (p, n) = self.means;
-        assert!(range.start <= range.end && range.end <= n);
-        unsafe { std::slice::from_raw_parts_mut(p.add(range.start), range.len()) }
     }
 
     /// `range` of bit slot `id` as a pointer and a length, for writers that share words.
@@ -154,11 +143,6 @@ fn output_part(
     }
     let floats = (chunks.start * o + channels.start) * CHUNK..((chunks.end - 1) * o + channels.end) * CHUNK;
     Some((chunks, channels, floats))
-}
-
-/// Part `t` of `n` of `0..chunks` (contiguous, sizes differing by at most one).
-fn part(chunks: usize, t: usize, n: usize) -> Range<usize> {
-    (chunks * t / n)..(chunks * (t + 1) / n)
 }
 
 impl BinaryNet {
@@ -287,7 +271,6 @@ impl BinaryNet {
             padded: self.stem.as_ref().map_or_else(OnLines::default, |s| {
                 OnLines::zeros(s.c * s.padded().0 * s.padded().1)
             }),
-            means: OnLines::zeros(if self.head.is_some() { self.out_shape.0 } else { 0 }),
         }
     }
 
@@ -362,7 +345,7 @@ impl BinaryNet {
                 let groups = part(oc.div_ceil(32), t, n);
                 let channels = groups.start * 32..(groups.end * 32).min(oc);
                 // SAFETY: this part's channels of the means
-                let means = unsafe { v.means_mut(channels.clone()) };
+                let means = unsafe { v.float_mut(head.means, channels.clone()) };
                 head.pool(src, oc, p, channels, means);
                 return false;
             }
@@ -381,7 +364,7 @@ impl BinaryNet {
                 let (logits, means) = unsafe {
                     (
                         std::slice::from_raw_parts_mut(out, head.classes),
-                        std::slice::from_raw_parts(v.means.0, v.means.1),
+                        v.float(head.means),
                     )
                 };
                 head.logits(means, logits);
@@ -553,7 +536,6 @@ impl Drop for Lease<'_> {
             floats: Vec::new(),
             bits: Vec::new(),
             padded: OnLines::default(),
-            means: OnLines::default(),
         };
         let b = std::mem::replace(&mut self.buffers, empty);
         self.home.lock().unwrap_or_else(|e| e.into_inner()).push(b);
@@ -563,19 +545,6 @@ impl Drop for Lease<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parts_cover_the_chunks_once_in_order() {
-        for chunks in [0, 1, 2, 3, 16, 17] {
-            for n in 1..=5 {
-                let parts: Vec<Range<usize>> = (0..n).map(|t| part(chunks, t, n)).collect();
-                assert_eq!(parts[0].start, 0);
-                assert_eq!(parts[n - 1].end, chunks);
-                assert!(parts.windows(2).all(|p| p[0].end == p[1].start), "{chunks} {n}");
-                assert!(parts.iter().all(|p| p.len() <= chunks.div_ceil(n)));
-            }
-        }
-    }
 
     #[test]
     fn the_barrier_holds_every_thread_until_all_arrive() {
