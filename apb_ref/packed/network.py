@@ -94,17 +94,20 @@ class PackedNetwork:
         """Logits of normalized NCHW float32 images; with a `progress` label, a progress bar on stderr."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"logits: batch_size must be an integer >= 1, got {batch_size!r}")
-        if len(x) <= batch_size and progress is None:  # one batch, no bar: a deployed model's request, the short way
+        if len(x) == 0:
+            raise ValueError("logits: x holds no images")
+        def forward(xb):
             with no_grad():
-                return self.model(Tensor(np.ascontiguousarray(x, dtype=np.float32))).data
+                return self.model(Tensor(np.ascontiguousarray(xb, dtype=np.float32))).data
+        if len(x) <= batch_size and progress is None:  # one batch, no bar: a deployed model's request, the short way
+            return forward(x)
         outs = []
         bar = Progress(-(-len(x) // batch_size), progress or "", enabled=progress is not None)
-        with no_grad():
-            for i in range(0, len(x), batch_size):
-                outs.append(self.model(Tensor(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32))).data)
-                bar.update(len(outs[-1]))
+        for i in range(0, len(x), batch_size):
+            outs.append(forward(x[i:i + batch_size]))
+            bar.update(len(outs[-1]))
         bar.close()
-        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+        return np.concatenate(outs)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256, progress: str | None = None) -> dict[str, float]:
         """Accuracy and images/s on images in [0, 1] (normalized here with the stored statistics)."""

@@ -101,6 +101,8 @@ def test_logits_are_the_same_in_one_batch_in_several_and_with_a_bar(backend):
     assert whole.dtype == np.float32 and whole.shape == (5, 10)
     for got in rows:
         np.testing.assert_allclose(got, whole, rtol=0, atol=LOGIT_RTOL * np.abs(whole).max())
+    with pytest.raises(ValueError, match="logits: x holds no images"):
+        network.logits(x[:0])
 
 
 @pytest.mark.parametrize("name, in_channels, image_size, folds", [("resnet20", 3, 16, 18), ("digits_cnn", 1, 8, 2)])
