@@ -2,8 +2,6 @@
 //! stem (a stride-1 float conv, its folded BatchNorm and hardtanh, whose output is the blocks'
 //! input) and the head (global average pooling and a linear classifier).
 
-use std::ops::Range;
-
 use super::kernel::CHUNK;
 
 /// The stem as given: float weights `(o, c, kh, kw)`, the folded BatchNorm.
@@ -75,17 +73,16 @@ impl Stem {
         })
     }
 
-    /// Padded height and width.
-    pub(crate) fn padded(&self) -> (usize, usize) {
-        (self.h + 2 * self.padding, self.w + 2 * self.padding)
-    }
-
-    /// Row `y` of channel `ch` of the image `x` `(c, h, w)` with a zero border: `row`, `wp` values.
-    pub(crate) fn pad_row(&self, x: &[f32], ch: usize, y: usize, row: &mut [f32]) {
+    /// `run.len()` values of channel `ch` of the image `x` `(c, h, w)` as the image with a zero
+    /// border has them: row `y`, from column `x0` on (both counted in the bordered image).
+    #[inline(always)]
+    pub(crate) fn padded_run(&self, x: &[f32], ch: usize, y: usize, x0: usize, run: &mut [f32]) {
         let (p, h, w) = (self.padding, self.h, self.w);
-        row.fill(0.0);
-        if (p..p + h).contains(&y) {
-            row[p..p + w].copy_from_slice(&x[(ch * h + y - p) * w..][..w]);
+        run.fill(0.0);
+        // the image's columns within the run
+        let (from, to) = (x0.max(p), (x0 + run.len()).min(p + w));
+        if (p..p + h).contains(&y) && from < to {
+            run[from - x0..to - x0].copy_from_slice(&x[(ch * h + y - p) * w + from - p..][..to - from]);
         }
     }
 }
@@ -132,18 +129,12 @@ impl Head {
         })
     }
 
-    /// The means of channels `channels` of one image's last map `src`, `c` channels of `positions`,
-    /// blocked ([`super::blocked`]), into `means` (theirs alone). Each sums its positions lane by
-    /// lane over the chunks, then the lanes pairwise (vector adds, not one chain of scalar ones).
-    pub(crate) fn pool(
-        &self,
-        src: &[f32],
-        c: usize,
-        positions: usize,
-        channels: Range<usize>,
-        means: &mut [f32],
-    ) {
-        for (ch, m) in channels.zip(means) {
+    /// The means of `means.len()` consecutive channels of one image's last map, `c` channels of
+    /// `positions`, blocked ([`super::blocked`]); `src` is the map from the first channel's first run
+    /// on. Each sums its positions lane by lane over the chunks, then the lanes pairwise (vector adds,
+    /// not one chain of scalar ones).
+    pub(crate) fn pool(&self, src: &[f32], c: usize, positions: usize, means: &mut [f32]) {
+        for (ch, m) in means.iter_mut().enumerate() {
             let mut lanes = [0f32; CHUNK];
             for (chunk, p0) in (0..positions).step_by(CHUNK).enumerate() {
                 let run = &src[(chunk * c + ch) * CHUNK..][..CHUNK.min(positions - p0)];

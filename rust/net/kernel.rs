@@ -26,9 +26,59 @@ use crate::isa::Isa;
 /// ResNet-20 ~20 % slower on Zen 5: the sparse term's sums, added non-zero after non-zero in CSR
 /// order, are a chain of dependent adds, which 64 lanes cover twice as well; 128 was slower again.)
 pub(crate) const CHUNK: usize = 64;
-/// Most taps (kh·kw) a conv may have here (3×3): the chunk's windows live on the stack, cleared
-/// per call.
+/// Most taps (kh·kw) a conv may have here (3×3): the size of a chunk's windows in [`Scratch`].
 pub(crate) const MAX_TAPS: usize = 9;
+
+/// A conv's working arrays for one chunk, which each thread keeps across the steps of a call:
+/// cleared on every call they cost 2-5 % of a batch-1 image (~20 KB of stores per step, and as much
+/// of the L1 cache evicted). Each chunk overwrites what it reads of them. On cache lines, as the
+/// stack put them (each array's size is a multiple of 64 bytes): vector loads that straddle two
+/// lines made the sparse term ~10 % slower.
+#[repr(C, align(64))]
+pub(crate) struct Scratch {
+    lanes: Lanes,
+    /// The windows as 32-bit halves (channels 0..32, 32..64), for the sparse term; and those of
+    /// the 2-bit maps' lo plane.
+    halves: [[u32; CHUNK]; 2 * MAX_TAPS],
+    halves_lo: [[u32; CHUNK]; 2 * MAX_TAPS],
+    /// Per tap and lane, what the sparse term keeps of v·x's bits: all where the tap is inside the
+    /// map, none on the padding (the portable sums; the AVX-512 ones read the masks).
+    keep: [[u32; CHUNK]; MAX_TAPS],
+}
+
+/// A chunk's windows, tap by tap, in each lane type; `lo`: the 2-bit maps' lo plane (v = 2·hi + lo,
+/// each ±1).
+#[repr(C)]
+pub(crate) struct Windows<T> {
+    hi: [[T; CHUNK]; MAX_TAPS],
+    lo: [[T; CHUNK]; MAX_TAPS],
+}
+
+impl<T: Lane> Default for Windows<T> {
+    fn default() -> Windows<T> {
+        let zero = [[T::default(); CHUNK]; MAX_TAPS];
+        Windows { hi: zero, lo: zero }
+    }
+}
+
+#[derive(Default)]
+#[repr(C)]
+pub(crate) struct Lanes {
+    w16: Windows<u16>,
+    w32: Windows<u32>,
+    w64: Windows<u64>,
+}
+
+impl Default for Scratch {
+    fn default() -> Scratch {
+        Scratch {
+            lanes: Lanes::default(),
+            halves: [[0; CHUNK]; 2 * MAX_TAPS],
+            halves_lo: [[0; CHUNK]; 2 * MAX_TAPS],
+            keep: [[0; CHUNK]; MAX_TAPS],
+        }
+    }
+}
 
 /// A lane: one position's tap word (C bits, C ≤ the lane's width).
 pub(crate) trait Lane: Copy + Default {
@@ -39,10 +89,12 @@ pub(crate) trait Lane: Copy + Default {
     fn count(self) -> i32;
     /// The word's low and high 32 bits (the high ones 0 for lanes of 32 bits or fewer).
     fn halves(self) -> [u32; 2];
+    /// This lane type's windows in a [`Scratch`].
+    fn windows(lanes: &mut Lanes) -> &mut Windows<Self>;
 }
 
 macro_rules! lane {
-    ($t:ty) => {
+    ($t:ty, $windows:ident) => {
         impl Lane for $t {
             #[inline(always)]
             fn from_word(w: u64) -> Self {
@@ -64,12 +116,16 @@ macro_rules! lane {
             fn halves(self) -> [u32; 2] {
                 [self as u32, ((self as u64) >> 32) as u32]
             }
+            #[inline(always)]
+            fn windows(lanes: &mut Lanes) -> &mut Windows<Self> {
+                &mut lanes.$windows
+            }
         }
     };
 }
-lane!(u16);
-lane!(u32);
-lane!(u64);
+lane!(u16, w16);
+lane!(u32, w32);
+lane!(u64, w64);
 
 /// Define `$name(isa, args..)`: `$body(args..)` compiled for `isa` (AVX-512 with VPOPCNTDQ and
 /// BITALG, AVX2, or the baseline). `isa` must have passed `is_available()`.
@@ -101,19 +157,19 @@ macro_rules! per_isa {
     };
 }
 
-/// Run `conv` on one image with the widest lanes its channels allow. Returns whether some y with a
-/// packed output was NaN (its sign is undefined).
-pub(crate) fn conv(isa: Isa, c: &Conv, io: ConvIo) -> bool {
+/// Run `conv` on one image with the widest lanes its channels allow, in this thread's `scratch`.
+/// Returns whether some y with a packed output was NaN (its sign is undefined).
+pub(crate) fn conv(isa: Isa, c: &Conv, io: ConvIo, scratch: &mut Scratch) -> bool {
     // the sparse term's AVX-512 form (masked adds) is only called where AVX-512 is checked
     let wide = isa == Isa::Avx512;
     match c.c {
-        0..=16 => conv_lanes::<u16>(isa, c, io, wide),
-        17..=32 => conv_lanes::<u32>(isa, c, io, wide),
-        _ => conv_lanes::<u64>(isa, c, io, wide),
+        0..=16 => conv_lanes::<u16>(isa, c, io, scratch, wide),
+        17..=32 => conv_lanes::<u32>(isa, c, io, scratch, wide),
+        _ => conv_lanes::<u64>(isa, c, io, scratch, wide),
     }
 }
 
-per_isa!(conv_lanes<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool = body);
+per_isa!(conv_lanes<T: Lane>(c: &Conv, io: ConvIo, scratch: &mut Scratch, wide: bool) -> bool = body);
 per_isa!(load_input(x: &[f32], shape: (usize, usize, usize), chunks: Range<usize>, out: Input, act: Act) = load);
 
 /// Where [`load`] and [`stem`] write a chunk range of the blocks' input: its part of the blocked
@@ -232,7 +288,7 @@ fn store_planes(
 }
 
 #[inline(always)]
-fn body<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool {
+fn body<T: Lane>(c: &Conv, io: ConvIo, scratch: &mut Scratch, wide: bool) -> bool {
     let ConvIo {
         input,
         residual,
@@ -247,30 +303,31 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool {
     let wp = c.w + 2 * pad;
     let k = c.k as i32;
     let two = c.act == Act::Dorefa2;
-    let mut windows = [[T::default(); CHUNK]; MAX_TAPS];
-    // 2-bit maps: the lo plane's windows (v = 2·hi + lo, each ±1)
-    let mut windows_lo = [[T::default(); CHUNK]; MAX_TAPS];
-    let mut halves_lo = [[0u32; CHUNK]; 2 * MAX_TAPS];
-    // per tap and lane, what the sparse term keeps of v·x's bits: all where the tap is inside the
-    // map, none on the padding (the portable sums; the AVX-512 ones read the masks)
-    let mut keep = [[0u32; CHUNK]; MAX_TAPS];
-    // the windows as 32-bit halves (channels 0..32, 32..64), for the sparse term
-    let mut halves = [[0u32; CHUNK]; 2 * MAX_TAPS];
+    let Scratch {
+        lanes,
+        halves,
+        halves_lo,
+        keep,
+    } = scratch;
+    let Windows {
+        hi: windows,
+        lo: windows_lo,
+    } = T::windows(lanes);
     let mut nan = false;
     for chunk in chunks.clone() {
         let p0 = chunk * CHUNK;
         let valid = CHUNK.min(positions - p0);
-        gather::<T>(c, input, wp, p0, valid, &mut windows);
+        gather::<T>(c, input, wp, p0, valid, windows);
         if two {
-            gather::<T>(c, &input[(c.h + 2 * pad) * wp..], wp, p0, valid, &mut windows_lo);
+            gather::<T>(c, &input[(c.h + 2 * pad) * wp..], wp, p0, valid, windows_lo);
         }
         if c.sparse.is_some() {
             if two || !wide {
-                sparse::expand(&c.inside[chunk * taps..(chunk + 1) * taps], &mut keep);
+                sparse::expand(&c.inside[chunk * taps..(chunk + 1) * taps], keep);
             }
-            split_halves(&windows[..taps], &mut halves);
+            split_halves(&windows[..taps], halves);
             if two {
-                split_halves(&windows_lo[..taps], &mut halves_lo);
+                split_halves(&windows_lo[..taps], halves_lo);
             }
         }
         // the output's planes, each as two 32-bit halves (channels 0..32 and 32..64): half as many
@@ -310,9 +367,9 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, wide: bool) -> bool {
             if let Some(sp) = &c.sparse {
                 let (row, masks) = (sp.row(oc), &c.inside[chunk * taps..(chunk + 1) * taps]);
                 let sums = if two {
-                    sparse::sums_2bit(row, &halves, &halves_lo, &keep)
+                    sparse::sums_2bit(row, &halves[..], &halves_lo[..], &keep[..])
                 } else {
-                    sparse::sums_1bit(wide, row, &halves, masks, &keep)
+                    sparse::sums_1bit(wide, row, &halves[..], masks, &keep[..])
                 };
                 for (v, &r) in y.iter_mut().zip(&sums) {
                     *v += r;
@@ -441,16 +498,15 @@ fn store_signs(
     }
 }
 
-per_isa!(stem(s: &Stem, xp: &[f32], chunks: Range<usize>, out: Input, act: Act) = stem_body);
+per_isa!(stem(s: &Stem, x: &[f32], chunks: Range<usize>, out: Input, act: Act) = stem_body);
 
-/// The stem ([`Stem`]) on positions `chunks` of a padded image `xp`: for each position and output
+/// The stem ([`Stem`]) on positions `chunks` of an image `x`: for each position and output
 /// channel Σ over (c, i, j) of one fused multiply-add each, from 0 and in that order (the order of
 /// the training conv's direct path, so the same bits as the Python model on the Rust backend), then
 /// ·scale + shift and the net's activation; into the blocked float map and the bit planes, as
 /// [`load`].
 #[inline(always)]
-fn stem_body(s: &Stem, xp: &[f32], chunks: Range<usize>, out: Input, act: Act) {
-    let (hp, wp) = s.padded();
+fn stem_body(s: &Stem, image: &[f32], chunks: Range<usize>, out: Input, act: Act) {
     let (taps, positions, o) = (s.kh * s.kw, s.h * s.w, s.o);
     let ct = s.c * taps;
     let mut x = [[0f32; CHUNK]; MAX_STEM_TAPS];
@@ -460,7 +516,7 @@ fn stem_body(s: &Stem, xp: &[f32], chunks: Range<usize>, out: Input, act: Act) {
         for (l, oy, ox, len) in segments(p0, valid, s.w) {
             for (r, lanes) in x[..ct].iter_mut().enumerate() {
                 let (ch, i, j) = (r / taps, (r % taps) / s.kw, r % s.kw);
-                lanes[l..l + len].copy_from_slice(&xp[(ch * hp + oy + i) * wp + ox + j..][..len]);
+                s.padded_run(image, ch, oy + i, ox + j, &mut lanes[l..l + len]);
             }
         }
         for lanes in x[..ct].iter_mut() {

@@ -14,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::kernel::{self, Bits, Input, CHUNK};
+use super::kernel::{self, Bits, Input, Scratch, CHUNK};
 use super::{blocked, Act, BinaryNet, ConvIo, Shape, Step};
 use crate::isa::Isa;
 use crate::lines::OnLines;
@@ -27,8 +27,6 @@ use crate::threads::share as part;
 pub(crate) struct Buffers {
     floats: Vec<OnLines<f32>>,
     bits: Vec<OnLines<u64>>,
-    /// The image with the stem's zero border.
-    padded: OnLines<f32>,
 }
 
 /// Raw views of a [`Buffers`] that the threads of one image share. Within a step, the threads
@@ -39,7 +37,6 @@ pub(crate) struct Buffers {
 struct Views {
     floats: Vec<(*mut f32, usize)>,
     bits: Vec<(*mut u64, usize)>,
-    padded: (*mut f32, usize),
 }
 
 // SAFETY: the pointers are into buffers that outlive every thread using them (see `run`), used by
@@ -60,14 +57,19 @@ impl Views {
                 .iter_mut()
                 .map(|v| (v.as_mut_slice().as_mut_ptr(), v.len()))
                 .collect(),
-            padded: (b.padded.as_mut_slice().as_mut_ptr(), b.padded.len()),
         }
     }
 
     /// SAFETY: no thread writes float buffer `id` while the slice lives.
     unsafe fn float(&self, id: usize) -> &[f32] {
+        unsafe { self.float_part(id, 0..self.floats[id].1) }
+    }
+
+    /// SAFETY: no thread writes `range` of float buffer `id` while the slice lives.
+    unsafe fn float_part(&self, id: usize, range: Range<usize>) -> &[f32] {
         let (p, n) = self.floats[id];
-        unsafe { std::slice::from_raw_parts(p, n) }
+        assert!(range.start <= range.end && range.end <= n);
+        unsafe { std::slice::from_raw_parts(p.add(range.start), range.len()) }
     }
 
     /// SAFETY: no other thread touches `range` of float buffer `id` while the slice lives.
@@ -164,11 +166,11 @@ impl BinaryNet {
             return Err(format!("x is {} at flat index {i}; images must be finite", x[i]));
         }
         let first_nan = AtomicUsize::new(usize::MAX);
-        // stages 0 and 1 prepare the image, 2 + s runs step s, then the result (`step_part`)
+        // stage 1 + s runs step s (`step_part`)
         let nan_at = |image: usize, stage: usize| {
-            first_nan.fetch_min(image * self.steps.len() + stage - 2, Ordering::Relaxed);
+            first_nan.fetch_min(image * self.steps.len() + stage - 1, Ordering::Relaxed);
         };
-        let stages = self.steps.len() + 3 + usize::from(self.head.is_some());
+        let stages = self.steps.len() + 2 + usize::from(self.head.is_some());
         let lease = || Lease {
             buffers: self
                 .spare
@@ -188,13 +190,13 @@ impl BinaryNet {
             let worker = || {
                 let mut held = lease();
                 let views = Views::of(&mut held.buffers);
-                (held, views)
+                (held, views, Scratch::default())
             };
-            crate::threads::run_claimed_with(threads, items, worker, |(_, views), (i, out)| {
+            crate::threads::run_claimed_with(threads, items, worker, |(_, views, scratch), (i, out)| {
                 let x = &x[i * per_in..(i + 1) * per_in];
                 for at in 0..stages {
                     // SAFETY: one thread, one stage at a time
-                    if unsafe { self.step_part(isa, views, at, x, out.as_mut_ptr(), 0, 1) } {
+                    if unsafe { self.step_part(isa, views, scratch, at, x, out.as_mut_ptr(), 0, 1) } {
                         nan_at(i, at);
                     }
                 }
@@ -214,6 +216,7 @@ impl BinaryNet {
             // barriers, so the others finish and the call returns the error instead of hanging
             let failed = AtomicBool::new(false);
             let work = |t: usize| {
+                let mut scratch = Scratch::default();
                 for i in 0..n {
                     let x = &x[i * per_in..(i + 1) * per_in];
                     for at in 0..stages {
@@ -221,7 +224,8 @@ impl BinaryNet {
                             // SAFETY: each thread takes its own part of the stage's outputs; the
                             // barrier separates stages (and images, whose output parts are disjoint)
                             let part = || unsafe {
-                                self.step_part(isa, &views, at, x, out_ptr.at(i * per_out), t, threads)
+                                let s = &mut scratch;
+                                self.step_part(isa, &views, s, at, x, out_ptr.at(i * per_out), t, threads)
                             };
                             match catch_unwind(AssertUnwindSafe(part)) {
                                 Ok(true) => nan_at(i, at),
@@ -229,7 +233,8 @@ impl BinaryNet {
                                 Err(_) => failed.store(true, Ordering::Relaxed),
                             }
                         }
-                        if !self.runs_with_next(at) {
+                        // after the last stage of the last image, the threads' join waits instead
+                        if (i + 1, at + 1) != (n, stages) && self.waits_after(at) {
                             barrier.wait();
                         }
                     }
@@ -250,17 +255,24 @@ impl BinaryNet {
         }
     }
 
-    /// Whether stage `at` may run in one go with the next, with no barrier between them: a shortcut
-    /// followed by a conv that neither reads nor writes its float buffers (a basic block's first conv
-    /// reads only bits), so each thread goes straight on to its part of the conv.
-    fn runs_with_next(&self, at: usize) -> bool {
-        // stages 0 and 1 are no steps: `wrapping_*` keeps them out of range (no overflow in debug builds)
-        let s = at.wrapping_sub(2);
+    /// Whether the threads splitting an image wait for each other after stage `at`. They need not
+    /// when each thread's part of the next stage reads only what its own part of this one wrote:
+    /// - a shortcut followed by a conv that neither reads nor writes its float buffers (a basic
+    ///   block's first conv reads only bits): each goes straight on to its part of the conv;
+    /// - the last conv, on a one-chunk map, followed by the head: the conv split its channels in the
+    ///   32-channel groups the pooling takes, so each thread pools the channels it wrote.
+    fn waits_after(&self, at: usize) -> bool {
+        // stage 0 is no step: `wrapping_*` keeps it out of range (no overflow in debug builds)
+        let s = at.wrapping_sub(1);
         match (self.steps.get(s), self.steps.get(s.wrapping_add(1))) {
             (Some(Step::Shortcut { src, dst, .. }), Some(Step::Conv { residual, float, .. })) => {
-                ![Some(*src), Some(*dst)].contains(float) && *residual != Some(*dst)
+                [Some(*src), Some(*dst)].contains(float) || *residual == Some(*dst)
             }
-            _ => false,
+            (Some(Step::Conv { layer, float, .. }), None) => {
+                let conv = &self.convs[*layer];
+                self.head.is_none() || *float != Some(self.output) || conv.ho * conv.wo > CHUNK
+            }
+            _ => true,
         }
     }
 
@@ -268,16 +280,13 @@ impl BinaryNet {
         Buffers {
             floats: self.float_sizes.iter().map(|&s| OnLines::zeros(s)).collect(),
             bits: self.bits_sizes.iter().map(|&s| OnLines::zeros(s)).collect(),
-            padded: self.stem.as_ref().map_or_else(OnLines::default, |s| {
-                OnLines::zeros(s.c * s.padded().0 * s.padded().1)
-            }),
         }
     }
 
-    /// Part `t` of `n` of stage `at` of one image: 0 pads the image `x` for the stem (if any), 1
-    /// makes the blocks' input (the stem, or `x` itself), 2 + s runs step s, and the rest write the
-    /// result to the image's output at `out`: the output map, or with a head its channel means and
-    /// then its logits. Returns whether a conv made a NaN y with a packed output.
+    /// Part `t` of `n` of stage `at` of one image: 0 makes the blocks' input from the image `x` (the
+    /// stem, or `x` itself), 1 + s runs step s, and the rest write the result to the image's output
+    /// at `out`: the output map, or with a head its channel means and then its logits. Returns
+    /// whether a conv made a NaN y with a packed output.
     ///
     /// SAFETY: the other parts of this stage run on other threads or not at all, and the stages
     /// before it have finished; `out` points to this image's output.
@@ -286,6 +295,7 @@ impl BinaryNet {
         &self,
         isa: Isa,
         v: &Views,
+        scratch: &mut Scratch,
         at: usize,
         x: &[f32],
         out: *mut f32,
@@ -294,22 +304,6 @@ impl BinaryNet {
     ) -> bool {
         let pad = self.pad;
         if at == 0 {
-            if let Some(stem) = &self.stem {
-                // each part pads its share of the rows (of every channel), which its stem part reads
-                let (hp, wp) = stem.padded();
-                for ch in 0..stem.c {
-                    for y in part(hp, t, n) {
-                        let at = (ch * hp + y) * wp;
-                        assert!(at + wp <= v.padded.1);
-                        // SAFETY: in bounds (above); the parts' rows are disjoint, read in the next stage
-                        let row = unsafe { std::slice::from_raw_parts_mut(v.padded.0.add(at), wp) };
-                        stem.pad_row(x, ch, y, row);
-                    }
-                }
-            }
-            return false;
-        }
-        if at == 1 {
             let (c, h, w) = self.input;
             let chunks = part((h * w).div_ceil(CHUNK), t, n);
             // SAFETY: this part's ranges of the blocks' input
@@ -326,29 +320,36 @@ impl BinaryNet {
                 pad,
             };
             match &self.stem {
-                Some(stem) => {
-                    // SAFETY: written by stage 0
-                    let xp = unsafe { std::slice::from_raw_parts(v.padded.0, v.padded.1) };
-                    kernel::stem(isa, stem, xp, chunks, into, self.act)
-                }
+                Some(stem) => kernel::stem(isa, stem, x, chunks, into, self.act),
                 None => kernel::load_input(isa, x, self.input, chunks, into, self.act),
             }
             return false;
         }
-        if at == self.steps.len() + 2 {
+        if at == self.steps.len() + 1 {
             let (oc, oh, ow) = self.out_shape;
             let p = oh * ow;
-            let src = unsafe { v.float(self.output) };
             if let Some(head) = &self.head {
                 // each part pools its 32-channel groups: a one-chunk map's last conv split its
                 // channels so, and left them in this thread's cache
                 let groups = part(oc.div_ceil(32), t, n);
                 let channels = groups.start * 32..(groups.end * 32).min(oc);
-                // SAFETY: this part's channels of the means
-                let means = unsafe { v.float_mut(head.means, channels.clone()) };
-                head.pool(src, oc, p, channels, means);
+                if channels.is_empty() {
+                    return false;
+                }
+                // the map from this part's first channel to its last (the whole of each on a
+                // one-chunk map, whose conv parts may still be writing the other channels)
+                let floats = channels.start * CHUNK..((p.div_ceil(CHUNK) - 1) * oc + channels.end) * CHUNK;
+                // SAFETY: this part's channels of the means; no thread writes those of the map
+                let (src, means) = unsafe {
+                    (
+                        v.float_part(self.output, floats),
+                        v.float_mut(head.means, channels),
+                    )
+                };
+                head.pool(src, oc, p, means);
                 return false;
             }
+            let src = unsafe { v.float(self.output) };
             for q in part(p, t, n) {
                 for ch in 0..oc {
                     // SAFETY: this part's positions of the image's output
@@ -357,7 +358,7 @@ impl BinaryNet {
             }
             return false;
         }
-        if at == self.steps.len() + 3 {
+        if at == self.steps.len() + 2 {
             // the head's classifier, on the means of every channel (written by the stage before)
             if let (Some(head), 0) = (&self.head, t) {
                 // SAFETY: the image's `classes` logits; no part writes the means in this stage
@@ -371,7 +372,7 @@ impl BinaryNet {
             }
             return false;
         }
-        match self.steps[at - 2] {
+        match self.steps[at - 1] {
             Step::Conv {
                 layer,
                 input,
@@ -407,7 +408,7 @@ impl BinaryNet {
                         pad,
                     }
                 };
-                kernel::conv(isa, conv, io)
+                kernel::conv(isa, conv, io, scratch)
             }
             Step::Shortcut {
                 src,
@@ -415,7 +416,7 @@ impl BinaryNet {
                 stride,
                 channels: oc,
             } => {
-                let (c, h, w) = self.sources[at - 2];
+                let (c, h, w) = self.sources[at - 1];
                 let (ho, wo) = (h.div_ceil(stride), w.div_ceil(stride));
                 let Some((chunks, channels, floats)) = output_part(ho * wo, oc, 1, t, n) else {
                     return false;
@@ -535,7 +536,6 @@ impl Drop for Lease<'_> {
         let empty = Buffers {
             floats: Vec::new(),
             bits: Vec::new(),
-            padded: OnLines::default(),
         };
         let b = std::mem::replace(&mut self.buffers, empty);
         self.home.lock().unwrap_or_else(|e| e.into_inner()).push(b);

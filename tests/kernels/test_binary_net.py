@@ -6,6 +6,8 @@ per shortcut. The two must agree bit for bit — the sparse sums too, as both ad
 non-zeros in CSR order — on awkward nets (channels around 16/32/64, odd maps, stride 2, every
 option), for every ISA path this CPU has, 1 and 2 threads, and batches of 1 and more.
 """
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -364,3 +366,26 @@ def test_a_shortcut_onto_one_chunk_splits_by_channels(raw_rust):
         assert all(np.array_equal(g, got[0]) for g in got)
         if out is not None:
             assert np.array_equal(got[0], out)
+
+
+def test_threads_pool_the_channels_their_last_conv_wrote(raw_rust):
+    """Batches of 1 and 2 on 2, 3 and 8 threads: the last conv, on a one-chunk map, splits its 64
+    channels in 32-channel groups, and each thread goes straight on to pooling its own groups for the
+    head; the logits are 1 thread's, call after call."""
+    rng = np.random.default_rng(9)
+
+    def conv(c, o, stride):
+        return (random_packed(rng, o, 9 * c), c, 3, 3, stride, rng.uniform(0.05, 0.2, o).astype(np.float32),
+                rng.normal(0, 0.3, o).astype(np.float32), None, random_csr(rng, o, 9 * c, 0.1)[1])
+
+    convs = [conv(16, 64, 2), conv(64, 64, 1)]  # 16x16 (four chunks) to 8x8 (one)
+    steps = [("conv", 0, 0, None, 1, 1), ("conv", 1, 1, 1, 2, None)]
+    w = (rng.standard_normal((16, 3, 3, 3)) / 5).astype(np.float32)
+    stem = (w, 1, rng.uniform(0.5, 2, 16).astype(np.float32), rng.normal(0, 0.3, 16).astype(np.float32))
+    head = (rng.standard_normal((10, 64)).astype(np.float32), rng.standard_normal(10).astype(np.float32))
+    net = raw_rust.BinaryNet((16, 16, 16), 1, convs, steps, 2, stem=stem, head=head)
+    for n in (1, 2):
+        x = rng.standard_normal((n, 3, 16, 16)).astype(np.float32)
+        want = net.run(x, threads=1)
+        for isa, t in itertools.product(ISAS, (2, 3, 8)):
+            assert all(np.array_equal(net.run(x, isa=isa, threads=t), want) for _ in range(30)), (n, isa, t)
