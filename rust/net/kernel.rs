@@ -317,9 +317,9 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, scratch: &mut Scratch, wide: bool) -> boo
     for chunk in chunks.clone() {
         let p0 = chunk * CHUNK;
         let valid = CHUNK.min(positions - p0);
-        gather::<T>(c, input, wp, p0, valid, windows);
-        if two {
-            gather::<T>(c, &input[(c.h + 2 * pad) * wp..], wp, p0, valid, windows_lo);
+        gather::<T>(c, input.hi, input.first, wp, p0, valid, windows);
+        if let (true, Some(lo)) = (two, input.lo) {
+            gather::<T>(c, lo, input.first, wp, p0, valid, windows_lo);
         }
         if c.sparse.is_some() {
             if two || !wide {
@@ -351,8 +351,7 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, scratch: &mut Scratch, wide: bool) -> boo
                     dot[l] = k - 2 * acc[l].count();
                 }
             }
-            // this channel's lanes in the blocked float maps, and in this call's part of the output
-            let at = (chunk * o + oc) * CHUNK;
+            // this channel's lanes in this call's parts of the blocked float maps
             let mine = ((chunk - chunks.start) * o + oc - channels.start) * CHUNK;
             let (scale, shift) = (c.scale[oc], c.shift[oc]);
             let mut y = [0f32; CHUNK];
@@ -376,7 +375,7 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, scratch: &mut Scratch, wide: bool) -> boo
                 }
             }
             if let Some(res) = residual {
-                for (v, &r) in y.iter_mut().zip(&res[at..at + CHUNK]) {
+                for (v, &r) in y.iter_mut().zip(&res[mine..mine + CHUNK]) {
                     *v += r;
                 }
             }
@@ -544,14 +543,23 @@ fn stem_body(s: &Stem, image: &[f32], chunks: Range<usize>, out: Input, act: Act
 }
 
 /// The windows of positions `p0..p0 + valid` (flat in the image), tap by tap: `windows[t][l]` is the
-/// padded map's word under tap t of position p0 + l; lanes past `valid` are 0.
+/// padded map's word under tap t of position p0 + l (`input` holds its words from padded index
+/// `first` on); lanes past `valid` are 0.
 #[inline(always)]
-fn gather<T: Lane>(c: &Conv, input: &[u64], wp: usize, p0: usize, valid: usize, windows: &mut [[T; CHUNK]]) {
+fn gather<T: Lane>(
+    c: &Conv,
+    input: &[u64],
+    first: usize,
+    wp: usize,
+    p0: usize,
+    valid: usize,
+    windows: &mut [[T; CHUNK]],
+) {
     let s = c.stride;
     for (l, oy, ox, len) in segments(p0, valid, c.wo) {
         for (t, x) in windows[..c.kh * c.kw].iter_mut().enumerate() {
             let (i, j) = (t / c.kw, t % c.kw);
-            let row = &input[(oy * s + i) * wp + ox * s + j..];
+            let row = &input[(oy * s + i) * wp + ox * s + j - first..];
             let lanes = &mut x[l..l + len];
             if s == 1 {
                 for (v, &w) in lanes.iter_mut().zip(row) {

@@ -93,12 +93,14 @@ pub(crate) struct Conv {
 }
 
 /// What one conv of one image reads and writes for the chunks of positions `chunks` and the output
-/// channels `channels`: the input's padded bit map and the residual's blocked float map whole, the
-/// outputs' parts (the float map's from chunk `chunks.start` and channel `channels.start` on; the
-/// padded bit map's words of these positions, of which the channels' 32-bit halves are written).
-/// A part has all the channels, or a whole number of 32-channel halves of a single chunk.
+/// channels `channels`: the rows of the input's padded bit map that these positions' windows cover
+/// (per plane), and the parts of the residual's and the output's blocked float maps (from chunk
+/// `chunks.start` and channel `channels.start` on), and the padded output bit map's words of these
+/// positions, of which the channels' 32-bit halves are written. A part has all the channels, or a
+/// whole number of 32-channel halves of a single chunk. Each view holds only what the part touches:
+/// the threads splitting an image write the rest meanwhile.
 pub(crate) struct ConvIo<'a> {
-    pub input: &'a [u64],
+    pub input: Rows<'a>,
     pub residual: Option<&'a [f32]>,
     pub float: Option<&'a mut [f32]>,
     pub bits: Option<kernel::Bits<'a>>,
@@ -107,6 +109,15 @@ pub(crate) struct ConvIo<'a> {
     pub chunks: std::ops::Range<usize>,
     pub channels: std::ops::Range<usize>,
     pub pad: usize,
+}
+
+/// Whole rows of a padded bit map, from padded index `first` on: the words of its planes (`lo`,
+/// the 2-bit maps' second plane, the same rows).
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    pub hi: &'a [u64],
+    pub lo: Option<&'a [u64]>,
+    pub first: usize,
 }
 
 /// A map's shape: channels, height, width.

@@ -3,8 +3,9 @@
 //! With at least as many images as threads, each thread takes whole images, in its own buffers.
 //! With fewer (a batch of 1 on 2 threads, say), the threads work on one image at a time: each step's
 //! chunks of output positions are split between them (a conv whose map is a single chunk: its output
-//! channels, by 32-channel halves of the packed words), and they wait for each other between steps.
-//! Either way a step's part is the same call: the kernel on a range of chunks and channels, writing
+//! channels, by 32-channel halves of the packed words). Between steps a thread waits for what it
+//! reads of the others' work: their whole previous step, or only their edge chunk (written first)
+//! when its windows reach no further ([`Progress`]). Either way a step's part is the same call: the kernel on a range of chunks and channels, writing
 //! only that part of its outputs. Buffers outlive the call (the net keeps them), so a call allocates nothing
 //! once the net has run.
 
@@ -15,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::kernel::{self, Bits, Input, Scratch, CHUNK};
-use super::{blocked, Act, BinaryNet, ConvIo, Shape, Step};
+use super::{blocked, Act, BinaryNet, Conv, ConvIo, Rows, Shape, Step};
 use crate::isa::Isa;
 use crate::lines::OnLines;
 use crate::threads::share as part;
@@ -32,8 +33,8 @@ pub(crate) struct Buffers {
 /// Raw views of a [`Buffers`] that the threads of one image share. Within a step, the threads
 /// write disjoint parts of the step's outputs (ranges, or different 32-bit halves of the packed
 /// words of a channel split, written through [`Bits`]) and read only buffers the step does not write
-/// (`BinaryNet::new` refuses a step whose output is its input or residual); the barrier between
-/// steps orders one step's writes before the next step's reads.
+/// (`BinaryNet::new` refuses a step whose output is its input or residual); [`Progress`] orders one
+/// step's writes before the next step's reads of them. A call's views hold only what it touches.
 struct Views {
     floats: Vec<(*mut f32, usize)>,
     bits: Vec<(*mut u64, usize)>,
@@ -80,10 +81,11 @@ impl Views {
         unsafe { std::slice::from_raw_parts_mut(p.add(range.start), range.len()) }
     }
 
-    /// SAFETY: no thread writes bit slot `id` while the slice lives.
-    unsafe fn bits(&self, id: usize) -> &[u64] {
+    /// SAFETY: no thread writes `range` of bit slot `id` while the slice lives.
+    unsafe fn bits_part(&self, id: usize, range: Range<usize>) -> &[u64] {
         let (p, n) = self.bits[id];
-        unsafe { std::slice::from_raw_parts(p, n) }
+        assert!(range.start <= range.end && range.end <= n);
+        unsafe { std::slice::from_raw_parts(p.add(range.start), range.len()) }
     }
 
     /// `range` of bit slot `id` as a pointer and a length, for writers that share words.
@@ -95,29 +97,43 @@ impl Views {
     }
 }
 
-/// Threads waiting for each other between steps, spinning: a step of a batch-1 ResNet-20 takes
-/// microseconds, shorter than a sleeping thread takes to wake.
-struct Barrier {
-    arrived: AtomicUsize,
-    generation: AtomicUsize,
-    threads: usize,
+/// How far each thread splitting an image has got, each count on a cache line of its own (128
+/// bytes: the pair of lines the prefetcher fetches together). Stage g of a call (counted image by
+/// image) is 2g + 1 once a thread has written its edge chunk (the one next to the other thread's
+/// part, run first when the other's next stage reads only that: [`BinaryNet::reads_only_the_edge`]),
+/// 2g + 2 once it has done its whole part. A thread waits by spinning: a stage of a batch-1
+/// ResNet-20 takes microseconds, shorter than a sleeping thread takes to wake. (A barrier after each
+/// stage cost every thread the slower one's time, and two cache-line transfers.)
+struct Progress {
+    counts: Vec<Count>,
 }
 
-impl Barrier {
-    fn wait(&self) {
-        let generation = self.generation.load(Ordering::Acquire);
-        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
-            self.arrived.store(0, Ordering::Relaxed);
-            self.generation.fetch_add(1, Ordering::Release);
-            return;
+#[repr(align(128))]
+struct Count(AtomicUsize);
+
+impl Progress {
+    fn new(threads: usize) -> Progress {
+        Progress {
+            counts: (0..threads).map(|_| Count(AtomicUsize::new(0))).collect(),
         }
-        let mut spins = 0u32;
-        while self.generation.load(Ordering::Acquire) == generation {
-            spins += 1;
-            if spins < 1 << 14 {
-                spin_loop();
-            } else {
-                std::thread::yield_now(); // the other thread lost its core: let it run
+    }
+
+    /// Thread `t` has got to `mark`.
+    fn mark(&self, t: usize, mark: usize) {
+        self.counts[t].0.store(mark, Ordering::Release);
+    }
+
+    /// Wait until every thread but `t` has got to `mark`.
+    fn wait(&self, t: usize, mark: usize) {
+        for (u, other) in self.counts.iter().enumerate() {
+            let mut spins = 0u32;
+            while u != t && other.0.load(Ordering::Acquire) < mark {
+                spins += 1;
+                if spins < 1 << 14 {
+                    spin_loop();
+                } else {
+                    std::thread::yield_now(); // the other thread lost its core: let it run
+                }
             }
         }
     }
@@ -181,7 +197,7 @@ impl BinaryNet {
             home: &self.spare,
         };
         // splitting an image: no more threads than its largest map has chunks (the rest would only
-        // wait at the barriers)
+        // wait)
         let (_, h, w) = self.input;
         let split = threads.min((h * w).div_ceil(CHUNK));
         if n >= threads || split <= 1 {
@@ -196,7 +212,7 @@ impl BinaryNet {
                 let x = &x[i * per_in..(i + 1) * per_in];
                 for at in 0..stages {
                     // SAFETY: one thread, one stage at a time
-                    if unsafe { self.step_part(isa, views, scratch, at, x, out.as_mut_ptr(), 0, 1) } {
+                    if unsafe { self.step_part(isa, views, scratch, at, x, out.as_mut_ptr(), (0, 1), None) } {
                         nan_at(i, at);
                     }
                 }
@@ -206,26 +222,33 @@ impl BinaryNet {
             let threads = split;
             let mut held = lease();
             let views = Views::of(&mut held.buffers);
-            let barrier = Barrier {
-                arrived: AtomicUsize::new(0),
-                generation: AtomicUsize::new(0),
-                threads,
-            };
+            let progress = Progress::new(threads);
             let out_ptr = OutPtr(out.as_mut_ptr());
-            // a thread whose part panics (an internal error) stops working but keeps arriving at the
-            // barriers, so the others finish and the call returns the error instead of hanging
+            // a thread whose part panics (an internal error) stops working but keeps marking its
+            // progress, so the others finish and the call returns the error instead of hanging
             let failed = AtomicBool::new(false);
+            let edges = threads == 2;
             let work = |t: usize| {
                 let mut scratch = Scratch::default();
                 for i in 0..n {
                     let x = &x[i * per_in..(i + 1) * per_in];
                     for at in 0..stages {
+                        let g = i * stages + at;
+                        // what this stage needs of the others' previous one: its edge, all of it,
+                        // or nothing (`waits_after`)
+                        if g > 0 && self.waits_after((g - 1) % stages) {
+                            let edge = edges && self.reads_only_the_edge(at);
+                            progress.wait(t, if edge { 2 * g - 1 } else { 2 * g });
+                        }
+                        let edge_first = edges && at + 1 < stages && self.reads_only_the_edge(at + 1);
+                        let edge_done = || progress.mark(t, 2 * g + 1);
                         if !failed.load(Ordering::Relaxed) {
-                            // SAFETY: each thread takes its own part of the stage's outputs; the
-                            // barrier separates stages (and images, whose output parts are disjoint)
+                            // SAFETY: each thread writes its own part of the stage's outputs, and reads
+                            // what `progress` says the others have written and no longer read
                             let part = || unsafe {
-                                let s = &mut scratch;
-                                self.step_part(isa, &views, s, at, x, out_ptr.at(i * per_out), t, threads)
+                                let (s, out) = (&mut scratch, out_ptr.at(i * per_out));
+                                let edge: Option<&dyn Fn()> = edge_first.then_some(&edge_done);
+                                self.step_part(isa, &views, s, at, x, out, (t, threads), edge)
                             };
                             match catch_unwind(AssertUnwindSafe(part)) {
                                 Ok(true) => nan_at(i, at),
@@ -233,10 +256,7 @@ impl BinaryNet {
                                 Err(_) => failed.store(true, Ordering::Relaxed),
                             }
                         }
-                        // after the last stage of the last image, the threads' join waits instead
-                        if (i + 1, at + 1) != (n, stages) && self.waits_after(at) {
-                            barrier.wait();
-                        }
+                        progress.mark(t, 2 * g + 2);
                     }
                 }
             };
@@ -253,6 +273,39 @@ impl BinaryNet {
                 at % self.steps.len()
             )),
         }
+    }
+
+    /// Whether stage `at`, with two threads splitting an image, reads of the other thread's part of
+    /// the stage before only its edge chunk, so it may start as soon as that is written: both are
+    /// stride-1 convs on one map of whole-row chunks, this one reading the other's packed signs, and
+    /// each window reaches at most one chunk across (the padding, the rows a window reaches past
+    /// its own, is at most a chunk's rows). Then neither thread reads the other's inside chunks nor
+    /// writes where the other still reads: each writes its own positions, and a thread's inside
+    /// chunks read only its own rows (the views of each call hold only the rows it reads).
+    fn reads_only_the_edge(&self, at: usize) -> bool {
+        // stages 0 and 1 read no conv's signs: `wrapping_*` keeps them out of range
+        let (Some(Step::Conv { layer: b, input, .. }), Some(Step::Conv { layer: a, bits, .. })) = (
+            self.steps.get(at.wrapping_sub(1)),
+            self.steps.get(at.wrapping_sub(2)),
+        ) else {
+            return false;
+        };
+        let (a, b) = (&self.convs[*a], &self.convs[*b]);
+        let local = |c: &Conv| {
+            c.stride == 1
+                && c.kh == 2 * self.pad + 1
+                && c.kw == 2 * self.pad + 1
+                && (c.h, c.w) == (c.ho, c.wo)
+                && CHUNK.is_multiple_of(c.w)
+                && self.pad <= CHUNK / c.w
+        };
+        let positions = b.h * b.w;
+        *bits == Some(*input)
+            && local(a)
+            && local(b)
+            && (a.h, a.w) == (b.h, b.w)
+            && positions.is_multiple_of(CHUNK)
+            && positions >= 2 * CHUNK
     }
 
     /// Whether the threads splitting an image wait for each other after stage `at`. They need not
@@ -285,8 +338,9 @@ impl BinaryNet {
 
     /// Part `t` of `n` of stage `at` of one image: 0 makes the blocks' input from the image `x` (the
     /// stem, or `x` itself), 1 + s runs step s, and the rest write the result to the image's output
-    /// at `out`: the output map, or with a head its channel means and then its logits. Returns
-    /// whether a conv made a NaN y with a packed output.
+    /// at `out`: the output map, or with a head its channel means and then its logits. With `edge`,
+    /// a conv splitting positions between two threads runs its edge chunk first (thread 0's last,
+    /// thread 1's first), then calls `edge`. Returns whether a conv made a NaN y with a packed output.
     ///
     /// SAFETY: the other parts of this stage run on other threads or not at all, and the stages
     /// before it have finished; `out` points to this image's output.
@@ -299,8 +353,8 @@ impl BinaryNet {
         at: usize,
         x: &[f32],
         out: *mut f32,
-        t: usize,
-        n: usize,
+        (t, n): (usize, usize),
+        edge: Option<&dyn Fn()>,
     ) -> bool {
         let pad = self.pad;
         if at == 0 {
@@ -373,13 +427,7 @@ impl BinaryNet {
             return false;
         }
         match self.steps[at - 1] {
-            Step::Conv {
-                layer,
-                input,
-                residual,
-                float,
-                bits,
-            } => {
+            Step::Conv { layer, .. } => {
                 let conv = &self.convs[layer];
                 // a map of one chunk splits by 32-channel halves (its threads write the two halves
                 // of the same packed words)
@@ -387,28 +435,24 @@ impl BinaryNet {
                 else {
                     return false;
                 };
-                // SAFETY: `new` refused outputs that are the step's input or residual; the ranges are
-                // this part's (the packed words' halves too)
-                let io = unsafe {
-                    let (bits, bits_lo) = match bits {
-                        Some(b) => {
-                            let (s, lo) = self.bits_out(v, b, (conv.ho, conv.wo), &chunks);
-                            (Some(s), lo)
-                        }
-                        None => (None, None),
+                let split = channels.len() == conv.o;
+                if let (Some(done), true, 2..) = (edge, split, chunks.len()) {
+                    let (e, rest) = if t == 0 {
+                        (chunks.end - 1, chunks.start..chunks.end - 1)
+                    } else {
+                        (chunks.start, chunks.start + 1..chunks.end)
                     };
-                    ConvIo {
-                        input: v.bits(input),
-                        residual: residual.map(|r| v.float(r)),
-                        float: float.map(|f| v.float_mut(f, floats)),
-                        bits,
-                        bits_lo,
-                        chunks,
-                        channels,
-                        pad,
-                    }
-                };
-                kernel::conv(isa, conv, io, scratch)
+                    let one = |chunks: Range<usize>, s: &mut Scratch| {
+                        let floats = chunks.start * conv.o * CHUNK..chunks.end * conv.o * CHUNK;
+                        // SAFETY: forwarded from the caller, for a part of this part's chunks
+                        unsafe { self.conv_part(isa, v, s, at, conv, chunks, 0..conv.o, floats) }
+                    };
+                    let nan = one(e..e + 1, scratch);
+                    done();
+                    return one(rest, scratch) | nan;
+                }
+                // SAFETY: forwarded from the caller
+                unsafe { self.conv_part(isa, v, scratch, at, conv, chunks, channels, floats) }
             }
             Step::Shortcut {
                 src,
@@ -425,6 +469,80 @@ impl BinaryNet {
                 let (s, d) = unsafe { (v.float(src), v.float_mut(dst, floats)) };
                 shortcut(s, (c, h, w), d, (oc, ho, wo), stride, chunks, channels);
                 false
+            }
+        }
+    }
+
+    /// Step `at - 1`, the conv `conv`, on positions `chunks` and output channels `channels`, whose
+    /// part of the blocked float maps is `floats`.
+    ///
+    /// SAFETY: no other thread touches what this part writes, nor writes what it reads, meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn conv_part(
+        &self,
+        isa: Isa,
+        v: &Views,
+        scratch: &mut Scratch,
+        at: usize,
+        conv: &Conv,
+        chunks: Range<usize>,
+        channels: Range<usize>,
+        floats: Range<usize>,
+    ) -> bool {
+        let Step::Conv {
+            input,
+            residual,
+            float,
+            bits,
+            ..
+        } = self.steps[at - 1]
+        else {
+            unreachable!("stage {at} is a conv")
+        };
+        // SAFETY: `new` refused outputs that are the step's input or residual; the ranges are this
+        // part's (the packed words' halves too)
+        let io = unsafe {
+            let (bits, bits_lo) = match bits {
+                Some(b) => {
+                    let (s, lo) = self.bits_out(v, b, (conv.ho, conv.wo), &chunks);
+                    (Some(s), lo)
+                }
+                None => (None, None),
+            };
+            ConvIo {
+                input: self.rows_read(v, input, conv, &chunks),
+                residual: residual.map(|r| v.float_part(r, floats.clone())),
+                float: float.map(|f| v.float_mut(f, floats)),
+                bits,
+                bits_lo,
+                chunks,
+                channels,
+                pad: self.pad,
+            }
+        };
+        kernel::conv(isa, conv, io, scratch)
+    }
+
+    /// The rows of bit slot `id` (each plane's) that `conv`'s windows at positions `chunks` read.
+    ///
+    /// SAFETY: no thread writes those rows while the views live.
+    unsafe fn rows_read<'a>(&self, v: &'a Views, id: usize, conv: &Conv, chunks: &Range<usize>) -> Rows<'a> {
+        let wp = conv.w + 2 * self.pad;
+        let plane = (conv.h + 2 * self.pad) * wp;
+        let positions = conv.ho * conv.wo;
+        let (first, last) = (chunks.start * CHUNK, (chunks.end * CHUNK).min(positions) - 1);
+        // padded rows oy·stride + i, i < kh, for the output rows oy the positions cross
+        let rows = (first / conv.wo) * conv.stride..(last / conv.wo) * conv.stride + conv.kh;
+        let words = rows.start * wp..rows.end * wp;
+        // SAFETY: forwarded from the caller
+        unsafe {
+            let hi = v.bits_part(id, words.clone());
+            let lo =
+                (self.act == Act::Dorefa2).then(|| v.bits_part(id, words.start + plane..words.end + plane));
+            Rows {
+                hi,
+                lo,
+                first: words.start,
             }
         }
     }
@@ -547,22 +665,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_barrier_holds_every_thread_until_all_arrive() {
-        let barrier = Barrier {
-            arrived: AtomicUsize::new(0),
-            generation: AtomicUsize::new(0),
-            threads: 3,
-        };
+    fn waiting_on_progress_holds_a_thread_until_the_others_get_there() {
+        let progress = Progress::new(3);
         let before = AtomicUsize::new(0);
         std::thread::scope(|s| {
-            for _ in 0..3 {
-                s.spawn(|| {
-                    for round in 0..100 {
+            for t in 0..3 {
+                let (progress, before) = (&progress, &before);
+                s.spawn(move || {
+                    for round in 1..=100 {
                         before.fetch_add(1, Ordering::SeqCst);
-                        barrier.wait();
-                        // every thread has counted this round before any leaves the barrier
-                        assert!(before.load(Ordering::SeqCst) >= 3 * (round + 1));
-                        barrier.wait();
+                        progress.mark(t, round);
+                        progress.wait(t, round);
+                        // every thread has counted this round before any gets past its wait
+                        assert!(before.load(Ordering::SeqCst) >= 3 * round);
                     }
                 });
             }
