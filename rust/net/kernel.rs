@@ -318,7 +318,8 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, scratch: &mut Scratch, wide: bool) -> boo
         let p0 = chunk * CHUNK;
         let valid = CHUNK.min(positions - p0);
         gather::<T>(c, input.hi, input.first, wp, p0, valid, windows);
-        if let (true, Some(lo)) = (two, input.lo) {
+        if two {
+            let lo = input.lo.expect("a 2-bit map's views hold its second plane");
             gather::<T>(c, lo, input.first, wp, p0, valid, windows_lo);
         }
         if c.sparse.is_some() {

@@ -4,10 +4,12 @@
 //! With fewer (a batch of 1 on 2 threads, say), the threads work on one image at a time: each step's
 //! chunks of output positions are split between them (a conv whose map is a single chunk: its output
 //! channels, by 32-channel halves of the packed words). Between steps a thread waits for what it
-//! reads of the others' work: their whole previous step, or only their edge chunk (written first)
-//! when its windows reach no further ([`Progress`]). Either way a step's part is the same call: the kernel on a range of chunks and channels, writing
-//! only that part of its outputs. Buffers outlive the call (the net keeps them), so a call allocates nothing
-//! once the net has run.
+//! reads of the others' work ([`Progress`]): their whole previous step; only their edge chunk,
+//! written first, when its windows reach no further ([`BinaryNet::reads_only_the_edge`]); or
+//! nothing, when it reads only its own part ([`BinaryNet::waits_after`]). Either way a step's part
+//! is the same call: the kernel on a range of chunks and channels, writing only that part of its
+//! outputs. Buffers outlive the call (the net keeps them), so a call allocates nothing once the
+//! net has run.
 
 use std::hint::spin_loop;
 use std::ops::Range;
@@ -34,7 +36,10 @@ pub(crate) struct Buffers {
 /// write disjoint parts of the step's outputs (ranges, or different 32-bit halves of the packed
 /// words of a channel split, written through [`Bits`]) and read only buffers the step does not write
 /// (`BinaryNet::new` refuses a step whose output is its input or residual); [`Progress`] orders one
-/// step's writes before the next step's reads of them. A call's views hold only what it touches.
+/// step's writes before the next step's reads of them. A conv's views, and the pooling's on a
+/// one-chunk map, hold only what the call touches (the other thread may be a step behind, writing
+/// the rest); the other stages' views span whole slots, and a wait for all of the previous step
+/// comes before each of them.
 struct Views {
     floats: Vec<(*mut f32, usize)>,
     bits: Vec<(*mut u64, usize)>,
@@ -139,6 +144,12 @@ impl Progress {
     }
 }
 
+/// Part `t` of `n` of `o` channels taken in groups of `unit`.
+fn channel_part(o: usize, unit: usize, t: usize, n: usize) -> Range<usize> {
+    let groups = part(o.div_ceil(unit), t, n);
+    groups.start * unit..(groups.end * unit).min(o)
+}
+
 /// Part `t` of `n` of a step's output of `positions` positions and `o` channels: its chunks of
 /// positions, or, when the map is a single chunk, its channels in groups of `unit`; with the range of
 /// the blocked float map it writes. None when the part is empty.
@@ -151,8 +162,7 @@ fn output_part(
 ) -> Option<(Range<usize>, Range<usize>, Range<usize>)> {
     let (all, units) = (positions.div_ceil(CHUNK), o.div_ceil(unit));
     let (chunks, channels) = if all == 1 && n > 1 && units > 1 {
-        let mine = part(units, t, n);
-        (0..1, mine.start * unit..(mine.end * unit).min(o))
+        (0..1, channel_part(o, unit, t, n))
     } else {
         (part(all, t, n), 0..o)
     };
@@ -342,8 +352,9 @@ impl BinaryNet {
     /// a conv splitting positions between two threads runs its edge chunk first (thread 0's last,
     /// thread 1's first), then calls `edge`. Returns whether a conv made a NaN y with a packed output.
     ///
-    /// SAFETY: the other parts of this stage run on other threads or not at all, and the stages
-    /// before it have finished; `out` points to this image's output.
+    /// SAFETY: the other parts of this stage run on other threads or not at all; what this part
+    /// reads is written, and what it writes no longer read, by every other thread (the waits of
+    /// [`Progress`]); `out` points to this image's output.
     #[allow(clippy::too_many_arguments)]
     unsafe fn step_part(
         &self,
@@ -384,16 +395,17 @@ impl BinaryNet {
             let p = oh * ow;
             if let Some(head) = &self.head {
                 // each part pools its 32-channel groups: a one-chunk map's last conv split its
-                // channels so, and left them in this thread's cache
-                let groups = part(oc.div_ceil(32), t, n);
-                let channels = groups.start * 32..(groups.end * 32).min(oc);
+                // channels so (`output_part`), and left them in this thread's cache
+                let channels = channel_part(oc, 32, t, n);
                 if channels.is_empty() {
                     return false;
                 }
                 // the map from this part's first channel to its last (the whole of each on a
                 // one-chunk map, whose conv parts may still be writing the other channels)
                 let floats = channels.start * CHUNK..((p.div_ceil(CHUNK) - 1) * oc + channels.end) * CHUNK;
-                // SAFETY: this part's channels of the means; no thread writes those of the map
+                // SAFETY: this part's channels of the means; no thread writes what the view holds
+                // of the map (on a one-chunk map, the channels this thread's conv part wrote; on
+                // more, every thread finished the conv before this stage: `waits_after`)
                 let (src, means) = unsafe {
                     (
                         v.float_part(self.output, floats),
@@ -435,8 +447,8 @@ impl BinaryNet {
                 else {
                     return false;
                 };
-                let split = channels.len() == conv.o;
-                if let (Some(done), true, 2..) = (edge, split, chunks.len()) {
+                let all_channels = channels.len() == conv.o;
+                if let (Some(done), true, 2..) = (edge, all_channels, chunks.len()) {
                     let (e, rest) = if t == 0 {
                         (chunks.end - 1, chunks.start..chunks.end - 1)
                     } else {

@@ -317,7 +317,9 @@ def test_more_threads_than_an_image_has_chunks_change_nothing(raw_rust):
 def test_two_threads_on_one_image_give_one_threads_bits_through_a_chain_of_convs(raw_rust, h, w):
     """A batch of 1 on 2 threads, each step's chunks split between them: a chain of convs through two
     alternating buffers (basic and Bi-Real wiring, corrections, sparse terms, 1- and 2-bit maps) on
-    maps of several chunks gives 1 thread's bits, call after call."""
+    maps of several chunks gives 1 thread's bits, call after call; so does a chain in which each conv
+    writes its floats where the conv before it read its residual (one thread may still be reading
+    its part there)."""
     rng = np.random.default_rng(h * w)
     c = 8
     csr = lambda: random_csr(rng, c, 9 * c, 0.1)[1]  # noqa: E731
@@ -327,9 +329,11 @@ def test_two_threads_on_one_image_give_one_threads_bits_through_a_chain_of_convs
     steps = [("conv", 0, 0, None, None, 1), ("conv", 1, 1, 0, 1, 2),     # basic block
              ("conv", 2, 2, 1, 2, 1), ("conv", 3, 1, 2, 3, 2),           # Bi-Real: a residual around each
              ("conv", 0, 2, None, None, 1), ("conv", 1, 1, 3, 1, None)]
+    swapped = [("conv", 0, 0, None, 1, 1), ("conv", 1, 1, 1, 2, 2),      # floats into the last residual
+               ("conv", 2, 2, 2, 1, 1), ("conv", 3, 1, 1, 2, None)]
     x = rng.standard_normal((1, c, h, w)).astype(np.float32)
-    for act_bits in (1, 2):
-        net = raw_rust.BinaryNet((c, h, w), 1, convs, steps, 1, act_bits=act_bits)
+    for act_bits, (steps, output) in itertools.product((1, 2), ((steps, 1), (swapped, 2))):
+        net = raw_rust.BinaryNet((c, h, w), 1, convs, steps, output, act_bits=act_bits)
         want = net.run(x, threads=1)
         for isa in ISAS:
             assert all(np.array_equal(net.run(x, isa=isa, threads=2), want) for _ in range(30)), (act_bits, isa)
@@ -369,9 +373,9 @@ def test_a_shortcut_onto_one_chunk_splits_by_channels(raw_rust):
 
 
 def test_threads_pool_the_channels_their_last_conv_wrote(raw_rust):
-    """Batches of 1 and 2 on 2, 3 and 8 threads: the last conv, on a one-chunk map, splits its 64
-    channels in 32-channel groups, and each thread goes straight on to pooling its own groups for the
-    head; the logits are 1 thread's, call after call."""
+    """A batch of 1 on 2, 3 and 8 threads, and of 2 on 3 and 8 (on 2, a thread takes each image): the
+    last conv, on a one-chunk map, splits its 64 channels in 32-channel groups, and each thread goes
+    straight on to pooling its own groups for the head; the logits are 1 thread's, call after call."""
     rng = np.random.default_rng(9)
 
     def conv(c, o, stride):
