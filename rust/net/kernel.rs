@@ -87,8 +87,6 @@ pub(crate) trait Lane: Copy + Default {
     fn mismatches(self, w: Self) -> Self;
     fn add(self, other: Self) -> Self;
     fn count(self) -> i32;
-    /// The word's low and high 32 bits (the high ones 0 for lanes of 32 bits or fewer).
-    fn halves(self) -> [u32; 2];
     /// This lane type's windows in a [`Scratch`].
     fn windows(lanes: &mut Lanes) -> &mut Windows<Self>;
 }
@@ -111,10 +109,6 @@ macro_rules! lane {
             #[inline(always)]
             fn count(self) -> i32 {
                 self as i32
-            }
-            #[inline(always)]
-            fn halves(self) -> [u32; 2] {
-                [self as u32, ((self as u64) >> 32) as u32]
             }
             #[inline(always)]
             fn windows(lanes: &mut Lanes) -> &mut Windows<Self> {
@@ -326,9 +320,9 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, scratch: &mut Scratch, wide: bool) -> boo
             if two || !wide {
                 sparse::expand(&c.inside[chunk * taps..(chunk + 1) * taps], keep);
             }
-            split_halves(&windows[..taps], halves);
-            if two {
-                split_halves(&windows_lo[..taps], halves_lo);
+            gather_halves(c, input.hi, input.first, wp, p0, valid, halves);
+            if let (true, Some(lo)) = (two, input.lo) {
+                gather_halves(c, lo, input.first, wp, p0, valid, halves_lo);
             }
         }
         // the output's planes, each as two 32-bit halves (channels 0..32 and 32..64): half as many
@@ -421,12 +415,42 @@ fn mismatches<T: Lane>(windows: &[[T; CHUNK]], weights: &[u64]) -> [T; CHUNK] {
     acc
 }
 
-/// Each tap's window words as 32-bit halves (channels 0..32, 32..64): `halves[2·t + half]`.
+/// The windows of [`gather`] as 32-bit halves (channels 0..32, 32..64): `halves[2·t + half]`.
+/// Read from the map, not from the windows just stored: wide loads of many narrow stores still in
+/// flight cannot take their data from them, and waited (~400 cycles a chunk, 16 % of an image).
 #[inline(always)]
-fn split_halves<T: Lane>(windows: &[[T; CHUNK]], halves: &mut [[u32; CHUNK]]) {
-    for (x, h) in windows.iter().zip(halves.chunks_exact_mut(2)) {
-        for l in 0..CHUNK {
-            [h[0][l], h[1][l]] = x[l].halves();
+fn gather_halves(
+    c: &Conv,
+    input: &[u64],
+    first: usize,
+    wp: usize,
+    p0: usize,
+    valid: usize,
+    halves: &mut [[u32; CHUNK]],
+) {
+    let s = c.stride;
+    for (l, oy, ox, len) in segments(p0, valid, c.wo) {
+        for (t, h) in halves[..2 * c.kh * c.kw].chunks_exact_mut(2).enumerate() {
+            let (i, j) = (t / c.kw, t % c.kw);
+            let row = &input[(oy * s + i) * wp + ox * s + j - first..];
+            if let [lo, hi] = h {
+                let (lo, hi) = (&mut lo[l..l + len], &mut hi[l..l + len]);
+                if s == 1 {
+                    for ((lo, hi), &w) in lo.iter_mut().zip(hi.iter_mut()).zip(&row[..len]) {
+                        [*lo, *hi] = [w as u32, (w >> 32) as u32];
+                    }
+                } else {
+                    for (q, (lo, hi)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+                        let w = row[q * s];
+                        [*lo, *hi] = [w as u32, (w >> 32) as u32];
+                    }
+                }
+            }
+        }
+    }
+    if valid < CHUNK {
+        for x in halves[..2 * c.kh * c.kw].iter_mut() {
+            x[valid..].fill(0);
         }
     }
 }
