@@ -144,6 +144,17 @@ impl Progress {
     }
 }
 
+/// Of two threads' parts of a map's chunks, part `t`'s edge chunk (thread 0's last, thread 1's
+/// first: the one next to the other's part) and the rest, when it has more than one.
+fn split_edge(chunks: &Range<usize>, t: usize) -> Option<(Range<usize>, Range<usize>)> {
+    let (first, end) = (chunks.start, chunks.end);
+    match (end - first, t) {
+        (0 | 1, _) => None,
+        (_, 0) => Some((end - 1..end, first..end - 1)),
+        _ => Some((first..first + 1, first + 1..end)),
+    }
+}
+
 /// Part `t` of `n` of `o` channels taken in groups of `unit`.
 fn channel_part(o: usize, unit: usize, t: usize, n: usize) -> Range<usize> {
     let groups = part(o.div_ceil(unit), t, n);
@@ -286,21 +297,19 @@ impl BinaryNet {
     }
 
     /// Whether stage `at`, with two threads splitting an image, reads of the other thread's part of
-    /// the stage before only its edge chunk, so it may start as soon as that is written: both are
-    /// stride-1 convs on one map of whole-row chunks, this one reading the other's packed signs, and
-    /// each window reaches at most one chunk across (the padding, the rows a window reaches past
-    /// its own, is at most a chunk's rows). Then neither thread reads the other's inside chunks nor
-    /// writes where the other still reads: each writes its own positions, and a thread's inside
-    /// chunks read only its own rows (the views of each call hold only the rows it reads).
+    /// the stage before only its edge chunk, so it may start as soon as that is written: a stride-1
+    /// conv on a map of whole-row chunks reading the packed signs of the stage before, on the same
+    /// map: a stride-1 conv, or the blocks' input (stage 0, which reads only the image); each window
+    /// reaches at most one chunk across (the padding, the rows a window reaches past its own, is at
+    /// most a chunk's rows). Then neither thread reads the other's inside chunks nor writes where the
+    /// other still reads: each writes its own positions, and a thread's inside chunks read only its
+    /// own rows (the views of each call hold only the rows it reads).
     fn reads_only_the_edge(&self, at: usize) -> bool {
-        // stages 0 and 1 read no conv's signs: `wrapping_*` keeps them out of range
-        let (Some(Step::Conv { layer: b, input, .. }), Some(Step::Conv { layer: a, bits, .. })) = (
-            self.steps.get(at.wrapping_sub(1)),
-            self.steps.get(at.wrapping_sub(2)),
-        ) else {
+        // stage 0 reads no signs: `wrapping_*` keeps it out of range
+        let Some(Step::Conv { layer: b, input, .. }) = self.steps.get(at.wrapping_sub(1)) else {
             return false;
         };
-        let (a, b) = (&self.convs[*a], &self.convs[*b]);
+        let b = &self.convs[*b];
         let local = |c: &Conv| {
             c.stride == 1
                 && c.kh == 2 * self.pad + 1
@@ -310,12 +319,15 @@ impl BinaryNet {
                 && self.pad <= CHUNK / c.w
         };
         let positions = b.h * b.w;
-        *bits == Some(*input)
-            && local(a)
-            && local(b)
-            && (a.h, a.w) == (b.h, b.w)
-            && positions.is_multiple_of(CHUNK)
-            && positions >= 2 * CHUNK
+        let before = match self.steps.get(at.wrapping_sub(2)) {
+            None => *input == 0, // the blocks' input, of b's map (`new` checked the shapes)
+            Some(&Step::Conv { layer: a, bits, .. }) => {
+                let a = &self.convs[a];
+                bits == Some(*input) && local(a) && (a.h, a.w) == (b.h, b.w)
+            }
+            Some(_) => false,
+        };
+        before && local(b) && positions.is_multiple_of(CHUNK) && positions >= 2 * CHUNK
     }
 
     /// Whether the threads splitting an image wait for each other after stage `at`. They need not
@@ -371,22 +383,32 @@ impl BinaryNet {
         if at == 0 {
             let (c, h, w) = self.input;
             let chunks = part((h * w).div_ceil(CHUNK), t, n);
-            // SAFETY: this part's ranges of the blocks' input
-            let (float, (bits, bits_lo)) = unsafe {
-                (
-                    v.float_mut(0, chunks.start * c * CHUNK..chunks.end * c * CHUNK),
-                    self.bits_out(v, 0, (h, w), &chunks),
-                )
+            let input = |chunks: Range<usize>| {
+                // SAFETY: this part's ranges of the blocks' input
+                let (float, (bits, bits_lo)) = unsafe {
+                    (
+                        v.float_mut(0, chunks.start * c * CHUNK..chunks.end * c * CHUNK),
+                        self.bits_out(v, 0, (h, w), &chunks),
+                    )
+                };
+                let into = Input {
+                    float,
+                    bits,
+                    bits_lo,
+                    pad,
+                };
+                match &self.stem {
+                    Some(stem) => kernel::stem(isa, stem, x, chunks, into, self.act),
+                    None => kernel::load_input(isa, x, self.input, chunks, into, self.act),
+                }
             };
-            let into = Input {
-                float,
-                bits,
-                bits_lo,
-                pad,
-            };
-            match &self.stem {
-                Some(stem) => kernel::stem(isa, stem, x, chunks, into, self.act),
-                None => kernel::load_input(isa, x, self.input, chunks, into, self.act),
+            match (edge, split_edge(&chunks, t)) {
+                (Some(done), Some((e, rest))) => {
+                    input(e);
+                    done();
+                    input(rest);
+                }
+                _ => input(chunks),
             }
             return false;
         }
@@ -448,18 +470,13 @@ impl BinaryNet {
                     return false;
                 };
                 let all_channels = channels.len() == conv.o;
-                if let (Some(done), true, 2..) = (edge, all_channels, chunks.len()) {
-                    let (e, rest) = if t == 0 {
-                        (chunks.end - 1, chunks.start..chunks.end - 1)
-                    } else {
-                        (chunks.start, chunks.start + 1..chunks.end)
-                    };
+                if let (Some(done), true, Some((e, rest))) = (edge, all_channels, split_edge(&chunks, t)) {
                     let one = |chunks: Range<usize>, s: &mut Scratch| {
                         let floats = chunks.start * conv.o * CHUNK..chunks.end * conv.o * CHUNK;
                         // SAFETY: forwarded from the caller, for a part of this part's chunks
                         unsafe { self.conv_part(isa, v, s, at, conv, chunks, 0..conv.o, floats) }
                     };
-                    let nan = one(e..e + 1, scratch);
+                    let nan = one(e, scratch);
                     done();
                     return one(rest, scratch) | nan;
                 }

@@ -331,12 +331,14 @@ def test_two_threads_on_one_image_give_one_threads_bits_through_a_chain_of_convs
              ("conv", 0, 2, None, None, 1), ("conv", 1, 1, 3, 1, None)]
     swapped = [("conv", 0, 0, None, 1, 1), ("conv", 1, 1, 1, 2, 2),      # floats into the last residual
                ("conv", 2, 2, 2, 1, 1), ("conv", 3, 1, 1, 2, None)]
-    x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    # two images in turn: a thread reading a map before the other has written it finds the other image's
+    xs = rng.standard_normal((2, 1, c, h, w)).astype(np.float32)
     for act_bits, (steps, output) in itertools.product((1, 2), ((steps, 1), (swapped, 2))):
         net = raw_rust.BinaryNet((c, h, w), 1, convs, steps, output, act_bits=act_bits)
-        want = net.run(x, threads=1)
+        want = [net.run(x, threads=1) for x in xs]
         for isa in ISAS:
-            assert all(np.array_equal(net.run(x, isa=isa, threads=2), want) for _ in range(30)), (act_bits, isa)
+            got = [net.run(xs[k % 2], isa=isa, threads=2) for k in range(30)]
+            assert all(np.array_equal(g, want[k % 2]) for k, g in enumerate(got)), (act_bits, isa)
 
 
 def test_nets_too_big_to_hold_are_refused_before_anything_is_allocated(raw_rust):
@@ -389,7 +391,8 @@ def test_threads_pool_the_channels_their_last_conv_wrote(raw_rust):
     head = (rng.standard_normal((10, 64)).astype(np.float32), rng.standard_normal(10).astype(np.float32))
     net = raw_rust.BinaryNet((16, 16, 16), 1, convs, steps, 2, stem=stem, head=head)
     for n in (1, 2):
-        x = rng.standard_normal((n, 3, 16, 16)).astype(np.float32)
-        want = net.run(x, threads=1)
+        xs = rng.standard_normal((2, n, 3, 16, 16)).astype(np.float32)  # two batches in turn
+        want = [net.run(x, threads=1) for x in xs]
         for isa, t in itertools.product(ISAS, (2, 3, 8)):
-            assert all(np.array_equal(net.run(x, isa=isa, threads=t), want) for _ in range(30)), (n, isa, t)
+            got = [net.run(xs[k % 2], isa=isa, threads=t) for k in range(30)]
+            assert all(np.array_equal(g, want[k % 2]) for k, g in enumerate(got)), (n, isa, t)
