@@ -396,3 +396,27 @@ def test_threads_pool_the_channels_their_last_conv_wrote(raw_rust):
         for isa, t in itertools.product(ISAS, (2, 3, 8)):
             got = [net.run(xs[k % 2], isa=isa, threads=t) for k in range(30)]
             assert all(np.array_equal(g, want[k % 2]) for k, g in enumerate(got)), (n, isa, t)
+
+
+@pytest.mark.parametrize("h, w", [(32, 32), (16, 16), (32, 16)])
+def test_two_threads_through_a_stage_transition_give_one_threads_bits(raw_rust, h, w):
+    """A batch of 1 on 2 threads through a basic block that halves the map (an option-A shortcut that
+    runs with the stride-2 conv after it, then a conv with the shortcut as residual), to a map of
+    several chunks or of one: two images in turn give 1 thread's bits, for 1- and 2-bit maps and
+    every ISA."""
+    rng = np.random.default_rng(h + w)
+
+    def conv(c, o, stride):
+        return (random_packed(rng, o, 9 * c), c, 3, 3, stride, rng.uniform(0.05, 0.2, o).astype(np.float32),
+                rng.normal(0, 0.3, o).astype(np.float32), None, random_csr(rng, o, 9 * c, 0.1)[1])
+
+    convs = [conv(8, 8, 1), conv(8, 16, 2), conv(16, 16, 1), conv(16, 16, 1)]
+    steps = [("conv", 0, 0, None, 1, 1), ("shortcut", 1, 2, 2, 16), ("conv", 1, 1, None, None, 2),
+             ("conv", 2, 2, 2, 3, 3), ("conv", 3, 3, 3, 4, None)]
+    xs = rng.standard_normal((2, 1, 8, h, w)).astype(np.float32)
+    for act_bits in (1, 2):
+        net = raw_rust.BinaryNet((8, h, w), 1, convs, steps, 4, act_bits=act_bits)
+        want = [net.run(x, threads=1) for x in xs]
+        for isa in ISAS:
+            got = [net.run(xs[k % 2], isa=isa, threads=2) for k in range(30)]
+            assert all(np.array_equal(g, want[k % 2]) for k, g in enumerate(got)), (act_bits, isa)
