@@ -307,13 +307,14 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, scratch: &mut Scratch, wide: bool) -> boo
         hi: windows,
         lo: windows_lo,
     } = T::windows(lanes);
+    // 2-bit maps: the lo plane's rows
+    let lo = two.then(|| input.lo.expect("a 2-bit map's views hold its second plane"));
     let mut nan = false;
     for chunk in chunks.clone() {
         let p0 = chunk * CHUNK;
         let valid = CHUNK.min(positions - p0);
         gather::<T>(c, input.hi, input.first, wp, p0, valid, windows);
-        if two {
-            let lo = input.lo.expect("a 2-bit map's views hold its second plane");
+        if let Some(lo) = lo {
             gather::<T>(c, lo, input.first, wp, p0, valid, windows_lo);
         }
         if c.sparse.is_some() {
@@ -321,7 +322,7 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, scratch: &mut Scratch, wide: bool) -> boo
                 sparse::expand(&c.inside[chunk * taps..(chunk + 1) * taps], keep);
             }
             gather_halves(c, input.hi, input.first, wp, p0, valid, halves);
-            if let (true, Some(lo)) = (two, input.lo) {
+            if let Some(lo) = lo {
                 gather_halves(c, lo, input.first, wp, p0, valid, halves_lo);
             }
         }

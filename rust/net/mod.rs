@@ -22,7 +22,7 @@ mod run;
 pub(crate) mod sparse;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use crate::bconv::Csr;
 use crate::bits::words_for;
@@ -247,6 +247,8 @@ pub struct BinaryNet {
     bits_sizes: Vec<usize>,
     /// Buffers of earlier calls.
     spare: Mutex<Vec<run::Buffers>>,
+    /// What two threads splitting an image wait for before each stage, made on the first such call.
+    waits: OnceLock<Vec<run::Need>>,
 }
 
 impl BinaryNet {
@@ -414,6 +416,7 @@ impl BinaryNet {
             float_sizes,
             bits_sizes,
             spare: Mutex::new(Vec::new()),
+            waits: OnceLock::new(),
         })
     }
 

@@ -144,6 +144,16 @@ impl Progress {
     }
 }
 
+/// What a thread splitting an image needs of the others' part of the stage before, before it
+/// starts a stage (`BinaryNet::waits`).
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Need {
+    Nothing,
+    /// Their edge chunk, which they then run first.
+    Edge,
+    All,
+}
+
 /// Of two threads' parts of a map's chunks, part `t`'s edge chunk (thread 0's last, thread 1's
 /// first: the one next to the other's part) and the rest, when it has more than one.
 fn split_edge(chunks: &Range<usize>, t: usize) -> Option<(Range<usize>, Range<usize>)> {
@@ -207,7 +217,7 @@ impl BinaryNet {
         let nan_at = |image: usize, stage: usize| {
             first_nan.fetch_min(image * self.steps.len() + stage - 1, Ordering::Relaxed);
         };
-        let stages = self.steps.len() + 2 + usize::from(self.head.is_some());
+        let stages = self.stages();
         let lease = || Lease {
             buffers: self
                 .spare
@@ -248,20 +258,24 @@ impl BinaryNet {
             // a thread whose part panics (an internal error) stops working but keeps marking its
             // progress, so the others finish and the call returns the error instead of hanging
             let failed = AtomicBool::new(false);
-            let edges = threads == 2;
+            let waits = self.waits.get_or_init(|| self.waits());
+            // edges between two threads only
+            let need = |at: usize| match waits[at] {
+                Need::Edge if threads != 2 => Need::All,
+                need => need,
+            };
             let work = |t: usize| {
                 let mut scratch = Scratch::default();
                 for i in 0..n {
                     let x = &x[i * per_in..(i + 1) * per_in];
                     for at in 0..stages {
                         let g = i * stages + at;
-                        // what this stage needs of the others' previous one: its edge, all of it,
-                        // or nothing (`waits_after`)
-                        if g > 0 && self.waits_after((g - 1) % stages) {
-                            let edge = edges && self.reads_only_the_edge(at);
-                            progress.wait(t, if edge { 2 * g - 1 } else { 2 * g });
+                        match (g, need(at)) {
+                            (0, _) | (_, Need::Nothing) => {}
+                            (_, Need::Edge) => progress.wait(t, 2 * g - 1),
+                            (_, Need::All) => progress.wait(t, 2 * g),
                         }
-                        let edge_first = edges && at + 1 < stages && self.reads_only_the_edge(at + 1);
+                        let edge_first = at + 1 < stages && need(at + 1) == Need::Edge;
                         let edge_done = || progress.mark(t, 2 * g + 1);
                         if !failed.load(Ordering::Relaxed) {
                             // SAFETY: each thread writes its own part of the stage's outputs, and reads
@@ -294,6 +308,29 @@ impl BinaryNet {
                 at % self.steps.len()
             )),
         }
+    }
+
+    /// Per stage, what two threads splitting an image wait for before it ([`waits_after`] the stage
+    /// before, [`reads_only_the_edge`]); a call's first stage waits for nothing, later images' for
+    /// all of the image before.
+    ///
+    /// [`waits_after`]: BinaryNet::waits_after
+    /// [`reads_only_the_edge`]: BinaryNet::reads_only_the_edge
+    fn waits(&self) -> Vec<Need> {
+        let stages = self.stages();
+        let need = |at: usize| match (at, self.waits_after((at + stages - 1) % stages)) {
+            (_, false) => Need::Nothing,
+            (0, true) => Need::All,
+            _ if self.reads_only_the_edge(at) => Need::Edge,
+            _ => Need::All,
+        };
+        (0..stages).map(need).collect()
+    }
+
+    /// An image's stages: the blocks' input, the steps, the result (with a head, its channel means
+    /// and its logits).
+    fn stages(&self) -> usize {
+        self.steps.len() + 2 + usize::from(self.head.is_some())
     }
 
     /// Whether stage `at`, with two threads splitting an image, reads of the other thread's part of
