@@ -31,7 +31,10 @@ every model alike; each pass starts after --settle seconds of sleep, so that no 
 still spin while the next one runs. --rust-threads runs every packed model on each of those Rust thread
 counts in the same rounds (APB_NUM_THREADS set around each pass), so two counts are compared the way the
 models are: "vs 1 thread" is the same-round ratio to the model on one thread (the float engines keep the
-threads they started with). The Rust kernels are the default (the NumPy oracles run ResNet-20 at ~15 img/s).
+threads they started with). It then times each model's batches one at a time on 1 and on the most threads,
+in turns (`thread_turns`), with two controls in the same turns: the bound's loop and, for a batch smaller than
+the thread count, the same model on one image per thread. The Rust kernels are the default (the NumPy oracles
+run ResNet-20 at ~15 img/s).
 """
 from __future__ import annotations
 
@@ -126,31 +129,46 @@ def rust_threads(threads: int | None):
 def thread_turns(forwards: dict, counts: list[int], xb: np.ndarray, batches: int) -> dict:
     """Each packed model's speed-up from 1 to max(counts) Rust threads on one batch `xb`, all models (and
     the bound's loop, when this CPU has it) in the same turns (`alternating_speedups`); per model also
-    the speed-up over the batches in which the bound scaled (`speedup_where`)."""
+    the speed-up over the batches in which the bound scaled (`speedup_where`).
+
+    With fewer images in `xb` than threads, the threads split each image and wait for each other at every
+    stage. Each model then also runs one image per thread in the same turns ("whole_images"): the same work
+    with no waits, as each thread takes whole images. Its speed-up says whether the host let the threads run
+    this work side by side at full speed, which the bound's loop, on registers alone, cannot tell for the
+    caches and memory. Per model also the speed-up over the batches in which that control scaled."""
     import apb_ref._kernels as R  # forwards are Rust models, so the extension is built
     t_max = max(counts)
+    whole = np.concatenate([xb] * t_max)[:t_max] if len(xb) < t_max else None
 
-    def at(forward, threads):
+    def at(forward, threads, x):
         def call():
             os.environ["APB_NUM_THREADS"] = str(threads)  # restored by rust_threads below
-            forward(xb)
+            forward(x)
         return call
+
+    def pair(forward, x):
+        one = at(forward, 1, x)
+        one()
+        start = time.perf_counter()
+        one()
+        run = max(1, round(0.005 / (time.perf_counter() - start)))  # ~5 ms of timed calls a turn
+        return one, at(forward, t_max, x), run, 1.0
 
     pairs = {}
     with rust_threads(None), backend.use_backend("rust"):
         for key, forward in forwards.items():
-            one = at(forward, 1)
-            one()
-            start = time.perf_counter()
-            one()
-            run = max(1, round(0.005 / (time.perf_counter() - start)))  # ~5 ms of timed calls a turn
-            pairs[key] = (one, at(forward, t_max), run, 1.0)
+            pairs[key] = pair(forward, xb)
+            if whole is not None:
+                pairs[(key, "whole")] = pair(forward, whole)
         if R.xor_popcount_peak(threads=1, steps=1) is not None:
             pairs["bound"] = bound_pair(R.xor_popcount_peak, t_max, BOUND_STEPS)
         got = alternating_speedups(pairs, batches=batches, turns=5)
-    if "bound" in got:
-        for key in forwards:
+    for key in forwards:
+        if "bound" in got:
             got[key]["where_the_bound_scaled"] = speedup_where(got, key, "bound", CLEAN * t_max)
+        if whole is not None:
+            got[key]["where_whole_images_scaled"] = speedup_where(got, key, (key, "whole"), CLEAN * t_max)
+            got[key]["whole_images"] = got.pop((key, "whole"))
     return got
 
 
@@ -318,19 +336,30 @@ def main() -> None:
               "median over batches of turns" + ("; the bound's loop (XOR, VPOPCNTQ, ADD on registers) in the same "
               "turns says whether the host gave each thread a whole core" if "bound" in turns else ""))
         bar = CLEAN * max(counts)
+        whole = any("whole_images" in got for key, got in turns.items() if key != "bound")
+        if whole:
+            print(f"With {max(counts)} threads on a batch of {batch}, they split each image and wait for each "
+                  f"other at every stage; the same model on {max(counts)} images, one per thread (no waits), in the "
+                  "same turns says whether the host let the threads run this work side by side at full speed")
+
+        def where(w):
+            return "-" if w["speedup"] is None else f"{w['speedup']:.2f}x ({w['batches']})"
+
         rows2 = []
         for key, got in turns.items():
             if key == "bound":
                 continue
             row = [f"packed {key[0]}", str(key[1]), f"{got['speedup']:.2f}x"]
             if "bound" in turns:
-                where = got["where_the_bound_scaled"]
-                row += [f"{turns['bound']['speedup']:.2f}x",
-                        "-" if where["speedup"] is None else f"{where['speedup']:.2f}x ({where['batches']})"]
+                row += [f"{turns['bound']['speedup']:.2f}x", where(got["where_the_bound_scaled"])]
+            if whole:
+                row += [f"{got['whole_images']['speedup']:.2f}x", where(got["where_whole_images_scaled"])]
             rows2.append(row)
         print_table(["model", "activation bits", f"{max(counts)}t/1t"]
                     + (["bound's loop", f"{max(counts)}t/1t where the bound >= {bar:.2f}x (batches)"]
-                       if "bound" in turns else []), rows2)
+                       if "bound" in turns else [])
+                    + (["one image per thread", f"{max(counts)}t/1t where that >= {bar:.2f}x (batches)"]
+                       if whole else []), rows2)
     for name, ratio in headline.items():
         print(f"APB {BITS_PER_WEIGHT} bits/weight, 1-bit activations, against 2-bit uniform weights with 2-bit "
               f"activations ({name} kernels, same rounds): {ratio:.2f}x")

@@ -111,6 +111,10 @@ def test_packed_inference_times_rust_thread_counts_in_the_same_rounds(tmp_path):
     if d["bound_in_turns"] is not None:
         where = turns["where_the_bound_scaled"]
         assert where["batches"] == sum(b >= 1.9 for b in d["bound_in_turns"]["batch_speedups"])
+    # a batch of 1 on 2 threads: the same model on one image per thread, in the same turns, as the control
+    control = turns["whole_images"]["batch_speedups"]
+    assert len(control) == 2 and turns["where_whole_images_scaled"]["batches"] == sum(b >= 1.9 for b in control)
+    assert "one image per thread" in proc.stdout
     for flag, message in (("--rust-threads", "--rust-threads must be >= 1"),
                           ("--turn-batches", "--turn-batches must be >= 1")):
         bad = subprocess.run([sys.executable, str(SCRIPT.parent / "packed_inference.py"), flag, "0"],
