@@ -22,6 +22,7 @@ import math
 import os
 import statistics
 import time
+from collections.abc import Hashable
 
 import numpy as np
 
@@ -119,7 +120,7 @@ def alternating_speedups(pairs: dict, batches: int = 15, turns: int = 10) -> dic
     return {name: {"speedup": statistics.median(r), "batch_speedups": r} for name, r in ratios.items()}
 
 
-def speedup_where(measured: dict, name: str, control: str, at_least: float) -> dict:
+def speedup_where(measured: dict, name: Hashable, control: Hashable, at_least: float) -> dict:
     """`name`'s speed-up (an `alternating_speedups` result) over the batches in which `control`'s reached
     `at_least`: {"speedup": their median, or None if there are none, "batches": how many}."""
     kept = [r for r, c in zip(measured[name]["batch_speedups"], measured[control]["batch_speedups"]) if c >= at_least]

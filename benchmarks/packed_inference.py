@@ -126,14 +126,22 @@ def rust_threads(threads: int | None):
             os.environ["APB_NUM_THREADS"] = before
 
 
-def thread_turns(forwards: dict, counts: list[int], xb: np.ndarray, batches: int) -> dict:
+def runs_as_one_net(net) -> bool:
+    """Whether a packed model's Rust forward, once run, is one `BinaryNet` call (its blocks, or the whole
+    network): with at least as many images as threads, each thread then takes whole images and never waits
+    for another. Other models split each conv call's work between the threads (`bconv`)."""
+    blocks = net.model.blocks
+    return isinstance(blocks, FusedBlocks) and any(n is not None for n in blocks._nets.values())
+
+
+def thread_turns(forwards: dict, counts: list[int], xb: np.ndarray, batches: int, one_net=frozenset()) -> dict:
     """Each packed model's speed-up from 1 to max(counts) Rust threads on one batch `xb`, all models (and
     the bound's loop, when this CPU has it) in the same turns (`alternating_speedups`); per model also
     the speed-up over the batches in which the bound scaled (`speedup_where`).
 
     With fewer images in `xb` than threads, the threads split each image and wait for each other at every
-    stage. Each model then also runs one image per thread in the same turns ("whole_images"): the same work
-    with no waits, as each thread takes whole images. Its speed-up says whether the host let the threads run
+    stage. Each model in `one_net` (`runs_as_one_net`) then also runs one image per thread in the same turns
+    ("whole_images"): the same work per image, split without waits, as each thread takes whole images. Its speed-up says whether the host let the threads run
     this work side by side at full speed, which the bound's loop, on registers alone, cannot tell for the
     caches and memory. Per model also the speed-up over the batches in which that control scaled."""
     import apb_ref._kernels as R  # forwards are Rust models, so the extension is built
@@ -158,7 +166,7 @@ def thread_turns(forwards: dict, counts: list[int], xb: np.ndarray, batches: int
     with rust_threads(None), backend.use_backend("rust"):
         for key, forward in forwards.items():
             pairs[key] = pair(forward, xb)
-            if whole is not None:
+            if whole is not None and key in one_net:
                 pairs[(key, "whole")] = pair(forward, whole)
         if R.xor_popcount_peak(threads=1, steps=1) is not None:
             pairs["bound"] = bound_pair(R.xor_popcount_peak, t_max, BOUND_STEPS)
@@ -166,7 +174,7 @@ def thread_turns(forwards: dict, counts: list[int], xb: np.ndarray, batches: int
     for key in forwards:
         if "bound" in got:
             got[key]["where_the_bound_scaled"] = speedup_where(got, key, "bound", CLEAN * t_max)
-        if whole is not None:
+        if (key, "whole") in got:
             got[key]["where_whole_images_scaled"] = speedup_where(got, key, (key, "whole"), CLEAN * t_max)
             got[key]["whole_images"] = got.pop((key, "whole"))
     return got
@@ -243,10 +251,11 @@ def main() -> None:
     models = [(label if block == "basic" else f"{label} {block}", {**kwargs, "block": block})
               for block in args.blocks for label, kwargs in models]
     forwards = {}  # (label, act_bits) -> the packed model's forward on the Rust kernels
+    nets = {}  # (label, act_bits) -> the packed model
 
     def add(label, act_bits, net):
         if "rust" in args.backends:
-            forwards[(label, act_bits)] = net.logits
+            forwards[(label, act_bits)], nets[(label, act_bits)] = net.logits, net
         for name in args.backends:
             for t in (counts if name == "rust" else [None]):  # the NumPy kernels have no threads
                 runs[(label, act_bits, name, t)] = passes(net.logits, name, t)
@@ -265,7 +274,8 @@ def main() -> None:
         add(label, act_bits, net)
     # one warm-up each, then --repeats rounds of one pass per model
     timed, _ = measure_interleaved(runs, repeats=args.repeats, min_time=0.0, rounds=args.repeats, settle=args.settle)
-    turns = thread_turns(forwards, counts, x[:batch], args.turn_batches) if len(counts) > 1 else {}
+    one_net = {key for key, net in nets.items() if runs_as_one_net(net)}  # each has run (above)
+    turns = thread_turns(forwards, counts, x[:batch], args.turn_batches, one_net) if len(counts) > 1 else {}
     base = len(x) / timed["float"]["median_s"]
     torch, tflite = timed.get("torch"), timed.get("tflite")
 
@@ -336,11 +346,12 @@ def main() -> None:
               "median over batches of turns" + ("; the bound's loop (XOR, VPOPCNTQ, ADD on registers) in the same "
               "turns says whether the host gave each thread a whole core" if "bound" in turns else ""))
         bar = CLEAN * max(counts)
-        whole = any("whole_images" in got for key, got in turns.items() if key != "bound")
-        if whole:
-            print(f"With {max(counts)} threads on a batch of {batch}, they split each image and wait for each "
-                  f"other at every stage; the same model on {max(counts)} images, one per thread (no waits), in the "
-                  "same turns says whether the host let the threads run this work side by side at full speed")
+        has_control = any("whole_images" in got for key, got in turns.items() if key != "bound")
+        if has_control:
+            print(f"With {max(counts)} threads on a batch of {len(x[:batch])}, they split each image and wait for "
+                  f"each other at every stage; the same model on {max(counts)} images, one per thread (no waits), "
+                  "in the same turns says whether the host let the threads run this work side by side at full "
+                  "speed (- where a model is not one BinaryNet call)")
 
         def where(w):
             return "-" if w["speedup"] is None else f"{w['speedup']:.2f}x ({w['batches']})"
@@ -352,14 +363,15 @@ def main() -> None:
             row = [f"packed {key[0]}", str(key[1]), f"{got['speedup']:.2f}x"]
             if "bound" in turns:
                 row += [f"{turns['bound']['speedup']:.2f}x", where(got["where_the_bound_scaled"])]
-            if whole:
-                row += [f"{got['whole_images']['speedup']:.2f}x", where(got["where_whole_images_scaled"])]
+            if has_control:
+                row += ([f"{got['whole_images']['speedup']:.2f}x", where(got["where_whole_images_scaled"])]
+                        if "whole_images" in got else ["-", "-"])
             rows2.append(row)
         print_table(["model", "activation bits", f"{max(counts)}t/1t"]
                     + (["bound's loop", f"{max(counts)}t/1t where the bound >= {bar:.2f}x (batches)"]
                        if "bound" in turns else [])
                     + (["one image per thread", f"{max(counts)}t/1t where that >= {bar:.2f}x (batches)"]
-                       if whole else []), rows2)
+                       if has_control else []), rows2)
     for name, ratio in headline.items():
         print(f"APB {BITS_PER_WEIGHT} bits/weight, 1-bit activations, against 2-bit uniform weights with 2-bit "
               f"activations ({name} kernels, same rounds): {ratio:.2f}x")

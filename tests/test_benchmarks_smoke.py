@@ -1,9 +1,13 @@
 """Smoke tests of the benchmarks: `kernels.py --quick` and a tiny `packed_inference.py` run and write sane JSON."""
+import importlib
 import json
+import os
 import pathlib
+import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from apb_ref.cli import main
@@ -112,14 +116,37 @@ def test_packed_inference_times_rust_thread_counts_in_the_same_rounds(tmp_path):
         where = turns["where_the_bound_scaled"]
         assert where["batches"] == sum(b >= 1.9 for b in d["bound_in_turns"]["batch_speedups"])
     # a batch of 1 on 2 threads: the same model on one image per thread, in the same turns, as the control
-    control = turns["whole_images"]["batch_speedups"]
-    assert len(control) == 2 and turns["where_whole_images_scaled"]["batches"] == sum(b >= 1.9 for b in control)
+    control, where = turns["whole_images"]["batch_speedups"], turns["where_whole_images_scaled"]
+    kept = [b for b, c in zip(turns["batch_speedups"], control) if c >= 1.9]
+    assert len(control) == 2 and where["batches"] == len(kept)
+    assert where["speedup"] == (statistics.median(kept) if kept else None)
     assert "one image per thread" in proc.stdout
     for flag, message in (("--rust-threads", "--rust-threads must be >= 1"),
                           ("--turn-batches", "--turn-batches must be >= 1")):
         bad = subprocess.run([sys.executable, str(SCRIPT.parent / "packed_inference.py"), flag, "0"],
                              capture_output=True, text=True, timeout=60)
         assert bad.returncode == 2 and message in bad.stderr
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="benchmarks/ is not part of an installed package")
+def test_thread_turns_runs_one_image_per_thread_as_the_control_below_the_thread_count(monkeypatch):
+    if "rust" not in backend.available_backends():
+        pytest.skip("needs the Rust extension")
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    thread_turns = importlib.import_module("packed_inference").thread_turns
+    calls = set()
+
+    def forward(x):  # what each call got: its images, and the Rust threads it would run on
+        calls.add((len(x), os.environ["APB_NUM_THREADS"]))
+
+    image = np.zeros((1, 1, 32, 32), np.float32)
+    got = thread_turns({("one net", 1): forward, ("per conv", 1): forward}, [1, 2], image, 1, {("one net", 1)})
+    assert calls == {(1, "1"), (1, "2"), (2, "1"), (2, "2")}  # the control: 2 images, on 1 and on 2 threads
+    assert "whole_images" in got[("one net", 1)] and "whole_images" not in got[("per conv", 1)]
+    assert set(got) <= {("one net", 1), ("per conv", 1), "bound"}  # the control is folded into its model
+    calls.clear()
+    got = thread_turns({("one net", 1): forward}, [1, 2], np.concatenate([image] * 2), 1, {("one net", 1)})
+    assert calls == {(2, "1"), (2, "2")} and "whole_images" not in got[("one net", 1)]  # no threads to spare
 
 
 def test_packed_inference_benchmark_runs(tmp_path):
