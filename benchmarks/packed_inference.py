@@ -33,8 +33,8 @@ counts in the same rounds (APB_NUM_THREADS set around each pass), so two counts 
 models are: "vs 1 thread" is the same-round ratio to the model on one thread (the float engines keep the
 threads they started with). It then times each model's batches one at a time on 1 and on the most threads,
 in turns (`thread_turns`), with two controls in the same turns: the bound's loop and, for a batch smaller than
-the thread count, the same model on one image per thread. The Rust kernels are the default (the NumPy oracles
-run ResNet-20 at ~15 img/s).
+the thread count, each model that runs as one `BinaryNet` on one image per thread. The Rust kernels are the
+default (the NumPy oracles run ResNet-20 at ~15 img/s).
 """
 from __future__ import annotations
 
@@ -127,10 +127,10 @@ def rust_threads(threads: int | None):
 
 
 def runs_as_one_net(net) -> bool:
-    """Whether a packed model's Rust forward, once run, is one `BinaryNet` call (its blocks, or the whole
-    network): with at least as many images as threads, each thread then takes whole images and never waits
-    for another. Other models split each conv call's work between the threads (`bconv`)."""
-    blocks = net.model.blocks
+    """Whether a packed model's Rust forward, once run, goes through one `BinaryNet` call (its blocks, or the
+    whole network): with at least as many images as threads, each thread then takes whole images there and
+    never waits for another. Other models split each conv call's work between the threads (`bconv`)."""
+    blocks = getattr(net.model, "blocks", None)  # a VGG or a digits CNN has none
     return isinstance(blocks, FusedBlocks) and any(n is not None for n in blocks._nets.values())
 
 
@@ -139,11 +139,12 @@ def thread_turns(forwards: dict, counts: list[int], xb: np.ndarray, batches: int
     the bound's loop, when this CPU has it) in the same turns (`alternating_speedups`); per model also
     the speed-up over the batches in which the bound scaled (`speedup_where`).
 
-    With fewer images in `xb` than threads, the threads split each image and wait for each other at every
-    stage. Each model in `one_net` (`runs_as_one_net`) then also runs one image per thread in the same turns
-    ("whole_images"): the same work per image, split without waits, as each thread takes whole images. Its speed-up says whether the host let the threads run
-    this work side by side at full speed, which the bound's loop, on registers alone, cannot tell for the
-    caches and memory. Per model also the speed-up over the batches in which that control scaled."""
+    With fewer images in `xb` than threads, the threads split each image and wait for each other between
+    stages. Each model in `one_net` (`runs_as_one_net`) then also runs one image per thread in the same turns
+    ("whole_images"): the same work per image, with no waits between the threads. Its speed-up says whether
+    the host let the threads run this work side by side at full speed, which the bound's loop, on registers
+    alone, cannot tell for the caches and memory. Per model also the speed-up over the batches in which that
+    control scaled."""
     import apb_ref._kernels as R  # forwards are Rust models, so the extension is built
     t_max = max(counts)
     whole = np.concatenate([xb] * t_max)[:t_max] if len(xb) < t_max else None
