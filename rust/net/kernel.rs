@@ -294,7 +294,6 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, scratch: &mut Scratch, wide: bool) -> boo
         pad,
     } = io;
     let (o, taps, positions) = (c.o, c.kh * c.kw, c.ho * c.wo);
-    let wp = c.w + 2 * pad;
     let k = c.k as i32;
     let two = c.act == Act::Dorefa2;
     let Scratch {
@@ -307,23 +306,31 @@ fn body<T: Lane>(c: &Conv, io: ConvIo, scratch: &mut Scratch, wide: bool) -> boo
         hi: windows,
         lo: windows_lo,
     } = T::windows(lanes);
+    let hi = Plane {
+        words: input.hi,
+        first: input.first,
+        wp: c.w + 2 * pad,
+    };
     // 2-bit maps: the lo plane's rows
-    let lo = two.then(|| input.lo.expect("a 2-bit map's views hold its second plane"));
+    let lo = two.then(|| Plane {
+        words: input.lo.expect("a 2-bit map's views hold its second plane"),
+        ..hi
+    });
     let mut nan = false;
     for chunk in chunks.clone() {
         let p0 = chunk * CHUNK;
         let valid = CHUNK.min(positions - p0);
-        gather::<T>(c, input.hi, input.first, wp, p0, valid, windows);
+        gather::<T>(c, hi, p0, valid, windows);
         if let Some(lo) = lo {
-            gather::<T>(c, lo, input.first, wp, p0, valid, windows_lo);
+            gather::<T>(c, lo, p0, valid, windows_lo);
         }
         if c.sparse.is_some() {
             if two || !wide {
                 sparse::expand(&c.inside[chunk * taps..(chunk + 1) * taps], keep);
             }
-            gather_halves(c, input.hi, input.first, wp, p0, valid, halves);
+            gather_halves(c, hi, p0, valid, halves);
             if let Some(lo) = lo {
-                gather_halves(c, lo, input.first, wp, p0, valid, halves_lo);
+                gather_halves(c, lo, p0, valid, halves_lo);
             }
         }
         // the output's planes, each as two 32-bit halves (channels 0..32 and 32..64): half as many
@@ -420,17 +427,9 @@ fn mismatches<T: Lane>(windows: &[[T; CHUNK]], weights: &[u64]) -> [T; CHUNK] {
 /// Read from the map, as the windows are: split from the windows just stored (wide loads over narrow
 /// stores, which cannot forward to them), an APB ResNet-20 image took 1.05x the time.
 #[inline(always)]
-fn gather_halves(
-    c: &Conv,
-    input: &[u64],
-    first: usize,
-    wp: usize,
-    p0: usize,
-    valid: usize,
-    halves: &mut [[u32; CHUNK]],
-) {
+fn gather_halves(c: &Conv, plane: Plane, p0: usize, valid: usize, halves: &mut [[u32; CHUNK]]) {
     let s = c.stride;
-    for_each_run(c, input, first, wp, p0, valid, |t, lanes, row| {
+    for_each_run(c, plane, p0, valid, |t, lanes, row| {
         let (lo, hi) = halves[2 * t..].split_at_mut(1);
         let (lo, hi) = (&mut lo[0][lanes.clone()], &mut hi[0][lanes]);
         let split = |(lo, hi): (&mut u32, &mut u32), w: u64| [*lo, *hi] = [w as u32, (w >> 32) as u32];
@@ -444,11 +443,7 @@ fn gather_halves(
             }
         }
     });
-    if valid < CHUNK {
-        for x in halves[..2 * c.kh * c.kw].iter_mut() {
-            x[valid..].fill(0);
-        }
-    }
+    clear_past(&mut halves[..2 * c.kh * c.kw], valid);
 }
 
 /// The activation of every map of a net, and how a map is packed: hardtanh and its signs (1-bit
@@ -563,21 +558,21 @@ fn stem_body(s: &Stem, image: &[f32], chunks: Range<usize>, out: Input, act: Act
     }
 }
 
-/// The windows of positions `p0..p0 + valid` (flat in the image), tap by tap: `windows[t][l]` is the
-/// padded map's word under tap t of position p0 + l (`input` holds its words from padded index
-/// `first` on); lanes past `valid` are 0.
-#[inline(always)]
-fn gather<T: Lane>(
-    c: &Conv,
-    input: &[u64],
+/// One plane of a padded bit map as a conv's windows read it: its words from padded index `first`
+/// on, `wp` to a row.
+#[derive(Clone, Copy)]
+struct Plane<'a> {
+    words: &'a [u64],
     first: usize,
     wp: usize,
-    p0: usize,
-    valid: usize,
-    windows: &mut [[T; CHUNK]],
-) {
+}
+
+/// The windows of positions `p0..p0 + valid` (flat in the image), tap by tap: `windows[t][l]` is the
+/// padded map's word under tap t of position p0 + l; lanes past `valid` are 0.
+#[inline(always)]
+fn gather<T: Lane>(c: &Conv, plane: Plane, p0: usize, valid: usize, windows: &mut [[T; CHUNK]]) {
     let s = c.stride;
-    for_each_run(c, input, first, wp, p0, valid, |t, lanes, row| {
+    for_each_run(c, plane, p0, valid, |t, lanes, row| {
         let lanes = &mut windows[t][lanes];
         if s == 1 {
             for (v, &w) in lanes.iter_mut().zip(row) {
@@ -589,8 +584,14 @@ fn gather<T: Lane>(
             }
         }
     });
+    clear_past(&mut windows[..c.kh * c.kw], valid);
+}
+
+/// Lanes `valid..` of each row 0 (a chunk past the map's end).
+#[inline(always)]
+fn clear_past<T: Copy + Default>(rows: &mut [[T; CHUNK]], valid: usize) {
     if valid < CHUNK {
-        for x in windows[..c.kh * c.kw].iter_mut() {
+        for x in rows {
             x[valid..].fill(T::default());
         }
     }
@@ -601,18 +602,16 @@ fn gather<T: Lane>(
 #[inline(always)]
 fn for_each_run(
     c: &Conv,
-    input: &[u64],
-    first: usize,
-    wp: usize,
+    plane: Plane,
     p0: usize,
     valid: usize,
     mut f: impl FnMut(usize, Range<usize>, &[u64]),
 ) {
-    let s = c.stride;
+    let (s, Plane { words, first, wp }) = (c.stride, plane);
     for (l, oy, ox, len) in segments(p0, valid, c.wo) {
         for t in 0..c.kh * c.kw {
             let (i, j) = (t / c.kw, t % c.kw);
-            f(t, l..l + len, &input[(oy * s + i) * wp + ox * s + j - first..]);
+            f(t, l..l + len, &words[(oy * s + i) * wp + ox * s + j - first..]);
         }
     }
 }

@@ -165,6 +165,24 @@ fn split_edge(chunks: &Range<usize>, t: usize) -> Option<(Range<usize>, Range<us
     }
 }
 
+/// `run` on part `t`'s `chunks`: with `edge`, on its edge chunk first ([`split_edge`]), then `edge()`,
+/// then on the rest. Returns whether some `run` did.
+fn in_edge_order(
+    chunks: Range<usize>,
+    t: usize,
+    edge: Option<&dyn Fn()>,
+    mut run: impl FnMut(Range<usize>) -> bool,
+) -> bool {
+    match (edge, split_edge(&chunks, t)) {
+        (Some(done), Some((e, rest))) => {
+            let nan = run(e);
+            done();
+            run(rest) | nan
+        }
+        _ => run(chunks),
+    }
+}
+
 /// Part `t` of `n` of `o` channels taken in groups of `unit`.
 fn channel_part(o: usize, unit: usize, t: usize, n: usize) -> Range<usize> {
     let groups = part(o.div_ceil(unit), t, n);
@@ -439,15 +457,10 @@ impl BinaryNet {
                     None => kernel::load_input(isa, x, self.input, chunks, into, self.act),
                 }
             };
-            match (edge, split_edge(&chunks, t)) {
-                (Some(done), Some((e, rest))) => {
-                    input(e);
-                    done();
-                    input(rest);
-                }
-                _ => input(chunks),
-            }
-            return false;
+            return in_edge_order(chunks, t, edge, |chunks| {
+                input(chunks);
+                false
+            });
         }
         if at == self.steps.len() + 1 {
             let (oc, oh, ow) = self.out_shape;
@@ -506,19 +519,15 @@ impl BinaryNet {
                 else {
                     return false;
                 };
-                let all_channels = channels.len() == conv.o;
-                if let (Some(done), true, Some((e, rest))) = (edge, all_channels, split_edge(&chunks, t)) {
-                    let one = |chunks: Range<usize>, s: &mut Scratch| {
-                        let floats = chunks.start * conv.o * CHUNK..chunks.end * conv.o * CHUNK;
-                        // SAFETY: forwarded from the caller, for a part of this part's chunks
-                        unsafe { self.conv_part(isa, v, s, at, conv, chunks, 0..conv.o, floats) }
-                    };
-                    let nan = one(e, scratch);
-                    done();
-                    return one(rest, scratch) | nan;
+                if channels.len() < conv.o {
+                    // SAFETY: forwarded from the caller
+                    return unsafe { self.conv_part(isa, v, scratch, at, conv, chunks, channels, floats) };
                 }
-                // SAFETY: forwarded from the caller
-                unsafe { self.conv_part(isa, v, scratch, at, conv, chunks, channels, floats) }
+                in_edge_order(chunks, t, edge, |chunks| {
+                    let floats = chunks.start * conv.o * CHUNK..chunks.end * conv.o * CHUNK;
+                    // SAFETY: forwarded from the caller, for a part of this part's chunks
+                    unsafe { self.conv_part(isa, v, scratch, at, conv, chunks, 0..conv.o, floats) }
+                })
             }
             Step::Shortcut {
                 src,

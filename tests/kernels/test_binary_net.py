@@ -135,6 +135,12 @@ def _one_conv(rng, c=4, o=4, correction=None, csr=None):
             correction, csr)
 
 
+def _sparse_conv(rng, c, o, stride):
+    """A 3x3 conv of random weights, folded BatchNorm and a 10 % sparse term, no correction."""
+    return (random_packed(rng, o, 9 * c), c, 3, 3, stride, rng.uniform(0.05, 0.2, o).astype(np.float32),
+            rng.normal(0, 0.3, o).astype(np.float32), None, random_csr(rng, o, 9 * c, 0.1)[1])
+
+
 @pytest.mark.parametrize("steps, output, message", [
     ([("conv", 0, 2, None, 1, None)], 1, "bits buffer 2 is read before it is written"),
     ([("conv", 1, 0, None, 1, None)], 1, "no conv 1"),
@@ -380,11 +386,7 @@ def test_threads_pool_the_channels_their_last_conv_wrote(raw_rust):
     straight on to pooling its own groups for the head; the logits are 1 thread's, call after call."""
     rng = np.random.default_rng(9)
 
-    def conv(c, o, stride):
-        return (random_packed(rng, o, 9 * c), c, 3, 3, stride, rng.uniform(0.05, 0.2, o).astype(np.float32),
-                rng.normal(0, 0.3, o).astype(np.float32), None, random_csr(rng, o, 9 * c, 0.1)[1])
-
-    convs = [conv(16, 64, 2), conv(64, 64, 1)]  # 16x16 (four chunks) to 8x8 (one)
+    convs = [_sparse_conv(rng, 16, 64, 2), _sparse_conv(rng, 64, 64, 1)]  # 16x16 (four chunks) to 8x8 (one)
     steps = [("conv", 0, 0, None, 1, 1), ("conv", 1, 1, 1, 2, None)]
     w = (rng.standard_normal((16, 3, 3, 3)) / 5).astype(np.float32)
     stem = (w, 1, rng.uniform(0.5, 2, 16).astype(np.float32), rng.normal(0, 0.3, 16).astype(np.float32))
@@ -406,11 +408,7 @@ def test_two_threads_through_a_stage_transition_give_one_threads_bits(raw_rust, 
     every ISA."""
     rng = np.random.default_rng(h + w)
 
-    def conv(c, o, stride):
-        return (random_packed(rng, o, 9 * c), c, 3, 3, stride, rng.uniform(0.05, 0.2, o).astype(np.float32),
-                rng.normal(0, 0.3, o).astype(np.float32), None, random_csr(rng, o, 9 * c, 0.1)[1])
-
-    convs = [conv(8, 8, 1), conv(8, 16, 2), conv(16, 16, 1), conv(16, 16, 1)]
+    convs = [_sparse_conv(rng, c, o, stride) for c, o, stride in ((8, 8, 1), (8, 16, 2), (16, 16, 1), (16, 16, 1))]
     steps = [("conv", 0, 0, None, 1, 1), ("shortcut", 1, 2, 2, 16), ("conv", 1, 1, None, None, 2),
              ("conv", 2, 2, 2, 3, 3), ("conv", 3, 3, 3, 4, None)]
     xs = rng.standard_normal((2, 1, 8, h, w)).astype(np.float32)
